@@ -1,0 +1,76 @@
+"""Colours for cells, computed as RGBA arrays (no napari): categorical palettes with a
+legend and continuous colormaps with contrast limits. Assigning such an array to a
+Points layer's ``face_color`` is the fast path (no per-point colour parsing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["categorical_colors", "continuous_colors", "PALETTE", "colormap_lut"]
+
+# 20 distinct colours (tab20-like ordering, dark first) then golden-angle hues
+PALETTE = np.array([
+    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+    [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
+    [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
+], dtype=float) / 255.0
+
+
+def _palette(n: int) -> np.ndarray:
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    import colorsys
+
+    extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9) for i in range(n - len(PALETTE))]
+    return np.vstack([PALETTE, np.array(extra)])
+
+
+def categorical_colors(values, categories=None, colors: dict | None = None
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """RGBA (n, 4) float32 for categorical ``values`` and the legend ``{category: rgba}``.
+
+    ``colors`` may fix some categories' colours (e.g. atlas colours for regions).
+    Missing values are grey.
+    """
+    s = pd.Series(np.asarray(values, dtype=object))
+    cats = list(categories) if categories is not None else list(
+        pd.Categorical(s.dropna().astype(str)).categories)
+    pal = _palette(len(cats))
+    legend = {}
+    for i, c in enumerate(cats):
+        rgb = colors.get(c) if colors and c in colors else pal[i]
+        legend[str(c)] = np.array([*np.asarray(rgb, float)[:3], 1.0], dtype=np.float32)
+    table = np.vstack([np.array([0.6, 0.6, 0.6, 1.0], np.float32)] + [legend[str(c)] for c in cats])
+    codes = pd.Categorical(s.astype(str).where(s.notna(), None), categories=[str(c) for c in cats]
+                           ).codes + 1
+    return table[codes], legend
+
+
+def colormap_lut(name: str = "viridis", n: int = 256) -> np.ndarray:
+    """(n, 4) float32 lookup table of a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    return colormaps[name](np.linspace(0, 1, n)).astype(np.float32)
+
+
+def continuous_colors(values, clim: tuple[float, float] | None = None, cmap: str = "viridis"
+                      ) -> tuple[np.ndarray, tuple[float, float]]:
+    """RGBA (n, 4) float32 for numeric ``values`` through ``cmap`` between contrast
+    limits ``clim`` (default: 1st and 99th percentile). NaN is grey."""
+    v = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(v)
+    if clim is None:
+        if finite.any():
+            lo, hi = np.percentile(v[finite], [1, 99])
+        else:
+            lo, hi = 0.0, 1.0
+        clim = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+    lo, hi = clim
+    lut = colormap_lut(cmap)
+    idx = np.clip((v - lo) / max(hi - lo, 1e-12), 0, 1)
+    idx = np.where(finite, idx, 0) * (len(lut) - 1)
+    out = lut[idx.astype(np.int32)]
+    out[~finite] = (0.6, 0.6, 0.6, 1.0)
+    return out, (float(lo), float(hi))

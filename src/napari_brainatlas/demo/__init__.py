@@ -1,0 +1,6 @@
+"""Demo data the package generates itself: the demo atlas and demo sections."""
+
+from .files import write_demo_data
+from .sections import CORE_GENES, DEFAULT_SECTIONS, make_demo_sections
+
+__all__ = ["make_demo_sections", "write_demo_data", "DEFAULT_SECTIONS", "CORE_GENES"]

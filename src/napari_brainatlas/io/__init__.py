@@ -1,0 +1,31 @@
+"""Readers and writers for tissue sections (see :mod:`napari_brainatlas.io.readers`)."""
+
+from .backed import gene_values
+from .readers import (
+    SECTION_KEYS,
+    SUFFIXES,
+    find_coordinates,
+    normalise_section,
+    read_csv_sections,
+    read_h5ad,
+    read_loom,
+    read_sections,
+)
+from .validate import is_integer_matrix, validate_section
+from .writers import atomic_write_text, write_h5ad
+
+__all__ = [
+    "read_sections",
+    "read_h5ad",
+    "read_loom",
+    "read_csv_sections",
+    "find_coordinates",
+    "normalise_section",
+    "validate_section",
+    "is_integer_matrix",
+    "gene_values",
+    "write_h5ad",
+    "atomic_write_text",
+    "SECTION_KEYS",
+    "SUFFIXES",
+]

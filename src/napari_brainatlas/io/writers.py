@@ -1,0 +1,60 @@
+"""Atomic writing of results: never a half-written file, never the input overwritten."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from anndata import AnnData
+
+from .._errors import BrainAtlasInputError
+
+__all__ = ["write_h5ad", "atomic_write_text"]
+
+
+def _check_not_input(adata: AnnData | None, out: Path) -> None:
+    meta = adata.uns.get("napari_brainatlas", {}) if adata is not None else {}
+    src = meta.get("source") if isinstance(meta, dict) else None
+    if src and Path(src).exists() and Path(src).resolve() == out.resolve():
+        raise BrainAtlasInputError(
+            f"refusing to overwrite the input file {out.name}; choose another output path"
+        )
+
+
+def write_h5ad(adata: AnnData, path: str | Path) -> Path:
+    """Write ``adata`` to ``path`` atomically (temp file in the same folder, then rename).
+
+    Refuses to write over the file the section was read from.
+    """
+    out = Path(path)
+    if out.suffix.lower() != ".h5ad":
+        raise BrainAtlasInputError(f"output must be a .h5ad file, not {out.name}")
+    _check_not_input(adata, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".h5ad.tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        if getattr(adata, "isbacked", False):
+            adata = adata.to_memory()
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write text (JSON, CSV ...) atomically."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,105 @@
+"""Mini-batch machinery: subgraph gathering, one training step, validation, inference.
+
+A batch holds ``batch_size`` seed cells from every section. The reconstruction of a
+seed needs ``(A z_T)_S = A[S, N1] A[N1, N2] z_C[N2]`` where N1 are the graph neighbours
+of the seeds and N2 those of N1 (self loops make S in N1 in N2), so each step encodes
+only the 2-hop neighbourhood of its seeds: memory per step does not grow with the
+section size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from ._module import FuseMapModule
+
+__all__ = ["SectionData", "gather_subgraph", "forward_section", "infer_latent"]
+
+
+@dataclass
+class SectionData:
+    name: str
+    code: int
+    X: np.ndarray | sp.csr_matrix
+    A: sp.csr_matrix
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    w_cell: np.ndarray
+    w_tissue: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+
+def gather_subgraph(A: sp.csr_matrix, seeds: np.ndarray):
+    """Return (n2, A1, A0, s_in1, s_in2) for seed cells ``seeds`` (sorted, unique).
+
+    n2: cells whose z_C is needed; A1 = A[N1, N2] (|N1| x |N2|), A0 = A[S, N1]; s_in1 /
+    s_in2: positions of the seeds in N1 / N2.
+    """
+    r0 = A[seeds]
+    n1 = np.unique(r0.indices)
+    r1 = A[n1]
+    n2 = np.unique(r1.indices)
+    A0 = sp.csr_matrix((r0.data, np.searchsorted(n1, r0.indices), r0.indptr),
+                       shape=(len(seeds), len(n1)))
+    A1 = sp.csr_matrix((r1.data, np.searchsorted(n2, r1.indices), r1.indptr),
+                       shape=(len(n1), len(n2)))
+    return n2, A1, A0, np.searchsorted(n1, seeds), np.searchsorted(n2, seeds)
+
+
+def to_torch_sparse(M: sp.csr_matrix, device) -> torch.Tensor:
+    coo = M.tocoo()
+    idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    val = torch.from_numpy(coo.data.astype(np.float32))
+    return torch.sparse_coo_tensor(idx, val, coo.shape, device=device).coalesce()
+
+
+def rows_dense(X, idx: np.ndarray) -> np.ndarray:
+    if sp.issparse(X):
+        return X[idx].toarray()
+    return np.ascontiguousarray(X[idx])
+
+
+def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, device,
+                    sample: bool) -> dict:
+    """Losses and seed embeddings of one section for the seed cells ``seeds``."""
+    seeds = np.sort(seeds)
+    n2, A1, A0, s1, s2 = gather_subgraph(sd.A, seeds)
+    x2 = torch.from_numpy(rows_dense(sd.X, n2)).to(device, non_blocking=True)
+    mu, std = module.encode(sd.name, x2)
+    z = mu + std * torch.randn_like(mu) if sample else mu
+    zt1 = torch.sparse.mm(to_torch_sparse(A1, device), z)          # z_T on N1
+    h = torch.sparse.mm(to_torch_sparse(A0, device), zt1)          # (A z_T) on S
+    xhat = module.decode(sd.name, h)
+    s2t = torch.from_numpy(s2).to(device)
+    x_s = x2.index_select(0, s2t)
+    recon = F.mse_loss(xhat, x_s)
+    mu_s, std_s = mu.index_select(0, s2t), std.index_select(0, s2t)
+    kl = (0.5 * (mu_s.pow(2) + std_s.pow(2) - 1.0) - torch.log(std_s)).sum(1).mean()
+    kl = kl / x2.shape[1]
+    return dict(recon=recon, kl=kl, zc=z.index_select(0, s2t),
+                zt=zt1.index_select(0, torch.from_numpy(s1).to(device)), seeds=seeds)
+
+
+@torch.no_grad()
+def infer_latent(module: FuseMapModule, name: str, X, A: sp.csr_matrix, device,
+                 batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """(z_C means, z_T = A z_C) for every cell of a section, in eval mode."""
+    was = module.training
+    module.eval()
+    out = []
+    for i in range(0, X.shape[0], batch):
+        x = torch.from_numpy(rows_dense(X, np.arange(i, min(i + batch, X.shape[0])))).to(device)
+        mu, _ = module.encode(name, x)
+        out.append(mu.float().cpu().numpy())
+    module.train(was)
+    zc = np.concatenate(out, 0) if out else np.zeros((0, module.n_latent), np.float32)
+    zt = np.asarray(A @ zc, dtype=np.float32)
+    return zc.astype(np.float32), zt
