@@ -126,6 +126,8 @@ def _demo_volume(resolution_um: float) -> np.ndarray:
     _, (ia, idd, im) = ndi.distance_transform_edt(~grey, return_indices=True)
     rest = brain & ~assigned
     vol[rest] = vol[ia[rest], idd[rest], im[rest]]
+    half = n_ml // 2  # exact mirror symmetry: the right hemisphere is the left one mirrored
+    vol[:, :, n_ml - half:] = vol[:, :, :half][:, :, ::-1]
     vol.setflags(write=False)
     return vol
 

@@ -317,8 +317,10 @@ def read_csv_sections(path: str | Path, pixel_size_um: float | None = None) -> l
     if not files:
         raise BrainAtlasInputError(f"no csv files in {path}")
     tables = {f: _read_table(f) for f in files}
-    coord_file = next((f for f, t in tables.items() if _coord_columns(t)
-                       and t.shape[1] <= 6), None)
+    coord_file = None
+    if len(tables) > 1:  # a coordinates table beside a counts table
+        coord_file = next((f for f, t in tables.items() if _coord_columns(t)
+                           and t.shape[1] <= 6), None)
     if coord_file is None:
         single = next((f for f, t in tables.items() if _coord_columns(t)), None)
         if single is None:
