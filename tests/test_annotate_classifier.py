@@ -1,0 +1,85 @@
+"""Label classifiers on embeddings: accuracy, balancing, hierarchy, uncertainty, smoothing."""
+
+import numpy as np
+import pytest
+
+from napari_brainatlas import BrainAtlasInputError
+from napari_brainatlas.annotate.classifier import (
+    HierarchicalLabelClassifier,
+    KNNLabelClassifier,
+    MLPLabelClassifier,
+)
+from napari_brainatlas.annotate.smoothing import smooth_labels
+
+
+def _blobs(n_per=(400, 400, 40), k=8, sep=4.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, sep, (len(n_per), k))
+    Z = np.vstack([rng.normal(c, 1.0, (n, k)) for c, n in zip(centres, n_per)])
+    y = np.concatenate([[f"t{i}"] * n for i, n in enumerate(n_per)])
+    return Z.astype(np.float32), y
+
+
+def test_mlp_learns_and_balances_rare_class():
+    Z, y = _blobs()
+    clf = MLPLabelClassifier(max_epochs=60, seed=0).fit(Z, y)
+    Zq, yq = _blobs(seed=0)
+    pred, unc = clf.predict(Zq)
+    assert (pred == yq).mean() > 0.95
+    rare = yq == "t2"
+    assert (pred[rare] == "t2").mean() > 0.8  # class balancing keeps the rare class
+    assert unc.min() >= 0 and unc.max() <= 1
+    assert clf.val_accuracy_ > 0.9 and clf.test_accuracy_ > 0.9
+    # far from every class centre is more uncertain than at a centre (on average)
+    p = clf.predict_proba(Zq)
+    assert np.allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_mlp_deterministic_for_seed():
+    Z, y = _blobs(seed=1)
+    a = MLPLabelClassifier(max_epochs=5, seed=3).fit(Z, y).predict_proba(Z)
+    b = MLPLabelClassifier(max_epochs=5, seed=3).fit(Z, y).predict_proba(Z)
+    assert np.allclose(a, b)
+
+
+def test_hierarchical_main_then_sub():
+    rng = np.random.default_rng(0)
+    Z, main = _blobs(n_per=(300, 300), sep=6)
+    sub = np.where(Z[:, 1] > np.median(Z[:, 1]), "a", "b")
+    sub = np.char.add(main.astype(str), sub)
+    # make the sub-level depend on a separate embedding direction
+    Z[:, 1] += np.where(np.char.endswith(sub, "a"), 3.0, -3.0)
+    h = HierarchicalLabelClassifier(max_epochs=60, seed=0).fit(Z, main, sub)
+    m, s, um, us = h.predict(Z)
+    assert (m == main).mean() > 0.95 and (s == sub).mean() > 0.9
+    assert all(si.startswith(mi) for mi, si in zip(m, s))  # sub inside its main class
+    assert np.all(us >= um - 1e-6) and us.max() <= 1 and um.min() >= 0
+    del rng
+
+
+def test_knn_transfer_and_uncertainty():
+    Z, y = _blobs()
+    knn = KNNLabelClassifier(k=10).fit(Z, y)
+    pred, unc = knn.predict(Z)
+    assert (pred == y).mean() > 0.95
+    assert set(np.unique(unc)) <= {i / 10 for i in range(11)} | set(np.unique(unc))
+    assert unc.min() >= 0 and unc.max() <= 1
+
+
+def test_spatial_smoothing_removes_salt_and_pepper():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (3000, 2))
+    truth = np.where(xy[:, 0] < 500, "L", "R")
+    noisy = truth.copy()
+    flip = rng.random(len(xy)) < 0.2
+    noisy[flip] = np.where(truth[flip] == "L", "R", "L")
+    smooth, unc = smooth_labels(xy, noisy, k=30)
+    assert (smooth == truth).mean() > 0.97 > (noisy == truth).mean()
+    assert unc.min() >= 0 and unc.max() <= 0.5 + 1e-6
+
+
+def test_bad_embeddings_rejected():
+    with pytest.raises(BrainAtlasInputError):
+        MLPLabelClassifier().fit(np.full((5, 2), np.nan), ["a"] * 5)
+    with pytest.raises(BrainAtlasInputError):
+        MLPLabelClassifier().fit(np.zeros((5, 2)), ["a"] * 4)
