@@ -1,0 +1,61 @@
+"""``napari-brainatlas demo`` with a display: a napari viewer with the plugin's dock
+widgets and the demo sections loaded."""
+
+from __future__ import annotations
+
+import importlib
+
+#: (module, class, dock title) of the dock widgets; those not (yet) present are skipped
+DOCK_WIDGETS = (
+    ("napari_brainatlas.widgets.sections", "SectionsWidget", "Sections"),
+    ("napari_brainatlas.widgets.registration", "RegistrationWidget", "Registration"),
+    ("napari_brainatlas.widgets.embed", "EmbedWidget", "Embed"),
+    ("napari_brainatlas.widgets.annotate", "AnnotateWidget", "Annotate"),
+)
+
+
+def build_demo_viewer(viewer, seed: int = 0, color_by: str = "region") -> dict:
+    """Dock every available widget in ``viewer``, add the demo sections (side by side)
+    and colour them by ``color_by``. Returns ``{title: widget}``."""
+    from .._napari import make_demo_sample
+
+    docks = {}
+    for mod, cls, title in DOCK_WIDGETS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and mod.startswith(exc.name):
+                continue  # that widget is not part of this build
+            raise
+        widget = getattr(m, cls)(viewer)
+        dock = viewer.window.add_dock_widget(widget, name=title, area="right")
+        docks[title] = widget
+        _narrow(viewer, dock)
+    from napari.layers import Layer
+
+    for data, kwargs, ltype in make_demo_sample(seed=seed):
+        viewer.add_layer(Layer.create(data, kwargs, ltype))
+    sections = docks.get("Sections")
+    if sections is not None and color_by:
+        sections.color_by_annotation(color_by)
+    viewer.reset_view()
+    return docks
+
+
+def _narrow(viewer, dock, width: int = 400) -> None:
+    """Give a right-hand dock a sensible width, leaving the canvas the rest."""
+    from contextlib import suppress
+
+    from qtpy.QtCore import Qt
+
+    with suppress(Exception):  # cosmetic only (private napari API)
+        viewer.window._qt_window.resizeDocks([dock], [width], Qt.Horizontal)
+
+
+def launch_demo_viewer(seed: int = 0) -> None:
+    """Open napari with the demo sections and the plugin's widgets, then run it."""
+    import napari
+
+    viewer = napari.Viewer(title="napari-brainatlas demo")
+    build_demo_viewer(viewer, seed=seed)
+    napari.run()
