@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES = (
     "napari_brainatlas.register.cli",
     "napari_brainatlas.model.cli",
     "napari_brainatlas.annotate.cli",
+    "napari_brainatlas.human.cli",
+    "napari_brainatlas.cellformer.cli",
 )
 
 

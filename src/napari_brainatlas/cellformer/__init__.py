@@ -1,0 +1,6 @@
+"""CellFormer: a small Transformer cell encoder (gene + expression-bin tokens, masked-value
+training); no Qt / napari imports. See :mod:`.model`."""
+
+from .model import LATENT_KEY, CellFormer, CellFormerModule, resolve_device, tokenize
+
+__all__ = ["CellFormer", "CellFormerModule", "tokenize", "resolve_device", "LATENT_KEY"]
