@@ -85,7 +85,8 @@ def cell_size_um(xy: np.ndarray, default: float = 10.0, sample: int = 20_000,
         return default
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(xy)
+    # unbalanced, uncompacted: the same exact distances, built ~3x faster on 1M cells
+    tree = cKDTree(xy, balanced_tree=False, compact_nodes=False)
     q = xy
     if len(xy) > sample:
         q = xy[np.random.default_rng(seed).choice(len(xy), sample, replace=False)]
@@ -107,7 +108,11 @@ def _default_size(adata: AnnData, xy: np.ndarray) -> float:
 def section_features(adata: AnnData) -> pd.DataFrame:
     """Per-cell features: ``cell_id`` then every obs column (categoricals kept)."""
     feats = adata.obs.reset_index(drop=True).copy()
-    feats.insert(0, "cell_id", np.asarray(adata.obs_names, dtype=str))
+    ids = adata.obs_names
+    # str ids as they are (a unicode copy of a million ids costs ~0.5 s)
+    feats.insert(0, "cell_id", ids.to_numpy() if ids.dtype == object and
+                 pd.api.types.infer_dtype(ids, skipna=False) == "string"
+                 else np.asarray(ids, dtype=str))
     if "cell_id" in adata.obs.columns:  # obs had its own cell_id: ours wins, keep theirs
         feats = feats.loc[:, ~feats.columns.duplicated()]
     return feats
@@ -122,6 +127,19 @@ def _total_expression(adata: AnnData) -> np.ndarray:
         np.asarray(tot.todense(), dtype=np.float32).ravel()
 
 
+def _label_colors(s: pd.Series, categories, colors):
+    """:func:`categorical_colors` of a column; for a categorical column the colours are
+    found once per category and spread by the codes (the same colours, without turning
+    a million values into strings)."""
+    if not isinstance(s.dtype, pd.CategoricalDtype):
+        return categorical_colors(s.to_numpy(), categories=categories, colors=colors)
+    used = s.cat.remove_unused_categories()
+    per_cat, legend = categorical_colors(np.asarray(used.cat.categories, dtype=object),
+                                         categories=categories, colors=colors)
+    table = np.vstack([GREY[None, :], per_cat]).astype(np.float32)
+    return table[used.cat.codes.to_numpy().astype(np.int64) + 1], legend
+
+
 def color_values(adata: AnnData, key: str | None, *, categories=None, clim=None,
                  cmap: str = "viridis", colors: dict | None = None):
     """Colours for one section by ``key`` (an obs column or a gene; ``None``: total
@@ -133,7 +151,7 @@ def color_values(adata: AnnData, key: str | None, *, categories=None, clim=None,
     if key in adata.obs.columns:
         s = adata.obs[key]
         if key in label_columns(adata) or not (s.dtype.kind in "iuf"):
-            rgba, legend = categorical_colors(s.to_numpy(), categories=categories, colors=colors)
+            rgba, legend = _label_colors(s, categories, colors)
             return "categorical", rgba, legend
         rgba, lim = continuous_colors(s.to_numpy(dtype=float), clim=clim, cmap=cmap)
         return "continuous", rgba, lim

@@ -48,6 +48,8 @@ __all__ = ["COLORMAPS", "SectionsWidget"]
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "gray", "Reds",
              "Blues")
 NONE_ITEM = "(none)"
+#: .h5ad files larger than this are opened backed (expression stays on disk)
+BACKED_BYTES = 2 * 2**30
 TABLE_COLUMNS = ("show", "section", "cells", "genes", "source")
 
 
@@ -62,10 +64,19 @@ def _read_layer_data(path: str, pixel_size_um: float | None):
     """Worker body: read every section and build its layer data (no napari calls)."""
     from ..io import read_sections
     from ..layers import section_layer_data
+    from .fastpoints import FAST_THRESHOLD, fast_layer_kwargs
 
     try:
-        sections = read_sections(path, pixel_size_um=pixel_size_um)
-        return [section_layer_data(s) for s in sections]
+        big = str(path).lower().endswith(".h5ad") and Path(path).is_file() and \
+            Path(path).stat().st_size > BACKED_BYTES
+        sections = read_sections(path, pixel_size_um=pixel_size_um, backed=big)
+        out = []
+        for s in sections:
+            data, kwargs, ltype = section_layer_data(s)
+            if len(data) > FAST_THRESHOLD:  # level of detail, built here off the GUI thread
+                data, kwargs = fast_layer_kwargs(data, kwargs)
+            out.append((data, kwargs, ltype))
+        return out
     except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
         msg = one_line(exc, context=f"cannot open {Path(path).name}: ")
         if Path(path).name not in msg:
@@ -76,6 +87,11 @@ def _read_layer_data(path: str, pixel_size_um: float | None):
 def _paint(layer, rgba: np.ndarray) -> None:
     """Fast path: assign the (n, 4) RGBA array to the layer (face and the anti-aliased
     rim), no layer rebuild."""
+    from .fastpoints import is_fast, set_colors
+
+    if is_fast(layer):  # large section: colours written directly, one refresh
+        set_colors(layer, rgba)
+        return
     with ExitStack() as stack:
         # the border is redrawn with the face: skip its own (slow, full) vispy refresh
         stack.enter_context(layer.events.border_color.blocker())
@@ -116,6 +132,7 @@ class SectionsWidget(QWidget):
         self._updating = False
         # current colouring: key, source ('gene' | 'obs'), kind, clim, cmap, values
         self._color: dict = {}
+        self._fast = None
         self._build_ui()
         # an explicit minimum lets the dock be narrower than Qt's guess from the contents
         self.setMinimumWidth(360)
@@ -299,6 +316,15 @@ class SectionsWidget(QWidget):
             self.load_button.setEnabled(True)
 
     @property
+    def fast(self):
+        """The level-of-detail controller of this viewer's large sections."""
+        if self._fast is None:
+            from .fastpoints import FastSections
+
+            self._fast = FastSections(self.viewer)
+        return self._fast
+
+    @property
     def busy(self) -> bool:
         """True while a file is being read."""
         return bool(self._workers)
@@ -311,9 +337,12 @@ class SectionsWidget(QWidget):
             return
         from napari.layers import Layer
 
+        from .fastpoints import LOD_KEY, make_fast_layer
+
         names = []
         for data, kwargs, ltype in result:
-            layer = Layer.create(data, kwargs, ltype)
+            fast = LOD_KEY in (kwargs.get("metadata") or {})
+            layer = make_fast_layer(data, kwargs) if fast else Layer.create(data, kwargs, ltype)
             self.viewer.add_layer(layer)
             names.append(layer.name)
         if self.tile_check.isChecked():
@@ -340,6 +369,10 @@ class SectionsWidget(QWidget):
             return False
         self._layers.append(layer)
         layer.metadata.setdefault(HOVER_KEY, [])
+        from .fastpoints import FAST_THRESHOLD, is_fast
+
+        if is_fast(layer) or len(layer.data) > FAST_THRESHOLD:
+            self.fast.track(layer)  # level of detail for large sections
         layer.events.visible.connect(self._sync_table)
         layer.events.name.connect(self._sync_table)
         return True
