@@ -32,20 +32,27 @@ def categorical_colors(values, categories=None, colors: dict | None = None
     """RGBA (n, 4) float32 for categorical ``values`` and the legend ``{category: rgba}``.
 
     ``colors`` may fix some categories' colours (e.g. atlas colours for regions).
-    Missing values are grey.
+    Missing values are grey. Works per category (codes), so a million cells cost one
+    table lookup.
     """
-    s = pd.Series(np.asarray(values, dtype=object))
-    cats = list(categories) if categories is not None else list(
-        pd.Categorical(s.dropna().astype(str)).categories)
+    if isinstance(values, pd.Series):
+        values = values.array
+    if isinstance(values, pd.Categorical):
+        cat = values
+    else:
+        cat = pd.Categorical(np.asarray(values, dtype=object))
+    own = [str(c) for c in cat.categories]
+    cats = [str(c) for c in categories] if categories is not None else sorted(set(own))
     pal = _palette(len(cats))
     legend = {}
     for i, c in enumerate(cats):
         rgb = colors.get(c) if colors and c in colors else pal[i]
-        legend[str(c)] = np.array([*np.asarray(rgb, float)[:3], 1.0], dtype=np.float32)
-    table = np.vstack([np.array([0.6, 0.6, 0.6, 1.0], np.float32)] + [legend[str(c)] for c in cats])
-    codes = pd.Categorical(s.astype(str).where(s.notna(), None), categories=[str(c) for c in cats]
-                           ).codes + 1
-    return table[codes], legend
+        legend[c] = np.array([*np.asarray(rgb, float)[:3], 1.0], dtype=np.float32)
+    table = np.vstack([np.array([0.6, 0.6, 0.6, 1.0], np.float32)] + [legend[c] for c in cats])
+    # this column's category i -> row of ``table`` (0 = grey for missing / unknown)
+    pos = {c: i + 1 for i, c in enumerate(cats)}
+    remap = np.array([0] + [pos.get(c, 0) for c in own], dtype=np.int64)
+    return table[remap[np.asarray(cat.codes, dtype=np.int64) + 1]], legend
 
 
 def colormap_lut(name: str = "viridis", n: int = 256) -> np.ndarray:
