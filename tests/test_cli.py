@@ -57,6 +57,17 @@ def test_demo_headless_writes_results_and_qc(tmp_path):
     assert qc.exists() and qc.stat().st_size > 20_000
     results = sorted((tmp_path / "run" / "results").glob("*.h5ad"))
     assert len(results) == 4
+    import json
+
+    report = json.loads((tmp_path / "run" / "registration_report.json").read_text())
+    assert len(report) == 4
+    for name, r in report.items():  # registered against the demo truth
+        assert r["median_error_um"] < 50, (name, r)
+    import anndata as ad
+
+    a = ad.read_h5ad(results[0])
+    assert a.obsm["ccf_coords"].shape == (a.n_obs, 3) and "ccf_acronym" in a.obs
+    assert a.uns["ccf_registration"]
 
 
 def test_help_and_unknown_command():

@@ -202,10 +202,11 @@ class Atlas:
         a = tuple(float(v) for v in angles_deg)
         if a == (0.0, 0.0):
             i = int(np.floor(position_um / res))
-            labels = np.take(self.annotation, i, axis=ax_out)
+            # basic indexing (a view): np.take copies the whole Fortran-ordered volume
+            labels = self.annotation[i] if ax_out == 0 else self.annotation[:, :, i]
             if plane == "sagittal":
                 labels = labels.T  # (AP, DV) -> (DV, AP)
-            labels = np.ascontiguousarray(labels)
+            labels = np.array(labels, order="C", copy=True)
         else:
             rows, cols = np.mgrid[0:H, 0:W]
             x = (cols + 0.5) * res

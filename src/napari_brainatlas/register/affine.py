@@ -11,13 +11,13 @@ import numpy as np
 
 __all__ = [
     "apply_affine",
+    "compose",
+    "decompose",
     "fit_affine",
     "fit_similarity",
-    "compose",
-    "rotation",
     "reflection_x",
+    "rotation",
     "translation",
-    "decompose",
 ]
 
 

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["MidlineFrame", "validate_midline", "outline_anchors", "ANCHOR_NAMES"]
+__all__ = ["ANCHOR_NAMES", "MidlineFrame", "outline_anchors", "validate_midline"]
 
 ANCHOR_NAMES = ("parallel_dorsal", "parallel_ventral", "perpendicular_a", "perpendicular_b")
 
@@ -84,7 +84,7 @@ def validate_midline(midline, points: np.ndarray, mask_contains=None) -> np.ndar
     u = (m[1] - m[0]) / length
     nrm = np.array([u[1], -u[0]])
     side = (pts - m[0]) @ nrm
-    if np.mean(np.abs(side) < 0.05 * extent) < 1e-3 and not (side.min() < 0 < side.max()):
+    if not (side.min() < 0 < side.max()) and np.abs(side).min() > 0.1 * extent:
         raise BrainAtlasInputError("the midline does not pass through or along the section's tissue")
     return m
 
@@ -97,7 +97,7 @@ def _crossings(seg_a0, seg_a1, seg_b0, seg_b1, t):
     hit = (a0 - tt) * (a1 - tt) < 0
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = (tt - a0) / (a1 - a0)
-    b = seg_b0[None, :] + frac * (seg_b1 - seg_b0)[None, :]
+        b = seg_b0[None, :] + frac * (seg_b1 - seg_b0)[None, :]
     bmin = np.where(hit, b, np.inf).min(1)
     bmax = np.where(hit, b, -np.inf).max(1)
     return bmin, bmax

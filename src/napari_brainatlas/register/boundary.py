@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["Outline", "section_outline", "template_outline", "resample_polyline", "MIN_CELLS"]
+__all__ = ["MIN_CELLS", "Outline", "resample_polyline", "section_outline", "template_outline"]
 
 #: fewest cells a section may have to be registered
 MIN_CELLS = 50
@@ -41,6 +41,10 @@ class Outline:
         ``[x0 + c * pixel_um, x0 + (c + 1) * pixel_um)`` and the same for y with r.
     pixel_um : raster pixel size, um.
     spacing_um : spacing of ``points`` along the outline, um.
+    blur_um : Gaussian blur (um) of the image the outline was traced on.
+    normals : (m, 2) unit normals of ``points`` (sign arbitrary).
+    field : (H, W) float tissue image on the raster (the blurred filled tissue mask),
+        used by the area refinement.
     """
 
     points: np.ndarray
@@ -49,6 +53,9 @@ class Outline:
     origin_um: tuple
     pixel_um: float
     spacing_um: float
+    blur_um: float = 0.0  # Gaussian blur the outline was traced at, um
+    normals: np.ndarray | None = None  # (m, 2) unit normals of ``points``
+    field: np.ndarray | None = None  # (H, W) tissue image on the raster, ~1 inside, 0 outside
 
     @property
     def area_um2(self) -> float:
@@ -117,20 +124,34 @@ def _outline_from_field(field, thr, origin, pixel, spacing, min_fraction) -> Out
     contours = _contours_of(f, thr, origin, pixel, min_len=4 * pixel)
     if not contours:
         raise BrainAtlasInputError("no tissue outline could be traced from these cells")
-    pts = np.vstack([resample_polyline(c, spacing) for c in contours])
-    return Outline(pts, contours, mask, (float(origin[0]), float(origin[1])), float(pixel), float(spacing))
+    rs = [resample_polyline(c, spacing) for c in contours]
+    pts = np.vstack(rs)
+    normals = np.vstack([_normals(r) for r in rs])
+    return Outline(pts, contours, mask, (float(origin[0]), float(origin[1])), float(pixel), float(spacing),
+                   normals=normals)
+
+
+def _normals(closed_pts: np.ndarray) -> np.ndarray:
+    """Unit normals (m, 2) of a closed polyline's points (central differences)."""
+    t = np.roll(closed_pts, -1, axis=0) - np.roll(closed_pts, 1, axis=0)
+    n = np.column_stack([t[:, 1], -t[:, 0]])
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def cell_spacing_um(points: np.ndarray, max_sample: int = 20000, seed: int = 0) -> float:
     """Median nearest-neighbour distance of the cells (um), from a subsample."""
     pts = np.asarray(points, dtype=float)
-    if len(pts) > max_sample:
+    n = len(pts)
+    if n > max_sample:
+        # the NN distance of a random subsample scales as 1 / sqrt(density)
         rng = np.random.default_rng(seed)
-        pts = pts[rng.choice(len(pts), max_sample, replace=False)]
+        pts = pts[rng.choice(n, max_sample, replace=False)]
     d, _ = cKDTree(pts).query(pts, k=2)
     d = d[:, 1]
     d = d[d > 0]
-    return float(np.median(d)) if len(d) else 1.0
+    if not len(d):
+        return 1.0
+    return float(np.median(d)) * float(np.sqrt(len(pts) / n))
 
 
 def section_outline(
@@ -147,7 +168,7 @@ def section_outline(
     points : (n, 2) cell positions, um (any frame).
     pixel_um : raster pixel size; default chosen so a pixel holds ~``cells_per_pixel``
         cells (clamped to 1/1000 .. 1/40 of the section's extent).
-    spacing_um : spacing of the returned boundary points; default extent / 250.
+    spacing_um : spacing of the returned boundary points; default extent / 200.
     min_fraction : tissue pieces smaller than this fraction of the largest are dropped.
     """
     pts = np.asarray(points, dtype=float)
@@ -168,7 +189,7 @@ def section_outline(
         pixel_um = float(np.sqrt(cells_per_pixel / lam))
         pixel_um = float(np.clip(pixel_um, extent / 1000.0, extent / 40.0))
     if spacing_um is None:
-        spacing_um = extent / 250.0
+        spacing_um = extent / 200.0
     pad = 4
     origin = lo - pad * pixel_um
     shape = np.ceil((hi - lo) / pixel_um).astype(int) + 2 * pad + 1  # (nx, ny)
@@ -178,11 +199,20 @@ def section_outline(
     field = ndi.gaussian_filter(counts.astype(float), 1.0, mode="constant")
     occupied = field[counts > 0]
     rho = float(np.median(occupied)) if occupied.size else 1.0
-    return _outline_from_field(field, 0.5 * rho, origin, pixel_um, spacing_um, min_fraction)
+    # interior density: away from the edges, where the blur does not dilute it
+    interior = ndi.binary_erosion(field >= 0.5 * rho, iterations=3)
+    if interior.sum() >= 20:
+        rho = float(np.median(field[interior]))
+    out = _outline_from_field(field, 0.5 * rho, origin, pixel_um, spacing_um, min_fraction)
+    out.blur_um = float(pixel_um * np.sqrt(1.0 + 1.0 / 12.0))
+    # the filled tissue mask blurred like the density (not the density itself: real
+    # tissue is not uniformly dense, the mask is)
+    out.field = ndi.gaussian_filter(out.mask.astype(np.float32), 1.0, mode="constant")
+    return out
 
 
 def template_outline(labels: np.ndarray, resolution_um: float, spacing_um: float | None = None,
-                     min_fraction: float = 0.01) -> Outline:
+                     min_fraction: float = 0.01, sigma_um: float = 0.0) -> Outline:
     """Outline of a template slice.
 
     Parameters
@@ -190,6 +220,9 @@ def template_outline(labels: np.ndarray, resolution_um: float, spacing_um: float
     labels : (H, W) structure ids (0 outside), rows = y, columns = x.
     resolution_um : pixel size, um (pixel (r, c) covers [c*res, (c+1)*res) in x).
     spacing_um : spacing of the boundary points, default resolution / 2.
+    sigma_um : Gaussian blur of the mask before tracing, um; set it to the blur of the
+        section's density image (mapped to atlas um) so both outlines round corners
+        alike.
     """
     labels = np.asarray(labels)
     if not np.any(labels > 0):
@@ -197,4 +230,12 @@ def template_outline(labels: np.ndarray, resolution_um: float, spacing_um: float
     if spacing_um is None:
         spacing_um = resolution_um / 2.0
     field = (labels > 0).astype(float)
-    return _outline_from_field(field, 0.5, (0.0, 0.0), float(resolution_um), spacing_um, min_fraction)
+    if sigma_um > 0.3 * resolution_um:
+        field = ndi.gaussian_filter(field, sigma_um / resolution_um, mode="constant")
+    out = _outline_from_field(field, 0.5, (0.0, 0.0), float(resolution_um), spacing_um, min_fraction)
+    out.blur_um = float(sigma_um)
+    filled = out.mask.astype(np.float32)
+    if sigma_um > 0.3 * resolution_um:
+        filled = ndi.gaussian_filter(filled, sigma_um / resolution_um, mode="constant")
+    out.field = filled
+    return out

@@ -4,7 +4,9 @@ Method step 6: match each transformed section boundary point to its nearest temp
 boundary point, fit the affine that best aligns the pairs, compose it with the
 accumulated transform, repeat until the cost change falls below ``tol``.
 
-Additions for real tissue: the matching is symmetric (template points are matched to
+Additions for real tissue: the fit minimises the distance of each point to the
+tangent line of its partner (point-to-line) plus a small point-to-point term, which
+stops the outline sliding and converges in tens of iterations; the matching is symmetric (template points are matched to
 their nearest transformed section point too, so the section cannot slide along a part
 of the outline) and trimmed (pairs farther than ``trim_k`` x the median distance are
 dropped: torn or missing tissue has no partner on the other outline).
@@ -19,7 +21,7 @@ from scipy.spatial import cKDTree
 
 from .affine import apply_affine, fit_affine
 
-__all__ = ["ICPResult", "icp_affine", "RegistrationCancelled"]
+__all__ = ["ICPResult", "RegistrationCancelled", "icp_affine"]
 
 
 class RegistrationCancelled(RuntimeError):
@@ -43,6 +45,66 @@ class ICPResult:
     iterations: int = 0
     inlier_fraction: float = 1.0
     final_cost: float = np.inf
+    model_stage: str = "affine"
+
+
+_SIM = np.array([  # similarity (a, b, tx, ty) -> affine (a11, a12, tx, a21, a22, ty)
+    [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1],
+], dtype=float)
+
+
+def fit_affine_point_to_line(src, dst, normals, w_line, w_point, model: str = "affine",
+                             prior_linear: np.ndarray | None = None, prior_weight: float = 0.0) -> np.ndarray:
+    """Affine minimising sum w_line (n.(A s - d))^2 + w_point |A s - d|^2.
+
+    src, dst : (n, 2); normals : (n, 2) unit normals at dst (rows with zero normals
+    contribute only to the point term); w_line, w_point : (n,) weights.
+    model : "affine" (6 parameters) or "similarity" (rotation, isotropic scale, shift).
+    prior_linear, prior_weight : pull the linear part towards ``prior_linear`` (2, 2):
+        adds ``prior_weight * sum(w) * r2 * |L - prior_linear|^2`` with ``r2`` the mean
+        squared radius of ``src``, i.e. a deviation is charged like moving every point
+        by it, ``prior_weight`` times over.
+    """
+    src = np.asarray(src, dtype=float)
+    dst = np.asarray(dst, dtype=float)
+    mu = src.mean(0)
+    s = src - mu
+    n = len(s)
+    one = np.ones(n)
+    zero = np.zeros(n)
+    # unknowns m = [a11, a12, tx, a21, a22, ty] acting on centred src
+    nx, ny = normals[:, 0], normals[:, 1]
+    Rl = np.column_stack([nx * s[:, 0], nx * s[:, 1], nx, ny * s[:, 0], ny * s[:, 1], ny])
+    bl = nx * dst[:, 0] + ny * dst[:, 1]
+    Rx = np.column_stack([s[:, 0], s[:, 1], one, zero, zero, zero])
+    Ry = np.column_stack([zero, zero, zero, s[:, 0], s[:, 1], one])
+    wl = np.sqrt(w_line)[:, None]
+    wp = np.sqrt(w_point)[:, None]
+    # normal equations (6 x 6): much faster than an SVD least squares on 2 cores
+    Rl = Rl * wl
+    Rx = Rx * wp
+    Ry = Ry * wp
+    if model == "similarity":
+        Rl, Rx, Ry = Rl @ _SIM, Rx @ _SIM, Ry @ _SIM
+    G = Rl.T @ Rl + Rx.T @ Rx + Ry.T @ Ry
+    h = Rl.T @ (bl * wl[:, 0]) + Rx.T @ (dst[:, 0] * wp[:, 0]) + Ry.T @ (dst[:, 1] * wp[:, 0])
+    if prior_linear is not None and prior_weight > 0 and model == "affine":
+        r2 = float(np.mean(np.sum(s**2, axis=1)))
+        lam = prior_weight * float(np.sum(w_line) + np.sum(w_point)) * r2
+        L0 = np.asarray(prior_linear, dtype=float)
+        for k, val in zip((0, 1, 3, 4), (L0[0, 0], L0[0, 1], L0[1, 0], L0[1, 1])):
+            G[k, k] += lam
+            h[k] += lam * val
+    try:
+        m = np.linalg.solve(G, h)
+    except np.linalg.LinAlgError:
+        m = np.linalg.lstsq(G, h, rcond=None)[0]
+    if model == "similarity":
+        m = _SIM @ m
+    A = np.eye(3)
+    A[0] = [m[0], m[1], m[2] - m[0] * mu[0] - m[1] * mu[1]]
+    A[1] = [m[3], m[4], m[5] - m[3] * mu[0] - m[4] * mu[1]]
+    return A
 
 
 def icp_affine(
@@ -59,6 +121,11 @@ def icp_affine(
     progress=None,
     cancel=None,
     iter_offset: int = 0,
+    tgt_normals: np.ndarray | None = None,
+    point_weight: float = 0.05,
+    model: str = "affine",
+    prior_weight: float = 0.0,
+    cauchy_k: float = 0.0,
 ) -> ICPResult:
     """Refine ``A0`` so that ``A(src)`` lies on the target outline.
 
@@ -70,6 +137,15 @@ def icp_affine(
     trim_k : pairs farther than ``max(trim_k * median, floor_um)`` are dropped.
     landmarks : optional ``(src_pts (k,2), dst_pts (k,2), weights (k,))`` user pairs kept
         in every fit.
+    tgt_normals : (m, 2) unit normals of ``tgt``; given, the fit is point-to-line with
+        a ``point_weight`` share of point-to-point (plain point-to-point otherwise).
+    model : "affine" or "similarity" (the increments are rotations + isotropic scale +
+        shift; a robust first stage that cannot squash a torn section onto the template).
+    cauchy_k : > 0: kept pairs are also weighted 1 / (1 + (d / c)^2), c = cauchy_k x the
+        median distance (a soft down-weighting of far pairs on top of the trimming).
+    prior_weight : affine only: pull the linear part towards that of ``A0`` (see
+        :func:`fit_affine_point_to_line`); keeps near-elliptic outlines, which an affine
+        can slide along, from drifting.
     progress : ``progress(i, cost)`` called after each iteration.
     cancel : ``cancel() -> bool``; when it returns True, :class:`RegistrationCancelled`.
     """
@@ -77,7 +153,7 @@ def icp_affine(
     tgt = np.asarray(tgt, dtype=float)
     tree = tgt_tree if tgt_tree is not None else cKDTree(tgt)
     # a sparser copy of the target for the reverse matches, about as dense as the source
-    step = max(1, int(round(len(tgt) / max(len(src), 1))))
+    step = max(1, round(len(tgt) / max(len(src), 1)))
     tgt_r = tgt[::step]
     A = np.asarray(A0, dtype=float).copy()
     hist: list[float] = []
@@ -94,7 +170,9 @@ def icp_affine(
         keep1 = d1 <= thr1
         S = [P[keep1]]
         D = [tgt[j[keep1]]]
-        W = [np.ones(int(keep1.sum()))]
+        N = [tgt_normals[j[keep1]] if tgt_normals is not None else np.zeros((int(keep1.sum()), 2))]
+        c1 = max(cauchy_k * float(np.median(d1)), 0.25 * floor_um, 1e-9)
+        W = [1.0 / (1.0 + (d1[keep1] / c1) ** 2) if cauchy_k > 0 else np.ones(int(keep1.sum()))]
         cost = float(d1[keep1].mean())
         if symmetric:
             d2, i = cKDTree(P).query(tgt_r)
@@ -102,7 +180,10 @@ def icp_affine(
             keep2 = d2 <= thr2
             S.append(P[i[keep2]])
             D.append(tgt_r[keep2])
-            W.append(np.full(int(keep2.sum()), keep1.sum() / max(keep2.sum(), 1)))
+            N.append(tgt_normals[::step][keep2] if tgt_normals is not None else np.zeros((int(keep2.sum()), 2)))
+            c2 = max(cauchy_k * float(np.median(d2)), 0.25 * floor_um, 1e-9)
+            w2 = 1.0 / (1.0 + (d2[keep2] / c2) ** 2) if cauchy_k > 0 else np.ones(int(keep2.sum()))
+            W.append(w2 * keep1.sum() / max(keep2.sum(), 1))
             cost = 0.5 * (cost + float(d2[keep2].mean()))
         hist.append(cost)
         if progress is not None:
@@ -111,8 +192,21 @@ def icp_affine(
             ls, ld, lw = landmarks
             S.append(apply_affine(A, ls))
             D.append(np.asarray(ld, dtype=float))
+            N.append(np.zeros((len(ls), 2)))
             W.append(np.asarray(lw, dtype=float) * max(keep1.sum(), 1) / max(len(ls), 1))
-        dA = fit_affine(np.vstack(S), np.vstack(D), np.concatenate(W))
+        Sa, Da, Wa, Na = np.vstack(S), np.vstack(D), np.concatenate(W), np.vstack(N)
+        if tgt_normals is None and model == "affine":
+            dA = fit_affine(Sa, Da, Wa)
+        else:
+            has_n = np.any(Na != 0, axis=1)
+            w_point = Wa * np.where(has_n, point_weight, 1.0)
+            if prior_weight > 0 and model == "affine":
+                # the prior is on the accumulated transform: write it for the increment
+                L0 = np.asarray(A0, dtype=float)[:2, :2] @ np.linalg.inv(A[:2, :2])
+                dA = fit_affine_point_to_line(Sa, Da, Na, Wa * has_n, w_point, model=model,
+                                              prior_linear=L0, prior_weight=prior_weight)
+            else:
+                dA = fit_affine_point_to_line(Sa, Da, Na, Wa * has_n, w_point, model=model)
         A = dA @ A
         pairs = (j.tobytes(), keep1.tobytes())
         if len(hist) > 1:
@@ -131,4 +225,5 @@ def icp_affine(
         iterations=it,
         inlier_fraction=float(np.mean(d1 <= thr1)),
         final_cost=hist[-1] if hist else np.inf,
+        model_stage=model,
     )

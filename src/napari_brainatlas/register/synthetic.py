@@ -12,7 +12,7 @@ import numpy as np
 
 from .affine import apply_affine, compose, reflection_x, rotation, translation
 
-__all__ = ["sample_section", "major_division_labels"]
+__all__ = ["major_division_labels", "sample_section"]
 
 
 def major_division_labels(atlas, ids: np.ndarray, divisions=None) -> np.ndarray:
@@ -65,7 +65,9 @@ def sample_section(
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    sl = atlas.slice(plane, position_um, hemisphere, tuple(angles_deg))
+    from .slices import atlas_slice
+
+    sl = atlas_slice(atlas, plane, position_um, hemisphere, tuple(angles_deg))
     res = sl.resolution_um
     rows, cols = np.nonzero(sl.labels > 0)
     pick = rng.integers(0, len(rows), n_cells)

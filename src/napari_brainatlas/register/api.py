@@ -1,0 +1,542 @@
+"""Register a section to an atlas slice and write the result into the AnnData.
+
+>>> res = register_section(adata, atlas, "coronal", 5000.0, "both", midline=[[x1, y1], [x2, y2]])
+>>> out = apply_registration(adata, res, atlas)   # a copy with ccf_coords, ccf_id, ...
+
+``register_section`` never modifies ``adata``; ``apply_registration`` returns a new
+AnnData unless ``inplace=True``. Both are plain Python (no Qt), safe to call from a
+worker thread: ``progress(i, cost)`` is called after every ICP iteration and
+``cancel()`` is polled; when it returns True :class:`RegistrationCancelled` is raised.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .._errors import BrainAtlasInputError
+from .affine import apply_affine, decompose
+from .anchors import validate_midline
+from .boundary import MIN_CELLS, section_outline
+from .core import Template, fit_to_template, make_template
+from .icp import RegistrationCancelled
+from .metrics import label_division_index, registration_metrics
+from .slices import atlas_slice
+
+__all__ = [
+    "RegistrationCancelled",
+    "RegistrationResult",
+    "apply_registration",
+    "confidence_score",
+    "register_section",
+]
+
+
+@dataclass
+class RegistrationResult:
+    """Everything needed to map a section's cells into the CCF, JSON-serialisable.
+
+    Attributes
+    ----------
+    atlas, atlas_version : atlas name and version it was registered to.
+    plane : "coronal" or "sagittal"; position_um : AP (coronal) or ML (sagittal) um.
+    hemisphere : "both", "left" or "right"; angles_deg : (a_x, a_y) cutting angles.
+    midline : (2, 2) section um, dorsal then ventral (empty if none was given).
+    mirrored : the section was fitted mirrored (seen from the other face).
+    anchors_section, anchors_atlas : (4, 2) matched anchors, section um / atlas slice um.
+    affine : (3, 3) section um -> atlas slice um (in-plane (x, y)).
+    warp : thin-plate stages applied after the affine (empty: affine only).
+    cost_history : ICP cost (um) per iteration; converged, iterations.
+    confidence : in [0, 1]; metrics : see :func:`.metrics.registration_metrics`.
+    """
+
+    atlas: str
+    atlas_version: str
+    plane: str
+    position_um: float
+    hemisphere: str
+    affine: list
+    angles_deg: list = field(default_factory=lambda: [0.0, 0.0])
+    midline: list = field(default_factory=list)
+    mirrored: bool = False
+    anchors_section: list = field(default_factory=list)
+    anchors_atlas: list = field(default_factory=list)
+    warp: list = field(default_factory=list)
+    cost_history: list = field(default_factory=list)
+    converged: bool = False
+    iterations: int = 0
+    confidence: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    section: str = "section"
+    n_cells: int = 0
+    position_estimated: bool = False
+    start: str = ""
+    notes: list = field(default_factory=list)
+
+    # ---------------------------------------------------------------- mapping
+    @property
+    def affine_matrix(self) -> np.ndarray:
+        return np.asarray(self.affine, dtype=float).reshape(3, 3)
+
+    def transform(self, xy_um: np.ndarray) -> np.ndarray:
+        """Section um (n, 2) -> atlas slice in-plane um (n, 2) (affine, then warp)."""
+        out = apply_affine(self.affine_matrix, xy_um)
+        if self.warp:
+            from .nonlinear import apply_warp
+
+            out = apply_warp(self.warp, out)
+        return out
+
+    def slice_of(self, atlas):
+        """The (possibly tilted) atlas slice the section was registered to."""
+        return atlas_slice(atlas, self.plane, self.position_um, self.hemisphere, tuple(self.angles_deg))
+
+    def to_ccf(self, xy_um: np.ndarray, atlas) -> np.ndarray:
+        """Section um (n, 2) -> CCF (AP, DV, ML) um (n, 3)."""
+        return self.slice_of(atlas).to_3d(self.transform(xy_um))
+
+    # ---------------------------------------------------------------- serialise
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RegistrationResult:
+        d = dict(d)
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        for k in extra:
+            d.pop(k)
+        d = _jsonable(d)
+        for k in ("atlas", "atlas_version", "plane", "position_um", "hemisphere", "affine"):
+            if k not in d:
+                raise BrainAtlasInputError(f"registration record lacks {k!r}")
+        return cls(**d)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> RegistrationResult:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BrainAtlasInputError(f"not a registration record: {exc.msg}") from None
+        return cls.from_dict(d)
+
+    def to_uns(self) -> dict:
+        """The record for ``uns['ccf_registration'][section]`` (h5ad-writable)."""
+        d = self.to_dict()
+        d["warp"] = json.dumps(d["warp"])  # ragged: kept as a JSON string
+        d["notes"] = json.dumps(d["notes"])
+        return _h5able(d)
+
+    @classmethod
+    def from_uns(cls, d: dict) -> RegistrationResult:
+        d = dict(d)
+        for k in ("warp", "notes"):
+            if isinstance(d.get(k), str):
+                d[k] = json.loads(d[k])
+        return cls.from_dict(d)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if np.isfinite(v) else None
+    return x
+
+
+def _h5able(x):
+    """Nested dict for AnnData.uns: no None, numeric lists as arrays."""
+    if isinstance(x, dict):
+        return {k: _h5able(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        try:
+            arr = np.asarray([np.nan if v is None else v for v in x], dtype=float)
+            return arr
+        except (TypeError, ValueError):
+            return np.asarray([str(v) for v in x])
+    return x
+
+
+# ---------------------------------------------------------------------- helpers
+def _load_atlas(atlas):
+    if isinstance(atlas, (str,)) or hasattr(atlas, "__fspath__"):
+        from ..atlas import Atlas
+
+        return Atlas.load(atlas)
+    if not hasattr(atlas, "annotation"):
+        raise BrainAtlasInputError("atlas must be an Atlas, 'demo', a BrainGlobe name or an .nrrd path")
+    return atlas
+
+
+def _section_xy(adata, spatial_key: str) -> np.ndarray:
+    if spatial_key not in adata.obsm:
+        raise BrainAtlasInputError(f"the section has no obsm[{spatial_key!r}] cell coordinates")
+    xy = np.asarray(adata.obsm[spatial_key], dtype=float)
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise BrainAtlasInputError(f"obsm[{spatial_key!r}] must be an (n, 2) array of x, y um")
+    xy = xy[:, :2]
+    if not np.all(np.isfinite(xy)):
+        raise BrainAtlasInputError(f"obsm[{spatial_key!r}] holds non-finite coordinates")
+    if len(xy) < MIN_CELLS:
+        raise BrainAtlasInputError(
+            f"the section has {len(xy)} cells; at least {MIN_CELLS} are needed to register it"
+        )
+    return xy
+
+
+def _landmarks(landmarks, weight: float):
+    if landmarks is None:
+        return None
+    if isinstance(landmarks, dict):
+        src = np.asarray(landmarks.get("section"), dtype=float).reshape(-1, 2)
+        dst = np.asarray(landmarks.get("atlas"), dtype=float).reshape(-1, 2)
+        w = np.asarray(landmarks.get("weights", np.full(len(src), weight)), dtype=float)
+    else:
+        arr = np.asarray(landmarks, dtype=float)
+        if arr.ndim == 2 and arr.shape[1] == 4:
+            src, dst = arr[:, :2], arr[:, 2:]
+        elif arr.ndim == 3 and arr.shape[1:] == (2, 2):
+            src, dst = arr[:, 0], arr[:, 1]
+        else:
+            raise BrainAtlasInputError(
+                "landmarks must be (k, 4) rows of x_section, y_section, x_atlas, y_atlas"
+            )
+        w = np.full(len(src), weight)
+    if len(src) != len(dst) or len(w) != len(src):
+        raise BrainAtlasInputError("landmarks need as many atlas points (and weights) as section points")
+    if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
+        raise BrainAtlasInputError("landmark coordinates must be finite numbers")
+    return src, dst, w
+
+
+def _cell_divisions(adata, atlas, region_key):
+    if region_key is None or region_key not in adata.obs:
+        return None
+    import pandas as pd
+
+    cat = pd.Categorical(adata.obs[region_key])
+    div_cat = label_division_index(atlas, np.asarray(cat.categories).astype(str))
+    codes = np.asarray(cat.codes)
+    div = np.where(codes >= 0, div_cat[np.clip(codes, 0, None)] if len(div_cat) else -1, -1)
+    return div if np.mean(div >= 0) >= 0.5 else None
+
+
+def _template_for(atlas, plane, position_um, hemisphere, angles, outline) -> Template:
+    sl = atlas_slice(atlas, plane, position_um, hemisphere, tuple(angles))
+    area_t = float((sl.labels > 0).sum()) * sl.resolution_um**2
+    if area_t <= 0:
+        raise BrainAtlasInputError(
+            f"the atlas has no tissue at {plane} position {position_um:.0f} um ({hemisphere})"
+        )
+    scale = np.sqrt(area_t / max(outline.area_um2, 1e-9))
+    return make_template(sl, sigma_um=outline.blur_um * scale)
+
+
+def _midline_terms(A, midline, tmpl: Template) -> tuple[float, float]:
+    """(angle deg between mapped midline and the template's DV axis, offset / size)."""
+    if midline is None:
+        return 0.0, 0.0
+    p = apply_affine(A, midline)
+    d = p[1] - p[0]
+    ang = float(np.degrees(np.arccos(np.clip(d[1] / max(np.hypot(*d), 1e-12), -1, 1))))
+    off = 0.0
+    if tmpl.plane == "coronal":
+        off = float(np.abs(p[:, 0] - tmpl.midline[0, 0]).mean() / tmpl.size_um)
+    return ang, off
+
+
+def _area_refine(A, outline, tmpl: Template, notes: list, cancel=None) -> np.ndarray:
+    """Image refinement of the affine, only where both outlines match all round."""
+    from scipy.spatial import cKDTree
+
+    from .refine import refine_affine_area
+
+    tol = max(0.02 * tmpl.size_um, 2 * tmpl.outline.pixel_um)
+    P = apply_affine(A, outline.points)
+    d1, _ = tmpl.tree.query(P)
+    d2, _ = cKDTree(P).query(tmpl.outline.points)
+    if np.mean(d1 <= tol) < 0.95 or np.mean(d2 <= tol) < 0.95:
+        notes.append("area refinement skipped: the outlines disagree in places (torn or missing tissue?)")
+        return A
+    A2, _ = refine_affine_area(A, outline, tmpl.outline, cancel=cancel)
+    # keep it only if it did not move the outline far (a sanity bound, 2% of the size)
+    move = np.linalg.norm(apply_affine(A2, outline.points) - P, axis=1).mean()
+    if move > 0.02 * tmpl.size_um:
+        notes.append("area refinement rejected: it moved the outline too far")
+        return A
+    return A2
+
+
+def confidence_score(metrics: dict) -> float:
+    """Confidence in [0, 1] from the metrics of one registration.
+
+    Product of soft terms: mask Dice (1 above 0.9, 0 at 0.6), outline inlier fraction
+    (1 above 0.85, 0 at 0.4), plausible shape (anisotropy up to 1.25), the mapped
+    midline's agreement with the template's (angle under 8 deg, offset under 3% of the
+    size) and, with region labels, label agreement (1 above 0.85, 0 at 0.45).
+    """
+    def ramp(v, lo, hi):
+        return float(np.clip((v - lo) / (hi - lo), 0.0, 1.0))
+
+    c = ramp(metrics.get("dice", 0.0), 0.6, 0.9)
+    c *= ramp(metrics.get("boundary_inlier_fraction", 0.0), 0.4, 0.85)
+    c *= float(np.exp(-max(0.0, metrics.get("anisotropy", 1.0) - 1.25) / 0.25))
+    c *= float(np.exp(-max(0.0, metrics.get("midline_angle_deg", 0.0) - 8.0) / 8.0))
+    c *= float(np.exp(-max(0.0, metrics.get("midline_offset", 0.0) - 0.03) / 0.03))
+    if "label_agreement" in metrics:
+        c *= ramp(metrics["label_agreement"], 0.45, 0.85)
+    return float(np.clip(c, 0.0, 1.0))
+
+
+# ---------------------------------------------------------------------- main entry
+def register_section(
+    adata,
+    atlas,
+    plane: str = "coronal",
+    position_um: float | str | None = None,
+    hemisphere: str = "both",
+    midline=None,
+    landmarks=None,
+    *,
+    angles_deg=(0.0, 0.0),
+    mirrored: bool | None = None,
+    refine_position: bool = False,
+    search_um: float = 300.0,
+    max_angle_deg: float = 5.0,
+    nonlinear: bool = False,
+    area_refine: bool = False,
+    landmark_weight: float = 5.0,
+    region_key: str | None = "region",
+    spatial_key: str = "spatial",
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    sweep: str = "auto",
+    section_name: str | None = None,
+    progress=None,
+    cancel=None,
+) -> RegistrationResult:
+    """Register one section's cells to the atlas.
+
+    Parameters
+    ----------
+    adata : AnnData with obsm[spatial_key] (n, 2) um in the section's own frame.
+    atlas : :class:`~napari_brainatlas.atlas.Atlas` or an atlas spec for ``Atlas.load``.
+    plane : "coronal" or "sagittal".
+    position_um : AP (coronal) / ML (sagittal) um; None or "auto" scans the whole axis.
+    hemisphere : "both", "left" or "right" (coronal hemisections; the midline is the cut edge).
+    midline : (2, 2) or (4,) section um, a dorsal then a ventral point on the midline
+        (for sagittal sections: any dorsal -> ventral line). None: rotation sweep only.
+    landmarks : extra user pairs, (k, 4) ``x_s, y_s, x_atlas, y_atlas`` rows or
+        ``{"section": (k,2), "atlas": (k,2), "weights": (k,)}``.
+    angles_deg : cutting angles of the template slice (see ``AtlasSlice``).
+    mirrored : force the mirror hypothesis (None: decided by fit).
+    refine_position : search the position (+-``search_um``) and, with region labels,
+        the cutting angles (+-``max_angle_deg``) around ``position_um``.
+    nonlinear : add a thin-plate spline refinement after the affine.
+    area_refine : finish with an image (section tissue mask vs template mask) alignment
+        when the outlines agree everywhere (skipped for torn tissue, where it drifts).
+        Off by default: it helps sparse synthetic sections but hurt a demo section
+        (see benchmarks/registration).
+    region_key : obs column with region labels (major divisions or any structure
+        acronyms); used for the position / angle search, metrics and confidence.
+    max_iter, tol : ICP limits (tol: relative cost change).
+    sweep : "auto", "always" or "never" (rotation x mirror fall-back starts).
+    progress : ``progress(i, cost_um)`` callback; cancel : ``cancel() -> bool``.
+
+    Returns a :class:`RegistrationResult`. Raises :class:`BrainAtlasInputError` for
+    bad input and :class:`RegistrationCancelled` when cancelled.
+    """
+    atlas = _load_atlas(atlas)
+    if plane not in ("coronal", "sagittal"):
+        raise BrainAtlasInputError(f"plane must be 'coronal' or 'sagittal', not {plane!r}")
+    if hemisphere not in ("both", "left", "right"):
+        raise BrainAtlasInputError(f"hemisphere must be 'both', 'left' or 'right', not {hemisphere!r}")
+    if plane == "sagittal" and hemisphere != "both":
+        hemisphere = "both"  # a sagittal slice lies in one hemisphere already
+    xy = _section_xy(adata, spatial_key)
+    mid = None
+    if midline is not None:
+        mid = validate_midline(midline, xy)
+    elif hemisphere != "both":
+        raise BrainAtlasInputError("a hemisection needs its cut edge as the midline (two points)")
+    auto = position_um is None or (isinstance(position_um, str) and position_um.lower() == "auto")
+    lo, hi = atlas.position_range_um(plane)
+    if not auto:
+        try:
+            position_um = float(position_um)
+        except (TypeError, ValueError):
+            raise BrainAtlasInputError(f"position must be a number of um or 'auto', not {position_um!r}") from None
+        if not (lo <= position_um < hi):
+            raise BrainAtlasInputError(
+                f"{plane} position {position_um:.0f} um is outside the atlas ({lo:.0f} to {hi:.0f} um)"
+            )
+    angles = tuple(float(a) for a in angles_deg)
+    lm = _landmarks(landmarks, landmark_weight)
+    outline = section_outline(xy)
+    cell_div = _cell_divisions(adata, atlas, region_key)
+    notes: list[str] = []
+    name = section_name or str(adata.uns.get("section", "")) or (
+        str(adata.obs["section"].iloc[0]) if "section" in adata.obs and adata.obs["section"].nunique() == 1
+        else "section"
+    )
+
+    sub = np.arange(len(xy)) if len(xy) <= 20000 else np.random.default_rng(0).choice(len(xy), 20000, replace=False)
+
+    def agree_affine(tmpl, A):
+        from .metrics import division_index
+
+        ids = tmpl.slice.labels_at(apply_affine(A, xy[sub]))
+        tdiv, _ = division_index(atlas, ids)
+        return float(np.mean(tdiv == cell_div[sub]))
+
+    def fit_at(pos, ang, prog=None, sw=sweep):
+        tmpl = _template_for(atlas, plane, pos, hemisphere, ang, outline)
+        rank = (lambda A: agree_affine(tmpl, A)) if cell_div is not None else None
+        best, _ = fit_to_template(xy, outline, tmpl, mid, mirrored=mirrored, landmarks=lm,
+                                  max_iter=max_iter, tol=tol, sweep=sw, progress=prog, cancel=cancel,
+                                  rank=rank)
+        return tmpl, best
+
+    def agreement(tmpl, best):
+        if cell_div is None:
+            return None
+        return agree_affine(tmpl, best.affine)
+
+    position_estimated = False
+    if auto:
+        from .position import scan_positions
+
+        def score_at(p):
+            tmpl, best = fit_at(p, angles, sw="never")
+            ag = agreement(tmpl, best)
+            s = ag if ag is not None else -best.score
+            return s, None
+
+        scan = scan_positions(score_at, atlas, plane, hemisphere, cancel=cancel)
+        position_um = scan["position_um"]
+        position_estimated = True
+        refine_position = True
+        notes.append(f"position scanned: best {position_um:.0f} um")
+    if refine_position:
+        tmpl, best = fit_at(position_um, angles, sw="auto")
+        if cell_div is not None:
+            from .position import refine_plane
+
+            start = (position_um, angles, tmpl, best, agreement(tmpl, best))
+            chosen = start
+            for it in range(3):
+                r = refine_plane(atlas, plane, position_um, apply_affine(best.affine, xy), cell_div,
+                                 tmpl.slice.centre_um, search_um=search_um, max_angle_deg=max_angle_deg)
+                new_pos = float(np.clip(r["position_um"], lo, hi - 1e-6))
+                moved = abs(new_pos - position_um) > 1e-6 or tuple(r["angles_deg"]) != angles
+                position_um, angles = new_pos, tuple(r["angles_deg"])
+                if it >= 1:
+                    search_um = max(2 * atlas.resolution_um, search_um / 3)
+                if not moved:
+                    break
+                tmpl, best = fit_at(position_um, angles, sw="never")
+                ag = agreement(tmpl, best)
+                if ag > chosen[4]:
+                    chosen = (position_um, angles, tmpl, best, ag)
+            # keep the plane whose full registration agrees best with the labels
+            position_um, angles = chosen[0], chosen[1]
+            if chosen is start:
+                notes.append("plane search kept the given position and angles")
+        else:
+            # shape only: a few positions around the start, angles untouched
+            cands = np.clip(position_um + np.linspace(-search_um, search_um, 7), lo, hi - 1e-6)
+            fits = [(fit_at(p, angles, sw="never"), p) for p in cands]
+            (tmpl, best), position_um = min(fits, key=lambda t: t[0][1].score)
+            notes.append("no region labels: position refined by outline fit only; angles not estimated")
+        position_estimated = True
+    tmpl, best = fit_at(position_um, angles, prog=progress)
+    if best is None:
+        raise BrainAtlasInputError("no registration could be found for this section")
+    A = best.affine
+    if area_refine:
+        A = _area_refine(A, outline, tmpl, notes, cancel)
+    warp = []
+    if nonlinear:
+        from .nonlinear import fit_tps_refinement
+
+        warp = fit_tps_refinement(apply_affine(A, outline.points), tmpl.outline.points,
+                                  tmpl.outline.normals, tmpl.tree, tmpl.size_um,
+                                  floor_um=2 * tmpl.outline.pixel_um)
+    mapped = apply_affine(A, xy)
+    if warp:
+        from .nonlinear import apply_warp
+
+        mapped = apply_warp(warp, mapped)
+    m = registration_metrics(A, outline, tmpl.outline, tmpl.slice.labels, tmpl.slice.resolution_um,
+                             atlas=atlas, cell_xy_atlas=mapped, cell_div=cell_div)
+    ang, off = _midline_terms(A, mid, tmpl)
+    m["midline_angle_deg"] = ang
+    m["midline_offset"] = off
+    m["iterations"] = int(best.icp.iterations)
+    m["converged"] = bool(best.icp.converged)
+    dec = decompose(A)
+    m["scale"] = float(np.sqrt(abs(np.linalg.det(A[:2, :2]))))
+    m["rotation_deg"] = dec["rotation_deg"]
+    conf = confidence_score(m)
+    return RegistrationResult(
+        atlas=atlas.name,
+        atlas_version=atlas.version,
+        plane=plane,
+        position_um=float(position_um),
+        hemisphere=hemisphere,
+        affine=A.tolist(),
+        angles_deg=[float(a) for a in angles],
+        midline=[] if mid is None else mid.tolist(),
+        mirrored=bool(best.mirrored),
+        anchors_section=np.asarray(best.anchors_section).tolist(),
+        anchors_atlas=np.asarray(best.anchors_atlas).tolist(),
+        warp=[{k: (np.asarray(v).tolist() if k in ("ctrl", "disp") else float(v)) for k, v in st.items()} for st in warp],
+        cost_history=[float(c) for c in best.icp.cost_history],
+        converged=bool(best.icp.converged),
+        iterations=int(best.icp.iterations),
+        confidence=conf,
+        metrics={k: (float(v) if not isinstance(v, bool) else v) for k, v in m.items()},
+        section=name,
+        n_cells=len(xy),
+        position_estimated=position_estimated,
+        start=best.start,
+        notes=notes,
+    )
+
+
+def apply_registration(adata, result: RegistrationResult, atlas, inplace: bool = False,
+                       spatial_key: str = "spatial"):
+    """Write a registration into an AnnData.
+
+    Sets obsm['ccf_coords'] (n, 3) CCF (AP, DV, ML) um, obs['ccf_id'] (int, 0 outside
+    the brain), obs['ccf_acronym'] and uns['ccf_registration'][result.section] (the
+    record). Returns a new AnnData unless ``inplace`` (then ``adata`` itself).
+    """
+    atlas = _load_atlas(atlas)
+    if isinstance(result, dict):
+        result = RegistrationResult.from_dict(result)
+    xy = _section_xy(adata, spatial_key)
+    out = adata if inplace else adata.copy()
+    ccf = result.to_ccf(xy, atlas)
+    ids = atlas.structure_at(ccf)
+    out.obsm["ccf_coords"] = ccf
+    out.obs["ccf_id"] = ids.astype(np.int64)
+    out.obs["ccf_acronym"] = atlas.ontology.acronyms(ids)
+    reg = dict(out.uns.get("ccf_registration", {}))
+    reg[result.section] = result.to_uns()
+    out.uns["ccf_registration"] = reg
+    return out
