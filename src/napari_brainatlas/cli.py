@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "napari_brainatlas.annotate.cli",
     "napari_brainatlas.human.cli",
     "napari_brainatlas.cellformer.cli",
+    "napari_brainatlas.domains.cli",
 )
 
 

@@ -21,8 +21,12 @@ def display_available() -> bool:
 
 
 def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None = None,
-              title: str = "") -> Path:
-    """Save a picture of every section's cells coloured by ``colour_by`` (and ``gene``)."""
+              title: str = "", atlas=None) -> Path:
+    """Save a picture of every section's cells coloured by ``colour_by`` (and ``gene``).
+
+    With ``atlas`` and registered sections (``obsm['ccf_coords']``), a last column shows
+    the cells in atlas space over the template slice they were registered to.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -30,7 +34,8 @@ def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None 
 
     from .colors import categorical_colors, continuous_colors
 
-    cols = 2 if gene else 1
+    registered = atlas is not None and all("ccf_coords" in s.obsm for s in sections)
+    cols = 1 + bool(gene) + registered
     fig, axes = plt.subplots(len(sections), cols, figsize=(5 * cols, 4 * len(sections)),
                              squeeze=False)
     for r, ad in enumerate(sections):
@@ -55,6 +60,9 @@ def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None 
             ax.set_aspect("equal")
             ax.invert_yaxis()
             ax.set_xlabel("x (um)", fontsize=7)
+        if registered:  # drawn after the loop: its y axis is already image-like
+            _draw_registered(axes[r, -1], ad, atlas, colour_by)
+            axes[r, -1].set_xlabel("ML (um)" , fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -62,6 +70,35 @@ def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None 
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _draw_registered(ax, ad, atlas, colour_by: str) -> None:
+    """Template slice in atlas colours, its outline, and the cells where they landed."""
+    from skimage.segmentation import find_boundaries
+
+    from .colors import categorical_colors
+
+    name = ad.uns.get("napari_brainatlas", {}).get("section", "")
+    rec = ad.uns.get("ccf_registration", {}).get(name, {})
+    plane = rec.get("plane", "coronal")
+    pos = float(rec.get("position_um", np.median(ad.obsm["ccf_coords"][:, 0])))
+    sl = atlas.slice(plane, pos, hemisphere="both")
+    lut = atlas.ontology.lut(sl.labels)
+    img = np.zeros(sl.labels.shape + (4,))
+    for k, v in lut.items():
+        img[sl.labels == k] = v
+    img[..., 3] *= 0.45
+    img[find_boundaries(sl.labels > 0)] = (0, 0, 0, 1)
+    w, h = sl.extent_um
+    ax.imshow(img, extent=(0, w, h, 0))
+    ccf = ad.obsm["ccf_coords"]
+    x = ccf[:, 2] if plane == "coronal" else ccf[:, 0]
+    rgba, _ = categorical_colors(ad.obs[colour_by].to_numpy())
+    ax.scatter(x, ccf[:, 1], c=rgba, s=1, linewidths=0)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_title(f"{name}: in atlas space ({plane} {pos:.0f} um), cells by {colour_by}",
+                 fontsize=9)
 
 
 def run_demo_pipeline(out: str | Path, seed: int = 0,
@@ -83,8 +120,10 @@ def run_demo_pipeline(out: str | Path, seed: int = 0,
         sections = step(sections, out, log)
     for s in sections:
         write_h5ad(s, out / "results" / f"{s.uns['napari_brainatlas']['section']}.h5ad")
+    from .atlas import make_demo_atlas
+
     qc = qc_figure(sections, out / "qc.png", colour_by="region", gene="Slc17a7",
-                   title="napari-brainatlas demo")
+                   title="napari-brainatlas demo", atlas=make_demo_atlas())
     log(f"QC picture: {qc}")
     return out
 
