@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["leiden_labels", "balance_weights"]
+__all__ = ["balance_weights", "leiden_labels"]
 
 
 def leiden_labels(z: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15,

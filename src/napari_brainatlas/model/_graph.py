@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["delaunay_edges", "spatial_graph", "normalized_adjacency"]
+__all__ = ["delaunay_edges", "normalized_adjacency", "spatial_graph"]
 
 
 def delaunay_edges(coords: np.ndarray) -> sp.csr_matrix:

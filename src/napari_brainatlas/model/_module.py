@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SectionEncoder", "Discriminator", "FuseMapModule"]
+__all__ = ["Discriminator", "FuseMapModule", "SectionEncoder"]
 
 
 class SectionEncoder(nn.Module):

@@ -15,7 +15,6 @@ results are written back.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +23,13 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["PreparedSection", "preprocess_section", "clean_gene_names", "is_integer_matrix"]
+__all__ = [
+    "PreparedSection",
+    "clean_gene_names",
+    "is_integer_matrix",
+    "normalize_log_scale",
+    "preprocess_section",
+]
 
 
 @dataclass
@@ -82,6 +87,40 @@ def clean_gene_names(names) -> tuple[list[str], np.ndarray]:
         keep.append(i)
         out.append(u)
     return out, np.asarray(keep, dtype=np.int64)
+
+
+def normalize_log_scale(M, max_value: float = 10.0):
+    """``scanpy.pp.normalize_total`` (target: median total), ``log1p`` and
+    ``scale(zero_center=False, max_value)`` in plain numpy/scipy (same arithmetic as
+    scanpy: per-gene std with ddof=1, zero std -> 1); returns float32, sparse stays sparse."""
+    M = _as_csr_or_dense(M).copy()
+    tot = np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
+    target = float(np.median(tot[tot > 0])) if (tot > 0).any() else 1.0
+    f = np.divide(target, tot, out=np.zeros_like(tot), where=tot > 0)
+    n = M.shape[0]
+    if sp.issparse(M):
+        M = sp.csr_matrix(sp.diags(f.astype(np.float32)) @ M, dtype=np.float32)
+        np.log1p(M.data, out=M.data)
+        sq = M.multiply(M).sum(axis=0)
+        mean = np.asarray(M.sum(axis=0), dtype=np.float64).ravel() / n
+        var = np.asarray(sq, dtype=np.float64).ravel() / n - mean**2
+    else:
+        M = (M * f[:, None].astype(np.float32)).astype(np.float32)
+        np.log1p(M, out=M)
+        mean = M.mean(axis=0, dtype=np.float64)
+        var = M.var(axis=0, dtype=np.float64)
+    if n > 1:
+        var *= n / (n - 1)
+    std = np.sqrt(np.maximum(var, 0))
+    std[std == 0] = 1.0
+    inv = (1.0 / std).astype(np.float32)
+    if sp.issparse(M):
+        M = sp.csr_matrix(M @ sp.diags(inv), dtype=np.float32)
+        np.minimum(M.data, max_value, out=M.data)
+    else:
+        M *= inv[None, :]
+        np.minimum(M, max_value, out=M)
+    return M
 
 
 def _as_csr_or_dense(M):
@@ -142,15 +181,7 @@ def preprocess_section(
                 f"section {name!r} keeps {M.shape[0]} cells and {M.shape[1]} genes after "
                 "dropping cells with <= 5 counts and genes with <= 1 count"
             )
-        import scanpy as sc
-
-        tmp = AnnData(X=M)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sc.pp.normalize_total(tmp)
-            sc.pp.log1p(tmp)
-            sc.pp.scale(tmp, zero_center=False, max_value=max_value)
-        M = _as_csr_or_dense(tmp.X)
+        M = normalize_log_scale(M, max_value=max_value)
     else:
         data = M.data if sp.issparse(M) else M
         if not np.isfinite(data).all():

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ._module import FuseMapModule
 
-__all__ = ["SectionData", "gather_subgraph", "forward_section", "infer_latent"]
+__all__ = ["SectionData", "forward_section", "gather_subgraph", "infer_latent"]
 
 
 @dataclass
@@ -58,7 +58,8 @@ def to_torch_sparse(M: sp.csr_matrix, device) -> torch.Tensor:
     coo = M.tocoo()
     idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     val = torch.from_numpy(coo.data.astype(np.float32))
-    return torch.sparse_coo_tensor(idx, val, coo.shape, device=device).coalesce()
+    return torch.sparse_coo_tensor(idx, val, coo.shape, device=device,
+                                   check_invariants=False).coalesce()
 
 
 def rows_dense(X, idx: np.ndarray) -> np.ndarray:
@@ -75,7 +76,8 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
     x2 = torch.from_numpy(rows_dense(sd.X, n2)).to(device, non_blocking=True)
     mu, std = module.encode(sd.name, x2)
     z = mu + std * torch.randn_like(mu) if sample else mu
-    zt1 = torch.sparse.mm(to_torch_sparse(A1, device), z)          # z_T on N1
+    A1t = to_torch_sparse(A1, device)
+    zt1 = torch.sparse.mm(A1t, z)                                  # z_T on N1
     h = torch.sparse.mm(to_torch_sparse(A0, device), zt1)          # (A z_T) on S
     xhat = module.decode(sd.name, h)
     s2t = torch.from_numpy(s2).to(device)
@@ -84,8 +86,14 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
     mu_s, std_s = mu.index_select(0, s2t), std.index_select(0, s2t)
     kl = (0.5 * (mu_s.pow(2) + std_s.pow(2) - 1.0) - torch.log(std_s)).sum(1).mean()
     kl = kl / x2.shape[1]
-    return dict(recon=recon, kl=kl, zc=z.index_select(0, s2t),
-                zt=zt1.index_select(0, torch.from_numpy(s1).to(device)), seeds=seeds)
+    # the discriminators see the posterior means (the embeddings that are reported):
+    # z_C = mu at the seeds and z_T = (A mu) at the seeds
+    s1t = torch.from_numpy(s1).to(device)
+    if sample:
+        zt_mu = torch.sparse.mm(A1t, mu).index_select(0, s1t)
+    else:
+        zt_mu = zt1.index_select(0, s1t)
+    return dict(recon=recon, kl=kl, zc=mu_s, zt=zt_mu, seeds=seeds)
 
 
 @torch.no_grad()

@@ -22,8 +22,15 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "rank_world", "is_main_process", "allreduce_grads",
-           "broadcast_module", "allreduce_sum", "broadcast_tensor"]
+__all__ = [
+    "allreduce_grads",
+    "allreduce_sum",
+    "broadcast_module",
+    "broadcast_tensor",
+    "init_from_env",
+    "is_main_process",
+    "rank_world",
+]
 
 
 def rank_world() -> tuple[int, int]:

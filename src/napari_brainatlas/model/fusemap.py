@@ -1,0 +1,560 @@
+"""FuseMap: joint cell / tissue / gene embedding of spatial transcriptomics sections.
+
+scvi-tools style entry point::
+
+    model = FuseMap(sections)                  # list of AnnData, one per section
+    model.train(max_epochs=15)                 # pretrain, balance weights, final training
+    model.write_embeddings()                   # obsm['X_fusemap_cell' / 'X_fusemap_tissue']
+    genes = model.gene_embedding()             # DataFrame genes x k
+    model.save("model_dir"); FuseMap.load("model_dir", sections)
+
+See :mod:`._module` for the network and method.md for the published method.
+
+Training, step by step (one step = ``batch_size`` seed cells from every section, the
+smaller sections cycled; an epoch passes every training cell of the largest section):
+
+1. every section's encoder encodes the 2-hop graph neighbourhood of its seeds
+   (see :mod:`._training`); z_C is sampled (reparameterised), ``z_T = A z_C``;
+   ``X_hat = ReLU(A z_T E_v^T)``; AE loss = mean over sections of
+   ``MSE(X, X_hat) + KL(q(z_C) || N(0, I)) / |T_v|`` (KL summed over dimensions,
+   averaged over seeds);
+2. the discriminators take one RMSprop step on the (balance-weighted) cross-entropy of
+   the section labels of the seeds' posterior means z_C and ``A z_C`` (+ instance noise);
+3. encoders and gene embedding take one RMSprop step on ``AE - lambda * CE``; lambda is
+   fixed at the first step so that ``lambda * CE = 0.5 * AE``.
+
+After each epoch the AE loss of the held-out 15 % (validation) drives ReduceLROnPlateau
+(x0.5) and early stopping. Phases: pretrain -> balance weights (:mod:`._balance`) ->
+final training with the weights on both adversarial terms.
+
+Where the paper and the published code differ, this follows the code (method.md):
+``z_T`` is one parameter-free propagation ``A z_C`` (paper: GCN layers with weights and
+a GCN decoder back to z_C); the reconstruction is ``ReLU(A z_T E_v^T)`` (paper: z_C
+with E); the discriminators see posterior means; their loss is the cross-entropy of
+the softmax probabilities (``softmax_ce=True``, bounded; the paper writes the plain
+cross-entropy, ``softmax_ce=False``); instance noise is 1.5 x the batch's per-dimension
+std, annealed to 0 over pretraining; LR patience 2 (pretrain) / 3 (final). Choices of
+ours: early stopping keeps the last weights (no roll-back); validation is capped at
+``max_val_cells`` held-out cells per section; the balance-weight formula is ours (the
+paper gives only the recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from anndata import AnnData
+
+from .._errors import BrainAtlasInputError
+from . import distributed as D
+from ._balance import balance_weights
+from ._graph import spatial_graph
+from ._module import FuseMapModule
+from ._preprocess import PreparedSection, preprocess_section
+from ._training import SectionData, forward_section, infer_latent
+
+__all__ = ["FuseMap", "resolve_device"]
+
+FORMAT_VERSION = 1
+CELL_KEY = "X_fusemap_cell"
+TISSUE_KEY = "X_fusemap_tissue"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BrainAtlasInputError("device 'cuda' was asked for but no CUDA GPU is available")
+    return dev
+
+
+def _section_names(sections: list[AnnData], names) -> list[str]:
+    if names is None:
+        names = []
+        for i, a in enumerate(sections):
+            n = None
+            if "section" in a.obs.columns:
+                u = pd.unique(a.obs["section"].astype(str))
+                if len(u) == 1:
+                    n = u[0]
+            names.append(n if n else f"section{i}")
+    names = [str(n).replace(".", "_") or f"section{i}" for i, n in enumerate(names)]
+    if len(names) != len(sections):
+        raise BrainAtlasInputError("give one section name per section")
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:  # make unique
+        if n in seen:
+            seen[n] += 1
+            n = f"{n}_{seen[n]}"
+        seen.setdefault(n, 0)
+        out.append(n)
+    return out
+
+
+class FuseMap:
+    """FuseMap model over a list of sections.
+
+    Parameters
+    ----------
+    sections : list of AnnData, one per section (``obsm['spatial']`` in um; integer
+        counts in ``layers['counts']`` or ``X``; gene panels may differ). The objects are
+        not modified until :meth:`write_embeddings` is called.
+    section_names : names (encoder keys); default ``obs['section']`` when it has a
+        single value, else ``section{i}``. '.' is replaced by '_'; duplicates get suffixes.
+    n_latent, n_hidden, dropout, disc_hidden : network sizes (64, 512, 0.2, 256).
+    batch_size : seed cells per section per step (64).
+    lr : RMSprop learning rate of encoders, gene embedding and discriminators (1e-3).
+    val_fraction : held-out cells per section for validation (0.15).
+    instance_noise : instance noise on the discriminator inputs, in units of the batch's
+        per-dimension std, annealed linearly to 0 over the pretraining epochs (1.5).
+    softmax_ce : the discriminator loss is the cross-entropy of the softmax probabilities
+        (bounded), as in the published code (True); False: cross-entropy of the logits.
+    adv_ratio : lambda is set at the first step so that lambda * CE = adv_ratio * AE (0.5).
+    adv_objective : "minmax" (published: encoders minimise AE - lambda * CE) or
+        "confusion" (encoders push the discriminators towards uniform predictions; an
+        alternative we tried, not better on the demo).
+    patience : early-stopping patience of (pretraining, final training) = (3, 5).
+    lr_patience : ReduceLROnPlateau patience of (pretraining, final training), factor 0.5
+        (2, 3 as in the published code's defaults).
+    leiden_resolution : resolution of the Leiden clusters of the balance step.
+    max_val_cells : validation uses at most this many held-out cells per section per
+        epoch (a fixed random subset; keeps validation cheap on huge sections).
+    device : "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"...
+    seed : seeds every random choice; training on CPU is deterministic for a seed (on
+        the same machine and thread count).
+    """
+
+    def __init__(self, sections: list[AnnData], section_names: list[str] | None = None,
+                 n_latent: int = 64, n_hidden: int = 512, dropout: float = 0.2,
+                 disc_hidden: int = 256, batch_size: int = 64, lr: float = 1e-3,
+                 val_fraction: float = 0.15, instance_noise: float = 1.5,
+                 adv_ratio: float = 0.5, softmax_ce: bool = True,
+                 adv_objective: str = "minmax", patience: tuple[int, int] = (3, 5),
+                 lr_patience: tuple[int, int] = (2, 3), leiden_resolution: float = 1.0,
+                 max_val_cells: int = 10000, device: str = "auto", seed: int = 0):
+        if isinstance(sections, AnnData):
+            sections = [sections]
+        sections = list(sections)
+        if not sections:
+            raise BrainAtlasInputError("give at least one section")
+        self.config = dict(
+            n_latent=int(n_latent), n_hidden=int(n_hidden), dropout=float(dropout),
+            disc_hidden=int(disc_hidden), batch_size=int(batch_size), lr=float(lr),
+            val_fraction=float(val_fraction), instance_noise=float(instance_noise),
+            adv_ratio=float(adv_ratio), softmax_ce=bool(softmax_ce),
+            adv_objective=str(adv_objective), patience=[int(patience[0]), int(patience[1])],
+            lr_patience=[int(lr_patience[0]), int(lr_patience[1])],
+            leiden_resolution=float(leiden_resolution),
+            max_val_cells=int(max_val_cells), seed=int(seed),
+        )
+        self.device = resolve_device(device)
+        self.lambda_adv: float | None = None
+        self.history: list[dict] = []
+        self.is_trained = False
+        self.cancelled = False
+        self._anneal, self._burnin = 1.0, 1
+        self._latent_cache: dict[str, list[np.ndarray]] = {}
+        self._attach(sections, _section_names(sections, section_names))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config["seed"])
+            self.module = FuseMapModule(
+                {p.name: p.genes for p in self.prepared}, n_latent=n_latent,
+                n_hidden=n_hidden, dropout=dropout, disc_hidden=disc_hidden,
+            ).to(self.device)
+        D.broadcast_module(self.module)
+
+    # ------------------------------------------------------------------ data
+    def _attach(self, sections: list[AnnData], names: list[str]) -> None:
+        self.adatas = sections
+        self.section_names = names
+        self.prepared: list[PreparedSection] = [
+            preprocess_section(a, n) for a, n in zip(sections, names)]
+        rng = np.random.default_rng(self.config["seed"])
+        self.data: list[SectionData] = []
+        for code, p in enumerate(self.prepared):
+            A = spatial_graph(p.coords)
+            perm = rng.permutation(p.n_cells)
+            n_val = int(round(self.config["val_fraction"] * p.n_cells))
+            n_val = min(max(n_val, 1), p.n_cells - 2) if p.n_cells > 3 else 0
+            val = np.sort(perm[:n_val])
+            train = np.sort(perm[n_val:])
+            mv = self.config["max_val_cells"]
+            if len(val) > mv:
+                val = np.sort(rng.choice(val, mv, replace=False))
+            self.data.append(SectionData(
+                name=p.name, code=code, X=p.X, A=A, train_idx=train, val_idx=val,
+                w_cell=np.ones(p.n_cells, np.float32),
+                w_tissue=np.ones(p.n_cells, np.float32)))
+
+    @property
+    def n_sections(self) -> int:
+        return len(self.section_names)
+
+    # ------------------------------------------------------------------ training
+    def _noise(self, z: torch.Tensor) -> torch.Tensor:
+        """Instance noise: N(0, (c * anneal * std_batch)^2) per latent dimension, with c =
+        ``instance_noise`` and anneal going linearly from 1 to 0 over the pretraining
+        epochs (as in the published code: align_noise_coef 1.5, GLUE-style burn-in)."""
+        s = self.config["instance_noise"] * self._anneal
+        if s <= 0 or z.shape[0] < 2:
+            return z
+        sd = z.detach().std(dim=0) + 1e-10
+        return z + s * sd * torch.randn_like(z)
+
+    def _wce(self, logits, y, w):
+        if self.config.get("softmax_ce", True):
+            # published code: cross-entropy of the softmax probabilities (a bounded loss)
+            logits = torch.softmax(logits, dim=1)
+        return (F.cross_entropy(logits, y, reduction="none") * w).mean()
+
+    @staticmethod
+    def _wconf(logits, w):
+        """Cross-entropy of the discriminator's prediction against the uniform
+        distribution over sections (the 'confusion' generator objective)."""
+        return (-(torch.log_softmax(logits, dim=1)).mean(1) * w).mean()
+
+    def _ae_params(self):
+        return [self.module.gene_embedding] + list(self.module.encoders.parameters())
+
+    def _disc_params(self):
+        return list(self.module.disc_cell.parameters()) + list(
+            self.module.disc_tissue.parameters())
+
+    def _step(self, seeds_per_section, opt_ae, opt_d) -> dict:
+        m, dev = self.module, self.device
+        outs = [forward_section(m, sd, s, dev, sample=True)
+                for sd, s in zip(self.data, seeds_per_section)]
+        ae = torch.stack([o["recon"] + o["kl"] for o in outs]).mean()
+        logs = dict(recon=float(torch.stack([o["recon"] for o in outs]).mean().detach()),
+                    kl=float(torch.stack([o["kl"] for o in outs]).mean().detach()))
+        adversarial = self.n_sections > 1
+        if adversarial:
+            zc = torch.cat([o["zc"] for o in outs])
+            zt = torch.cat([o["zt"] for o in outs])
+            y = torch.cat([torch.full((len(o["seeds"]),), sd.code, dtype=torch.long)
+                           for o, sd in zip(outs, self.data)]).to(dev)
+            wc = torch.from_numpy(np.concatenate(
+                [sd.w_cell[o["seeds"]] for o, sd in zip(outs, self.data)])).to(dev)
+            wt = torch.from_numpy(np.concatenate(
+                [sd.w_tissue[o["seeds"]] for o, sd in zip(outs, self.data)])).to(dev)
+            # 1) discriminators minimise the (weighted) cross-entropy
+            zcd, ztd = zc.detach(), zt.detach()
+            for _ in range(self.config.get("disc_steps", 1)):
+                d_loss = (self._wce(m.disc_cell(self._noise(zcd)), y, wc)
+                          + self._wce(m.disc_tissue(self._noise(ztd)), y, wt))
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                D.allreduce_grads(self._disc_params())
+                opt_d.step()
+            logs["disc"] = float(d_loss.detach())
+            # 2) autoencoders minimise AE - lambda * CE
+            if self.config.get("adv_objective", "minmax") == "confusion":
+                adv = -(self._wconf(m.disc_cell(self._noise(zc)), wc)
+                        + self._wconf(m.disc_tissue(self._noise(zt)), wt))
+            else:
+                adv = (self._wce(m.disc_cell(self._noise(zc)), y, wc)
+                       + self._wce(m.disc_tissue(self._noise(zt)), y, wt))
+            if self.lambda_adv is None:
+                a, c = D.allreduce_sum([float(ae.detach()), float(adv.detach())])
+                self.lambda_adv = float(self.config["adv_ratio"] * a / max(abs(c), 1e-8))
+            loss = ae - self.lambda_adv * adv
+            logs["adv"] = float(adv.detach())
+        else:
+            loss = ae
+        opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
+        D.allreduce_grads(self._ae_params())
+        opt_ae.step()
+        logs["loss"] = float(loss.detach())
+        return logs
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        rank, world = D.rank_world()
+        self.module.eval()
+        tot, cnt = 0.0, 0.0
+        bs = max(256, self.config["batch_size"])
+        for sd in self.data:
+            val = sd.val_idx[rank::world]
+            for i in range(0, len(val), bs):
+                o = forward_section(self.module, sd, val[i:i + bs], self.device, sample=False)
+                k = len(o["seeds"])
+                tot += float(o["recon"] + o["kl"]) * k
+                cnt += k
+        self.module.train()
+        tot, cnt = D.allreduce_sum([tot, cnt])
+        return tot / max(cnt, 1.0)
+
+    def _run_phase(self, phase: str, n_epochs: int, patience: int, epoch0: int,
+                   total_epochs: int, progress, cancel, rng) -> int:
+        rank, world = D.rank_world()
+        lr = self.config["lr"]
+        opt_ae = torch.optim.RMSprop(self._ae_params(), lr=lr)
+        opt_d = torch.optim.RMSprop(self._disc_params(), lr=lr)
+        sched = [torch.optim.lr_scheduler.ReduceLROnPlateau(
+            o, mode="min", factor=0.5,
+            patience=self.config["lr_patience"][0 if phase == "pretrain" else 1])
+            for o in (opt_ae, opt_d)]
+        B = self.config["batch_size"]
+        best, bad = math.inf, 0
+        self.module.train()
+        for ep in range(n_epochs):
+            burn = max(self._burnin, 1)
+            self._anneal = max(1.0 - (epoch0 + ep) / burn, 0.0) if phase == "pretrain" else 0.0
+            shards = [rng.permutation(sd.train_idx)[rank::world] for sd in self.data]
+            n_glob = max(len(sd.train_idx) for sd in self.data)
+            n_steps = max(1, math.ceil(n_glob / (B * world)))
+            ptr = [0] * len(shards)
+            acc: dict[str, float] = {}
+            for _ in range(n_steps):
+                if cancel is not None and cancel():
+                    self.cancelled = True
+                    return epoch0 + ep
+                seeds = []
+                for v, sh in enumerate(shards):
+                    if len(sh) == 0:
+                        sh = shards[v] = rng.permutation(self.data[v].train_idx)
+                    if ptr[v] + B > len(sh):  # smaller sections are cycled
+                        if ptr[v] < len(sh) and len(sh) >= B:
+                            sel = np.concatenate([sh[ptr[v]:], sh[:B - (len(sh) - ptr[v])]])
+                            ptr[v] = B - (len(sh) - ptr[v])
+                        else:
+                            sel = sh[:B]
+                            ptr[v] = min(B, len(sh))
+                    else:
+                        sel = sh[ptr[v]:ptr[v] + B]
+                        ptr[v] += B
+                    seeds.append(np.unique(sel))
+                for k, v in self._step(seeds, opt_ae, opt_d).items():
+                    acc[k] = acc.get(k, 0.0) + v / n_steps
+            val = self._validate()
+            for s in sched:
+                s.step(val)
+            rec = dict(phase=phase, epoch=epoch0 + ep + 1, val_loss=val,
+                       lr=opt_ae.param_groups[0]["lr"], **acc)
+            if self.lambda_adv is not None:
+                rec["lambda"] = self.lambda_adv
+            self.history.append(rec)
+            if progress is not None:
+                progress(epoch0 + ep + 1, total_epochs, dict(rec))
+            if val < best - 1e-6:
+                best, bad = val, 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        return epoch0 + n_epochs
+
+    def train(self, max_epochs: int = 15, progress: Callable | None = None,
+              cancel: Callable | None = None, pretrain_epochs: int | None = None,
+              final_epochs: int | None = None, balance: bool = True) -> list[dict]:
+        """Train: (1) pretrain, (2) balance weights, (3) final training.
+
+        Parameters
+        ----------
+        max_epochs : upper bound of epochs for each of the two training phases (an epoch
+            passes every training cell of the largest section once as a seed; smaller
+            sections are cycled). ``pretrain_epochs`` / ``final_epochs`` override it.
+        progress : ``progress(epoch, n_epochs, losses)`` after every epoch; epochs count
+            over both phases (``n_epochs`` = pretrain + final); ``losses`` holds phase,
+            recon, kl, disc, adv, loss, val_loss, lr, lambda.
+        cancel : ``cancel() -> bool`` polled before every step; True stops training at
+            once (the model keeps the weights reached, ``self.cancelled`` is True).
+        balance : compute balance weights between the phases (else weights stay 1).
+
+        Returns the history (one dict per epoch). Under ``torch.distributed`` each rank
+        must call this with the same arguments and ``cancel`` must answer the same on
+        every rank (see :mod:`.distributed`).
+        """
+        n_pre = int(max_epochs if pretrain_epochs is None else pretrain_epochs)
+        n_fin = int(max_epochs if final_epochs is None else final_epochs)
+        total = n_pre + n_fin
+        self._burnin = n_pre
+        rank, _ = D.rank_world()
+        self.cancelled = False
+        self._latent_cache.clear()
+        devs = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devs):
+            torch.manual_seed(self.config["seed"] * 1000 + 17 + rank)
+            rng = np.random.default_rng(self.config["seed"] + 1)
+            ep = self._run_phase("pretrain", n_pre, self.config["patience"][0], 0, total,
+                                 progress, cancel, rng)
+            if not self.cancelled and n_fin > 0:
+                if balance and self.n_sections > 1:
+                    self.compute_balance_weights()
+                self._run_phase("final", n_fin, self.config["patience"][1], max(ep, n_pre),
+                                total, progress, cancel, rng)
+        self.module.eval()
+        self.is_trained = True
+        self._latent_cache.clear()
+        return self.history
+
+    def compute_balance_weights(self) -> None:
+        """Phase 2: set per-cell adversarial weights from Leiden clusters (see ._balance)."""
+        zc, zt = [], []
+        for sd in self.data:
+            a, b = infer_latent(self.module, sd.name, sd.X, sd.A, self.device)
+            zc.append(a)
+            zt.append(b)
+        kw = dict(resolution=self.config["leiden_resolution"], seed=self.config["seed"])
+        wc = balance_weights(zc, **kw)
+        wt = balance_weights(zt, **kw)
+        for sd, a, b in zip(self.data, wc, wt):
+            ta, tb = torch.from_numpy(a.copy()), torch.from_numpy(b.copy())
+            D.broadcast_tensor(ta)
+            D.broadcast_tensor(tb)
+            sd.w_cell, sd.w_tissue = ta.numpy(), tb.numpy()
+
+    # ------------------------------------------------------------------ outputs
+    def _latent_kept(self) -> dict[str, list[np.ndarray]]:
+        if not self._latent_cache:
+            if not hasattr(self, "data"):
+                raise BrainAtlasInputError("this model was loaded without sections; "
+                                           "give sections to FuseMap.load to embed them")
+            zc, zt = [], []
+            for sd in self.data:
+                a, b = infer_latent(self.module, sd.name, sd.X, sd.A, self.device)
+                zc.append(a)
+                zt.append(b)
+            self._latent_cache = {"cell": zc, "tissue": zt}
+        return self._latent_cache
+
+    def get_latent_representation(self, kind: str = "cell", section: str | int | None = None):
+        """Embeddings (posterior means) aligned to the caller's cells.
+
+        kind : "cell" (z_C) or "tissue" (z_T = A z_C).
+        section : a name or index -> one (n_obs, k) array; None -> a list, one per section.
+        Cells dropped by preprocessing (<= 5 counts) get NaN rows.
+        """
+        if kind not in ("cell", "tissue"):
+            raise ValueError("kind must be 'cell' or 'tissue'")
+        lat = self._latent_kept()[kind]
+        out = []
+        for p, z in zip(self.prepared, lat):
+            full = np.full((p.n_obs, z.shape[1]), np.nan, dtype=np.float32)
+            full[p.kept] = z
+            out.append(full)
+        if section is None:
+            return out
+        i = section if isinstance(section, int) else self.section_names.index(str(section))
+        return out[i]
+
+    def write_embeddings(self, copy: bool = False) -> list[AnnData]:
+        """Put ``obsm['X_fusemap_cell']`` and ``obsm['X_fusemap_tissue']`` into each section.
+
+        By default writes into the AnnData objects given to the constructor (in memory;
+        files are never touched) and returns them; ``copy=True`` leaves them alone and
+        returns copies with the embeddings. Dropped cells hold NaN rows.
+        """
+        cell = self.get_latent_representation("cell")
+        tissue = self.get_latent_representation("tissue")
+        out = []
+        for a, c, t, name in zip(self.adatas, cell, tissue, self.section_names):
+            b = a.copy() if copy else a
+            b.obsm[CELL_KEY] = c
+            b.obsm[TISSUE_KEY] = t
+            b.uns.setdefault("fusemap", {})
+            if isinstance(b.uns["fusemap"], dict):
+                b.uns["fusemap"]["section_name"] = name
+            out.append(b)
+        return out
+
+    def gene_embedding(self) -> pd.DataFrame:
+        """The universal gene embedding E as a DataFrame (genes x k)."""
+        E = self.module.gene_embedding.detach().float().cpu().numpy()
+        return pd.DataFrame(E, index=pd.Index(self.module.genes, name="gene"),
+                            columns=[f"e{i}" for i in range(E.shape[1])])
+
+    def impute(self, section: str | int, genes: list[str] | None = None) -> pd.DataFrame:
+        """``max(z_C E^T, 0)`` for the kept cells of ``section`` over ``genes`` (default all)."""
+        i = section if isinstance(section, int) else self.section_names.index(str(section))
+        z = self._latent_kept()["cell"][i]
+        genes = list(self.module.genes) if genes is None else [g.upper() for g in genes]
+        with torch.no_grad():
+            x = self.module.impute(torch.from_numpy(z).to(self.device), genes).cpu().numpy()
+        p = self.prepared[i]
+        return pd.DataFrame(x, index=self.adatas[i].obs_names[p.kept], columns=genes)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        """Write the model folder: weights.pt (state_dict), config.json, genes.csv (gene
+        list + embedding), panels.json (per-section gene panels), history.json."""
+        out = Path(path)
+        if out.exists() and not out.is_dir():
+            raise BrainAtlasInputError(f"{out} exists and is not a folder")
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise BrainAtlasInputError(f"{out} is not empty")
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        torch.save(state, out / "weights.pt")
+        cfg = dict(self.config, format_version=FORMAT_VERSION, model="FuseMap",
+                   section_names=self.section_names, lambda_adv=self.lambda_adv,
+                   is_trained=self.is_trained, genes=list(self.module.genes))
+        (out / "config.json").write_text(json.dumps(cfg, indent=1))
+        (out / "panels.json").write_text(json.dumps(self.module.section_genes, indent=1))
+        self.gene_embedding().to_csv(out / "genes.csv")
+        (out / "history.json").write_text(json.dumps(self.history, indent=1, default=float))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, sections: list[AnnData] | None = None,
+             device: str = "auto") -> FuseMap:
+        """Load a model folder written by :meth:`save` (weights via
+        ``torch.load(weights_only=True)``). With ``sections`` (the same sections, in the
+        same order) the model can embed them again; without, only the module and the gene
+        embedding are available."""
+        p = Path(path)
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+            panels = json.loads((p / "panels.json").read_text())
+            state = torch.load(p / "weights.pt", map_location="cpu", weights_only=True)
+        except (OSError, ValueError) as exc:
+            raise BrainAtlasInputError(f"cannot read model folder {p}: {exc}") from exc
+        self = cls.__new__(cls)
+        keys = ("n_latent", "n_hidden", "dropout", "disc_hidden", "batch_size", "lr",
+                "val_fraction", "instance_noise", "adv_ratio", "softmax_ce", "adv_objective",
+                "patience",
+                "lr_patience", "leiden_resolution", "max_val_cells", "seed")
+        self.config = {k: cfg[k] for k in keys if k in cfg}
+        self.device = resolve_device(device)
+        self.lambda_adv = cfg.get("lambda_adv")
+        self.is_trained = bool(cfg.get("is_trained", True))
+        self.cancelled = False
+        self._anneal, self._burnin = 1.0, 1
+        self._latent_cache = {}
+        hist = p / "history.json"
+        self.history = json.loads(hist.read_text()) if hist.exists() else []
+        names = list(cfg["section_names"])
+        self.module = FuseMapModule(panels, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
+                                    dropout=cfg["dropout"], disc_hidden=cfg["disc_hidden"],
+                                    genes=cfg["genes"])
+        self.module.load_state_dict(state)
+        self.module.to(self.device).eval()
+        self.section_names = names
+        self.adatas, self.prepared = [], []
+        if sections is not None:
+            if isinstance(sections, AnnData):
+                sections = [sections]
+            if len(sections) != len(names):
+                raise BrainAtlasInputError(
+                    f"the model has {len(names)} sections but {len(sections)} were given")
+            self._attach(list(sections), names)
+            for pr in self.prepared:
+                if pr.genes != panels[pr.name]:
+                    raise BrainAtlasInputError(
+                        f"section {pr.name!r} does not have the genes the model was trained on")
+        return self
+
+    def __repr__(self) -> str:
+        return (f"FuseMap({self.n_sections} sections, {len(self.module.genes)} genes, "
+                f"k={self.config['n_latent']}, trained={self.is_trained}, device={self.device})")

@@ -1,0 +1,188 @@
+"""FuseMap model: shapes, gradients, save/load, determinism, cancel, outputs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_brainatlas import BrainAtlasInputError
+from napari_brainatlas.model import CELL_KEY, TISSUE_KEY, FuseMap, make_synthetic_sections
+from napari_brainatlas.model._training import forward_section, gather_subgraph
+
+TINY = dict(n_latent=8, n_hidden=32, disc_hidden=16, batch_size=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sections():
+    return make_synthetic_sections(n_sections=3, n_cells=[220, 160, 120], n_genes=24,
+                                   n_shared=12, seed=0)
+
+
+def test_shapes_and_module_structure(sections):
+    m = FuseMap(sections, seed=0, **TINY)
+    mod = m.module
+    assert list(mod.encoders.keys()) == m.section_names == ["syn0", "syn1", "syn2"]
+    n_genes = len(set().union(*[set(g.upper() for g in a.var_names) for a in sections]))
+    assert mod.gene_embedding.shape == (n_genes, 8)
+    for name, a in zip(m.section_names, sections):
+        rows = mod.gene_rows(name)
+        assert [mod.genes[i] for i in rows.tolist()] == [g.upper() for g in a.var_names]
+    zc = m.get_latent_representation("cell")
+    zt = m.get_latent_representation("tissue", section="syn1")
+    assert [z.shape for z in zc] == [(a.n_obs, 8) for a in sections]
+    assert zt.shape == (160, 8)
+    ge = m.gene_embedding()
+    assert isinstance(ge, pd.DataFrame) and ge.shape == (n_genes, 8)
+
+
+def test_subgraph_gives_exact_full_graph_result(sections):
+    m = FuseMap(sections[:1], seed=0, **TINY)
+    sd = m.data[0]
+    seeds = np.array([0, 5, 17, 40])
+    n2, A1, A0, s1, s2 = gather_subgraph(sd.A, seeds)
+    z = np.random.default_rng(0).normal(size=(sd.n, 3)).astype(np.float32)
+    full = sd.A @ (sd.A @ z)
+    np.testing.assert_allclose(A0 @ (A1 @ z[n2]), full[seeds], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(n2[s2], seeds)
+    assert len(n2) < sd.n                     # only the 2-hop neighbourhood is gathered
+    m.module.eval()
+    o = forward_section(m.module, sd, seeds, m.device, sample=False)
+    assert o["zc"].shape == (4, 8) and o["zt"].shape == (4, 8)
+
+
+def test_gradients_reach_every_part(sections):
+    m = FuseMap(sections, seed=0, **TINY)
+    m.module.train()
+    outs = [forward_section(m.module, sd, sd.train_idx[:32], m.device, sample=True)
+            for sd in m.data]
+    ae = sum(o["recon"] + o["kl"] for o in outs)
+    zc = torch.cat([o["zc"] for o in outs])
+    zt = torch.cat([o["zt"] for o in outs])
+    y = torch.cat([torch.full((len(o["seeds"]),), i) for i, o in enumerate(outs)])
+    ce = (torch.nn.functional.cross_entropy(m.module.disc_cell(zc), y)
+          + torch.nn.functional.cross_entropy(m.module.disc_tissue(zt), y))
+    (ae - 0.5 * ce).backward()
+    for name, p in m.module.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # the gene embedding rows of the sections' genes get gradient (a row can be silent
+    # only when ReLU(h e_g) is 0 for every seed of the batch)
+    used = torch.cat([m.module.gene_rows(n) for n in m.section_names]).unique()
+    assert (m.module.gene_embedding.grad[used].abs().sum(1) > 0).float().mean() > 0.9
+
+
+def test_train_save_load_round_trip_and_outputs(sections, tmp_path):
+    copies = [a.copy() for a in sections]
+    seen = []
+    m = FuseMap(copies, seed=0, **TINY)
+    hist = m.train(max_epochs=2, progress=lambda e, n, l: seen.append((e, n, l["phase"])))
+    assert m.is_trained and hist and seen[0] == (1, 4, "pretrain")
+    assert {"recon", "kl", "disc", "adv", "val_loss", "lambda"} <= set(hist[-1])
+    assert any(ph == "final" for _, _, ph in seen)
+    assert m.lambda_adv > 0
+    z = m.get_latent_representation("cell")
+    zt = m.get_latent_representation("tissue")
+    m.save(tmp_path / "fm")
+    for f in ("weights.pt", "config.json", "genes.csv", "panels.json"):
+        assert (tmp_path / "fm" / f).exists()
+    panels = json.loads((tmp_path / "fm" / "panels.json").read_text())
+    assert list(panels) == m.section_names
+    state = torch.load(tmp_path / "fm" / "weights.pt", weights_only=True)
+    assert "gene_embedding" in state
+    m2 = FuseMap.load(tmp_path / "fm", sections=[a.copy() for a in sections])
+    for a, b in zip(z, m2.get_latent_representation("cell")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(zt, m2.get_latent_representation("tissue")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(m.gene_embedding(), m2.gene_embedding())
+    genes_csv = pd.read_csv(tmp_path / "fm" / "genes.csv", index_col=0)
+    np.testing.assert_allclose(genes_csv.to_numpy(), m.gene_embedding().to_numpy(), rtol=1e-6)
+    m3 = FuseMap.load(tmp_path / "fm")                  # without data: gene embedding only
+    assert m3.gene_embedding().shape == m.gene_embedding().shape
+    with pytest.raises(BrainAtlasInputError):
+        m3.get_latent_representation()
+    # write back: default into the given objects, copy=True leaves them alone
+    fresh = [a.copy() for a in sections]
+    m4 = FuseMap.load(tmp_path / "fm", sections=fresh)
+    out = m4.write_embeddings(copy=True)
+    assert CELL_KEY not in fresh[0].obsm and out[0].obsm[CELL_KEY].shape == (220, 8)
+    out = m4.write_embeddings()
+    assert out[1] is fresh[1] and fresh[1].obsm[TISSUE_KEY].shape == (160, 8)
+    imp = m.impute("syn0")
+    assert imp.shape == (220, len(m.module.genes)) and (imp.to_numpy() >= 0).all()
+
+
+def test_dropped_cells_get_nan_rows(sections):
+    a = sections[0].copy()
+    a.X[0] = 0
+    a.layers["counts"] = a.X.copy()
+    m = FuseMap([a, sections[1]], seed=0, **TINY)
+    z = m.get_latent_representation("cell", section=0)
+    assert np.isnan(z[0]).all() and np.isfinite(z[1:]).all()
+
+
+def test_deterministic_for_a_seed(sections):
+    def run(seed):
+        m = FuseMap(sections, seed=seed, **TINY)
+        m.train(max_epochs=1)
+        return m.get_latent_representation("cell")
+
+    a, b, c = run(3), run(3), run(4)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(a[0], c[0])
+
+
+def test_cancel_stops_training(sections):
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    m = FuseMap(sections, seed=0, **TINY)
+    before = m.module.gene_embedding.detach().clone()
+    m.train(max_epochs=50, cancel=cancel)
+    assert m.cancelled and calls["n"] == 4
+    assert not torch.equal(before, m.module.gene_embedding.detach())   # 3 steps were taken
+    assert len(m.history) == 0                                         # no epoch finished
+    assert np.isfinite(m.get_latent_representation("cell")[0]).all()
+
+
+def test_bad_input(sections):
+    a = sections[0].copy()
+    del a.obsm["spatial"]
+    with pytest.raises(BrainAtlasInputError):
+        FuseMap([a])
+    with pytest.raises(BrainAtlasInputError):
+        FuseMap([])
+    with pytest.raises(BrainAtlasInputError):
+        FuseMap(sections, section_names=["a"])
+
+
+def test_query_pieces_add_section_and_genes(sections):
+    m = FuseMap(sections[:2], seed=0, **TINY)
+    mod = m.module
+    E0 = mod.gene_embedding.detach().clone()
+    genes = list(mod.section_genes["syn0"][:5]) + ["NEWGENE1", "NEWGENE2"]
+    enc = mod.add_section("query", genes)
+    assert "query" in mod.encoders and enc.n_genes == 7
+    assert mod.gene_embedding.shape[0] == E0.shape[0] + 2
+    torch.testing.assert_close(mod.gene_embedding.detach()[: E0.shape[0]], E0)
+    assert mod.gene_rows("query").tolist()[:5] == mod.gene_rows("syn0").tolist()[:5]
+    mod.eval()
+    mu, std = mod.encode("query", torch.rand(4, 7))
+    assert mu.shape == (4, 8) and (std > 0).all()
+    assert mod.decode("query", mu).shape == (4, 7)
+    assert mod.impute(mu, ["NEWGENE1"]).shape == (4, 1)
