@@ -1,7 +1,26 @@
-"""Annotation: label transfer from a reference onto query sections, and imputation."""
+"""Annotation: label transfer from a reference onto query sections, and imputation.
+
+* :func:`map_query` - query sections onto a frozen trained FuseMap (new encoders, new
+  gene rows for unseen genes) -> :class:`QueryMapping`.
+* :func:`transfer_labels` - obs['<label>_transfer'] and ['<label>_transfer_uncertainty'].
+* :func:`impute_genes`, :func:`measured_vs_imputed` - max(z_C E^T, 0) on demand.
+"""
 
 from .classifier import HierarchicalLabelClassifier, KNNLabelClassifier, MLPLabelClassifier
+from .impute import IMPUTED_PREFIX, impute_genes, measured_vs_imputed
+from .query import QueryMapping, map_query
 from .smoothing import smooth_labels
+from .transfer import transfer_labels
 
-__all__ = ["MLPLabelClassifier", "HierarchicalLabelClassifier", "KNNLabelClassifier",
-           "smooth_labels"]
+__all__ = [
+           "IMPUTED_PREFIX",
+           "HierarchicalLabelClassifier",
+           "KNNLabelClassifier",
+           "MLPLabelClassifier",
+           "QueryMapping",
+           "impute_genes",
+           "map_query",
+           "measured_vs_imputed",
+           "smooth_labels",
+           "transfer_labels",
+]

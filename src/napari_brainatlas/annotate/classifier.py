@@ -9,12 +9,13 @@ Shapes: embeddings ``Z`` are float (n_cells, k); labels are length-n arrays of s
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["MLPLabelClassifier", "HierarchicalLabelClassifier", "KNNLabelClassifier"]
+__all__ = ["HierarchicalLabelClassifier", "KNNLabelClassifier", "MLPLabelClassifier"]
 
 
 def _check(Z, labels=None):
@@ -32,8 +33,8 @@ def _check(Z, labels=None):
 
 def _split(n: int, rng: np.random.Generator, frac=(0.8, 0.1)):
     idx = rng.permutation(n)
-    a = int(round(frac[0] * n))
-    b = a + int(round(frac[1] * n))
+    a = round(frac[0] * n)
+    b = a + round(frac[1] * n)
     return idx[:a], idx[a:b], idx[b:]
 
 
@@ -63,9 +64,9 @@ class MLPLabelClassifier:
         return nn.Sequential(nn.Linear(k, self.n_hidden), nn.ReLU(),
                              nn.Linear(self.n_hidden, c)).to(self.device)
 
-    def fit(self, Z, labels, cancel=None) -> "MLPLabelClassifier":
+    def fit(self, Z, labels, cancel=None) -> MLPLabelClassifier:
         Z, labels = _check(Z, labels)
-        keep = np.array([lab is not None and lab == lab and str(lab) != "" for lab in labels])
+        keep = np.array([lab is not None and not pd.isna(lab) and str(lab) != "" for lab in labels])
         Z, labels = Z[keep], labels[keep].astype(str)
         self.classes_, y = np.unique(labels, return_inverse=True)
         if len(self.classes_) == 0:
@@ -148,7 +149,7 @@ class HierarchicalLabelClassifier:
         self.main: MLPLabelClassifier | None = None
         self.sub: dict[str, MLPLabelClassifier] = {}
 
-    def fit(self, Z, main_labels, sub_labels, cancel=None) -> "HierarchicalLabelClassifier":
+    def fit(self, Z, main_labels, sub_labels, cancel=None) -> HierarchicalLabelClassifier:
         Z, main_labels = _check(Z, main_labels)
         sub_labels = np.asarray(sub_labels, dtype=object)
         self.main = MLPLabelClassifier(**self.kw).fit(Z, main_labels, cancel=cancel)
@@ -177,7 +178,7 @@ class KNNLabelClassifier:
     def __init__(self, k: int = 15):
         self.k = k
 
-    def fit(self, Z, labels) -> "KNNLabelClassifier":
+    def fit(self, Z, labels) -> KNNLabelClassifier:
         from scipy.spatial import cKDTree
 
         Z, labels = _check(Z, labels)

@@ -11,6 +11,8 @@ DOCK_WIDGETS = (
     ("napari_brainatlas.widgets.registration", "RegistrationWidget", "Registration"),
     ("napari_brainatlas.widgets.embed", "EmbedWidget", "Embed"),
     ("napari_brainatlas.widgets.annotate", "AnnotateWidget", "Annotate"),
+    ("napari_brainatlas.widgets.domains", "DomainsWidget", "Domains"),
+    ("napari_brainatlas.widgets.ahba", "AHBAWidget", "Human brain (AHBA)"),
 )
 
 
@@ -28,18 +30,30 @@ def build_demo_viewer(viewer, seed: int = 0, color_by: str = "region") -> dict:
                 continue  # that widget is not part of this build
             raise
         widget = getattr(m, cls)(viewer)
-        dock = viewer.window.add_dock_widget(widget, name=title, area="right")
+        # the first dock stands alone, the others are tabs beside it (not a crowded column)
+        dock = viewer.window.add_dock_widget(widget, name=title, area="right",
+                                             tabify=bool(docks))
         docks[title] = widget
         _narrow(viewer, dock)
     from napari.layers import Layer
 
     for data, kwargs, ltype in make_demo_sample(seed=seed):
         viewer.add_layer(Layer.create(data, kwargs, ltype))
+    with _suppress_all():
+        first = next(iter(viewer.window._dock_widgets.values()), None)
+        if first is not None:
+            first.raise_()  # show the Sections tab first
     sections = docks.get("Sections")
     if sections is not None and color_by:
         sections.color_by_annotation(color_by)
     viewer.reset_view()
     return docks
+
+
+def _suppress_all():
+    from contextlib import suppress
+
+    return suppress(Exception)
 
 
 def _narrow(viewer, dock, width: int = 400) -> None:

@@ -1,0 +1,447 @@
+"""Map query sections onto a trained FuseMap reference (method.md, "Transfer to a query").
+
+What is frozen and what is trained (``map_query``):
+
+* the reference model is never modified: its module is deep-copied, and in the copy the
+  reference encoders, the discriminator trunks (every layer but the last) and the gene
+  embedding rows of the reference genes have ``requires_grad = False`` (reference
+  encoders run in eval mode, so BatchNorm statistics do not move either);
+  :attr:`QueryMapping.frozen_unchanged` checks after training that every one of them is
+  byte-identical to the reference model's;
+* each query section gets a new encoder (``FuseMapModule.add_section``); genes the
+  reference never saw get new Xavier-initialised gene embedding rows, which are trained;
+* losses: the reference's autoencoder loss on the query cells (``MSE(X, ReLU(A z_T
+  E_v^T)) + KL / |T_v|``, through the frozen known gene rows, which pins the query to
+  the reference space) and, when reference embeddings are available, the adversarial
+  min-max of the reference: new discriminator heads (``256 -> V + Q``; the first V rows
+  start from the reference heads) on the frozen trunks learn to tell query cells from
+  reference cells (reference z_C / z_T are fixed, computed once); the query encoders
+  minimise ``AE - lambda * CE`` with lambda set at the first step so that
+  ``lambda * CE = adv_ratio * AE``. Without reference embeddings (a model folder loaded
+  without its sections and no annotated reference given) the adversarial term is left
+  out and ``QueryMapping.adversarial`` is False.
+* RMSprop (the reference lr), 85/15 split of query cells, ReduceLROnPlateau x0.5 and
+  early stopping on the validation AE loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from anndata import AnnData
+from torch import nn
+
+from .._errors import BrainAtlasInputError
+from ..model import CELL_KEY, TISSUE_KEY, FuseMap, preprocess_section, spatial_graph
+from ..model._training import gather_subgraph, rows_dense, to_torch_sparse
+
+__all__ = ["QueryMapping", "map_query", "reference_latents"]
+
+
+def _clean_name(name: str, taken: set[str]) -> str:
+    n = str(name).replace(".", "_") or "query"
+    base, i = n, 1
+    while n in taken:
+        n = f"{base}_{i}"
+        i += 1
+    taken.add(n)
+    return n
+
+
+def _query_names(sections: list[AnnData], names, taken: set[str]) -> list[str]:
+    out = []
+    for i, a in enumerate(sections):
+        n = None if names is None else names[i]
+        if n is None and "section" in a.obs.columns:
+            u = pd.unique(a.obs["section"].astype(str))
+            n = u[0] if len(u) == 1 else None
+        out.append(_clean_name(n or f"query{i}", taken))
+    return out
+
+
+def reference_latents(model: FuseMap, reference_sections: list[AnnData] | None = None
+                      ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """Reference (z_C, z_T) per reference section, finite rows only, or None.
+
+    From ``reference_sections`` holding ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']``
+    (one per model section, in order), else from the sections the model holds."""
+    if reference_sections is not None:
+        if isinstance(reference_sections, AnnData):
+            reference_sections = [reference_sections]
+        zc, zt = [], []
+        for a in reference_sections:
+            if CELL_KEY not in a.obsm or TISSUE_KEY not in a.obsm:
+                raise BrainAtlasInputError(
+                    f"reference sections need obsm['{CELL_KEY}'] and obsm['{TISSUE_KEY}']")
+            c = np.asarray(a.obsm[CELL_KEY], np.float32)
+            t = np.asarray(a.obsm[TISSUE_KEY], np.float32)
+            ok = np.isfinite(c).all(1) & np.isfinite(t).all(1)
+            zc.append(c[ok])
+            zt.append(t[ok])
+        if len(zc) != model.n_sections:
+            raise BrainAtlasInputError(
+                f"the model has {model.n_sections} reference sections but "
+                f"{len(zc)} annotated reference sections were given")
+        return zc, zt
+    if getattr(model, "data", None):  # the model holds its sections: embed them
+        zc, zt = [], []
+        for c, t in zip(model.get_latent_representation("cell"),
+                        model.get_latent_representation("tissue")):
+            ok = np.isfinite(c).all(1) & np.isfinite(t).all(1)
+            zc.append(np.ascontiguousarray(c[ok], np.float32))
+            zt.append(np.ascontiguousarray(t[ok], np.float32))
+        return zc, zt
+    return None
+
+
+class _QData:
+    def __init__(self, name, prepared, A, train, val):
+        self.name, self.p, self.A, self.train, self.val = name, prepared, A, train, val
+
+
+class QueryMapping:
+    """Query sections mapped onto a frozen FuseMap reference (see module docstring).
+
+    Attributes: ``reference`` (the FuseMap, untouched), ``module`` (a copy extended with
+    the query encoders and new gene rows), ``query_names``, ``adatas`` (the query
+    AnnData, untouched until :meth:`write_embeddings`), ``new_genes``, ``history``,
+    ``adversarial``, ``frozen`` (names of the frozen tensors).
+    """
+
+    def __init__(self, reference: FuseMap, module, names, adatas, qdata, new_genes,
+                 ref_state, frozen):
+        self.reference = reference
+        self.module = module
+        self.query_names = names
+        self.adatas = adatas
+        self._q = qdata
+        self.new_genes = new_genes
+        self._ref_state = ref_state
+        self.frozen = frozen
+        self.history: list[dict] = []
+        self.adversarial = False
+        self.cancelled = False
+        self._cache: dict | None = None
+
+    @property
+    def device(self):
+        return self.reference.device
+
+    # ------------------------------------------------------------------ checks
+    def frozen_unchanged(self) -> bool:
+        """True when every frozen tensor equals the reference model's bit for bit (and the
+        reference model's own state equals what it was before the mapping)."""
+        now = self.module.state_dict()
+        ref_now = self.reference.module.state_dict()
+        for k, v in self._ref_state.items():
+            if not torch.equal(ref_now[k].cpu(), v):
+                return False
+        n_ref = self._ref_state["gene_embedding"].shape[0]
+        for k in self.frozen:
+            cur = now[k].cpu()
+            if k == "gene_embedding":
+                cur = cur[:n_ref]
+            if not torch.equal(cur, self._ref_state[k]):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ outputs
+    def _index(self, section) -> int:
+        if isinstance(section, (int, np.integer)):
+            return int(section)
+        if str(section) not in self.query_names:
+            raise BrainAtlasInputError(f"no query section named {section!r}")
+        return self.query_names.index(str(section))
+
+    def _latent(self):
+        if self._cache is None:
+            self.module.eval()
+            zc, zt = [], []
+            with torch.no_grad():
+                for q in self._q:
+                    out = []
+                    for i in range(0, q.p.n_cells, 16384):
+                        x = torch.from_numpy(rows_dense(
+                            q.p.X, np.arange(i, min(i + 16384, q.p.n_cells)))).to(self.device)
+                        out.append(self.module.encode(q.name, x)[0].float().cpu().numpy())
+                    z = np.concatenate(out).astype(np.float32)
+                    zc.append(z)
+                    zt.append(np.asarray(q.A @ z, dtype=np.float32))
+            self._cache = {"cell": zc, "tissue": zt}
+        return self._cache
+
+    def get_latent_representation(self, kind: str = "cell", section=None):
+        """Query embeddings aligned to the query cells (NaN rows for dropped cells); one
+        array for ``section`` (name or index), else a list."""
+        if kind not in ("cell", "tissue"):
+            raise ValueError("kind must be 'cell' or 'tissue'")
+        out = []
+        for q, z in zip(self._q, self._latent()[kind]):
+            full = np.full((q.p.n_obs, z.shape[1]), np.nan, np.float32)
+            full[q.p.kept] = z
+            out.append(full)
+        return out if section is None else out[self._index(section)]
+
+    def write_embeddings(self, copy: bool = True) -> list[AnnData]:
+        """Query sections with ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']`` (copies by
+        default; ``copy=False`` writes into the given objects)."""
+        cell = self.get_latent_representation("cell")
+        tissue = self.get_latent_representation("tissue")
+        out = []
+        for a, c, t, n in zip(self.adatas, cell, tissue, self.query_names):
+            b = a.copy() if copy else a
+            b.obsm[CELL_KEY] = c
+            b.obsm[TISSUE_KEY] = t
+            b.uns["fusemap_query"] = {"section_name": n, "adversarial": self.adversarial,
+                                      "new_genes": list(self.new_genes)}
+            out.append(b)
+        return out
+
+    def gene_embedding(self) -> pd.DataFrame:
+        """Gene embedding of reference and new genes (genes x k)."""
+        E = self.module.gene_embedding.detach().float().cpu().numpy()
+        return pd.DataFrame(E, index=pd.Index(self.module.genes, name="gene"),
+                            columns=[f"e{i}" for i in range(E.shape[1])])
+
+    def impute(self, section, genes=None) -> pd.DataFrame:
+        """``max(z_C E^T, 0)`` for the kept cells of a query section (like FuseMap.impute)."""
+        from .impute import impute_genes
+
+        return impute_genes(self, section, genes)
+
+
+def _freeze_copy(model: FuseMap):
+    ref_state = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
+    module = copy.deepcopy(model.module)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    frozen = [k for k in ref_state
+              if k == "gene_embedding"
+              or k.startswith(("encoders.", "disc_cell.", "disc_tissue."))]
+    return module, ref_state, frozen
+
+
+def map_query(model: FuseMap, query_sections: list[AnnData], *, reference_sections=None,
+              section_names: list[str] | None = None, epochs: int = 15,
+              adversarial: bool = True, batch_size: int | None = None,
+              lr: float | None = None, patience: int = 3, val_fraction: float = 0.15,
+              seed: int = 0, progress: Callable | None = None,
+              cancel: Callable | None = None) -> QueryMapping:
+    """Map ``query_sections`` onto the trained ``model`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : a trained :class:`~napari_brainatlas.model.FuseMap` (also one loaded from a
+        folder, with or without its sections).
+    query_sections : AnnData or list (``obsm['spatial']``, counts or normalised values).
+    reference_sections : reference AnnData holding ``obsm['X_fusemap_cell']`` and
+        ``obsm['X_fusemap_tissue']`` (one per model section, in order) for the adversarial
+        term when the model holds no sections.
+    epochs : at most this many epochs (an epoch passes every training cell of the largest
+        query section once).
+    adversarial : use the adversarial term when reference embeddings are available.
+    progress : ``progress(epoch, epochs, losses)`` after every epoch.
+    cancel : ``cancel() -> bool`` polled before every step.
+    """
+    if not isinstance(model, FuseMap):
+        raise BrainAtlasInputError("map_query needs a trained FuseMap model")
+    if isinstance(query_sections, AnnData):
+        query_sections = [query_sections]
+    query_sections = list(query_sections)
+    if not query_sections:
+        raise BrainAtlasInputError("give at least one query section")
+    if section_names is not None and len(section_names) != len(query_sections):
+        raise BrainAtlasInputError("give one name per query section")
+    cfg = model.config
+    dev = model.device
+    B = int(batch_size or cfg.get("batch_size", 64))
+    lr = float(lr or cfg.get("lr", 1e-3))
+    names = _query_names(query_sections, section_names, set(model.module.section_names))
+    prepared = [preprocess_section(a, n) for a, n in zip(query_sections, names)]
+
+    ref_lat = reference_latents(model, reference_sections) if adversarial else None
+    use_adv = ref_lat is not None and len(ref_lat[0]) > 0
+
+    module, ref_state, frozen = _freeze_copy(model)
+    n_ref_genes = len(module.genes)
+    known = set(module.genes)
+    new_genes = [g for g in dict.fromkeys(g for p in prepared for g in p.genes)
+                 if g not in known]
+    overlap = [len(set(p.genes) & known) for p in prepared]
+    if min(overlap) == 0:
+        raise BrainAtlasInputError(
+            "a query section shares no gene with the reference model")
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for p in prepared:
+            module.add_section(p.name, p.genes, dropout=float(cfg.get("dropout", 0.2)))
+        # new encoders trainable (add_section creates them with requires_grad True)
+        E_ref = module.gene_embedding.detach()[:n_ref_genes].clone()
+        E_new = nn.Parameter(module.gene_embedding.detach()[n_ref_genes:].clone())
+        n_all = len(ref_lat[0]) + len(prepared) if use_adv else 0
+        heads = []
+        if use_adv:
+            for disc in (module.disc_cell, module.disc_tissue):
+                last = disc.net[-1]
+                head = nn.Linear(last.in_features, n_all).to(dev)
+                with torch.no_grad():
+                    head.weight[:last.out_features] = last.weight
+                    head.bias[:last.out_features] = last.bias
+                heads.append(head)
+    enc_params = [p for n in names for p in module.encoders[n].parameters()]
+    for p in enc_params:
+        p.requires_grad_(True)
+    ae_params = enc_params + ([E_new] if len(new_genes) else [])
+    disc_params = [p for h in heads for p in h.parameters()]
+
+    qdata = []
+    for p in prepared:
+        A = spatial_graph(p.coords)
+        perm = rng.permutation(p.n_cells)
+        n_val = round(val_fraction * p.n_cells) if p.n_cells > 10 else 0
+        qdata.append(_QData(p.name, p, A, np.sort(perm[n_val:]), np.sort(perm[:n_val])))
+
+    mapping = QueryMapping(model, module, names, query_sections, qdata, new_genes,
+                           ref_state, frozen)
+    mapping.adversarial = use_adv
+
+    def E_full():
+        return torch.cat([E_ref, E_new], 0) if len(new_genes) else E_ref
+
+    def forward(q: _QData, seeds, sample: bool):
+        seeds = np.sort(seeds)
+        n2, A1, A0, s1, s2 = gather_subgraph(q.A, seeds)
+        x2 = torch.from_numpy(rows_dense(q.p.X, n2)).to(dev)
+        mu, std = module.encode(q.name, x2)
+        z = mu + std * torch.randn(mu.shape, generator=gen).to(dev) if sample else mu
+        A1t = to_torch_sparse(A1, dev)
+        h = torch.sparse.mm(to_torch_sparse(A0, dev), torch.sparse.mm(A1t, z))
+        E = E_full().index_select(0, module.gene_rows(q.name))
+        xhat = torch.relu(h @ E.t())
+        s2t = torch.from_numpy(s2).to(dev)
+        recon = F.mse_loss(xhat, x2.index_select(0, s2t))
+        mu_s, std_s = mu.index_select(0, s2t), std.index_select(0, s2t)
+        kl = (0.5 * (mu_s.pow(2) + std_s.pow(2) - 1.0) - torch.log(std_s)).sum(1).mean()
+        kl = kl / x2.shape[1]
+        zt = torch.sparse.mm(A1t, mu).index_select(0, torch.from_numpy(s1).to(dev))
+        return recon + kl, mu_s, zt
+
+    soft = bool(cfg.get("softmax_ce", True))
+
+    def ce(logits, y):
+        if soft:
+            logits = torch.softmax(logits, 1)
+        return F.cross_entropy(logits, y)
+
+    def disc_logits(which: int, z):
+        disc = (module.disc_cell, module.disc_tissue)[which]
+        return heads[which](disc.net[:-1](z))
+
+    opt_ae = torch.optim.RMSprop(ae_params, lr=lr)
+    opt_d = torch.optim.RMSprop(disc_params, lr=lr) if use_adv else None
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_ae, mode="min", factor=0.5,
+                                                       patience=2)
+    lam = None
+    best, bad = math.inf, 0
+    n_steps = max(1, math.ceil(max(len(q.train) for q in qdata) / B))
+    module.eval()  # reference encoders: running BN statistics, no dropout
+    for ep in range(int(epochs)):
+        for n in names:
+            module.encoders[n].train()
+        for d in (module.disc_cell, module.disc_tissue):
+            d.train()  # dropout only; the frozen trunks have no buffers
+        shards = [rng.permutation(q.train) for q in qdata]
+        ptr = [0] * len(qdata)
+        acc: dict[str, float] = {}
+        for _ in range(n_steps):
+            if cancel is not None and cancel():
+                mapping.cancelled = True
+                break
+            aes, zcs, zts, ys = [], [], [], []
+            for v, q in enumerate(qdata):
+                sh = shards[v]
+                if ptr[v] + B > len(sh):
+                    shards[v] = sh = rng.permutation(q.train)
+                    ptr[v] = 0
+                seeds = np.unique(sh[ptr[v]:ptr[v] + B])
+                ptr[v] += B
+                a, zc, zt = forward(q, seeds, True)
+                aes.append(a)
+                zcs.append(zc)
+                zts.append(zt)
+                if use_adv:
+                    ys.append(torch.full((len(seeds),), len(ref_lat[0]) + v, dtype=torch.long))
+            ae = torch.stack(aes).mean()
+            logs = {"ae": float(ae.detach())}
+            if use_adv:
+                rzc, rzt, ry = [], [], []
+                for r, (c, t) in enumerate(zip(*ref_lat)):
+                    pick = rng.choice(len(c), min(B, len(c)), replace=False)
+                    rzc.append(torch.from_numpy(c[pick]))
+                    rzt.append(torch.from_numpy(t[pick]))
+                    ry.append(torch.full((len(pick),), r, dtype=torch.long))
+                qzc, qzt = torch.cat(zcs), torch.cat(zts)
+                yq = torch.cat(ys).to(dev)
+                y_all = torch.cat(ry + [torch.cat(ys)]).to(dev)
+                zc_all = torch.cat([torch.cat(rzc).to(dev), qzc.detach()])
+                zt_all = torch.cat([torch.cat(rzt).to(dev), qzt.detach()])
+                d_loss = ce(disc_logits(0, zc_all), y_all) + ce(disc_logits(1, zt_all), y_all)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                adv = ce(disc_logits(0, qzc), yq) + ce(disc_logits(1, qzt), yq)
+                if lam is None:
+                    lam = float(cfg.get("adv_ratio", 0.5) * float(ae.detach())
+                                / max(abs(float(adv.detach())), 1e-8))
+                loss = ae - lam * adv
+                logs.update(disc=float(d_loss.detach()), adv=float(adv.detach()))
+            else:
+                loss = ae
+            opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_ae.step()
+            for k, v in logs.items():
+                acc[k] = acc.get(k, 0.0) + v / n_steps
+        if mapping.cancelled:
+            break
+        module.eval()
+        with torch.no_grad():
+            tot, cnt = 0.0, 0
+            for q in qdata:
+                idx = q.val if len(q.val) else q.train
+                for i in range(0, len(idx), 1024):
+                    a, _, _ = forward(q, idx[i:i + 1024], False)
+                    tot += float(a) * len(idx[i:i + 1024])
+                    cnt += len(idx[i:i + 1024])
+        val = tot / max(cnt, 1)
+        sched.step(val)
+        rec = dict(phase="query", epoch=ep + 1, val_loss=val,
+                   lr=opt_ae.param_groups[0]["lr"], **acc)
+        if lam is not None:
+            rec["lambda"] = lam
+        mapping.history.append(rec)
+        if progress is not None:
+            progress(ep + 1, int(epochs), dict(rec))
+        if val < best - 1e-6:
+            best, bad = val, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    module.eval()
+    # the trained new gene rows go into the copied module's embedding (still frozen)
+    module.gene_embedding = nn.Parameter(E_full().detach().clone(), requires_grad=False)
+    for p in enc_params:
+        p.requires_grad_(False)
+    mapping._disc_heads = heads
+    mapping._cache = None
+    return mapping

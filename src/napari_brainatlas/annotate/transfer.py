@@ -1,0 +1,214 @@
+"""Label transfer from annotated reference sections to query sections (method.md,
+"Transfer to a query", Labels).
+
+Both sides must hold FuseMap embeddings (``obsm['X_fusemap_cell']`` for cell types,
+``obsm['X_fusemap_tissue']`` for regions): the reference from ``FuseMap.write_embeddings``,
+the query from :func:`~napari_brainatlas.annotate.query.map_query`. For each label an
+MLP k-256-C (class-balanced cross-entropy, Adam 1e-3, 80/10/10, early stopping) or a kNN
+vote is trained on the reference embedding; with a hierarchy (``{'celltype':
+'celltype_main'}``) the main level is predicted first and then the sub level by a
+classifier trained inside each main class. Region labels (those read from the tissue
+embedding) can be smoothed by a k = 30 spatial vote over ``obsm['spatial']`` weighted by
+``1 - uncertainty``.
+
+Written into copies of the query sections: ``obs['<label>_transfer']`` (categorical) and
+``obs['<label>_transfer_uncertainty']`` (``1 - max p`` in [0, 1]; after hierarchy
+``1 - p(main) p(sub | main)``; after smoothing ``1 - the winning weighted vote share``);
+for a hierarchy also ``obs['<main>_transfer']`` and its uncertainty. Cells without an
+embedding get NaN. ``uns['label_transfer']`` records what was done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._errors import BrainAtlasInputError
+from ..model import CELL_KEY, TISSUE_KEY
+from .classifier import KNNLabelClassifier, MLPLabelClassifier
+from .smoothing import smooth_labels
+
+__all__ = ["DEFAULT_EMBEDDING", "DEFAULT_HIERARCHY", "transfer_labels"]
+
+DEFAULT_EMBEDDING = {"celltype": CELL_KEY, "region": TISSUE_KEY}
+DEFAULT_HIERARCHY = {"celltype": "celltype_main"}
+
+
+def _as_list(s) -> list[AnnData]:
+    if isinstance(s, AnnData):
+        return [s]
+    s = list(s)
+    if not s or not all(isinstance(a, AnnData) for a in s):
+        raise BrainAtlasInputError("give one or more AnnData sections")
+    return s
+
+
+def _stack(sections, key: str, what: str) -> np.ndarray:
+    Z = []
+    for a in sections:
+        if key not in a.obsm:
+            raise BrainAtlasInputError(
+                f"{what} section {a.uns.get('fusemap', {}).get('section_name', '')!s} "
+                f"has no obsm['{key}']: embed or map it first".replace("  ", " "))
+        Z.append(np.asarray(a.obsm[key], np.float32))
+    if len({z.shape[1] for z in Z}) != 1:
+        raise BrainAtlasInputError(f"obsm['{key}'] has different widths across sections")
+    return np.concatenate(Z)
+
+
+def _labels(sections, col: str) -> np.ndarray:
+    out = []
+    for a in sections:
+        if col not in a.obs.columns:
+            raise BrainAtlasInputError(f"the reference sections have no obs['{col}'] labels")
+        v = a.obs[col].astype(object).to_numpy()
+        out.append(np.array([None if (x is None or pd.isna(x) or str(x) == "") else str(x)
+                             for x in v], dtype=object))
+    return np.concatenate(out)
+
+
+def _make(method: str, kw: dict):
+    if method == "mlp":
+        return MLPLabelClassifier(**kw)
+    return KNNLabelClassifier(k=int(kw.get("k", 15)))
+
+
+def _fit_predict(method, kw, Zr, yr, Zq, cancel):
+    ok = np.array([v is not None for v in yr])
+    if not ok.any():
+        raise BrainAtlasInputError("no labelled reference cells to learn from")
+    clf = _make(method, kw)
+    if method == "mlp":
+        clf.fit(Zr[ok], yr[ok], cancel=cancel)
+    else:
+        clf.fit(Zr[ok], yr[ok].astype(str))
+    p = clf.predict_proba(Zq) if len(Zq) else np.zeros((0, len(clf.classes_)), np.float32)
+    return clf, p
+
+
+def transfer_labels(reference_sections, query_sections, labels=("celltype", "region"),
+                    embedding: dict | None = None, method: str = "mlp",
+                    hierarchy: dict | None = None, smooth_regions: bool = True,
+                    smooth_k: int = 30, seed: int = 0, max_epochs: int = 200,
+                    knn_k: int = 15, progress: Callable | None = None,
+                    cancel: Callable | None = None) -> list[AnnData]:
+    """Transfer ``labels`` from the reference to copies of the query sections.
+
+    Parameters
+    ----------
+    reference_sections, query_sections : AnnData or lists (see the module docstring).
+    labels : obs columns of the reference to transfer.
+    embedding : label -> obsm key (default cell types from ``X_fusemap_cell``, regions
+        from ``X_fusemap_tissue``; a label not listed uses ``X_fusemap_tissue`` when its
+        name contains "region", else ``X_fusemap_cell``).
+    method : "mlp" (FuseMap's classifier) or "knn".
+    hierarchy : label -> its main-level obs column (default ``{'celltype':
+        'celltype_main'}``; used only where the reference has that column).
+    smooth_regions : smooth labels read from the tissue embedding by a spatial vote.
+    progress : ``progress(i, n, label)`` after each label.
+    """
+    ref = _as_list(reference_sections)
+    qry = [a.copy() for a in _as_list(query_sections)]
+    if isinstance(labels, str):
+        labels = [x.strip() for x in labels.split(",") if x.strip()]
+    labels = list(labels)
+    if not labels:
+        raise BrainAtlasInputError("give at least one label column to transfer")
+    if method not in ("mlp", "knn"):
+        raise BrainAtlasInputError(f"method must be 'mlp' or 'knn', not {method!r}")
+    emb = dict(DEFAULT_EMBEDDING)
+    emb.update(embedding or {})
+    hier = DEFAULT_HIERARCHY if hierarchy is None else dict(hierarchy)
+    kw = {"seed": seed, "max_epochs": max_epochs, "k": knn_k}
+    mlp_kw = {k: v for k, v in kw.items() if k != "k"}
+    sizes = [a.n_obs for a in qry]
+    splits = np.cumsum(sizes)[:-1]
+    record = {}
+    for li, lab in enumerate(labels):
+        if cancel is not None and cancel():
+            break
+        key = emb.get(lab, TISSUE_KEY if "region" in lab.lower() else CELL_KEY)
+        Zr = _stack(ref, key, "reference")
+        Zq = _stack(qry, key, "query")
+        yr = _labels(ref, lab)
+        okr = np.isfinite(Zr).all(1)
+        okq = np.isfinite(Zq).all(1)
+        Zr, yr = Zr[okr], yr[okr]
+        main_col = hier.get(lab)
+        use_h = bool(main_col) and all(main_col in a.obs.columns for a in ref)
+        pred = np.full(len(Zq), None, dtype=object)
+        unc = np.full(len(Zq), np.nan, np.float32)
+        k_mlp = mlp_kw if method == "mlp" else kw
+        if use_h:
+            ym = _labels(ref, main_col)[okr]
+            clf_m, pm = _fit_predict(method, k_mlp, Zr, ym, Zq[okq], cancel)
+            main = clf_m.classes_[pm.argmax(1)] if len(pm) else np.array([], dtype=object)
+            pmax = pm.max(1) if len(pm) else np.zeros(0, np.float32)
+            sub = np.empty(len(main), dtype=object)
+            psub = np.ones(len(main), np.float32)
+            for m in clf_m.classes_:
+                selq = main == m
+                if not selq.any():
+                    continue
+                selr = np.array([v == m for v in ym]) & np.array([v is not None for v in yr])
+                if not selr.any():
+                    sub[selq] = None
+                    continue
+                clf_s, ps = _fit_predict(method, k_mlp, Zr[selr], yr[selr], Zq[okq][selq],
+                                         cancel)
+                sub[selq] = clf_s.classes_[ps.argmax(1)]
+                psub[selq] = ps.max(1)
+            main_pred = np.full(len(Zq), None, dtype=object)
+            main_unc = np.full(len(Zq), np.nan, np.float32)
+            main_pred[okq] = main
+            main_unc[okq] = 1.0 - pmax
+            pred[okq] = sub
+            unc[okq] = 1.0 - pmax * psub
+            if main_col not in labels:
+                _write(qry, splits, main_col, main_pred, main_unc)
+        else:
+            clf, p = _fit_predict(method, k_mlp, Zr, yr, Zq[okq], cancel)
+            if len(p):
+                pred[okq] = clf.classes_[p.argmax(1)]
+                unc[okq] = 1.0 - p.max(1)
+        smoothed = False
+        if smooth_regions and key == TISSUE_KEY:
+            smoothed = True
+            for i, (a, sl) in enumerate(zip(qry, _slices(sizes))):
+                ok = okq[sl]
+                if ok.sum() == 0 or "spatial" not in a.obsm:
+                    continue
+                xy = np.asarray(a.obsm["spatial"], float)[:, :2][ok]
+                lab_s, unc_s = smooth_labels(xy, pred[sl][ok].astype(str), k=smooth_k,
+                                             weights=1.0 - unc[sl][ok])
+                idx = np.flatnonzero(ok) + sl.start
+                pred[idx] = lab_s
+                unc[idx] = unc_s
+        np.clip(unc, 0.0, 1.0, out=unc)
+        _write(qry, splits, lab, pred, unc)
+        record[lab] = {"embedding": key, "method": method, "smoothed": smoothed,
+                       "hierarchy": main_col if use_h else None,
+                       "n_reference_cells": len(Zr)}
+        if progress is not None:
+            progress(li + 1, len(labels), lab)
+    for a in qry:
+        a.uns["label_transfer"] = record
+    return qry
+
+
+def _slices(sizes):
+    s = 0
+    for n in sizes:
+        yield slice(s, s + n)
+        s += n
+
+
+def _write(qry, splits, lab, pred, unc):
+    for a, p, u in zip(qry, np.split(pred, splits), np.split(unc, splits)):
+        vals = [None if v is None else str(v) for v in p]
+        cats = sorted({v for v in pred if v is not None})
+        a.obs[f"{lab}_transfer"] = pd.Categorical(vals, categories=[str(c) for c in cats])
+        a.obs[f"{lab}_transfer_uncertainty"] = np.asarray(u, np.float32)
