@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
+from .._device import resolve_device
 from .._errors import BrainAtlasInputError
 
 __all__ = ["CellFormer", "CellFormerModule", "tokenize", "LATENT_KEY", "resolve_device"]
@@ -43,16 +44,6 @@ LATENT_KEY = "X_cellformer"
 FORMAT_VERSION = 1
 PAD, CLS = 0, 1  # gene token ids; real genes start at 2
 N_SPECIAL = 2
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BrainAtlasInputError("device 'cuda' was asked for but no CUDA GPU is available")
-    return dev
 
 
 # ----------------------------------------------------------------------- tokens

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from anndata import AnnData
 
+from .._device import resolve_device
 from .._errors import BrainAtlasInputError
 from . import distributed as D
 from ._balance import balance_weights
@@ -65,16 +66,6 @@ __all__ = ["FuseMap", "resolve_device"]
 FORMAT_VERSION = 1
 CELL_KEY = "X_fusemap_cell"
 TISSUE_KEY = "X_fusemap_tissue"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BrainAtlasInputError("device 'cuda' was asked for but no CUDA GPU is available")
-    return dev
 
 
 def _section_names(sections: list[AnnData], names) -> list[str]:

@@ -30,19 +30,13 @@ from qtpy.QtWidgets import (
 )
 
 from ._notify import one_line, show_error, show_info
+from .annotate import is_section_layer
 
 EMBEDDINGS = {"cell": "X_fusemap_cell", "tissue": "X_fusemap_tissue"}
 
 
 class _Bridge(QObject):
     progressed = Signal(int, int, str)
-
-
-def _is_section(layer) -> bool:
-    from anndata import AnnData
-    from napari.layers import Points
-
-    return isinstance(layer, Points) and isinstance(layer.metadata.get("adata"), AnnData)
 
 
 def _train_job(adatas, names, epochs, n_latent, device, seed, bridge, stop):
@@ -135,7 +129,7 @@ class EmbedWidget(QWidget):
         unticked = {it.text() for it in items if it.checkState() != Qt.Checked}
         self.section_list.clear()
         for ly in self.viewer.layers:
-            if _is_section(ly):  # new sections come ticked; the user's unticks are kept
+            if is_section_layer(ly):  # new sections come ticked; the user's unticks are kept
                 it = QListWidgetItem(ly.name)
                 it.setFlags(it.flags() | Qt.ItemIsUserCheckable)
                 it.setCheckState(Qt.Unchecked if ly.name in unticked else Qt.Checked)
