@@ -339,3 +339,22 @@ def test_ccf50_section(reg_dock, qtbot, error_notifications):
     assert np.median(err) < 100.0  # 6,000 cells on a 50 um atlas: about a voxel or two
     _shot(viewer, widget, "registration_ccf50")
     assert not error_notifications
+
+
+def test_estimate_position_finds_the_plane(reg_dock, qtbot, demo_two, error_notifications):
+    """'Estimate position' scans the axis in a worker and moves the slider to the plane."""
+    viewer, widget = reg_dock
+    sec = _add_sections(viewer, [demo_two[0].copy()])[0]
+    truth = sec.metadata["adata"].uns["demo_truth"]
+    _load_atlas(qtbot, widget)
+    widget.section_combo.setCurrentText(sec.name)
+    widget.hemi_combo.setCurrentText(truth["hemisphere"])
+    widget.set_position(truth["position_um"] + 1500)  # the user starts far off
+    _click_midline(widget, sec, truth["midline"])
+    qtbot.mouseClick(widget.estimate_button, _left())
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120000)
+    assert not error_notifications, [n.message for n in error_notifications]
+    res = widget.result
+    assert res is not None and res.position_estimated
+    assert abs(res.position_um - truth["position_um"]) < 300
+    assert abs(widget.position_spin.value() - res.position_um) <= 1
