@@ -43,7 +43,6 @@ def test_mlp_deterministic_for_seed():
 
 
 def test_hierarchical_main_then_sub():
-    rng = np.random.default_rng(0)
     Z, main = _blobs(n_per=(300, 300), sep=6)
     sub = np.where(Z[:, 1] > np.median(Z[:, 1]), "a", "b")
     sub = np.char.add(main.astype(str), sub)
@@ -54,7 +53,6 @@ def test_hierarchical_main_then_sub():
     assert (m == main).mean() > 0.95 and (s == sub).mean() > 0.9
     assert all(si.startswith(mi) for mi, si in zip(m, s))  # sub inside its main class
     assert np.all(us >= um - 1e-6) and us.max() <= 1 and um.min() >= 0
-    del rng
 
 
 def test_knn_transfer_and_uncertainty():
@@ -62,7 +60,8 @@ def test_knn_transfer_and_uncertainty():
     knn = KNNLabelClassifier(k=10).fit(Z, y)
     pred, unc = knn.predict(Z)
     assert (pred == y).mean() > 0.95
-    assert set(np.unique(unc)) <= {i / 10 for i in range(11)} | set(np.unique(unc))
+    # with k = 10 the uncertainty is 1 - (winning votes) / 10: a multiple of 0.1
+    assert np.allclose(np.round(unc * 10), unc * 10, atol=1e-5)
     assert unc.min() >= 0 and unc.max() <= 1
 
 

@@ -81,9 +81,9 @@ def test_ccf25_loads_with_json_ontology():
     assert a.version.startswith("annotation_25.nrrd")
 
 
-def test_demo_atlas_structure(demo_atlas=None):
+def test_demo_atlas_structure():
     a = make_demo_atlas()
-    assert a is not None and a.annotation.shape == (160, 110, 160)
+    assert a.annotation.shape == (160, 110, 160)
     onto = a.ontology
     present = {onto.acronym(i) for i in np.unique(a.annotation) if i}
     for acr in ("CTX1", "CTX2/3", "CTX4", "CTX5", "CTX6", "CA", "DG", "STR", "PAL", "TH", "HY",

@@ -76,7 +76,7 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
 
 
 def test_cancel_keeps_viewer_usable(qtbot, embed_dock):
-    viewer, w = embed_dock
+    _viewer, w = embed_dock
     w.epochs.setValue(50)
     w.n_latent.setValue(8)
     w._bridge.progressed.connect(lambda *a: w.cancel())  # cancel at the first epoch
@@ -89,7 +89,7 @@ def test_cancel_keeps_viewer_usable(qtbot, embed_dock):
 
 
 def test_needs_two_sections_and_training_first(qtbot, embed_dock, error_notifications):
-    viewer, w = embed_dock
+    _viewer, w = embed_dock
     w.section_list.item(1).setCheckState(0)
     assert w.train() is None
     assert len(error_notifications) == 1 and "two sections" in error_notifications[0].message
