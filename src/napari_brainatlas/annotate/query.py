@@ -205,9 +205,7 @@ class QueryMapping:
 
     def gene_embedding(self) -> pd.DataFrame:
         """Gene embedding of reference and new genes (genes x k)."""
-        E = self.module.gene_embedding.detach().float().cpu().numpy()
-        return pd.DataFrame(E, index=pd.Index(self.module.genes, name="gene"),
-                            columns=[f"e{i}" for i in range(E.shape[1])])
+        return self.module.gene_frame()
 
     def impute(self, section, genes=None) -> pd.DataFrame:
         """``max(z_C E^T, 0)`` for the kept cells of a query section (like FuseMap.impute)."""

@@ -135,6 +135,14 @@ class FuseMapModule(nn.Module):
         E = self.gene_embedding.index_select(0, self.gene_rows(name))
         return torch.relu(h @ E.t())
 
+    def gene_frame(self):
+        """The gene embedding E as a pandas DataFrame (genes x k, columns e0..e{k-1})."""
+        import pandas as pd
+
+        E = self.gene_embedding.detach().float().cpu().numpy()
+        return pd.DataFrame(E, index=pd.Index(self.genes, name="gene"),
+                            columns=[f"e{i}" for i in range(E.shape[1])])
+
     def impute(self, z_cell: torch.Tensor, genes: list[str] | None = None) -> torch.Tensor:
         """``max(z_C E^T, 0)`` over ``genes`` (default: every gene in the embedding)."""
         if genes is None:

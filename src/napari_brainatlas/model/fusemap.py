@@ -462,9 +462,7 @@ class FuseMap:
 
     def gene_embedding(self) -> pd.DataFrame:
         """The universal gene embedding E as a DataFrame (genes x k)."""
-        E = self.module.gene_embedding.detach().float().cpu().numpy()
-        return pd.DataFrame(E, index=pd.Index(self.module.genes, name="gene"),
-                            columns=[f"e{i}" for i in range(E.shape[1])])
+        return self.module.gene_frame()
 
     def impute(self, section: str | int, genes: list[str] | None = None) -> pd.DataFrame:
         """``max(z_C E^T, 0)`` for the kept cells of ``section`` over ``genes`` (default all)."""
