@@ -110,6 +110,34 @@ def test_rasterize_top_and_mean():
     assert (filled[..., 3] == 255).sum() > 2
 
 
+@pytest.mark.parametrize("layout", ["uniform", "jittered_lattice", "clusters"])
+def test_cell_size_from_windows_matches_the_exact_median(layout):
+    """Above 80k cells the point size comes from random windows of the section: the
+    same median nearest-neighbour distance as a k-d tree of every cell (within 5 %)."""
+    from scipy.spatial import cKDTree
+
+    from napari_brainatlas.layers import cell_size_um
+
+    rng = np.random.default_rng(3)
+    n = 150_000
+    if layout == "uniform":
+        xy = rng.random((n, 2)) * [4000, 2500]
+    elif layout == "jittered_lattice":  # cells ~10 um apart in an ellipse
+        g = np.stack(np.meshgrid(np.arange(500), np.arange(500)), -1).reshape(-1, 2) * 10.0
+        g = g + rng.normal(0, 1.5, g.shape)
+        c = (g - 2500) / [2500, 1500]
+        xy = g[(c ** 2).sum(1) < 1]
+    else:  # Gaussian clusters of different spreads: density varies 100-fold
+        lab = rng.integers(0, 60, n)
+        spread = rng.uniform(30, 300, 60)
+        xy = rng.random((60, 2))[lab] * 8000 + rng.normal(0, 1, (n, 2)) * spread[lab, None]
+    assert len(xy) > 80_000  # the windowed estimate is the one under test
+    d, _ = cKDTree(xy).query(xy, k=2)
+    exact = 0.8 * np.median(d[:, 1])
+    assert cell_size_um(xy) == pytest.approx(exact, rel=0.05)
+    assert cell_size_um(xy, seed=1) == pytest.approx(exact, rel=0.05)
+
+
 # ---------------------------------------------------------------------- napari
 def _section(n: int, seed: int = 0):
     import anndata as ad

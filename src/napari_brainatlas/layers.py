@@ -78,24 +78,83 @@ def default_color_by(adata: AnnData) -> str | None:
 
 def cell_size_um(xy: np.ndarray, default: float = 10.0, sample: int = 20_000,
                  seed: int = 0) -> float:
-    """Point size (um) for cells at ``xy``: 0.8 x the median nearest-neighbour distance,
-    so neighbouring cells nearly touch whatever the technology's spacing."""
+    """Point size (um) for cells at ``xy`` ((n, 2), um): 0.8 x the median
+    nearest-neighbour distance, so neighbouring cells nearly touch whatever the
+    technology's spacing.
+
+    Up to ``4 * sample`` cells: the exact median over a random ``sample`` of cells (a
+    k-d tree of every cell). Above that, :func:`_nn_windowed` (the same distances, from
+    a few hundred random windows of the section: ~20x faster at 1M cells)."""
     xy = np.asarray(xy, dtype=float)
     if len(xy) < 2:
         return default
-    from scipy.spatial import cKDTree
+    if len(xy) > 4 * sample:
+        nn, w = _nn_windowed(xy, sample, seed)
+    else:
+        from scipy.spatial import cKDTree
 
-    # unbalanced, uncompacted: the same exact distances, built ~3x faster on 1M cells
-    tree = cKDTree(xy, balanced_tree=False, compact_nodes=False)
-    q = xy
-    if len(xy) > sample:
-        q = xy[np.random.default_rng(seed).choice(len(xy), sample, replace=False)]
-    d, _ = tree.query(q, k=2)
-    nn = d[:, 1]
-    nn = nn[np.isfinite(nn) & (nn > 0)]
+        tree = cKDTree(xy, balanced_tree=False, compact_nodes=False)
+        q = xy
+        if len(xy) > sample:
+            q = xy[np.random.default_rng(seed).choice(len(xy), sample, replace=False)]
+        d, _ = tree.query(q, k=2)
+        nn, w = d[:, 1], None
+    ok = np.isfinite(nn) & (nn > 0)
+    nn = nn[ok]
     if nn.size == 0:
         return default
-    return float(0.8 * np.median(nn))
+    if w is None:
+        return float(0.8 * np.median(nn))
+    return float(0.8 * _weighted_median(nn, w[ok]))
+
+
+def _weighted_median(v: np.ndarray, w: np.ndarray) -> float:
+    o = np.argsort(v)
+    c = np.cumsum(w[o])
+    return float(v[o][np.searchsorted(c, 0.5 * c[-1])])
+
+
+def _nn_windowed(xy: np.ndarray, sample: int, seed: int, per_window: int = 64,
+                 cap: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour distances (um) of cells in random grid windows, and their
+    weights, such that the weighted distribution is that of a uniform sample of cells.
+
+    The bounding box is cut into square windows holding ``per_window`` cells on
+    average. ``sample / cap`` random cells pick the windows (so a window is picked in
+    proportion to its cells, ``m`` times); in each picked window about ``cap`` of its
+    ``c`` cells are queried (each with probability ``p = min(1, cap / c)``, weight
+    ``m / (c p)``) against the cells of its 3 x 3 windows: the distance is exact
+    whenever the neighbour is closer than a window side (a cell further from every
+    other is rare and then gets a larger distance)."""
+    from scipy.spatial import cKDTree
+
+    n = len(xy)
+    y, x = xy[:, 0], xy[:, 1]  # per column: a reduction over axis 0 of (n, 2) is slow
+    lo = np.array([y.min(), x.min()])
+    ext = np.maximum(np.array([y.max(), x.max()]) - lo, 1e-12)
+    side = float(np.sqrt(ext[0] * ext[1] * per_window / n)) or float(ext.max())
+    shape = np.maximum(np.ceil(ext / side).astype(np.int64), 1) + 1
+    inv = 1.0 / side
+    flat = ((y - lo[0]) * inv).astype(np.int64) * shape[1] + ((x - lo[1]) * inv).astype(np.int64)
+    counts = np.bincount(flat, minlength=int(shape[0] * shape[1]))
+    rng = np.random.default_rng(seed)
+    picks = flat[rng.choice(n, size=max(1, min(n, sample // cap)), replace=False)]
+    times = np.bincount(picks, minlength=counts.size)  # m: picks per window
+    chosen = times > 0
+    grid = chosen.reshape(tuple(shape))
+    near = grid.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near |= np.roll(np.roll(grid, dy, axis=0), dx, axis=1)
+    cand = np.flatnonzero(near.ravel()[flat])
+    inside = np.flatnonzero(chosen[flat])
+    c = counts[flat[inside]]
+    p = np.minimum(1.0, cap / c)
+    keep = rng.random(len(inside)) < p
+    query, c, p = inside[keep], c[keep], p[keep]
+    tree = cKDTree(xy[cand], balanced_tree=False, compact_nodes=False)
+    d, _ = tree.query(xy[query], k=2)
+    return d[:, 1], times[flat[query]] / (c * p)
 
 
 def _default_size(adata: AnnData, xy: np.ndarray) -> float:
