@@ -120,3 +120,17 @@ def test_landmarks_pull_the_fit(ccf50):
     assert np.median(_errors(a, res, ccf50)) < 25.0
     with pytest.raises(ValueError, match="landmarks"):
         _register(a, ccf50, landmarks=np.zeros((3, 3)))
+
+
+def test_far_lateral_sagittal_plane_search(ccf50):
+    """Far-lateral sagittal sections change quickly with ML: the joint search (plane and
+    in-plane fit together, labels inside + outline) must find the plane, where the
+    outline fit at the given position is far off."""
+    a = sample_section(ccf50, "sagittal", 10300.0, n_cells=30000, angles_deg=(0.5, 1.5),
+                       rotation_deg=60.0, scale=1.2, warp_um=30.0, tear_fraction=0.05, seed=7)
+    plain = _register(a, ccf50, position_um=10400.0)
+    found = _register(a, ccf50, position_um=10400.0, refine_position=True)
+    e_plain, e_found = np.median(_errors(a, plain, ccf50)), np.median(_errors(a, found, ccf50))
+    assert abs(found.position_um - 10300.0) <= 50.0, found.position_um
+    assert e_found < 60.0 and e_found < 0.6 * e_plain, (e_found, e_plain)
+    assert "plane_label_um" in found.metrics and "plane_sensitivity" in found.metrics

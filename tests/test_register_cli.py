@@ -111,3 +111,83 @@ def test_parse_midline():
     assert parse_midline("1,2,3,4") == [[1.0, 2.0], [3.0, 4.0]]
     with pytest.raises(BrainAtlasInputError):
         parse_midline("1,2")
+
+
+# ---------------------------------------------------------------- register-series
+@pytest.fixture(scope="module")
+def series_files(tmp_path_factory):
+    """Five labelled sections cut at uneven AP positions from the demo atlas."""
+    atlas = make_demo_atlas()
+    aps = [3000.0, 3400.0, 4000.0, 4300.0, 5200.0]
+    d = tmp_path_factory.mktemp("series")
+    paths = []
+    for i, ap_um in enumerate(aps):
+        a = sample_section(atlas, "coronal", ap_um, "both", n_cells=20000, seed=20 + i, name=f"z{i}")
+        a.uns.pop("demo_truth")
+        a.obsm.pop("ccf_coords_true")
+        p = d / f"z{i}.h5ad"
+        write_h5ad(a, p)
+        paths.append(p)
+    return paths, aps
+
+
+def _series_argv(paths, *extra):
+    return ["register-series", *[str(p) for p in paths], *extra]
+
+
+def test_cli_series_places_sections(series_files, tmp_path, capsys):
+    from napari_brainatlas.register.position import series_positions
+
+    paths, aps = series_files
+    out = tmp_path / "pos.csv"
+    args = _parse(_series_argv(paths, "--first-um", str(aps[0]), "--last-um", str(aps[-1]),
+                               "--out", str(out), "--atlas", "demo"))
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "z2" in text and "um" in text
+    rows = [r.split(",") for r in out.read_text().strip().splitlines()]
+    assert rows[0] == ["section", "position_um"]
+    names = [r[0] for r in rows[1:]]
+    pos = np.array([float(r[1]) for r in rows[1:]])
+    assert names == [f"z{i}" for i in range(5)]
+    assert pos[0] == pytest.approx(aps[0]) and pos[-1] == pytest.approx(aps[-1])
+    assert np.all(np.diff(pos) > 0)
+    # the same numbers as the API, and the uneven spacing is followed
+    labs = [ad.read_h5ad(p).obs["region"].astype(str).to_numpy() for p in paths]
+    assert np.allclose(pos, series_positions(labs, aps[0], aps[-1]), atol=1e-3)
+    assert np.median(np.abs(pos - np.array(aps))) < 400.0
+
+
+def test_cli_series_order_reverses(series_files, tmp_path):
+    paths, aps = series_files
+    out = tmp_path / "pos.csv"
+    args = _parse(_series_argv(paths, "--first-um", str(aps[-1]), "--last-um", str(aps[0]),
+                               "--order", "z4,z3,z2,z1,z0", "--out", str(out)))
+    assert args.func(args) == 0
+    rows = [r.split(",") for r in out.read_text().strip().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["z4", "z3", "z2", "z1", "z0"]
+    assert float(rows[0][1]) == pytest.approx(aps[-1]) and float(rows[-1][1]) == pytest.approx(aps[0])
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--first-um", "3000", "--last-um", "3000"], "differ"),
+        (["--first-um", "3000", "--last-um", "5200", "--order", "z0,zz"], "unknown"),
+        (["--first-um", "3000", "--last-um", "5200", "--order", "z0,z0"], "twice"),
+        (["--first-um", "3000", "--last-um", "5200", "--region-key", "nope"], "region labels"),
+        (["--first-um", "-50000", "--last-um", "5200", "--atlas", "demo"], "outside the atlas"),
+    ],
+)
+def test_cli_series_bad_input(series_files, extra, match):
+    paths, _ = series_files
+    args = _parse(_series_argv(paths, *extra))
+    with pytest.raises(BrainAtlasInputError, match=match):
+        args.func(args)
+
+
+def test_cli_series_needs_two_sections(series_files):
+    from napari_brainatlas.cli import main
+
+    paths, _ = series_files
+    assert main(_series_argv(paths[:1], "--first-um", "3000", "--last-um", "5200")) == 2

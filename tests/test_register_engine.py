@@ -229,3 +229,77 @@ def test_bad_sections_and_atlas(atlas, section):
         register_section(nos, atlas, **args)
     with pytest.raises(BrainAtlasInputError):
         register_section(section, "/nonexistent/annotation.nrrd", **args)
+
+
+def test_no_midline_with_position_refinement_on_a_demo_section(atlas, demo_sections):
+    """Regression: midline=None with refine_position=True used to fail with
+    AttributeError ('NoneType' has no attribute 'affine'): the plane search fitted
+    without the rotation sweep, and without a midline there was no other start."""
+    a = demo_sections[0]  # S1, a full coronal section at AP 2600 um
+    tr = a.uns["demo_truth"]
+    res = register_section(a, atlas, "coronal", float(tr["position_um"]), "both", midline=None,
+                           refine_position=True)
+    assert res.position_estimated
+    assert abs(res.position_um - tr["position_um"]) <= 100.0
+    err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], atlas) - a.obsm["ccf_coords_true"], axis=1)
+    assert np.median(err) < 60.0
+    assert res.start.startswith("rotation")
+
+
+def test_label_fit_recovers_a_perturbed_affine(atlas):
+    """The label fit (cells pulled into their own region + outline) undoes a small
+    rotation / shift / scale of the true section -> atlas affine."""
+    from napari_brainatlas.register.api import _cell_divisions
+    from napari_brainatlas.register.labelfit import label_cost, label_fit, make_label_template
+
+    a = sample_section(atlas, "coronal", 4400.0, "both", n_cells=6000, rotation_deg=25.0, seed=11)
+    tr = a.uns["demo_truth"]
+    xy = a.obsm["spatial"]
+    sl = atlas_slice(atlas, "coronal", tr["position_um"], "both")
+    lt = make_label_template(atlas, sl)
+    div = _cell_divisions(a, atlas, "region")
+    A_true = np.asarray(tr["affine"])
+    c = xy.mean(0)
+    P = compose(np.array([[1.0, 0, 120.0], [0, 1, -80.0], [0, 0, 1]]), rotation(np.deg2rad(4.0), centre=A_true[:2, :2] @ c + A_true[:2, 2]),
+                np.diag([1.04, 1.04, 1.0]))
+    A0 = P @ A_true
+
+    def err(A):
+        return float(np.median(np.linalg.norm(apply_affine(A, xy) - a.obsm["slice_xy_true"], axis=1)))
+
+    from napari_brainatlas.register.core import make_template
+
+    outline = section_outline(xy)
+    A1, info = label_fit(A0, xy, div, lt, outline.points, make_template(sl).tree, n_iter=60)
+    assert err(A0) > 100.0
+    assert err(A1) < 0.6 * err(A0), (err(A0), err(A1))
+    assert info["inside"] > 0.9
+    assert label_cost(lt, apply_affine(A1, xy), div) < label_cost(lt, apply_affine(A0, xy), div)
+
+
+def test_label_chamfer_starts_find_the_section_without_an_outline_fit(atlas):
+    from napari_brainatlas.register.api import _cell_divisions
+    from napari_brainatlas.register.core import make_template
+    from napari_brainatlas.register.labelfit import label_chamfer_starts, make_label_template
+
+    a = sample_section(atlas, "coronal", 5200.0, "left", n_cells=5000, rotation_deg=-70.0, scale=1.2,
+                       seed=12)
+    tr = a.uns["demo_truth"]
+    xy = a.obsm["spatial"]
+    sl = atlas_slice(atlas, "coronal", tr["position_um"], "left")
+    tmpl = make_template(sl)
+    lt = make_label_template(atlas, sl)
+    div = _cell_divisions(a, atlas, "region")
+    fs = MidlineFrame(tr["midline"][0], tr["midline"][1])
+    outline = section_outline(xy)
+    scale = np.sqrt(tmpl.outline.area_um2 / outline.area_um2)
+    starts = label_chamfer_starts(xy, div, lt, tmpl, fs, scale)
+    assert starts
+    A, _ = starts[0]
+    e = np.median(np.linalg.norm(apply_affine(A, xy) - a.obsm["slice_xy_true"], axis=1))
+    assert e < 250.0, e
+    # a start rotated half a turn is much worse by the same measure
+    bad = compose(rotation(np.pi, centre=apply_affine(A, xy).mean(0)), A)
+    from napari_brainatlas.register.labelfit import label_cost
+
+    assert label_cost(lt, apply_affine(bad, xy), div) > 2 * label_cost(lt, apply_affine(A, xy), div)

@@ -10,8 +10,9 @@ Plain Python, no Qt. Main entry points:
 
 Modules: boundary (outlines), anchors (midline frame, four anchors), affine, icp,
 core (one section to one template slice), position (position / angle search, ordered
-series), nonlinear (thin-plate refinement), metrics, synthetic (sections cut from an
-atlas with their truth), cli (``napari-brainatlas register``).
+series), labelfit (in-plane fit with region labels as interior landmarks; joint search of
+the plane and the in-plane fit), nonlinear (thin-plate refinement), metrics, synthetic (sections cut from an
+atlas with their truth), cli (``napari-brainatlas register`` and ``register-series``).
 """
 
 from .api import RegistrationCancelled, RegistrationResult, apply_registration, register_section

@@ -281,6 +281,81 @@ def _area_refine(A, outline, tmpl: Template, notes: list, cancel=None) -> np.nda
     return A2
 
 
+def _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored, plane, hemisphere,
+                  start_A, notes, position_um, angles, search_um, bounds):
+    """Best start among the affines ``start_A`` and global label-chamfer starts at a few
+    positions around ``position_um``, by plane score. Returns (affine, position_um)."""
+    from .anchors import MidlineFrame
+    from .labelfit import label_chamfer_starts, label_fit, make_label_template, plane_score
+
+    lt = make_label_template(atlas, tmpl.slice)
+    ok = np.flatnonzero(cell_div >= 0)
+    if len(ok) > 4000:
+        ok = np.sort(np.random.default_rng(1).choice(ok, 4000, replace=False))
+    c, cd = xy[ok], cell_div[ok]
+    if mirrored is not None:
+        mirrors = [bool(mirrored)]
+    elif plane == "sagittal":
+        mirrors = [False, True]
+    elif hemisphere != "both":
+        mirrors = [bool(best.mirrored)]
+    else:
+        mirrors = [False]
+    scale = float(np.sqrt(tmpl.outline.area_um2 / max(outline.area_um2, 1e-9)))
+    # choosing among starts that may be grossly wrong: the labels weigh more than the
+    # outline (a wrong rotation of a smooth, torn outline can still match it well)
+    top = (-np.inf, start_A[0], position_um)
+    for A0 in start_A:
+        A, info = label_fit(A0, c, cd, lt, outline.points, tmpl.tree)
+        sc = plane_score(A, info, outline.points, tmpl, outline_weight=0.5)[0]
+        if sc > top[0]:
+            top = (sc, A0, position_um)
+    first = top[1]
+    if mid is None:
+        return top[1], top[2]
+    lo, hi = bounds
+    step = max(search_um / 2.0, 2 * atlas.resolution_um)
+    for p in position_um + step * np.array([0.0, -1.0, 1.0]):
+        if not (lo <= p < hi):
+            continue
+        t = tmpl if p == position_um else _template_for(atlas, plane, float(p), hemisphere, angles, outline)
+        lt = make_label_template(atlas, t.slice)
+        for m in mirrors:
+            fs = MidlineFrame(mid[0], mid[1], mirrored=m)
+            for A0, _ in label_chamfer_starts(c, cd, lt, t, fs, scale):
+                A, info = label_fit(A0, c, cd, lt, outline.points, t.tree)
+                sc = plane_score(A, info, outline.points, t, outline_weight=0.5)[0]
+                if sc > top[0]:
+                    top = (sc, A, float(p))
+    if top[1] is not first or first is not start_A[0]:
+        notes.append(f"start chosen by the region labels (plane score; at {top[2]:.0f} um)")
+    return top[1], top[2]
+
+
+def _plane_sensitivity(atlas, sl, mapped, cell_div, plane, n_max: int = 3000) -> float:
+    """Fraction of the (labelled) mapped cells whose major division changes when the
+    plane moves by 50 um (or two voxels) either way: how fast the anatomy changes here,
+    i.e. how much a small error of the position or the angle costs."""
+    from .metrics import division_index
+
+    ok = np.flatnonzero(cell_div >= 0)
+    if len(ok) > n_max:
+        ok = np.random.default_rng(3).choice(ok, n_max, replace=False)
+    if len(ok) == 0:
+        return 0.0
+    base = sl.to_3d(mapped[ok])
+    d0, _ = division_index(atlas, atlas.structure_at(base))
+    axis = 0 if plane == "coronal" else 2
+    step = max(50.0, 2 * atlas.resolution_um)
+    out = []
+    for dz in (-step, step):
+        q = base.copy()
+        q[:, axis] += dz
+        d1, _ = division_index(atlas, atlas.structure_at(q))
+        out.append(np.mean(d1 != d0))
+    return float(np.mean(out))
+
+
 def confidence_score(metrics: dict) -> float:
     """Confidence in [0, 1] from the metrics of one registration.
 
@@ -345,7 +420,11 @@ def register_section(
     angles_deg : cutting angles of the template slice (see ``AtlasSlice``).
     mirrored : force the mirror hypothesis (None: decided by fit).
     refine_position : search the position (+-``search_um``) and, with region labels,
-        the cutting angles (+-``max_angle_deg``) around ``position_um``.
+        the cutting angles (+-``max_angle_deg``) around ``position_um``. With labels the
+        plane and the in-plane fit are searched jointly (:mod:`.labelfit`): every
+        candidate plane is fitted with the cells as interior landmarks (each pulled into
+        its own region) plus the outline, and scored by the mean capped label and outline
+        distances; the final affine is that joint fit.
     nonlinear : add a thin-plate spline refinement after the affine.
     area_refine : finish with an image (section tissue mask vs template mask) alignment
         when the outlines agree everywhere (skipped for torn tissue, where it drifts).
@@ -403,12 +482,14 @@ def register_section(
         tdiv, _ = division_index(atlas, ids)
         return float(np.mean(tdiv == cell_div[sub]))
 
-    def fit_at(pos, ang, prog=None, sw=sweep):
+    def fit_at(pos, ang, prog=None, sw=sweep, all_fits=False):
         tmpl = _template_for(atlas, plane, pos, hemisphere, ang, outline)
         rank = (lambda A: agree_affine(tmpl, A)) if cell_div is not None else None
-        best, _ = fit_to_template(xy, outline, tmpl, mid, mirrored=mirrored, landmarks=lm,
-                                  max_iter=max_iter, tol=tol, sweep=sw, progress=prog, cancel=cancel,
-                                  rank=rank)
+        best, fits = fit_to_template(xy, outline, tmpl, mid, mirrored=mirrored, landmarks=lm,
+                                     max_iter=max_iter, tol=tol, sweep=sw, progress=prog, cancel=cancel,
+                                     rank=rank)
+        if all_fits:
+            return tmpl, best, fits
         return tmpl, best
 
     def agreement(tmpl, best):
@@ -431,31 +512,55 @@ def register_section(
         position_estimated = True
         refine_position = True
         notes.append(f"position scanned: best {position_um:.0f} um")
+    label_A = None
+    plane_info = None
     if refine_position:
-        tmpl, best = fit_at(position_um, angles, sw="auto")
+        tmpl, best = fit_at(position_um, angles, sw="auto", prog=progress if cell_div is not None else None)
+        start_A = None if best is None else best.affine
+        if cell_div is not None and best is not None and agreement(tmpl, best) < 0.75:
+            # the labels disagree with the outline's best fit (a wrong start, or a wrong
+            # plane): every start, the best by label agreement finished by the label fit,
+            # and global starts from the labels alone at a few positions; the plane
+            # score (labels inside + outline) chooses
+            tmpl, _, fits = fit_at(position_um, angles, sw="always", all_fits=True)
+            ranked = sorted(fits, key=lambda f: -agree_affine(tmpl, f.affine))[:3]
+            start_A, p_start = _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored,
+                                             plane, hemisphere, [best.affine] + [f.affine for f in ranked],
+                                             notes, position_um, angles, search_um, (lo, hi))
+            if p_start != position_um:
+                search_um = max(search_um - abs(p_start - position_um), 2 * atlas.resolution_um)
+                position_um = p_start
+                tmpl = _template_for(atlas, plane, position_um, hemisphere, angles, outline)
         if cell_div is not None:
+            from .labelfit import search_plane
             from .position import refine_plane
 
-            start = (position_um, angles, tmpl, best, agreement(tmpl, best))
-            chosen = start
-            for it in range(3):
-                r = refine_plane(atlas, plane, position_um, apply_affine(best.affine, xy), cell_div,
-                                 tmpl.slice.centre_um, search_um=search_um, max_angle_deg=max_angle_deg)
-                new_pos = float(np.clip(r["position_um"], lo, hi - 1e-6))
-                moved = abs(new_pos - position_um) > 1e-6 or tuple(r["angles_deg"]) != angles
-                position_um, angles = new_pos, tuple(r["angles_deg"])
-                if it >= 1:
-                    search_um = max(2 * atlas.resolution_um, search_um / 3)
-                if not moved:
-                    break
-                tmpl, best = fit_at(position_um, angles, sw="never")
-                ag = agreement(tmpl, best)
-                if ag > chosen[4]:
-                    chosen = (position_um, angles, tmpl, best, ag)
-            # keep the plane whose full registration agrees best with the labels
-            position_um, angles = chosen[0], chosen[1]
-            if chosen is start:
+            # a cheap proposal from the labels at the start fit, then a joint search of
+            # the plane and the in-plane fit (labels inside + outline)
+            r = refine_plane(atlas, plane, position_um, apply_affine(start_A, xy), cell_div,
+                             tmpl.slice.centre_um, search_um=search_um, max_angle_deg=max_angle_deg)
+            s_half = search_um
+
+            def propose(A_cur, p_cur, a_cur):
+                sl_cur = atlas_slice(atlas, plane, p_cur, hemisphere, tuple(a_cur))
+                rr = refine_plane(atlas, plane, p_cur, apply_affine(A_cur, xy), cell_div, sl_cur.centre_um,
+                                  search_um=min(150.0, s_half), max_angle_deg=max_angle_deg)
+                # refine_plane angles are absolute about the same centre: keep them
+                return rr["position_um"], rr["angles_deg"]
+
+            lab_ok = np.flatnonzero(cell_div >= 0)
+            if len(lab_ok) > 4000:
+                lab_ok = np.sort(np.random.default_rng(1).choice(lab_ok, 4000, replace=False))
+            ps = search_plane(
+                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline), atlas,
+                xy[lab_ok], cell_div[lab_ok], outline.points, start_A, position_um, angles,
+                bounds=(lo, hi), search_um=search_um, max_angle_deg=max_angle_deg,
+                proposals=[(r["position_um"], r["angles_deg"])], propose=propose, cancel=cancel)
+            if ps["position_um"] == position_um and tuple(ps["angles_deg"]) == tuple(angles):
                 notes.append("plane search kept the given position and angles")
+            position_um, angles = ps["position_um"], tuple(ps["angles_deg"])
+            label_A = ps["affine"]
+            plane_info = ps
         else:
             # shape only: a few positions around the start, angles untouched
             cands = np.clip(position_um + np.linspace(-search_um, search_um, 7), lo, hi - 1e-6)
@@ -463,10 +568,17 @@ def register_section(
             (tmpl, best), position_um = min(fits, key=lambda t: t[0][1].score)
             notes.append("no region labels: position refined by outline fit only; angles not estimated")
         position_estimated = True
-    tmpl, best = fit_at(position_um, angles, prog=progress)
+    if label_A is not None:
+        # the joint search already fitted this plane (labels + outline); the start fit
+        # keeps the record's anchors and ICP history
+        tmpl = _template_for(atlas, plane, position_um, hemisphere, angles, outline)
+    else:
+        tmpl, best = fit_at(position_um, angles, prog=progress)
     if best is None:
         raise BrainAtlasInputError("no registration could be found for this section")
     A = best.affine
+    if label_A is not None:
+        A = label_A
     if area_refine:
         A = _area_refine(A, outline, tmpl, notes, cancel)
     warp = []
@@ -490,6 +602,14 @@ def register_section(
     m["converged"] = bool(best.icp.converged)
     dec = decompose(A)
     m["scale"] = float(np.sqrt(abs(np.linalg.det(A[:2, :2]))))
+    if plane_info is not None:
+        m["plane_score"] = plane_info["score"]
+        m["plane_inside"] = plane_info["inside"]
+        m["plane_outline_um"] = plane_info["outline_um"]
+        m["plane_label_um"] = plane_info.get("label_um", float("nan"))
+        m["plane_evals"] = plane_info["evals"]
+    if cell_div is not None and position_estimated:
+        m["plane_sensitivity"] = _plane_sensitivity(atlas, tmpl.slice, mapped, cell_div, plane)
     m["rotation_deg"] = dec["rotation_deg"]
     conf = confidence_score(m)
     return RegistrationResult(
@@ -501,7 +621,7 @@ def register_section(
         affine=A.tolist(),
         angles_deg=[float(a) for a in angles],
         midline=[] if mid is None else mid.tolist(),
-        mirrored=bool(best.mirrored),
+        mirrored=bool(best.mirrored) if label_A is None else bool(np.linalg.det(A[:2, :2]) < 0),
         anchors_section=np.asarray(best.anchors_section).tolist(),
         anchors_atlas=np.asarray(best.anchors_atlas).tolist(),
         warp=[{k: (np.asarray(v).tolist() if k in ("ctrl", "disp") else float(v)) for k, v in st.items()} for st in warp],

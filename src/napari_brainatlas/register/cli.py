@@ -7,6 +7,14 @@
 Prints the cost per ICP iteration, the final metrics and the confidence; writes the
 section with obsm['ccf_coords'], obs['ccf_id'], obs['ccf_acronym'] and
 uns['ccf_registration'] to OUT.h5ad (atomically; the input is never touched).
+
+    napari-brainatlas register-series SECTIONS... --first-um A --last-um B
+        [--region-key region] [--order S1,S2,...] [--out POSITIONS.csv]
+
+AP (or ML) placement of an ordered series of sections with region labels (method step
+1): the first and last sections sit at the two given positions, the ones between
+follow the cumulative cosine distance of the region composition of neighbouring
+sections. Prints one line per section and writes section,position_um to a .csv.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import sys
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["add_parser", "parse_midline", "run"]
+__all__ = ["add_parser", "parse_midline", "run", "run_series"]
 
 
 def parse_midline(text: str):
@@ -58,6 +66,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", default=None, help="also save the registration record as JSON here")
     p.add_argument("--quiet", action="store_true", help="do not print the per-iteration cost")
     p.set_defaults(func=run)
+
+    q = subparsers.add_parser(
+        "register-series",
+        help="place an ordered series of labelled sections between two known positions",
+        description="AP (or ML) positions of an ordered series of sections from the cumulative "
+                    "cosine distance of the region composition of neighbouring sections, between "
+                    "a first and a last section at known positions.",
+    )
+    q.add_argument("sections", nargs="+",
+                   help="section files in cutting order (or one multi-section file; see --order)")
+    q.add_argument("--first-um", type=float, required=True, help="position of the first section, um")
+    q.add_argument("--last-um", type=float, required=True, help="position of the last section, um")
+    q.add_argument("--region-key", default="region", help="obs column with the region labels")
+    q.add_argument("--order", default=None,
+                   help="comma-separated section names in cutting order (default: file order)")
+    q.add_argument("--atlas", default=None,
+                   help="optional atlas ('demo', BrainGlobe name or .nrrd) to check the ends against")
+    q.add_argument("--ontology", default=None, help="structure tree .csv or graph .json (with an .nrrd)")
+    q.add_argument("--plane", default="coronal", choices=("coronal", "sagittal"),
+                   help="axis of the positions (with --atlas: checked against its extent)")
+    q.add_argument("--out", default=None, help="write section,position_um rows to this .csv")
+    q.set_defaults(func=run_series)
 
 
 def run(args) -> int:
@@ -123,4 +153,76 @@ def run(args) -> int:
     if res.confidence < 0.5:
         print("warning: low confidence; check the midline clicks, the hemisphere and the position",
               file=sys.stderr)
+    return 0
+
+
+def _section_name(adata, default) -> str:
+    return str(adata.uns.get("napari_brainatlas", {}).get("section", adata.uns.get("section", default)))
+
+
+def run_series(args) -> int:
+    """``napari-brainatlas register-series``: positions of an ordered labelled series."""
+    import numpy as np
+
+    from ..io import read_sections
+    from .position import series_positions
+
+    first, last = float(args.first_um), float(args.last_um)
+    if not (np.isfinite(first) and np.isfinite(last)):
+        raise BrainAtlasInputError("--first-um and --last-um must be finite numbers")
+    if first == last:
+        raise BrainAtlasInputError("--first-um and --last-um must differ (the series spans a distance)")
+    if args.atlas is not None:
+        from ..atlas import Atlas
+
+        if args.ontology is not None and str(args.atlas) == "demo":
+            raise BrainAtlasInputError("--ontology goes with an .nrrd atlas, not with 'demo'")
+        atlas = Atlas.load(args.atlas, ontology=args.ontology) if args.ontology else Atlas.load(args.atlas)
+        lo, hi = atlas.position_range_um(args.plane)
+        for v in (first, last):
+            if not (lo <= v < hi):
+                raise BrainAtlasInputError(
+                    f"{args.plane} position {v:.0f} um is outside the atlas ({lo:.0f} to {hi:.0f} um)")
+    sections, names = [], []
+    for path in args.sections:
+        got = read_sections(path)
+        for i, a in enumerate(got):
+            sections.append(a)
+            from pathlib import Path
+
+            stem = Path(path).stem
+            names.append(_section_name(a, stem if len(got) == 1 else f"{stem}_{i}"))
+    if len(set(names)) != len(names):
+        raise BrainAtlasInputError(f"section names repeat ({', '.join(names)}); give distinct sections")
+    if args.order:
+        want = [w.strip() for w in str(args.order).split(",") if w.strip()]
+        missing = [w for w in want if w not in names]
+        if missing:
+            raise BrainAtlasInputError(f"--order names unknown sections: {', '.join(missing)} "
+                                       f"(there are {', '.join(names)})")
+        if len(set(want)) != len(want):
+            raise BrainAtlasInputError("--order names a section twice")
+        idx = [names.index(w) for w in want]
+        sections = [sections[i] for i in idx]
+        names = want
+    if len(sections) < 2:
+        raise BrainAtlasInputError("an ordered series needs at least two sections")
+    labels = []
+    for a, nm in zip(sections, names):
+        if args.region_key not in a.obs:
+            raise BrainAtlasInputError(f"section {nm} has no obs[{args.region_key!r}] region labels")
+        lab = a.obs[args.region_key].astype(str).to_numpy()
+        lab = lab[(lab != "") & (lab != "nan")]
+        if len(lab) == 0:
+            raise BrainAtlasInputError(f"section {nm} has no region labels in obs[{args.region_key!r}]")
+        labels.append(lab)
+    pos = series_positions(labels, first, last)
+    for nm, p in zip(names, pos):
+        print(f"{nm}\t{p:.1f} um")
+    if args.out:
+        from ..io import atomic_write_text
+
+        text = "section,position_um\n" + "".join(f"{nm},{p:.3f}\n" for nm, p in zip(names, pos))
+        atomic_write_text(text, args.out)
+        print(f"wrote {args.out}")
     return 0

@@ -268,7 +268,8 @@ def fit_to_template(
     # expected cost of a good fit: a fraction of the outlines' blur and pixel size
     expected = (0.25 * tmpl.outline.blur_um + 0.25 * res) / tmpl.size_um
     poor = best is None or best.score > max(POOR_SCORE, 1.6 * expected) or _plausibility(best.affine) < 0.5
-    if sweep == "always" or (sweep == "auto" and poor):
+    # without a midline there is no other start: the sweep runs whatever ``sweep`` says
+    if sweep == "always" or (sweep == "auto" and poor) or best is None:
         mirrors = [bool(mirrored)] if mirrored is not None else [False, True]
         c_s = sub.mean(0)
         rows, cols = np.nonzero(tmpl.outline.mask)
