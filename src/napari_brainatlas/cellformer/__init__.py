@@ -3,4 +3,4 @@ training); no Qt / napari imports. See :mod:`.model`."""
 
 from .model import LATENT_KEY, CellFormer, CellFormerModule, resolve_device, tokenize
 
-__all__ = ["CellFormer", "CellFormerModule", "tokenize", "resolve_device", "LATENT_KEY"]
+__all__ = ["LATENT_KEY", "CellFormer", "CellFormerModule", "resolve_device", "tokenize"]
