@@ -97,8 +97,10 @@ def test_query_lands_near_same_type(trained):
     acc = (knn.predict(zq[okq]) == q.obs["celltype"].astype(str).to_numpy()[okq]).mean()
     majority = q.obs["celltype"].value_counts(normalize=True).max()
     assert acc > 2.5 * majority, (acc, majority)
-    # without training the new encoder the query does not land there
-    mp0 = map_query(trained["model"], [trained["query"]], epochs=0, seed=0)
+    # without training the new encoder (random start, the paper's) the query does not
+    # land there
+    mp0 = map_query(trained["model"], [trained["query"]], epochs=0, seed=0, init="random",
+                    anchor=0)
     z0 = mp0.get_latent_representation("cell", 0)
     acc0 = (knn.predict(z0[okq]) == q.obs["celltype"].astype(str).to_numpy()[okq]).mean()
     assert acc > acc0 + 0.1, (acc, acc0)
@@ -127,6 +129,21 @@ def test_transfer_labels(trained, method):
     assert (out.obs["celltype_transfer_uncertainty"]
             >= out.obs["celltype_main_transfer_uncertainty"] - 1e-6).all()
     assert out.uns["label_transfer"]["region"]["smoothed"]
+    assert out.uns["label_transfer"]["celltype"]["hierarchy_mode"] == "flat"
+    # flat (default): the sub labels are those of the classifier without a hierarchy
+    flat = transfer_labels(ref, [q], labels=["celltype"], method=method, max_epochs=60,
+                           hierarchy={})[0]
+    assert (flat.obs["celltype_transfer"].astype(str) == sub).all()
+    assert "celltype_main_transfer" not in flat.obs
+    # nested (the paper): main first, then sub inside it; the same containment holds
+    nest = transfer_labels(ref, [q], labels=["celltype"], method=method, max_epochs=60,
+                           hierarchy_mode="nested")[0]
+    sub_n = nest.obs["celltype_transfer"].astype(str)
+    main_n = nest.obs["celltype_main_transfer"].astype(str)
+    assert all(main_of[s] == m for s, m in zip(sub_n, main_n))
+    assert nest.uns["label_transfer"]["celltype"]["hierarchy_mode"] == "nested"
+    with pytest.raises(BrainAtlasInputError):
+        transfer_labels(ref, [q], labels=["celltype"], hierarchy_mode="tree")
 
 
 def test_region_smoothing_is_spatially_coherent(trained):
@@ -166,7 +183,7 @@ def test_impute_any_gene(trained):
     assert df.shape == (q.n_obs, 3) and list(df.columns) == [new, ref_only[0], "GAD1"]
     assert (df.to_numpy()[np.isfinite(df.to_numpy())] >= 0).all()
     # same values from the AnnData route and by hand: max(z_C E^T, 0)
-    df2 = impute_genes(mp, q, [new])
+    df2 = impute_genes(mp, q, [new], method="decoder")
     E = mp.gene_embedding().loc[[new]].to_numpy()
     by_hand = np.maximum(q.obsm["X_fusemap_cell"] @ E.T, 0)[:, 0]
     assert np.allclose(df2[new].to_numpy(), by_hand, atol=1e-5, equal_nan=True)
@@ -180,6 +197,177 @@ def test_impute_any_gene(trained):
         impute_genes(mp, 0, ["NOT_A_GENE"])
     with pytest.raises(BrainAtlasInputError):
         measured_vs_imputed(q, ref_only[0], mp)       # not measured in this section
+
+
+def test_warm_start_and_reference_anchor(trained):
+    """init='reference' copies the best-overlapping reference encoder (shared-gene columns,
+    other columns 0); the anchor loss teaches the query encoder to put reference cells
+    (read through the query panel) at their frozen reference z_C."""
+    from napari_brainatlas.annotate.query import _anchor_sets, reference_latents
+    from napari_brainatlas.model import preprocess_section
+
+    m, q = trained["model"], trained["query"]
+    mp0 = map_query(m, [q], epochs=0, seed=0)              # warm start, no training
+    name = mp0.query_names[0]
+    enc = mp0.module.encoders[name]
+    qgenes = mp0.module.section_genes[name]
+    overlap = {n: len(set(qgenes) & set(m.module.section_genes[n])) for n in m.section_names}
+    src_name = max(overlap, key=overlap.get)
+    src = m.module.encoders[src_name]
+    col = {g: i for i, g in enumerate(m.module.section_genes[src_name])}
+    W, Ws = enc.net[0].weight.detach(), src.net[0].weight.detach()
+    for j, g in enumerate(qgenes):
+        expect = Ws[:, col[g]] if g in col else torch.zeros_like(W[:, j])
+        assert torch.equal(W[:, j], expect), g
+    for k, v in src.state_dict().items():
+        if k != "net.0.weight":
+            assert torch.equal(enc.state_dict()[k], v), k
+    rnd = map_query(m, [q], epochs=0, seed=0, init="random", anchor=0)
+    assert not torch.equal(rnd.module.encoders[name].net[4].weight, src.net[4].weight)
+    with pytest.raises(BrainAtlasInputError):
+        map_query(m, [q], epochs=0, init="zeros")
+    # the anchor: on by default where the model holds its sections, recorded per epoch
+    mp = trained["mapping"]
+    assert mp.anchored and all("anchor" in h for h in mp.history)
+    free = map_query(m, [q], epochs=6, seed=0, anchor=0)
+    assert not free.anchored and not any("anchor" in h for h in free.history)
+    prep = [preprocess_section(q, name)]
+    Xa, Za = _anchor_sets(m, prep, reference_latents(m))[0]
+    assert Xa.shape == (len(Za), len(qgenes)) and len(Za) > 0.9 * sum(
+        a.n_obs for a in trained["ref"])
+
+    def anchor_mse(mapping):
+        e = mapping.module.encoders[name].eval()
+        with torch.no_grad():
+            mu = e(torch.from_numpy(np.asarray(Xa, np.float32)))[0].numpy()
+        return float(((mu - Za) ** 2).mean())
+    assert anchor_mse(mp) < 0.7 * anchor_mse(free), (anchor_mse(mp), anchor_mse(free))
+    # annotated reference sections with counts (model folder without cells) anchor too
+    refs = trained["ref_emb"]
+    ext = _anchor_sets(m, prep, reference_latents(m, refs), reference_sections=refs)[0]
+    assert ext is not None and np.allclose(ext[1], Za, atol=1e-5)
+
+
+def test_impute_knn_in_cell_embedding(trained):
+    """kNN imputation: mean of the 50 nearest reference cells (z_C) that measured the gene,
+    in model-input units; by hand with sklearn; auto picks it when the reference
+    expression is there, the decoder otherwise."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from napari_brainatlas.model import preprocess_section
+
+    m, mp, q = trained["model"], trained["mapping"], trained["query_emb"]
+    ref_genes = [{g.upper() for g in a.var_names} for a in trained["ref"]]
+    gene = next(g for g in sorted(set.union(*ref_genes))
+                if sum(g in rg for rg in ref_genes) == 2)      # measured in 2 of 3 sections
+    cell = impute_genes(mp, 0, [gene], method="knn", k=50, space="cell")
+    df = impute_genes(mp, 0, [gene], method="knn", k=50)       # joint [z_C, z_T]
+    assert df.attrs["method"] == "knn" and df.attrs["space"] == "joint"
+    assert cell.attrs["space"] == "cell"
+    Zr, Zj, V = [], [], []
+    for a, z, t in zip(trained["ref"], m.get_latent_representation("cell"),
+                       m.get_latent_representation("tissue")):
+        p = preprocess_section(a, "r")
+        if gene not in p.genes:
+            continue
+        Zr.append(z[p.kept])
+        Zj.append(np.hstack([z, t])[p.kept])
+        V.append(np.asarray(p.X[:, p.genes.index(gene)]).ravel())
+    Zr, Zj, V = np.concatenate(Zr), np.concatenate(Zj), np.concatenate(V)
+    zq = mp.get_latent_representation("cell", 0)
+    zj = np.hstack([zq, mp.get_latent_representation("tissue", 0)])
+    ok = np.isfinite(zq).all(1)
+    idx = NearestNeighbors(n_neighbors=50).fit(Zr).kneighbors(zq[ok])[1]
+    assert np.allclose(cell[gene].to_numpy()[ok], V[idx].mean(1), atol=1e-4)
+    idx = NearestNeighbors(n_neighbors=50).fit(Zj).kneighbors(zj[ok])[1]
+    assert np.allclose(df[gene].to_numpy()[ok], V[idx].mean(1), atol=1e-4)
+    assert not np.allclose(df[gene].to_numpy()[ok], cell[gene].to_numpy()[ok])
+    assert np.isnan(df[gene].to_numpy()[~ok]).all()
+    # an AnnData with z_C only: kNN in z_C
+    zc_only = q.copy()
+    del zc_only.obsm["X_fusemap_tissue"]
+    only = impute_genes(mp, zc_only, [gene], method="knn")
+    assert only.attrs["space"] == "cell"
+    np.testing.assert_allclose(only[gene].to_numpy(), cell[gene].to_numpy(), equal_nan=True)
+    auto = impute_genes(mp, 0, [gene])
+    assert auto.attrs["method"] == "knn"
+    np.testing.assert_allclose(auto[gene].to_numpy(), df[gene].to_numpy(), equal_nan=True)
+    dec = impute_genes(mp, 0, [gene], method="decoder")
+    assert dec.attrs["method"] == "decoder" and not np.allclose(
+        dec[gene].to_numpy()[ok], df[gene].to_numpy()[ok])
+    # a gene no reference section measured (new in the query): decoder, also under auto
+    new = mp.new_genes[0]
+    both = impute_genes(mp, 0, [gene, new])
+    np.testing.assert_allclose(both[new].to_numpy(),
+                               impute_genes(mp, 0, [new], method="decoder")[new].to_numpy(),
+                               equal_nan=True)
+    with pytest.raises(BrainAtlasInputError):
+        impute_genes(mp, 0, [new], method="knn")
+    # a FuseMap section is imputed from the other sections only (its own cells left out)
+    own = impute_genes(m, 0, [gene], method="knn")
+    assert own.shape == (trained["ref"][0].n_obs, 1)
+    # the gene embedding alone has no reference cells: kNN refused, auto -> decoder
+    with pytest.raises(BrainAtlasInputError):
+        impute_genes(mp.gene_embedding(), q, [gene], method="knn")
+    assert impute_genes(mp.gene_embedding(), q, [gene]).attrs["method"] == "decoder"
+    # the measured gene of the query: kNN follows the measurement
+    measured = sorted({g.upper() for g in trained["query"].var_names} & set.union(*ref_genes))
+    rs = [measured_vs_imputed(q, g, mp).attrs["pearson_r"] for g in measured]
+    assert np.nanmean(rs) > 0.3, rs
+
+
+def test_query_mapping_save_load_round_trip(trained, tmp_path):
+    from napari_brainatlas.annotate import QueryMapping
+
+    mp, q = trained["mapping"], trained["query"]
+    folder = mp.save(tmp_path / "mapping")
+    assert {"weights.pt", "query.json", "genes.csv", "latent.npz", "reference"} <= {
+        f.name for f in folder.iterdir()}
+    genes = [mp.new_genes[0], "GAD1"]
+    # with the query sections: re-encoded from the loaded weights, same embeddings
+    back = QueryMapping.load(folder, query_sections=[q], device="cpu")
+    assert back.query_names == mp.query_names and back.new_genes == mp.new_genes
+    assert back.adversarial == mp.adversarial and len(back.history) == len(mp.history)
+    for kind in ("cell", "tissue"):
+        a = mp.get_latent_representation(kind, 0)
+        b = back.get_latent_representation(kind, 0)
+        assert np.allclose(a, b, atol=1e-5, equal_nan=True), kind
+    pd.testing.assert_frame_equal(back.gene_embedding(), mp.gene_embedding())
+    pd.testing.assert_frame_equal(impute_genes(back, 0, genes, method="decoder"),
+                                  impute_genes(mp, 0, genes, method="decoder"), atol=1e-5)
+    # the reference came back without its cells: no kNN imputation from it ...
+    with pytest.raises(BrainAtlasInputError):
+        impute_genes(back, 0, ["GAD1"], method="knn")
+    # ... unless the reference sections are given too
+    full = QueryMapping.load(folder, query_sections=[q], reference_sections=trained["ref"],
+                             device="cpu")
+    pd.testing.assert_frame_equal(impute_genes(full, 0, ["GAD1"], method="knn"),
+                                  impute_genes(mp, 0, ["GAD1"], method="knn"), atol=1e-5)
+    assert back.frozen_unchanged()
+    w = back.write_embeddings()[0]
+    assert np.allclose(w.obsm["X_fusemap_cell"], trained["query_emb"].obsm["X_fusemap_cell"],
+                       atol=1e-5, equal_nan=True)
+    # every tensor of the extended module came back bit for bit
+    s0, s1 = mp.module.state_dict(), back.module.state_dict()
+    assert s0.keys() == s1.keys()
+    for k in s0:
+        assert torch.equal(s0[k].cpu(), s1[k].cpu()), k
+    # without the query sections: the saved embeddings serve embeddings and imputation
+    lite = QueryMapping.load(folder, device="cpu")
+    assert np.allclose(lite.get_latent_representation("cell", 0),
+                       mp.get_latent_representation("cell", 0), equal_nan=True)
+    df = impute_genes(lite, mp.query_names[0], genes)
+    assert list(df.index) == list(q.obs_names)
+    pd.testing.assert_frame_equal(df, impute_genes(mp, 0, genes, method="decoder"), atol=1e-5)
+    with pytest.raises(BrainAtlasInputError):
+        lite.write_embeddings()
+    # a query section with another panel is refused; a folder that is not a mapping too
+    with pytest.raises(BrainAtlasInputError):
+        QueryMapping.load(folder, query_sections=[q[:, 1:].copy()], device="cpu")
+    with pytest.raises(BrainAtlasInputError):
+        QueryMapping.load(tmp_path / "nowhere", device="cpu")
+    with pytest.raises(BrainAtlasInputError):
+        QueryMapping.load(folder / "reference", device="cpu")
 
 
 def test_map_query_bad_input(trained):
@@ -231,6 +419,17 @@ def test_cli_transfer_and_impute(trained, tmp_path, capsys):
     assert {"imputed_GAD1", "imputed_SLC17A7"} <= set(b.obs.columns)
     side = measured_vs_imputed(b, "GAD1")
     assert np.isfinite(side.attrs["pearson_r"])
+    # the default (auto) used the embedded reference files beside the model: kNN; by hand
+    refs = [ad.read_h5ad(tmp_path / "run" / f"{n}.h5ad") for n in m.section_names]
+    knn = impute_genes(m, a, ["GAD1"], method="knn", reference=refs)["GAD1"].to_numpy()
+    np.testing.assert_allclose(b.obs["imputed_GAD1"].to_numpy(), knn, rtol=1e-5, atol=1e-6,
+                               equal_nan=True)
+    rc, err = _cli(capsys, "impute", "--model", tmp_path / "run" / "model", "--data", out,
+                   "--genes", "GAD1", "--method", "decoder", "--out", tmp_path / "dec.h5ad")
+    assert rc == 0, err
+    dec = ad.read_h5ad(tmp_path / "dec.h5ad").obs["imputed_GAD1"].to_numpy()
+    np.testing.assert_allclose(dec, impute_genes(m, a, ["GAD1"], method="decoder")[
+        "GAD1"].to_numpy(), rtol=1e-5, atol=1e-6, equal_nan=True)
     # a file without embedding is mapped first (--epochs 1)
     rc, err = _cli(capsys, "impute", "--model", tmp_path / "run" / "model", "--data", qpath,
                    "--genes", "GAD1", "--epochs", "1", "--out", tmp_path / "imp2.h5ad")

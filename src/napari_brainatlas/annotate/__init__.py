@@ -3,7 +3,9 @@
 * :func:`map_query` - query sections onto a frozen trained FuseMap (new encoders, new
   gene rows for unseen genes) -> :class:`QueryMapping`.
 * :func:`transfer_labels` - obs['<label>_transfer'] and ['<label>_transfer_uncertainty'].
-* :func:`impute_genes`, :func:`measured_vs_imputed` - max(z_C E^T, 0) on demand.
+* :func:`impute_genes`, :func:`measured_vs_imputed` - any gene on demand: kNN average of
+  reference cells in the shared embedding, or the decoder max(z_C E^T, 0).
+* :meth:`QueryMapping.save` / :meth:`QueryMapping.load` - a mapping as a folder.
 """
 
 from .classifier import HierarchicalLabelClassifier, KNNLabelClassifier, MLPLabelClassifier

@@ -3,7 +3,8 @@
     napari-brainatlas transfer --model DIR --query Q.h5ad [--reference REF.h5ad ...]
                                [--labels celltype,region] [--method mlp|knn]
                                [--epochs N] [--no-smooth] --out OUT.h5ad
-    napari-brainatlas impute   --model DIR --data X.h5ad --genes A,B --out OUT.h5ad
+    napari-brainatlas impute   --model DIR --data X.h5ad --genes A,B [--method auto|knn|decoder]
+                               [--reference REF.h5ad ...] --out OUT.h5ad
 
 A model folder (``FuseMap.save``) holds weights, genes and panels but no cells, so the
 annotated reference comes from the embedded reference sections: ``--reference`` files
@@ -19,7 +20,10 @@ against the reference embeddings), transfers the labels and writes the query wit
 
 ``impute`` writes one obs column per gene, ``obs['imputed_<GENE>']`` (upper-case symbol;
 layers cannot hold genes the file does not measure), from ``obsm['X_fusemap_cell']``
-when the file has it, else after mapping the file onto the model as a query.
+when the file has it, else after mapping the file onto the model as a query; by default
+(``--method auto``) the mean of the 50 nearest cells of the embedded reference files (the
+``<section>.h5ad`` files beside the model folder, or ``--reference``) that measured the
+gene, else (no reference files) ``max(z_C E^T, 0)`` (see ``annotate.impute``).
 """
 
 from __future__ import annotations
@@ -60,12 +64,21 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_transfer)
 
     q = subparsers.add_parser(
-        "impute", help="impute genes from the FuseMap gene embedding",
-        description="Impute genes (any gene of the model's gene embedding) for every cell: "
-                    "max(z_C E^T, 0), written as obs['imputed_<GENE>'].")
+        "impute", help="impute genes from the FuseMap embedding",
+        description="Impute genes (any gene of the model's gene embedding) for every cell, "
+                    "written as obs['imputed_<GENE>']: the mean of the 50 nearest reference "
+                    "cells in the shared embedding that measured the gene (when the embedded "
+                    "reference files are at hand), else max(z_C E^T, 0).")
     q.add_argument("--model", type=Path, required=True, help="model folder")
     q.add_argument("--data", type=Path, required=True, help="section file (.h5ad ...)")
     q.add_argument("--genes", required=True, help="comma-separated gene symbols")
+    q.add_argument("--method", choices=["auto", "knn", "decoder"], default="auto",
+                   help="knn: mean of the 50 nearest reference cells; decoder: "
+                        "max(z_C E^T, 0); auto (default): knn when reference files are at "
+                        "hand, else decoder")
+    q.add_argument("--reference", type=Path, nargs="+", default=None,
+                   help="embedded reference .h5ad files, one per model section (default: "
+                        "<section>.h5ad beside the model folder, when present)")
     q.add_argument("--epochs", type=int, default=15,
                    help="query mapping epochs when the file has no cell embedding")
     q.add_argument("--seed", type=int, default=0)
@@ -215,6 +228,15 @@ def run_impute(args) -> int:
     if missing:
         raise BrainAtlasInputError(
             f"gene(s) not in the model's gene embedding: {', '.join(missing[:5])}")
+    refs = None
+    if args.method != "decoder":
+        try:
+            files = _reference_files(model, Path(args.model), args.reference)
+        except BrainAtlasInputError:
+            if args.method == "knn":
+                raise
+            files = None
+        refs = _read(files, args.pixel_size) if files else None
     secs = _read([args.data], args.pixel_size)
     old = _threads(args.threads)
     outs = []
@@ -222,11 +244,11 @@ def run_impute(args) -> int:
         for a in secs:
             a = a.copy()
             if CELL_KEY not in a.obsm or not np.isfinite(np.asarray(a.obsm[CELL_KEY])).any():
-                mapping = map_query(model, [a], epochs=args.epochs, seed=args.seed,
-                                    progress=_progress("map query"))
+                mapping = map_query(model, [a], reference_sections=refs, epochs=args.epochs,
+                                    seed=args.seed, progress=_progress("map query"))
                 sys.stderr.write("\n")
                 a = mapping.write_embeddings(copy=False)[0]
-            df = impute_genes(model, a, genes)
+            df = impute_genes(model, a, genes, method=args.method, reference=refs)
             for g in genes:
                 a.obs[IMPUTED_PREFIX + g] = df[g].to_numpy(np.float32)
             a.uns["imputed_genes"] = list(genes)
@@ -234,6 +256,7 @@ def run_impute(args) -> int:
     finally:
         _threads(old)
     write_h5ad(_combine(outs), args.out)
-    print(f"imputed {', '.join(genes)} for {sum(a.n_obs for a in outs)} cells: "
+    print(f"imputed ({df.attrs.get('method')}) {', '.join(genes)} for "
+          f"{sum(a.n_obs for a in outs)} cells: "
           f"obs['{IMPUTED_PREFIX}<GENE>'] in {args.out}", file=sys.stderr)
     return 0

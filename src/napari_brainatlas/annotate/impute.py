@@ -1,7 +1,25 @@
-"""Imputation from the gene embedding (method.md, "Imputation").
+"""Imputation of any gene for any cell (method.md, "Imputation").
 
-``X_hat = max(z_C E^T, 0)`` for any gene of the universal gene embedding E (any gene
-measured in any reference or query section) and any cell with a cell embedding z_C.
+Two estimators, both over the shared FuseMap embedding:
+
+* ``method="decoder"``: ``X_hat = max(z_C E^T, 0)`` for any gene of the universal gene
+  embedding E (any gene measured in any reference or query section), as the paper writes
+  it; needs only the gene embedding and the cell embedding.
+* ``method="knn"``: the average, over the ``k`` (50) reference cells nearest to the cell in
+  the joint cell embedding [z_C, z_T] (``space="joint"``, where every side has z_T; else
+  z_C; ``space="cell"``: z_C only) among the reference cells that measured the gene, of their
+  measured values (model-input scale: normalised, log1p, scaled, clipped at 10); needs the
+  reference sections' expression (a FuseMap holding its sections, a QueryMapping whose
+  reference holds them or that was given ``reference_sections``, or ``reference=``
+  AnnData with ``obsm['X_fusemap_cell']``). For a
+  section the FuseMap itself holds, that section's own cells are left out.
+* ``method="auto"`` (default): ``"knn"`` where reference expression is available, else
+  ``"decoder"``. On the annotation benchmark (benchmarks/annotation, hidden genes,
+  Pearson R with the measurement, 5 epochs) the kNN average was better than the decoder
+  on both sets (demo 0.277 vs 0.182, osmFISH 0.477 vs 0.433 with kNN in z_C), and the
+  joint space [z_C, z_T] better than z_C alone (demo 0.289, osmFISH 0.491); see
+  RESULTS_annotation.md.
+
 Only the asked genes are computed (cells x len(genes)); nothing builds a dense
 cells x all-genes matrix unless every gene is asked for.
 """
@@ -13,7 +31,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
-from ..model import CELL_KEY, preprocess_section
+from ..model import CELL_KEY, TISSUE_KEY, preprocess_section
 
 __all__ = ["IMPUTED_PREFIX", "gene_embedding_of", "impute_genes", "measured_vs_imputed"]
 
@@ -48,37 +66,142 @@ def _resolve_genes(E: pd.DataFrame, genes) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _cell_embedding(model, section) -> tuple[np.ndarray, pd.Index]:
+def _cell_embedding(model, section, kind: str = "cell") -> tuple[np.ndarray, pd.Index]:
+    key = CELL_KEY if kind == "cell" else TISSUE_KEY
     if isinstance(section, AnnData):
-        if CELL_KEY not in section.obsm:
+        if key not in section.obsm:
             raise BrainAtlasInputError(
-                f"the section has no obsm['{CELL_KEY}']: embed or map it first")
-        return np.asarray(section.obsm[CELL_KEY], np.float32), section.obs_names
+                f"the section has no obsm['{key}']: embed or map it first")
+        return np.asarray(section.obsm[key], np.float32), section.obs_names
     if hasattr(model, "query_names") and (
             isinstance(section, (int, np.integer)) or str(section) in model.query_names):
         i = model._index(section)
-        return model.get_latent_representation("cell", i), model.adatas[i].obs_names
+        return model.get_latent_representation(kind, i), model.obs_names(i)
     if hasattr(model, "section_names"):
         names = list(model.section_names)
         if not isinstance(section, (int, np.integer)) and str(section) not in names:
             raise BrainAtlasInputError(f"no section named {section!r} in the model")
         i = int(section) if isinstance(section, (int, np.integer)) else names.index(str(section))
-        z = model.get_latent_representation("cell", i)
+        z = model.get_latent_representation(kind, i)
         return z, model.adatas[i].obs_names
     raise BrainAtlasInputError("give a section (AnnData with a cell embedding) or a name")
 
 
-def impute_genes(model, section, genes, chunk: int = 65536) -> pd.DataFrame:
-    """Imputed expression ``max(z_C E^T, 0)`` of ``genes`` for every cell of ``section``.
+class _RefExpr:
+    """Reference cells for kNN imputation: per section its name, z_C of the kept cells,
+    and a column getter of its model-input values."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.Z: list[np.ndarray] = []
+        self.prepared: list = []
+
+    def add(self, name, Z, prepared):
+        Z = np.asarray(Z, np.float32)
+        if len(Z) != prepared.n_cells:
+            Z = Z[prepared.kept]
+        ok = np.isfinite(Z).all(1)
+        self.names.append(str(name))
+        self.Z.append(np.where(ok[:, None], Z, 0.0).astype(np.float32))
+        self.prepared.append((prepared, ok))
+
+    def values(self, i, gene):
+        p, ok = self.prepared[i]
+        if gene not in p.genes:
+            return None
+        col = p.X[:, p.genes.index(gene)]
+        col = np.asarray(col.toarray() if hasattr(col, "toarray") else col, np.float32).ravel()
+        return col, ok
+
+
+def _reference_expression(model, reference, exclude=None, joint: bool = False
+                          ) -> _RefExpr | None:
+    """Reference sections with cell embeddings (``joint``: [z_C, z_T]) and expression, or
+    None; with ``joint`` also None when a reference section lacks z_T."""
+    R = _RefExpr()
+    if reference is None and hasattr(model, "query_names") and not getattr(
+            model.reference, "prepared", None):
+        reference = getattr(model, "reference_sections", None)   # given to map_query
+    if reference is not None:
+        if isinstance(reference, AnnData):
+            reference = [reference]
+        for i, a in enumerate(reference):
+            if CELL_KEY not in a.obsm:
+                raise BrainAtlasInputError(
+                    f"reference sections need obsm['{CELL_KEY}'] for kNN imputation")
+            z = np.asarray(a.obsm[CELL_KEY], np.float32)
+            if joint:
+                if TISSUE_KEY not in a.obsm:
+                    return None
+                z = np.hstack([z, np.asarray(a.obsm[TISSUE_KEY], np.float32)])
+            R.add(f"reference{i}", z, preprocess_section(a, f"reference{i}"))
+        return R
+    fm = model.reference if hasattr(model, "query_names") else model
+    if not hasattr(fm, "section_names") or not getattr(fm, "prepared", None):
+        return None
+    lat = fm.get_latent_representation("cell")
+    if joint:
+        lat = [np.hstack([c, t]) for c, t in zip(lat, fm.get_latent_representation("tissue"))]
+    for name, z, p in zip(fm.section_names, lat, fm.prepared):
+        if exclude is not None and name == exclude:
+            continue
+        R.add(name, z, p)
+    return R if R.names else None
+
+
+def _knn_impute(R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int):
+    """Average of the k nearest reference cells (in z_C) that measured each gene."""
+    from scipy.spatial import cKDTree
+
+    out = np.full((len(Z), len(genes)), np.nan, np.float32)
+    rows = np.flatnonzero(np.isfinite(Z).all(1))
+    groups: dict[tuple, list[int]] = {}
+    cols: dict[str, list] = {}
+    for j, g in enumerate(genes):
+        vals = [R.values(i, g) for i in range(len(R.names))]
+        have = tuple(i for i, v in enumerate(vals) if v is not None)
+        cols[g] = vals
+        if have:
+            groups.setdefault(have, []).append(j)
+    for have, js in groups.items():
+        Zr = np.concatenate([R.Z[i] for i in have])
+        ok = np.concatenate([R.prepared[i][1] for i in have])
+        Zr = Zr[ok]
+        if len(Zr) == 0:
+            continue
+        V = np.stack([np.concatenate([cols[genes[j]][i][0] for i in have])[ok] for j in js], 1)
+        tree = cKDTree(Zr)
+        kk = min(int(k), len(Zr))
+        for a in range(0, len(rows), chunk):
+            r = rows[a:a + chunk]
+            _, idx = tree.query(Z[r], k=kk)
+            idx = idx.reshape(len(r), kk)
+            out[np.ix_(r, js)] = V[idx].mean(1)
+    return out
+
+
+def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto",
+                 k: int = 50, reference=None, space: str = "joint") -> pd.DataFrame:
+    """Imputed expression of ``genes`` for every cell of ``section``.
 
     model : FuseMap, QueryMapping, or a gene embedding DataFrame (genes x k).
     section : an AnnData with ``obsm['X_fusemap_cell']``, or the name / index of a
         section (reference or query) the model holds.
     genes : list of symbols (case-insensitive) or "A,B"; None = every gene (dense!).
+    method : "decoder" (``max(z_C E^T, 0)``), "knn" (average of the ``k`` nearest
+        reference cells in z_C that measured the gene) or "auto" (kNN where reference
+        expression is available, else decoder); see the module docstring.
+    reference : AnnData (or list) with ``obsm['X_fusemap_cell']`` and expression, used as
+        the kNN reference instead of the sections the model holds.
+    space : kNN neighbours in "joint" ([z_C, z_T], where every side has z_T; else z_C) or
+        "cell" (z_C only).
 
     Returns a DataFrame (n_cells x len(genes)) indexed by the section's obs_names; cells
-    without an embedding (dropped by preprocessing) are NaN.
+    without an embedding (dropped by preprocessing) are NaN. ``df.attrs['method']`` says
+    which estimator ran.
     """
+    if method not in ("auto", "decoder", "knn"):
+        raise BrainAtlasInputError(f"method must be 'auto', 'decoder' or 'knn', not {method!r}")
     E = gene_embedding_of(model)
     genes = _resolve_genes(E, genes)
     Z, index = _cell_embedding(model, section)
@@ -86,6 +209,47 @@ def impute_genes(model, section, genes, chunk: int = 65536) -> pd.DataFrame:
         raise BrainAtlasInputError(
             f"the cell embedding has {Z.shape[-1]} dimensions but the gene embedding "
             f"{E.shape[1]}")
+    R = None
+    if space not in ("joint", "cell"):
+        raise BrainAtlasInputError(f"space must be 'joint' or 'cell', not {space!r}")
+    Zk = Z
+    if method != "decoder" and (reference is not None or not isinstance(model, pd.DataFrame)):
+        own = None
+        if (not hasattr(model, "query_names") and hasattr(model, "section_names")
+                and not isinstance(section, AnnData)):
+            names = list(model.section_names)
+            own = names[int(section)] if isinstance(section, (int, np.integer)) else str(section)
+        R = None
+        if space == "joint":
+            try:
+                Zt, _ = _cell_embedding(model, section, "tissue")
+            except BrainAtlasInputError:
+                Zt = None
+            if Zt is not None:
+                R = _reference_expression(model, reference, exclude=own, joint=True)
+                if R is not None:
+                    Zk = np.hstack([Z, Zt])
+        if R is None:
+            R = _reference_expression(model, reference, exclude=own)
+    if method == "knn" and R is None:
+        raise BrainAtlasInputError(
+            "kNN imputation needs the reference sections' expression: a model holding its "
+            "sections, or reference= sections with obsm['X_fusemap_cell']")
+    if method == "knn" or (method == "auto" and R is not None):
+        missing = [g for g in genes if all(R.values(i, g) is None for i in range(len(R.names)))]
+        if method == "knn" and missing:
+            raise BrainAtlasInputError(
+                f"no reference section measures {', '.join(missing[:5])} (kNN imputation)")
+        out = _knn_impute(R, Zk, genes, k, chunk)
+        if missing:       # auto: genes no reference cell measured come from the decoder
+            dec = impute_genes(E, _as_adata(Z, index), missing, chunk, method="decoder")
+            for g in missing:
+                out[:, genes.index(g)] = dec[g].to_numpy()
+        df = pd.DataFrame(out, index=index, columns=pd.Index(genes, name="gene"))
+        df.attrs["method"] = "knn"
+        df.attrs["k"] = int(k)
+        df.attrs["space"] = "joint" if Zk.shape[1] > Z.shape[1] else "cell"
+        return df
     Eg = E.loc[genes].to_numpy(np.float32)
     out = np.full((len(Z), len(genes)), np.nan, np.float32)
     ok = np.isfinite(Z).all(1)
@@ -93,7 +257,15 @@ def impute_genes(model, section, genes, chunk: int = 65536) -> pd.DataFrame:
     for i in range(0, len(rows), chunk):
         r = rows[i:i + chunk]
         out[r] = np.maximum(Z[r] @ Eg.T, 0.0)
-    return pd.DataFrame(out, index=index, columns=pd.Index(genes, name="gene"))
+    df = pd.DataFrame(out, index=index, columns=pd.Index(genes, name="gene"))
+    df.attrs["method"] = "decoder"
+    return df
+
+
+def _as_adata(Z, index) -> AnnData:
+    a = AnnData(obs=pd.DataFrame(index=index))
+    a.obsm[CELL_KEY] = Z
+    return a
 
 
 def measured_values(section: AnnData, gene: str) -> np.ndarray:
@@ -113,7 +285,8 @@ def measured_values(section: AnnData, gene: str) -> np.ndarray:
 
 def measured_vs_imputed(section: AnnData, gene: str, model=None) -> pd.DataFrame:
     """Side by side for a gene the section measured: columns ``measured`` (model-input
-    scale: normalised, log1p, scaled) and ``imputed`` (``max(z_C E^T, 0)``).
+    scale: normalised, log1p, scaled) and ``imputed`` (:func:`impute_genes`, default
+    method).
 
     The imputed values come from ``model`` (FuseMap / QueryMapping / gene embedding, with
     the section's ``obsm['X_fusemap_cell']``) or, without a model, from

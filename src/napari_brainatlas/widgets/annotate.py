@@ -10,7 +10,9 @@ progress bar and Cancel; results are written into the query layers' AnnData
 (``obs['<label>_transfer']``, ``obs['<label>_transfer_uncertainty']``, the embeddings)
 and the query layers are coloured by the label shown (legend) or its uncertainty
 (colormap). "Impute gene" (completion over the gene embedding) colours the query cells
-by ``max(z_C E^T, 0)`` and stores ``obs['imputed_<GENE>']``. Errors: one notification.
+by the imputed gene (``impute_genes``: mean of the 50 nearest reference cells in the
+shared embedding that measured it, else ``max(z_C E^T, 0)``) and stores
+``obs['imputed_<GENE>']``. Errors: one notification.
 """
 
 from __future__ import annotations
