@@ -186,3 +186,54 @@ def test_query_pieces_add_section_and_genes(sections):
     assert mu.shape == (4, 8) and (std > 0).all()
     assert mod.decode("query", mu).shape == (4, 7)
     assert mod.impute(mu, ["NEWGENE1"]).shape == (4, 1)
+
+
+def test_min_steps_floor_sets_steps_per_epoch(sections):
+    # 220 cells, 15 % held out -> 187 training cells of the largest section -> 6 steps of 32
+    m = FuseMap(sections, seed=0, min_steps=0, **TINY)
+    n_pass = int(np.ceil(max(len(sd.train_idx) for sd in m.data) / 32))
+    m.train(max_epochs=1)
+    assert [h["steps"] for h in m.history] == [n_pass, n_pass]
+    m2 = FuseMap(sections, seed=0, min_steps=n_pass + 5, **TINY)
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return False
+
+    m2.train(max_epochs=1, cancel=cancel)
+    assert [h["steps"] for h in m2.history] == [n_pass + 5, n_pass + 5]
+    assert calls["n"] == 2 * (n_pass + 5)          # cancel is polled once per step
+    assert m2.config["min_steps"] == n_pass + 5
+
+
+def test_block_adversarial_cells_are_training_cells_of_the_block(sections):
+    m = FuseMap(sections[:2], seed=0, adv_cells="block", **TINY)
+    sd = m.data[0]
+    seeds = sd.train_idx[:5]
+    m.module.eval()
+    o = forward_section(m.module, sd, seeds, m.device, sample=False, block=True)
+    n1 = np.unique(sd.A[np.sort(seeds)].indices)
+    n2 = np.unique(sd.A[n1].indices)
+    assert set(o["zc_idx"]) == set(n2) & set(sd.train_idx)
+    assert set(o["zt_idx"]) == set(n1) & set(sd.train_idx)
+    assert not set(o["zc_idx"]) & set(sd.val_idx)
+    assert len(o["zc_idx"]) > len(seeds)
+    zc, zt = m._latent_kept()["cell"][0], m._latent_kept()["tissue"][0]
+    np.testing.assert_allclose(o["zc_all"].detach().numpy(), zc[o["zc_idx"]], atol=1e-5)
+    np.testing.assert_allclose(o["zt_all"].detach().numpy(), zt[o["zt_idx"]], atol=1e-5)
+    m.train(max_epochs=1)                           # the block variant trains end to end
+    assert np.isfinite(m.history[-1]["disc"])
+
+
+def test_training_options_are_checked_and_saved(sections, tmp_path):
+    with pytest.raises(ValueError):
+        FuseMap(sections, adv_cells="all", **TINY)
+    with pytest.raises(ValueError):
+        FuseMap(sections, noise_schedule="sometimes", **TINY)
+    m = FuseMap(sections, seed=0, min_steps=3, adv_cells="block", noise_schedule="constant",
+                sample_latent=False, **TINY)
+    m.save(tmp_path / "fm")
+    back = FuseMap.load(tmp_path / "fm", sections)
+    for k in ("min_steps", "adv_cells", "noise_schedule", "sample_latent"):
+        assert back.config[k] == m.config[k], k

@@ -181,6 +181,8 @@ def run_quality(sets, epochs, seed, log):
             }
         row = dict(set=key, n_cells=n, n_sections=len(secs), n_genes=len(m.module.genes),
                    n_shared=n_shared, epochs_run=len(m.history), fusemap_s=t_fm, harmony_s=t_h,
+                   steps=sum(int(h.get("steps", 0)) for h in m.history),
+                   min_steps=m.config.get("min_steps", 0),
                    recon_first=h0["recon"], recon_last=h1["recon"], val_first=h0["val_loss"],
                    val_last=h1["val_loss"], cell=res, tissue=tissue, cell_label=lab,
                    tissue_label=s.get("tissue_label"))
@@ -284,7 +286,8 @@ def write_report(path, cmd, quality, scaling, args, total_s):
     for r in quality:
         L += [f"## {r['set']}: {r['n_cells']} cells, {r['n_sections']} sections, "
               f"{r['n_shared']} shared of {r['n_genes']} genes", "",
-              f"FuseMap: {r['epochs_run']} epochs in {r['fusemap_s']:.0f} s, train recon MSE "
+              f"FuseMap: {r['epochs_run']} epochs ({r['steps']} steps, min_steps "
+              f"{r['min_steps']}) in {r['fusemap_s']:.0f} s, train recon MSE "
               f"{r['recon_first']:.3f} -> {r['recon_last']:.3f}, val loss {r['val_first']:.3f} "
               f"-> {r['val_last']:.3f}; PCA + Harmony {r['harmony_s']:.1f} s.", "",
               f"Cell embedding vs `{r['cell_label']}`:", "",
@@ -306,6 +309,9 @@ def write_report(path, cmd, quality, scaling, args, total_s):
         L += ["", f"Target (FuseMap z_C beats PCA + Harmony): mixing (iLISI) "
               f"{'met' if mix else 'MISSED'}, label conservation (cross-section kNN acc) "
               f"{'met' if lab else 'MISSED'}.", ""]
+    if not scaling and "## Throughput" in old:
+        # --skip-scale: keep the throughput section of the last run that measured it
+        L += ["", "## Throughput" + old.split("## Throughput", 1)[1].rstrip("\n")]
     _scaling_section(L, scaling, cmd)
     Path(path).write_text("\n".join(L) + "\n")
 

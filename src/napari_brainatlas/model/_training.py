@@ -36,6 +36,16 @@ class SectionData:
     def n(self) -> int:
         return int(self.X.shape[0])
 
+    @property
+    def train_mask(self) -> np.ndarray:
+        """Boolean mask of the training cells (cached)."""
+        m = getattr(self, "_train_mask", None)
+        if m is None or len(m) != self.n:
+            m = np.zeros(self.n, bool)
+            m[self.train_idx] = True
+            self._train_mask = m
+        return m
+
 
 def gather_subgraph(A: sp.csr_matrix, seeds: np.ndarray):
     """Return (n2, A1, A0, s_in1, s_in2) for seed cells ``seeds`` (sorted, unique).
@@ -69,8 +79,14 @@ def rows_dense(X, idx: np.ndarray) -> np.ndarray:
 
 
 def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, device,
-                    sample: bool) -> dict:
-    """Losses and seed embeddings of one section for the seed cells ``seeds``."""
+                    sample: bool, block: bool = False) -> dict:
+    """Losses and seed embeddings of one section for the seed cells ``seeds``.
+
+    ``block=True`` also returns the posterior means of every *training* cell that the
+    step encodes (as the published code feeds its discriminators): ``zc_all`` / ``zc_idx``
+    (z_C on the 2-hop neighbourhood N2) and ``zt_all`` / ``zt_idx`` (z_T = A z_C on the
+    1-hop neighbourhood N1, exact there because N2 holds all neighbours of N1).
+    """
     seeds = np.sort(seeds)
     n2, A1, A0, s1, s2 = gather_subgraph(sd.A, seeds)
     x2 = torch.from_numpy(rows_dense(sd.X, n2)).to(device, non_blocking=True)
@@ -89,11 +105,18 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
     # the discriminators see the posterior means (the embeddings that are reported):
     # z_C = mu at the seeds and z_T = (A mu) at the seeds
     s1t = torch.from_numpy(s1).to(device)
-    if sample:
-        zt_mu = torch.sparse.mm(A1t, mu).index_select(0, s1t)
-    else:
-        zt_mu = zt1.index_select(0, s1t)
-    return dict(recon=recon, kl=kl, zc=mu_s, zt=zt_mu, seeds=seeds)
+    zt_mu1 = torch.sparse.mm(A1t, mu) if sample else zt1
+    zt_mu = zt_mu1.index_select(0, s1t)
+    out = dict(recon=recon, kl=kl, zc=mu_s, zt=zt_mu, seeds=seeds)
+    if block:
+        n1 = np.unique(sd.A[seeds].indices)
+        tm = sd.train_mask
+        k2, k1 = np.flatnonzero(tm[n2]), np.flatnonzero(tm[n1])
+        out["zc_all"] = mu.index_select(0, torch.from_numpy(k2).to(device))
+        out["zc_idx"] = n2[k2]
+        out["zt_all"] = zt_mu1.index_select(0, torch.from_numpy(k1).to(device))
+        out["zt_idx"] = n1[k1]
+    return out
 
 
 @torch.no_grad()
