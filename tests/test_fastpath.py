@@ -345,3 +345,25 @@ def test_overview_follows_its_section(make_napari_viewer):
     assert ov.visible
     viewer.layers.remove(layer)  # removing the section removes its overview
     assert ov not in viewer.layers and not fast.layers
+
+
+def test_fast_layer_is_a_points_layer_sliced_to_its_subset_from_the_start():
+    """The fast layer is a napari Points layer (same type string, so writers and layer
+    controls treat it as one), holding every cell but sliced to the density-preserving
+    subset as soon as it is made."""
+    from napari.layers import Points
+
+    from napari_brainatlas.layers import section_layer_data
+    from napari_brainatlas.widgets.fastpoints import fast_layer_kwargs, make_fast_layer
+
+    adata = _section(120_000, seed=5)
+    data, kwargs, _ = section_layer_data(adata)
+    fd, fk = fast_layer_kwargs(data, kwargs)
+    layer = make_fast_layer(fd, fk)
+    assert isinstance(layer, Points)
+    assert layer._type_string == "points" and layer.as_layer_data_tuple()[2] == "points"
+    n_shown = int(np.count_nonzero(fk["shown"]))
+    assert 0 < n_shown < len(adata) // 2
+    assert len(layer._view_indices) == n_shown
+    np.testing.assert_array_equal(np.sort(layer._view_indices), np.flatnonzero(fk["shown"]))
+    assert len(layer.data) == len(adata)  # every cell is still in the layer

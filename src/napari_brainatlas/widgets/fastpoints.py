@@ -96,6 +96,32 @@ def _shown_state_class():
     return _SHOWN_STATE_CLS
 
 
+_FAST_POINTS_CLS = None
+
+
+def _fast_points_class():
+    """A napari ``Points`` subclass whose slicing honours ``shown`` in 2D from its first
+    slice (so a million-cell layer is never sliced, thumbnailed and uploaded whole when
+    it is created), or None on other napari versions. Same name and type string as
+    napari's, so writers, controls and visuals treat it as a Points layer."""
+    global _FAST_POINTS_CLS
+    if _FAST_POINTS_CLS is not None:
+        return _FAST_POINTS_CLS
+    state_cls = _shown_state_class()
+    if state_cls is None:  # pragma: no cover - other napari versions
+        return None
+    from napari.layers import Points as _NapariPoints
+
+    class Points(_NapariPoints):
+        __doc__ = _NapariPoints.__doc__
+
+        def _get_layer_slicing_state(self, data, cache):
+            return state_cls(layer=self, data=data, cache=cache)
+
+    _FAST_POINTS_CLS = Points
+    return Points
+
+
 def enable_shown_slicing(layer) -> bool:
     """Make ``layer`` (a 2D Points layer) draw only its ``shown`` points. Returns False
     (and changes nothing) when this napari's internals are not the expected ones."""
@@ -195,7 +221,8 @@ def make_fast_layer(data, kwargs: dict):
         if border is not None:
             kw["border_color"] = border
         face = None
-    layer = Layer.create(data, kw, "points")
+    cls = _fast_points_class()
+    layer = cls(data, **kw) if cls is not None else Layer.create(data, kw, "points")
     enable_shown_slicing(layer)
     if face is not None:
         set_colors(layer, face)
