@@ -289,6 +289,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated case indices to run (iterating)")
     ap.add_argument("--no-extras", action="store_true", help="skip thin-plate / area variants (iterating)")
     ap.add_argument("--dump", default=None, help="also write the per-section rows (ours) as JSON here")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the speed test (6 100k-cell coronal sections, one core); prints it")
     args = ap.parse_args(argv)
     if args.quick:
         args.n = min(args.n, 12)
@@ -300,6 +302,12 @@ def main(argv=None) -> int:
     cmd = "PYTHONPATH=src python benchmarks/registration/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t_all = time.perf_counter()
     atlas = Atlas.load(ANN, ontology=ONTO)
+    if args.speed_only:
+        speed = speed_test(atlas, 3 if args.quick else 6)
+        print(f"speed (affine path, 100k-cell coronal sections, one core, whole register_section): "
+              f"median {speed['median_s']:.2f} s, max {speed['max_s']:.2f} s over {speed['n']} sections; "
+              f"load average {os.getloadavg()[0]:.1f}\ncommand: {cmd}")
+        return 0
     results = {}
     sets = [v.strip() for v in args.sets.split(",")]
     only = None if args.cases is None else {int(v) for v in args.cases.split(",")}
