@@ -49,7 +49,7 @@ def test_subgraph_gives_exact_full_graph_result(sections):
     m = FuseMap(sections[:1], seed=0, **TINY)
     sd = m.data[0]
     seeds = np.array([0, 5, 17, 40])
-    n2, A1, A0, s1, s2 = gather_subgraph(sd.A, seeds)
+    n2, A1, A0, _s1, s2 = gather_subgraph(sd.A, seeds)
     z = np.random.default_rng(0).normal(size=(sd.n, 3)).astype(np.float32)
     full = sd.A @ (sd.A @ z)
     np.testing.assert_allclose(A0 @ (A1 @ z[n2]), full[seeds], rtol=1e-5, atol=1e-6)
