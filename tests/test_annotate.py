@@ -248,6 +248,20 @@ def test_warm_start_and_reference_anchor(trained):
     assert ext is not None and np.allclose(ext[1], Za, atol=1e-5)
 
 
+def test_map_query_depends_on_seed_only(trained):
+    """The same seed gives the same query embedding whatever ran before in the process
+    (dropout and shuffles used torch's global generator); another seed differs."""
+    m, q = trained["model"], trained["query"]
+    torch.manual_seed(123)
+    a = map_query(m, [q], epochs=2, seed=5).get_latent_representation("cell", 0)
+    torch.rand(1000)
+    torch.manual_seed(987)
+    b = map_query(m, [q], epochs=2, seed=5).get_latent_representation("cell", 0)
+    c = map_query(m, [q], epochs=2, seed=6).get_latent_representation("cell", 0)
+    assert np.array_equal(a, b, equal_nan=True)
+    assert not np.allclose(a, c, equal_nan=True)
+
+
 def test_impute_knn_in_cell_embedding(trained):
     """kNN imputation: mean of the 50 nearest reference cells (z_C) that measured the gene,
     in model-input units; by hand with sklearn; auto picks it when the reference

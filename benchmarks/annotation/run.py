@@ -112,11 +112,29 @@ def _patch_pynndescent():
     rp.make_forest = make_forest
 
 
+def _patch_scanpy_shortcut():
+    """scanpy 1.11's neighbour shortcut calls ``getnnz``, which scipy's ``csr_array``
+    (what pynndescent hands back above 4096 cells) no longer has: give it a
+    ``csr_matrix`` view of the same data. Only the baseline's library is patched."""
+    import scipy.sparse as sp
+    from scanpy.neighbors import _common
+
+    if getattr(_common._ind_dist_shortcut, "_patched", False):
+        return
+    orig = _common._ind_dist_shortcut
+
+    def shortcut(d, /):
+        return orig(sp.csr_matrix(d) if not hasattr(d, "getnnz") else d)
+    shortcut._patched = True
+    _common._ind_dist_shortcut = shortcut
+
+
 def ingest(refs, q, shared, labels):
     import anndata as ad
     import scanpy as sc
 
     _patch_pynndescent()
+    _patch_scanpy_shortcut()
 
     R = ad.AnnData(np.vstack([lognorm(a, shared) for a in refs]).astype(np.float32))
     R.var_names = shared

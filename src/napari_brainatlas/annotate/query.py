@@ -514,6 +514,21 @@ def map_query(model: FuseMap, query_sections: list[AnnData], *, reference_sectio
     progress : ``progress(epoch, epochs, losses)`` after every epoch.
     cancel : ``cancel() -> bool`` polled before every step.
     """
+    # dropout, sampling and shuffles draw from torch's global generator: fork and seed it
+    # so a mapping depends on ``seed`` only, not on what ran before in the process
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _map_query(model, query_sections, reference_sections=reference_sections,
+                          section_names=section_names, epochs=epochs,
+                          adversarial=adversarial, batch_size=batch_size, lr=lr,
+                          patience=patience, val_fraction=val_fraction, seed=seed,
+                          init=init, min_steps=min_steps, anchor=anchor,
+                          progress=progress, cancel=cancel)
+
+
+def _map_query(model, query_sections, *, reference_sections, section_names, epochs,
+               adversarial, batch_size, lr, patience, val_fraction, seed, init, min_steps,
+               anchor, progress, cancel) -> QueryMapping:
     if not isinstance(model, FuseMap):
         raise BrainAtlasInputError("map_query needs a trained FuseMap model")
     if init not in ("reference", "random"):
