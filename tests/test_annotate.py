@@ -274,8 +274,9 @@ def test_impute_knn_in_cell_embedding(trained):
     ref_genes = [{g.upper() for g in a.var_names} for a in trained["ref"]]
     gene = next(g for g in sorted(set.union(*ref_genes))
                 if sum(g in rg for rg in ref_genes) == 2)      # measured in 2 of 3 sections
-    cell = impute_genes(mp, 0, [gene], method="knn", k=50, space="cell")
-    df = impute_genes(mp, 0, [gene], method="knn", k=50)       # joint [z_C, z_T]
+    ref_view = {"view": "reference", "weights": "uniform"}
+    cell = impute_genes(mp, 0, [gene], method="knn", k=50, space="cell", **ref_view)
+    df = impute_genes(mp, 0, [gene], method="knn", k=50, **ref_view)   # joint [z_C, z_T]
     assert df.attrs["method"] == "knn" and df.attrs["space"] == "joint"
     assert cell.attrs["space"] == "cell"
     Zr, Zj, V = [], [], []
@@ -300,12 +301,13 @@ def test_impute_knn_in_cell_embedding(trained):
     # an AnnData with z_C only: kNN in z_C
     zc_only = q.copy()
     del zc_only.obsm["X_fusemap_tissue"]
-    only = impute_genes(mp, zc_only, [gene], method="knn")
-    assert only.attrs["space"] == "cell"
+    only = impute_genes(mp, zc_only, [gene], method="knn", weights="uniform")
+    assert only.attrs["space"] == "cell" and only.attrs["view"] == "reference"
     np.testing.assert_allclose(only[gene].to_numpy(), cell[gene].to_numpy(), equal_nan=True)
-    auto = impute_genes(mp, 0, [gene])
+    auto = impute_genes(mp, 0, [gene], **ref_view)
     assert auto.attrs["method"] == "knn"
     np.testing.assert_allclose(auto[gene].to_numpy(), df[gene].to_numpy(), equal_nan=True)
+    assert impute_genes(mp, 0, [gene]).attrs["view"] == "query"     # the default
     dec = impute_genes(mp, 0, [gene], method="decoder")
     assert dec.attrs["method"] == "decoder" and not np.allclose(
         dec[gene].to_numpy()[ok], df[gene].to_numpy()[ok])
@@ -328,6 +330,55 @@ def test_impute_knn_in_cell_embedding(trained):
     measured = sorted({g.upper() for g in trained["query"].var_names} & set.union(*ref_genes))
     rs = [measured_vs_imputed(q, g, mp).attrs["pearson_r"] for g in measured]
     assert np.nanmean(rs) > 0.3, rs
+
+
+def test_impute_knn_query_view(trained):
+    """view="query" (the default for a query section): reference cells read through the
+    query's panel and encoded by the query encoder, one-hop graph mean for z_T, Gaussian
+    distance weights; by hand. The encoded reference cells lie near their reference z_C
+    (the anchor taught that)."""
+    from scipy.spatial import cKDTree
+
+    from napari_brainatlas.annotate.query import encode_through_panel
+    from napari_brainatlas.model import preprocess_section, spatial_graph
+
+    m, mp = trained["model"], trained["mapping"]
+    ref_genes = [{g.upper() for g in a.var_names} for a in trained["ref"]]
+    gene = next(g for g in sorted(set.union(*ref_genes))
+                if sum(g in rg for rg in ref_genes) == 2)
+    df = impute_genes(mp, 0, [gene], method="knn", k=20)
+    assert df.attrs["view"] == "query" and df.attrs["weights"] == "distance"
+    Zj, V, own, moved = [], [], [], []
+    for a, zc in zip(trained["ref"], m.get_latent_representation("cell")):
+        p = preprocess_section(a, "r")
+        z = encode_through_panel(mp, 0, a, p.kept)
+        assert z.shape == (p.n_cells, m.module.n_latent)
+        ok = np.isfinite(z).all(1)
+        own.append(np.linalg.norm(z[ok] - zc[p.kept][ok], axis=1).mean())
+        moved.append(np.linalg.norm(z[ok] - zc[p.kept][ok][::-1], axis=1).mean())
+        if gene not in p.genes:
+            continue
+        t = spatial_graph(p.coords) @ np.nan_to_num(z)
+        Zj.append(np.hstack([z, t])[ok])
+        V.append(np.asarray(p.X[:, p.genes.index(gene)]).ravel()[ok])
+    assert np.mean(own) < 0.5 * np.mean(moved), (own, moved)
+    Zj, V = np.concatenate(Zj), np.concatenate(V)
+    zq = np.hstack([mp.get_latent_representation("cell", 0),
+                    mp.get_latent_representation("tissue", 0)])
+    ok = np.isfinite(zq).all(1)
+    d, idx = cKDTree(Zj).query(zq[ok], k=20)
+    w = np.exp(-(d / d[:, [10]]) ** 2)
+    by_hand = (w * V[idx]).sum(1) / w.sum(1)
+    np.testing.assert_allclose(df[gene].to_numpy()[ok], by_hand, atol=1e-4)
+    uni = impute_genes(mp, 0, [gene], method="knn", k=20, weights="uniform")
+    np.testing.assert_allclose(uni[gene].to_numpy()[ok], V[idx].mean(1), atol=1e-4)
+    # an AnnData section has no query encoder to read through: refused when asked for
+    with pytest.raises(BrainAtlasInputError):
+        impute_genes(mp, trained["query_emb"], [gene], view="query")
+    with pytest.raises(BrainAtlasInputError):
+        impute_genes(mp, 0, [gene], view="sideways")
+    with pytest.raises(BrainAtlasInputError):
+        impute_genes(mp, 0, [gene], weights="heavy")
 
 
 def test_query_mapping_save_load_round_trip(trained, tmp_path):

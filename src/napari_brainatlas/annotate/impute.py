@@ -13,6 +13,15 @@ Two estimators, both over the shared FuseMap embedding:
   reference holds them or that was given ``reference_sections``, or ``reference=``
   AnnData with ``obsm['X_fusemap_cell']``). For a
   section the FuseMap itself holds, that section's own cells are left out.
+* ``view`` (kNN only): for a query section of a QueryMapping the reference cells are, by
+  default (``view="auto"`` -> ``"query"``), read through the query's gene panel and
+  encoded by the query's own encoder, so the neighbour search compares cells seen
+  through the same genes and the same encoder; ``view="reference"`` uses their reference
+  embedding. Neighbours are Gaussian-weighted by distance (``weights="distance"``,
+  bandwidth the distance to the (k/2)-th neighbour) unless ``weights="uniform"``. On the
+  osmFISH split of the annotation benchmark (5 epochs, 3 mapping seeds) the query view
+  raised the mean R from 0.503 / 0.488 / 0.498 to 0.510 / 0.514 / 0.512, the weights to
+  0.514 / 0.517 / 0.516.
 * ``method="auto"`` (default): ``"knn"`` where reference expression is available, else
   ``"decoder"``. On the annotation benchmark (benchmarks/annotation, hidden genes,
   Pearson R with the measurement, 5 epochs) the kNN average was better than the decoder
@@ -31,7 +40,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
-from ..model import CELL_KEY, TISSUE_KEY, preprocess_section
+from ..model import CELL_KEY, TISSUE_KEY, preprocess_section, spatial_graph
 
 __all__ = ["IMPUTED_PREFIX", "gene_embedding_of", "impute_genes", "measured_vs_imputed"]
 
@@ -149,8 +158,50 @@ def _reference_expression(model, reference, exclude=None, joint: bool = False
     return R if R.names else None
 
 
-def _knn_impute(R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int):
-    """Average of the k nearest reference cells (in z_C) that measured each gene."""
+def _panel_reference(model, section, reference, joint: bool) -> _RefExpr | None:
+    """Reference cells as the query section's encoder sees them (``view="query"``): each
+    reference cell's counts for the query's gene panel go through the query encoder
+    (:func:`~napari_brainatlas.annotate.query.encode_through_panel`); with ``joint`` the
+    tissue part is the same one-hop aggregation over the reference section's spatial
+    graph as the query's z_T. None when the reference counts are not available."""
+    from ..model._preprocess import is_integer_matrix
+    from .query import encode_through_panel
+
+    if not hasattr(model, "query_names") or isinstance(section, AnnData):
+        return None
+    if reference is None and not getattr(model.reference, "prepared", None):
+        reference = getattr(model, "reference_sections", None)
+    srcs = []
+    if reference is not None:
+        for i, a in enumerate([reference] if isinstance(reference, AnnData) else reference):
+            src = a.layers.get("counts", a.X)
+            if src is None or not is_integer_matrix(src):
+                return None
+            srcs.append((f"reference{i}", a, preprocess_section(a, f"reference{i}")))
+    else:
+        fm = model.reference
+        adatas = getattr(fm, "adatas", None) or []
+        if len(adatas) != len(fm.prepared):
+            return None
+        for name, a, p in zip(fm.section_names, adatas, fm.prepared):
+            if not p.was_counts:
+                return None
+            srcs.append((name, a, p))
+    R = _RefExpr()
+    for name, a, p in srcs:
+        z = encode_through_panel(model, section, a, p.kept)
+        if joint:
+            t = np.asarray(spatial_graph(p.coords) @ np.nan_to_num(z), np.float32)
+            z = np.hstack([z, np.where(np.isfinite(z).all(1, keepdims=True), t, np.nan)])
+        R.add(name, z, p)
+    return R if R.names else None
+
+
+def _knn_impute(R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int,
+                weighted: bool = True):
+    """Average of the k nearest reference cells (in ``Z``'s space) that measured each
+    gene; ``weighted``: Gaussian weights ``exp(-(d / d_half)^2)`` with ``d_half`` the
+    distance to the (k/2)-th neighbour of that cell, else the plain mean."""
     from scipy.spatial import cKDTree
 
     out = np.full((len(Z), len(genes)), np.nan, np.float32)
@@ -174,14 +225,20 @@ def _knn_impute(R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int
         kk = min(int(k), len(Zr))
         for a in range(0, len(rows), chunk):
             r = rows[a:a + chunk]
-            _, idx = tree.query(Z[r], k=kk)
-            idx = idx.reshape(len(r), kk)
-            out[np.ix_(r, js)] = V[idx].mean(1)
+            d, idx = tree.query(Z[r], k=kk)
+            idx, d = idx.reshape(len(r), kk), d.reshape(len(r), kk)
+            if weighted and kk > 1:
+                w = np.exp(-(d / np.maximum(d[:, [kk // 2]], 1e-12)) ** 2)
+                w /= w.sum(1, keepdims=True)
+                out[np.ix_(r, js)] = np.einsum("nk,nkg->ng", w, V[idx])
+            else:
+                out[np.ix_(r, js)] = V[idx].mean(1)
     return out
 
 
 def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto",
-                 k: int = 50, reference=None, space: str = "joint") -> pd.DataFrame:
+                 k: int = 50, reference=None, space: str = "joint", view: str = "auto",
+                 weights: str = "distance") -> pd.DataFrame:
     """Imputed expression of ``genes`` for every cell of ``section``.
 
     model : FuseMap, QueryMapping, or a gene embedding DataFrame (genes x k).
@@ -195,6 +252,15 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
         the kNN reference instead of the sections the model holds.
     space : kNN neighbours in "joint" ([z_C, z_T], where every side has z_T; else z_C) or
         "cell" (z_C only).
+    view : where the reference cells sit for the kNN search. "query": for a query
+        section of a QueryMapping, every reference cell is read through the query's gene
+        panel and encoded by the query's encoder (needs the reference counts: a model
+        holding its sections, or ``reference`` / ``reference_sections`` with integer
+        counts), so both sides of the search see the same genes through the same
+        encoder; "reference": at their reference embedding; "auto" (default): "query"
+        where possible, else "reference".
+    weights : "distance" (default; Gaussian weights, bandwidth the distance to the
+        (k/2)-th neighbour) or "uniform" (the plain mean of the k neighbours).
 
     Returns a DataFrame (n_cells x len(genes)) indexed by the section's obs_names; cells
     without an embedding (dropped by preprocessing) are NaN. ``df.attrs['method']`` says
@@ -212,8 +278,31 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
     R = None
     if space not in ("joint", "cell"):
         raise BrainAtlasInputError(f"space must be 'joint' or 'cell', not {space!r}")
+    if view not in ("auto", "query", "reference"):
+        raise BrainAtlasInputError(
+            f"view must be 'auto', 'query' or 'reference', not {view!r}")
+    if weights not in ("distance", "uniform"):
+        raise BrainAtlasInputError(f"weights must be 'distance' or 'uniform', not {weights!r}")
     Zk = Z
-    if method != "decoder" and (reference is not None or not isinstance(model, pd.DataFrame)):
+    used_view = "reference"
+    if method != "decoder" and view != "reference":
+        Zt = None
+        if space == "joint":
+            try:
+                Zt, _ = _cell_embedding(model, section, "tissue")
+            except BrainAtlasInputError:
+                Zt = None
+        R = _panel_reference(model, section, reference, joint=Zt is not None)
+        if R is not None:
+            used_view = "query"
+            if Zt is not None:
+                Zk = np.hstack([Z, Zt])
+        elif view == "query":
+            raise BrainAtlasInputError(
+                "view='query' needs a query section of a query mapping and the reference "
+                "sections' integer counts")
+    if R is None and method != "decoder" and (
+            reference is not None or not isinstance(model, pd.DataFrame)):
         own = None
         if (not hasattr(model, "query_names") and hasattr(model, "section_names")
                 and not isinstance(section, AnnData)):
@@ -240,7 +329,7 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
         if method == "knn" and missing:
             raise BrainAtlasInputError(
                 f"no reference section measures {', '.join(missing[:5])} (kNN imputation)")
-        out = _knn_impute(R, Zk, genes, k, chunk)
+        out = _knn_impute(R, Zk, genes, k, chunk, weighted=weights == "distance")
         if missing:       # auto: genes no reference cell measured come from the decoder
             dec = impute_genes(E, _as_adata(Z, index), missing, chunk, method="decoder")
             for g in missing:
@@ -249,6 +338,8 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
         df.attrs["method"] = "knn"
         df.attrs["k"] = int(k)
         df.attrs["space"] = "joint" if Zk.shape[1] > Z.shape[1] else "cell"
+        df.attrs["view"] = used_view
+        df.attrs["weights"] = weights
         return df
     Eg = E.loc[genes].to_numpy(np.float32)
     out = np.full((len(Z), len(genes)), np.nan, np.float32)

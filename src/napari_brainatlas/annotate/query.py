@@ -410,6 +410,53 @@ def _warm_start(enc, genes: list[str], module, ref_names: list[str]) -> str | No
     return best
 
 
+def counts_through_panel(adata: AnnData, rows: np.ndarray, genes: list[str]) -> np.ndarray:
+    """Counts (``layers['counts']`` or ``X``) of cells ``rows`` of ``adata`` for the
+    upper-case ``genes`` of another panel, in that order: float32 (len(rows), len(genes)),
+    0 for genes ``adata`` does not measure."""
+    from ..model._preprocess import _as_csr_or_dense, clean_gene_names
+
+    names, cols = clean_gene_names(adata.var_names)
+    pos = dict(zip(names, cols))
+    src = adata.layers.get("counts", adata.X)
+    M = _as_csr_or_dense(src[rows] if not hasattr(src, "tocsr") else src.tocsr()[rows])
+    out = np.zeros((len(rows), len(genes)), np.float32)
+    for j, g in enumerate(genes):
+        if g in pos:
+            c = M[:, pos[g]]
+            out[:, j] = np.asarray(c.toarray() if hasattr(c, "toarray") else c).ravel()
+    return out
+
+
+def encode_through_panel(mapping: QueryMapping, section, adata: AnnData,
+                         rows: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """Reference cells as a query section's encoder sees them: the counts of cells
+    ``rows`` of ``adata`` (integer counts) for the query's gene panel get the query's
+    preprocessing (normalise to the median total, log1p, scale without centring, clip 10;
+    as for the reference anchor) and go through the query encoder (means, eval mode).
+    Returns float32 (len(rows), n_latent); cells with no count in the query's panel are
+    NaN."""
+    from ..model._preprocess import normalize_log_scale
+
+    name = mapping.query_names[mapping._index(section)]
+    genes = mapping.module.section_genes[name]
+    X = counts_through_panel(adata, rows, genes)
+    ok = X.sum(1) > 0
+    out = np.full((len(rows), mapping.module.n_latent), np.nan, np.float32)
+    if not ok.any():
+        return out
+    Xn = normalize_log_scale(X[ok])
+    enc = mapping.module.encoders[name]
+    enc.eval()
+    idx = np.flatnonzero(ok)
+    with torch.no_grad():
+        for i in range(0, len(idx), chunk):
+            x = torch.from_numpy(rows_dense(Xn, np.arange(i, min(i + chunk, len(idx)))))
+            out[idx[i:i + chunk]] = mapping.module.encode(
+                name, x.to(mapping.device))[0].float().cpu().numpy()
+    return out
+
+
 def _anchor_sets(model: FuseMap, prepared, ref_lat, reference_sections=None,
                  max_cells: int = 50000, seed: int = 0):
     """Per query section: (reference cells seen through the query's panel, their frozen
@@ -420,7 +467,6 @@ def _anchor_sets(model: FuseMap, prepared, ref_lat, reference_sections=None,
     ``reference_sections`` (their ``obsm['X_fusemap_cell']`` rows that are finite); only
     integer counts are used, at most ``max_cells`` cells per reference section."""
     from ..model._preprocess import (
-        _as_csr_or_dense,
         clean_gene_names,
         is_integer_matrix,
         normalize_log_scale,
@@ -458,14 +504,7 @@ def _anchor_sets(model: FuseMap, prepared, ref_lat, reference_sections=None,
             rows = np.arange(len(kept))
             if len(rows) > max_cells:
                 rows = np.sort(rng.choice(len(rows), max_cells, replace=False))
-            src = a.layers.get("counts", a.X)
-            M = _as_csr_or_dense(src[kept[rows]] if not hasattr(src, "tocsr")
-                                 else src.tocsr()[kept[rows]])
-            Xq = np.zeros((len(rows), len(p.genes)), np.float32)
-            for j, g in enumerate(p.genes):
-                if g in pos:
-                    c = M[:, pos[g]]
-                    Xq[:, j] = np.asarray(c.toarray() if hasattr(c, "toarray") else c).ravel()
+            Xq = counts_through_panel(a, kept[rows], p.genes)
             ok = Xq.sum(1) > 0
             Xs.append(normalize_log_scale(Xq[ok]))
             Zs.append(zc[rows][ok])
