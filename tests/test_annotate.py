@@ -52,20 +52,23 @@ def test_reference_frozen_and_unchanged(trained):
     after = m.module.state_dict()
     for k, v in trained["before"].items():      # the reference model itself: untouched
         assert torch.equal(after[k], v), k
-    # in the mapped module every reference tensor is frozen and byte-identical
+    # in the mapped module every reference tensor is frozen and byte-identical, with the
+    # default (anchored) mapping and with the adversarial one (discriminator heads train)
+    adv = map_query(m, [trained["query"]], epochs=2, seed=0, adversarial=True)
+    assert adv.adversarial and not mp.adversarial   # the model held its reference sections
     n_ref = len(trained["before"]["gene_embedding"])
-    mod = mp.module.state_dict()
-    for k, v in trained["before"].items():
-        cur = mod[k][:n_ref] if k == "gene_embedding" else mod[k]
-        assert torch.equal(cur, v), k
     ref_names = list(m.section_names)
-    for name, p in mp.module.named_parameters():
-        if name.startswith("encoders.") and name.split(".")[1] in ref_names:
-            assert not p.requires_grad
-        if name.startswith(("disc_cell.", "disc_tissue.")):
-            assert not p.requires_grad
-    assert mp.frozen_unchanged()
-    assert mp.adversarial                        # the model held its reference sections
+    for mapping in (mp, adv):
+        mod = mapping.module.state_dict()
+        for k, v in trained["before"].items():
+            cur = mod[k][:n_ref] if k == "gene_embedding" else mod[k]
+            assert torch.equal(cur, v), k
+        for name, p in mapping.module.named_parameters():
+            if name.startswith("encoders.") and name.split(".")[1] in ref_names:
+                assert not p.requires_grad
+            if name.startswith(("disc_cell.", "disc_tissue.")):
+                assert not p.requires_grad
+        assert mapping.frozen_unchanged()
     assert trained["progress"] and trained["progress"][0][1] == 6
 
 
@@ -231,6 +234,13 @@ def test_warm_start_and_reference_anchor(trained):
     assert mp.anchored and all("anchor" in h for h in mp.history)
     free = map_query(m, [q], epochs=6, seed=0, anchor=0)
     assert not free.anchored and not any("anchor" in h for h in free.history)
+    # adversarial="auto": the adversary only where no anchor can be used
+    assert not mp.adversarial and not any("adv" in h for h in mp.history)
+    assert free.adversarial and all("adv" in h for h in free.history)
+    both = map_query(m, [q], epochs=1, seed=0, adversarial=True)
+    assert both.adversarial and both.anchored
+    with pytest.raises(BrainAtlasInputError):
+        map_query(m, [q], epochs=0, adversarial="sometimes")
     prep = [preprocess_section(q, name)]
     Xa, Za = _anchor_sets(m, prep, reference_latents(m))[0]
     assert Xa.shape == (len(Za), len(qgenes)) and len(Za) > 0.9 * sum(

@@ -12,8 +12,9 @@ holding ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']`` and the label columns, o
 section per model section in model order; by default the ``<section>.h5ad`` files that
 ``napari-brainatlas embed --out RUN`` wrote beside ``RUN/model``.
 
-``transfer`` maps the query onto the frozen reference (``map_query``, adversarial
-against the reference embeddings), transfers the labels and writes the query with
+``transfer`` maps the query onto the frozen reference (``map_query``: reference anchor
+where the reference counts are at hand, else adversarial against the reference
+embeddings), transfers the labels and writes the query with
 ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']``, ``obs['<label>_transfer']`` and
 ``obs['<label>_transfer_uncertainty']`` (several query sections are concatenated, with
 ``obs['section']``).

@@ -389,8 +389,10 @@ class AnnotateWidget(QWidget):
         first = labels[0] if labels else self.transferred[0]
         self.show_label(first)
         n = sum(ly.metadata["adata"].n_obs for ly in layers)
+        how = ("adversarial" if mapping.adversarial else
+               "anchored" if mapping.anchored else "reconstruction")
         self._set_status(f"transferred {', '.join(labels)} to {n:,} cells "
-                         f"({'adversarial' if mapping.adversarial else 'reconstruction'} "
+                         f"({how} "
                          "query mapping)")
 
     # ------------------------------------------------------------------ display
