@@ -133,6 +133,9 @@ def test_transfer_labels(trained, method):
             >= out.obs["celltype_main_transfer_uncertainty"] - 1e-6).all()
     assert out.uns["label_transfer"]["region"]["smoothed"]
     assert out.uns["label_transfer"]["celltype"]["hierarchy_mode"] == "flat"
+    if method == "mlp":      # cell types "sqrt", regions "balanced" (the defaults)
+        assert out.uns["label_transfer"]["celltype"]["class_balance"] == "sqrt"
+        assert out.uns["label_transfer"]["region"]["class_balance"] == "balanced"
     # flat (default): the sub labels are those of the classifier without a hierarchy
     flat = transfer_labels(ref, [q], labels=["celltype"], method=method, max_epochs=60,
                            hierarchy={})[0]
@@ -175,6 +178,10 @@ def test_transfer_bad_input(trained):
         transfer_labels(ref, [trained["query"]], labels=["celltype"])   # no embedding
     with pytest.raises(BrainAtlasInputError):
         transfer_labels(ref, [q], labels=["celltype"], method="svm")
+    with pytest.raises(BrainAtlasInputError):
+        transfer_labels(ref, [q], labels=["celltype"], class_balance="inverse")
+    with pytest.raises(BrainAtlasInputError):
+        transfer_labels(ref, [q], labels=["celltype"], class_balance={"celltype": "x"})
 
 
 def test_impute_any_gene(trained):

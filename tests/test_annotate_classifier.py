@@ -35,6 +35,21 @@ def test_mlp_learns_and_balances_rare_class():
     assert np.allclose(p.sum(1), 1, atol=1e-5)
 
 
+def test_mlp_class_balance_weights():
+    """Overlapping classes, one rare: the more the loss is balanced, the more often the rare
+    class is predicted ("balanced" >= "sqrt" >= "none"); unknown settings are refused."""
+    Z, y = _blobs(n_per=(600, 600, 30), sep=1.2, seed=3)
+    n_rare = {}
+    for bal in ("balanced", "sqrt", "none"):
+        clf = MLPLabelClassifier(max_epochs=40, seed=0, balance=bal).fit(Z, y)
+        pred, _ = clf.predict(Z)
+        n_rare[bal] = int((pred == "t2").sum())
+    assert n_rare["balanced"] >= n_rare["sqrt"] >= n_rare["none"], n_rare
+    assert n_rare["balanced"] > n_rare["none"], n_rare
+    with pytest.raises(BrainAtlasInputError):
+        MLPLabelClassifier(balance="inverse")
+
+
 def test_mlp_early_stopping_monitor():
     """val_score_ is the monitored score of the kept state: mean recall over classes for
     'balanced_accuracy' (by hand on the same validation split), plain accuracy for

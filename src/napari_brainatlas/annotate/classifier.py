@@ -39,7 +39,11 @@ def _split(n: int, rng: np.random.Generator, frac=(0.8, 0.1)):
 
 
 class MLPLabelClassifier:
-    """MLP ``k -> n_hidden -> C`` with class-balanced cross-entropy.
+    """MLP ``k -> n_hidden -> C`` with class-weighted cross-entropy.
+
+    ``balance``: class weights ``(N / n_c) ** a`` with a = 1 ("balanced", default), 0.5
+    ("sqrt") or 0 ("none"), rescaled to a mean sample weight of 1 (``transfer_labels``
+    picks "sqrt" for cell types; see there).
 
     After :meth:`fit`, ``classes_`` holds the label names and ``val_accuracy_`` /
     ``test_accuracy_`` the accuracy on the held-out 10 % + 10 % of the reference cells.
@@ -57,10 +61,14 @@ class MLPLabelClassifier:
 
     def __init__(self, n_hidden: int = 256, max_epochs: int = 200, lr: float = 1e-3,
                  batch_size: int = 256, patience: int = 10, seed: int = 0,
-                 device: str = "cpu", monitor: str = "balanced_accuracy"):
+                 device: str = "cpu", monitor: str = "balanced_accuracy",
+                 balance: str = "balanced"):
         if monitor not in ("accuracy", "balanced_accuracy", "loss"):
             raise BrainAtlasInputError(
                 "monitor must be 'accuracy', 'balanced_accuracy' or 'loss'")
+        if balance not in ("balanced", "sqrt", "none"):
+            raise BrainAtlasInputError("balance must be 'balanced', 'sqrt' or 'none'")
+        self.balance = balance
         self.monitor = monitor
         self.n_hidden = n_hidden
         self.max_epochs = max_epochs
@@ -95,7 +103,9 @@ class MLPLabelClassifier:
         if len(va) == 0 or len(tr) == 0:
             tr = va = te = np.arange(len(Z))
         counts = np.bincount(y[tr], minlength=len(self.classes_)).astype(np.float32)
-        weight = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0)
+        power = {"balanced": 1.0, "sqrt": 0.5, "none": 0.0}[self.balance]
+        weight = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** power, 0.0)
+        weight = weight / max(float((weight * counts).sum() / counts.sum()), 1e-12)
         loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32,
                                                           device=self.device))
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)

@@ -96,6 +96,7 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
                     hierarchy: dict | None = None, smooth_regions: bool = True,
                     smooth_k: int = 30, seed: int = 0, max_epochs: int = 200,
                     knn_k: int = 15, hierarchy_mode: str = "flat",
+                    class_balance: str | dict | None = None,
                     progress: Callable | None = None,
                     cancel: Callable | None = None) -> list[AnnData]:
     """Transfer ``labels`` from the reference to copies of the query sections.
@@ -118,6 +119,15 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
         labels (demo cell type 0.653 vs 0.734 accuracy, osmFISH ClusterName with main =
         its first word 0.472 vs 0.491) and no better at the main level (demo 0.728).
     smooth_regions : smooth labels read from the tissue embedding by a spatial vote.
+    class_balance : the MLP's class weights, "balanced" (inverse class frequency), "sqrt"
+        (its square root) or "none"; one for every label, or a dict label -> value.
+        Default: "sqrt" for labels read from the cell embedding, "balanced" for labels
+        read from the tissue embedding. On the annotation benchmark (5 epochs, 3 mapping
+        seeds, unsmoothed) "sqrt" raised cell-type accuracy on both sets (held-out demo
+        section 0.784 -> 0.793, macro-F1 0.652 -> 0.661; osmFISH 0.504 -> 0.520, macro-F1
+        0.414 -> 0.404) but lowered region accuracy (demo 0.805 -> 0.779, osmFISH 0.546 ->
+        0.533): cell-type panels have many classes (18-32) with a long tail whose full
+        inverse-frequency weights make the rare types over-predicted.
     progress : ``progress(i, n, label)`` after each label.
     """
     ref = _as_list(reference_sections)
@@ -132,6 +142,11 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
             f"hierarchy_mode must be 'flat' or 'nested', not {hierarchy_mode!r}")
     if method not in ("mlp", "knn"):
         raise BrainAtlasInputError(f"method must be 'mlp' or 'knn', not {method!r}")
+    balances = class_balance if isinstance(class_balance, dict) else {}
+    for v in ([class_balance] if isinstance(class_balance, str) else []) + list(balances.values()):
+        if v not in ("balanced", "sqrt", "none"):
+            raise BrainAtlasInputError(
+                f"class_balance must be 'balanced', 'sqrt' or 'none', not {v!r}")
     emb = dict(DEFAULT_EMBEDDING)
     emb.update(embedding or {})
     hier = DEFAULT_HIERARCHY if hierarchy is None else dict(hierarchy)
@@ -154,7 +169,9 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
         use_h = bool(main_col) and all(main_col in a.obs.columns for a in ref)
         pred = np.full(len(Zq), None, dtype=object)
         unc = np.full(len(Zq), np.nan, np.float32)
-        k_mlp = mlp_kw if method == "mlp" else kw
+        balance = (class_balance if isinstance(class_balance, str) else
+                   balances.get(lab, "balanced" if key == TISSUE_KEY else "sqrt"))
+        k_mlp = dict(mlp_kw, balance=balance) if method == "mlp" else kw
         if use_h and hierarchy_mode == "flat":
             ym = _labels(ref, main_col)[okr]
             clf, p = _fit_predict(method, k_mlp, Zr, yr, Zq[okq], cancel)
@@ -221,6 +238,7 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
         np.clip(unc, 0.0, 1.0, out=unc)
         _write(qry, splits, lab, pred, unc)
         record[lab] = {"embedding": key, "method": method, "smoothed": smoothed,
+                       "class_balance": balance if method == "mlp" else None,
                        "hierarchy": main_col if use_h else None,
                        "hierarchy_mode": hierarchy_mode if use_h else None,
                        "n_reference_cells": len(Zr)}
