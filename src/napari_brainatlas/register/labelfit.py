@@ -27,38 +27,72 @@ __all__ = ["LabelTemplate", "label_cost", "label_fit", "make_label_template"]
 
 @dataclass
 class LabelTemplate:
-    div: np.ndarray  # (H, W) division index per working pixel (-1 none)
+    div: np.ndarray  # (h, w) division index per working pixel (-1 none), cropped
     pixel_um: float
-    near: dict  # division -> (2, H, W) int32 row, col of the nearest pixel of it
-    dist: dict  # division -> (H, W) float32 distance (um) to it
+    near: dict  # division -> (2, h_k, w_k) int32 row, col (cropped grid) of its nearest
+    #             pixel, over the division's own box (see ``boxes``)
+    origin: tuple = (0, 0)  # (row, col) of the crop's first pixel in the full slice grid
+    boxes: dict | None = None  # division -> (row0, col0) of its box in the cropped grid
+    edges: dict | None = None  # division -> (m, 2) um (slice frame) of its edge pixels
+    _dist: dict | None = None
 
-    def lookup(self, xy: np.ndarray, cell_div: np.ndarray):
+    def _box(self, k):
+        return (0, 0) if self.boxes is None else self.boxes[k]
+
+    @property
+    def dist(self) -> dict:
+        """division -> (h, w) float32 distance (um) to it (computed on first use)."""
+        if self._dist is None:
+            self._dist = {}
+            for k, ind in self.near.items():
+                b0, b1 = self._box(k)
+                rr, cc = np.indices(self.div.shape)
+                ri = np.clip(rr - b0, 0, ind.shape[1] - 1)
+                ci = np.clip(cc - b1, 0, ind.shape[2] - 1)
+                self._dist[k] = (np.hypot(ind[0][ri, ci] - rr, ind[1][ri, ci] - cc)
+                                 * self.pixel_um).astype(np.float32)
+        return self._dist
+
+    def groups(self, cell_div: np.ndarray) -> list:
+        """[(division, indices of the cells with it)] for the divisions of this slice."""
+        cell_div = np.asarray(cell_div)
+        return [(k, sel) for k in self.near if len(sel := np.flatnonzero(cell_div == k))]
+
+    def lookup(self, xy: np.ndarray, cell_div: np.ndarray, groups=None):
         """Nearest own-region point (n, 2) um and distance (n,) for mapped cells;
-        cells whose division is absent from the slice get NaN."""
+        cells whose division is absent from the slice get NaN. ``groups`` (from
+        :meth:`groups`) saves regrouping the same cells on every call."""
         H, W = self.div.shape
         px = self.pixel_um
-        col = np.floor(xy[:, 0] / px).astype(np.int64)
-        row = np.floor(xy[:, 1] / px).astype(np.int64)
+        r0, c0 = self.origin
+        col = np.floor(xy[:, 0] / px).astype(np.int64) - c0
+        row = np.floor(xy[:, 1] / px).astype(np.int64) - r0
         outside = (col < 0) | (col >= W) | (row < 0) | (row >= H)
         np.clip(col, 0, W - 1, out=col)
         np.clip(row, 0, H - 1, out=row)
         tgt = np.full_like(xy, np.nan)
         d = np.full(len(xy), np.nan)
-        for k, ind in self.near.items():
-            sel = np.flatnonzero(cell_div == k)
-            if len(sel) == 0:
-                continue
+        if groups is None:
+            groups = self.groups(cell_div)
+        for k, sel in groups:
+            ind = self.near[k]
+            b0, b1 = self._box(k)
             r, c = row[sel], col[sel]
             inside = (self.div[r, c] == k) & ~outside[sel]
-            t = np.column_stack([(ind[1][r, c] + 0.5) * px, (ind[0][r, c] + 0.5) * px])
+            rb = np.clip(r - b0, 0, ind.shape[1] - 1)
+            cb = np.clip(c - b1, 0, ind.shape[2] - 1)
+            t = np.column_stack([(ind[1][rb, cb] + c0 + 0.5) * px, (ind[0][rb, cb] + r0 + 0.5) * px])
             t[inside] = xy[sel[inside]]
             tgt[sel] = t
             d[sel] = np.linalg.norm(t - xy[sel], axis=1)
         return tgt, d
 
 
-def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None) -> LabelTemplate:
-    """:class:`LabelTemplate` of an :class:`~napari_brainatlas.atlas.AtlasSlice`."""
+def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None,
+                        margin_um: float = 400.0) -> LabelTemplate:
+    """:class:`LabelTemplate` of an :class:`~napari_brainatlas.atlas.AtlasSlice`,
+    cropped to the tissue plus ``margin_um`` (cells mapped beyond the crop are pulled
+    to the nearest own-region pixel of the crop's edge)."""
     from .metrics import division_index
 
     cache = getattr(sl, "_label_tmpl", None)
@@ -67,16 +101,55 @@ def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None
     res = float(sl.resolution_um)
     f = max(1, round((pixel_um or res) / res))
     labels = sl.labels[::f, ::f] if f > 1 else sl.labels
-    div, _ = division_index(atlas, labels, divisions)
     px = res * f
-    near, dist = {}, {}
+    rows = np.flatnonzero((labels > 0).any(1))
+    cols = np.flatnonzero((labels > 0).any(0))
+    if len(rows):
+        m = int(np.ceil(margin_um / px))
+        r0, r1 = max(rows[0] - m, 0), min(rows[-1] + m + 1, labels.shape[0])
+        c0, c1 = max(cols[0] - m, 0), min(cols[-1] + m + 1, labels.shape[1])
+        labels = labels[r0:r1, c0:c1]
+    else:
+        r0 = c0 = 0
+    div, _ = division_index(atlas, labels, divisions)
+    near, boxes, edges = {}, {}, {}
+    m = int(np.ceil(margin_um / px))
+    H, W = div.shape
+    # edge pixels: a 4-neighbour (or the grid's border) of another division
+    edge = np.zeros(div.shape, dtype=bool)
+    edge[0, :] = edge[-1, :] = True
+    edge[:, 0] = edge[:, -1] = True
+    dv = div[1:, :] != div[:-1, :]
+    edge[1:, :] |= dv
+    edge[:-1, :] |= dv
+    dh = div[:, 1:] != div[:, :-1]
+    edge[:, 1:] |= dh
+    edge[:, :-1] |= dh
     for k in np.unique(div):
         if k < 0:
             continue
-        d, ind = ndi.distance_transform_edt(div != k, return_indices=True)
-        near[int(k)] = ind.astype(np.int32)
-        dist[int(k)] = (d * px).astype(np.float32)
-    lt = LabelTemplate(div=div.astype(np.int16), pixel_um=px, near=near, dist=dist)
+        # each division over its own box + margin: cells farther away are beyond every
+        # cap and trim (their target is then the nearest pixel to the box edge)
+        mk = div == k
+        rr = np.flatnonzero(mk.any(1))
+        cc = np.flatnonzero(mk.any(0))
+        a0, a1 = max(rr[0] - m, 0), min(rr[-1] + m + 1, H)
+        b0, b1 = max(cc[0] - m, 0), min(cc[-1] + m + 1, W)
+        sub = ~mk[a0:a1, b0:b1]
+        ind = np.empty((2,) + sub.shape, dtype=np.int32)
+        ndi.distance_transform_edt(sub, return_distances=False, return_indices=True, indices=ind)
+        ind[0] += a0
+        ind[1] += b0
+        near[int(k)] = ind
+        boxes[int(k)] = (int(a0), int(b0))
+        er, ec = np.nonzero(mk & edge)
+        edges[int(k)] = np.column_stack([(ec + c0 + 0.5) * px, (er + r0 + 0.5) * px])
+    # at most ~2500 edge points in all (every k-th of each division's)
+    n_e = sum(len(v) for v in edges.values())
+    stride = max(1, int(np.ceil(n_e / 2500)))
+    edges = {k: v[::stride] for k, v in edges.items()}
+    lt = LabelTemplate(div=div.astype(np.int16), pixel_um=px, near=near, origin=(int(r0), int(c0)),
+                       boxes=boxes, edges=edges)
     try:
         sl._label_tmpl = lt
     except AttributeError:  # pragma: no cover - frozen slice
@@ -105,6 +178,7 @@ def label_fit(
     cap_um: float = 400.0,
     tol_um: float = 0.5,
     inside_weight: float = 1.0,
+    reverse_weight: float = 0.0,
 ) -> tuple[np.ndarray, dict]:
     """Refine the section -> atlas slice affine ``A0`` with region labels.
 
@@ -117,19 +191,28 @@ def label_fit(
         times the total weight of the cells.
     trim_q : cells beyond this quantile of the distance (and beyond ``cap_um``) are
         dropped in each step (mislabelled cells, torn or warped tissue).
+    reverse_weight : weight (times the cells' total) of the reverse pull: every edge
+        pixel of each template division draws the nearest mapped cell of that division
+        onto it. A cell inside its region costs nothing in the forward direction, so
+        alone that leaves a plateau of equally good fits (all cells inside) on which the
+        fit stops wherever it entered; the reverse term asks the cells to fill their
+        regions up to the edges, which centres the fit on the plateau.
 
     Returns (affine, info) with info = dict(cost_um (mean capped label distance at the
-    end), iterations, inside (fraction of labelled cells inside their region)).
+    end), iterations, inside (fraction of labelled cells inside their region),
+    distances, reverse (mean capped distance of the template edge pixels to the nearest
+    cell of their division, NaN without edges)).
     """
     ok = np.flatnonzero(np.asarray(cell_div) >= 0)
     c = np.asarray(cells, dtype=float)[ok]
     cd = np.asarray(cell_div)[ok]
     A = np.asarray(A0, dtype=float).copy()
+    groups = lt.groups(cd)
     floor = 1.5 * lt.pixel_um
     it = 0
     for it in range(1, n_iter + 1):
         P = apply_affine(A, c)
-        tgt, d = lt.lookup(P, cd)
+        tgt, d = lt.lookup(P, cd, groups)
         good = np.isfinite(d)
         if good.sum() < 10:
             break
@@ -137,6 +220,13 @@ def label_fit(
         keep = good & (d <= min(thr, cap_um) + 1e-9)
         src, dst = c[keep], tgt[keep]
         w = np.where(d[keep] > 0, 1.0, inside_weight)
+        n_fwd = len(w)
+        if reverse_weight > 0 and lt.edges:
+            rs, rd = _reverse_pairs(P, c, groups, lt, trim_q, cap_um, floor)
+            if len(rs) >= 3:
+                src = np.vstack([src, rs])
+                dst = np.vstack([dst, rd])
+                w = np.concatenate([w, np.full(len(rs), reverse_weight * n_fwd / len(rs))])
         if outline_pts is not None and tmpl_tree is not None and len(outline_pts):
             Q = apply_affine(A, outline_pts)
             do, j = tmpl_tree.query(Q)
@@ -145,7 +235,7 @@ def label_fit(
             if ko.sum() >= 3:
                 src = np.vstack([src, outline_pts[ko]])
                 dst = np.vstack([dst, tmpl_tree.data[j[ko]]])
-                w = np.concatenate([w, np.full(int(ko.sum()), outline_weight * len(w) / ko.sum())])
+                w = np.concatenate([w, np.full(int(ko.sum()), outline_weight * n_fwd / ko.sum())])
         if w.sum() <= 0:
             break
         A_new = fit_affine(src, dst, w)
@@ -154,14 +244,70 @@ def label_fit(
         if move < tol_um:
             break
     P = apply_affine(A, c)
-    _, d = lt.lookup(P, cd)
+    _, d = lt.lookup(P, cd, groups)
     dd = np.where(np.isfinite(d), np.minimum(d, cap_um), cap_um)
+    rev = reverse_cost(P, groups, lt) if lt.edges else float("nan")
     return A, {"cost_um": float(dd.mean()), "iterations": it, "inside": float(np.mean(dd == 0)),
-               "distances": dd}
+               "distances": dd, "reverse": rev}
+
+
+_LIFT = 1.0e7  # um between divisions in the lifted (x, y, division) space
+
+
+def _edge_matches(P, groups, lt):
+    """For every template edge pixel of a division the cells have: (cell index into
+    ``P``, edge point (2,), distance). One KD-tree over the cells lifted to
+    (x, y, division x 1e7 um), so a query only ever meets cells of its own division."""
+    from scipy.spatial import cKDTree
+
+    ks = [(k, sel) for k, sel in groups if len(sel) >= 3 and k in lt.edges and len(lt.edges[k])]
+    if not ks:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 2)), np.zeros(0)
+    idx = np.concatenate([sel for _, sel in ks])
+    lift = np.concatenate([np.full(len(sel), k * _LIFT) for k, sel in ks])
+    e = np.vstack([lt.edges[k] for k, _ in ks])
+    le = np.concatenate([np.full(len(lt.edges[k]), k * _LIFT) for k, _ in ks])
+    tree = cKDTree(np.column_stack([P[idx], lift]))
+    dq, j = tree.query(np.column_stack([e, le]))
+    return idx[j], e, dq
+
+
+def _reverse_pairs(P, c, groups, lt, trim_q, cap_um, floor):
+    """(section points, template edge points): for each template edge pixel of each
+    division the nearest mapped cell of that division, trimmed like the forward pairs."""
+    ci, e, d = _edge_matches(P, groups, lt)
+    if len(d) == 0:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    thr = max(float(np.quantile(d, trim_q)), floor)
+    keep = d <= min(thr, cap_um) + 1e-9
+    return c[ci[keep]], e[keep]
+
+
+def _reverse_pairs_idx(P, groups, lt, trim_q, cap_um, floor):
+    """As :func:`_reverse_pairs` but the cells as indices into ``P``."""
+    ci, e, d = _edge_matches(P, groups, lt)
+    if len(d) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 2))
+    thr = max(float(np.quantile(d, trim_q)), floor)
+    keep = d <= min(thr, cap_um) + 1e-9
+    return ci[keep], e[keep]
+
+
+def reverse_cost(P, groups, lt, cap_um: float = 150.0) -> float:
+    """Mean distance (capped) of the template's division edge pixels to the nearest
+    mapped cell of their division; divisions the cells lack count the cap."""
+    _, _, d = _edge_matches(P, groups, lt)
+    have = {k for k, sel in groups if len(sel) >= 3}
+    n_all = sum(len(e) for e in lt.edges.values())
+    if n_all == 0:
+        return float("nan")
+    n_missing = sum(len(e) for k, e in lt.edges.items() if k not in have)
+    return float((np.minimum(d, cap_um).sum() + cap_um * n_missing) / n_all)
 
 
 def plane_score(A: np.ndarray, info: dict, outline_pts: np.ndarray, tmpl, outline_scale_um: float = 0.0,
-                cap_um: float = 150.0, outline_weight: float = 1.0) -> tuple[float, dict]:
+                cap_um: float = 150.0, outline_weight: float = 1.0,
+                reverse_weight: float = 0.0) -> tuple[float, dict]:
     """Joint score of a fitted plane (higher better, um): minus the mean distance of the
     labelled cells to their own region plus ``outline_weight`` times the outlines' mean
     symmetric distance, every distance capped at ``cap_um`` (mislabelled cells and torn
@@ -175,8 +321,13 @@ def plane_score(A: np.ndarray, info: dict, outline_pts: np.ndarray, tmpl, outlin
     d2, _ = cKDTree(Q).query(tmpl.outline.points)
     od = 0.5 * (float(np.minimum(d1, cap_um).mean()) + float(np.minimum(d2, cap_um).mean()))
     ld = float(np.minimum(info["distances"], cap_um).mean())
-    return float(-(ld + outline_weight * od)), {"inside": float(info["inside"]), "outline_um": od,
-                                                "label_um": ld}
+    rv = float(info.get("reverse", float("nan")))
+    tot = ld + outline_weight * od
+    if reverse_weight > 0 and np.isfinite(rv):
+        # forward and reverse label distances as one symmetric mean
+        tot = (ld + reverse_weight * rv) / (1.0 + reverse_weight) + outline_weight * od
+    return float(-tot), {"inside": float(info["inside"]), "outline_um": od, "label_um": ld,
+                         "reverse_um": rv}
 
 
 def search_plane(
@@ -198,6 +349,9 @@ def search_plane(
     label_pixel_um: float | None = None,
     propose=None,
     cancel=None,
+    outline_weight: float = 1.0,
+    centre_um=None,
+    reverse_weight: float = 0.0,
 ) -> dict:
     """Joint search of the cutting plane (position, two angles) and the in-plane fit.
 
@@ -207,8 +361,15 @@ def search_plane(
     of the given plane, two positions at half ``search_um`` either side and the
     ``proposals`` ((position, (a_x, a_y)) pairs, e.g. from
     :func:`.position.refine_plane`), then climbs by a pattern search (the best of the six
-    neighbours along position and the two angles; the steps halve when none is better;
+    neighbours along depth and the two angles; the steps halve when none is better;
     ``propose`` is asked for a plane whenever it stalls), within ``max_evals`` planes.
+
+    The angles turn the plane about the section's own centre (the centroid of the cells
+    as placed by ``A0``), not about the slice centre the positions refer to
+    (``centre_um``, the ``AtlasSlice.centre_um``): an angle step then keeps the section's
+    mean depth, so depth and angles are nearly independent axes (about the slice
+    centre, a far-off section moves in depth with every angle step, and the search has
+    to follow a diagonal ridge).
 
     Parameters
     ----------
@@ -216,11 +377,12 @@ def search_plane(
     cells, cell_div : a subsample of the section's cells (section um) and their division
         index; outline_pts : section outline points (section um).
     bounds : (lo, hi) of the position axis; the search stays within ``search_um`` of
-        ``position_um`` and within ``max_angle_deg`` on each angle.
+        the start's depth at the section centre and within ``max_angle_deg`` on each angle.
     propose : optional ``propose(affine, position_um, angles) -> (position_um, angles)``
         (e.g. :func:`.position.refine_plane` on the cells placed by ``affine``); called
         whenever the pattern search stalls, its plane is tried too (escapes ridges where
         position and angle trade off).
+    outline_weight : weight of the outline term in :func:`plane_score`.
 
     Returns dict(position_um, angles_deg, affine, score, inside, outline_um, evals,
     neighbours (scores of the final plane's immediate neighbours), start_score).
@@ -228,23 +390,37 @@ def search_plane(
     p0 = float(position_um)
     lo, hi = bounds if bounds is not None else (-np.inf, np.inf)
     cache: dict = {}
+    # pivot: the section's centre in the slice (angles turn about it)
+    if centre_um is None:
+        centre_um = template_at(p0, tuple(angles_deg)).slice.centre_um
+    cx, cy = (float(v) for v in centre_um)
+    px_, py_ = apply_affine(np.asarray(A0, dtype=float), np.asarray(cells, dtype=float)).mean(0)
+    ox, oy = px_ - cx, py_ - cy
 
-    def key(p, a):
-        return (round(p, 3), round(a[0], 3), round(a[1], 3))
+    def to_q(p, a):  # slice position -> depth at the pivot
+        return p + np.tan(np.deg2rad(a[0])) * ox + np.tan(np.deg2rad(a[1])) * oy
 
-    def evaluate(p, a, A_init, refit=False):
-        k = key(p, a)
+    def to_p(q, a):
+        return q - np.tan(np.deg2rad(a[0])) * ox - np.tan(np.deg2rad(a[1])) * oy
+
+    q0 = to_q(p0, angles_deg)
+
+    def key(q, a):
+        return (round(q, 3), round(a[0], 3), round(a[1], 3))
+
+    def evaluate(q, a, A_init, refit=False):
+        k = key(q, a)
         if k in cache:
             return cache[k]
         if cancel is not None and cancel():
             from .icp import RegistrationCancelled
 
             raise RegistrationCancelled("registration cancelled")
-        tmpl = template_at(p, a)
+        tmpl = template_at(to_p(q, a), a)
         lt = make_label_template(atlas, tmpl.slice, label_pixel_um)
         inits = [A_init]
         if refit:
-            # a new position changes the slice's size and shape: also start from the
+            # a new depth changes the slice's size and shape: also start from the
             # outline fitted to this slice (ICP from the warm start)
             from .icp import icp_affine
 
@@ -254,36 +430,44 @@ def search_plane(
             inits.append(r.affine)
         best = None
         for A1 in inits:
-            A, info = label_fit(A1, cells, cell_div, lt, outline_pts, tmpl.tree, n_iter=20)
-            sc, parts = plane_score(A, info, outline_pts, tmpl)
+            A, info = label_fit(A1, cells, cell_div, lt, outline_pts, tmpl.tree, n_iter=20,
+                                reverse_weight=reverse_weight)
+            sc, parts = plane_score(A, info, outline_pts, tmpl, outline_weight=outline_weight,
+                                    reverse_weight=reverse_weight)
             if best is None or sc > best[0]:
                 best = (sc, A, parts)
         cache[k] = best
         return cache[k]
 
-    def valid(p, a):
-        return (abs(p - p0) <= search_um + 1e-6 and lo <= p < hi
+    def valid(q, a):
+        p = to_p(q, a)
+        return (abs(q - q0) <= search_um + 1e-6 and lo <= p < hi
                 and abs(a[0]) <= max_angle_deg + 1e-6 and abs(a[1]) <= max_angle_deg + 1e-6)
 
-    cur_p, cur_a = p0, (float(angles_deg[0]), float(angles_deg[1]))
-    cur = evaluate(cur_p, cur_a, A0)
-    start_score = cur[0]
-    # positions around the start, each with its own outline refit: the label term is
-    # weak where few regions are cut (far-lateral sagittal sections)
-    for p in (p0 - 0.5 * search_um, p0 + 0.5 * search_um):
-        if valid(p, cur_a):
-            r = evaluate(p, cur_a, A0, refit=True)
-            if r[0] > cur[0] + 0.01:
-                cur_p, cur = p, r
-    for p, a in proposals:
-        p = float(np.clip(p, max(lo, p0 - search_um), min(hi - 1e-6, p0 + search_um)))
-        a = tuple(float(np.clip(v, -max_angle_deg, max_angle_deg)) for v in a)
-        r = evaluate(p, a, cur[1], refit=True)
-        if r[0] > cur[0]:
-            cur_p, cur_a, cur = p, a, r
     def clip_plane(p, a):
-        p = float(np.clip(p, max(lo, p0 - search_um), min(hi - 1e-6, p0 + search_um)))
-        return p, tuple(float(np.clip(v, -max_angle_deg, max_angle_deg)) for v in a)
+        a = tuple(float(np.clip(v, -max_angle_deg, max_angle_deg)) for v in a)
+        q = float(np.clip(to_q(p, a), q0 - search_um, q0 + search_um))
+        p = to_p(q, a)
+        if not (lo <= p < hi):
+            p = float(np.clip(p, lo, hi - 1e-6))
+            q = to_q(p, a)
+        return q, a
+
+    cur_q, cur_a = q0, (float(angles_deg[0]), float(angles_deg[1]))
+    cur = evaluate(cur_q, cur_a, A0)
+    start_score = cur[0]
+    # depths around the start, each with its own outline refit: the label term is
+    # weak where few regions are cut (far-lateral sagittal sections)
+    for q in (q0 - 0.5 * search_um, q0 + 0.5 * search_um):
+        if valid(q, cur_a):
+            r = evaluate(q, cur_a, A0, refit=True)
+            if r[0] > cur[0] + 0.01:
+                cur_q, cur = q, r
+    for p, a in proposals:
+        q, a = clip_plane(p, a)
+        r = evaluate(q, a, cur[1], refit=True)
+        if r[0] > cur[0]:
+            cur_q, cur_a, cur = q, a, r
 
     proposed = set()
     for dp, da in steps:
@@ -295,45 +479,45 @@ def search_plane(
             step_best = None
             for dim in range(3):
                 for sgn in (1.0, -1.0):
-                    p, a = cur_p, list(cur_a)
+                    q, a = cur_q, list(cur_a)
                     if dim == 0:
-                        p = cur_p + sgn * dp
+                        q = cur_q + sgn * dp
                     else:
                         a[dim - 1] += sgn * da
                     a = tuple(a)
-                    if not valid(p, a):
+                    if not valid(q, a):
                         continue
-                    r = evaluate(p, a, cur[1], refit=dim == 0)
+                    r = evaluate(q, a, cur[1], refit=dim == 0)
                     if r[0] > cur[0] + 0.01 and (step_best is None or r[0] > step_best[2][0]):
-                        step_best = (p, a, r)
+                        step_best = (q, a, r)
             if step_best is not None:
-                cur_p, cur_a, cur = step_best
+                cur_q, cur_a, cur = step_best
                 moved = True
-            if not moved and propose is not None and key(cur_p, cur_a) not in proposed:
+            if not moved and propose is not None and key(cur_q, cur_a) not in proposed:
                 # stalled: ask for a plane from the cells placed by the current fit
-                proposed.add(key(cur_p, cur_a))
-                p, a = clip_plane(*propose(cur[1], cur_p, cur_a))
-                r = evaluate(p, a, cur[1], refit=True)
+                proposed.add(key(cur_q, cur_a))
+                q, a = clip_plane(*propose(cur[1], to_p(cur_q, cur_a), cur_a))
+                r = evaluate(q, a, cur[1], refit=True)
                 if r[0] > cur[0] + 0.01:
-                    cur_p, cur_a, cur = p, a, r
+                    cur_q, cur_a, cur = q, a, r
                     moved = True
     # the final plane's neighbours at the finest step: how sharp is the optimum?
     dp, da = steps[-1]
     neigh = []
     for dim in range(3 if neighbours else 0):
         for sgn in (1.0, -1.0):
-            p, a = cur_p, list(cur_a)
+            q, a = cur_q, list(cur_a)
             if dim == 0:
-                p += sgn * 4 * dp
+                q += sgn * 4 * dp
             else:
                 a[dim - 1] += sgn * 4 * da
-            if lo <= p < hi:
-                neigh.append(evaluate(p, tuple(a), cur[1])[0])
+            if lo <= to_p(q, a) < hi:
+                neigh.append(evaluate(q, tuple(a), cur[1])[0])
     return {
-        "position_um": float(cur_p), "angles_deg": (float(cur_a[0]), float(cur_a[1])),
+        "position_um": float(to_p(cur_q, cur_a)), "angles_deg": (float(cur_a[0]), float(cur_a[1])),
         "affine": cur[1], "score": float(cur[0]), "inside": cur[2]["inside"],
         "outline_um": cur[2]["outline_um"], "label_um": cur[2].get("label_um", float("nan")),
-        "evals": len(cache),
+        "evals": len(cache), "pivot_um": (float(px_), float(py_)),
         "neighbours": neigh, "start_score": float(start_score),
     }
 
@@ -386,9 +570,11 @@ def label_chamfer_starts(cells: np.ndarray, cell_div: np.ndarray, lt: LabelTempl
             xy = tmpl.frame.from_canonical((ab_s @ R.T) * sc + cen_t)
             X = xy[None, :, 0] + dxy[:, None, 0]
             Y = xy[None, :, 1] + dxy[:, None, 1]
-            ci = np.clip(np.floor(X / px).astype(np.int64), 0, W - 1)
-            ri = np.clip(np.floor(Y / px).astype(np.int64), 0, H - 1)
-            out_grid = (X < 0) | (X >= W * px) | (Y < 0) | (Y >= H * px)
+            ci = np.floor(X / px).astype(np.int64) - lt.origin[1]
+            ri = np.floor(Y / px).astype(np.int64) - lt.origin[0]
+            out_grid = (ci < 0) | (ci >= W) | (ri < 0) | (ri >= H)
+            np.clip(ci, 0, W - 1, out=ci)
+            np.clip(ri, 0, H - 1, out=ri)
             cost = np.full(X.shape, trunc_um, dtype=np.float32)
             for k, sel in groups:
                 m = maps.get(int(k))
@@ -409,3 +595,148 @@ def label_chamfer_starts(cells: np.ndarray, cell_div: np.ndarray, lt: LabelTempl
         C[:2, 2] = cen_t + shv - C[:2, :2] @ cen_s
         out.append((compose(To, C, _frame_to(fs)), cost))
     return out
+
+
+def _poly_basis(X: np.ndarray, degree: int) -> np.ndarray:
+    u, v = X[:, 0], X[:, 1]
+    cols = [np.ones(len(X))]
+    for d in range(1, degree + 1):
+        for k in range(d + 1):
+            cols.append(u ** (d - k) * v**k)
+    return np.column_stack(cols)
+
+
+def label_warp(
+    A: np.ndarray,
+    cells: np.ndarray,
+    cell_div: np.ndarray,
+    lt: LabelTemplate,
+    outline_pts: np.ndarray | None = None,
+    tmpl_tree=None,
+    size_um: float = 1.0,
+    degree: int = 2,
+    outline_weight: float = 0.5,
+    n_iter: int = 25,
+    trim_q: float = 0.85,
+    cap_um: float = 400.0,
+    ridge: float = 1e-3,
+    tol_um: float = 0.5,
+    max_disp_frac: float = 0.08,
+    n_grid: int = 9,
+    reverse_weight: float = 0.0,
+) -> tuple[list, dict]:
+    """Smooth (polynomial) in-plane warp after the affine ``A``, from the region labels.
+
+    Like :func:`label_fit` with a polynomial of ``degree`` in place of the affine: each
+    labelled cell is pulled into its own region, each outline point onto the template
+    outline (trimmed), and the displacement ``x -> x + sum_k c_k m_k(x)`` (monomials
+    ``m_k`` of the mapped coordinates, scaled by ``size_um``; a small ``ridge`` on the
+    non-affine terms) is solved in closed form; repeated until it settles. Tissue warps
+    (swelling, shear of a soft section, a bent section) are smooth over the section, so
+    a low degree follows them without the freedom to fit label noise.
+
+    Returns (stages, info): ``stages`` is a warp for :func:`.nonlinear.apply_warp` (a
+    thin-plate through the displacement at an ``n_grid`` x ``n_grid`` grid over the
+    section; empty when the warp would move a point by more than ``max_disp_frac`` of
+    the size, or gained nothing); info = dict(cost_before, cost_after (mean capped label
+    distance + ``outline_weight`` x mean outline distance, um), max_disp_um).
+    """
+    ok = np.flatnonzero(np.asarray(cell_div) >= 0)
+    c = np.asarray(cells, dtype=float)[ok]
+    cd = np.asarray(cell_div)[ok]
+    if len(c) < 50:
+        return [], {"reason": "too few labelled cells"}
+    groups = lt.groups(cd)
+    P0 = apply_affine(A, c)
+    centre = P0.mean(0)
+    L = float(max(size_um, 1.0))
+    B0 = _poly_basis((P0 - centre) / L, degree)
+    use_outline = outline_pts is not None and tmpl_tree is not None and len(outline_pts) >= 3
+    if use_outline:
+        Q0 = apply_affine(A, outline_pts)
+        Bq = _poly_basis((Q0 - centre) / L, degree)
+    nb = B0.shape[1]
+    Cf = np.zeros((nb, 2))
+    pen = np.zeros(nb)
+    pen[3:] = 1.0  # the affine part (first three monomials) is free
+    floor = 1.5 * lt.pixel_um
+
+    def cost(Cf_):
+        P = P0 + B0 @ Cf_
+        _, d = lt.lookup(P, cd, groups)
+        ld = float(np.where(np.isfinite(d), np.minimum(d, 150.0), 150.0).mean())
+        if reverse_weight > 0 and lt.edges:
+            ld = (ld + reverse_weight * reverse_cost(P, groups, lt)) / (1.0 + reverse_weight)
+        od = 0.0
+        if use_outline:
+            do, _ = tmpl_tree.query(Q0 + Bq @ Cf_)
+            od = float(np.minimum(do, 150.0).mean())
+        return ld + outline_weight * od
+
+    before = cost(Cf)
+    for _ in range(n_iter):
+        P = P0 + B0 @ Cf
+        tgt, d = lt.lookup(P, cd, groups)
+        good = np.isfinite(d)
+        if good.sum() < 10 * nb:
+            break
+        thr = max(float(np.quantile(d[good], trim_q)), floor)
+        keep = good & (d <= min(thr, cap_um) + 1e-9)
+        Bs, R = B0[keep], tgt[keep] - P0[keep]
+        w = np.ones(len(R))
+        if reverse_weight > 0 and lt.edges:
+            # reverse pairs: the cells' own index tells their basis rows
+            rs_idx, rd = _reverse_pairs_idx(P, groups, lt, trim_q, cap_um, floor)
+            if len(rs_idx) >= 3:
+                n_fwd = len(w)
+                Bs = np.vstack([Bs, B0[rs_idx]])
+                R = np.vstack([R, rd - P0[rs_idx]])
+                w = np.concatenate([w, np.full(len(rs_idx), reverse_weight * n_fwd / len(rs_idx))])
+        if use_outline:
+            Q = Q0 + Bq @ Cf
+            do, j = tmpl_tree.query(Q)
+            thr_o = max(2.5 * float(np.median(do)), floor)
+            ko = do <= thr_o
+            if ko.sum() >= 3:
+                Bs = np.vstack([Bs, Bq[ko]])
+                R = np.vstack([R, tmpl_tree.data[j[ko]] - Q0[ko]])
+                w = np.concatenate([w, np.full(int(ko.sum()), outline_weight * len(w) / ko.sum())])
+        G = (Bs * w[:, None]).T @ Bs + np.diag(pen * ridge * w.sum())
+        Cn = np.linalg.solve(G, (Bs * w[:, None]).T @ R)
+        move = float(np.abs(B0[:200] @ (Cn - Cf)).max())
+        Cf = Cn
+        if move < tol_um:
+            break
+    after = cost(Cf)
+    # the grid over the section's mapped extent
+    lo_, hi_ = P0.min(0), P0.max(0)
+    gx, gy = np.meshgrid(np.linspace(lo_[0], hi_[0], n_grid), np.linspace(lo_[1], hi_[1], n_grid))
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    disp = _poly_basis((grid - centre) / L, degree) @ Cf
+    max_disp = float(np.abs(B0 @ Cf).max())
+    info = {"cost_before": before, "cost_after": after, "max_disp_um": max_disp}
+    if not np.isfinite(after) or after >= before or max_disp > max_disp_frac * L:
+        return [], info
+    return [{"ctrl": grid, "disp": disp, "smoothing": 0.0, "scale": L}], info
+
+
+def fit_spread(A: np.ndarray, cells: np.ndarray, cell_div: np.ndarray, lt: LabelTemplate,
+               outline_pts: np.ndarray | None = None, tmpl_tree=None, delta_um: float = 100.0,
+               reverse_weight: float = 0.0, n_iter: int = 20) -> float:
+    """How well the data pin the in-plane fit: the fit is restarted from ``A`` moved by
+    ``delta_um`` along +-x and +-y and refitted (:func:`label_fit`, same terms); returns
+    the RMS distance (um) between the refitted and the original positions of the cells,
+    over the four restarts. A well-constrained fit returns to itself (a few um); where
+    the labels and the outline leave a plateau (few regions cut, warped or torn tissue)
+    the restarts stay where they land, and the spread is about the error one must
+    expect from the fit."""
+    c = np.asarray(cells, dtype=float)
+    P = apply_affine(A, c)
+    out = []
+    for d in ((delta_um, 0.0), (-delta_um, 0.0), (0.0, delta_um), (0.0, -delta_um)):
+        Ap = np.asarray(A, dtype=float).copy()
+        Ap[:2, 2] += d
+        Ak, _ = label_fit(Ap, c, cell_div, lt, outline_pts, tmpl_tree, n_iter=n_iter,
+                          reverse_weight=reverse_weight)
+        out.append(np.mean(np.sum((apply_affine(Ak, c) - P) ** 2, axis=1)))
+    return float(np.sqrt(np.mean(out)))
