@@ -14,17 +14,19 @@ Datasets (query and reference never share cells):
 
 Methods, per label: FuseMap (reference FuseMap trained on the reference sections, the
 query mapped with ``map_query`` (frozen reference; defaults: warm start from the
-reference encoder and the reference-anchor loss), ``transfer_labels`` with the MLP,
-hierarchy off, regions smoothed k = 30); Harmony + kNN (normalise/log1p, PCA 30 of the
+reference encoder, the reference-anchor loss, and so no adversarial term),
+``transfer_labels`` with the MLP (defaults: class weights "sqrt" for cell types,
+"balanced" for regions), hierarchy off, regions smoothed k = 30); Harmony + kNN (normalise/log1p, PCA 30 of the
 genes shared by query and reference, harmonypy by section, 15-NN vote); scanpy ingest
 (``sc.tl.ingest`` on the shared genes, reference PCA + neighbours). Metrics: accuracy
 and macro-F1 over the query cells FuseMap keeps (> 5 counts).
 
 Imputation of the hidden genes (each hidden gene left out of the query, one query
 mapping for all of them): Pearson R between measurement (log1p of normalised counts of
-the full query panel) and FuseMap's imputation: ``impute_genes`` default (kNN-50: mean
-of the 50 nearest reference cells in the joint embedding [z_C, z_T] that measured the
-gene, model-input units) and,
+the full query panel) and FuseMap's imputation: ``impute_genes`` default (kNN-50:
+distance-weighted mean of the 50 nearest reference cells in the joint embedding
+[z_C, z_T] that measured the gene, model-input units, the reference cells read through
+the query's panel and encoder, ``view="query"``) and,
 for comparison, the decoder ``max(z_C E^T, 0)``; baseline: the average of the 50
 nearest reference cells in the Harmony space of the shared genes (paper's baseline).
 Pearson R is invariant to a per-gene affine rescaling, so the model-input scaling
@@ -322,7 +324,7 @@ def write_results(args, epochs, rows, imp, infos):
             lines.append(f"| {ds} | {lab} | {ncls} | {met} | "
                          + " | ".join(f"{v:.3f}" for v in vals) + " |")
     lines += ["", "## Imputation of hidden genes (Pearson R with the measurement)", "",
-              ("| dataset | genes | FuseMap (kNN-50 in [z_C, z_T], default) mean R | FuseMap decoder "
+              ("| dataset | genes | FuseMap (kNN-50 in [z_C, z_T], query view, default) mean R | FuseMap decoder "
                "max(z_C E^T, 0) mean R | kNN-50 Harmony mean R (baseline) | FuseMap better "
                "in |"),
               "|---|---|---|---|---|---|"]
