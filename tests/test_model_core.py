@@ -237,3 +237,71 @@ def test_training_options_are_checked_and_saved(sections, tmp_path):
     back = FuseMap.load(tmp_path / "fm", sections)
     for k in ("min_steps", "adv_cells", "noise_schedule", "sample_latent"):
         assert back.config[k] == m.config[k], k
+
+
+def test_discriminator_learns_sections_when_encoders_are_frozen(sections):
+    # audit of the adversarial step: with the encoders and gene embedding frozen (lr 0),
+    # the discriminators' own update must learn to tell the sections apart (the encoders
+    # are untrained and section specific, so the sections are separable)
+    m = FuseMap(sections, seed=0, **TINY)
+    m._anneal = 0.0
+    m.module.train()
+    opt_ae = torch.optim.RMSprop(m._ae_params(), lr=0.0)
+    opt_d = torch.optim.RMSprop(m._disc_params(), lr=1e-3)
+    E0 = m.module.gene_embedding.detach().clone()
+    rng = np.random.default_rng(0)
+    disc = []
+    for _ in range(60):
+        seeds = [np.unique(rng.choice(sd.train_idx, 32, replace=False)) for sd in m.data]
+        disc.append(m._step(seeds, opt_ae, opt_d)["disc"])
+    assert torch.equal(E0, m.module.gene_embedding.detach())      # encoders untouched
+    chance = 2 * np.log(3)                 # two discriminators, 3 sections, at chance
+    assert disc[0] > chance - 0.1 and np.mean(disc[-10:]) < chance - 0.3
+    z = m.get_latent_representation("cell")
+    y = np.concatenate([np.full(len(a), i) for i, a in enumerate(z)])
+    m.module.eval()
+    with torch.no_grad():
+        pred = m.module.disc_cell(torch.from_numpy(np.concatenate(z))).argmax(1).numpy()
+    assert (pred == y).mean() > 0.7       # also on the eval-mode embedding (chance ~0.4)
+
+
+def test_weight_average_is_an_ema_with_warm_up():
+    from napari_brainatlas.model.fusemap import _WeightAverage
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    bn = torch.nn.BatchNorm1d(1)
+    mod = torch.nn.Sequential(lin, bn)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    avg = _WeightAverage(mod, 0.5)
+    expect = 0.0
+    for t, w in enumerate([1.0, 2.0, 3.0, 4.0], start=1):
+        with torch.no_grad():
+            lin.weight.fill_(w)
+        avg.update()
+        d = min(0.5, (1 + t) / (10 + t))
+        expect = d * expect + (1 - d) * w
+    with avg.swapped():
+        assert lin.weight.item() == pytest.approx(expect)
+    assert lin.weight.item() == 4.0                    # raw weights restored
+    avg.apply()
+    assert lin.weight.item() == pytest.approx(expect)
+    off = _WeightAverage(mod, 0.0)
+    off.update()
+    off.apply()
+    assert lin.weight.item() == pytest.approx(expect)  # decay 0: no-op
+
+
+def test_training_ends_with_averaged_weights(sections, tmp_path):
+    a = FuseMap(sections, seed=0, weight_average=0.0, **TINY)
+    b = FuseMap(sections, seed=0, weight_average=0.99, **TINY)
+    a.train(max_epochs=1)
+    b.train(max_epochs=1)
+    za, zb = a.get_latent_representation("cell"), b.get_latent_representation("cell")
+    assert not np.allclose(za[0], zb[0])
+    with pytest.raises(ValueError):
+        FuseMap(sections, weight_average=1.0, **TINY)
+    b.save(tmp_path / "fm")
+    back = FuseMap.load(tmp_path / "fm", sections)
+    assert back.config["weight_average"] == 0.99
+    np.testing.assert_allclose(back.get_latent_representation("cell")[0], zb[0], atol=1e-6)
