@@ -11,7 +11,7 @@ from napari_brainatlas import BrainAtlasInputError
 from napari_brainatlas.model import CELL_KEY, TISSUE_KEY, FuseMap, make_synthetic_sections
 from napari_brainatlas.model._training import forward_section, gather_subgraph
 
-TINY = dict(n_latent=8, n_hidden=32, disc_hidden=16, batch_size=32)
+TINY = {"n_latent": 8, "n_hidden": 32, "disc_hidden": 16, "batch_size": 32}
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def test_shapes_and_module_structure(sections):
     m = FuseMap(sections, seed=0, **TINY)
     mod = m.module
     assert list(mod.encoders.keys()) == m.section_names == ["syn0", "syn1", "syn2"]
-    n_genes = len(set().union(*[set(g.upper() for g in a.var_names) for a in sections]))
+    n_genes = len(set().union(*[{g.upper() for g in a.var_names} for a in sections]))
     assert mod.gene_embedding.shape == (n_genes, 8)
     for name, a in zip(m.section_names, sections):
         rows = mod.gene_rows(name)

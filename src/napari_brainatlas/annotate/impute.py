@@ -96,6 +96,14 @@ def _cell_embedding(model, section, kind: str = "cell") -> tuple[np.ndarray, pd.
     raise BrainAtlasInputError("give a section (AnnData with a cell embedding) or a name")
 
 
+def _tissue_or_none(model, section) -> np.ndarray | None:
+    """The section's tissue embedding z_T, or None where it has none."""
+    try:
+        return _cell_embedding(model, section, "tissue")[0]
+    except BrainAtlasInputError:
+        return None
+
+
 class _RefExpr:
     """Reference cells for kNN imputation: per section its name, z_C of the kept cells,
     and a column getter of its model-input values."""
@@ -286,12 +294,7 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
     Zk = Z
     used_view = "reference"
     if method != "decoder" and view != "reference":
-        Zt = None
-        if space == "joint":
-            try:
-                Zt, _ = _cell_embedding(model, section, "tissue")
-            except BrainAtlasInputError:
-                Zt = None
+        Zt = _tissue_or_none(model, section) if space == "joint" else None
         R = _panel_reference(model, section, reference, joint=Zt is not None)
         if R is not None:
             used_view = "query"
@@ -310,10 +313,7 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
             own = names[int(section)] if isinstance(section, (int, np.integer)) else str(section)
         R = None
         if space == "joint":
-            try:
-                Zt, _ = _cell_embedding(model, section, "tissue")
-            except BrainAtlasInputError:
-                Zt = None
+            Zt = _tissue_or_none(model, section)
             if Zt is not None:
                 R = _reference_expression(model, reference, exclude=own, joint=True)
                 if R is not None:
