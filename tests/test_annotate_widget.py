@@ -36,6 +36,21 @@ def annotate_dock(make_napari_viewer):
     torch.set_num_threads(n)
 
 
+def _save_screenshot(viewer, name):
+    """The whole window after the transfer, into tests/_screenshots (to look at)."""
+    from pathlib import Path
+
+    from qtpy.QtWidgets import QApplication
+    from skimage.io import imsave
+
+    viewer.reset_view()
+    QApplication.processEvents()
+    img = viewer.screenshot(canvas_only=False, flash=False)
+    out = Path(__file__).resolve().parent / "_screenshots" / f"{name}.png"
+    out.parent.mkdir(exist_ok=True)
+    imsave(out, img, check_contrast=False)
+
+
 def _left():
     from qtpy.QtCore import Qt
 
@@ -53,6 +68,8 @@ def test_transfer_show_and_impute(qtbot, annotate_dock, error_notifications):
     qtbot.waitUntil(lambda: w.mapping is not None and not w.busy, timeout=180000)
     assert not error_notifications, [n.message for n in error_notifications]
     assert w.progress.value() == 100
+    assert "anchored query mapping" in w.status.text()   # anchor in use: no adversary
+    _save_screenshot(viewer, "annotate_demo")
     q = queries[0]
     ad = q.metadata["adata"]
     for c in ("celltype_transfer", "celltype_transfer_uncertainty", "region_transfer",
