@@ -235,15 +235,24 @@ def _cell_divisions(adata, atlas, region_key):
     return div if np.mean(div >= 0) >= 0.5 else None
 
 
-def _template_for(atlas, plane, position_um, hemisphere, angles, outline) -> Template:
-    sl = atlas_slice(atlas, plane, position_um, hemisphere, tuple(angles))
+def _template_for(atlas, plane, position_um, hemisphere, angles, outline, factor: int = 1,
+                  crop: bool = False) -> Template:
+    """Template slice (outline blurred like the section's); ``factor`` > 1: sampled on a
+    grid that many times coarser (:func:`.slices.coarse_slice`, for the plane search);
+    ``crop``: see :func:`.core.make_template` (the plane search's templates)."""
+    if factor > 1:
+        from .slices import coarse_slice
+
+        sl = coarse_slice(atlas, plane, position_um, hemisphere, tuple(angles), factor)
+    else:
+        sl = atlas_slice(atlas, plane, position_um, hemisphere, tuple(angles))
     area_t = float((sl.labels > 0).sum()) * sl.resolution_um**2
     if area_t <= 0:
         raise BrainAtlasInputError(
             f"the atlas has no tissue at {plane} position {position_um:.0f} um ({hemisphere})"
         )
     scale = np.sqrt(area_t / max(outline.area_um2, 1e-9))
-    return make_template(sl, sigma_um=outline.blur_um * scale)
+    return make_template(sl, sigma_um=outline.blur_um * scale, crop=crop)
 
 
 def _midline_terms(A, midline, tmpl: Template) -> tuple[float, float]:
@@ -393,6 +402,33 @@ REVERSE_WEIGHT = 0.5
 SPREAD_HALF_UM = 22.0
 #: labelled cells (a random subsample) each candidate plane is fitted with
 SEARCH_CELLS = 4000
+#: coarse to fine plane search (off: ``COARSE_FACTOR = 1``): the pattern search would
+#: run on slices sampled ``COARSE_FACTOR`` times coarser with ``COARSE_CELLS`` cells,
+#: the ``REFINE_TOP`` best planes refitted at full resolution before the last
+#: ``FINE_LEVELS`` steps. On the 40 hard benchmark sections it was not measurably
+#: faster than the full-resolution search with the same fit settings (more planes
+#: tried, and the full-resolution finish is still needed; 3.3-3.7 s against 3.2 s
+#: median in separate runs) and its median error was higher (24.0-24.5 against 22.7
+#: um), so it stays off; see benchmarks/registration/RESULTS_registration.md
+COARSE_FACTOR = 1
+COARSE_CELLS = 1500
+REFINE_TOP = 2
+FINE_LEVELS = 1
+#: each candidate plane's label fit stops when no cell moves more than this (um) or
+#: after this many iterations (the final fit after the search converges fully)
+SEARCH_TOL_UM = 1.0
+SEARCH_ITERS = 15
+#: outline ICP iterations of the refit that starts a new depth in the search
+REFIT_ITERS = 8
+#: (depth um, angle deg) steps of the pattern search, coarse to fine
+SEARCH_STEPS = ((50.0, 1.5), (25.0, 0.75), (12.5, 0.4))
+#: the outline refit is tried only for depth steps of at least this (um): a finer step
+#: barely changes the slice's outline, the warm start suffices there
+REFIT_MIN_STEP_UM = 50.0
+#: template division edge points (the reverse term) per candidate plane
+SEARCH_EDGES = 2500
+#: cells the label-agreement plane proposals (:func:`.position.refine_plane`) use
+PROPOSE_CELLS = 1500
 #: degree of the polynomial label warp after the plane search
 LABEL_WARP_DEGREE = 2
 
@@ -567,13 +603,15 @@ def register_section(
             # a cheap proposal from the labels at the start fit, then a joint search of
             # the plane and the in-plane fit (labels inside + outline)
             r = refine_plane(atlas, plane, position_um, apply_affine(start_A, xy), cell_div,
-                             tmpl.slice.centre_um, search_um=search_um, max_angle_deg=max_angle_deg)
+                             tmpl.slice.centre_um, search_um=search_um, max_angle_deg=max_angle_deg,
+                             max_cells=PROPOSE_CELLS)
             s_half = search_um
 
             def propose(A_cur, p_cur, a_cur):
                 sl_cur = atlas_slice(atlas, plane, p_cur, hemisphere, tuple(a_cur))
                 rr = refine_plane(atlas, plane, p_cur, apply_affine(A_cur, xy), cell_div, sl_cur.centre_um,
-                                  search_um=min(150.0, s_half), max_angle_deg=max_angle_deg)
+                                  search_um=min(150.0, s_half), max_angle_deg=max_angle_deg,
+                                  max_cells=PROPOSE_CELLS)
                 # refine_plane angles are absolute about the same centre: keep them
                 return rr["position_um"], rr["angles_deg"]
 
@@ -581,11 +619,17 @@ def register_section(
             if len(lab_ok) > SEARCH_CELLS:
                 lab_ok = np.sort(np.random.default_rng(1).choice(lab_ok, SEARCH_CELLS, replace=False))
             ps = search_plane(
-                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline), atlas,
+                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline, crop=True), atlas,
                 xy[lab_ok], cell_div[lab_ok], outline.points, start_A, position_um, angles,
                 bounds=(lo, hi), search_um=search_um, max_angle_deg=max_angle_deg,
                 proposals=[(r["position_um"], r["angles_deg"])], propose=propose, cancel=cancel,
-                outline_weight=PLANE_OUTLINE_WEIGHT, reverse_weight=REVERSE_WEIGHT)
+                outline_weight=PLANE_OUTLINE_WEIGHT, reverse_weight=REVERSE_WEIGHT,
+                coarse_template_at=(lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline,
+                                                               factor=COARSE_FACTOR, crop=True))
+                if COARSE_FACTOR > 1 else None,
+                coarse_cells=COARSE_CELLS, refine_top=REFINE_TOP, fine_levels=FINE_LEVELS,
+                fit_tol_um=SEARCH_TOL_UM, fit_iters=SEARCH_ITERS, refit_iters=REFIT_ITERS,
+                refit_min_step_um=REFIT_MIN_STEP_UM, max_edges=SEARCH_EDGES, steps=SEARCH_STEPS)
             if ps["position_um"] == position_um and tuple(ps["angles_deg"]) == tuple(angles):
                 notes.append("plane search kept the given position and angles")
             position_um, angles = ps["position_um"], tuple(ps["angles_deg"])

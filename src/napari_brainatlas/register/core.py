@@ -50,13 +50,32 @@ class Template:
         return self.outline.size_um
 
 
-def make_template(sl, sigma_um: float = 0.0) -> Template:
+def make_template(sl, sigma_um: float = 0.0, crop: bool = False) -> Template:
     """Build a :class:`Template` from an :class:`~napari_brainatlas.atlas.AtlasSlice`,
     its outline traced after a Gaussian blur of ``sigma_um`` (see
-    :func:`~.boundary.template_outline`)."""
-    out = template_outline(sl.labels, sl.resolution_um, sigma_um=sigma_um)
-    rows, cols = np.nonzero(out.mask)
+    :func:`~.boundary.template_outline`). ``crop``: trace on the tissue's bounding box
+    (plus the blur's reach) only; the outline points are the same, its ``mask`` and
+    ``field`` then cover the box (``origin_um`` says where), which is cheaper for the
+    many templates of a plane search."""
     res = sl.resolution_um
+    labels = sl.labels
+    r0 = c0 = 0
+    if crop:
+        rows_t = np.flatnonzero((labels > 0).any(1))
+        cols_t = np.flatnonzero((labels > 0).any(0))
+        if len(rows_t):
+            m = int(np.ceil(4.0 * sigma_um / res)) + 3
+            r0, r1 = max(rows_t[0] - m, 0), min(rows_t[-1] + m + 1, labels.shape[0])
+            c0, c1 = max(cols_t[0] - m, 0), min(cols_t[-1] + m + 1, labels.shape[1])
+            labels = labels[r0:r1, c0:c1]
+    out = template_outline(labels, res, sigma_um=sigma_um)
+    if r0 or c0:
+        shift = np.array([c0 * res, r0 * res])
+        out.points = out.points + shift
+        out.contours = [c + shift for c in out.contours]
+        out.origin_um = (float(shift[0]), float(shift[1]))
+    rows, cols = np.nonzero(out.mask)
+    rows, cols = rows + r0, cols + c0
     if sl.plane == "coronal" and sl.midline_x_um is not None:
         mx = float(sl.midline_x_um)
     else:

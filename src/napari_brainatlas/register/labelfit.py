@@ -58,44 +58,79 @@ class LabelTemplate:
         cell_div = np.asarray(cell_div)
         return [(k, sel) for k in self.near if len(sel := np.flatnonzero(cell_div == k))]
 
+    def _flat(self):
+        """The per-division nearest-pixel maps as flat arrays with a table by division
+        (one gather for all cells instead of one pass per division)."""
+        f = getattr(self, "_flat_cache", None)
+        if f is None:
+            ks = sorted(self.near)
+            kmax = max(ks) if ks else 0
+            tab = np.full(kmax + 2, -1, dtype=np.int64)
+            b0 = np.zeros(len(ks), dtype=np.int64)
+            b1 = np.zeros(len(ks), dtype=np.int64)
+            hh = np.zeros(len(ks), dtype=np.int64)
+            ww = np.zeros(len(ks), dtype=np.int64)
+            off = np.zeros(len(ks), dtype=np.int64)
+            fr, fc = [], []
+            o = 0
+            for j, k in enumerate(ks):
+                ind = self.near[k]
+                tab[k] = j
+                b0[j], b1[j] = self._box(k)
+                hh[j], ww[j] = ind.shape[1], ind.shape[2]
+                off[j] = o
+                o += ind.shape[1] * ind.shape[2]
+                fr.append(ind[0].ravel())
+                fc.append(ind[1].ravel())
+            f = (tab, b0, b1, hh, ww, off,
+                 np.concatenate(fr) if fr else np.zeros(0, np.int32),
+                 np.concatenate(fc) if fc else np.zeros(0, np.int32))
+            self._flat_cache = f
+        return f
+
     def lookup(self, xy: np.ndarray, cell_div: np.ndarray, groups=None):
         """Nearest own-region point (n, 2) um and distance (n,) for mapped cells;
-        cells whose division is absent from the slice get NaN. ``groups`` (from
-        :meth:`groups`) saves regrouping the same cells on every call."""
+        cells whose division is absent from the slice (or unknown, < 0) get NaN.
+        ``groups`` is accepted for compatibility (unused)."""
         H, W = self.div.shape
         px = self.pixel_um
         r0, c0 = self.origin
+        tab, b0, b1, hh, ww, off, fr, fc = self._flat()
+        cd = np.asarray(cell_div).astype(np.int64, copy=False)
         col = np.floor(xy[:, 0] / px).astype(np.int64) - c0
         row = np.floor(xy[:, 1] / px).astype(np.int64) - r0
         outside = (col < 0) | (col >= W) | (row < 0) | (row >= H)
         np.clip(col, 0, W - 1, out=col)
         np.clip(row, 0, H - 1, out=row)
-        tgt = np.full_like(xy, np.nan)
-        d = np.full(len(xy), np.nan)
-        if groups is None:
-            groups = self.groups(cell_div)
-        for k, sel in groups:
-            ind = self.near[k]
-            b0, b1 = self._box(k)
-            r, c = row[sel], col[sel]
-            inside = (self.div[r, c] == k) & ~outside[sel]
-            rb = np.clip(r - b0, 0, ind.shape[1] - 1)
-            cb = np.clip(c - b1, 0, ind.shape[2] - 1)
-            t = np.column_stack([(ind[1][rb, cb] + c0 + 0.5) * px, (ind[0][rb, cb] + r0 + 0.5) * px])
-            t[inside] = xy[sel[inside]]
-            tgt[sel] = t
-            d[sel] = np.linalg.norm(t - xy[sel], axis=1)
+        j = tab[np.clip(cd, -1, len(tab) - 1)]  # < 0 or > max: the padding slot (-1)
+        valid = (cd >= 0) & (j >= 0)
+        jj = np.where(valid, j, 0)
+        if len(hh) == 0:
+            valid[:] = False
+            return np.full_like(xy, np.nan), np.full(len(xy), np.nan)
+        rb = np.minimum(np.maximum(row - b0[jj], 0), hh[jj] - 1)
+        cb = np.minimum(np.maximum(col - b1[jj], 0), ww[jj] - 1)
+        fi = off[jj] + rb * ww[jj] + cb
+        tgt = np.empty_like(xy, dtype=float)
+        tgt[:, 0] = (fc[fi] + (c0 + 0.5)) * px
+        tgt[:, 1] = (fr[fi] + (r0 + 0.5)) * px
+        inside = valid & ~outside & (self.div[row, col] == cd)
+        tgt[inside] = xy[inside]
+        d = np.sqrt(((tgt - xy) ** 2).sum(1))
+        tgt[~valid] = np.nan
+        d[~valid] = np.nan
         return tgt, d
 
 
 def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None,
-                        margin_um: float = 400.0) -> LabelTemplate:
+                        margin_um: float = 400.0, max_edges: int = 2500) -> LabelTemplate:
     """:class:`LabelTemplate` of an :class:`~napari_brainatlas.atlas.AtlasSlice`,
     cropped to the tissue plus ``margin_um`` (cells mapped beyond the crop are pulled
     to the nearest own-region pixel of the crop's edge)."""
     from .metrics import division_index
 
-    cache = getattr(sl, "_label_tmpl", None)
+    attr = "_label_tmpl" if max_edges == 2500 else f"_label_tmpl_{int(max_edges)}"
+    cache = getattr(sl, attr, None)
     if cache is not None and (pixel_um is None or cache.pixel_um == pixel_um):
         return cache
     res = float(sl.resolution_um)
@@ -144,14 +179,14 @@ def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None
         boxes[int(k)] = (int(a0), int(b0))
         er, ec = np.nonzero(mk & edge)
         edges[int(k)] = np.column_stack([(ec + c0 + 0.5) * px, (er + r0 + 0.5) * px])
-    # at most ~2500 edge points in all (every k-th of each division's)
+    # at most ~max_edges edge points in all (every k-th of each division's)
     n_e = sum(len(v) for v in edges.values())
-    stride = max(1, int(np.ceil(n_e / 2500)))
+    stride = max(1, int(np.ceil(n_e / max(max_edges, 1))))
     edges = {k: v[::stride] for k, v in edges.items()}
     lt = LabelTemplate(div=div.astype(np.int16), pixel_um=px, near=near, origin=(int(r0), int(c0)),
                        boxes=boxes, edges=edges)
     try:
-        sl._label_tmpl = lt
+        setattr(sl, attr, lt)
     except AttributeError:  # pragma: no cover - frozen slice
         pass
     return lt
@@ -254,7 +289,7 @@ def label_fit(
 _LIFT = 1.0e7  # um between divisions in the lifted (x, y, division) space
 
 
-def _edge_matches(P, groups, lt):
+def _edge_matches(P, groups, lt, bound_um: float = 1000.0):
     """For every template edge pixel of a division the cells have: (cell index into
     ``P``, edge point (2,), distance). One KD-tree over the cells lifted to
     (x, y, division x 1e7 um), so a query only ever meets cells of its own division."""
@@ -267,8 +302,12 @@ def _edge_matches(P, groups, lt):
     lift = np.concatenate([np.full(len(sel), k * _LIFT) for k, sel in ks])
     e = np.vstack([lt.edges[k] for k, _ in ks])
     le = np.concatenate([np.full(len(lt.edges[k]), k * _LIFT) for k, _ in ks])
-    tree = cKDTree(np.column_stack([P[idx], lift]))
-    dq, j = tree.query(np.column_stack([e, le]))
+    tree = cKDTree(np.column_stack([P[idx], lift]), balanced_tree=False, compact_nodes=False)
+    dq, j = tree.query(np.column_stack([e, le]), distance_upper_bound=bound_um)
+    far = ~np.isfinite(dq)  # beyond every cap and trim: a huge finite distance, cell 0
+    if far.any():
+        j = np.where(far, 0, j)
+        dq = np.where(far, 1e12, dq)
     return idx[j], e, dq
 
 
@@ -352,6 +391,16 @@ def search_plane(
     outline_weight: float = 1.0,
     centre_um=None,
     reverse_weight: float = 0.0,
+    coarse_template_at=None,
+    coarse_cells: int = 1500,
+    coarse_edges: int = 1000,
+    refine_top: int = 2,
+    fine_levels: int = 1,
+    fit_tol_um: float = 0.5,
+    fit_iters: int = 20,
+    refit_iters: int = 15,
+    refit_min_step_um: float = 0.0,
+    max_edges: int = 2500,
 ) -> dict:
     """Joint search of the cutting plane (position, two angles) and the in-plane fit.
 
@@ -383,6 +432,20 @@ def search_plane(
         whenever the pattern search stalls, its plane is tried too (escapes ridges where
         position and angle trade off).
     outline_weight : weight of the outline term in :func:`plane_score`.
+    coarse_template_at : optional ``coarse_template_at(position_um, angles) -> Template``
+        on a coarser grid (e.g. 50 um pixels sampled from the 25 um volume). Given, the
+        whole pattern search runs on it with ``coarse_cells`` of the cells (coarse to
+        fine): each candidate then costs a fraction of a full one. After all but the
+        last ``fine_levels`` steps, the ``refine_top`` best coarse planes are refitted at
+        full resolution with all ``cells`` (from their coarse fits) and the search goes
+        on from the best of them at full resolution with the finer steps.
+    fit_tol_um, fit_iters : each candidate's :func:`label_fit` stops when no cell moves
+        more than ``fit_tol_um`` or after ``fit_iters`` iterations (the candidates only
+        need ranking; the caller refits the winner to convergence).
+    refit_iters : ICP iterations of the outline refit tried at a new depth;
+        ``refit_min_step_um``: only for depth steps at least this large (the proposals
+        and the depths around the start always get it).
+    max_edges : template division edge points of the reverse term per candidate.
 
     Returns dict(position_um, angles_deg, affine, score, inside, outline_um, evals,
     neighbours (scores of the final plane's immediate neighbours), start_score).
@@ -408,6 +471,17 @@ def search_plane(
     def key(q, a):
         return (round(q, 3), round(a[0], 3), round(a[1], 3))
 
+    cells = np.asarray(cells, dtype=float)
+    cell_div = np.asarray(cell_div)
+    coarse = coarse_template_at is not None
+    if coarse:
+        st = max(1, int(np.ceil(len(cells) / max(coarse_cells, 1))))
+        lv_cells, lv_div, lv_tmpl, lv_tol = cells[::st], cell_div[::st], coarse_template_at, 2 * fit_tol_um
+        lv_edges = coarse_edges
+    else:
+        lv_cells, lv_div, lv_tmpl, lv_tol = cells, cell_div, template_at, fit_tol_um
+        lv_edges = max_edges
+
     def evaluate(q, a, A_init, refit=False):
         k = key(q, a)
         if k in cache:
@@ -416,22 +490,23 @@ def search_plane(
             from .icp import RegistrationCancelled
 
             raise RegistrationCancelled("registration cancelled")
-        tmpl = template_at(to_p(q, a), a)
-        lt = make_label_template(atlas, tmpl.slice, label_pixel_um)
+        tmpl = lv_tmpl(to_p(q, a), a)
+        lt = make_label_template(atlas, tmpl.slice, label_pixel_um, max_edges=lv_edges)
         inits = [A_init]
         if refit:
             # a new depth changes the slice's size and shape: also start from the
             # outline fitted to this slice (ICP from the warm start)
             from .icp import icp_affine
 
-            r = icp_affine(outline_pts, tmpl.outline.points, A_init, max_iter=15, floor_um=2 * tmpl.outline.pixel_um,
+            r = icp_affine(outline_pts, tmpl.outline.points, A_init, max_iter=refit_iters,
+                           floor_um=2 * tmpl.outline.pixel_um,
                            tgt_tree=tmpl.tree, tgt_normals=tmpl.outline.normals, model="affine",
                            prior_weight=0.01)
             inits.append(r.affine)
         best = None
         for A1 in inits:
-            A, info = label_fit(A1, cells, cell_div, lt, outline_pts, tmpl.tree, n_iter=20,
-                                reverse_weight=reverse_weight)
+            A, info = label_fit(A1, lv_cells, lv_div, lt, outline_pts, tmpl.tree, n_iter=fit_iters,
+                                reverse_weight=reverse_weight, tol_um=lv_tol)
             sc, parts = plane_score(A, info, outline_pts, tmpl, outline_weight=outline_weight,
                                     reverse_weight=reverse_weight)
             if best is None or sc > best[0]:
@@ -470,7 +545,23 @@ def search_plane(
             cur_q, cur_a, cur = q, a, r
 
     proposed = set()
-    for dp, da in steps:
+    n_coarse = 0
+    n_coarse_levels = max(len(steps) - max(fine_levels, 1), 0) if coarse else 0
+    for li, (dp, da) in enumerate(steps):
+        if coarse and li == n_coarse_levels:
+            # coarse to fine: the best coarse planes at full resolution (from their
+            # coarse fits); the remaining, finer steps search at full resolution
+            n_coarse = len(cache)
+            ranked = sorted(cache.items(), key=lambda kv: -kv[1][0])[: max(1, refine_top)]
+            cache = {}
+            lv_cells, lv_div, lv_tmpl, lv_tol = cells, cell_div, template_at, fit_tol_um
+            lv_edges = max_edges
+            cur = None
+            for (q, a0, a1), (_, A_c, _) in ranked:
+                r = evaluate(q, (a0, a1), A_c)
+                if cur is None or r[0] > cur[0]:
+                    cur_q, cur_a, cur = q, (a0, a1), r
+            proposed = set()
         moved = True
         while moved and len(cache) < max_evals:
             moved = False
@@ -487,7 +578,7 @@ def search_plane(
                     a = tuple(a)
                     if not valid(q, a):
                         continue
-                    r = evaluate(q, a, cur[1], refit=dim == 0)
+                    r = evaluate(q, a, cur[1], refit=dim == 0 and dp >= refit_min_step_um)
                     if r[0] > cur[0] + 0.01 and (step_best is None or r[0] > step_best[2][0]):
                         step_best = (q, a, r)
             if step_best is not None:
@@ -517,7 +608,7 @@ def search_plane(
         "position_um": float(to_p(cur_q, cur_a)), "angles_deg": (float(cur_a[0]), float(cur_a[1])),
         "affine": cur[1], "score": float(cur[0]), "inside": cur[2]["inside"],
         "outline_um": cur[2]["outline_um"], "label_um": cur[2].get("label_um", float("nan")),
-        "evals": len(cache), "pivot_um": (float(px_), float(py_)),
+        "evals": len(cache) + n_coarse, "coarse_evals": n_coarse, "pivot_um": (float(px_), float(py_)),
         "neighbours": neigh, "start_score": float(start_score),
     }
 

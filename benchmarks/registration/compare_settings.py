@@ -1,0 +1,59 @@
+"""Compare settings of the joint plane search on the hard set, in one process.
+
+Each section of the hard set (run.py's generator, ``SEED`` env var, default 0) is
+registered once per variant, one variant after the other, so that the times compare
+under the same load. A variant is ``NAME=VALUE[:NAME=VALUE...]`` setting constants of
+``napari_brainatlas.register.api`` (the rest at their defaults); ``SEARCH_STEPS`` takes
+``50,1.5/25,0.75``. Usage, from the repository root::
+
+    PYTHONPATH=src python benchmarks/registration/compare_settings.py all \
+        SEARCH_TOL_UM=0.5:SEARCH_ITERS=20:REFIT_ITERS=15:PROPOSE_CELLS=3000:REFIT_MIN_STEP_UM=0 \
+        REFIT_MIN_STEP_UM=50
+
+(``all`` or comma-separated case indices; ``DUMP=file.json`` writes the rows.)
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as B  # noqa: I001 - after the path insert
+
+from napari_brainatlas.register import api, sample_section
+atlas = B.Atlas.load(B.ANN, ontology=B.ONTO)
+seed = int(os.environ.get("SEED", "0"))
+cases = B.make_cases(40, True, seed, 200000)
+idx = [int(v) for v in sys.argv[1].split(",")] if sys.argv[1] != "all" else list(range(40))
+DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS")}
+variants = [dict(v.split("=") for v in spec.split(":") if v) for spec in sys.argv[2:]]
+res = {i: {} for i in range(len(variants))}
+for i in idx:
+    case = cases[i]
+    a = sample_section(atlas, name=f"hard{i}", **case["sample"])
+    B.scramble_labels(a, 0.10, seed=i)
+    line = f"{i:2d} {case['sample']['plane'][:3]} {a.n_obs:6d} |"
+    for vi, v in enumerate(variants):
+        for k, val in DEFAULTS.items():
+            setattr(api, k, val)
+        for k, val in v.items():
+            if k == "SEARCH_STEPS":
+                setattr(api, k, tuple(tuple(float(x) for x in st.split(",")) for st in val.split("/")))
+            else:
+                setattr(api, k, type(getattr(api, k))(val))
+        o = B.run_ours(a, atlas, case, True)
+        res[vi][i] = o
+        line += f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f} ev {o['metrics'].get('plane_evals',0):3.0f} c {o['confidence']:.2f} |"
+    print(line, flush=True)
+for vi, v in enumerate(variants):
+    med = np.array([o['median_um'] for o in res[vi].values()]); p95 = np.array([o['p95_um'] for o in res[vi].values()])
+    t = np.array([o['time_s'] for o in res[vi].values()])
+    print(v, f"n {len(med)} median {np.median(med):.1f} p95 {np.median(p95):.1f} within {np.mean((med<=60)&(p95<=150)):.2f} worst {med.max():.1f} time median {np.median(t):.2f} mean {t.mean():.2f}")
+if os.environ.get("DUMP"):
+    Path(os.environ["DUMP"]).write_text(
+        json.dumps({str(vi): {str(i): o for i, o in r.items()} for vi, r in res.items()}, default=float))
