@@ -305,3 +305,43 @@ def test_training_ends_with_averaged_weights(sections, tmp_path):
     back = FuseMap.load(tmp_path / "fm", sections)
     assert back.config["weight_average"] == 0.99
     np.testing.assert_allclose(back.get_latent_representation("cell")[0], zb[0], atol=1e-6)
+
+
+def test_recon_from_cell_and_both(sections):
+    # recon_from: "tissue" (published code, from A z_T), "cell" (the paper's z_C E^T, the
+    # form imputation uses), "both" (the mean of the two errors)
+    m = FuseMap(sections[:2], seed=0, **TINY)
+    m.module.eval()
+    sd = m.data[0]
+    seeds = np.sort(sd.train_idx[:7])
+    with torch.no_grad():
+        o_t = forward_section(m.module, sd, seeds, m.device, sample=False)
+        o_c = forward_section(m.module, sd, seeds, m.device, sample=False, recon_from="cell")
+        o_b = forward_section(m.module, sd, seeds, m.device, sample=False, recon_from="both")
+        x = torch.from_numpy(np.asarray(sd.X[seeds], dtype=np.float32))
+        mu, _ = m.module.encode(sd.name, x)
+        direct = torch.nn.functional.mse_loss(m.module.decode(sd.name, mu), x)
+    assert float(o_c["recon"]) == pytest.approx(float(direct), rel=1e-5)
+    assert float(o_c["recon"]) != pytest.approx(float(o_t["recon"]), rel=1e-3)
+    assert float(o_b["recon"]) == pytest.approx(
+        0.5 * (float(o_t["recon"]) + float(o_c["recon"])), rel=1e-5)
+    for k in ("kl", "zc", "zt"):                # only the reconstruction term changes
+        np.testing.assert_allclose(np.asarray(o_c[k]), np.asarray(o_t[k]), atol=1e-6)
+
+
+def test_recon_from_is_checked_saved_and_trains(sections, tmp_path):
+    with pytest.raises(BrainAtlasInputError):
+        FuseMap(sections, recon_from="gene", **TINY)
+    cfg = FuseMap(sections, **TINY).config
+    assert (cfg["recon_from"], cfg["adv_cells"]) == ("both", "block")   # the defaults
+    m = FuseMap(sections, seed=0, recon_from="cell", min_steps=2, **TINY)
+    m.train(max_epochs=1)
+    assert np.isfinite(m.history[-1]["recon"])
+    m.save(tmp_path / "fm")
+    back = FuseMap.load(tmp_path / "fm", sections)
+    assert back.config["recon_from"] == "cell"
+    cfg = json.loads((tmp_path / "fm" / "config.json").read_text())
+    cfg["recon_from"] = "gene"
+    (tmp_path / "fm" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BrainAtlasInputError):
+        FuseMap.load(tmp_path / "fm", sections)

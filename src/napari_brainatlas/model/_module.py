@@ -17,7 +17,9 @@ Graph aggregation and decoding are parameter-free, as in the published code:
 ``z_T = A z_C`` (one propagation step with the normalised adjacency; the paper
 describes GCN layers with weights and a GCN decoder back to z_C - not used here, as in
 the code) and ``X_v ~ ReLU(A z_T E_v^T)`` (inner product with the section's gene rows,
-no bias). Imputation uses ``ReLU(z_C E^T)`` (method.md, "Imputation").
+no bias); by default the training loss also reconstructs ``X_v ~ ReLU(z_C E_v^T)`` (the
+paper's form; ``FuseMap(recon_from=...)``). Imputation uses ``ReLU(z_C E^T)``
+(method.md, "Imputation").
 """
 
 from __future__ import annotations

@@ -79,8 +79,12 @@ def rows_dense(X, idx: np.ndarray) -> np.ndarray:
 
 
 def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, device,
-                    sample: bool, block: bool = False) -> dict:
+                    sample: bool, block: bool = False, recon_from: str = "tissue") -> dict:
     """Losses and seed embeddings of one section for the seed cells ``seeds``.
+
+    ``recon_from``: "tissue" reconstructs the seeds' expression from ``A z_T`` (the
+    published code), "cell" from their own ``z_C`` (the paper's ``X ~ z_C E^T``, the form
+    imputation uses), "both" averages the two mean squared errors.
 
     ``block=True`` also returns the posterior means of every *training* cell that the
     step encodes (as the published code feeds its discriminators): ``zc_all`` / ``zc_idx``
@@ -95,10 +99,15 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
     A1t = to_torch_sparse(A1, device)
     zt1 = torch.sparse.mm(A1t, z)                                  # z_T on N1
     h = torch.sparse.mm(to_torch_sparse(A0, device), zt1)          # (A z_T) on S
-    xhat = module.decode(sd.name, h)
     s2t = torch.from_numpy(s2).to(device)
     x_s = x2.index_select(0, s2t)
-    recon = F.mse_loss(xhat, x_s)
+    if recon_from == "cell":
+        recon = F.mse_loss(module.decode(sd.name, z.index_select(0, s2t)), x_s)
+    else:
+        recon = F.mse_loss(module.decode(sd.name, h), x_s)
+        if recon_from == "both":
+            recon = 0.5 * (recon + F.mse_loss(module.decode(sd.name, z.index_select(0, s2t)),
+                                              x_s))
     mu_s, std_s = mu.index_select(0, s2t), std.index_select(0, s2t)
     kl = (0.5 * (mu_s.pow(2) + std_s.pow(2) - 1.0) - torch.log(std_s)).sum(1).mean()
     kl = kl / x2.shape[1]
