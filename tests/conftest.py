@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ._fixtures import demo_atlas, demo_sections  # noqa: F401  (engine fixtures for every module)
+
 
 @pytest.fixture
 def sections_dock(make_napari_viewer):

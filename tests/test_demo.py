@@ -4,8 +4,6 @@ import numpy as np
 
 from napari_brainatlas.demo import make_demo_sections
 
-from ._fixtures import demo_atlas, demo_sections  # noqa: F401
-
 
 def test_deterministic_for_a_seed():
     a = make_demo_sections(seed=3, n_sections=2, cells_per_mm2=60)

@@ -7,7 +7,6 @@ from napari_brainatlas import BrainAtlasInputError
 from napari_brainatlas.io import read_sections, write_h5ad
 
 from ._data import MERFISH, OSMFISH, SLIDESEQ, VISIUM, shared
-from ._fixtures import demo_sections  # noqa: F401
 from .bad_inputs import make_bad_files, sha1
 
 
