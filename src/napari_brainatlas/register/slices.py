@@ -19,6 +19,15 @@ __all__ = ["atlas_slice"]
 _CACHE: OrderedDict[tuple, AtlasSlice] = OrderedDict()
 
 
+def _make_slice(atlas, labels: np.ndarray, res_um: float, plane: str, position_um: float,
+                hemisphere: str, angles: tuple, centre_um: tuple) -> AtlasSlice:
+    """The :class:`AtlasSlice` record of ``labels`` ((H, W) ids, ``res_um`` per pixel)."""
+    return AtlasSlice(labels=labels, resolution_um=res_um, plane=plane, position_um=position_um,
+                      hemisphere=hemisphere, angles_deg=angles,
+                      midline_x_um=atlas.midline_ml_um if plane == "coronal" else None,
+                      atlas_name=atlas.name, centre_um=centre_um)
+
+
 def atlas_slice(atlas, plane: str, position_um: float | None, hemisphere: str = "both",
                 angles_deg=(0.0, 0.0)) -> AtlasSlice:
     """Same as ``atlas.slice(plane, position_um, hemisphere, angles_deg)``, faster."""
@@ -54,17 +63,8 @@ def atlas_slice(atlas, plane: str, position_um: float | None, hemisphere: str = 
                     labels[:, mid_col:] = 0
                 else:
                     labels[:, :mid_col] = 0
-            sl = AtlasSlice(
-                labels=labels,
-                resolution_um=res,
-                plane=plane,
-                position_um=p,
-                hemisphere=hemisphere,
-                angles_deg=a,
-                midline_x_um=atlas.midline_ml_um if plane == "coronal" else None,
-                atlas_name=atlas.name,
-                centre_um=(W * res / 2.0, H * res / 2.0),
-            )
+            sl = _make_slice(atlas, labels, res, plane, p, hemisphere, a,
+                             (W * res / 2.0, H * res / 2.0))
     _CACHE[key] = sl
     while len(_CACHE) > 64:
         _CACHE.popitem(last=False)
@@ -102,9 +102,7 @@ def _oblique(atlas, plane: str, p: float, hemisphere: str, a: tuple) -> AtlasSli
             labels[:, mid_col:] = 0
         else:
             labels[:, :mid_col] = 0
-    return AtlasSlice(labels=labels, resolution_um=res, plane=plane, position_um=p, hemisphere=hemisphere,
-                      angles_deg=a, midline_x_um=atlas.midline_ml_um if plane == "coronal" else None,
-                      atlas_name=atlas.name, centre_um=centre)
+    return _make_slice(atlas, labels, res, plane, p, hemisphere, a, centre)
 
 
 def coarse_slice(atlas, plane: str, position_um: float, hemisphere: str = "both",
@@ -163,17 +161,7 @@ def coarse_slice(atlas, plane: str, position_um: float, hemisphere: str = "both"
             labels[:, xc >= atlas.midline_ml_um] = 0
         else:
             labels[:, xc < atlas.midline_ml_um] = 0
-    sl = AtlasSlice(
-        labels=labels,
-        resolution_um=rc,
-        plane=plane,
-        position_um=p,
-        hemisphere=hemisphere,
-        angles_deg=a,
-        midline_x_um=atlas.midline_ml_um if plane == "coronal" else None,
-        atlas_name=atlas.name,
-        centre_um=centre,
-    )
+    sl = _make_slice(atlas, labels, rc, plane, p, hemisphere, a, centre)
     _CACHE[key] = sl
     while len(_CACHE) > 64:
         _CACHE.popitem(last=False)
