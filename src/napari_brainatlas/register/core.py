@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .affine import compose, fit_affine, rotation, translation
+from .affine import apply_affine, compose, fit_affine, rotation, translation
 from .anchors import MidlineFrame, outline_anchors
 from .boundary import Outline, template_outline
 from .icp import ICPResult, icp_affine
@@ -29,6 +29,9 @@ __all__ = ["POOR_SCORE", "Fit", "Template", "fit_to_template", "make_template"]
 #: a fit whose score (relative trimmed boundary cost / inlier fraction) exceeds this
 #: triggers the rotation sweep; good fits score about 0.002-0.004
 POOR_SCORE = 0.008
+#: the chamfer starts are searched when the best anchor / moment start scores above
+#: this many times the expected score of a good fit (see :func:`fit_to_template`)
+CHAMFER_SCORE = 1.0
 TRIM_K = 2.5
 CAUCHY_K = 0.0
 
@@ -155,6 +158,7 @@ def fit_to_template(
     affine_prior: float = 0.01,
     chamfer: bool = True,
     rank=None,
+    chamfer_always: bool = False,
 ) -> tuple[Fit, list[Fit]]:
     """Fit the section (cells ``(n, 2)`` um with their ``outline``) to ``tmpl``.
 
@@ -170,7 +174,10 @@ def fit_to_template(
         "always" or "never".
     affine_prior : with ``rank``, a second affine stage pulled towards the similarity
         stage's linear part with this weight is tried too, and the labels choose.
-    chamfer : add the best starts of a truncated chamfer search (robust to torn tissue).
+    chamfer : add the best starts of a truncated chamfer search (robust to torn tissue)
+        when the anchor and moment starts fit poorly (their best similarity-stage score
+        above ``CHAMFER_SCORE`` times the expected score of a good fit), or always with
+        ``chamfer_always``.
     rank : optional ``rank(affine) -> float`` (higher better, e.g. region-label
         agreement); chooses among fits whose outline score is within 1.5x of the best.
 
@@ -215,6 +222,20 @@ def fit_to_template(
         f.score = _score(f, tmpl)
         return f
 
+    probe = outline.points[:: max(1, len(outline.points) // 200)]
+
+    def distinct(fs_: list[Fit]) -> list[Fit]:
+        """``fs_`` without the fits that place the outline where an earlier one does
+        (within 2 pixels): starts that converged to the same solution finish the same."""
+        out, placed = [], []
+        for f in fs_:
+            P = apply_affine(f.icp.affine, probe)
+            if any(np.abs(P - Q).max() < floor for Q in placed):
+                continue
+            out.append(f)
+            placed.append(P)
+        return out
+
     def best_finished(cands: list[Fit], prefer_unmirrored: bool) -> list[Fit]:
         chosen = [min(cands, key=lambda f: f.score)]
         if rank is not None:
@@ -226,12 +247,14 @@ def fit_to_template(
             un = [f for f in cands if not f.mirrored]
             if un and chosen[0].mirrored:
                 chosen.append(min(un, key=lambda f: f.score))
-        return [g for f in chosen for g in finish_all(f)]
+        return [g for f in distinct(chosen) for g in finish_all(f)]
 
     sub = cells
     if len(sub) > 5000:
         sub = cells[np.random.default_rng(0).choice(len(cells), 5000, replace=False)]
     fits: list[Fit] = []
+    # expected cost of a good fit: a fraction of the outlines' blur and pixel size
+    expected = (0.25 * tmpl.outline.blur_um + 0.25 * res) / tmpl.size_um
     coronal_full = tmpl.plane == "coronal" and tmpl.hemisphere == "both"
     prefer_un = coronal_full and mirrored is None
     if midline is not None:
@@ -251,6 +274,7 @@ def fit_to_template(
             mirrors = [False, True]
         anchors_t = outline_anchors(tmpl.outline.contours, tmpl.frame, midline_ends=coronal_full)["points"]
         cands = []
+        frames = []
         for m in mirrors:
             fs = MidlineFrame(midline[0], midline[1], mirrored=m)
             anchors_s = outline_anchors(outline.contours, fs, midline_ends=coronal_full)["points"]
@@ -262,14 +286,19 @@ def fit_to_template(
                 w = np.concatenate([w, landmarks[2]])
             A_anchor = fit_affine(src, dst, w)
             starts = [("anchors", A_anchor), ("moments", _moment_init(sub, fs, tmpl))]
-            if chamfer:
-                starts += [(f"chamfer{i}", A) for i, A in enumerate(chamfer_starts(outline, tmpl, fs))]
             for start, A0 in starts:
                 cands.append(stage1(A0, m, start, 12, anchors_s[:4], anchors_t[:4]))
+            frames.append((m, fs, anchors_s))
+        if chamfer and (chamfer_always or min(f.score for f in cands) > CHAMFER_SCORE * max(POOR_SCORE, expected)):
+            # the anchor and moment starts do not fit well (torn tissue, a damaged
+            # outline): add the chamfer search's starts
+            for m, fs, anchors_s in frames:
+                for i, A0 in enumerate(chamfer_starts(outline, tmpl, fs)):
+                    cands.append(stage1(A0, m, f"chamfer{i}", 12, anchors_s[:4], anchors_t[:4]))
         fits += cands
         # continue the most promising starts only
         ranked = sorted(cands, key=lambda f: f.score)
-        keep = [f for f in ranked[:2] if f.score <= 1.5 * ranked[0].score]
+        keep = distinct([f for f in ranked[:2] if f.score <= 1.5 * ranked[0].score])
         if prefer_un and all(f.mirrored for f in keep):
             un = [f for f in cands if not f.mirrored]
             if un:
@@ -284,8 +313,6 @@ def fit_to_template(
         kept = {id(f) for f in keep}
         fits += best_finished(cont + [f for f in cands if id(f) not in kept], prefer_un)
     best = _pick([f for f in fits if f.icp.model_stage == "affine"], prefer_un, rank) if fits else None
-    # expected cost of a good fit: a fraction of the outlines' blur and pixel size
-    expected = (0.25 * tmpl.outline.blur_um + 0.25 * res) / tmpl.size_um
     poor = best is None or best.score > max(POOR_SCORE, 1.6 * expected) or _plausibility(best.affine) < 0.5
     # without a midline there is no other start: the sweep runs whatever ``sweep`` says
     if sweep == "always" or (sweep == "auto" and poor) or best is None:
