@@ -54,7 +54,7 @@ def test_converged_starts_are_finished_once(ccf50):
     # with a ranking (region labels) the near-best starts are finished too, each with a
     # free and a held affine stage; the anchor and moment starts converge to one
     # solution here, so only one of them is finished
-    best, fits = fit_to_template(xy, outline, tmpl, mid, rank=lambda A: 0.0)
+    _, fits = fit_to_template(xy, outline, tmpl, mid, rank=lambda A: 0.0)
     finished = [f.start for f in fits if f.icp.model_stage == "affine"]
     assert len(finished) == 2 and finished[1] == finished[0] + "+prior"
 
@@ -62,9 +62,10 @@ def test_converged_starts_are_finished_once(ccf50):
 def test_exact_sections_still_register_within_the_target(ccf50):
     # end to end on three exact sections (50 um atlas; the benchmark uses 25 um)
     errs = []
-    for kw in (dict(plane="coronal", position_um=7000.0, rotation_deg=35.0),
-               dict(plane="coronal", position_um=5000.0, hemisphere="left", rotation_deg=-70.0, mirror=True),
-               dict(plane="sagittal", position_um=4000.0, rotation_deg=120.0)):
+    for kw in ({"plane": "coronal", "position_um": 7000.0, "rotation_deg": 35.0},
+               {"plane": "coronal", "position_um": 5000.0, "hemisphere": "left", "rotation_deg": -70.0,
+                "mirror": True},
+               {"plane": "sagittal", "position_um": 4000.0, "rotation_deg": 120.0}):
         a = sample_section(ccf50, n_cells=8000, seed=2, **kw)
         tr = a.uns["demo_truth"]
         res = register_section(a, ccf50, tr["plane"], tr["position_um"], tr["hemisphere"], tr["midline"])
