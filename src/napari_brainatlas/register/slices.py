@@ -19,6 +19,17 @@ __all__ = ["atlas_slice"]
 _CACHE: OrderedDict[tuple, AtlasSlice] = OrderedDict()
 
 
+def _keep_hemisphere(labels: np.ndarray, atlas, plane: str, hemisphere: str, res_um: float) -> None:
+    """Zero, in place, the columns of a full-resolution coronal slice (``res_um`` per
+    pixel) on the other side of the midline from ``hemisphere``."""
+    if plane == "coronal" and hemisphere != "both":
+        mid_col = round(atlas.midline_ml_um / res_um)
+        if hemisphere == "left":
+            labels[:, mid_col:] = 0
+        else:
+            labels[:, :mid_col] = 0
+
+
 def _make_slice(atlas, labels: np.ndarray, res_um: float, plane: str, position_um: float,
                 hemisphere: str, angles: tuple, centre_um: tuple) -> AtlasSlice:
     """The :class:`AtlasSlice` record of ``labels`` ((H, W) ids, ``res_um`` per pixel)."""
@@ -57,12 +68,7 @@ def atlas_slice(atlas, plane: str, position_um: float | None, hemisphere: str = 
                 labels = np.array(atlas.annotation[:, :, i].T, order="C", copy=True)
                 W = atlas.shape[0]
             H = atlas.shape[1]
-            if plane == "coronal" and hemisphere != "both":
-                mid_col = round(atlas.midline_ml_um / res)
-                if hemisphere == "left":
-                    labels[:, mid_col:] = 0
-                else:
-                    labels[:, :mid_col] = 0
+            _keep_hemisphere(labels, atlas, plane, hemisphere, res)
             sl = _make_slice(atlas, labels, res, plane, p, hemisphere, a,
                              (W * res / 2.0, H * res / 2.0))
     _CACHE[key] = sl
@@ -96,12 +102,7 @@ def _oblique(atlas, plane: str, p: float, hemisphere: str, a: tuple) -> AtlasSli
         labels[rr, cc] = atlas.annotation[kk, rr, cc]
     else:
         labels[rr, cc] = atlas.annotation[cc, rr, kk]
-    if plane == "coronal" and hemisphere != "both":
-        mid_col = round(atlas.midline_ml_um / res)
-        if hemisphere == "left":
-            labels[:, mid_col:] = 0
-        else:
-            labels[:, :mid_col] = 0
+    _keep_hemisphere(labels, atlas, plane, hemisphere, res)
     return _make_slice(atlas, labels, res, plane, p, hemisphere, a, centre)
 
 
