@@ -33,7 +33,7 @@ seed = int(os.environ.get("SEED", "0"))
 hard = os.environ.get("SET", "hard") == "hard"
 cases = B.make_cases(40, hard, seed, 200000)
 idx = [int(v) for v in sys.argv[1].split(",")] if sys.argv[1] != "all" else list(range(40))
-DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS")}
+DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS", "SEARCH_QUAD_FINISH", "PROPOSE_COARSE")}
 CORE_DEFAULTS = {k: getattr(core, k) for k in ("CHAMFER_SCORE", "POOR_SCORE")}
 variants = [dict(v.split("=") for v in spec.split(":") if v) for spec in sys.argv[2:]]
 res = {i: {} for i in range(len(variants))}
@@ -53,7 +53,8 @@ for i in idx:
             elif k == "SEARCH_STEPS":
                 setattr(api, k, tuple(tuple(float(x) for x in st.split(",")) for st in val.split("/")))
             else:
-                setattr(api, k, type(getattr(api, k))(val))
+                cur = getattr(api, k)
+                setattr(api, k, val in ("1", "True", "true") if isinstance(cur, bool) else type(cur)(val))
         o = B.run_ours(a, atlas, case, hard)
         res[vi][i] = o
         line += f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f} ev {o['metrics'].get('plane_evals',0):3.0f} c {o['confidence']:.2f} ap {o['ap_error_um']:4.0f} ang {o['angle_error_deg']:4.1f} |" if hard else f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f} c {o['confidence']:.2f} |"

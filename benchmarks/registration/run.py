@@ -160,19 +160,16 @@ def _image(mask: np.ndarray, origin, spacing: float):
     return img
 
 
-def run_sitk(adata, atlas, case, bspline: bool) -> dict:
-    """SimpleITK: section density mask (fixed) -> template mask (moving), so the
-    transform maps section um to atlas um directly."""
+def _sitk_affine(sl, xy, outline, tr) -> dict:
+    """The SimpleITK affine registration of the section mask (fixed) onto the mask of
+    the template slice ``sl`` (moving), from the midline pre-rotation (true mirror),
+    area scale and centroid alignment. Returns dict(M: 3x3 section um -> slice um,
+    metric: final mean squares, lower is better, aff, fixed, moving)."""
     import SimpleITK as sitk
 
     from napari_brainatlas.register.anchors import MidlineFrame
     from napari_brainatlas.register.core import _frame_from, _frame_to, make_template
 
-    tr = adata.uns["demo_truth"]
-    xy = adata.obsm["spatial"]
-    t0 = time.perf_counter()
-    sl = atlas_slice(atlas, tr["plane"], case["given_position_um"], tr["hemisphere"])
-    outline = section_outline(xy)
     tmpl = make_template(sl)
     # start: midline pre-rotation (true mirror), area scale, centroid alignment
     fs = MidlineFrame(tr["midline"][0], tr["midline"][1], mirrored=bool(tr["mirror"]))
@@ -206,6 +203,21 @@ def run_sitk(adata, atlas, case, bspline: bool) -> dict:
     c = np.asarray(aff.GetCenter())
     tvec = np.asarray(aff.GetTranslation())
     M[:2, 2] = tvec + c - M[:2, :2] @ c
+    return {"M": M, "metric": float(reg.GetMetricValue()), "aff": aff, "fixed": fixed, "moving": moving}
+
+
+def run_sitk(adata, atlas, case, bspline: bool) -> dict:
+    """SimpleITK: section density mask (fixed) -> template mask (moving), so the
+    transform maps section um to atlas um directly; at the given plane, no angle."""
+    import SimpleITK as sitk
+
+    tr = adata.uns["demo_truth"]
+    xy = adata.obsm["spatial"]
+    t0 = time.perf_counter()
+    sl = atlas_slice(atlas, tr["plane"], case["given_position_um"], tr["hemisphere"])
+    outline = section_outline(xy)
+    fit = _sitk_affine(sl, xy, outline, tr)
+    M, aff, fixed, moving = fit["M"], fit["aff"], fit["fixed"], fit["moving"]
     mapped = apply_affine(M, xy)
     t_aff = time.perf_counter() - t0
     out = {"affine": score(sl.to_3d(mapped), adata, atlas) | {"time_s": t_aff}}
@@ -240,6 +252,47 @@ def run_sitk(adata, atlas, case, bspline: bool) -> dict:
         out["bspline"] = score(sl.to_3d(mapped_b), adata, atlas) | {
             "time_s": t_aff + time.perf_counter() - t1}
     return out
+
+
+GRID_OFFSETS_UM = (-150.0, -75.0, 0.0, 75.0, 150.0)
+GRID_ANGLES_DEG = (-3.0, 0.0, 3.0)
+
+
+def run_sitk_grid(adata, atlas, case) -> dict:
+    """SimpleITK affine (as ``run_sitk``) on each plane of a grid around the given one
+    (position given + GRID_OFFSETS_UM, angles (a_x, a_y) in GRID_ANGLES_DEG each);
+    keeps the plane with the lowest final mean squares. Time: the whole grid."""
+    tr = adata.uns["demo_truth"]
+    xy = adata.obsm["spatial"]
+    t0 = time.perf_counter()
+    outline = section_outline(xy)
+    best = None
+    n_planes = 0
+    failed = []
+    for dp in GRID_OFFSETS_UM:
+        pos = case["given_position_um"] + dp
+        for ax in GRID_ANGLES_DEG:
+            for ay in GRID_ANGLES_DEG:
+                try:
+                    sl = atlas_slice(atlas, tr["plane"], pos, tr["hemisphere"], (ax, ay))
+                    fit = _sitk_affine(sl, xy, outline, tr)
+                except Exception as exc:  # noqa: BLE001 - a plane off the atlas or a failed fit: skip it
+                    failed.append(repr(exc))
+                    fit = None
+                if fit is None:
+                    continue
+                n_planes += 1
+                if np.isfinite(fit["metric"]) and (best is None or fit["metric"] < best[0]):
+                    best = (fit["metric"], fit["M"], sl, pos, (ax, ay))
+    if best is None:
+        raise RuntimeError(f"no plane of the grid registered: {failed[:3]}")
+    metric, M, sl, pos, ang = best
+    mapped = apply_affine(M, xy)
+    dt = time.perf_counter() - t0
+    return score(sl.to_3d(mapped), adata, atlas) | {
+        "time_s": dt, "n_planes": n_planes, "metric": metric, "position_um": pos, "angles_deg": ang,
+        "ap_error_um": abs(pos - tr["position_um"]),
+        "angle_error_deg": float(np.hypot(*(np.asarray(ang) - np.asarray(tr["angles_deg"]))))}
 
 
 # ---------------------------------------------------------------------- report
@@ -294,6 +347,9 @@ def main(argv=None) -> int:
                     help="SimpleITK threads (default 1: the same one core as ours; 0 = its default, all cores)")
     ap.add_argument("--bspline-every", type=int, default=2,
                     help="run the SimpleITK B-spline on every k-th section (it is slow)")
+    ap.add_argument("--sitk-grid-every", type=int, default=4,
+                    help="hard set: run SimpleITK affine on a 45-plane grid (position +-150 um, angles "
+                         "+-3 deg) on every k-th section (0 = off)")
     ap.add_argument("--out", default=str(HERE / "RESULTS_registration.md"))
     ap.add_argument("--sets", default="exact,hard", help="which sets to run (iterating)")
     ap.add_argument("--cases", default=None, help="comma-separated case indices to run (iterating)")
@@ -359,6 +415,13 @@ def main(argv=None) -> int:
                 except Exception as exc:  # noqa: BLE001 - a failed baseline is a result
                     row["sitk"] = {"affine": {"median_um": np.inf, "p95_um": np.inf, "dice_major": 0.0,
                                               "time_s": np.nan}, "error": repr(exc)}
+                if hard and args.sitk_grid_every > 0 and i % args.sitk_grid_every == 0:
+                    try:
+                        row["sitk_grid"] = run_sitk_grid(a, atlas, case)
+                    except Exception as exc:  # noqa: BLE001 - a failed baseline is a result
+                        row["sitk_grid"] = {"median_um": np.inf, "p95_um": np.inf, "dice_major": 0.0,
+                                            "time_s": np.nan, "ap_error_um": np.nan,
+                                            "angle_error_deg": np.nan, "error": repr(exc)}
             s = case["sample"]
             o = row["ours"]
             line = (f"{name:5s} {i:3d} {s['plane'][:3]} {s['hemisphere']:5s} pos {s['position_um']:7.0f} "
@@ -379,6 +442,11 @@ def main(argv=None) -> int:
                 line += f" | sitk aff med {row['sitk']['affine']['median_um']:7.1f}"
                 if "bspline" in row["sitk"]:
                     line += f" bspl {row['sitk']['bspline']['median_um']:7.1f}"
+                line += f" t {row['sitk']['affine']['time_s']:.2f}s"
+            if "sitk_grid" in row:
+                g = row["sitk_grid"]
+                line += (f" | sitk grid med {g['median_um']:7.1f} t {g['time_s']:.1f}s "
+                         f"ap_err {g['ap_error_um']:4.0f} ang_err {g['angle_error_deg']:.1f}")
             print(line, flush=True)
             rows.append(row)
         results[name] = rows
@@ -447,6 +515,13 @@ def report(results, speed, cmd, total, args) -> str:
                 L.append(f"| {name} | SimpleITK affine + B-spline (mask) | {sm['n']} | {sm['median_of_medians']:.1f} | "
                          f"{sm['median_of_p95']:.1f} | {sm['worst_median']:.1f} | {100 * sm['within']:.0f}% | "
                          f"{sm['dice']:.3f} | {sm['time_s']:.2f} |")
+        grr = [{"g": r["sitk_grid"]} for r in rows if "sitk_grid" in r]
+        if grr:
+            sm = summarise(grr, "g", mt, pt)
+            L.append(f"| {name} | SimpleITK affine + plane grid (mask, {len(GRID_OFFSETS_UM) * len(GRID_ANGLES_DEG) ** 2} "
+                     f"planes) | {sm['n']} | {sm['median_of_medians']:.1f} | "
+                     f"{sm['median_of_p95']:.1f} | {sm['worst_median']:.1f} | {100 * sm['within']:.0f}% | "
+                     f"{sm['dice']:.3f} | {sm['time_s']:.2f} |")
     L.append("")
     # targets
     L.append("## Targets\n")
@@ -492,6 +567,15 @@ def report(results, speed, cmd, total, args) -> str:
              f"{np.nanpercentile(ap_err, 90):.0f} um (given position off by up to 150 um); cutting angle "
              f"error median {np.nanmedian(ang_err):.2f} deg, p90 {np.nanpercentile(ang_err, 90):.2f} deg")
     # speed against SimpleITK, section by section in this run (same sections, same core)
+    def versus(prefix, t_o, e_o, t_s, e_s):
+        faster = np.nanmedian(t_o) < np.nanmedian(t_s)
+        better = np.nanmedian(e_o) <= np.nanmedian(e_s)
+        n = len(t_o)
+        return (f"- {prefix}: time median {np.nanmedian(t_o):.2f} vs {np.nanmedian(t_s):.2f} s (median per-section "
+                f"ratio ours / SimpleITK {np.nanmedian(t_o / t_s):.2f}; faster on {int(np.sum(t_o < t_s))}/{n} "
+                f"sections); median error {np.nanmedian(e_o):.1f} vs {np.nanmedian(e_s):.1f} um (lower on "
+                f"{int(np.sum(e_o < e_s))}/{n}): faster at equal or better error: {mark(bool(faster and better))}")
+
     for name in ("exact", "hard"):
         rows = [r for r in results[name] if "sitk" in r]
         if not rows:
@@ -503,14 +587,20 @@ def report(results, speed, cmd, total, args) -> str:
                 continue
             t_o = np.array([r[key]["time_s"] for r in rows])
             e_o = np.array([r[key]["median_um"] for r in rows])
-            faster = np.nanmedian(t_o) < np.nanmedian(t_s)
-            better = np.nanmedian(e_o) <= np.nanmedian(e_s)
-            L.append(f"- {name}, {label} vs SimpleITK affine ({args.sitk_threads or 'default'} thread(s)): "
-                     f"time median {np.nanmedian(t_o):.2f} vs {np.nanmedian(t_s):.2f} s (median per-section "
-                     f"ratio ours / SimpleITK {np.nanmedian(t_o / t_s):.2f}; faster on "
-                     f"{int(np.sum(t_o < t_s))}/{len(rows)} sections); median error {np.nanmedian(e_o):.1f} vs "
-                     f"{np.nanmedian(e_s):.1f} um (lower on {int(np.sum(e_o < e_s))}/{len(rows)}): "
-                     f"faster at equal or better error: {mark(bool(faster and better))}")
+            L.append(versus(f"{name}, {label} vs SimpleITK affine ({args.sitk_threads or 'default'} thread(s))",
+                            t_o, e_o, t_s, e_s))
+        grows = [r for r in rows if "sitk_grid" in r]
+        if grows:
+            L.append(versus(f"{name}, ours vs SimpleITK affine + plane grid ({args.sitk_threads or 'default'} "
+                            f"thread(s), same {len(grows)} sections)",
+                            np.array([r["ours"]["time_s"] for r in grows]),
+                            np.array([r["ours"]["median_um"] for r in grows]),
+                            np.array([r["sitk_grid"]["time_s"] for r in grows]),
+                            np.array([r["sitk_grid"]["median_um"] for r in grows])))
+            g_ap = np.array([r["sitk_grid"]["ap_error_um"] for r in grows])
+            g_ang = np.array([r["sitk_grid"]["angle_error_deg"] for r in grows])
+            L.append(f"- {name}, SimpleITK plane grid: chosen plane's position error median {np.nanmedian(g_ap):.0f} um, "
+                     f"angle error median {np.nanmedian(g_ang):.2f} deg (grid step 75 um, 3 deg)")
     mir = np.mean([r["ours"]["mirror_ok"] for rs in results.values() for r in rs])
     L.append(f"- mirror read correctly: {100 * mir:.0f}% of sections")
     L.append(f"- speed (affine path, 100k-cell coronal sections, one core, whole `register_section` incl. "

@@ -427,6 +427,13 @@ REFIT_ITERS = 8
 #: (within target 39/33/35 -> 38/33/35 of 40; median 21.3/28.2/25.5 -> 20.3/27.7/23.9 um;
 #: benchmarks/registration/RESULTS_registration.md)
 SEARCH_STEPS = ((25.0, 0.75), (12.5, 0.4))
+#: after the last level of steps, one step to the vertex of the parabolas through the
+#: final plane and its neighbours (see :func:`.labelfit.search_plane`). Together with
+#: ``PROPOSE_COARSE = 2``, same process on three draws of 40 hard benchmark sections
+#: (seeds 0 / 1 / 2): median 20.4 / 27.7 / 23.9 -> 18.9 / 26.7 / 22.3 um, p95 36.5 /
+#: 55.7 / 47.9 -> 35.0 / 54.5 / 46.5 um, within target 106 -> 107 of 120, median time
+#: 3.98 / 4.29 / 3.97 -> 3.08 / 3.54 / 3.20 s (benchmarks/registration/RESULTS_registration.md)
+SEARCH_QUAD_FINISH = True
 #: the outline refit is tried only for depth steps of at least this (um): a finer step
 #: barely changes the slice's outline, the warm start suffices there (with the steps
 #: above, only the starts and the proposals get it)
@@ -435,6 +442,11 @@ REFIT_MIN_STEP_UM = 50.0
 SEARCH_EDGES = 2500
 #: cells the label-agreement plane proposals (:func:`.position.refine_plane`) use
 PROPOSE_CELLS = 1500
+#: the proposals score the angle pairs on a grid this many times coarser first, then
+#: the full grid around the best three (see :func:`.position.refine_plane`): about 3x
+#: fewer angle pairs; on cells at their true in-plane place it proposes the same plane
+#: as the full grid (tests/test_register_search_steps.py)
+PROPOSE_COARSE = 2
 #: degree of the polynomial label warp after the plane search
 LABEL_WARP_DEGREE = 2
 
@@ -610,14 +622,14 @@ def register_section(
             # the plane and the in-plane fit (labels inside + outline)
             r = refine_plane(atlas, plane, position_um, apply_affine(start_A, xy), cell_div,
                              tmpl.slice.centre_um, search_um=search_um, max_angle_deg=max_angle_deg,
-                             max_cells=PROPOSE_CELLS)
+                             max_cells=PROPOSE_CELLS, coarse_factor=PROPOSE_COARSE)
             s_half = search_um
 
             def propose(A_cur, p_cur, a_cur):
                 sl_cur = atlas_slice(atlas, plane, p_cur, hemisphere, tuple(a_cur))
                 rr = refine_plane(atlas, plane, p_cur, apply_affine(A_cur, xy), cell_div, sl_cur.centre_um,
                                   search_um=min(150.0, s_half), max_angle_deg=max_angle_deg,
-                                  max_cells=PROPOSE_CELLS)
+                                  max_cells=PROPOSE_CELLS, coarse_factor=PROPOSE_COARSE)
                 # refine_plane angles are absolute about the same centre: keep them
                 return rr["position_um"], rr["angles_deg"]
 
@@ -635,7 +647,8 @@ def register_section(
                 if COARSE_FACTOR > 1 else None,
                 coarse_cells=COARSE_CELLS, refine_top=REFINE_TOP, fine_levels=FINE_LEVELS,
                 fit_tol_um=SEARCH_TOL_UM, fit_iters=SEARCH_ITERS, refit_iters=REFIT_ITERS,
-                refit_min_step_um=REFIT_MIN_STEP_UM, max_edges=SEARCH_EDGES, steps=SEARCH_STEPS)
+                refit_min_step_um=REFIT_MIN_STEP_UM, max_edges=SEARCH_EDGES, steps=SEARCH_STEPS,
+                quadratic_finish=SEARCH_QUAD_FINISH)
             if ps["position_um"] == position_um and tuple(ps["angles_deg"]) == tuple(angles):
                 notes.append("plane search kept the given position and angles")
             position_um, angles = ps["position_um"], tuple(ps["angles_deg"])

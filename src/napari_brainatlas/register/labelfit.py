@@ -401,6 +401,7 @@ def search_plane(
     refit_iters: int = 15,
     refit_min_step_um: float = 0.0,
     max_edges: int = 2500,
+    quadratic_finish: bool = False,
 ) -> dict:
     """Joint search of the cutting plane (position, two angles) and the in-plane fit.
 
@@ -446,6 +447,11 @@ def search_plane(
         ``refit_min_step_um``: only for depth steps at least this large (the proposals
         and the depths around the start always get it).
     max_edges : template division edge points of the reverse term per candidate.
+    quadratic_finish : after the last level, one step to the vertex of the parabolas
+        through the final plane and its two neighbours on each axis (all already
+        evaluated by the last poll, unless ``max_evals`` stopped it): a sub-step
+        refinement for one or two more candidates, far cheaper than a further level of
+        six-neighbour polls.
 
     Returns dict(position_um, angles_deg, affine, score, inside, outline_um, evals,
     neighbours (scores of the final plane's immediate neighbours), start_score).
@@ -592,8 +598,10 @@ def search_plane(
                 if r[0] > cur[0] + 0.01:
                     cur_q, cur_a, cur = q, a, r
                     moved = True
-    # the final plane's neighbours at the finest step: how sharp is the optimum?
     dp, da = steps[-1]
+    if quadratic_finish:
+        cur_q, cur_a, cur = _quadratic_step(evaluate, valid, cur_q, cur_a, cur, dp, da)
+    # the final plane's neighbours at the finest step: how sharp is the optimum?
     neigh = []
     for dim in range(3 if neighbours else 0):
         for sgn in (1.0, -1.0):
@@ -611,6 +619,50 @@ def search_plane(
         "evals": len(cache) + n_coarse, "coarse_evals": n_coarse, "pivot_um": (float(px_), float(py_)),
         "neighbours": neigh, "start_score": float(start_score),
     }
+
+
+def _quadratic_step(evaluate, valid, cur_q, cur_a, cur, dp, da):
+    """One step from the plane ``(cur_q, cur_a)`` (score ``cur[0]``) to the vertex of
+    the parabola through it and its two neighbours (``dp`` um along depth, ``da`` deg
+    along each angle) on each axis where that parabola opens downwards; the vertex
+    offset is clipped to half a step. The step is taken only if its score is better;
+    else the single axis with the largest predicted gain is tried. Returns the new
+    (q, a, result)."""
+    f0 = cur[0]
+    offs, gains = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+    for dim, h in enumerate((dp, da, da)):
+        f = []
+        for sgn in (1.0, -1.0):
+            q, a = cur_q, list(cur_a)
+            if dim == 0:
+                q += sgn * h
+            else:
+                a[dim - 1] += sgn * h
+            a = tuple(a)
+            f.append(evaluate(q, a, cur[1])[0] if valid(q, a) else None)
+        fp, fm = f
+        if fp is None or fm is None:
+            continue
+        curv = fp + fm - 2.0 * f0  # < 0: opens downwards
+        if curv >= -1e-9:
+            continue
+        t = float(np.clip(0.5 * (fm - fp) / curv, -0.5, 0.5))  # vertex, in steps
+        offs[dim] = t * h
+        gains[dim] = -0.5 * curv * t * t  # predicted gain (score units)
+    tries = []
+    if sum(1 for g in gains if g > 0) > 1:
+        tries.append(offs)
+    if max(gains) > 0:
+        k = int(np.argmax(gains))
+        tries.append([offs[i] if i == k else 0.0 for i in range(3)])
+    for o in tries:
+        q, a = cur_q + o[0], (cur_a[0] + o[1], cur_a[1] + o[2])
+        if not valid(q, a):
+            continue
+        r = evaluate(q, a, cur[1])
+        if r[0] > f0:
+            return q, a, r
+    return cur_q, cur_a, cur
 
 
 def label_chamfer_starts(cells: np.ndarray, cell_div: np.ndarray, lt: LabelTemplate, tmpl, fs,

@@ -45,6 +45,8 @@ def refine_plane(
     angle_step_deg: float = 0.5,
     max_cells: int = 3000,
     seed: int = 0,
+    coarse_factor: int = 1,
+    coarse_top: int = 3,
 ) -> dict:
     """Best cutting plane near ``position_um`` from the cells' region labels.
 
@@ -55,6 +57,10 @@ def refine_plane(
         :func:`.metrics.label_division_index`.
     centre_um : (cx, cy) the slice centre the angles turn about (``AtlasSlice.centre_um``).
     search_um, max_angle_deg : half-widths of the search.
+    coarse_factor : > 1: the angle pairs are first scored on a grid ``coarse_factor``
+        times coarser than ``angle_step_deg``; only the neighbourhoods (within one
+        coarse step) of the ``coarse_top`` best coarse pairs are then scored at the full
+        step (about ``coarse_factor**2`` times fewer pairs than the full grid).
 
     Returns dict(position_um, angles_deg (a_x, a_y), agreement, agreement_start).
     """
@@ -83,11 +89,14 @@ def refine_plane(
     dps = np.arange(-search_um, search_um + 1e-9, step)
     angs = np.arange(-max_angle_deg, max_angle_deg + 1e-9, angle_step_deg)
     tx = np.tan(np.deg2rad(angs))
-    best = (-np.inf, 0.0, 0.0, 0.0)
     rows = np.arange(len(x))[None, :]
-    start = None
-    for ia, ax in enumerate(angs):
-        for ib, ay in enumerate(angs):
+    centre0 = int(np.argmin(np.abs(angs)))
+    scored: dict = {}
+
+    def pair(ia, ib):
+        # best position of the angle pair (ia, ib): (total with prior, position, score)
+        if (ia, ib) not in scored:
+            ax, ay = angs[ia], angs[ib]
             off = tx[ia] * (x - cx) + tx[ib] * (y - cy)  # (cells,)
             k = np.rint((dps[:, None] + off[None, :] - lo_d) / res).astype(np.int64)
             np.clip(k, 0, n_d - 1, out=k)
@@ -96,10 +105,30 @@ def refine_plane(
             prior = 0.002 * (np.abs(dps) / max(search_um, 1e-9) + (abs(ax) + abs(ay)) / max(max_angle_deg, 1e-9))
             tot = sc - prior
             j = int(np.argmax(tot))
-            if tot[j] > best[0]:
-                best = (float(tot[j]), float(dps[j]), float(ax), float(ay), float(sc[j]))
-            if abs(ax) < 1e-9 and abs(ay) < 1e-9:
-                start = float(sc[np.argmin(np.abs(dps))])
+            scored[(ia, ib)] = (float(tot[j]), float(dps[j]), float(sc[j]),
+                                float(sc[np.argmin(np.abs(dps))]))
+        return scored[(ia, ib)]
+
+    n_a = len(angs)
+    f = max(1, int(coarse_factor))
+    if f > 1:
+        # coarse grid (through the zero angle), then the full step around the best
+        grid = np.unique(np.concatenate([np.arange(centre0, -1, -f), np.arange(centre0, n_a, f)]))
+        for ia in grid:
+            for ib in grid:
+                pair(int(ia), int(ib))
+        top = sorted(scored, key=lambda kk: -scored[kk][0])[: max(1, coarse_top)]
+        for ia0, ib0 in top:
+            for ia in range(max(ia0 - f + 1, 0), min(ia0 + f, n_a)):
+                for ib in range(max(ib0 - f + 1, 0), min(ib0 + f, n_a)):
+                    pair(ia, ib)
+    else:
+        for ia in range(n_a):
+            for ib in range(n_a):
+                pair(ia, ib)
+    kb = max(scored, key=lambda kk: scored[kk][0])
+    best = (scored[kb][0], scored[kb][1], float(angs[kb[0]]), float(angs[kb[1]]), scored[kb][2])
+    start = pair(centre0, centre0)[3]
     return {
         "position_um": float(position_um + best[1]),
         "angles_deg": (best[2], best[3]),

@@ -1,0 +1,95 @@
+"""The two cheaper steps of the joint plane search: the quadratic finish (one step to
+the vertex of the parabolas through the final plane and its neighbours) and the
+coarse-to-fine angle grid of the label-agreement plane proposals (real Allen CCFv3,
+50 um)."""
+
+import numpy as np
+import pytest
+
+from napari_brainatlas.atlas import Atlas
+from napari_brainatlas.register import api
+from napari_brainatlas.register.labelfit import _quadratic_step
+from napari_brainatlas.register.metrics import label_division_index
+from napari_brainatlas.register.position import refine_plane
+from napari_brainatlas.register.slices import atlas_slice
+from napari_brainatlas.register.synthetic import sample_section
+
+from ._data import CCF50, ONTO_CSV, shared
+
+
+@pytest.fixture(scope="module")
+def ccf50():
+    return Atlas.load(shared(CCF50), ontology=shared(ONTO_CSV))
+
+
+def _evaluator(f):
+    """An ``evaluate(q, a, A_init)`` of the search over an analytic score ``f``,
+    counting its calls."""
+    calls = []
+
+    def evaluate(q, a, A_init, refit=False):
+        calls.append((q, a))
+        return (f(q, a), A_init, {})
+
+    return evaluate, calls
+
+
+def test_quadratic_step_lands_on_the_vertex_of_a_concave_score():
+    # a concave quadratic with its maximum at (q, a0, a1) = (8 um, 0.2 deg, -0.3 deg)
+    def f(q, a):
+        return -((q - 8.0) / 25.0) ** 2 - ((a[0] - 0.2) / 0.75) ** 2 - 2 * ((a[1] + 0.3) / 0.75) ** 2
+
+    evaluate, calls = _evaluator(f)
+    cur = evaluate(0.0, (0.0, 0.0), np.eye(3))
+    q, a, r = _quadratic_step(evaluate, lambda q, a: True, 0.0, (0.0, 0.0), cur, 25.0, 0.75)
+    # on a quadratic the vertex is exact
+    assert q == pytest.approx(8.0) and a[0] == pytest.approx(0.2) and a[1] == pytest.approx(-0.3)
+    assert r[0] == pytest.approx(0.0) and r[0] > cur[0]
+    # six neighbours and the vertex: seven new planes, not a further level of polls
+    assert len(calls) == 1 + 6 + 1
+
+
+def test_quadratic_step_clips_to_half_a_step_and_keeps_a_better_plane():
+    # the maximum lies two steps away along depth: the step is clipped to half a step
+    evaluate, _ = _evaluator(lambda q, a: -((q - 50.0) / 25.0) ** 2 - a[0] ** 2 - a[1] ** 2)
+    cur = evaluate(0.0, (0.0, 0.0), np.eye(3))
+    q, a, r = _quadratic_step(evaluate, lambda q, a: True, 0.0, (0.0, 0.0), cur, 25.0, 0.75)
+    assert q == pytest.approx(12.5) and a == (0.0, 0.0) and r[0] > cur[0]
+    # no axis opens downwards (a saddle / minimum): the plane is kept
+    evaluate, _ = _evaluator(lambda q, a: q**2 + a[0] ** 2 + a[1] ** 2)
+    cur = evaluate(0.0, (0.0, 0.0), np.eye(3))
+    q, a, r = _quadratic_step(evaluate, lambda q, a: True, 0.0, (0.0, 0.0), cur, 25.0, 0.75)
+    assert (q, a) == (0.0, (0.0, 0.0)) and r is cur
+    # neighbours outside the search box are not evaluated, and that axis stays
+    evaluate, calls = _evaluator(lambda q, a: -((q - 8.0) / 25.0) ** 2 - (a[0] - 0.2) ** 2 - a[1] ** 2)
+    cur = evaluate(0.0, (0.0, 0.0), np.eye(3))
+    q, a, _ = _quadratic_step(evaluate, lambda q, a: q <= 0.0, 0.0, (0.0, 0.0), cur, 25.0, 0.75)
+    assert all(c[0] <= 0.0 for c in calls)
+    assert q == 0.0 and a[0] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("plane,pos,hemi,angles", [
+    ("coronal", 7000.0, "both", (2.2, -1.4)),
+    ("coronal", 8500.0, "left", (-3.1, 0.6)),
+    ("sagittal", 3500.0, "both", (1.0, 2.5)),
+])
+def test_coarse_angle_grid_proposes_the_same_plane_as_the_full_grid(ccf50, plane, pos, hemi, angles):
+    a = sample_section(ccf50, plane, pos, hemi, n_cells=8000, angles_deg=angles, rotation_deg=25.0, seed=3)
+    cell_div = label_division_index(ccf50, np.asarray(a.obs["region"]))  # true major divisions
+    xy = a.obsm["slice_xy_true"]  # cells at their in-plane position in the tilted slice
+    given = pos + 100.0
+    sl = atlas_slice(ccf50, plane, given, hemi)
+    full = refine_plane(ccf50, plane, given, xy, cell_div, sl.centre_um, search_um=150.0, max_cells=1500)
+    coarse = refine_plane(ccf50, plane, given, xy, cell_div, sl.centre_um, search_um=150.0, max_cells=1500,
+                          coarse_factor=2)
+    assert coarse["position_um"] == full["position_um"]
+    assert coarse["angles_deg"] == full["angles_deg"]
+    assert coarse["agreement_start"] == full["agreement_start"]
+    # and it is the true plane, to the grid's step
+    assert abs(coarse["position_um"] - pos) <= 75.0
+    assert np.abs(np.subtract(coarse["angles_deg"], angles)).max() <= 1.0
+
+
+def test_defaults_of_the_search_are_the_measured_ones():
+    # the benchmark (benchmarks/registration/RESULTS_registration.md) chose these
+    assert api.PROPOSE_COARSE >= 1 and isinstance(api.SEARCH_QUAD_FINISH, bool)
