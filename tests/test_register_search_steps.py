@@ -90,6 +90,21 @@ def test_coarse_angle_grid_proposes_the_same_plane_as_the_full_grid(ccf50, plane
     assert np.abs(np.subtract(coarse["angles_deg"], angles)).max() <= 1.0
 
 
-def test_defaults_of_the_search_are_the_measured_ones():
-    # the benchmark (benchmarks/registration/RESULTS_registration.md) chose these
-    assert api.PROPOSE_COARSE >= 1 and isinstance(api.SEARCH_QUAD_FINISH, bool)
+def test_search_with_the_quadratic_finish_finds_a_tilted_offset_plane(ccf50, monkeypatch):
+    """The default search (one level of steps, then the quadratic finish) finds a
+    tilted plane given 120 um off, and the finish never lowers the plane score."""
+    from napari_brainatlas.register import register_section
+
+    a = sample_section(ccf50, "coronal", 7000.0, "both", n_cells=20000, angles_deg=(2.5, -1.5),
+                       rotation_deg=-52.0, scale=0.8, warp_um=40.0, seed=5)
+    tr = a.uns["demo_truth"]
+    assert api.SEARCH_QUAD_FINISH and len(api.SEARCH_STEPS) == 1
+    res = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
+    assert abs(res.position_um - 7000.0) <= 30.0
+    assert abs(res.angles_deg[0] - 2.5) <= 1.0 and abs(res.angles_deg[1] + 1.5) <= 1.0
+    err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
+    assert np.median(err) < 60.0
+    monkeypatch.setattr(api, "SEARCH_QUAD_FINISH", False)
+    off = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
+    assert res.metrics["plane_score"] >= off.metrics["plane_score"] - 1e-9
+    assert res.metrics["plane_evals"] >= off.metrics["plane_evals"]

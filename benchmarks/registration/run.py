@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from napari_brainatlas.atlas import Atlas
 from napari_brainatlas.register import register_section, sample_section
+from napari_brainatlas.register import slices as _slices
 from napari_brainatlas.register.affine import apply_affine
 from napari_brainatlas.register.boundary import section_outline
 from napari_brainatlas.register.metrics import division_index
@@ -128,9 +129,17 @@ def score(ccf_pred: np.ndarray, adata, atlas) -> dict:
 
 
 # ---------------------------------------------------------------------- ours
+def cold_start():
+    """Empty the atlas-slice cache (and the label templates it holds), so that no
+    method (or variant in compare_settings.py) is timed on slices another one cut for
+    the same section."""
+    _slices._CACHE.clear()
+
+
 def run_ours(adata, atlas, case, hard: bool, nonlinear: bool = False, area: bool = False) -> dict:
     """Our registration of one section; ``hard``: with the joint plane search
     (``refine_position=True``), else at the given plane."""
+    cold_start()
     tr = adata.uns["demo_truth"]
     t = time.perf_counter()
     res = register_section(
@@ -209,6 +218,7 @@ def _sitk_affine(sl, xy, outline, tr) -> dict:
 def run_sitk(adata, atlas, case, bspline: bool) -> dict:
     """SimpleITK: section density mask (fixed) -> template mask (moving), so the
     transform maps section um to atlas um directly; at the given plane, no angle."""
+    cold_start()
     import SimpleITK as sitk
 
     tr = adata.uns["demo_truth"]
@@ -262,6 +272,7 @@ def run_sitk_grid(adata, atlas, case) -> dict:
     """SimpleITK affine (as ``run_sitk``) on each plane of a grid around the given one
     (position given + GRID_OFFSETS_UM, angles (a_x, a_y) in GRID_ANGLES_DEG each);
     keeps the plane with the lowest final mean squares. Time: the whole grid."""
+    cold_start()
     tr = adata.uns["demo_truth"]
     xy = adata.obsm["spatial"]
     t0 = time.perf_counter()

@@ -420,19 +420,21 @@ SEARCH_TOL_UM = 1.0
 SEARCH_ITERS = 15
 #: outline ICP iterations of the refit that starts a new depth in the search
 REFIT_ITERS = 8
-#: (depth um, angle deg) steps of the pattern search, coarse to fine. A first level of
-#: (50 um, 1.5 deg) was dropped: the starts (given plane, +-half the search range, the
-#: label proposal) already cover the coarse scale; without it the search was 23-31 %
-#: faster on three draws of 40 hard benchmark sections at about the same accuracy
-#: (within target 39/33/35 -> 38/33/35 of 40; median 21.3/28.2/25.5 -> 20.3/27.7/23.9 um;
-#: benchmarks/registration/RESULTS_registration.md)
-SEARCH_STEPS = ((25.0, 0.75), (12.5, 0.4))
-#: after the last level of steps, one step to the vertex of the parabolas through the
-#: final plane and its neighbours (see :func:`.labelfit.search_plane`). Together with
-#: ``PROPOSE_COARSE = 2``, same process on three draws of 40 hard benchmark sections
-#: (seeds 0 / 1 / 2): median 20.4 / 27.7 / 23.9 -> 18.9 / 26.7 / 22.3 um, p95 36.5 /
-#: 55.7 / 47.9 -> 35.0 / 54.5 / 46.5 um, within target 106 -> 107 of 120, median time
-#: 3.98 / 4.29 / 3.97 -> 3.08 / 3.54 / 3.20 s (benchmarks/registration/RESULTS_registration.md)
+#: (depth um, angle deg) steps of the pattern search, coarse to fine, and after the
+#: last level one step to the vertex of the parabolas through the final plane and its
+#: six neighbours (``SEARCH_QUAD_FINISH``, :func:`.labelfit.search_plane`). A first
+#: level of (50 um, 1.5 deg) was dropped earlier: the starts (given plane, +-half the
+#: search range, the label proposal) already cover that scale (23-31 % faster on three
+#: draws of 40 hard benchmark sections at about the same accuracy). The (12.5 um,
+#: 0.4 deg) level that followed is replaced by the quadratic finish: with it and
+#: ``PROPOSE_COARSE = 2``, same process, atlas-slice cache emptied before each run, the
+#: 40 hard benchmark sections took 3.76 -> 2.94 s median (per-section ratio 0.77) and
+#: 31.8 -> 23.8 candidate planes; accuracy on three draws of 40 (seeds 0 / 1 / 2):
+#: within target 38 / 33 / 35 -> 38 / 33 / 35, median 20.4 / 27.7 / 23.9 -> 19.9 / 26.7 /
+#: 25.4 um, p95 36.5 / 55.7 / 47.9 -> 38.0 / 56.0 / 55.5 um. Keeping the fine level as
+#: well (with the finish) was more accurate (107 of 120 within; median 18.9 / 26.7 /
+#: 22.3 um) but only 5 % faster than before (benchmarks/registration/RESULTS_registration.md)
+SEARCH_STEPS = ((25.0, 0.75),)
 SEARCH_QUAD_FINISH = True
 #: the outline refit is tried only for depth steps of at least this (um): a finer step
 #: barely changes the slice's outline, the warm start suffices there (with the steps
