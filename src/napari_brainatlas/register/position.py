@@ -94,7 +94,8 @@ def refine_plane(
     scored: dict = {}
 
     def pair(ia, ib):
-        # best position of the angle pair (ia, ib): (total with prior, position, score)
+        # the angle pair (ia, ib): (best total with prior, its position offset, its score,
+        # the score at the given position)
         if (ia, ib) not in scored:
             ax, ay = angs[ia], angs[ib]
             off = tx[ia] * (x - cx) + tx[ib] * (y - cy)  # (cells,)
