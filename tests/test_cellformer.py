@@ -77,7 +77,7 @@ def test_training_separates_synthetic_cell_types():
     rate = np.where((np.arange(20) < 10)[None, :] == (y[:, None] == 0), 8.0, 3.0)
     a = ad.AnnData(X=rng.poisson(rate).astype(np.float32),
                    var=pd.DataFrame(index=[f"g{i}" for i in range(20)]))
-    kw = dict(seed=0, d_model=16, n_heads=2, dim_feedforward=32, n_layers=1)
+    kw = {"seed": 0, "d_model": 16, "n_heads": 2, "dim_feedforward": 32, "n_layers": 1}
     before = silhouette_score(CellFormer(a, **kw).get_latent_representation(write=False), y)
     m = CellFormer(a, **kw)
     m.train(epochs=3)
