@@ -149,10 +149,10 @@ def _write_donor(folder, annot, expr, pa):
     rows = []
     for sid, well, x, y, z in annot:
         o = ONTOLOGY.set_index("id").loc[sid]
-        rows.append(dict(structure_id=sid, slab_num=1, well_id=well, slab_type="CX",
-                         structure_acronym=o["acronym"], structure_name=o["name"],
-                         polygon_id=well, mri_voxel_x=0, mri_voxel_y=0, mri_voxel_z=0,
-                         mni_x=x, mni_y=y, mni_z=z))
+        rows.append({"structure_id": sid, "slab_num": 1, "well_id": well, "slab_type": "CX",
+                         "structure_acronym": o["acronym"], "structure_name": o["name"],
+                         "polygon_id": well, "mri_voxel_x": 0, "mri_voxel_y": 0, "mri_voxel_z": 0,
+                         "mni_x": x, "mni_y": y, "mni_z": z})
     pd.DataFrame(rows).to_csv(folder / "SampleAnnot.csv", index=False)
     n = len(annot)
     mic = pd.DataFrame({pid: expr[pid] for pid in PROBES["probe_id"]}).T
@@ -182,10 +182,10 @@ def make_ahba_fixture(root):
     with gzip.open(root / "reannotated.csv.gz", "wt") as fh:
         REANNOT.to_csv(fh, index=False)
     CORRECTED.to_csv(root / "corrected.csv", index=False)
-    return dict(donors=donors, donor_a=donors / "normalized_microarray_donorA",
-                donor_b=donors / "normalized_microarray_donorB",
-                atlas=root / "atlas.nii.gz", atlas_info=root / "atlas.csv",
-                reannotated=root / "reannotated.csv.gz", corrected=root / "corrected.csv")
+    return {"donors": donors, "donor_a": donors / "normalized_microarray_donorA",
+                "donor_b": donors / "normalized_microarray_donorB",
+                "atlas": root / "atlas.nii.gz", "atlas_info": root / "atlas.csv",
+                "reannotated": root / "reannotated.csv.gz", "corrected": root / "corrected.csv"}
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +328,7 @@ def test_pipeline_values_by_hand(result):
 def test_single_donor_falls_back(fx):
     res = process_ahba([fx["donor_a"]], fx["atlas"], fx["reannotated"],
                        atlas_info=fx["atlas_info"])
-    sel = [r for r in res.report if r["step"] == "probe_selection"][0]
+    sel = next(r for r in res.report if r["step"] == "probe_selection")
     assert sel["method"] == "max_variance"
     # sums of squared deviations over s0 s1 s2 s3 s5 s6: probe 101 6.37 > probe 102 5.83
     assert res.probes.loc["GA", "probe_id"] == 101

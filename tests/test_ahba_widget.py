@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from .test_ahba import make_ahba_fixture  # noqa: E402
+from .test_ahba import make_ahba_fixture
 
 pytestmark = pytest.mark.gui
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["categorical_colors", "continuous_colors", "PALETTE", "colormap_lut"]
+__all__ = ["PALETTE", "categorical_colors", "colormap_lut", "continuous_colors"]
 
 # 20 distinct colours (tab20-like ordering, dark first) then golden-angle hues
 PALETTE = np.array([

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-__all__ = ["run_demo_pipeline", "display_available", "qc_figure"]
+__all__ = ["display_available", "qc_figure", "run_demo_pipeline"]
 
 
 def display_available() -> bool:

@@ -5,11 +5,11 @@ from .demo_atlas import DEMO_MAJOR_DIVISIONS, make_demo_atlas
 from .ontology import Ontology
 
 __all__ = [
+    "DEMO_MAJOR_DIVISIONS",
+    "HEMISPHERES",
+    "PLANES",
     "Atlas",
     "AtlasSlice",
     "Ontology",
-    "PLANES",
-    "HEMISPHERES",
     "make_demo_atlas",
-    "DEMO_MAJOR_DIVISIONS",
 ]

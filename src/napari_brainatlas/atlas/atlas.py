@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from .._errors import BrainAtlasInputError
 from .ontology import Ontology
 
-__all__ = ["Atlas", "AtlasSlice", "PLANES", "HEMISPHERES"]
+__all__ = ["HEMISPHERES", "PLANES", "Atlas", "AtlasSlice"]
 
 PLANES = ("coronal", "sagittal")
 HEMISPHERES = ("both", "left", "right")
@@ -223,7 +223,7 @@ class Atlas:
         midline_x = self.midline_ml_um if plane == "coronal" else None
         if plane == "coronal" and hemisphere != "both":
             labels = labels.copy()
-            mid_col = int(round(self.midline_ml_um / res))
+            mid_col = int(np.rint(self.midline_ml_um / res))
             if hemisphere == "left":
                 labels[:, mid_col:] = 0
             else:
@@ -242,7 +242,7 @@ class Atlas:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, spec: str | Path, ontology: str | Path | None = None) -> "Atlas":
+    def load(cls, spec: str | Path, ontology: str | Path | None = None) -> Atlas:
         """Open an atlas by spec: ``"demo"``, a path to an Allen ``.nrrd`` annotation (with
         ``ontology`` a .csv structure tree or .json structure graph), or a BrainGlobe name
         such as ``allen_mouse_25um``."""
@@ -259,7 +259,7 @@ class Atlas:
         return cls.from_brainglobe(spec_s)
 
     @classmethod
-    def from_nrrd(cls, path: str | Path, ontology: str | Path | None) -> "Atlas":
+    def from_nrrd(cls, path: str | Path, ontology: str | Path | None) -> Atlas:
         path = Path(path)
         if not path.exists():
             raise BrainAtlasInputError(f"atlas file not found: {path}")
@@ -270,7 +270,7 @@ class Atlas:
         return cls(vol, res, onto, name=path.stem, version=_file_version(path), source=str(path))
 
     @classmethod
-    def from_brainglobe(cls, name: str) -> "Atlas":
+    def from_brainglobe(cls, name: str) -> Atlas:
         try:
             from brainglobe_atlasapi import BrainGlobeAtlas
         except ImportError:
@@ -298,13 +298,13 @@ class Atlas:
             ) from None
         res = float(np.mean(bg.resolution))
         rows = [
-            dict(
-                id=s["id"],
-                acronym=s["acronym"],
-                name=s["name"],
-                parent=s["structure_id_path"][-2] if len(s["structure_id_path"]) > 1 else -1,
-                color="%02X%02X%02X" % tuple(int(v) for v in s["rgb_triplet"]),
-            )
+            {
+                "id": s["id"],
+                "acronym": s["acronym"],
+                "name": s["name"],
+                "parent": s["structure_id_path"][-2] if len(s["structure_id_path"]) > 1 else -1,
+                "color": "{:02X}{:02X}{:02X}".format(*tuple(int(v) for v in s["rgb_triplet"])),
+            }
             for s in bg.structures.values()
         ]
         import pandas as pd
@@ -339,7 +339,7 @@ def _read_nrrd_cached(path: str, mtime: float) -> tuple[np.ndarray, float]:
 
     try:
         vol, header = nrrd.read(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read atlas volume {path}: {exc}") from exc
     if vol.ndim != 3:
         raise BrainAtlasInputError(f"atlas volume {path} is not 3D")

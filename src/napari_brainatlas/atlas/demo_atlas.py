@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 from .atlas import Atlas
 from .ontology import Ontology
 
-__all__ = ["make_demo_atlas", "demo_ontology", "DEMO_MAJOR_DIVISIONS"]
+__all__ = ["DEMO_MAJOR_DIVISIONS", "demo_ontology", "make_demo_atlas"]
 
 # (id, acronym, name, parent, colour)
 _STRUCTURES = [
@@ -69,7 +69,7 @@ def _ellipsoid(a, d, m, centre, radii):
 @lru_cache(maxsize=2)
 def _demo_volume(resolution_um: float) -> np.ndarray:
     res_mm = resolution_um / 1000.0
-    n_ap, n_dv, n_ml = (int(round(s / res_mm)) for s in (8.0, 5.5, 8.0))
+    n_ap, n_dv, n_ml = (int(np.rint(s / res_mm)) for s in (8.0, 5.5, 8.0))
     a, d, m = np.meshgrid(
         (np.arange(n_ap) + 0.5) * res_mm,
         (np.arange(n_dv) + 0.5) * res_mm,

@@ -69,7 +69,7 @@ class Ontology:
 
     # ------------------------------------------------------------------ readers
     @classmethod
-    def from_file(cls, path: str | Path) -> "Ontology":
+    def from_file(cls, path: str | Path) -> Ontology:
         """Read an Allen structure tree (.csv) or structure graph / BrainGlobe list (.json)."""
         path = Path(path)
         if not path.exists():
@@ -81,10 +81,10 @@ class Ontology:
         raise BrainAtlasInputError(f"unknown ontology format {path.suffix!r} (use .csv or .json)")
 
     @classmethod
-    def from_allen_csv(cls, path: str | Path) -> "Ontology":
+    def from_allen_csv(cls, path: str | Path) -> Ontology:
         try:
             df = pd.read_csv(path)
-        except Exception as exc:  # noqa: BLE001 - report as user error
+        except Exception as exc:
             raise BrainAtlasInputError(f"cannot read ontology {path}: {exc}") from exc
         if "parent_structure_id" not in df.columns and "structure_id_path" in df.columns:
             df["parent_structure_id"] = df["structure_id_path"].map(
@@ -97,10 +97,10 @@ class Ontology:
         return cls(df)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "Ontology":
+    def from_json(cls, path: str | Path) -> Ontology:
         try:
             data = json.loads(Path(path).read_text())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BrainAtlasInputError(f"cannot read ontology {path}: {exc}") from exc
         rows: list[dict] = []
         if isinstance(data, dict) and "msg" in data:  # Allen API structure graph
@@ -108,13 +108,13 @@ class Ontology:
             while stack:
                 node, parent = stack.pop()
                 rows.append(
-                    dict(
-                        id=node["id"],
-                        acronym=node["acronym"],
-                        name=node["name"],
-                        parent=node.get("parent_structure_id") or parent,
-                        color=node.get("color_hex_triplet", "C8C8C8"),
-                    )
+                    {
+                        "id": node["id"],
+                        "acronym": node["acronym"],
+                        "name": node["name"],
+                        "parent": node.get("parent_structure_id") or parent,
+                        "color": node.get("color_hex_triplet", "C8C8C8"),
+                    }
                 )
                 stack.extend((c, node["id"]) for c in node.get("children", []))
         elif isinstance(data, list):  # BrainGlobe structures.json
@@ -122,13 +122,13 @@ class Ontology:
                 path_ = node.get("structure_id_path") or [node["id"]]
                 rgb = node.get("rgb_triplet", [200, 200, 200])
                 rows.append(
-                    dict(
-                        id=node["id"],
-                        acronym=node["acronym"],
-                        name=node["name"],
-                        parent=path_[-2] if len(path_) > 1 else -1,
-                        color="%02X%02X%02X" % tuple(int(v) for v in rgb),
-                    )
+                    {
+                        "id": node["id"],
+                        "acronym": node["acronym"],
+                        "name": node["name"],
+                        "parent": path_[-2] if len(path_) > 1 else -1,
+                        "color": "{:02X}{:02X}{:02X}".format(*tuple(int(v) for v in rgb)),
+                    }
                 )
         else:
             raise BrainAtlasInputError(f"unrecognised ontology json in {path}")

@@ -52,7 +52,9 @@ N_SPECIAL = 2
 
 # ----------------------------------------------------------------------- tokens
 def _counts(adata: AnnData):
-    X = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    X = adata.layers.get("counts")
+    if X is None:  # (adata.X only read when there is no counts layer)
+        X = adata.X
     if X is None:
         raise BrainAtlasInputError("a section has no expression matrix")
     return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else \
@@ -313,13 +315,13 @@ class CellFormer:
             raise BrainAtlasInputError("mask_fraction must be between 0 and 1")
         self.genes = genes
         self.vocab = {g: i + N_SPECIAL for i, g in enumerate(genes)}
-        self.config = dict(max_genes=int(max_genes), n_bins=int(n_bins), d_model=int(d_model),
-                           n_layers=int(n_layers), n_heads=int(n_heads),
-                           dim_feedforward=int(dim_feedforward), dropout=float(dropout),
-                           mask_fraction=float(mask_fraction), batch_size=int(batch_size),
-                           lr=float(lr), weight_decay=float(weight_decay),
-                           binning=str(binning), pooling=str(pooling), loss=str(loss),
-                           cell_loss=float(cell_loss), seed=int(seed))
+        self.config = {"max_genes": int(max_genes), "n_bins": int(n_bins), "d_model": int(d_model),
+                           "n_layers": int(n_layers), "n_heads": int(n_heads),
+                           "dim_feedforward": int(dim_feedforward), "dropout": float(dropout),
+                           "mask_fraction": float(mask_fraction), "batch_size": int(batch_size),
+                           "lr": float(lr), "weight_decay": float(weight_decay),
+                           "binning": str(binning), "pooling": str(pooling), "loss": str(loss),
+                           "cell_loss": float(cell_loss), "seed": int(seed)}
         self.device = resolve_device(device)
         torch.manual_seed(seed)
         self.module = CellFormerModule(len(genes), n_bins, d_model, n_layers, n_heads,
@@ -395,7 +397,7 @@ class CellFormer:
         for ep in range(int(epochs)):
             self.module.train()
             order = rng.permutation(n)
-            sums = dict(loss=0.0, mlm=0.0, cell=0.0, correct=0.0, masked=0.0, batches=0)
+            sums = {"loss": 0.0, "mlm": 0.0, "cell": 0.0, "correct": 0.0, "masked": 0.0, "batches": 0}
             for s in range(steps_per_epoch):
                 if cancel is not None and cancel():
                     self.cancelled = True
@@ -460,9 +462,9 @@ class CellFormer:
                 sums["cell"] += float(cell.detach())
                 sums["batches"] += 1
             nb = max(sums["batches"], 1)
-            rec = dict(epoch=e0 + ep + 1, loss=sums["loss"] / nb, mlm=sums["mlm"] / nb,
-                       cell=sums["cell"] / nb,
-                       accuracy=sums["correct"] / max(sums["masked"], 1))
+            rec = {"epoch": e0 + ep + 1, "loss": sums["loss"] / nb, "mlm": sums["mlm"] / nb,
+                       "cell": sums["cell"] / nb,
+                       "accuracy": sums["correct"] / max(sums["masked"], 1)}
             if sums["batches"]:
                 self.history.append(rec)
             if progress is not None and sums["batches"]:
@@ -519,8 +521,8 @@ class CellFormer:
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         torch.save(state, path / "model.pt")
-        meta = dict(format="napari-brainatlas.cellformer", version=FORMAT_VERSION,
-                    config=self.config, history=self.history, is_trained=self.is_trained)
+        meta = {"format": "napari-brainatlas.cellformer", "version": FORMAT_VERSION,
+                    "config": self.config, "history": self.history, "is_trained": self.is_trained}
         (path / "config.json").write_text(json.dumps(meta, indent=1))
         (path / "genes.json").write_text(json.dumps(self.genes))
         return path

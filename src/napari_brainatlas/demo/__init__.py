@@ -3,4 +3,4 @@
 from .files import write_demo_data
 from .sections import CORE_GENES, DEFAULT_SECTIONS, make_demo_sections
 
-__all__ = ["make_demo_sections", "write_demo_data", "DEFAULT_SECTIONS", "CORE_GENES"]
+__all__ = ["CORE_GENES", "DEFAULT_SECTIONS", "make_demo_sections", "write_demo_data"]

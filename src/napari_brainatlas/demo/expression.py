@@ -82,7 +82,7 @@ COMPOSITION: dict[str, dict[str, float]] = {
 def gene_universe() -> list[str]:
     """Every gene of the demo (deterministic order)."""
     genes: list[str] = []
-    for _, (_, markers) in CELL_TYPES.items():
+    for (_, markers) in CELL_TYPES.values():
         genes += list(markers)
     for m in CLASS_MARKERS.values():
         genes += list(m)

@@ -10,7 +10,7 @@ from ..atlas import Atlas, make_demo_atlas
 from ..io.writers import atomic_write_text, write_h5ad
 from .sections import make_demo_sections
 
-__all__ = ["write_demo_data", "write_atlas_files"]
+__all__ = ["write_atlas_files", "write_demo_data"]
 
 
 def write_atlas_files(atlas: Atlas, folder: str | Path) -> dict[str, Path]:

@@ -27,7 +27,7 @@ from ..atlas.demo_atlas import DEMO_MAJOR_DIVISIONS
 from ..io.readers import normalise_section
 from .expression import CELL_TYPES, COMPOSITION, ExpressionModel, sample_counts
 
-__all__ = ["make_demo_sections", "DEFAULT_SECTIONS", "CORE_GENES"]
+__all__ = ["CORE_GENES", "DEFAULT_SECTIONS", "make_demo_sections"]
 
 #: (name, AP um, hemisphere, mirrored)
 DEFAULT_SECTIONS = (
@@ -159,12 +159,12 @@ def make_demo_sections(
         adata = AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index(panel)))
         adata.obsm["ccf_coords_true"] = ccf
         adata.uns["pixel_size_um"] = pixel_size
-        adata.uns["demo_truth"] = dict(
-            atlas=atlas.name, plane="coronal", position_um=float(ap), hemisphere=hemi,
-            rotation_deg=float(theta), scale=float(scale), mirrored=bool(mirrored),
-            pixel_size_um=pixel_size, affine=affine, midline=midline, capture=float(capture),
-            seed=int(seed),
-        )
+        adata.uns["demo_truth"] = {
+            "atlas": atlas.name, "plane": "coronal", "position_um": float(ap), "hemisphere": hemi,
+            "rotation_deg": float(theta), "scale": float(scale), "mirrored": bool(mirrored),
+            "pixel_size_um": pixel_size, "affine": affine, "midline": midline, "capture": float(capture),
+            "seed": int(seed),
+        }
         out.append(normalise_section(adata, source=f"demo(seed={seed})", section=name,
                                      fmt="demo", pixel_size_um=pixel_size))
     return out

@@ -32,16 +32,16 @@ from .._errors import BrainAtlasInputError
 
 __all__ = [
     "DONOR_FILES",
-    "Donor",
-    "read_donor",
-    "find_donor_dirs",
-    "donor_to_anndata",
-    "read_ahba_donor",
-    "read_reannotation",
-    "read_corrected_mni",
-    "update_mni_coords",
-    "sample_structure_info",
     "STRUCTURE_CLASSES",
+    "Donor",
+    "donor_to_anndata",
+    "find_donor_dirs",
+    "read_ahba_donor",
+    "read_corrected_mni",
+    "read_donor",
+    "read_reannotation",
+    "sample_structure_info",
+    "update_mni_coords",
 ]
 
 DONOR_FILES = ("MicroarrayExpression.csv", "PACall.csv", "Probes.csv", "SampleAnnot.csv",
@@ -132,7 +132,7 @@ def _read_matrix(path: Path, n_samples: int, dtype) -> pd.DataFrame:
     """A header-less probes x samples csv (first column probe ids)."""
     try:
         df = pd.read_csv(path, header=None, index_col=0)
-    except Exception as exc:  # noqa: BLE001 - pandas raises many types
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
     if df.shape[1] != n_samples:
         raise BrainAtlasInputError(
@@ -160,7 +160,7 @@ def _read_table(path: Path, need: tuple[str, ...]) -> pd.DataFrame:
                                    f"folder holds {', '.join(DONOR_FILES)})")
     try:
         df = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -258,7 +258,7 @@ def read_reannotation(path: str | Path) -> pd.DataFrame:
         raise BrainAtlasInputError(f"probe re-annotation table not found: {path}")
     try:
         df = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
     need = [c for c in ("probe_name", "gene_symbol", "entrez_id") if c not in df.columns]
     if need:
@@ -281,7 +281,7 @@ def read_corrected_mni(path: str | Path) -> pd.DataFrame:
         raise BrainAtlasInputError(f"corrected MNI coordinate table not found: {path}")
     try:
         df = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
     cols = {"corrected_mni_x": "mni_x", "corrected_mni_y": "mni_y", "corrected_mni_z": "mni_z"}
     df = df.rename(columns=cols)

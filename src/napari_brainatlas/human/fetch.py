@@ -13,13 +13,13 @@ import socket
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .._errors import BrainAtlasInputError
 from .ahba import DONOR_FILES
 
-__all__ = ["fetch_ahba", "AHBA_DONORS", "AHBA_URL", "resolve_donors"]
+__all__ = ["AHBA_DONORS", "AHBA_URL", "fetch_ahba", "resolve_donors"]
 
 #: download URL of a donor's zip (Allen Brain Map well-known file)
 AHBA_URL = "https://human.brain-map.org/api/v2/well_known_file_download/{file_id}"
@@ -98,8 +98,7 @@ def _download_donor(donor: str, folder: Path, url: str, timeout: float, progress
                 done += len(chunk)
                 if progress is not None:
                     progress(donor, done, total)
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-            OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         if zpath.exists():
             zpath.unlink()
         reason = getattr(exc, "reason", exc)

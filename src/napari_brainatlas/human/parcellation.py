@@ -8,16 +8,16 @@ parcels of their own hemisphere and structure class.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["Parcellation", "read_parcellation", "paint_parcellation", "parcellation_values"]
+__all__ = ["Parcellation", "paint_parcellation", "parcellation_values", "read_parcellation"]
 
 
 @dataclass
@@ -67,7 +67,7 @@ def read_parcellation(nifti: str | Path, info: str | Path | pd.DataFrame | None 
     try:
         img = nib.load(str(nifti))
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many types
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {nifti.name} as a NIfTI image") from exc
     data = np.squeeze(data)
     if data.ndim != 3:
@@ -98,7 +98,7 @@ def _read_info(info, present: np.ndarray, image_name: str) -> pd.DataFrame:
             raise BrainAtlasInputError(f"atlas label table not found: {p}")
         try:
             df = pd.read_csv(p)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BrainAtlasInputError(f"cannot read {p.name} as a csv table") from exc
     if "id" not in df.columns:
         raise BrainAtlasInputError("the atlas label table needs an 'id' column")

@@ -30,16 +30,16 @@ fraction)`` progress and returns the result (for GUI workers).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import stats
-from scipy.special import erfinv
 from scipy.spatial import cKDTree
+from scipy.special import erfinv
 
 from .._errors import BrainAtlasInputError
 from .ahba import (
@@ -54,17 +54,17 @@ from .ahba import (
 from .parcellation import Parcellation, read_parcellation
 
 __all__ = [
-    "AHBAResult",
-    "process_ahba",
-    "iter_process_ahba",
-    "srs",
-    "reannotate_probes",
-    "filter_probes",
-    "differential_stability",
-    "select_probes",
-    "match_samples",
-    "drop_mismatched_samples",
     "IQR_NORMAL",
+    "AHBAResult",
+    "differential_stability",
+    "drop_mismatched_samples",
+    "filter_probes",
+    "iter_process_ahba",
+    "match_samples",
+    "process_ahba",
+    "reannotate_probes",
+    "select_probes",
+    "srs",
 ]
 
 #: IQR of the standard normal distribution (scipy.stats.iqr(scale="normal"), as abagen)
@@ -465,7 +465,7 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
     empty = expression.index[expression.isna().all(axis=1)].to_numpy()
     _record(report, "aggregation", f"{len(all_labels) - len(empty)} of {len(all_labels)} "
             f"parcels have samples; {len(empty)} stay empty (NaN)",
-            kept=int(len(all_labels) - len(empty)), dropped=int(len(empty)),
+            kept=int(len(all_labels) - len(empty)), dropped=len(empty),
             empty_labels=[int(x) for x in empty])
     counts_df = pd.DataFrame(counts, index=pd.Index(all_labels, name="label"))
     samples = _samples_anndata(sample_tables, sample_obs, genes, parc)

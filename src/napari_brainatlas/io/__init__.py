@@ -15,17 +15,17 @@ from .validate import is_integer_matrix, validate_section
 from .writers import atomic_write_text, write_h5ad
 
 __all__ = [
-    "read_sections",
-    "read_h5ad",
-    "read_loom",
-    "read_csv_sections",
-    "find_coordinates",
-    "normalise_section",
-    "validate_section",
-    "is_integer_matrix",
-    "gene_values",
-    "write_h5ad",
-    "atomic_write_text",
     "SECTION_KEYS",
     "SUFFIXES",
+    "atomic_write_text",
+    "find_coordinates",
+    "gene_values",
+    "is_integer_matrix",
+    "normalise_section",
+    "read_csv_sections",
+    "read_h5ad",
+    "read_loom",
+    "read_sections",
+    "validate_section",
+    "write_h5ad",
 ]

@@ -26,14 +26,14 @@ from .._errors import BrainAtlasInputError
 from .validate import is_integer_matrix, validate_section
 
 __all__ = [
-    "read_sections",
-    "read_h5ad",
-    "read_loom",
-    "read_csv_sections",
-    "find_coordinates",
-    "normalise_section",
     "SECTION_KEYS",
     "SUFFIXES",
+    "find_coordinates",
+    "normalise_section",
+    "read_csv_sections",
+    "read_h5ad",
+    "read_loom",
+    "read_sections",
 ]
 
 #: obs columns that name the section of each cell in multi-section files
@@ -204,7 +204,7 @@ def read_h5ad(
     path = Path(path)
     try:
         adata = ad.read_h5ad(path, backed="r" if backed else None)
-    except Exception as exc:  # noqa: BLE001 - h5py raises many types
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
     fmt = "visium-h5ad" if _is_visium(adata) else "h5ad"
     if backed:
@@ -293,7 +293,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     sep = "\t" if path.name.lower().endswith((".tsv", ".txt")) else ","
     try:
         return pd.read_csv(path, sep=sep, index_col=0)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
 
 

@@ -8,7 +8,7 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["validate_section", "is_integer_matrix"]
+__all__ = ["is_integer_matrix", "validate_section"]
 
 
 def is_integer_matrix(X, sample: int = 200_000) -> bool:

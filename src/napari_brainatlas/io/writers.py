@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["write_h5ad", "atomic_write_text"]
+__all__ = ["atomic_write_text", "write_h5ad"]
 
 
 def _check_not_input(adata: AnnData | None, out: Path) -> None:

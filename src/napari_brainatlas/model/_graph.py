@@ -20,14 +20,14 @@ def delaunay_edges(coords: np.ndarray) -> sp.csr_matrix:
     n = len(xy)
     if n < 2:
         return sp.csr_matrix((n, n), dtype=np.float32)
-    try:
-        from scipy.spatial import Delaunay
+    from scipy.spatial import Delaunay, QhullError
 
+    try:
         tri = Delaunay(xy)
         s = tri.simplices
         i = np.concatenate([s[:, 0], s[:, 1], s[:, 2]])
         j = np.concatenate([s[:, 1], s[:, 2], s[:, 0]])
-    except Exception:  # degenerate geometry (collinear / too few points): kNN fallback
+    except (QhullError, ValueError):  # degenerate geometry (collinear / too few points): kNN fallback
         from scipy.spatial import cKDTree
 
         k = min(7, n)

@@ -152,7 +152,9 @@ def preprocess_section(
     genes, gcols = clean_gene_names(adata.var_names)
     if not genes:
         raise BrainAtlasInputError(f"section {name!r} has no gene names")
-    source = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    source = adata.layers.get("counts")
+    if source is None:  # (adata.X only read when there is no counts layer)
+        source = adata.X
     if source is None:
         raise BrainAtlasInputError(f"section {name!r} has no expression matrix")
     if getattr(adata, "isbacked", False) and not sp.issparse(source) and not isinstance(

@@ -116,7 +116,7 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
     s1t = torch.from_numpy(s1).to(device)
     zt_mu1 = torch.sparse.mm(A1t, mu) if sample else zt1
     zt_mu = zt_mu1.index_select(0, s1t)
-    out = dict(recon=recon, kl=kl, zc=mu_s, zt=zt_mu, seeds=seeds)
+    out = {"recon": recon, "kl": kl, "zc": mu_s, "zt": zt_mu, "seeds": seeds}
     if block:
         n1 = np.unique(sd.A[seeds].indices)
         tm = sd.train_mask

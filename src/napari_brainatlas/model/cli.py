@@ -50,7 +50,7 @@ class _Bar:
 
     def __call__(self, epoch: int, n_epochs: int, losses: dict) -> None:
         frac = min(epoch / max(n_epochs, 1), 1.0)
-        fill = int(round(frac * self.width))
+        fill = round(frac * self.width)  # frac: a Python float
         msg = (f"\rembed [{'#' * fill}{'.' * (self.width - fill)}] {epoch}/{n_epochs} "
                f"{losses.get('phase', '')} recon {losses.get('recon', float('nan')):.4f} "
                f"val {losses.get('val_loss', float('nan')):.4f} "

@@ -259,19 +259,19 @@ class FuseMap:
         sections = list(sections)
         if not sections:
             raise BrainAtlasInputError("give at least one section")
-        self.config = dict(
-            n_latent=int(n_latent), n_hidden=int(n_hidden), dropout=float(dropout),
-            disc_hidden=int(disc_hidden), batch_size=int(batch_size), lr=float(lr),
-            val_fraction=float(val_fraction), instance_noise=float(instance_noise),
-            adv_ratio=float(adv_ratio), softmax_ce=bool(softmax_ce),
-            adv_objective=str(adv_objective), patience=[int(patience[0]), int(patience[1])],
-            lr_patience=[int(lr_patience[0]), int(lr_patience[1])],
-            leiden_resolution=float(leiden_resolution),
-            max_val_cells=int(max_val_cells), adv_cells=str(adv_cells),
-            noise_schedule=str(noise_schedule), min_steps=int(min_steps),
-            sample_latent=bool(sample_latent), weight_average=float(weight_average),
-            recon_from=str(recon_from), seed=int(seed),
-        )
+        self.config = {
+            "n_latent": int(n_latent), "n_hidden": int(n_hidden), "dropout": float(dropout),
+            "disc_hidden": int(disc_hidden), "batch_size": int(batch_size), "lr": float(lr),
+            "val_fraction": float(val_fraction), "instance_noise": float(instance_noise),
+            "adv_ratio": float(adv_ratio), "softmax_ce": bool(softmax_ce),
+            "adv_objective": str(adv_objective), "patience": [int(patience[0]), int(patience[1])],
+            "lr_patience": [int(lr_patience[0]), int(lr_patience[1])],
+            "leiden_resolution": float(leiden_resolution),
+            "max_val_cells": int(max_val_cells), "adv_cells": str(adv_cells),
+            "noise_schedule": str(noise_schedule), "min_steps": int(min_steps),
+            "sample_latent": bool(sample_latent), "weight_average": float(weight_average),
+            "recon_from": str(recon_from), "seed": int(seed),
+        }
         _check_config(self.config)
         self.device = resolve_device(device)
         self.lambda_adv: float | None = None
@@ -300,7 +300,7 @@ class FuseMap:
         for code, p in enumerate(self.prepared):
             A = spatial_graph(p.coords)
             perm = rng.permutation(p.n_cells)
-            n_val = int(round(self.config["val_fraction"] * p.n_cells))
+            n_val = int(np.rint(self.config["val_fraction"] * p.n_cells))
             n_val = min(max(n_val, 1), p.n_cells - 2) if p.n_cells > 3 else 0
             val = np.sort(perm[:n_val])
             train = np.sort(perm[n_val:])
@@ -354,8 +354,8 @@ class FuseMap:
         outs = [forward_section(m, sd, s, dev, sample=smp, block=block, recon_from=rf)
                 for sd, s in zip(self.data, seeds_per_section)]
         ae = torch.stack([o["recon"] + o["kl"] for o in outs]).mean()
-        logs = dict(recon=float(torch.stack([o["recon"] for o in outs]).mean().detach()),
-                    kl=float(torch.stack([o["kl"] for o in outs]).mean().detach()))
+        logs = {"recon": float(torch.stack([o["recon"] for o in outs]).mean().detach()),
+                    "kl": float(torch.stack([o["kl"] for o in outs]).mean().detach())}
         adversarial = self.n_sections > 1
         if adversarial:
             kc, ic, kt, it = (("zc_all", "zc_idx", "zt_all", "zt_idx") if block
@@ -547,7 +547,7 @@ class FuseMap:
             a, b = infer_latent(self.module, sd.name, sd.X, sd.A, self.device)
             zc.append(a)
             zt.append(b)
-        kw = dict(resolution=self.config["leiden_resolution"], seed=self.config["seed"])
+        kw = {"resolution": self.config["leiden_resolution"], "seed": self.config["seed"]}
         wc = balance_weights(zc, **kw)
         wt = balance_weights(zt, **kw)
         for sd, a, b in zip(self.data, wc, wt):

@@ -7,6 +7,8 @@ cluster ``"NA"`` / UMAP coordinates NaN.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .._errors import BrainAtlasInputError
@@ -34,7 +36,7 @@ def joint_clusters(sections, key: str = "X_fusemap_cell", resolution: float = 1.
     Z, ok, bounds = _stack(sections, key)
     lab = np.full(len(Z), "NA", dtype=object)
     lab[ok] = leiden_labels(Z[ok], resolution=resolution, seed=seed).astype(str)
-    return [lab[a:b].astype(str) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [lab[a:b].astype(str) for a, b in itertools.pairwise(bounds)]
 
 
 def joint_umap(sections, key: str = "X_fusemap_cell", seed: int = 0,
@@ -56,4 +58,4 @@ def joint_umap(sections, key: str = "X_fusemap_cell", seed: int = 0,
     rest = np.setdiff1d(idx, fit)
     if len(rest):
         emb[rest] = reducer.transform(Z[rest])
-    return [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [emb[a:b] for a, b in itertools.pairwise(bounds)]

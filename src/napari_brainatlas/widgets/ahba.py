@@ -9,8 +9,6 @@ the atlas affine, so both line up).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtWidgets import (
@@ -227,7 +225,7 @@ class AHBAWidget(QWidget):
 
     def _on_progress(self, item) -> None:
         msg, frac = item
-        self.progress.setValue(int(round(100 * frac)))
+        self.progress.setValue(int(np.rint(100 * frac)))
         self.status.setText(str(msg))
 
     def _on_done(self, res) -> None:
@@ -274,7 +272,7 @@ class AHBAWidget(QWidget):
         res = self.result
         s = res.samples
         vals = np.asarray(s[:, gene].X).ravel()
-        colors, clim = continuous_colors(vals, clim=(0.0, 1.0))
+        colors, _clim = continuous_colors(vals, clim=(0.0, 1.0))
         xyz = np.asarray(s.obsm["spatial_mni"], float)
         feats = {"donor": s.obs["donor"].astype(str).to_numpy(),
                  "region": s.obs["region"].astype(str).to_numpy(), gene: vals}
