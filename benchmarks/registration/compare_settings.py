@@ -12,7 +12,8 @@ under the same load. A variant is ``NAME=VALUE[:NAME=VALUE...]`` setting constan
 
 (``all`` or comma-separated case indices; ``DUMP=file.json`` writes the rows;
 ``SET=exact`` runs the exact set instead, without the plane search; a variant
-``core.NAME=VALUE`` sets a constant of ``napari_brainatlas.register.core``.)
+``core.NAME=VALUE`` sets a constant of ``napari_brainatlas.register.core``,
+``labelfit.NAME=VALUE`` one of ``napari_brainatlas.register.labelfit``.)
 """
 import json
 import os
@@ -33,8 +34,11 @@ seed = int(os.environ.get("SEED", "0"))
 hard = os.environ.get("SET", "hard") == "hard"
 cases = B.make_cases(40, hard, seed, 200000)
 idx = [int(v) for v in sys.argv[1].split(",")] if sys.argv[1] != "all" else list(range(40))
-DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS", "SEARCH_QUAD_FINISH", "PROPOSE_COARSE")}
+DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS", "SEARCH_QUAD_FINISH", "PROPOSE_COARSE", "REVERSE_WEIGHT", "PLANE_OUTLINE_WEIGHT", "LABEL_START_AGREEMENT", "LABEL_STARTS_HEMI", "LABEL_START_STEPS", "START_SCORE_TRIM_Q")}
 CORE_DEFAULTS = {k: getattr(core, k) for k in ("CHAMFER_SCORE", "POOR_SCORE")}
+from napari_brainatlas.register import labelfit
+
+LF_DEFAULTS = {k: getattr(labelfit, k) for k in ("TRIM_Q", "REVERSE_TRIM_Q", "SCORE_TRIM_Q", "SPREAD_REVERSE_TRIM_Q")}
 variants = [dict(v.split("=") for v in spec.split(":") if v) for spec in sys.argv[2:]]
 res = {i: {} for i in range(len(variants))}
 for i in idx:
@@ -47,9 +51,17 @@ for i in idx:
             setattr(api, k, val)
         for k, val in CORE_DEFAULTS.items():
             setattr(core, k, val)
+        for k, val in LF_DEFAULTS.items():
+            setattr(labelfit, k, val)
         for k, val in v.items():
             if k.startswith("core."):
                 setattr(core, k[5:], type(getattr(core, k[5:]))(val))
+            elif k.startswith("labelfit."):
+                setattr(labelfit, k[9:], float(val))
+            elif k == "START_SCORE_TRIM_Q":
+                setattr(api, k, None if val == "None" else float(val))
+            elif k == "LABEL_START_STEPS":
+                setattr(api, k, tuple(float(x) for x in val.split(",")))
             elif k == "SEARCH_STEPS":
                 setattr(api, k, tuple(tuple(float(x) for x in st.split(",")) for st in val.split("/")))
             else:

@@ -316,7 +316,7 @@ def _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored, plane
     top = (-np.inf, start_A[0], position_um)
     for A0 in start_A:
         A, info = label_fit(A0, c, cd, lt, outline.points, tmpl.tree)
-        sc = plane_score(A, info, outline.points, tmpl, outline_weight=0.5)[0]
+        sc = plane_score(A, info, outline.points, tmpl, outline_weight=0.5, trim_q=START_SCORE_TRIM_Q)[0]
         if sc > top[0]:
             top = (sc, A0, position_um)
     first = top[1]
@@ -324,7 +324,7 @@ def _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored, plane
         return top[1], top[2]
     lo, hi = bounds
     step = max(search_um / 2.0, 2 * atlas.resolution_um)
-    for p in position_um + step * np.array([0.0, -1.0, 1.0]):
+    for p in position_um + step * np.asarray(LABEL_START_STEPS, dtype=float):
         if not (lo <= p < hi):
             continue
         t = tmpl if p == position_um else _template_for(atlas, plane, float(p), hemisphere, angles, outline)
@@ -333,7 +333,7 @@ def _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored, plane
             fs = MidlineFrame(mid[0], mid[1], mirrored=m)
             for A0, _ in label_chamfer_starts(c, cd, lt, t, fs, scale):
                 A, info = label_fit(A0, c, cd, lt, outline.points, t.tree)
-                sc = plane_score(A, info, outline.points, t, outline_weight=0.5)[0]
+                sc = plane_score(A, info, outline.points, t, outline_weight=0.5, trim_q=START_SCORE_TRIM_Q)[0]
                 if sc > top[0]:
                     top = (sc, A, float(p))
     if top[1] is not first or first is not start_A[0]:
@@ -449,6 +449,27 @@ PROPOSE_CELLS = 1500
 #: fewer angle pairs; on cells at their true in-plane place it proposes the same plane
 #: as the full grid (tests/test_register_search_steps.py)
 PROPOSE_COARSE = 2
+#: the plane search starts from the outline fit at the given plane unless fewer of the
+#: labelled cells than ``LABEL_START_AGREEMENT`` land in their own region; then global
+#: starts from the labels (:func:`_label_starts`) compete with it by plane score.
+#: Hemisections always try them (``LABEL_STARTS_HEMI``): an anterior hemisection has
+#: two or three large divisions, so a wrong outline fit of torn tissue still puts most
+#: cells in their own region (held-out draws, seeds 1 and 2: all failing coronal
+#: sections were hemisections, most of them anterior and torn)
+LABEL_START_AGREEMENT = 0.75
+LABEL_STARTS_HEMI = True
+#: positions of the global label starts: the given one and these multiples of half the
+#: search range either side
+LABEL_START_STEPS = (0.0, -1.0, 1.0)
+#: outline trimming (:data:`.labelfit.SCORE_TRIM_Q`) of the plane score that ranks those
+#: starts: harder than in the search, since a torn section's wrong start can cover the
+#: template better than the right one (None: as the search). Measured with
+#: ``.labelfit.REVERSE_TRIM_Q = 0.7`` and ``.labelfit.SCORE_TRIM_Q = 0.85`` on three
+#: draws of 40 hard sections (seeds 0 / 1 / 2, benchmarks/registration/compare_settings.py):
+#: within target 38 / 33 / 35 -> 39 / 34 / 37 (106 -> 110 of 120); a trim of 0.7 in
+#: the search too gave 37 / 36 / 37, 0.85 everywhere 39 / 33 / 37, none 38 / 33 / 36;
+#: 3-5 % more time in total (same process, cold cache)
+START_SCORE_TRIM_Q = 0.7
 #: degree of the polynomial label warp after the plane search
 LABEL_WARP_DEGREE = 2
 
@@ -602,15 +623,20 @@ def register_section(
     if refine_position:
         tmpl, best = fit_at(position_um, angles, sw="auto", prog=progress if cell_div is not None else None)
         start_A = None if best is None else best.affine
-        if cell_div is not None and best is not None and agreement(tmpl, best) < 0.75:
+        hemi_starts = LABEL_STARTS_HEMI and hemisphere != "both"
+        ag = agreement(tmpl, best) if best is not None else None
+        if ag is not None and (hemi_starts or ag < LABEL_START_AGREEMENT):
             # the labels disagree with the outline's best fit (a wrong start, or a wrong
             # plane): every start, the best by label agreement finished by the label fit,
             # and global starts from the labels alone at a few positions; the plane
-            # score (labels inside + outline) chooses
-            tmpl, _, fits = fit_at(position_um, angles, sw="always", all_fits=True)
-            ranked = sorted(fits, key=lambda f: -agree_affine(tmpl, f.affine))[:3]
+            # score (labels inside + outline) chooses. A hemisection whose labels agree
+            # gets the global label starts against its outline fit only
+            cands = [best.affine]
+            if ag < LABEL_START_AGREEMENT:
+                tmpl, _, fits = fit_at(position_um, angles, sw="always", all_fits=True)
+                cands += [f.affine for f in sorted(fits, key=lambda f: -agree_affine(tmpl, f.affine))[:3]]
             start_A, p_start = _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored,
-                                             plane, hemisphere, [best.affine] + [f.affine for f in ranked],
+                                             plane, hemisphere, cands,
                                              notes, position_um, angles, search_um, (lo, hi))
             if p_start != position_um:
                 search_um = max(search_um - abs(p_start - position_um), 2 * atlas.resolution_um)
