@@ -240,7 +240,8 @@ def label_fit(
     Returns (affine, info) with info = dict(cost_um (mean capped label distance at the
     end), iterations, inside (fraction of labelled cells inside their region),
     distances, reverse (mean capped distance of the template edge pixels to the nearest
-    cell of their division, NaN without edges)).
+    cell of their division, over the lowest :data:`SCORE_TRIM_Q` of them, see
+    :func:`reverse_cost`; NaN without edges)).
     """
     trim_q = TRIM_Q if trim_q is None else float(trim_q)
     reverse_trim_q = REVERSE_TRIM_Q if reverse_trim_q is None else float(reverse_trim_q)
