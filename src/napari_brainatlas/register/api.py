@@ -588,12 +588,13 @@ def register_section(
         tdiv, _ = division_index(atlas, ids)
         return float(np.mean(tdiv == cell_div[sub]))
 
-    def fit_at(pos, ang, prog=None, sw=sweep, all_fits=False):
-        tmpl = _template_for(atlas, plane, pos, hemisphere, ang, outline)
+    def fit_at(pos, ang, prog=None, sw=sweep, all_fits=False, reuse=None, tmpl=None):
+        if tmpl is None:
+            tmpl = _template_for(atlas, plane, pos, hemisphere, ang, outline)
         rank = (lambda A: agree_affine(tmpl, A)) if cell_div is not None else None
         best, fits = fit_to_template(xy, outline, tmpl, mid, mirrored=mirrored, landmarks=lm,
                                      max_iter=max_iter, tol=tol, sweep=sw, progress=prog, cancel=cancel,
-                                     rank=rank)
+                                     rank=rank, reuse=reuse)
         if all_fits:
             return tmpl, best, fits
         return tmpl, best
@@ -621,7 +622,8 @@ def register_section(
     label_A = None
     plane_info = None
     if refine_position:
-        tmpl, best = fit_at(position_um, angles, sw="auto", prog=progress if cell_div is not None else None)
+        tmpl, best, fits0 = fit_at(position_um, angles, sw="auto", prog=progress if cell_div is not None else None,
+                                   all_fits=True)
         start_A = None if best is None else best.affine
         hemi_starts = LABEL_STARTS_HEMI and hemisphere != "both"
         ag = agreement(tmpl, best) if best is not None else None
@@ -633,7 +635,9 @@ def register_section(
             # gets the global label starts against its outline fit only
             cands = [best.affine]
             if ag < LABEL_START_AGREEMENT:
-                tmpl, _, fits = fit_at(position_um, angles, sw="always", all_fits=True)
+                # every start and the rotation sweep: the fits above are reused (an
+                # "auto" fit that looked poor has run the sweep already)
+                tmpl, _, fits = fit_at(position_um, angles, sw="always", all_fits=True, reuse=fits0, tmpl=tmpl)
                 cands += [f.affine for f in sorted(fits, key=lambda f: -agree_affine(tmpl, f.affine))[:3]]
             start_A, p_start = _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored,
                                              plane, hemisphere, cands,

@@ -159,6 +159,7 @@ def fit_to_template(
     chamfer: bool = True,
     rank=None,
     chamfer_always: bool = False,
+    reuse: list[Fit] | None = None,
 ) -> tuple[Fit, list[Fit]]:
     """Fit the section (cells ``(n, 2)`` um with their ``outline``) to ``tmpl``.
 
@@ -180,6 +181,11 @@ def fit_to_template(
         ``chamfer_always``.
     rank : optional ``rank(affine) -> float`` (higher better, e.g. region-label
         agreement); chooses among fits whose outline score is within 1.5x of the best.
+    reuse : the fits an earlier call returned for the same section, template and
+        arguments but another ``sweep`` (e.g. "auto" before "always"): taken as they
+        are instead of refitting the midline starts, and the rotation sweep is added
+        only if they lack it. The result is the same as without, at a fraction of the
+        cost (a poor "auto" fit has run the sweep already).
 
     Returns the best :class:`Fit` and all fits tried.
     """
@@ -257,7 +263,9 @@ def fit_to_template(
     expected = (0.25 * tmpl.outline.blur_um + 0.25 * res) / tmpl.size_um
     coronal_full = tmpl.plane == "coronal" and tmpl.hemisphere == "both"
     prefer_un = coronal_full and mirrored is None
-    if midline is not None:
+    if reuse is not None:
+        fits = list(reuse)
+    elif midline is not None:
         if mirrored is not None:
             mirrors = [bool(mirrored)]
         elif tmpl.plane == "coronal" and tmpl.hemisphere != "both":
@@ -315,7 +323,8 @@ def fit_to_template(
     best = _pick([f for f in fits if f.icp.model_stage == "affine"], prefer_un, rank) if fits else None
     poor = best is None or best.score > max(POOR_SCORE, 1.6 * expected) or _plausibility(best.affine) < 0.5
     # without a midline there is no other start: the sweep runs whatever ``sweep`` says
-    if sweep == "always" or (sweep == "auto" and poor) or best is None:
+    swept = any(f.start.startswith("rotation") for f in fits)
+    if not swept and (sweep == "always" or (sweep == "auto" and poor) or best is None):
         mirrors = [bool(mirrored)] if mirrored is not None else [False, True]
         c_s = sub.mean(0)
         rows, cols = np.nonzero(tmpl.outline.mask)
