@@ -74,3 +74,24 @@ def test_exact_sections_still_register_within_the_target(ccf50):
     # under one 50 um voxel (the same errors as with every start tried: 28.3, 14.3 and
     # 24.6 um before the starts were trimmed)
     assert max(errs) < 40.0, errs
+
+
+@pytest.mark.parametrize(("tear", "swept"), [(0.0, False), (0.3, True)])
+def test_reused_fits_give_the_same_sweep_as_a_refit(ccf50, tear, swept):
+    """``reuse``: the fits of an "auto" call, completed by the rotation sweep where it
+    lacks one, are the fits a fresh "always" call makes (register_section's path when
+    the labels disagree with the outline fit)."""
+    _, xy, outline, tmpl, mid = _fit_inputs(ccf50, plane="sagittal", position_um=4000.0, rotation_deg=35.0,
+                                            tear_fraction=tear)
+    _, fits_auto = fit_to_template(xy, outline, tmpl, mid, sweep="auto")
+    # the intact section fits well without the sweep; 30 % torn away, "auto" sweeps
+    assert any(f.start.startswith("rotation") for f in fits_auto) == swept
+    _, fits_ref = fit_to_template(xy, outline, tmpl, mid, sweep="always")
+    _, fits_re = fit_to_template(xy, outline, tmpl, mid, sweep="always", reuse=fits_auto)
+    assert any(f.start.startswith("rotation") for f in fits_re)
+    assert sorted(f.start for f in fits_re) == sorted(f.start for f in fits_ref)
+    key = lambda f: (f.start, f.icp.model_stage, f.icp.iterations)
+    for f, g in zip(sorted(fits_re, key=key), sorted(fits_ref, key=key)):
+        np.testing.assert_allclose(f.affine, g.affine, atol=1e-9)
+    # an "auto" call that swept already is taken as it is
+    assert (len(fits_re) == len(fits_auto)) == swept
