@@ -108,3 +108,28 @@ def test_search_with_the_quadratic_finish_finds_a_tilted_offset_plane(ccf50, mon
     off = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
     assert res.metrics["plane_score"] >= off.metrics["plane_score"] - 1e-9
     assert res.metrics["plane_evals"] >= off.metrics["plane_evals"]
+
+
+def test_sagittal_sections_search_with_the_finer_level(ccf50, monkeypatch):
+    """Sagittal sections span most of the brain's length, so their search keeps the
+    finer (12.5 um, 0.4 deg) level (``api.SEARCH_STEPS_SAGITTAL``); coronal ones use
+    ``api.SEARCH_STEPS``."""
+    from napari_brainatlas.register import labelfit, register_section
+
+    seen = []
+    orig = labelfit.search_plane
+
+    def spy(*args, **kw):
+        seen.append(tuple(kw["steps"]))
+        return orig(*args, **kw)
+
+    monkeypatch.setattr(labelfit, "search_plane", spy)
+    a = sample_section(ccf50, "sagittal", 3600.0, "both", n_cells=12000, angles_deg=(1.2, -0.8),
+                       rotation_deg=140.0, scale=1.2, warp_um=30.0, seed=9)
+    tr = a.uns["demo_truth"]
+    res = register_section(a, ccf50, "sagittal", 3700.0, "both", tr["midline"], refine_position=True)
+    assert seen == [tuple(api.SEARCH_STEPS_SAGITTAL)]
+    assert api.SEARCH_STEPS_SAGITTAL[-1][1] < api.SEARCH_STEPS[-1][1]
+    err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
+    assert np.median(err) < 60.0
+    assert abs(res.position_um - 3600.0) <= 50.0

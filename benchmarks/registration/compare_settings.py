@@ -34,7 +34,7 @@ seed = int(os.environ.get("SEED", "0"))
 hard = os.environ.get("SET", "hard") == "hard"
 cases = B.make_cases(40, hard, seed, 200000)
 idx = [int(v) for v in sys.argv[1].split(",")] if sys.argv[1] != "all" else list(range(40))
-DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS", "SEARCH_QUAD_FINISH", "PROPOSE_COARSE", "REVERSE_WEIGHT", "PLANE_OUTLINE_WEIGHT", "LABEL_START_AGREEMENT", "LABEL_STARTS_HEMI", "LABEL_START_STEPS", "START_SCORE_TRIM_Q")}
+DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS", "SEARCH_QUAD_FINISH", "PROPOSE_COARSE", "REVERSE_WEIGHT", "PLANE_OUTLINE_WEIGHT", "LABEL_START_AGREEMENT", "LABEL_STARTS_HEMI", "LABEL_START_STEPS", "START_SCORE_TRIM_Q", "SEARCH_STEPS_SAGITTAL")}
 CORE_DEFAULTS = {k: getattr(core, k) for k in ("CHAMFER_SCORE", "POOR_SCORE")}
 from napari_brainatlas.register import labelfit
 
@@ -57,12 +57,13 @@ for i in idx:
             if k.startswith("core."):
                 setattr(core, k[5:], type(getattr(core, k[5:]))(val))
             elif k.startswith("labelfit."):
-                setattr(labelfit, k[9:], float(val))
+                cur = getattr(labelfit, k[9:])
+                setattr(labelfit, k[9:], type(cur)(float(val)))
             elif k == "START_SCORE_TRIM_Q":
                 setattr(api, k, None if val == "None" else float(val))
             elif k == "LABEL_START_STEPS":
                 setattr(api, k, tuple(float(x) for x in val.split(",")))
-            elif k == "SEARCH_STEPS":
+            elif k in ("SEARCH_STEPS", "SEARCH_STEPS_SAGITTAL"):
                 setattr(api, k, tuple(tuple(float(x) for x in st.split(",")) for st in val.split("/")))
             else:
                 cur = getattr(api, k)

@@ -435,6 +435,16 @@ REFIT_ITERS = 8
 #: well (with the finish) was more accurate (107 of 120 within; median 18.9 / 26.7 /
 #: 22.3 um) but only 5 % faster than before (benchmarks/registration/RESULTS_registration.md)
 SEARCH_STEPS = ((25.0, 0.75),)
+#: sagittal sections keep the finer level (12.5 um, 0.4 deg) before the quadratic
+#: finish: a sagittal section spans most of the brain's length (8-10 mm), so an angle
+#: error moves its ends far in depth (0.75 deg: about 60 um at 4.5 mm from the centre),
+#: and their errors came mostly from the plane (at the true plane, from the true
+#: affine, the label fit holds 4-28 um on the sagittal sections that ended at 40-60
+#: um). Same process, the 30 sagittal sections of three draws of 40 hard sections
+#: (seeds 0 / 1 / 2): within target 25 -> 26, median error 28.2 -> 24.6 um, p95 55.6 ->
+#: 51.2 um, 14 sections better by more than 2 um and 6 worse, for 25 % more time on
+#: them (about 6 % over all sections). A step of (25 um, 0.35 deg) instead: 24 within
+SEARCH_STEPS_SAGITTAL = ((25.0, 0.75), (12.5, 0.4))
 SEARCH_QUAD_FINISH = True
 #: the outline refit is tried only for depth steps of at least this (um): a finer step
 #: barely changes the slice's outline, the warm start suffices there (with the steps
@@ -679,7 +689,8 @@ def register_section(
                 if COARSE_FACTOR > 1 else None,
                 coarse_cells=COARSE_CELLS, refine_top=REFINE_TOP, fine_levels=FINE_LEVELS,
                 fit_tol_um=SEARCH_TOL_UM, fit_iters=SEARCH_ITERS, refit_iters=REFIT_ITERS,
-                refit_min_step_um=REFIT_MIN_STEP_UM, max_edges=SEARCH_EDGES, steps=SEARCH_STEPS,
+                refit_min_step_um=REFIT_MIN_STEP_UM, max_edges=SEARCH_EDGES,
+                steps=SEARCH_STEPS_SAGITTAL if plane == "sagittal" else SEARCH_STEPS,
                 quadratic_finish=SEARCH_QUAD_FINISH)
             if ps["position_um"] == position_um and tuple(ps["angles_deg"]) == tuple(angles):
                 notes.append("plane search kept the given position and angles")
