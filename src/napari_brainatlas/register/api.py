@@ -439,7 +439,7 @@ SEARCH_STEPS = ((25.0, 0.75),)
 #: finish: a sagittal section spans most of the brain's length (8-10 mm), so an angle
 #: error moves its ends far in depth (0.75 deg: about 60 um at 4.5 mm from the centre),
 #: and their errors came mostly from the plane (at the true plane, from the true
-#: affine, the label fit holds 4-28 um on the sagittal sections that ended at 40-60
+#: affine, the label fit holds 5-28 um on the sagittal sections that ended at 39-60
 #: um). Same process, the 30 sagittal sections of three draws of 40 hard sections
 #: (seeds 0 / 1 / 2): within target 25 -> 26, median error 28.2 -> 24.6 um, p95 55.6 ->
 #: 51.2 um, 14 sections better by more than 2 um and 6 worse, for 25 % more time on
