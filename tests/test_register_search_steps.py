@@ -133,3 +133,29 @@ def test_sagittal_sections_search_with_the_finer_level(ccf50, monkeypatch):
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
     assert np.median(err) < 60.0
     assert abs(res.position_um - 3600.0) <= 50.0
+
+
+def test_search_near_the_lateral_edge_skips_planes_without_tissue(ccf50):
+    """A far-lateral sagittal section: the search's depth steps reach past the brain's
+    lateral edge (10.9 mm in the 50 um annotation), where the atlas has no tissue. Those
+    planes are no candidates; the registration goes on (it raised before) and stays
+    inside the tissue."""
+    from napari_brainatlas.register import register_section
+
+    a = sample_section(ccf50, "sagittal", 10600.0, "both", n_cells=8000, angles_deg=(-1.0, 2.0),
+                       rotation_deg=20.0, scale=1.4, seed=3)
+    res = register_section(a, ccf50, "sagittal", 10750.0, "both", a.uns["demo_truth"]["midline"],
+                           refine_position=True)
+    assert res.position_estimated
+    assert 550.0 <= res.position_um < 10900.0
+    assert 0.0 <= res.confidence <= 1.0
+    assert res.metrics["plane_evals"] > 0
+
+
+def test_tissue_range_of_the_real_annotation(ccf50):
+    """The planes with tissue: 550-10900 um left to right in the 50 um CCFv3 (the
+    volume is 11400 um wide), and the AP range inside the volume's 13200 um."""
+    assert ccf50.tissue_range_um("sagittal") == (550.0, 10900.0)
+    lo, hi = ccf50.tissue_range_um("coronal")
+    assert 0.0 <= lo < 1000.0 and 12000.0 < hi <= 13200.0
+    assert ccf50.position_range_um("coronal") == (0.0, 13200.0)

@@ -149,8 +149,24 @@ class Atlas:
         return self.shape_um[2] / 2.0
 
     def position_range_um(self, plane: str) -> tuple[float, float]:
+        """(first, last) um of the volume along the plane's axis (AP for coronal, ML for
+        sagittal), tissue or not."""
         axis = 0 if plane == "coronal" else 2
         return 0.0, float(self.shape_um[axis])
+
+    def tissue_range_um(self, plane: str) -> tuple[float, float]:
+        """(first, last) um along the plane's axis between which the annotation has
+        tissue (the outer faces of the first and last voxel layers with any): planes
+        outside it are empty. Computed once per axis."""
+        axis = 0 if plane == "coronal" else 2
+        cache = self.__dict__.setdefault("_tissue_range", {})
+        if axis not in cache:
+            other = tuple(i for i in range(3) if i != axis)
+            have = np.flatnonzero(np.any(np.asarray(self.annotation) > 0, axis=other))
+            if len(have) == 0:
+                raise BrainAtlasInputError("the atlas annotation holds no tissue")
+            cache[axis] = (float(have[0] * self.resolution_um), float((have[-1] + 1) * self.resolution_um))
+        return cache[axis]
 
     def structure_at(self, ccf_um: np.ndarray) -> np.ndarray:
         """Structure id at each CCF point (n, 3) (AP, DV, ML) um; 0 outside the volume."""

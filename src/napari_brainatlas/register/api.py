@@ -579,6 +579,10 @@ def register_section(
             raise BrainAtlasInputError(
                 f"{plane} position {position_um:.0f} um is outside the atlas ({lo:.0f} to {hi:.0f} um)"
             )
+    # the searches (plane, label starts, positions) stay between the atlas's first and
+    # last planes with tissue
+    t_lo, t_hi = atlas.tissue_range_um(plane)
+    lo, hi = max(lo, t_lo), min(hi, t_hi)
     angles = tuple(float(a) for a in angles_deg)
     lm = _landmarks(landmarks, landmark_weight)
     outline = section_outline(xy)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._errors import BrainAtlasInputError
 from .affine import apply_affine, fit_affine
 
 __all__ = ["LabelTemplate", "label_cost", "label_fit", "make_label_template"]
@@ -542,7 +543,13 @@ def search_plane(
             from .icp import RegistrationCancelled
 
             raise RegistrationCancelled("registration cancelled")
-        tmpl = lv_tmpl(to_p(q, a), a)
+        try:
+            tmpl = lv_tmpl(to_p(q, a), a)
+        except BrainAtlasInputError:
+            # no tissue in this plane (beyond the brain's lateral edge, or its poles):
+            # not a candidate
+            cache[k] = (-np.inf, A_init, {"inside": float("nan"), "outline_um": float("nan")})
+            return cache[k]
         lt = make_label_template(atlas, tmpl.slice, label_pixel_um, max_edges=lv_edges)
         inits = [A_init]
         if refit:
@@ -687,7 +694,7 @@ def _quadratic_step(evaluate, valid, cur_q, cur_a, cur, dp, da):
             a = tuple(a)
             f.append(evaluate(q, a, cur[1])[0] if valid(q, a) else None)
         fp, fm = f
-        if fp is None or fm is None:
+        if fp is None or fm is None or not np.isfinite(fp + fm):
             continue
         curv = fp + fm - 2.0 * f0  # < 0: opens downwards
         if curv >= -1e-9:
