@@ -40,7 +40,9 @@ def load(patterns):
     for pat in patterns:
         for f in sorted(glob.glob(pat)):
             seed = int(re.search(r"_s(\d+)_", f).group(1))
-            for cases in json.load(open(f)).values():
+            with open(f) as fh:
+                dump = json.load(fh)
+            for cases in dump.values():
                 for c, r in cases.items():
                     m = dict(r["metrics"])
                     rows.append({"seed": seed, "case": int(c), "metrics": m, "confidence": r["confidence"],
