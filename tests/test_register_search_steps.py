@@ -159,3 +159,39 @@ def test_tissue_range_of_the_real_annotation(ccf50):
     lo, hi = ccf50.tissue_range_um("coronal")
     assert 0.0 <= lo < 1000.0 and 12000.0 < hi <= 13200.0
     assert ccf50.position_range_um("coronal") == (0.0, 13200.0)
+
+
+def test_hemisections_also_poll_the_tilt_about_the_midline(ccf50, monkeypatch):
+    """Coronal hemisections poll the left-right tilt about the slice's midline (the
+    depth at the midline kept) besides the tilt about the section's centre: the search
+    asks for planes whose position (the depth at the slice centre) equals that of a
+    polled plane while the left-right tilt differs by one step. Whole coronal sections
+    (whose centre is near the midline anyway) do not."""
+    from napari_brainatlas.register import labelfit, register_section
+
+    seen, flags = [], []
+    orig = labelfit.search_plane
+
+    def spy(template_at, *args, **kw):
+        flags.append(kw["midline_tilt"])
+
+        def rec(p, a):
+            seen.append((round(float(p), 3), round(float(a[0]), 3), round(float(a[1]), 3)))
+            return template_at(p, a)
+
+        return orig(rec, *args, **kw)
+
+    monkeypatch.setattr(labelfit, "search_plane", spy)
+    a = sample_section(ccf50, "coronal", 6000.0, "left", n_cells=8000, angles_deg=(2.0, 0.5),
+                       rotation_deg=25.0, scale=1.1, seed=4)
+    res = register_section(a, ccf50, "coronal", 6080.0, "left", a.uns["demo_truth"]["midline"],
+                           refine_position=True)
+    da = api.SEARCH_STEPS[-1][1]
+    s = set(seen)
+    pairs = [(p, a0, a1) for p, a0, a1 in s if (p, round(a0 + da, 3), a1) in s]
+    assert api.HEMI_MIDLINE_TILT and flags == [True] and pairs
+    err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
+    assert np.median(err) < 60.0
+    b = sample_section(ccf50, "coronal", 6000.0, "both", n_cells=8000, rotation_deg=25.0, seed=4)
+    register_section(b, ccf50, "coronal", 6080.0, "both", b.uns["demo_truth"]["midline"], refine_position=True)
+    assert flags == [True, False]

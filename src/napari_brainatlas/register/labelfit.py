@@ -449,6 +449,7 @@ def search_plane(
     refit_min_step_um: float = 0.0,
     max_edges: int = 2500,
     quadratic_finish: bool = False,
+    midline_tilt: bool = False,
 ) -> dict:
     """Joint search of the cutting plane (position, two angles) and the in-plane fit.
 
@@ -493,6 +494,12 @@ def search_plane(
     refit_iters : ICP iterations of the outline refit tried at a new depth;
         ``refit_min_step_um``: only for depth steps at least this large (the proposals
         and the depths around the start always get it).
+    midline_tilt : the poll also tries the left-right tilt about the slice centre's
+        vertical line (the midline of a coronal slice; the depth there is kept) besides
+        the tilt about the section's centre. For a hemisection the two differ by a depth
+        shift of about half its width times the tilt, and its anatomy may pin the
+        depth at the midline better than at its own centre: the search's axes then
+        cross a diagonal ridge, which this extra direction follows.
     max_edges : template division edge points of the reverse term per candidate.
     quadratic_finish : after the last level, one step to the vertex of the parabolas
         through the final plane and its two neighbours on each axis (all already
@@ -624,16 +631,19 @@ def search_plane(
         moved = True
         while moved and len(cache) < max_evals:
             moved = False
-            # all six neighbours, then the best of them (first-improvement wanders off
-            # along noisy ridges)
+            # all six neighbours (eight with ``midline_tilt``), then the best of them
+            # (first-improvement wanders off along noisy ridges)
             step_best = None
-            for dim in range(3):
+            for dim in range(4 if midline_tilt else 3):
                 for sgn in (1.0, -1.0):
                     q, a = cur_q, list(cur_a)
                     if dim == 0:
                         q = cur_q + sgn * dp
-                    else:
+                    elif dim < 3:
                         a[dim - 1] += sgn * da
+                    else:  # left-right tilt keeping the depth at the slice centre's x
+                        a[0] += sgn * da
+                        q = to_q(to_p(cur_q, cur_a), a)
                     a = tuple(a)
                     if not valid(q, a):
                         continue
