@@ -135,6 +135,9 @@ def main(argv=None):
     ap.add_argument("--test", nargs="*", default=[])
     args = ap.parse_args(argv)
     train = load(args.train)
+    if not train or not any(r["fail"] for r in train) or all(r["fail"] for r in train):
+        sys.exit(f"error: --train {' '.join(args.train)} holds {len(train)} sections; it needs dumps of "
+                 "compare_settings.py (DUMP=...) with both failed and good sections")
     fail = np.array([r["fail"] for r in train])
     seeds = np.array([r["seed"] for r in train])
     print(f"train: {len(train)} sections, {int(fail.sum())} failures, seeds {sorted(set(seeds.tolist()))}")
@@ -149,6 +152,8 @@ def main(argv=None):
     model = model_of(train)
     if args.test:
         test = load(args.test)
+        if not test:
+            sys.exit(f"error: --test {' '.join(args.test)} matches no dumped sections")
         tf = np.array([r["fail"] for r in test])
         print(f"test: {len(test)} sections, {int(tf.sum())} failures, seeds {sorted({r['seed'] for r in test})}")
         report("confidence as stored (test)", np.array([r["confidence"] for r in test]), tf)
