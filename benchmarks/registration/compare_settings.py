@@ -38,7 +38,8 @@ DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFIN
 CORE_DEFAULTS = {k: getattr(core, k) for k in ("CHAMFER_SCORE", "POOR_SCORE")}
 from napari_brainatlas.register import labelfit
 
-LF_DEFAULTS = {k: getattr(labelfit, k) for k in ("TRIM_Q", "REVERSE_TRIM_Q", "SCORE_TRIM_Q", "SPREAD_REVERSE_TRIM_Q")}
+LF_DEFAULTS = {k: getattr(labelfit, k) for k in ("TRIM_Q", "REVERSE_TRIM_Q", "SCORE_TRIM_Q", "SPREAD_REVERSE_TRIM_Q",
+                                               "ACCELERATE", "ANDERSON_M")}
 variants = [dict(v.split("=") for v in spec.split(":") if v) for spec in sys.argv[2:]]
 res = {i: {} for i in range(len(variants))}
 for i in idx:

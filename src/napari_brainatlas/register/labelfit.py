@@ -216,6 +216,7 @@ def label_fit(
     inside_weight: float = 1.0,
     reverse_weight: float = 0.0,
     reverse_trim_q: float | None = None,
+    accelerate: bool | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Refine the section -> atlas slice affine ``A0`` with region labels.
 
@@ -246,19 +247,23 @@ def label_fit(
     """
     trim_q = TRIM_Q if trim_q is None else float(trim_q)
     reverse_trim_q = REVERSE_TRIM_Q if reverse_trim_q is None else float(reverse_trim_q)
+    accelerate = ACCELERATE if accelerate is None else bool(accelerate)
     ok = np.flatnonzero(np.asarray(cell_div) >= 0)
     c = np.asarray(cells, dtype=float)[ok]
     cd = np.asarray(cell_div)[ok]
     A = np.asarray(A0, dtype=float).copy()
     groups = lt.groups(cd)
     floor = 1.5 * lt.pixel_um
-    it = 0
-    for it in range(1, n_iter + 1):
+    use_outline = outline_pts is not None and tmpl_tree is not None and len(outline_pts)
+
+    def pairs(A):
+        """The matched pairs at ``A`` (section points, template points, weights) and
+        their weighted mean squared distance (um^2); None when too few cells match."""
         P = apply_affine(A, c)
         tgt, d = lt.lookup(P, cd, groups)
         good = np.isfinite(d)
         if good.sum() < 10:
-            break
+            return None
         thr = max(float(np.quantile(d[good], trim_q)), floor)
         keep = good & (d <= min(thr, cap_um) + 1e-9)
         src, dst = c[keep], tgt[keep]
@@ -270,7 +275,7 @@ def label_fit(
                 src = np.vstack([src, rs])
                 dst = np.vstack([dst, rd])
                 w = np.concatenate([w, np.full(len(rs), reverse_weight * n_fwd / len(rs))])
-        if outline_pts is not None and tmpl_tree is not None and len(outline_pts):
+        if use_outline:
             Q = apply_affine(A, outline_pts)
             do, j = tmpl_tree.query(Q)
             thr_o = max(2.5 * float(np.median(do)), floor)
@@ -280,12 +285,67 @@ def label_fit(
                 dst = np.vstack([dst, tmpl_tree.data[j[ko]]])
                 w = np.concatenate([w, np.full(int(ko.sum()), outline_weight * n_fwd / ko.sum())])
         if w.sum() <= 0:
+            return None
+        r2 = ((apply_affine(A, src) - dst) ** 2).sum(1)
+        return src, dst, w, float((w * r2).sum() / w.sum())
+
+    # Anderson acceleration (Walker & Ni 2011; for ICP: Pavlov et al. 2018) of the
+    # fixed-point map A -> fit(pairs(A)), in the coordinates of three reference points
+    # (the affine's images of the cells' centre and two points one spread away: six
+    # numbers, all um). An accelerated step is kept only if its pairs fit no worse than
+    # the last accepted ones; else the plain step is taken and the history cleared.
+    ref = None
+    if len(c):
+        sd = float(max(c.std(0).mean(), 1.0))
+        mu = c.mean(0)
+        ref = np.array([mu, mu + [sd, 0.0], mu + [0.0, sd]])
+    hist_x, hist_g = [], []
+    e_acc, A_plain = np.inf, None
+    cur = pairs(A)
+    it = 0
+    for it in range(1, n_iter + 1):
+        if cur is None:
             break
-        A_new = fit_affine(src, dst, w)
+        src, dst, w, e = cur
+        if accelerate and A_plain is not None and e > e_acc * (1 + 1e-9):
+            # the accelerated step fitted worse: take the plain one instead
+            A, cur = A_plain, pairs(A_plain)
+            hist_x, hist_g = [], []
+            if cur is None:
+                break
+            src, dst, w, e = cur
+        e_acc = e
+        G = fit_affine(src, dst, w)
+        A_plain = None
+        A_new = G
+        if accelerate and ref is not None:
+            x = apply_affine(A, ref).ravel()
+            g = apply_affine(G, ref).ravel()
+            hist_x.append(x)
+            hist_g.append(g)
+            if len(hist_x) > ANDERSON_M + 1:
+                hist_x.pop(0)
+                hist_g.pop(0)
+            if len(hist_x) >= 2:
+                F = np.array(hist_g) - np.array(hist_x)  # residuals g - x, oldest first
+                dF = np.diff(F, axis=0).T  # (6, m)
+                dG = np.diff(np.array(hist_g), axis=0).T
+                gam = np.linalg.lstsq(dF, F[-1], rcond=None)[0]
+                xa = g - dG @ gam
+                if np.all(np.isfinite(xa)):
+                    A_new = fit_affine(ref, xa.reshape(3, 2))
+                    A_plain = G
         move = float(np.abs(apply_affine(A_new, c[:200]) - apply_affine(A, c[:200])).max()) if len(c) else 0.0
         A = A_new
         if move < tol_um:
             break
+        if it < n_iter:
+            cur = pairs(A)
+        elif A_plain is not None:
+            # out of iterations on an accelerated step: keep it only if it fits no worse
+            cur = pairs(A)
+            if cur is None or cur[3] > e_acc * (1 + 1e-9):
+                A = A_plain
     P = apply_affine(A, c)
     _, d = lt.lookup(P, cd, groups)
     dd = np.where(np.isfinite(d), np.minimum(d, cap_um), cap_um)
@@ -294,6 +354,10 @@ def label_fit(
                "distances": dd, "reverse": rev}
 
 
+#: Anderson acceleration of :func:`label_fit` (``accelerate=None`` takes this) and the
+#: number of earlier steps it combines
+ACCELERATE = True
+ANDERSON_M = 4
 #: trimming of the label fits (:func:`label_fit`, :func:`label_warp`): forward pairs
 #: (cell -> its region) beyond this quantile of the distances are dropped in each step
 TRIM_Q = 0.85
@@ -938,7 +1002,8 @@ def fit_spread(A: np.ndarray, cells: np.ndarray, cell_div: np.ndarray, lt: Label
     over the four restarts. A well-constrained fit returns to itself (a few um); where
     the labels and the outline leave a plateau (few regions cut, warped or torn tissue)
     the restarts stay where they land, and the spread is about the error one must
-    expect from the fit."""
+    expect from the fit. The restarts take plain steps (no Anderson acceleration): the
+    confidence's spread scale (``api.SPREAD_HALF_UM``) was calibrated on them."""
     c = np.asarray(cells, dtype=float)
     P = apply_affine(A, c)
     out = []
@@ -946,7 +1011,7 @@ def fit_spread(A: np.ndarray, cells: np.ndarray, cell_div: np.ndarray, lt: Label
         Ap = np.asarray(A, dtype=float).copy()
         Ap[:2, 2] += d
         Ak, _ = label_fit(Ap, c, cell_div, lt, outline_pts, tmpl_tree, n_iter=n_iter,
-                          reverse_weight=reverse_weight,
+                          reverse_weight=reverse_weight, accelerate=False,
                           reverse_trim_q=SPREAD_REVERSE_TRIM_Q if reverse_trim_q is None else reverse_trim_q)
         out.append(np.mean(np.sum((apply_affine(Ak, c) - P) ** 2, axis=1)))
     return float(np.sqrt(np.mean(out)))
