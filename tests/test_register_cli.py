@@ -191,3 +191,25 @@ def test_cli_series_needs_two_sections(series_files):
 
     paths, _ = series_files
     assert main(_series_argv(paths[:1], "--first-um", "3000", "--last-um", "5200")) == 2
+
+
+def test_cli_quick_plane_search(section_file, tmp_path, capsys):
+    """``--refine-position --plane-search quick`` runs the quick search and says so in
+    the record's notes; an unknown choice is an argparse error (exit 2)."""
+    path, truth = section_file
+    out = tmp_path / "quick.h5ad"
+    args = _parse(_argv(path, truth, out, **{"--refine-position": True, "--plane-search": "quick",
+                                             "--quiet": True, "--position-um": str(truth["position_um"] + 100)}))
+    assert args.plane_search == "quick"
+    assert args.func(args) == 0
+    b = ad.read_h5ad(out)
+    rec = RegistrationResult.from_uns(next(iter(b.uns["ccf_registration"].values())))
+    assert any(n.startswith("quick plane search") for n in rec.notes)
+    assert abs(rec.position_um - truth["position_um"]) <= 60.0
+    # given 100 um off, the fit at the given plane is about 100 um off (the demo atlas's
+    # 50 um voxels bound the quick search's plane to about one voxel)
+    err = np.linalg.norm(b.obsm["ccf_coords"] - b.obsm["ccf_true"], axis=1)
+    assert np.median(err) < 60.0
+    with pytest.raises(SystemExit) as exc:
+        _parse(_argv(path, truth, out, **{"--plane-search": "fast"}))
+    assert exc.value.code == 2

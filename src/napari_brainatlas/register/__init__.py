@@ -11,7 +11,8 @@ Plain Python, no Qt. Main entry points:
 Modules: boundary (outlines), anchors (midline frame, four anchors), affine, icp,
 core (one section to one template slice), position (position / angle search, ordered
 series), labelfit (in-plane fit with region labels as interior landmarks; joint search of
-the plane and the in-plane fit), nonlinear (thin-plate refinement), metrics, synthetic (sections cut from an
+the plane and the in-plane fit), quick_search (the quick plane search: label proposals
+alternating with label fits), nonlinear (thin-plate refinement), metrics, synthetic (sections cut from an
 atlas with their truth), cli (``napari-brainatlas register`` and ``register-series``).
 """
 

@@ -491,6 +491,9 @@ LABEL_START_STEPS = (0.0, -1.0, 1.0)
 #: the search too gave 37 / 36 / 37, 0.85 everywhere 39 / 33 / 37, none 38 / 33 / 36;
 #: 3-5 % more time in total (same process, cold cache)
 START_SCORE_TRIM_Q = 0.7
+#: proposal + fit rounds of the quick plane search (``plane_search="quick"``,
+#: :func:`.quick_search.quick_plane_search`)
+QUICK_ROUNDS = 2
 #: degree of the polynomial label warp after the plane search
 LABEL_WARP_DEGREE = 2
 
@@ -508,6 +511,7 @@ def register_section(
     angles_deg=(0.0, 0.0),
     mirrored: bool | None = None,
     refine_position: bool = False,
+    plane_search: str = "joint",
     search_um: float = 300.0,
     max_angle_deg: float = 5.0,
     nonlinear: bool = False,
@@ -540,11 +544,17 @@ def register_section(
     mirrored : force the mirror hypothesis (None: decided by fit).
     refine_position : search the position (+-``search_um``) and, with region labels,
         the cutting angles (+-``max_angle_deg``) around ``position_um``. With labels the
-        plane and the in-plane fit are searched jointly (:mod:`.labelfit`): every
+        plane and the in-plane fit are searched jointly (:mod:`.labelfit`; default
+        ``plane_search="joint"``): every
         candidate plane is fitted with the cells as interior landmarks (each pulled into
         its own region, and each region's edge pulled onto its nearest cell) plus the
         outline, and scored by the mean capped label and outline distances; the angles
         turn about the section's own centre; the final affine is that joint fit.
+    plane_search : with ``refine_position`` and region labels: "joint" (default) the
+        search above, with global label starts for torn tissue; "quick" instead
+        alternates ``QUICK_ROUNDS`` label proposals of the plane with in-plane label fits
+        (:mod:`.quick_search`): several times faster (about 0.5 s a section), and less
+        accurate (see benchmarks/registration/RESULTS_registration.md).
     nonlinear : add a thin-plate spline refinement (outline only) after the affine.
     label_warp : after the joint plane search, refit on more cells (labels both ways:
         cells into their regions and each region's edge onto its nearest cell) and add a
@@ -571,6 +581,8 @@ def register_section(
         raise BrainAtlasInputError(f"plane must be 'coronal' or 'sagittal', not {plane!r}")
     if hemisphere not in ("both", "left", "right"):
         raise BrainAtlasInputError(f"hemisphere must be 'both', 'left' or 'right', not {hemisphere!r}")
+    if plane_search not in ("joint", "quick"):
+        raise BrainAtlasInputError(f"plane_search must be 'joint' or 'quick', not {plane_search!r}")
     if plane == "sagittal" and hemisphere != "both":
         hemisphere = "both"  # a sagittal slice lies in one hemisphere already
     xy = _section_xy(adata, spatial_key)
@@ -652,7 +664,7 @@ def register_section(
         start_A = None if best is None else best.affine
         hemi_starts = LABEL_STARTS_HEMI and hemisphere != "both"
         ag = agreement(tmpl, best) if best is not None else None
-        if ag is not None and (hemi_starts or ag < LABEL_START_AGREEMENT):
+        if plane_search == "joint" and ag is not None and (hemi_starts or ag < LABEL_START_AGREEMENT):
             # the labels disagree with the outline's best fit (a wrong start, or a wrong
             # plane): every start, the best by label agreement finished by the label fit,
             # and global starts from the labels alone at a few positions; the plane
@@ -671,7 +683,22 @@ def register_section(
                 search_um = max(search_um - abs(p_start - position_um), 2 * atlas.resolution_um)
                 position_um = p_start
                 tmpl = _template_for(atlas, plane, position_um, hemisphere, angles, outline)
+        lab_ok = None
         if cell_div is not None:
+            lab_ok = np.flatnonzero(cell_div >= 0)
+            if len(lab_ok) > SEARCH_CELLS:
+                lab_ok = np.sort(np.random.default_rng(1).choice(lab_ok, SEARCH_CELLS, replace=False))
+        if cell_div is not None and plane_search == "quick":
+            from .quick_search import quick_plane_search
+
+            ps = quick_plane_search(
+                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline, crop=True), atlas, plane,
+                xy[lab_ok], cell_div[lab_ok], outline.points, start_A, position_um, angles,
+                bounds=(lo, hi), search_um=search_um, max_angle_deg=max_angle_deg, rounds=QUICK_ROUNDS,
+                reverse_weight=REVERSE_WEIGHT, outline_weight=PLANE_OUTLINE_WEIGHT,
+                propose_cells=PROPOSE_CELLS, propose_coarse=PROPOSE_COARSE, cancel=cancel)
+            notes.append(f"quick plane search: {ps['evals']} plane(s) fitted")
+        elif cell_div is not None:
             from .labelfit import search_plane
             from .position import refine_plane
 
@@ -690,9 +717,6 @@ def register_section(
                 # refine_plane angles are absolute about the same centre: keep them
                 return rr["position_um"], rr["angles_deg"]
 
-            lab_ok = np.flatnonzero(cell_div >= 0)
-            if len(lab_ok) > SEARCH_CELLS:
-                lab_ok = np.sort(np.random.default_rng(1).choice(lab_ok, SEARCH_CELLS, replace=False))
             ps = search_plane(
                 lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline, crop=True), atlas,
                 xy[lab_ok], cell_div[lab_ok], outline.points, start_A, position_um, angles,
@@ -708,6 +732,7 @@ def register_section(
                 steps=SEARCH_STEPS_SAGITTAL if plane == "sagittal" else SEARCH_STEPS,
                 quadratic_finish=SEARCH_QUAD_FINISH,
                 midline_tilt=HEMI_MIDLINE_TILT and plane == "coronal" and hemisphere != "both")
+        if cell_div is not None:
             if ps["position_um"] == position_um and tuple(ps["angles_deg"]) == tuple(angles):
                 notes.append("plane search kept the given position and angles")
             position_um, angles = ps["position_um"], tuple(ps["angles_deg"])

@@ -60,6 +60,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pixel-size", type=float, default=None, help="um per coordinate unit of the input")
     p.add_argument("--refine-position", action="store_true",
                    help="search the position (+-300 um) and, with region labels, the cutting angles")
+    p.add_argument("--plane-search", default="joint", choices=("joint", "quick"),
+                   help="with --refine-position (or --auto-position) and region labels: 'joint' (default) "
+                        "searches the plane and the in-plane fit jointly; 'quick' alternates label "
+                        "proposals of the plane with label fits, several times faster and less accurate")
     p.add_argument("--nonlinear", action="store_true", help="add a thin-plate spline refinement")
     p.add_argument("--mirrored", choices=("auto", "yes", "no"), default="auto")
     p.add_argument("--region-key", default="region", help="obs column with region labels (if any)")
@@ -129,6 +133,7 @@ def run(args) -> int:
         position_um="auto" if args.auto_position else args.position_um,
         hemisphere=args.hemisphere, midline=midline,
         refine_position=bool(getattr(args, "refine_position", False)),
+        plane_search=getattr(args, "plane_search", "joint") or "joint",
         nonlinear=bool(getattr(args, "nonlinear", False)), mirrored=mirrored,
         region_key=region_key if region_key in adata.obs else None,
         section_name=name, progress=progress,
