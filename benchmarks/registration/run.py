@@ -136,15 +136,18 @@ def cold_start():
     _slices._CACHE.clear()
 
 
-def run_ours(adata, atlas, case, hard: bool, nonlinear: bool = False, area: bool = False) -> dict:
-    """Our registration of one section; ``hard``: with the joint plane search
-    (``refine_position=True``), else at the given plane."""
+def run_ours(adata, atlas, case, hard: bool, nonlinear: bool = False, area: bool = False,
+             plane_search: str = "joint") -> dict:
+    """Our registration of one section; ``hard``: with the plane search
+    (``refine_position=True``; ``plane_search`` "joint" or "quick"), else at the given
+    plane."""
     cold_start()
     tr = adata.uns["demo_truth"]
     t = time.perf_counter()
     res = register_section(
         adata, atlas, tr["plane"], case["given_position_um"], tr["hemisphere"], tr["midline"],
         mirrored=None, refine_position=hard, nonlinear=nonlinear, area_refine=area,
+        plane_search=plane_search,
     )
     dt = time.perf_counter() - t
     ccf = res.to_ccf(adata.obsm["spatial"], atlas)
@@ -419,6 +422,8 @@ def main(argv=None) -> int:
                 row["ours_tps"] = run_ours(a, atlas, case, hard, nonlinear=True)
                 # the cheap path: the paper's steps at the given plane, no plane search
                 row["ours_given"] = run_ours(a, atlas, case, False)
+                # between the two: the quick plane search (label proposals + label fits)
+                row["ours_quick"] = run_ours(a, atlas, case, True, plane_search="quick")
             if not args.no_sitk:
                 bs = args.bspline_every > 0 and i % args.bspline_every == 0
                 try:
@@ -447,6 +452,9 @@ def main(argv=None) -> int:
                 if "ours_given" in row:
                     line += (f" | given plane med {row['ours_given']['median_um']:6.1f} "
                              f"t {row['ours_given']['time_s']:.2f}s")
+                if "ours_quick" in row:
+                    line += (f" | quick med {row['ours_quick']['median_um']:6.1f} "
+                             f"t {row['ours_quick']['time_s']:.2f}s c {row['ours_quick']['confidence']:.2f}")
             if "ours_area" in row:
                 line += f" | area med {row['ours_area']['median_um']:6.1f}"
             if "sitk" in row:
@@ -509,6 +517,8 @@ def report(results, speed, cmd, total, args) -> str:
             methods.append(("ours_tps", "ours + thin-plate"))
             if rows and "ours_given" in rows[0]:
                 methods.append(("ours_given", "ours at the given plane (no plane search)"))
+            if rows and "ours_quick" in rows[0]:
+                methods.append(("ours_quick", "ours, quick plane search (label proposals + fits)"))
         for key, label in methods:
             sm = summarise(rows, key, mt, pt)
             summaries[(name, key)] = sm
@@ -585,7 +595,8 @@ def report(results, speed, cmd, total, args) -> str:
         return (f"- {prefix}: time median {np.nanmedian(t_o):.2f} vs {np.nanmedian(t_s):.2f} s (median per-section "
                 f"ratio ours / SimpleITK {np.nanmedian(t_o / t_s):.2f}; faster on {int(np.sum(t_o < t_s))}/{n} "
                 f"sections); median error {np.nanmedian(e_o):.1f} vs {np.nanmedian(e_s):.1f} um (lower on "
-                f"{int(np.sum(e_o < e_s))}/{n}): faster at equal or better error: {mark(bool(faster and better))}")
+                f"{int(np.sum(e_o < e_s))}/{n}): faster at equal or better error: "
+                f"{'yes' if faster and better else 'no'}")
 
     for name in ("exact", "hard"):
         rows = [r for r in results[name] if "sitk" in r]
@@ -593,13 +604,22 @@ def report(results, speed, cmd, total, args) -> str:
             continue
         t_s = np.array([r["sitk"]["affine"]["time_s"] for r in rows])
         e_s = np.array([r["sitk"]["affine"]["median_um"] for r in rows])
-        for key, label in (("ours", "ours"), ("ours_given", "ours at the given plane")):
+        dominating = []
+        for key, label in (("ours", "ours"), ("ours_quick", "ours with the quick plane search"),
+                           ("ours_given", "ours at the given plane")):
             if key not in rows[0]:
                 continue
             t_o = np.array([r[key]["time_s"] for r in rows])
             e_o = np.array([r[key]["median_um"] for r in rows])
             L.append(versus(f"{name}, {label} vs SimpleITK affine ({args.sitk_threads or 'default'} thread(s))",
                             t_o, e_o, t_s, e_s))
+            if np.nanmedian(t_o) < np.nanmedian(t_s) and np.nanmedian(e_o) <= np.nanmedian(e_s):
+                dominating.append(f"{label} ({np.nanmedian(t_o):.2f} s, {np.nanmedian(e_o):.1f} um)")
+        # the target compares speed at equal or better error: met when one of our paths
+        # is faster than SimpleITK's and no less accurate
+        L.append(f"- {name}: faster than SimpleITK affine ({np.nanmedian(t_s):.2f} s, {np.nanmedian(e_s):.1f} um) "
+                 f"at equal or better error: {mark(bool(dominating))}"
+                 + (f" by {'; '.join(dominating)}" if dominating else ""))
         grows = [r for r in rows if "sitk_grid" in r]
         if grows:
             L.append(versus(f"{name}, ours vs SimpleITK affine + plane grid ({args.sitk_threads or 'default'} "
