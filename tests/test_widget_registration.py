@@ -358,3 +358,36 @@ def test_estimate_position_finds_the_plane(reg_dock, qtbot, demo_two, error_noti
     assert res is not None and res.position_estimated
     assert abs(res.position_um - truth["position_um"]) < 300
     assert abs(widget.position_spin.value() - res.position_um) <= 1
+
+
+def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notifications):
+    """'quick search' is offered once 'refine position' is ticked; Register then runs the
+    engine's quick plane search, the same fit as the Python API's (its accuracy is tested
+    on the real CCFv3 in test_register_quick_search.py)."""
+    viewer, widget = reg_dock
+    sec = _add_sections(viewer, [demo_two[0].copy()])[0]
+    truth = sec.metadata["adata"].uns["demo_truth"]
+    _load_atlas(qtbot, widget)
+    widget.section_combo.setCurrentText(sec.name)
+    widget.hemi_combo.setCurrentText(truth["hemisphere"])
+    widget.set_position(truth["position_um"] + 100)  # the slider 100 um off
+    _click_midline(widget, sec, truth["midline"])
+    assert not widget.quick_check.isEnabled()
+    qtbot.mouseClick(widget.refine_check, _left())
+    assert widget.refine_check.isChecked() and widget.quick_check.isEnabled()
+    qtbot.mouseClick(widget.quick_check, _left())
+    assert widget._common_kwargs()["plane_search"] == "quick"
+    assert _run(qtbot, widget, widget.register_button)
+    assert not error_notifications, [n.message for n in error_notifications]
+    res = widget.result
+    assert any(n.startswith("quick plane search") for n in res.notes)
+    ref = register_section(sec.metadata["adata"], widget.atlas, "coronal", widget.position_um,
+                           truth["hemisphere"], midline=truth["midline"], refine_position=True,
+                           plane_search="quick", max_iter=int(widget.max_iter_spin.value()))
+    assert np.allclose(res.affine, ref.affine, atol=1e-6)
+    assert ref.position_um == res.position_um
+    _shot(viewer, widget, "registration_quick_search")
+    # unticking 'refine position' turns the choice off again
+    qtbot.mouseClick(widget.refine_check, _left())
+    assert not widget.quick_check.isEnabled()
+    assert widget._common_kwargs()["plane_search"] == "joint"
