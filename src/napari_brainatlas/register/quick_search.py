@@ -44,6 +44,7 @@ def quick_plane_search(
     outline_weight: float = 0.5,
     propose_cells: int = 1500,
     propose_coarse: int = 2,
+    accelerate: bool = True,
     cancel=None,
 ) -> dict:
     """Alternate label-agreement plane proposals and in-plane label fits.
@@ -59,6 +60,9 @@ def quick_plane_search(
         position and within these cutting angles; the first round proposes over the
         whole range, later rounds over half of it around the current plane.
     rounds : proposal + fit rounds (it stops early when a proposal keeps the plane).
+    fit_iters, accelerate : iterations of each label fit and its Anderson acceleration
+        (:func:`.labelfit.label_fit`; on here: each fit runs from a new proposal towards
+        convergence, which the acceleration reaches in about half the iterations).
 
     Returns dict(position_um, angles_deg, affine, score, inside, outline_um, label_um,
     evals (planes fitted)), the keys of :func:`.labelfit.search_plane` the caller reads.
@@ -91,14 +95,14 @@ def quick_plane_search(
             break
         lt = make_label_template(atlas, t_new.slice)
         A_new, info = label_fit(A, cells, cell_div, lt, outline_pts, t_new.tree, n_iter=fit_iters,
-                                reverse_weight=reverse_weight)
+                                reverse_weight=reverse_weight, accelerate=accelerate)
         evals += 1
         p, a, A, tmpl = p_new, a_new, A_new, t_new
         fitted = (lt, info)
     if fitted is None:  # no proposal could be fitted: the start's plane, fitted once
         lt = make_label_template(atlas, tmpl.slice)
         A, info = label_fit(A, cells, cell_div, lt, outline_pts, tmpl.tree, n_iter=fit_iters,
-                            reverse_weight=reverse_weight)
+                            reverse_weight=reverse_weight, accelerate=accelerate)
         evals += 1
         fitted = (lt, info)
     sc, parts = plane_score(A, fitted[1], outline_pts, tmpl, outline_weight=outline_weight,
