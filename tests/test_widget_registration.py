@@ -341,16 +341,23 @@ def test_ccf50_section(reg_dock, qtbot, error_notifications):
     assert not error_notifications
 
 
-def test_estimate_position_finds_the_plane(reg_dock, qtbot, demo_two, error_notifications):
-    """'Estimate position' scans the axis in a worker and moves the slider to the plane."""
-    viewer, widget = reg_dock
-    sec = _add_sections(viewer, [demo_two[0].copy()])[0]
+def _demo_section_ready(viewer, widget, qtbot, adata, offset_um):
+    """A demo section added and chosen, the demo atlas loaded, its hemisphere set, the
+    slider ``offset_um`` off its true position and the true midline clicked."""
+    sec = _add_sections(viewer, [adata.copy()])[0]
     truth = sec.metadata["adata"].uns["demo_truth"]
     _load_atlas(qtbot, widget)
     widget.section_combo.setCurrentText(sec.name)
     widget.hemi_combo.setCurrentText(truth["hemisphere"])
-    widget.set_position(truth["position_um"] + 1500)  # the user starts far off
+    widget.set_position(truth["position_um"] + offset_um)
     _click_midline(widget, sec, truth["midline"])
+    return sec, truth
+
+
+def test_estimate_position_finds_the_plane(reg_dock, qtbot, demo_two, error_notifications):
+    """'Estimate position' scans the axis in a worker and moves the slider to the plane."""
+    viewer, widget = reg_dock
+    _sec, truth = _demo_section_ready(viewer, widget, qtbot, demo_two[0], 1500)  # far off
     qtbot.mouseClick(widget.estimate_button, _left())
     qtbot.waitUntil(lambda: not widget.busy, timeout=120000)
     assert not error_notifications, [n.message for n in error_notifications]
@@ -365,13 +372,7 @@ def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notif
     engine's quick plane search, the same fit as the Python API's (its accuracy is tested
     on the real CCFv3 in test_register_quick_search.py)."""
     viewer, widget = reg_dock
-    sec = _add_sections(viewer, [demo_two[0].copy()])[0]
-    truth = sec.metadata["adata"].uns["demo_truth"]
-    _load_atlas(qtbot, widget)
-    widget.section_combo.setCurrentText(sec.name)
-    widget.hemi_combo.setCurrentText(truth["hemisphere"])
-    widget.set_position(truth["position_um"] + 100)  # the slider 100 um off
-    _click_midline(widget, sec, truth["midline"])
+    sec, truth = _demo_section_ready(viewer, widget, qtbot, demo_two[0], 100)
     assert not widget.quick_check.isEnabled()
     qtbot.mouseClick(widget.refine_check, _left())
     assert widget.refine_check.isChecked() and widget.quick_check.isEnabled()

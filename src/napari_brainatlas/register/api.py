@@ -553,8 +553,9 @@ def register_section(
     plane_search : with ``refine_position`` and region labels: "joint" (default) the
         search above, with global label starts for torn tissue; "quick" instead
         alternates ``QUICK_ROUNDS`` label proposals of the plane with in-plane label fits
-        (:mod:`.quick_search`): several times faster (about 0.5 s a section), and less
-        accurate (see benchmarks/registration/RESULTS_registration.md).
+        (:mod:`.quick_search`): about 3x faster and less accurate (hard benchmark set:
+        median 0.92 vs 3.24 s a section, 37.6 vs 23.2 um; see
+        benchmarks/registration/RESULTS_registration.md).
     nonlinear : add a thin-plate spline refinement (outline only) after the affine.
     label_warp : after the joint plane search, refit on more cells (labels both ways:
         cells into their regions and each region's edge onto its nearest cell) and add a
@@ -661,6 +662,8 @@ def register_section(
     if refine_position:
         tmpl, best, fits0 = fit_at(position_um, angles, sw="auto", prog=progress if cell_div is not None else None,
                                    all_fits=True)
+        if best is None and cell_div is not None:
+            raise BrainAtlasInputError("no registration could be found for this section")
         start_A = None if best is None else best.affine
         hemi_starts = LABEL_STARTS_HEMI and hemisphere != "both"
         ag = agreement(tmpl, best) if best is not None else None
