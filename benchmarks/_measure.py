@@ -47,8 +47,10 @@ def measure(interval: float = 0.005):
 
 
 def machine() -> str:
-    return (f"{platform.node()} {platform.machine()}, {psutil.cpu_count()} cores, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {sys.version.split()[0]}")
+    return (
+        f"{platform.node()} {platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {sys.version.split()[0]}"
+    )
 
 
 def command_line() -> str:

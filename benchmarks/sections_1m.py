@@ -84,16 +84,25 @@ def main(argv=None) -> int:
         # ---- plain napari: colour by a feature column with a colormap
         import pandas as pd
 
-        feats = pd.DataFrame({"G7": gene_values(adata, "G7"), "G8": gene_values(adata, "G8"),
-                              "region": adata.obs["region"].to_numpy()})
+        feats = pd.DataFrame(
+            {
+                "G7": gene_values(adata, "G7"),
+                "G8": gene_values(adata, "G8"),
+                "region": adata.obs["region"].to_numpy(),
+            }
+        )
         with measure() as m_show2:
-            layer2 = viewer.add_points(adata.obsm["spatial"][:, ::-1], features=feats, size=10,
-                                       face_color="G7", face_colormap="viridis",
-                                       border_width=0)
+            layer2 = viewer.add_points(
+                adata.obsm["spatial"][:, ::-1],
+                features=feats,
+                size=10,
+                face_color="G7",
+                face_colormap="viridis",
+                border_width=0,
+            )
             viewer.reset_view()
             draw(viewer)
-        rows.append(("show: add_points(features, face_color='G7') + draw (plain napari)",
-                     m_show2))
+        rows.append(("show: add_points(features, face_color='G7') + draw (plain napari)", m_show2))
         with measure() as m_col2:
             layer2.face_color = "G8"
             draw(viewer)

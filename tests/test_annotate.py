@@ -17,7 +17,7 @@ from napari_brainatlas.annotate import (
     measured_vs_imputed,
     transfer_labels,
 )
-from napari_brainatlas.model import FuseMap
+from napari_brainatlas.fusemap import FuseMap
 
 
 @pytest.fixture(autouse=True)
@@ -39,23 +39,30 @@ def trained():
     model.train(max_epochs=3)
     before = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
     seen = []
-    mapping = map_query(model, [query], epochs=6, seed=0,
-                        progress=lambda e, n, losses: seen.append((e, n, losses)))
-    return {"model": model, "ref": ref, "query": query, "mapping": mapping,
-            "before": before, "progress": seen,
-            "ref_emb": model.write_embeddings(copy=True),
-            "query_emb": mapping.write_embeddings()[0]}
+    mapping = map_query(
+        model, [query], epochs=6, seed=0, progress=lambda e, n, losses: seen.append((e, n, losses))
+    )
+    return {
+        "model": model,
+        "ref": ref,
+        "query": query,
+        "mapping": mapping,
+        "before": before,
+        "progress": seen,
+        "ref_emb": model.write_embeddings(copy=True),
+        "query_emb": mapping.write_embeddings()[0],
+    }
 
 
 def test_reference_frozen_and_unchanged(trained):
     m, mp = trained["model"], trained["mapping"]
     after = m.module.state_dict()
-    for k, v in trained["before"].items():      # the reference model itself: untouched
+    for k, v in trained["before"].items():  # the reference model itself: untouched
         assert torch.equal(after[k], v), k
     # in the mapped module every reference tensor is frozen and byte-identical, with the
     # default (anchored) mapping and with the adversarial one (discriminator heads train)
     adv = map_query(m, [trained["query"]], epochs=2, seed=0, adversarial=True)
-    assert adv.adversarial and not mp.adversarial   # the model held its reference sections
+    assert adv.adversarial and not mp.adversarial  # the model held its reference sections
     n_ref = len(trained["before"]["gene_embedding"])
     ref_names = list(m.section_names)
     for mapping in (mp, adv):
@@ -85,8 +92,7 @@ def test_new_genes_get_trained_rows(trained):
     mp0 = map_query(m, [q], epochs=0, seed=0)
     E0 = mp0.gene_embedding()
     assert not np.allclose(E.loc[expect].to_numpy(), E0.loc[expect].to_numpy())
-    assert np.array_equal(E.iloc[:len(m.module.genes)].to_numpy(),
-                          m.gene_embedding().to_numpy())
+    assert np.array_equal(E.iloc[: len(m.module.genes)].to_numpy(), m.gene_embedding().to_numpy())
 
 
 def test_query_lands_near_same_type(trained):
@@ -102,8 +108,7 @@ def test_query_lands_near_same_type(trained):
     assert acc > 2.5 * majority, (acc, majority)
     # without training the new encoder (random start, the paper's) the query does not
     # land there
-    mp0 = map_query(trained["model"], [trained["query"]], epochs=0, seed=0, init="random",
-                    anchor=0)
+    mp0 = map_query(trained["model"], [trained["query"]], epochs=0, seed=0, init="random", anchor=0)
     z0 = mp0.get_latent_representation("cell", 0)
     acc0 = (knn.predict(z0[okq]) == q.obs["celltype"].astype(str).to_numpy()[okq]).mean()
     assert acc > acc0 + 0.1, (acc, acc0)
@@ -112,9 +117,8 @@ def test_query_lands_near_same_type(trained):
 @pytest.mark.parametrize("method", ["mlp", "knn"])
 def test_transfer_labels(trained, method):
     ref, q = trained["ref_emb"], trained["query_emb"]
-    out = transfer_labels(ref, [q], labels=["celltype", "region"], method=method,
-                          max_epochs=60)[0]
-    assert out is not q and "celltype_transfer" not in q.obs       # a copy
+    out = transfer_labels(ref, [q], labels=["celltype", "region"], method=method, max_epochs=60)[0]
+    assert out is not q and "celltype_transfer" not in q.obs  # a copy
     for lab, floor in (("celltype", 0.3), ("region", 0.6), ("celltype_main", 0.5)):
         pred = out.obs[f"{lab}_transfer"].astype(str).to_numpy()
         truth = out.obs[lab].astype(str).to_numpy()
@@ -129,21 +133,25 @@ def test_transfer_labels(trained, method):
     sub = out.obs["celltype_transfer"].astype(str)
     main = out.obs["celltype_main_transfer"].astype(str)
     assert all(main_of[s] == m for s, m in zip(sub, main))
-    assert (out.obs["celltype_transfer_uncertainty"]
-            >= out.obs["celltype_main_transfer_uncertainty"] - 1e-6).all()
+    assert (
+        out.obs["celltype_transfer_uncertainty"]
+        >= out.obs["celltype_main_transfer_uncertainty"] - 1e-6
+    ).all()
     assert out.uns["label_transfer"]["region"]["smoothed"]
     assert out.uns["label_transfer"]["celltype"]["hierarchy_mode"] == "flat"
-    if method == "mlp":      # cell types "sqrt", regions "balanced" (the defaults)
+    if method == "mlp":  # cell types "sqrt", regions "balanced" (the defaults)
         assert out.uns["label_transfer"]["celltype"]["class_balance"] == "sqrt"
         assert out.uns["label_transfer"]["region"]["class_balance"] == "balanced"
     # flat (default): the sub labels are those of the classifier without a hierarchy
-    flat = transfer_labels(ref, [q], labels=["celltype"], method=method, max_epochs=60,
-                           hierarchy={})[0]
+    flat = transfer_labels(
+        ref, [q], labels=["celltype"], method=method, max_epochs=60, hierarchy={}
+    )[0]
     assert (flat.obs["celltype_transfer"].astype(str) == sub).all()
     assert "celltype_main_transfer" not in flat.obs
     # nested (the paper): main first, then sub inside it; the same containment holds
-    nest = transfer_labels(ref, [q], labels=["celltype"], method=method, max_epochs=60,
-                           hierarchy_mode="nested")[0]
+    nest = transfer_labels(
+        ref, [q], labels=["celltype"], method=method, max_epochs=60, hierarchy_mode="nested"
+    )[0]
     sub_n = nest.obs["celltype_transfer"].astype(str)
     main_n = nest.obs["celltype_main_transfer"].astype(str)
     assert all(main_of[s] == m for s, m in zip(sub_n, main_n))
@@ -154,10 +162,8 @@ def test_transfer_labels(trained, method):
 
 def test_region_smoothing_is_spatially_coherent(trained):
     ref, q = trained["ref_emb"], trained["query_emb"]
-    raw = transfer_labels(ref, [q], labels=["region"], smooth_regions=False,
-                          max_epochs=60)[0]
-    smo = transfer_labels(ref, [q], labels=["region"], smooth_regions=True,
-                          max_epochs=60)[0]
+    raw = transfer_labels(ref, [q], labels=["region"], smooth_regions=False, max_epochs=60)[0]
+    smo = transfer_labels(ref, [q], labels=["region"], smooth_regions=True, max_epochs=60)[0]
     from scipy.spatial import cKDTree
 
     xy = q.obsm["spatial"]
@@ -175,7 +181,7 @@ def test_transfer_bad_input(trained):
     with pytest.raises(BrainAtlasInputError):
         transfer_labels(ref, [q], labels=["no_such_label"])
     with pytest.raises(BrainAtlasInputError):
-        transfer_labels(ref, [trained["query"]], labels=["celltype"])   # no embedding
+        transfer_labels(ref, [trained["query"]], labels=["celltype"])  # no embedding
     with pytest.raises(BrainAtlasInputError):
         transfer_labels(ref, [q], labels=["celltype"], method="svm")
     with pytest.raises(BrainAtlasInputError):
@@ -206,7 +212,7 @@ def test_impute_any_gene(trained):
     with pytest.raises(BrainAtlasInputError):
         impute_genes(mp, 0, ["NOT_A_GENE"])
     with pytest.raises(BrainAtlasInputError):
-        measured_vs_imputed(q, ref_only[0], mp)       # not measured in this section
+        measured_vs_imputed(q, ref_only[0], mp)  # not measured in this section
 
 
 def test_warm_start_and_reference_anchor(trained):
@@ -214,10 +220,10 @@ def test_warm_start_and_reference_anchor(trained):
     other columns 0); the anchor loss teaches the query encoder to put reference cells
     (read through the query panel) at their frozen reference z_C."""
     from napari_brainatlas.annotate.query import _anchor_sets, reference_latents
-    from napari_brainatlas.model import preprocess_section
+    from napari_brainatlas.fusemap import preprocess_section
 
     m, q = trained["model"], trained["query"]
-    mp0 = map_query(m, [q], epochs=0, seed=0)              # warm start, no training
+    mp0 = map_query(m, [q], epochs=0, seed=0)  # warm start, no training
     name = mp0.query_names[0]
     enc = mp0.module.encoders[name]
     qgenes = mp0.module.section_genes[name]
@@ -251,13 +257,15 @@ def test_warm_start_and_reference_anchor(trained):
     prep = [preprocess_section(q, name)]
     Xa, Za = _anchor_sets(m, prep, reference_latents(m))[0]
     assert Xa.shape == (len(Za), len(qgenes)) and len(Za) > 0.9 * sum(
-        a.n_obs for a in trained["ref"])
+        a.n_obs for a in trained["ref"]
+    )
 
     def anchor_mse(mapping):
         e = mapping.module.encoders[name].eval()
         with torch.no_grad():
             mu = e(torch.from_numpy(np.asarray(Xa, np.float32)))[0].numpy()
         return float(((mu - Za) ** 2).mean())
+
     assert anchor_mse(mp) < 0.7 * anchor_mse(free), (anchor_mse(mp), anchor_mse(free))
     # annotated reference sections with counts (model folder without cells) anchor too
     refs = trained["ref_emb"]
@@ -285,20 +293,22 @@ def test_impute_knn_in_cell_embedding(trained):
     expression is there, the decoder otherwise."""
     from sklearn.neighbors import NearestNeighbors
 
-    from napari_brainatlas.model import preprocess_section
+    from napari_brainatlas.fusemap import preprocess_section
 
     m, mp, q = trained["model"], trained["mapping"], trained["query_emb"]
     ref_genes = [{g.upper() for g in a.var_names} for a in trained["ref"]]
-    gene = next(g for g in sorted(set.union(*ref_genes))
-                if sum(g in rg for rg in ref_genes) == 2)      # measured in 2 of 3 sections
+    gene = next(
+        g for g in sorted(set.union(*ref_genes)) if sum(g in rg for rg in ref_genes) == 2
+    )  # measured in 2 of 3 sections
     ref_view = {"view": "reference", "weights": "uniform"}
     cell = impute_genes(mp, 0, [gene], method="knn", k=50, space="cell", **ref_view)
-    df = impute_genes(mp, 0, [gene], method="knn", k=50, **ref_view)   # joint [z_C, z_T]
+    df = impute_genes(mp, 0, [gene], method="knn", k=50, **ref_view)  # joint [z_C, z_T]
     assert df.attrs["method"] == "knn" and df.attrs["space"] == "joint"
     assert cell.attrs["space"] == "cell"
     Zr, Zj, V = [], [], []
-    for a, z, t in zip(trained["ref"], m.get_latent_representation("cell"),
-                       m.get_latent_representation("tissue")):
+    for a, z, t in zip(
+        trained["ref"], m.get_latent_representation("cell"), m.get_latent_representation("tissue")
+    ):
         p = preprocess_section(a, "r")
         if gene not in p.genes:
             continue
@@ -324,16 +334,19 @@ def test_impute_knn_in_cell_embedding(trained):
     auto = impute_genes(mp, 0, [gene], **ref_view)
     assert auto.attrs["method"] == "knn"
     np.testing.assert_allclose(auto[gene].to_numpy(), df[gene].to_numpy(), equal_nan=True)
-    assert impute_genes(mp, 0, [gene]).attrs["view"] == "query"     # the default
+    assert impute_genes(mp, 0, [gene]).attrs["view"] == "query"  # the default
     dec = impute_genes(mp, 0, [gene], method="decoder")
     assert dec.attrs["method"] == "decoder" and not np.allclose(
-        dec[gene].to_numpy()[ok], df[gene].to_numpy()[ok])
+        dec[gene].to_numpy()[ok], df[gene].to_numpy()[ok]
+    )
     # a gene no reference section measured (new in the query): decoder, also under auto
     new = mp.new_genes[0]
     both = impute_genes(mp, 0, [gene, new])
-    np.testing.assert_allclose(both[new].to_numpy(),
-                               impute_genes(mp, 0, [new], method="decoder")[new].to_numpy(),
-                               equal_nan=True)
+    np.testing.assert_allclose(
+        both[new].to_numpy(),
+        impute_genes(mp, 0, [new], method="decoder")[new].to_numpy(),
+        equal_nan=True,
+    )
     with pytest.raises(BrainAtlasInputError):
         impute_genes(mp, 0, [new], method="knn")
     # a FuseMap section is imputed from the other sections only (its own cells left out)
@@ -356,13 +369,12 @@ def test_impute_knn_query_view(trained):
     (the anchor taught that)."""
     from scipy.spatial import cKDTree
 
-    from napari_brainatlas.annotate.query import encode_through_panel
-    from napari_brainatlas.model import preprocess_section, spatial_graph
+    from napari_brainatlas.annotate.panel import encode_through_panel
+    from napari_brainatlas.fusemap import preprocess_section, spatial_graph
 
     m, mp = trained["model"], trained["mapping"]
     ref_genes = [{g.upper() for g in a.var_names} for a in trained["ref"]]
-    gene = next(g for g in sorted(set.union(*ref_genes))
-                if sum(g in rg for rg in ref_genes) == 2)
+    gene = next(g for g in sorted(set.union(*ref_genes)) if sum(g in rg for rg in ref_genes) == 2)
     df = impute_genes(mp, 0, [gene], method="knn", k=20)
     assert df.attrs["view"] == "query" and df.attrs["weights"] == "distance"
     Zj, V, own, moved = [], [], [], []
@@ -380,11 +392,12 @@ def test_impute_knn_query_view(trained):
         V.append(np.asarray(p.X[:, p.genes.index(gene)]).ravel()[ok])
     assert np.mean(own) < 0.5 * np.mean(moved), (own, moved)
     Zj, V = np.concatenate(Zj), np.concatenate(V)
-    zq = np.hstack([mp.get_latent_representation("cell", 0),
-                    mp.get_latent_representation("tissue", 0)])
+    zq = np.hstack(
+        [mp.get_latent_representation("cell", 0), mp.get_latent_representation("tissue", 0)]
+    )
     ok = np.isfinite(zq).all(1)
     d, idx = cKDTree(Zj).query(zq[ok], k=20)
-    w = np.exp(-(d / d[:, [10]]) ** 2)
+    w = np.exp(-((d / d[:, [10]]) ** 2))
     by_hand = (w * V[idx]).sum(1) / w.sum(1)
     np.testing.assert_allclose(df[gene].to_numpy()[ok], by_hand, atol=1e-4)
     uni = impute_genes(mp, 0, [gene], method="knn", k=20, weights="uniform")
@@ -404,7 +417,8 @@ def test_query_mapping_save_load_round_trip(trained, tmp_path):
     mp, q = trained["mapping"], trained["query"]
     folder = mp.save(tmp_path / "mapping")
     assert {"weights.pt", "query.json", "genes.csv", "latent.npz", "reference"} <= {
-        f.name for f in folder.iterdir()}
+        f.name for f in folder.iterdir()
+    }
     genes = [mp.new_genes[0], "GAD1"]
     # with the query sections: re-encoded from the loaded weights, same embeddings
     back = QueryMapping.load(folder, query_sections=[q], device="cpu")
@@ -415,20 +429,31 @@ def test_query_mapping_save_load_round_trip(trained, tmp_path):
         b = back.get_latent_representation(kind, 0)
         assert np.allclose(a, b, atol=1e-5, equal_nan=True), kind
     pd.testing.assert_frame_equal(back.gene_embedding(), mp.gene_embedding())
-    pd.testing.assert_frame_equal(impute_genes(back, 0, genes, method="decoder"),
-                                  impute_genes(mp, 0, genes, method="decoder"), atol=1e-5)
+    pd.testing.assert_frame_equal(
+        impute_genes(back, 0, genes, method="decoder"),
+        impute_genes(mp, 0, genes, method="decoder"),
+        atol=1e-5,
+    )
     # the reference came back without its cells: no kNN imputation from it ...
     with pytest.raises(BrainAtlasInputError):
         impute_genes(back, 0, ["GAD1"], method="knn")
     # ... unless the reference sections are given too
-    full = QueryMapping.load(folder, query_sections=[q], reference_sections=trained["ref"],
-                             device="cpu")
-    pd.testing.assert_frame_equal(impute_genes(full, 0, ["GAD1"], method="knn"),
-                                  impute_genes(mp, 0, ["GAD1"], method="knn"), atol=1e-5)
+    full = QueryMapping.load(
+        folder, query_sections=[q], reference_sections=trained["ref"], device="cpu"
+    )
+    pd.testing.assert_frame_equal(
+        impute_genes(full, 0, ["GAD1"], method="knn"),
+        impute_genes(mp, 0, ["GAD1"], method="knn"),
+        atol=1e-5,
+    )
     assert back.frozen_unchanged()
     w = back.write_embeddings()[0]
-    assert np.allclose(w.obsm["X_fusemap_cell"], trained["query_emb"].obsm["X_fusemap_cell"],
-                       atol=1e-5, equal_nan=True)
+    assert np.allclose(
+        w.obsm["X_fusemap_cell"],
+        trained["query_emb"].obsm["X_fusemap_cell"],
+        atol=1e-5,
+        equal_nan=True,
+    )
     # every tensor of the extended module came back bit for bit
     s0, s1 = mp.module.state_dict(), back.module.state_dict()
     assert s0.keys() == s1.keys()
@@ -436,8 +461,11 @@ def test_query_mapping_save_load_round_trip(trained, tmp_path):
         assert torch.equal(s0[k].cpu(), s1[k].cpu()), k
     # without the query sections: the saved embeddings serve embeddings and imputation
     lite = QueryMapping.load(folder, device="cpu")
-    assert np.allclose(lite.get_latent_representation("cell", 0),
-                       mp.get_latent_representation("cell", 0), equal_nan=True)
+    assert np.allclose(
+        lite.get_latent_representation("cell", 0),
+        mp.get_latent_representation("cell", 0),
+        equal_nan=True,
+    )
     df = impute_genes(lite, mp.query_names[0], genes)
     assert list(df.index) == list(q.obs_names)
     pd.testing.assert_frame_equal(df, impute_genes(mp, 0, genes, method="decoder"), atol=1e-5)
@@ -455,8 +483,7 @@ def test_query_mapping_save_load_round_trip(trained, tmp_path):
 def test_map_query_bad_input(trained):
     import anndata as ad
 
-    bad = ad.AnnData(np.ones((20, 2), np.float32),
-                     var=pd.DataFrame(index=["NOPE1", "NOPE2"]))
+    bad = ad.AnnData(np.ones((20, 2), np.float32), var=pd.DataFrame(index=["NOPE1", "NOPE2"]))
     bad.obsm["spatial"] = np.random.default_rng(0).uniform(0, 100, (20, 2))
     with pytest.raises(BrainAtlasInputError):
         map_query(trained["model"], [bad], epochs=1)
@@ -480,22 +507,48 @@ def test_cli_transfer_and_impute(trained, tmp_path, capsys):
 
     m = trained["model"]
     m.save(tmp_path / "run" / "model")
-    for a, name in zip(trained["ref_emb"], m.section_names):   # as `embed` writes them
+    for a, name in zip(trained["ref_emb"], m.section_names):  # as `embed` writes them
         write_h5ad(a, tmp_path / "run" / f"{name}.h5ad")
     qpath = write_h5ad(trained["query"], tmp_path / "query.h5ad")
     out = tmp_path / "annotated.h5ad"
-    rc, err = _cli(capsys, "transfer", "--model", tmp_path / "run" / "model", "--query", qpath,
-                   "--labels", "celltype,region", "--epochs", "4", "--out", out)
+    rc, err = _cli(
+        capsys,
+        "transfer",
+        "--model",
+        tmp_path / "run" / "model",
+        "--query",
+        qpath,
+        "--labels",
+        "celltype,region",
+        "--epochs",
+        "4",
+        "--out",
+        out,
+    )
     assert rc == 0, err
     a = ad.read_h5ad(out)
-    for c in ("celltype_transfer", "celltype_transfer_uncertainty", "region_transfer",
-              "region_transfer_uncertainty"):
+    for c in (
+        "celltype_transfer",
+        "celltype_transfer_uncertainty",
+        "region_transfer",
+        "region_transfer_uncertainty",
+    ):
         assert c in a.obs
     assert (a.obs["region_transfer"].astype(str) == a.obs["region"].astype(str)).mean() > 0.5
     assert "X_fusemap_cell" in a.obsm
     imp = tmp_path / "imputed.h5ad"
-    rc, err = _cli(capsys, "impute", "--model", tmp_path / "run" / "model", "--data", out,
-                   "--genes", "Gad1,Slc17a7", "--out", imp)
+    rc, err = _cli(
+        capsys,
+        "impute",
+        "--model",
+        tmp_path / "run" / "model",
+        "--data",
+        out,
+        "--genes",
+        "Gad1,Slc17a7",
+        "--out",
+        imp,
+    )
     assert rc == 0, err
     b = ad.read_h5ad(imp)
     assert {"imputed_GAD1", "imputed_SLC17A7"} <= set(b.obs.columns)
@@ -504,30 +557,94 @@ def test_cli_transfer_and_impute(trained, tmp_path, capsys):
     # the default (auto) used the embedded reference files beside the model: kNN; by hand
     refs = [ad.read_h5ad(tmp_path / "run" / f"{n}.h5ad") for n in m.section_names]
     knn = impute_genes(m, a, ["GAD1"], method="knn", reference=refs)["GAD1"].to_numpy()
-    np.testing.assert_allclose(b.obs["imputed_GAD1"].to_numpy(), knn, rtol=1e-5, atol=1e-6,
-                               equal_nan=True)
-    rc, err = _cli(capsys, "impute", "--model", tmp_path / "run" / "model", "--data", out,
-                   "--genes", "GAD1", "--method", "decoder", "--out", tmp_path / "dec.h5ad")
+    np.testing.assert_allclose(
+        b.obs["imputed_GAD1"].to_numpy(), knn, rtol=1e-5, atol=1e-6, equal_nan=True
+    )
+    rc, err = _cli(
+        capsys,
+        "impute",
+        "--model",
+        tmp_path / "run" / "model",
+        "--data",
+        out,
+        "--genes",
+        "GAD1",
+        "--method",
+        "decoder",
+        "--out",
+        tmp_path / "dec.h5ad",
+    )
     assert rc == 0, err
     dec = ad.read_h5ad(tmp_path / "dec.h5ad").obs["imputed_GAD1"].to_numpy()
-    np.testing.assert_allclose(dec, impute_genes(m, a, ["GAD1"], method="decoder")[
-        "GAD1"].to_numpy(), rtol=1e-5, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        dec,
+        impute_genes(m, a, ["GAD1"], method="decoder")["GAD1"].to_numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+        equal_nan=True,
+    )
     # a file without embedding is mapped first (--epochs 1)
-    rc, err = _cli(capsys, "impute", "--model", tmp_path / "run" / "model", "--data", qpath,
-                   "--genes", "GAD1", "--epochs", "1", "--out", tmp_path / "imp2.h5ad")
+    rc, err = _cli(
+        capsys,
+        "impute",
+        "--model",
+        tmp_path / "run" / "model",
+        "--data",
+        qpath,
+        "--genes",
+        "GAD1",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "imp2.h5ad",
+    )
     assert rc == 0, err
     # bad input: one line, exit 2
-    rc, err = _cli(capsys, "impute", "--model", tmp_path / "run" / "model", "--data", out,
-                   "--genes", "NOT_A_GENE", "--out", tmp_path / "x.h5ad")
+    rc, err = _cli(
+        capsys,
+        "impute",
+        "--model",
+        tmp_path / "run" / "model",
+        "--data",
+        out,
+        "--genes",
+        "NOT_A_GENE",
+        "--out",
+        tmp_path / "x.h5ad",
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    rc, err = _cli(capsys, "transfer", "--model", tmp_path / "run" / "model", "--query", qpath,
-                   "--labels", "nolabel", "--out", tmp_path / "y.h5ad")
+    rc, err = _cli(
+        capsys,
+        "transfer",
+        "--model",
+        tmp_path / "run" / "model",
+        "--query",
+        qpath,
+        "--labels",
+        "nolabel",
+        "--out",
+        tmp_path / "y.h5ad",
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     # the console script itself (one subprocess): a missing model folder
-    r = subprocess.run([sys.executable, "-m", "napari_brainatlas", "transfer", "--model",
-                        str(tmp_path / "nowhere"), "--query", str(qpath), "--out",
-                        str(tmp_path / "z.h5ad")], capture_output=True, text=True, timeout=120,
-                       check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_brainatlas",
+            "transfer",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--query",
+            str(qpath),
+            "--out",
+            str(tmp_path / "z.h5ad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
@@ -551,10 +668,14 @@ def test_osmfish_query_with_hidden_genes():
     m.train(max_epochs=2)
     mp = map_query(m, [q], epochs=3, seed=0)
     assert mp.frozen_unchanged() and mp.new_genes == []
-    out = transfer_labels(m.write_embeddings(copy=True), mp.write_embeddings(),
-                          labels=["ClusterName", "Region"], hierarchy={},
-                          embedding={"ClusterName": "X_fusemap_cell",
-                                     "Region": "X_fusemap_tissue"}, max_epochs=50)[0]
+    out = transfer_labels(
+        m.write_embeddings(copy=True),
+        mp.write_embeddings(),
+        labels=["ClusterName", "Region"],
+        hierarchy={},
+        embedding={"ClusterName": "X_fusemap_cell", "Region": "X_fusemap_tissue"},
+        max_epochs=50,
+    )[0]
     for lab in ("ClusterName", "Region"):
         acc = (out.obs[f"{lab}_transfer"].astype(str) == out.obs[lab].astype(str)).mean()
         majority = out.obs[lab].value_counts(normalize=True).max()

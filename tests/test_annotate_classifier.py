@@ -54,12 +54,12 @@ def test_mlp_early_stopping_monitor():
     """val_score_ is the monitored score of the kept state: mean recall over classes for
     'balanced_accuracy' (by hand on the same validation split), plain accuracy for
     'accuracy'; an unknown monitor is refused."""
-    Z, y = _blobs(n_per=(300, 300, 30), sep=1.5, seed=2)     # overlapping: imperfect
+    Z, y = _blobs(n_per=(300, 300, 30), sep=1.5, seed=2)  # overlapping: imperfect
     for mon in ("balanced_accuracy", "accuracy", "loss"):
         clf = MLPLabelClassifier(max_epochs=30, seed=0, monitor=mon).fit(Z, y)
         rng = np.random.default_rng(0)
         idx = rng.permutation(len(Z))
-        va = idx[round(0.8 * len(Z)):round(0.8 * len(Z)) + round(0.1 * len(Z))]
+        va = idx[round(0.8 * len(Z)) : round(0.8 * len(Z)) + round(0.1 * len(Z))]
         pred = clf.predict(Z[va])[0]
         acc = (pred == y[va]).mean()
         bal = np.mean([(pred[y[va] == c] == c).mean() for c in np.unique(y[va])])
@@ -69,8 +69,8 @@ def test_mlp_early_stopping_monitor():
         elif mon == "accuracy":
             assert clf.val_score_ == pytest.approx(acc, abs=1e-6)
         else:
-            assert clf.val_score_ < 0          # minus the validation loss
-    assert not np.isclose(bal, acc)            # the two scores differ on this data
+            assert clf.val_score_ < 0  # minus the validation loss
+    assert not np.isclose(bal, acc)  # the two scores differ on this data
     assert MLPLabelClassifier().monitor == "balanced_accuracy"
     with pytest.raises(BrainAtlasInputError):
         MLPLabelClassifier(monitor="f1")

@@ -7,8 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ._shots import save_shot
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
+from qtpy.QtCore import Qt  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -37,18 +40,13 @@ def annotate_dock(make_napari_viewer):
 
 
 def _save_screenshot(viewer, name):
-    """The whole window after the transfer, into tests/_screenshots (to look at)."""
-    from pathlib import Path
-
+    """The whole window after the transfer (see tests/_shots.py)."""
     from qtpy.QtWidgets import QApplication
-    from skimage.io import imsave
 
     viewer.reset_view()
     QApplication.processEvents()
     img = viewer.screenshot(canvas_only=False, flash=False)
-    out = Path(__file__).resolve().parent / "_screenshots" / f"{name}.png"
-    out.parent.mkdir(exist_ok=True)
-    imsave(out, img, check_contrast=False)
+    save_shot(img, name)
 
 
 def _left():
@@ -68,12 +66,16 @@ def test_transfer_show_and_impute(qtbot, annotate_dock, error_notifications):
     qtbot.waitUntil(lambda: w.mapping is not None and not w.busy, timeout=180000)
     assert not error_notifications, [n.message for n in error_notifications]
     assert w.progress.value() == 100
-    assert "anchored query mapping" in w.status.text()   # anchor in use: no adversary
+    assert "anchored query mapping" in w.status.text()  # anchor in use: no adversary
     _save_screenshot(viewer, "annotate_demo")
     q = queries[0]
     ad = q.metadata["adata"]
-    for c in ("celltype_transfer", "celltype_transfer_uncertainty", "region_transfer",
-              "region_transfer_uncertainty"):
+    for c in (
+        "celltype_transfer",
+        "celltype_transfer_uncertainty",
+        "region_transfer",
+        "region_transfer_uncertainty",
+    ):
         assert c in ad.obs and c in q.features.columns
     u = ad.obs["region_transfer_uncertainty"].to_numpy()
     assert np.nanmin(u) >= 0 and np.nanmax(u) <= 1
@@ -107,16 +109,16 @@ def test_transfer_show_and_impute(qtbot, annotate_dock, error_notifications):
 
 def test_bad_input_is_one_notification(qtbot, annotate_dock, error_notifications, tmp_path):
     _viewer, w = annotate_dock
-    for i in range(w.query_list.count()):       # no query ticked
-        w.query_list.item(i).setCheckState(0)
+    for i in range(w.query_list.count()):  # no query ticked
+        w.query_list.item(i).setCheckState(Qt.CheckState.Unchecked)
     assert w.run() is None
     assert len(error_notifications) == 1 and "query" in str(error_notifications[0].message)
-    w.query_list.item(2).setCheckState(2)
+    w.query_list.item(2).setCheckState(Qt.CheckState.Checked)
     w.model_edit.setText(str(tmp_path / "no_model"))
     assert w.run() is None
     assert len(error_notifications) == 2
     w.model_edit.setText("")
-    w.set_labels(["no_such_label"])             # not offered: nothing ticked
+    w.set_labels(["no_such_label"])  # not offered: nothing ticked
     assert w.labels() == []
     assert w.run() is None
     assert len(error_notifications) == 3

@@ -86,12 +86,27 @@ def test_demo_atlas_structure():
     assert a.annotation.shape == (160, 110, 160)
     onto = a.ontology
     present = {onto.acronym(i) for i in np.unique(a.annotation) if i}
-    for acr in ("CTX1", "CTX2/3", "CTX4", "CTX5", "CTX6", "CA", "DG", "STR", "PAL", "TH", "HY",
-                "MB", "OLF", "fiber tracts", "VS"):
+    for acr in (
+        "CTX1",
+        "CTX2/3",
+        "CTX4",
+        "CTX5",
+        "CTX6",
+        "CA",
+        "DG",
+        "STR",
+        "PAL",
+        "TH",
+        "HY",
+        "MB",
+        "OLF",
+        "fiber tracts",
+        "VS",
+    ):
         assert acr in present
     # two mirror-symmetric hemispheres
     assert np.array_equal(a.annotation, a.annotation[:, :, ::-1])
     # deterministic (cached object, and the generator itself)
-    from napari_brainatlas.atlas.demo_atlas import _demo_volume
+    from napari_brainatlas.atlas.demo_atlas import demo_volume
 
-    assert np.array_equal(_demo_volume.__wrapped__(50.0), a.annotation)
+    assert np.array_equal(demo_volume.__wrapped__(50.0), a.annotation)

@@ -33,8 +33,10 @@ def big_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("backed") / "big.h5ad"
     rng = np.random.default_rng(0)
     names = np.repeat([f"s{i}" for i in range(SECTIONS)], N_BIG // SECTIONS)
-    obs = pd.DataFrame({"section": pd.Categorical(names)},
-                       index=pd.Index(np.char.add("c", np.arange(N_BIG).astype(str)).astype(object)))
+    obs = pd.DataFrame(
+        {"section": pd.Categorical(names)},
+        index=pd.Index(np.char.add("c", np.arange(N_BIG).astype(str)).astype(object)),
+    )
     a = ad.AnnData(obs=obs, var=pd.DataFrame(index=[f"G{j}" for j in range(G_BIG)]))
     a.obsm["spatial"] = rng.random((N_BIG, 2)) * 1e4
     a.write_h5ad(path)
@@ -42,13 +44,12 @@ def big_file(tmp_path_factory):
     with h5py.File(path, "a") as f:
         if "X" in f:
             del f["X"]
-        d = f.create_dataset("X", shape=(N_BIG, G_BIG), dtype=np.float32,
-                             chunks=(32768, G_BIG))
+        d = f.create_dataset("X", shape=(N_BIG, G_BIG), dtype=np.float32, chunks=(32768, G_BIG))
         d.attrs["encoding-type"] = "array"
         d.attrs["encoding-version"] = "0.2.0"
         step = 500_000
         for lo in range(0, N_BIG, step):
-            d[lo:lo + step] = _value(np.arange(lo, min(N_BIG, lo + step)), np.arange(G_BIG))
+            d[lo : lo + step] = _value(np.arange(lo, min(N_BIG, lo + step)), np.arange(G_BIG))
     gc.collect()
     return path
 
@@ -93,8 +94,9 @@ def _small(path, n=5_000, seed=0, dense=False):
     rng = np.random.default_rng(seed)
     X = sp.random(n, 12, density=0.3, format="csr", random_state=seed, dtype=np.float32)
     X.data = np.round(X.data * 10)
-    a = ad.AnnData(X=X.toarray() if dense else X,
-                   var=pd.DataFrame(index=[f"G{j}" for j in range(12)]))
+    a = ad.AnnData(
+        X=X.toarray() if dense else X, var=pd.DataFrame(index=[f"G{j}" for j in range(12)])
+    )
     a.obs_names = [f"c{i}" for i in range(n)]
     a.obs["slice"] = pd.Categorical(np.array(["b", "a", "c"])[rng.integers(0, 3, n)])
     a.obs["region"] = pd.Categorical(np.array(["R1", "R2"])[rng.integers(0, 2, n)])
@@ -108,8 +110,7 @@ def test_backed_sections_match_in_memory(tmp_path, dense):
     a = _small(tmp_path / "s.h5ad", dense=dense)
     backed = read_sections(tmp_path / "s.h5ad", backed=True)
     memory = read_sections(tmp_path / "s.h5ad")
-    assert [s.obs["section"].iloc[0] for s in backed] == \
-        [s.obs["section"].iloc[0] for s in memory]
+    assert [s.obs["section"].iloc[0] for s in backed] == [s.obs["section"].iloc[0] for s in memory]
     for b, m in zip(backed, memory):
         assert b.isbacked and not m.isbacked
         assert list(b.obs_names) == list(m.obs_names)

@@ -75,8 +75,9 @@ def test_training_separates_synthetic_cell_types():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 200)
     rate = np.where((np.arange(20) < 10)[None, :] == (y[:, None] == 0), 8.0, 3.0)
-    a = ad.AnnData(X=rng.poisson(rate).astype(np.float32),
-                   var=pd.DataFrame(index=[f"g{i}" for i in range(20)]))
+    a = ad.AnnData(
+        X=rng.poisson(rate).astype(np.float32), var=pd.DataFrame(index=[f"g{i}" for i in range(20)])
+    )
     kw = {"seed": 0, "d_model": 16, "n_heads": 2, "dim_feedforward": 32, "n_layers": 1}
     before = silhouette_score(CellFormer(a, **kw).get_latent_representation(write=False), y)
     m = CellFormer(a, **kw)
@@ -88,8 +89,9 @@ def test_training_separates_synthetic_cell_types():
 def test_train_demo_sections_different_panels(demo, tmp_path):
     panels = {tuple(s.var_names) for s in demo}
     assert len(panels) > 1  # the demo sections measure different genes
-    m = CellFormer(demo, seed=0, d_model=16, n_heads=2, max_genes=16, dim_feedforward=32,
-                   batch_size=128)
+    m = CellFormer(
+        demo, seed=0, d_model=16, n_heads=2, max_genes=16, dim_feedforward=32, batch_size=128
+    )
     assert set(m.genes) == set().union(*[set(s.var_names) for s in demo])
     hist = m.train(epochs=2)
     assert len(hist) == 2 and hist[-1]["loss"] < hist[0]["loss"]
@@ -98,8 +100,11 @@ def test_train_demo_sections_different_panels(demo, tmp_path):
     assert demo[1].obsm[LATENT_KEY].shape == (demo[1].n_obs, 16)
     # save / load as a folder gives the same embeddings
     m.save(tmp_path / "cf")
-    assert {p.name for p in (tmp_path / "cf").iterdir()} == {"model.pt", "config.json",
-                                                             "genes.json"}
+    assert {p.name for p in (tmp_path / "cf").iterdir()} == {
+        "model.pt",
+        "config.json",
+        "genes.json",
+    }
     m2 = CellFormer.load(tmp_path / "cf", demo)
     np.testing.assert_allclose(m2.get_latent_representation(write=False), z, atol=1e-5)
     one = m2.get_latent_representation(demo[2], write=False)
@@ -118,8 +123,7 @@ def test_train_real_osmfish_loss_decreases():
     from napari_brainatlas.io import read_sections
 
     sec = read_sections(shared(OSMFISH))[0]
-    m = CellFormer(sec, seed=0, batch_size=128, d_model=32, max_genes=16,
-                   dim_feedforward=64)
+    m = CellFormer(sec, seed=0, batch_size=128, d_model=32, max_genes=16, dim_feedforward=64)
     seen = []
     hist = m.train(epochs=2, progress=lambda e, n, loss: seen.append((e, n, loss)))
     assert [s[:2] for s in seen] == [(1, 2), (2, 2)]
@@ -154,15 +158,22 @@ def test_cli_cellformer(tmp_path, capsys):
 
     files = write_demo_data(tmp_path / "d", seed=0, n_sections=2, cells_per_mm2=40)
     assert "napari_brainatlas.cellformer.cli" in cli.SUBCOMMAND_MODULES
-    code = cli.main(["cellformer", *map(str, files["sections"]), "--out",
-                     str(tmp_path / "out"), "--epochs", "1"])
+    code = cli.main(
+        [
+            "cellformer",
+            *map(str, files["sections"]),
+            "--out",
+            str(tmp_path / "out"),
+            "--epochs",
+            "1",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "out" / "model" / "model.pt").exists()
     import anndata as ad
 
     outs = sorted((tmp_path / "out").glob("*.h5ad"))
     assert len(outs) == 2 and LATENT_KEY in ad.read_h5ad(outs[0]).obsm
-    code = cli.main(["cellformer", str(tmp_path / "missing.h5ad"), "--out",
-                     str(tmp_path / "o2")])
+    code = cli.main(["cellformer", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "not found" in err[-1]

@@ -19,8 +19,17 @@ def test_info_real_files(capsys):
     assert "col_attrs['X'], col_attrs['Y']" in out and "obsm['spatial']" in out
 
 
-@pytest.mark.parametrize("case", ["unreadable", "no_coordinates", "nan_coordinates",
-                                  "duplicate_genes", "zero_cells", "non_numeric"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unreadable",
+        "no_coordinates",
+        "nan_coordinates",
+        "duplicate_genes",
+        "zero_cells",
+        "non_numeric",
+    ],
+)
 def test_info_bad_input_one_line_nonzero(tmp_path, capsys, case):
     path, words = make_bad_files(tmp_path)[case]
     before = sha1(path)
@@ -31,8 +40,10 @@ def test_info_bad_input_one_line_nonzero(tmp_path, capsys, case):
 
 
 def test_demo_data_then_info(tmp_path, capsys):
-    assert main(["demo-data", "--out", str(tmp_path), "--n-sections", "2",
-                 "--cells-per-mm2", "50"]) == 0
+    assert (
+        main(["demo-data", "--out", str(tmp_path), "--n-sections", "2", "--cells-per-mm2", "50"])
+        == 0
+    )
     files = sorted((tmp_path / "sections").glob("*.h5ad"))
     assert len(files) == 2
     assert (tmp_path / "atlas" / "annotation_50um.nrrd").exists()
@@ -43,16 +54,30 @@ def test_demo_data_then_info(tmp_path, capsys):
 
     from napari_brainatlas.atlas import Atlas, make_demo_atlas
 
-    a = Atlas.load(tmp_path / "atlas" / "annotation_50um.nrrd",
-                   ontology=tmp_path / "atlas" / "structure_tree.csv")
+    a = Atlas.load(
+        tmp_path / "atlas" / "annotation_50um.nrrd",
+        ontology=tmp_path / "atlas" / "structure_tree.csv",
+    )
     assert np.array_equal(a.annotation, make_demo_atlas().annotation)
     assert a.ontology.acronym(315) == "Isocortex"
 
 
 def test_demo_headless_writes_results_and_qc(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "napari_brainatlas", "demo", "--headless",
-                        "--out", str(tmp_path / "run")], check=False, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_brainatlas",
+            "demo",
+            "--headless",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     qc = tmp_path / "run" / "qc.png"
     assert qc.exists() and qc.stat().st_size > 20_000
@@ -72,9 +97,17 @@ def test_demo_headless_writes_results_and_qc(tmp_path):
 
 
 def test_help_and_unknown_command():
-    r = subprocess.run([sys.executable, "-m", "napari_brainatlas", "--help"],
-                       check=False, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_brainatlas", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "demo-data" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "napari_brainatlas", "frobnicate"],
-                       check=False, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_brainatlas", "frobnicate"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0

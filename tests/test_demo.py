@@ -12,8 +12,7 @@ def test_deterministic_for_a_seed():
     for x, y in zip(a, b):
         assert np.array_equal(x.obsm["spatial"], y.obsm["spatial"])
         assert (x.X != y.X).sum() == 0
-    assert a[0].n_obs != c[0].n_obs or not np.allclose(a[0].obsm["spatial"],
-                                                       c[0].obsm["spatial"])
+    assert a[0].n_obs != c[0].n_obs or not np.allclose(a[0].obsm["spatial"], c[0].obsm["spatial"])
 
 
 def test_truth_affine_maps_cells_onto_their_ccf_position(demo_sections, demo_atlas):

@@ -59,8 +59,9 @@ def _truth_registered(adata: AnnData) -> AnnData:
 def sections():
     from napari_brainatlas.demo import make_demo_sections
 
-    return [_truth_registered(s) for s in make_demo_sections(seed=0, n_sections=4,
-                                                             cells_per_mm2=60)]
+    return [
+        _truth_registered(s) for s in make_demo_sections(seed=0, n_sections=4, cells_per_mm2=60)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,9 @@ def test_demo_connectome_is_a_connectome():
     assert f.loc["Isocortex", "TH"] > 0.5 and f.loc["TH", "Isocortex"] > 0.5
     assert f.loc["STR", "PAL"] > 0.5 and f.loc["PAL", "STR"] == 0.0
     assert f.loc["HPF", "Isocortex"] > 0 and f.loc["Isocortex", "HPF"] > 0
-    assert type(con) is type(read_oh2014.__globals__["Connectome"](
-        ["a", "b"], np.eye(2), np.zeros((2, 2))))
+    assert type(con) is type(
+        read_oh2014.__globals__["Connectome"](["a", "b"], np.eye(2), np.zeros((2, 2)))
+    )
 
 
 def test_mapping_walks_up_and_sides(sections, ontology):
@@ -189,8 +191,9 @@ def _dense_gat(layer: GATLayer, x, src, dst, n_dst):
         js = src[dst == i]
         if js.numel() == 0:
             continue
-        e = torch.nn.functional.leaky_relu((h[js] * layer.att_src).sum(-1)
-                                           + (h[i] * layer.att_dst).sum(-1), 0.2)
+        e = torch.nn.functional.leaky_relu(
+            (h[js] * layer.att_src).sum(-1) + (h[i] * layer.att_dst).sum(-1), 0.2
+        )
         a = torch.softmax(e, dim=0)
         out[i] = (a.unsqueeze(-1) * h[js]).sum(0)
     return out.reshape(n_dst, H * C) + layer.bias
@@ -207,7 +210,7 @@ def test_gat_layer_shapes_softmax_gradients():
     assert out.shape == (n_dst, 15) and att.shape == (200, 3)
     sums = torch.zeros(n_dst, 3).index_add_(0, dst, att)
     assert torch.allclose(sums[: n_dst - 3], torch.ones(n_dst - 3, 3), atol=1e-5)
-    assert torch.allclose(out[n_dst - 3:], layer.bias.expand(3, -1))
+    assert torch.allclose(out[n_dst - 3 :], layer.bias.expand(3, -1))
     ref = _dense_gat(layer, x, src, dst, n_dst)
     assert torch.allclose(out, ref, atol=1e-5)
     out.pow(2).sum().backward()
@@ -270,8 +273,14 @@ def test_training_can_be_cancelled(data):
 
     seen = []
     with pytest.raises(TrainingCancelled):
-        train(data, epochs=50, batch_size=256, num_threads=1,
-              progress=lambda e, n, loss: seen.append(e), cancel=lambda: len(seen) >= 1)
+        train(
+            data,
+            epochs=50,
+            batch_size=256,
+            num_threads=1,
+            progress=lambda e, n, loss: seen.append(e),
+            cancel=lambda: len(seen) >= 1,
+        )
     assert seen == [1]
 
 
@@ -286,8 +295,11 @@ def test_write_results(sections, data, model):
         assert s.obsm["X_spacon"].shape == (s.n_obs, 16)
         assert s.uns["spacon"]["alpha"] == 0.5
         f = s.uns["spacon"]["f"]
-        assert np.allclose(s.obsm["X_spacon"], (1 - f) * s.obsm["X_spacon_spatial"]
-                           + f * s.obsm["X_spacon_connect"], atol=1e-5)
+        assert np.allclose(
+            s.obsm["X_spacon"],
+            (1 - f) * s.obsm["X_spacon_spatial"] + f * s.obsm["X_spacon_connect"],
+            atol=1e-5,
+        )
 
 
 # --------------------------------------------------------------------------- prediction
@@ -345,19 +357,21 @@ def test_real_connectome_maps_onto_ccf_ontology(oh2014, ccf_ontology):
     con, onto = oh2014, ccf_ontology
     for acr in con.regions:  # every matrix acronym is a CCF structure
         onto.id_of(acr)
-    ids = [onto.id_of(a) for a in ("VISp2/3", "VISp", "SSp-bfd4", "CA1", "Isocortex",
-                                   "fiber tracts")]
+    ids = [
+        onto.id_of(a) for a in ("VISp2/3", "VISp", "SSp-bfd4", "CA1", "Isocortex", "fiber tracts")
+    ]
     rows = map_structures(np.array(ids + [0, 123456789]), onto, con)
-    assert rows[0] == rows[1] == con.index("VISp")        # layer-specific walks up
+    assert rows[0] == rows[1] == con.index("VISp")  # layer-specific walks up
     assert rows[2] == con.index("SSp-bfd")
     assert rows[3] == con.index("CA1")
-    assert rows[4] == -1 and rows[5] == -1                 # coarser / outside: no row
-    assert rows[6] == -1 and rows[7] == -1                 # outside the brain / unknown
+    assert rows[4] == -1 and rows[5] == -1  # coarser / outside: no row
+    assert rows[6] == -1 and rows[7] == -1  # outside the brain / unknown
     # on cells: ids from the ontology, sides across the CCF midline
     ad = AnnData(np.ones((4, 2), np.float32))
     ad.obs["ccf_id"] = np.array([ids[0], ids[0], ids[3], 0])
-    ad.obsm["ccf_coords"] = np.array([[8000, 1000, 3000], [8000, 1000, 9000],
-                                      [7000, 2000, 4000], [0, 0, 0]], float)
+    ad.obsm["ccf_coords"] = np.array(
+        [[8000, 1000, 3000], [8000, 1000, 9000], [7000, 2000, 4000], [0, 0, 0]], float
+    )
     region, hemi = map_cells(ad, onto, con)
     assert region.tolist() == [con.index("VISp")] * 2 + [con.index("CA1"), -1]
     assert hemi.tolist() == [0, 1, 0, 0]
@@ -386,8 +400,9 @@ def test_registered_through_the_engine(ontology):
     atlas = make_demo_atlas()
     s = make_demo_sections(seed=1, n_sections=1, cells_per_mm2=60)[0]
     t = s.uns["demo_truth"]
-    res = reg.register_section(s, atlas, "coronal", t["position_um"], t["hemisphere"],
-                               midline=t["midline"])
+    res = reg.register_section(
+        s, atlas, "coronal", t["position_um"], t["hemisphere"], midline=t["midline"]
+    )
     out = reg.apply_registration(s, res, atlas)
     con = demo_connectome()
     region, _hemi = map_cells(out, ontology, con)
@@ -422,8 +437,24 @@ def test_domains_cli(tmp_path, sections, capsys):
         s.write_h5ad(p)
         paths.append(str(p))
     out = tmp_path / "out"
-    rc = _run(["domains", *paths, "--connectome", "demo", "--alpha", "0.5", "--epochs", "2",
-               "--out", str(out), "--threads", "1", "--n-domains", "5"])
+    rc = _run(
+        [
+            "domains",
+            *paths,
+            "--connectome",
+            "demo",
+            "--alpha",
+            "0.5",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            "--n-domains",
+            "5",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "epoch 2/2" in text and "domains" in text
@@ -440,14 +471,34 @@ def test_domains_cli(tmp_path, sections, capsys):
     with pytest.raises(BrainAtlasInputError, match="alpha"):
         _run(["domains", paths[0], "--connectome", "demo", "--alpha", "2", "--out", str(out)])
     with pytest.raises(BrainAtlasInputError, match="not found"):
-        _run(["domains", paths[0], "--connectome", str(tmp_path / "no.xlsx"), "--alpha", "0",
-              "--out", str(out)])
+        _run(
+            [
+                "domains",
+                paths[0],
+                "--connectome",
+                str(tmp_path / "no.xlsx"),
+                "--alpha",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
     raw = sections[0].copy()
     del raw.obs["ccf_id"], raw.obs["ccf_acronym"]
     raw.write_h5ad(tmp_path / "raw.h5ad")
     with pytest.raises(BrainAtlasInputError, match="register"):
-        _run(["domains", str(tmp_path / "raw.h5ad"), "--connectome", "demo", "--alpha", "0",
-              "--out", str(out)])
+        _run(
+            [
+                "domains",
+                str(tmp_path / "raw.h5ad"),
+                "--connectome",
+                "demo",
+                "--alpha",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
 
 
 def test_domains_cli_through_main(tmp_path, sections, capsys, monkeypatch):
@@ -459,13 +510,24 @@ def test_domains_cli_through_main(tmp_path, sections, capsys, monkeypatch):
     assert mod in cli.SUBCOMMAND_MODULES
     p = tmp_path / "in.h5ad"
     sections[0].write_h5ad(p)
-    rc = cli.main(["domains", str(p), "--connectome", "demo", "--alpha", "3",
-                   "--out", str(tmp_path / "o")])
+    rc = cli.main(
+        ["domains", str(p), "--connectome", "demo", "--alpha", "3", "--out", str(tmp_path / "o")]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "alpha" in err[0]
-    rc = cli.main(["domains", str(p), "--connectome", str(tmp_path / "none.xlsx"),
-                   "--alpha", "0.5", "--out", str(tmp_path / "o")])
+    rc = cli.main(
+        [
+            "domains",
+            str(p),
+            "--connectome",
+            str(tmp_path / "none.xlsx"),
+            "--alpha",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not found" in err[0]
 

@@ -81,16 +81,14 @@ def test_cancel_training(qtbot, domains_dock, error_notifications):
     _viewer, w = domains_dock
     w.epochs.setValue(5000)
     w.train()
-    qtbot.waitUntil(lambda: w.progress.value() > 0 or "epoch" in w.status.text(),
-                    timeout=60000)
+    qtbot.waitUntil(lambda: w.progress.value() > 0 or "epoch" in w.status.text(), timeout=60000)
     qtbot.mouseClick(w.cancel_button, _left())
     qtbot.waitUntil(lambda: not w.busy, timeout=60000)
     assert w.model is None and "cancelled" in w.status.text()
     assert not error_notifications
 
 
-def test_bad_connectome_is_one_notification(qtbot, domains_dock, error_notifications,
-                                            tmp_path):
+def test_bad_connectome_is_one_notification(qtbot, domains_dock, error_notifications, tmp_path):
     _viewer, w = domains_dock
     w.connectome_edit.setText(str(tmp_path / "missing.xlsx"))
     w.train()

@@ -126,7 +126,7 @@ def test_cell_size_from_windows_matches_the_exact_median(layout):
         g = np.stack(np.meshgrid(np.arange(500), np.arange(500)), -1).reshape(-1, 2) * 10.0
         g = g + rng.normal(0, 1.5, g.shape)
         c = (g - 2500) / [2500, 1500]
-        xy = g[(c ** 2).sum(1) < 1]
+        xy = g[(c**2).sum(1) < 1]
     else:  # Gaussian clusters of different spreads: density varies 100-fold
         lab = rng.integers(0, 60, n)
         spread = rng.uniform(30, 300, 60)
@@ -278,8 +278,11 @@ def test_every_cell_is_reachable_by_zooming_in(make_napari_viewer):
         assert 0 < len(inview) <= 3_000
         drawn = set(layer._view_indices.tolist())
         assert drawn.issuperset(inview.tolist())  # every cell in the view is drawn
-        assert not fast._state[id(layer)].full or not fast.overview_layer(layer) \
+        assert (
+            not fast._state[id(layer)].full
+            or not fast.overview_layer(layer)
             or not fast.overview_layer(layer).visible
+        )
         seen[inview] = True
         # hovering a cell in view finds it
         pos = data[inview[0]] + np.asarray(layer.translate)

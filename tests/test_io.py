@@ -104,8 +104,17 @@ def test_center_xy_columns(tmp_path, demo_sections):
     assert np.allclose(s.obsm["spatial"][:, 0], 2 * a.obs["center_x"].to_numpy())
 
 
-@pytest.mark.parametrize("case", ["unreadable", "no_coordinates", "nan_coordinates",
-                                  "duplicate_genes", "zero_cells", "non_numeric"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unreadable",
+        "no_coordinates",
+        "nan_coordinates",
+        "duplicate_genes",
+        "zero_cells",
+        "non_numeric",
+    ],
+)
 def test_bad_input_one_clear_error(tmp_path, case):
     path, words = make_bad_files(tmp_path)[case]
     before = sha1(path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_brainatlas import BrainAtlasInputError
-from napari_brainatlas.model import make_synthetic_sections
+from napari_brainatlas.fusemap import make_synthetic_sections
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +20,7 @@ def one_thread():
 def _parser():
     import argparse
 
-    from napari_brainatlas.model.cli import add_parser
+    from napari_brainatlas.fusemap.cli import add_parser
 
     p = argparse.ArgumentParser(prog="napari-brainatlas")
     add_parser(p.add_subparsers(dest="command"))
@@ -35,8 +35,9 @@ def test_embed_writes_model_and_sections(tmp_path, capsys):
         a.write_h5ad(p)
         paths.append(str(p))
     out = tmp_path / "out"
-    args = _parser().parse_args(["embed", *paths, "--out", str(out), "--epochs", "1",
-                                 "--device", "cpu", "--seed", "1"])
+    args = _parser().parse_args(
+        ["embed", *paths, "--out", str(out), "--epochs", "1", "--device", "cpu", "--seed", "1"]
+    )
     assert args.func(args) == 0
     err = capsys.readouterr().err
     assert "embed [" in err and "2/2" in err
@@ -51,7 +52,8 @@ def test_embed_writes_model_and_sections(tmp_path, capsys):
 
 
 def test_embed_bad_input(tmp_path):
-    args = _parser().parse_args(["embed", str(tmp_path / "missing.h5ad"), "--out",
-                                 str(tmp_path / "o")])
+    args = _parser().parse_args(
+        ["embed", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "o")]
+    )
     with pytest.raises(BrainAtlasInputError):
         args.func(args)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from napari_brainatlas import BrainAtlasInputError
-from napari_brainatlas.model import CELL_KEY, TISSUE_KEY, FuseMap, make_synthetic_sections
-from napari_brainatlas.model._training import forward_section, gather_subgraph
+from napari_brainatlas.fusemap import CELL_KEY, TISSUE_KEY, FuseMap, make_synthetic_sections
+from napari_brainatlas.fusemap._training import forward_section, gather_subgraph
 
 TINY = {"n_latent": 8, "n_hidden": 32, "disc_hidden": 16, "batch_size": 32}
 
@@ -24,8 +24,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def sections():
-    return make_synthetic_sections(n_sections=3, n_cells=[220, 160, 120], n_genes=24,
-                                   n_shared=12, seed=0)
+    return make_synthetic_sections(
+        n_sections=3, n_cells=[220, 160, 120], n_genes=24, n_shared=12, seed=0
+    )
 
 
 def test_shapes_and_module_structure(sections):
@@ -54,7 +55,7 @@ def test_subgraph_gives_exact_full_graph_result(sections):
     full = sd.A @ (sd.A @ z)
     np.testing.assert_allclose(A0 @ (A1 @ z[n2]), full[seeds], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(n2[s2], seeds)
-    assert len(n2) < sd.n                     # only the 2-hop neighbourhood is gathered
+    assert len(n2) < sd.n  # only the 2-hop neighbourhood is gathered
     m.module.eval()
     o = forward_section(m.module, sd, seeds, m.device, sample=False)
     assert o["zc"].shape == (4, 8) and o["zt"].shape == (4, 8)
@@ -63,14 +64,16 @@ def test_subgraph_gives_exact_full_graph_result(sections):
 def test_gradients_reach_every_part(sections):
     m = FuseMap(sections, seed=0, **TINY)
     m.module.train()
-    outs = [forward_section(m.module, sd, sd.train_idx[:32], m.device, sample=True)
-            for sd in m.data]
+    outs = [
+        forward_section(m.module, sd, sd.train_idx[:32], m.device, sample=True) for sd in m.data
+    ]
     ae = sum(o["recon"] + o["kl"] for o in outs)
     zc = torch.cat([o["zc"] for o in outs])
     zt = torch.cat([o["zt"] for o in outs])
     y = torch.cat([torch.full((len(o["seeds"]),), i) for i, o in enumerate(outs)])
-    ce = (torch.nn.functional.cross_entropy(m.module.disc_cell(zc), y)
-          + torch.nn.functional.cross_entropy(m.module.disc_tissue(zt), y))
+    ce = torch.nn.functional.cross_entropy(
+        m.module.disc_cell(zc), y
+    ) + torch.nn.functional.cross_entropy(m.module.disc_tissue(zt), y)
     (ae - 0.5 * ce).backward()
     for name, p in m.module.named_parameters():
         assert p.grad is not None, name
@@ -86,7 +89,7 @@ def test_train_save_load_round_trip_and_outputs(sections, tmp_path):
     copies = [a.copy() for a in sections]
     seen = []
     m = FuseMap(copies, seed=0, **TINY)
-    hist = m.train(max_epochs=2, progress=lambda e, n, l: seen.append((e, n, l["phase"])))
+    hist = m.train(max_epochs=2, progress=lambda e, n, info: seen.append((e, n, info["phase"])))
     assert m.is_trained and hist and seen[0] == (1, 4, "pretrain")
     assert {"recon", "kl", "disc", "adv", "val_loss", "lambda"} <= set(hist[-1])
     assert any(ph == "final" for _, _, ph in seen)
@@ -108,7 +111,7 @@ def test_train_save_load_round_trip_and_outputs(sections, tmp_path):
     pd.testing.assert_frame_equal(m.gene_embedding(), m2.gene_embedding())
     genes_csv = pd.read_csv(tmp_path / "fm" / "genes.csv", index_col=0)
     np.testing.assert_allclose(genes_csv.to_numpy(), m.gene_embedding().to_numpy(), rtol=1e-6)
-    m3 = FuseMap.load(tmp_path / "fm")                  # without data: gene embedding only
+    m3 = FuseMap.load(tmp_path / "fm")  # without data: gene embedding only
     assert m3.gene_embedding().shape == m.gene_embedding().shape
     with pytest.raises(BrainAtlasInputError):
         m3.get_latent_representation()
@@ -155,8 +158,8 @@ def test_cancel_stops_training(sections):
     before = m.module.gene_embedding.detach().clone()
     m.train(max_epochs=50, cancel=cancel)
     assert m.cancelled and calls["n"] == 4
-    assert not torch.equal(before, m.module.gene_embedding.detach())   # 3 steps were taken
-    assert len(m.history) == 0                                         # no epoch finished
+    assert not torch.equal(before, m.module.gene_embedding.detach())  # 3 steps were taken
+    assert len(m.history) == 0  # no epoch finished
     assert np.isfinite(m.get_latent_representation("cell")[0]).all()
 
 
@@ -203,7 +206,7 @@ def test_min_steps_floor_sets_steps_per_epoch(sections):
 
     m2.train(max_epochs=1, cancel=cancel)
     assert [h["steps"] for h in m2.history] == [n_pass + 5, n_pass + 5]
-    assert calls["n"] == 2 * (n_pass + 5)          # cancel is polled once per step
+    assert calls["n"] == 2 * (n_pass + 5)  # cancel is polled once per step
     assert m2.config["min_steps"] == n_pass + 5
 
 
@@ -222,7 +225,7 @@ def test_block_adversarial_cells_are_training_cells_of_the_block(sections):
     zc, zt = m._latent_kept()["cell"][0], m._latent_kept()["tissue"][0]
     np.testing.assert_allclose(o["zc_all"].detach().numpy(), zc[o["zc_idx"]], atol=1e-5)
     np.testing.assert_allclose(o["zt_all"].detach().numpy(), zt[o["zt_idx"]], atol=1e-5)
-    m.train(max_epochs=1)                           # the block variant trains end to end
+    m.train(max_epochs=1)  # the block variant trains end to end
     assert np.isfinite(m.history[-1]["disc"])
 
 
@@ -231,8 +234,15 @@ def test_training_options_are_checked_and_saved(sections, tmp_path):
         FuseMap(sections, adv_cells="all", **TINY)
     with pytest.raises(ValueError):
         FuseMap(sections, noise_schedule="sometimes", **TINY)
-    m = FuseMap(sections, seed=0, min_steps=3, adv_cells="block", noise_schedule="constant",
-                sample_latent=False, **TINY)
+    m = FuseMap(
+        sections,
+        seed=0,
+        min_steps=3,
+        adv_cells="block",
+        noise_schedule="constant",
+        sample_latent=False,
+        **TINY,
+    )
     m.save(tmp_path / "fm")
     back = FuseMap.load(tmp_path / "fm", sections)
     for k in ("min_steps", "adv_cells", "noise_schedule", "sample_latent"):
@@ -254,19 +264,19 @@ def test_discriminator_learns_sections_when_encoders_are_frozen(sections):
     for _ in range(60):
         seeds = [np.unique(rng.choice(sd.train_idx, 32, replace=False)) for sd in m.data]
         disc.append(m._step(seeds, opt_ae, opt_d)["disc"])
-    assert torch.equal(E0, m.module.gene_embedding.detach())      # encoders untouched
-    chance = 2 * np.log(3)                 # two discriminators, 3 sections, at chance
+    assert torch.equal(E0, m.module.gene_embedding.detach())  # encoders untouched
+    chance = 2 * np.log(3)  # two discriminators, 3 sections, at chance
     assert disc[0] > chance - 0.1 and np.mean(disc[-10:]) < chance - 0.3
     z = m.get_latent_representation("cell")
     y = np.concatenate([np.full(len(a), i) for i, a in enumerate(z)])
     m.module.eval()
     with torch.no_grad():
         pred = m.module.disc_cell(torch.from_numpy(np.concatenate(z))).argmax(1).numpy()
-    assert (pred == y).mean() > 0.7       # also on the eval-mode embedding (chance ~0.4)
+    assert (pred == y).mean() > 0.7  # also on the eval-mode embedding (chance ~0.4)
 
 
 def test_weight_average_is_an_ema_with_warm_up():
-    from napari_brainatlas.model.fusemap import _WeightAverage
+    from napari_brainatlas.fusemap.fusemap import _WeightAverage
 
     lin = torch.nn.Linear(1, 1, bias=False)
     bn = torch.nn.BatchNorm1d(1)
@@ -283,7 +293,7 @@ def test_weight_average_is_an_ema_with_warm_up():
         expect = d * expect + (1 - d) * w
     with avg.swapped():
         assert lin.weight.item() == pytest.approx(expect)
-    assert lin.weight.item() == 4.0                    # raw weights restored
+    assert lin.weight.item() == 4.0  # raw weights restored
     avg.apply()
     assert lin.weight.item() == pytest.approx(expect)
     off = _WeightAverage(mod, 0.0)
@@ -324,8 +334,9 @@ def test_recon_from_cell_and_both(sections):
     assert float(o_c["recon"]) == pytest.approx(float(direct), rel=1e-5)
     assert float(o_c["recon"]) != pytest.approx(float(o_t["recon"]), rel=1e-3)
     assert float(o_b["recon"]) == pytest.approx(
-        0.5 * (float(o_t["recon"]) + float(o_c["recon"])), rel=1e-5)
-    for k in ("kl", "zc", "zt"):                # only the reconstruction term changes
+        0.5 * (float(o_t["recon"]) + float(o_c["recon"])), rel=1e-5
+    )
+    for k in ("kl", "zc", "zt"):  # only the reconstruction term changes
         np.testing.assert_allclose(np.asarray(o_c[k]), np.asarray(o_t[k]), atol=1e-6)
 
 
@@ -333,7 +344,7 @@ def test_recon_from_is_checked_saved_and_trains(sections, tmp_path):
     with pytest.raises(BrainAtlasInputError):
         FuseMap(sections, recon_from="gene", **TINY)
     cfg = FuseMap(sections, **TINY).config
-    assert (cfg["recon_from"], cfg["adv_cells"]) == ("both", "block")   # the defaults
+    assert (cfg["recon_from"], cfg["adv_cells"]) == ("both", "block")  # the defaults
     m = FuseMap(sections, seed=0, recon_from="cell", min_steps=2, **TINY)
     m.train(max_epochs=1)
     assert np.isfinite(m.history[-1]["recon"])

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from napari_brainatlas import BrainAtlasInputError
-from napari_brainatlas.model import (
+from napari_brainatlas.fusemap import (
     delaunay_edges,
     make_synthetic_sections,
     preprocess_section,
@@ -23,20 +23,20 @@ def test_graph_symmetric_self_loops_normalised():
     assert set(np.unique(B.data)) == {1.0}
     A = spatial_graph(xy)
     assert sp.issparse(A) and A.format == "csr" and A.dtype == np.float32
-    assert abs(A - A.T).max() < 1e-7                      # symmetric
-    assert np.all(A.diagonal() > 0)                        # self loops
-    deg = np.asarray(B.sum(1)).ravel() + 1                 # degree of A + I
+    assert abs(A - A.T).max() < 1e-7  # symmetric
+    assert np.all(A.diagonal() > 0)  # self loops
+    deg = np.asarray(B.sum(1)).ravel() + 1  # degree of A + I
     Ad = A.toarray().astype(np.float64)
     expect = (B.toarray() + np.eye(400)) / np.sqrt(np.outer(deg, deg))
-    np.testing.assert_allclose(Ad, expect, atol=1e-6)      # D^-1/2 (A+I) D^-1/2
-    assert A.nnz < 400 * 12                                # stays sparse (planar graph)
+    np.testing.assert_allclose(Ad, expect, atol=1e-6)  # D^-1/2 (A+I) D^-1/2
+    assert A.nnz < 400 * 12  # stays sparse (planar graph)
     # the largest eigenvalue of a symmetric-normalised adjacency is 1
     ev = np.linalg.eigvalsh(Ad)
     assert abs(ev.max() - 1.0) < 1e-5
 
 
 def test_graph_degenerate_points_fall_back():
-    xy = np.column_stack([np.arange(10.0), np.zeros(10)])   # collinear
+    xy = np.column_stack([np.arange(10.0), np.zeros(10)])  # collinear
     A = spatial_graph(xy)
     assert A.shape == (10, 10) and abs(A - A.T).max() < 1e-7
     assert np.all(A.diagonal() > 0) and A.nnz > 10
@@ -47,21 +47,21 @@ def test_preprocess_counts_filters_and_maps_back():
     X = a.X.copy()
     X[3] = 0
     X[7, :] = 0
-    X[7, 0] = 5                              # total 5 -> dropped (<= 5)
+    X[7, 0] = 5  # total 5 -> dropped (<= 5)
     X[:, 2] = 0
-    X[0, 2] = 1                              # gene sum 1 -> dropped (<= 1)
+    X[0, 2] = 1  # gene sum 1 -> dropped (<= 1)
     a.X = X
     a.layers["counts"] = X.copy()
     a.var_names = [g.lower() for g in a.var_names[:-1]] + [a.var_names[0].lower()]
     before = a.X.copy()
     p = preprocess_section(a, "s")
-    np.testing.assert_array_equal(a.X, before)            # input untouched
+    np.testing.assert_array_equal(a.X, before)  # input untouched
     assert p.was_counts
     assert 3 not in p.kept and 7 not in p.kept and p.n_cells == 198
     assert all(g == g.upper() for g in p.genes)
-    assert len(set(p.genes)) == len(p.genes)              # de-duplicated
+    assert len(set(p.genes)) == len(p.genes)  # de-duplicated
     assert a.var_names[2].upper() not in p.genes
-    assert p.X.max() <= 10.0 + 1e-6 and p.X.min() >= 0    # log1p + scale, clipped at 10
+    assert p.X.max() <= 10.0 + 1e-6 and p.X.min() >= 0  # log1p + scale, clipped at 10
     np.testing.assert_allclose(p.coords, a.obsm["spatial"][p.kept])
 
 
@@ -69,8 +69,10 @@ def test_preprocess_non_integer_used_as_is_and_sparse():
     a = make_synthetic_sections(n_sections=1, n_cells=100, sparse=True, seed=2)[0]
     p = preprocess_section(a, "s")
     assert sp.issparse(p.X) and p.was_counts
-    b = AnnData(X=np.random.default_rng(0).random((50, 8)).astype(np.float32),
-                var=pd.DataFrame(index=[f"g{i}" for i in range(8)]))
+    b = AnnData(
+        X=np.random.default_rng(0).random((50, 8)).astype(np.float32),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(8)]),
+    )
     b.obsm["spatial"] = np.random.default_rng(1).random((50, 2))
     q = preprocess_section(b, "t")
     assert not q.was_counts and q.n_cells == 50
@@ -87,7 +89,7 @@ def test_preprocess_bad_input():
 @pytest.mark.parametrize("sparse", [False, True])
 def test_normalisation_matches_scanpy(sparse):
     sc = pytest.importorskip("scanpy")
-    from napari_brainatlas.model._preprocess import normalize_log_scale
+    from napari_brainatlas.fusemap._preprocess import normalize_log_scale
 
     a = make_synthetic_sections(n_sections=1, n_cells=120, sparse=sparse, seed=4)[0]
     ref = AnnData(X=a.X.copy())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from napari_brainatlas.model import FuseMap
+from napari_brainatlas.fusemap import FuseMap
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def test_demo_training_reconstructs_and_mixes():
     assert pre[-1]["recon"] < pre[0]["recon"]
     assert m.history[-1]["val_loss"] < m.history[0]["val_loss"]
     mix1, acc1 = _mixing_and_transfer(m.get_latent_representation("cell"), labels)
-    assert mix1 > mix0 + 0.05            # sections share neighbourhoods after training
-    assert acc1 > acc0                   # and neighbours across sections share cell types
+    assert mix1 > mix0 + 0.05  # sections share neighbourhoods after training
+    assert acc1 > acc0  # and neighbours across sections share cell types
     zt = m.get_latent_representation("tissue")
     assert all(np.isfinite(z[np.isfinite(z).all(1)]).all() for z in zt)

@@ -72,7 +72,7 @@ def test_npe2_reader_path_and_layer_data():
     readers = list(npe2.PluginManager.instance().iter_compatible_readers([str(path)]))
     assert PLUGIN in {r.plugin_name for r in readers}
     layer_data = npe2.read([str(path)], plugin_name=PLUGIN, stack=False)
-    (data, kwargs, ltype), = layer_data
+    ((data, kwargs, ltype),) = layer_data
     assert ltype == "points" and data.shape == (49, 2)
     ad = kwargs["metadata"]["adata"]
     np.testing.assert_allclose(data, ad.obsm["spatial"][:, ::-1])
@@ -104,8 +104,10 @@ def test_writer_round_trip(tmp_path):
     assert list(back.obs_names) == list(ad.obs_names)
     assert "my_label" in back.obs and "Gfap" not in back.obs
     np.testing.assert_allclose(back.obsm["spatial"], ad.obsm["spatial"])
-    np.testing.assert_allclose(back.X.toarray() if hasattr(back.X, "toarray") else back.X,
-                               ad.X.toarray() if hasattr(ad.X, "toarray") else ad.X)
+    np.testing.assert_allclose(
+        back.X.toarray() if hasattr(back.X, "toarray") else back.X,
+        ad.X.toarray() if hasattr(ad.X, "toarray") else ad.X,
+    )
     # the writer refuses to overwrite the file the section came from
     src = shared(VISIUM)
     before = sha1(src)
@@ -126,8 +128,7 @@ def test_writer_several_layers_and_plain_points(tmp_path):
     import pandas as pd
 
     pts = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    meta = {"name": "hand", "features": pd.DataFrame({"kind": ["a", "b", "a"]}),
-            "metadata": {}}
+    meta = {"name": "hand", "features": pd.DataFrame({"kind": ["a", "b", "a"]}), "metadata": {}}
     (p,) = write_sections(str(tmp_path / "hand.h5ad"), [(pts, meta, "points")])
     (b,) = read_sections(p)
     np.testing.assert_allclose(b.obsm["spatial"], pts[:, ::-1])
@@ -140,7 +141,7 @@ def test_demo_samples():
     for data, kwargs, ltype in secs:
         assert ltype == "points" and len(data) == kwargs["metadata"]["adata"].n_obs
         assert "region" in kwargs["features"]
-    (vol, kw, lt), = make_demo_atlas_sample()
+    ((vol, kw, lt),) = make_demo_atlas_sample()
     assert lt == "labels" and vol.ndim == 3
     ids = set(np.unique(vol).tolist()) - {0}
     assert ids <= set(kw["colormap"])
@@ -187,5 +188,6 @@ def test_viewer_sample_data_and_widget_contribution(make_napari_viewer, tmp_path
     assert type(atlas.colormap).__name__ == "DirectLabelColormap"
     onto = atlas.metadata["atlas"].ontology
     sid = int(np.unique(atlas.data)[1])
-    np.testing.assert_allclose(atlas.colormap.map(sid)[:3], np.array(onto.rgb(sid)) / 255,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        atlas.colormap.map(sid)[:3], np.array(onto.rgb(sid)) / 255, atol=1e-6
+    )

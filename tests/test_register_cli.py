@@ -16,8 +16,17 @@ from napari_brainatlas.register.cli import add_parser, parse_midline
 @pytest.fixture(scope="module")
 def section_file(tmp_path_factory):
     atlas = make_demo_atlas()
-    a = sample_section(atlas, "coronal", 4200.0, "right", n_cells=5000, rotation_deg=140.0,
-                       scale=1.2, seed=7, name="cli_s")
+    a = sample_section(
+        atlas,
+        "coronal",
+        4200.0,
+        "right",
+        n_cells=5000,
+        rotation_deg=140.0,
+        scale=1.2,
+        seed=7,
+        name="cli_s",
+    )
     truth = a.uns.pop("demo_truth")
     a.obsm["ccf_true"] = a.obsm.pop("ccf_coords_true")
     path = tmp_path_factory.mktemp("reg") / "section.h5ad"
@@ -35,8 +44,12 @@ def _parse(argv):
 def _argv(path, truth, out, **over):
     m = np.asarray(truth["midline"]).ravel()
     opts = {
-        "--atlas": "demo", "--plane": "coronal", "--position-um": str(truth["position_um"]),
-        "--hemisphere": "right", "--midline": ",".join(f"{v:.3f}" for v in m), "--out": str(out),
+        "--atlas": "demo",
+        "--plane": "coronal",
+        "--position-um": str(truth["position_um"]),
+        "--hemisphere": "right",
+        "--midline": ",".join(f"{v:.3f}" for v in m),
+        "--out": str(out),
     }
     opts.update(over)
     argv = ["register", str(path)]
@@ -101,8 +114,22 @@ def test_cli_too_few_cells(tmp_path):
     a.obsm["spatial"] = np.random.default_rng(0).random((5, 2)) * 100
     p = tmp_path / "tiny.h5ad"
     write_h5ad(a, p)
-    args = _parse(["register", str(p), "--atlas", "demo", "--plane", "coronal", "--position-um", "4000",
-                   "--midline", "10,10,50,90", "--out", str(tmp_path / "o.h5ad")])
+    args = _parse(
+        [
+            "register",
+            str(p),
+            "--atlas",
+            "demo",
+            "--plane",
+            "coronal",
+            "--position-um",
+            "4000",
+            "--midline",
+            "10,10,50,90",
+            "--out",
+            str(tmp_path / "o.h5ad"),
+        ]
+    )
     with pytest.raises(BrainAtlasInputError, match="at least"):
         args.func(args)
 
@@ -122,7 +149,9 @@ def series_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("series")
     paths = []
     for i, ap_um in enumerate(aps):
-        a = sample_section(atlas, "coronal", ap_um, "both", n_cells=20000, seed=20 + i, name=f"z{i}")
+        a = sample_section(
+            atlas, "coronal", ap_um, "both", n_cells=20000, seed=20 + i, name=f"z{i}"
+        )
         a.uns.pop("demo_truth")
         a.obsm.pop("ccf_coords_true")
         p = d / f"z{i}.h5ad"
@@ -140,8 +169,19 @@ def test_cli_series_places_sections(series_files, tmp_path, capsys):
 
     paths, aps = series_files
     out = tmp_path / "pos.csv"
-    args = _parse(_series_argv(paths, "--first-um", str(aps[0]), "--last-um", str(aps[-1]),
-                               "--out", str(out), "--atlas", "demo"))
+    args = _parse(
+        _series_argv(
+            paths,
+            "--first-um",
+            str(aps[0]),
+            "--last-um",
+            str(aps[-1]),
+            "--out",
+            str(out),
+            "--atlas",
+            "demo",
+        )
+    )
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "z2" in text and "um" in text
@@ -161,12 +201,25 @@ def test_cli_series_places_sections(series_files, tmp_path, capsys):
 def test_cli_series_order_reverses(series_files, tmp_path):
     paths, aps = series_files
     out = tmp_path / "pos.csv"
-    args = _parse(_series_argv(paths, "--first-um", str(aps[-1]), "--last-um", str(aps[0]),
-                               "--order", "z4,z3,z2,z1,z0", "--out", str(out)))
+    args = _parse(
+        _series_argv(
+            paths,
+            "--first-um",
+            str(aps[-1]),
+            "--last-um",
+            str(aps[0]),
+            "--order",
+            "z4,z3,z2,z1,z0",
+            "--out",
+            str(out),
+        )
+    )
     assert args.func(args) == 0
     rows = [r.split(",") for r in out.read_text().strip().splitlines()[1:]]
     assert [r[0] for r in rows] == ["z4", "z3", "z2", "z1", "z0"]
-    assert float(rows[0][1]) == pytest.approx(aps[-1]) and float(rows[-1][1]) == pytest.approx(aps[0])
+    assert float(rows[0][1]) == pytest.approx(aps[-1]) and float(rows[-1][1]) == pytest.approx(
+        aps[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -198,8 +251,19 @@ def test_cli_quick_plane_search(section_file, tmp_path, capsys):
     the record's notes; an unknown choice is an argparse error (exit 2)."""
     path, truth = section_file
     out = tmp_path / "quick.h5ad"
-    args = _parse(_argv(path, truth, out, **{"--refine-position": True, "--plane-search": "quick",
-                                             "--quiet": True, "--position-um": str(truth["position_um"] + 100)}))
+    args = _parse(
+        _argv(
+            path,
+            truth,
+            out,
+            **{
+                "--refine-position": True,
+                "--plane-search": "quick",
+                "--quiet": True,
+                "--position-um": str(truth["position_um"] + 100),
+            },
+        )
+    )
     assert args.plane_search == "quick"
     assert args.func(args) == 0
     b = ad.read_h5ad(out)

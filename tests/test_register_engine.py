@@ -42,14 +42,27 @@ def demo_sections(atlas):
 
 @pytest.fixture(scope="module")
 def section(atlas):
-    return sample_section(atlas, "coronal", 4000.0, "both", n_cells=8000, rotation_deg=-65.0,
-                          scale=1.4, seed=3, name="s1")
+    return sample_section(
+        atlas,
+        "coronal",
+        4000.0,
+        "both",
+        n_cells=8000,
+        rotation_deg=-65.0,
+        scale=1.4,
+        seed=3,
+        name="s1",
+    )
 
 
 def _truth_args(a):
     tr = a.uns["demo_truth"]
-    return {"plane": tr["plane"], "position_um": tr["position_um"], "hemisphere": tr["hemisphere"],
-                "midline": tr["midline"]}
+    return {
+        "plane": tr["plane"],
+        "position_um": tr["position_um"],
+        "hemisphere": tr["hemisphere"],
+        "midline": tr["midline"],
+    }
 
 
 # ---------------------------------------------------------------- pieces
@@ -104,7 +117,9 @@ def test_demo_sections_register(atlas, demo_sections):
         # a mirrored full coronal section is indistinguishable by shape: say so
         kw = {"mirrored": bool(tr["mirrored"])} if full_coronal else {}
         res = register_section(a, atlas, **_truth_args(a), **kw)
-        err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], atlas) - a.obsm["ccf_coords_true"], axis=1)
+        err = np.linalg.norm(
+            res.to_ccf(a.obsm["spatial"], atlas) - a.obsm["ccf_coords_true"], axis=1
+        )
         assert np.median(err) < 50.0, (tr, np.median(err))
         assert res.mirrored == bool(tr["mirrored"])
         assert res.confidence > 0.7
@@ -123,9 +138,22 @@ def test_register_then_apply_writes_the_contract(atlas, section):
     assert out.obs["ccf_id"].dtype.kind == "i"
     assert (out.obs["ccf_acronym"][out.obs["ccf_id"] == 0] == "").all()
     rec = out.uns["ccf_registration"]["s1"]
-    for k in ("atlas", "atlas_version", "plane", "position_um", "hemisphere", "midline",
-              "anchors_section", "anchors_atlas", "affine", "cost_history", "converged",
-              "iterations", "confidence", "metrics"):
+    for k in (
+        "atlas",
+        "atlas_version",
+        "plane",
+        "position_um",
+        "hemisphere",
+        "midline",
+        "anchors_section",
+        "anchors_atlas",
+        "affine",
+        "cost_history",
+        "converged",
+        "iterations",
+        "confidence",
+        "metrics",
+    ):
         assert k in rec, k
     assert np.asarray(rec["affine"]).shape == (3, 3)
     assert np.asarray(rec["anchors_section"]).shape == (4, 2)
@@ -141,7 +169,9 @@ def test_result_json_and_h5ad_round_trip(atlas, section, tmp_path):
     assert res.warp  # the thin-plate stages are kept
     back = RegistrationResult.from_json(res.to_json())
     assert back == res
-    assert np.allclose(back.transform(section.obsm["spatial"]), res.transform(section.obsm["spatial"]))
+    assert np.allclose(
+        back.transform(section.obsm["spatial"]), res.transform(section.obsm["spatial"])
+    )
     json.loads(res.to_json())  # plain JSON, no NaN / numpy
     out = apply_registration(section, res, atlas)
     path = tmp_path / "reg.h5ad"
@@ -160,7 +190,9 @@ def test_result_json_and_h5ad_round_trip(atlas, section, tmp_path):
 
 def test_progress_and_cancel(atlas, section):
     seen = []
-    register_section(section, atlas, **_truth_args(section), progress=lambda i, c: seen.append((i, c)))
+    register_section(
+        section, atlas, **_truth_args(section), progress=lambda i, c: seen.append((i, c))
+    )
     assert len(seen) > 3
     assert all(isinstance(c, float) and c >= 0 for _, c in seen)
     assert [i for i, _ in seen] == sorted(i for i, _ in seen)
@@ -178,7 +210,9 @@ def test_no_midline_falls_back_to_a_rotation_sweep(atlas, section):
     args = _truth_args(section)
     args["midline"] = None
     res = register_section(section, atlas, **args)
-    err = np.linalg.norm(res.to_ccf(section.obsm["spatial"], atlas) - section.obsm["ccf_coords_true"], axis=1)
+    err = np.linalg.norm(
+        res.to_ccf(section.obsm["spatial"], atlas) - section.obsm["ccf_coords_true"], axis=1
+    )
     assert np.median(err) < 60.0
     assert res.start.startswith("rotation")
 
@@ -237,8 +271,9 @@ def test_no_midline_with_position_refinement_on_a_demo_section(atlas, demo_secti
     without the rotation sweep, and without a midline there was no other start."""
     a = demo_sections[0]  # S1, a full coronal section at AP 2600 um
     tr = a.uns["demo_truth"]
-    res = register_section(a, atlas, "coronal", float(tr["position_um"]), "both", midline=None,
-                           refine_position=True)
+    res = register_section(
+        a, atlas, "coronal", float(tr["position_um"]), "both", midline=None, refine_position=True
+    )
     assert res.position_estimated
     assert abs(res.position_um - tr["position_um"]) <= 100.0
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], atlas) - a.obsm["ccf_coords_true"], axis=1)
@@ -260,12 +295,17 @@ def test_label_fit_recovers_a_perturbed_affine(atlas):
     div = _cell_divisions(a, atlas, "region")
     A_true = np.asarray(tr["affine"])
     c = xy.mean(0)
-    P = compose(np.array([[1.0, 0, 120.0], [0, 1, -80.0], [0, 0, 1]]), rotation(np.deg2rad(4.0), centre=A_true[:2, :2] @ c + A_true[:2, 2]),
-                np.diag([1.04, 1.04, 1.0]))
+    P = compose(
+        np.array([[1.0, 0, 120.0], [0, 1, -80.0], [0, 0, 1]]),
+        rotation(np.deg2rad(4.0), centre=A_true[:2, :2] @ c + A_true[:2, 2]),
+        np.diag([1.04, 1.04, 1.0]),
+    )
     A0 = P @ A_true
 
     def err(A):
-        return float(np.median(np.linalg.norm(apply_affine(A, xy) - a.obsm["slice_xy_true"], axis=1)))
+        return float(
+            np.median(np.linalg.norm(apply_affine(A, xy) - a.obsm["slice_xy_true"], axis=1))
+        )
 
     from napari_brainatlas.register.core import make_template
 
@@ -282,8 +322,9 @@ def test_label_chamfer_starts_find_the_section_without_an_outline_fit(atlas):
     from napari_brainatlas.register.core import make_template
     from napari_brainatlas.register.labelfit import label_chamfer_starts, make_label_template
 
-    a = sample_section(atlas, "coronal", 5200.0, "left", n_cells=5000, rotation_deg=-70.0, scale=1.2,
-                       seed=12)
+    a = sample_section(
+        atlas, "coronal", 5200.0, "left", n_cells=5000, rotation_deg=-70.0, scale=1.2, seed=12
+    )
     tr = a.uns["demo_truth"]
     xy = a.obsm["spatial"]
     sl = atlas_slice(atlas, "coronal", tr["position_um"], "left")

@@ -81,7 +81,9 @@ def test_reverse_term_prefers_the_true_fit(ccf50):
     groups = lt.groups(div)
     shifted = A.copy()
     shifted[:2, 2] += (120.0, -80.0)
-    assert reverse_cost(apply_affine(A, xy), groups, lt) < reverse_cost(apply_affine(shifted, xy), groups, lt)
+    assert reverse_cost(apply_affine(A, xy), groups, lt) < reverse_cost(
+        apply_affine(shifted, xy), groups, lt
+    )
     tree = make_template(sl).tree
     outline = section_outline(xy)
     A_f, _ = label_fit(shifted, xy, div, lt, outline.points, tree, n_iter=40)
@@ -101,15 +103,33 @@ def test_label_warp_follows_a_smooth_tissue_warp(ccf50):
     tmpl = make_template(sl)
     lt = make_label_template(ccf50, sl)
     for warp_um in (80.0, 0.0):
-        a = sample_section(ccf50, "coronal", 8000.0, "both", n_cells=12000, warp_um=warp_um,
-                           rotation_deg=-40.0, seed=7)
+        a = sample_section(
+            ccf50,
+            "coronal",
+            8000.0,
+            "both",
+            n_cells=12000,
+            warp_um=warp_um,
+            rotation_deg=-40.0,
+            seed=7,
+        )
         tr = a.uns["demo_truth"]
         xy = a.obsm["spatial"]
         div = _cell_divisions(a, ccf50, "region")
         outline = section_outline(xy)
-        A, _ = label_fit(np.asarray(tr["affine"]), xy, div, lt, outline.points, tmpl.tree, n_iter=40,
-                         reverse_weight=0.5)
-        stages, info = label_warp(A, xy, div, lt, outline.points, tmpl.tree, tmpl.size_um, reverse_weight=0.5)
+        A, _ = label_fit(
+            np.asarray(tr["affine"]),
+            xy,
+            div,
+            lt,
+            outline.points,
+            tmpl.tree,
+            n_iter=40,
+            reverse_weight=0.5,
+        )
+        stages, info = label_warp(
+            A, xy, div, lt, outline.points, tmpl.tree, tmpl.size_um, reverse_weight=0.5
+        )
         e_aff = _err(apply_affine(A, xy), a)
         e_w = _err(apply_warp(stages, apply_affine(A, xy)), a)
         if warp_um > 0:
@@ -126,11 +146,33 @@ def test_fit_spread_and_its_confidence_factor(ccf50):
     xy = a.obsm["spatial"]
     sl = atlas_slice(ccf50, "coronal", tr["position_um"], "both")
     div = _cell_divisions(a, ccf50, "region")
-    lt, tree, pts = make_label_template(ccf50, sl), make_template(sl).tree, section_outline(xy).points
-    A, _ = label_fit(np.asarray(tr["affine"]), xy[:2000], div[:2000], lt, pts, tree, n_iter=40, reverse_weight=0.5)
+    lt, tree, pts = (
+        make_label_template(ccf50, sl),
+        make_template(sl).tree,
+        section_outline(xy).points,
+    )
+    A, _ = label_fit(
+        np.asarray(tr["affine"]),
+        xy[:2000],
+        div[:2000],
+        lt,
+        pts,
+        tree,
+        n_iter=40,
+        reverse_weight=0.5,
+    )
     # a converged fit restarted where it is, under its own cost, stays there
-    s0 = fit_spread(A, xy[:2000], div[:2000], lt, pts, tree, delta_um=0.0, reverse_weight=0.5,
-                    reverse_trim_q=REVERSE_TRIM_Q)
+    s0 = fit_spread(
+        A,
+        xy[:2000],
+        div[:2000],
+        lt,
+        pts,
+        tree,
+        delta_um=0.0,
+        reverse_weight=0.5,
+        reverse_trim_q=REVERSE_TRIM_Q,
+    )
     assert 0.0 <= s0 < 5.0, s0
     # by default the restarts use the calibrated reverse trim, which also measures how
     # far the fit moves when the torn-tissue trim is relaxed: a few um on intact tissue
@@ -150,8 +192,18 @@ def test_plane_search_records_spread_and_label_warp(ccf50):
     """The label-guided path (refine_position with labels) ends with the label refit
     and warp and records the restart spread; the tilted, offset, warped section lands
     within the hard-set targets (the section of test_register_ccf's plane-search test)."""
-    a = sample_section(ccf50, "coronal", 7000.0, "both", n_cells=30000, angles_deg=(3.0, -2.0),
-                       rotation_deg=37.0, scale=1.3, warp_um=40.0, seed=2)
+    a = sample_section(
+        ccf50,
+        "coronal",
+        7000.0,
+        "both",
+        n_cells=30000,
+        angles_deg=(3.0, -2.0),
+        rotation_deg=37.0,
+        scale=1.3,
+        warp_um=40.0,
+        seed=2,
+    )
     tr = a.uns["demo_truth"]
     res = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
     assert "fit_spread_um" in res.metrics and np.isfinite(res.metrics["fit_spread_um"])
@@ -163,8 +215,11 @@ def test_plane_search_records_spread_and_label_warp(ccf50):
     from napari_brainatlas.register import RegistrationResult
 
     back = RegistrationResult.from_json(res.to_json())
-    assert np.allclose(back.to_ccf(a.obsm["spatial"][:100], ccf50), res.to_ccf(a.obsm["spatial"][:100], ccf50))
+    assert np.allclose(
+        back.to_ccf(a.obsm["spatial"][:100], ccf50), res.to_ccf(a.obsm["spatial"][:100], ccf50)
+    )
     # label_warp=False: no warp stages
-    res2 = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True,
-                            label_warp=False)
+    res2 = register_section(
+        a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True, label_warp=False
+    )
     assert res2.warp == [] and "fit_spread_um" not in res2.metrics

@@ -23,10 +23,16 @@ def ccf50():
 
 
 def _median_err(res, a, atlas):
-    return float(np.median(np.linalg.norm(res.to_ccf(a.obsm["spatial"], atlas) - a.obsm["ccf_coords_true"], axis=1)))
+    return float(
+        np.median(
+            np.linalg.norm(res.to_ccf(a.obsm["spatial"], atlas) - a.obsm["ccf_coords_true"], axis=1)
+        )
+    )
 
 
-@pytest.mark.parametrize("plane,pos,hemi", [("sagittal", 9800.0, "both"), ("coronal", 6000.0, "left")])
+@pytest.mark.parametrize(
+    "plane,pos,hemi", [("sagittal", 9800.0, "both"), ("coronal", 6000.0, "left")]
+)
 def test_accelerated_label_fit_reaches_the_plain_fit_in_fewer_steps(ccf50, plane, pos, hemi):
     """From a start 4 deg and 180 um off, the label fit with Anderson acceleration ends
     where the plain fit ends (both run to convergence), in fewer iterations."""
@@ -43,8 +49,18 @@ def test_accelerated_label_fit_reaches_the_plain_fit_in_fewer_steps(ccf50, plane
     start[:2, 2] += (150.0, -100.0)
     out = {}
     for acc in (False, True):
-        M, info = label_fit(start, xy, div, lt, outline.points, tree, n_iter=400, tol_um=0.01,
-                            reverse_weight=0.5, accelerate=acc)
+        M, info = label_fit(
+            start,
+            xy,
+            div,
+            lt,
+            outline.points,
+            tree,
+            n_iter=400,
+            tol_um=0.01,
+            reverse_weight=0.5,
+            accelerate=acc,
+        )
         assert info["iterations"] < 400  # converged
         out[acc] = (M, info)
     (M0, i0), (M1, i1) = out[False], out[True]
@@ -59,17 +75,37 @@ def test_quick_plane_search_finds_a_tilted_offset_plane(ccf50):
     """``plane_search="quick"``: a few label proposals and fits recover a plane given
     120 um off and tilted by 2.5 / -1.5 deg, far better than registering at the given
     plane, with fewer fitted planes than the joint search."""
-    a = sample_section(ccf50, "coronal", 7000.0, "both", n_cells=20000, angles_deg=(2.5, -1.5),
-                       rotation_deg=-52.0, scale=0.8, warp_um=40.0, seed=5)
+    a = sample_section(
+        ccf50,
+        "coronal",
+        7000.0,
+        "both",
+        n_cells=20000,
+        angles_deg=(2.5, -1.5),
+        rotation_deg=-52.0,
+        scale=0.8,
+        warp_um=40.0,
+        seed=5,
+    )
     tr = a.uns["demo_truth"]
     given = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"])
-    quick = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True,
-                             plane_search="quick")
+    quick = register_section(
+        a,
+        ccf50,
+        "coronal",
+        7120.0,
+        "both",
+        tr["midline"],
+        refine_position=True,
+        plane_search="quick",
+    )
     assert abs(quick.position_um - 7000.0) <= 40.0
     assert abs(quick.angles_deg[0] - 2.5) <= 1.0 and abs(quick.angles_deg[1] + 1.5) <= 1.0
     assert _median_err(quick, a, ccf50) < 60.0 < _median_err(given, a, ccf50)
     assert any(n.startswith("quick plane search") for n in quick.notes)
-    joint = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
+    joint = register_section(
+        a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True
+    )
     assert quick.metrics["plane_evals"] < joint.metrics["plane_evals"]
     assert 0.0 <= quick.confidence <= 1.0 and "fit_spread_um" in quick.metrics
 
@@ -82,12 +118,29 @@ def test_quick_plane_search_hemisection_and_cancel(ccf50):
     exception."""
     from napari_brainatlas.register import RegistrationCancelled
 
-    a = sample_section(ccf50, "coronal", 5200.0, "right", n_cells=12000, angles_deg=(-2.0, 1.0),
-                       rotation_deg=100.0, mirror=True, seed=12)
+    a = sample_section(
+        ccf50,
+        "coronal",
+        5200.0,
+        "right",
+        n_cells=12000,
+        angles_deg=(-2.0, 1.0),
+        rotation_deg=100.0,
+        mirror=True,
+        seed=12,
+    )
     tr = a.uns["demo_truth"]
     given = register_section(a, ccf50, "coronal", 5100.0, "right", tr["midline"])
-    res = register_section(a, ccf50, "coronal", 5100.0, "right", tr["midline"], refine_position=True,
-                           plane_search="quick")
+    res = register_section(
+        a,
+        ccf50,
+        "coronal",
+        5100.0,
+        "right",
+        tr["midline"],
+        refine_position=True,
+        plane_search="quick",
+    )
     assert abs(res.position_um - 5200.0) <= 60.0
     assert _median_err(res, a, ccf50) < 0.75 * _median_err(given, a, ccf50)
     calls = []
@@ -97,12 +150,29 @@ def test_quick_plane_search_hemisection_and_cancel(ccf50):
         return len(calls) > 3
 
     with pytest.raises(RegistrationCancelled):
-        register_section(a, ccf50, "coronal", 5100.0, "right", tr["midline"], refine_position=True,
-                         plane_search="quick", cancel=cancel)
+        register_section(
+            a,
+            ccf50,
+            "coronal",
+            5100.0,
+            "right",
+            tr["midline"],
+            refine_position=True,
+            plane_search="quick",
+            cancel=cancel,
+        )
 
 
 def test_unknown_plane_search_is_refused(ccf50):
     a = sample_section(ccf50, "coronal", 7000.0, "both", n_cells=2000, seed=1)
     with pytest.raises(BrainAtlasInputError, match="plane_search"):
-        register_section(a, ccf50, "coronal", 7000.0, "both", a.uns["demo_truth"]["midline"],
-                         refine_position=True, plane_search="fast")
+        register_section(
+            a,
+            ccf50,
+            "coronal",
+            7000.0,
+            "both",
+            a.uns["demo_truth"]["midline"],
+            refine_position=True,
+            plane_search="fast",
+        )

@@ -36,16 +36,21 @@ def test_tilted_slice_by_indexing_equals_the_library_slice(ccf50):
 
 
 def test_coarse_slice_samples_the_same_plane(ccf50):
-    for plane, p, hemi, a in [("coronal", 6000.0, "left", (2.0, -3.0)), ("sagittal", 3000.0, "both", (-1.5, 2.5)),
-                              ("coronal", 8000.0, "both", (0.0, 0.0))]:
+    for plane, p, hemi, a in [
+        ("coronal", 6000.0, "left", (2.0, -3.0)),
+        ("sagittal", 3000.0, "both", (-1.5, 2.5)),
+        ("coronal", 8000.0, "both", (0.0, 0.0)),
+    ]:
         full = atlas_slice(ccf50, plane, p, hemi, a)
         c = coarse_slice(ccf50, plane, p, hemi, a, 2)
         assert c.resolution_um == 2 * full.resolution_um
         assert c.centre_um == full.centre_um
         # each coarse pixel holds the label at its centre: compare with the full slice's
         # label at the same in-plane point (rounding of the depth may differ in a few)
-        rows, cols = np.mgrid[0:c.labels.shape[0], 0:c.labels.shape[1]]
-        xy = np.column_stack([((cols + 0.5) * c.resolution_um).ravel(), ((rows + 0.5) * c.resolution_um).ravel()])
+        rows, cols = np.mgrid[0 : c.labels.shape[0], 0 : c.labels.shape[1]]
+        xy = np.column_stack(
+            [((cols + 0.5) * c.resolution_um).ravel(), ((rows + 0.5) * c.resolution_um).ravel()]
+        )
         want = ccf50.structure_at(full.to_3d(xy))
         if hemi == "left":
             want[xy[:, 0] >= ccf50.midline_ml_um] = 0
@@ -77,8 +82,12 @@ def test_one_gather_lookup_matches_per_division_lookup(ccf50):
     r0, c0 = lt.origin
     col = np.clip(np.floor(xy[:, 0] / px).astype(int) - c0, 0, W - 1)
     row = np.clip(np.floor(xy[:, 1] / px).astype(int) - r0, 0, H - 1)
-    out = (np.floor(xy[:, 0] / px).astype(int) - c0 < 0) | (np.floor(xy[:, 0] / px).astype(int) - c0 >= W) | \
-        (np.floor(xy[:, 1] / px).astype(int) - r0 < 0) | (np.floor(xy[:, 1] / px).astype(int) - r0 >= H)
+    out = (
+        (np.floor(xy[:, 0] / px).astype(int) - c0 < 0)
+        | (np.floor(xy[:, 0] / px).astype(int) - c0 >= W)
+        | (np.floor(xy[:, 1] / px).astype(int) - r0 < 0)
+        | (np.floor(xy[:, 1] / px).astype(int) - r0 >= H)
+    )
     for i in range(len(xy)):
         k = int(cd[i])
         if k not in lt.near:
@@ -101,8 +110,18 @@ def test_coarse_to_fine_plane_search_option(ccf50, monkeypatch):
     tilted, offset plane and says how many of its planes were coarse."""
     from napari_brainatlas.register import api, register_section, sample_section
 
-    a = sample_section(ccf50, "coronal", 7000.0, "both", n_cells=20000, angles_deg=(3.0, -2.0),
-                       rotation_deg=37.0, scale=1.3, warp_um=40.0, seed=2)
+    a = sample_section(
+        ccf50,
+        "coronal",
+        7000.0,
+        "both",
+        n_cells=20000,
+        angles_deg=(3.0, -2.0),
+        rotation_deg=37.0,
+        scale=1.3,
+        warp_um=40.0,
+        seed=2,
+    )
     tr = a.uns["demo_truth"]
     monkeypatch.setattr(api, "COARSE_FACTOR", 2)
     res = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)

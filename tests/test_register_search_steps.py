@@ -37,7 +37,9 @@ def _evaluator(f):
 def test_quadratic_step_lands_on_the_vertex_of_a_concave_score():
     # a concave quadratic with its maximum at (q, a0, a1) = (8 um, 0.2 deg, -0.3 deg)
     def f(q, a):
-        return -((q - 8.0) / 25.0) ** 2 - ((a[0] - 0.2) / 0.75) ** 2 - 2 * ((a[1] + 0.3) / 0.75) ** 2
+        return (
+            -(((q - 8.0) / 25.0) ** 2) - ((a[0] - 0.2) / 0.75) ** 2 - 2 * ((a[1] + 0.3) / 0.75) ** 2
+        )
 
     evaluate, calls = _evaluator(f)
     cur = evaluate(0.0, (0.0, 0.0), np.eye(3))
@@ -51,7 +53,7 @@ def test_quadratic_step_lands_on_the_vertex_of_a_concave_score():
 
 def test_quadratic_step_clips_to_half_a_step_and_keeps_a_better_plane():
     # the maximum lies two steps away along depth: the step is clipped to half a step
-    evaluate, _ = _evaluator(lambda q, a: -((q - 50.0) / 25.0) ** 2 - a[0] ** 2 - a[1] ** 2)
+    evaluate, _ = _evaluator(lambda q, a: -(((q - 50.0) / 25.0) ** 2) - a[0] ** 2 - a[1] ** 2)
     cur = evaluate(0.0, (0.0, 0.0), np.eye(3))
     q, a, r = _quadratic_step(evaluate, lambda q, a: True, 0.0, (0.0, 0.0), cur, 25.0, 0.75)
     assert q == pytest.approx(12.5) and a == (0.0, 0.0) and r[0] > cur[0]
@@ -61,27 +63,47 @@ def test_quadratic_step_clips_to_half_a_step_and_keeps_a_better_plane():
     q, a, r = _quadratic_step(evaluate, lambda q, a: True, 0.0, (0.0, 0.0), cur, 25.0, 0.75)
     assert (q, a) == (0.0, (0.0, 0.0)) and r is cur
     # neighbours outside the search box are not evaluated, and that axis stays
-    evaluate, calls = _evaluator(lambda q, a: -((q - 8.0) / 25.0) ** 2 - (a[0] - 0.2) ** 2 - a[1] ** 2)
+    evaluate, calls = _evaluator(
+        lambda q, a: -(((q - 8.0) / 25.0) ** 2) - (a[0] - 0.2) ** 2 - a[1] ** 2
+    )
     cur = evaluate(0.0, (0.0, 0.0), np.eye(3))
     q, a, _ = _quadratic_step(evaluate, lambda q, a: q <= 0.0, 0.0, (0.0, 0.0), cur, 25.0, 0.75)
     assert all(c[0] <= 0.0 for c in calls)
     assert q == 0.0 and a[0] == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("plane,pos,hemi,angles", [
-    ("coronal", 7000.0, "both", (2.2, -1.4)),
-    ("coronal", 8500.0, "left", (-3.1, 0.6)),
-    ("sagittal", 3500.0, "both", (1.0, 2.5)),
-])
-def test_coarse_angle_grid_proposes_the_same_plane_as_the_full_grid(ccf50, plane, pos, hemi, angles):
-    a = sample_section(ccf50, plane, pos, hemi, n_cells=8000, angles_deg=angles, rotation_deg=25.0, seed=3)
+@pytest.mark.parametrize(
+    "plane,pos,hemi,angles",
+    [
+        ("coronal", 7000.0, "both", (2.2, -1.4)),
+        ("coronal", 8500.0, "left", (-3.1, 0.6)),
+        ("sagittal", 3500.0, "both", (1.0, 2.5)),
+    ],
+)
+def test_coarse_angle_grid_proposes_the_same_plane_as_the_full_grid(
+    ccf50, plane, pos, hemi, angles
+):
+    a = sample_section(
+        ccf50, plane, pos, hemi, n_cells=8000, angles_deg=angles, rotation_deg=25.0, seed=3
+    )
     cell_div = label_division_index(ccf50, np.asarray(a.obs["region"]))  # true major divisions
     xy = a.obsm["slice_xy_true"]  # cells at their in-plane position in the tilted slice
     given = pos + 100.0
     sl = atlas_slice(ccf50, plane, given, hemi)
-    full = refine_plane(ccf50, plane, given, xy, cell_div, sl.centre_um, search_um=150.0, max_cells=1500)
-    coarse = refine_plane(ccf50, plane, given, xy, cell_div, sl.centre_um, search_um=150.0, max_cells=1500,
-                          coarse_factor=2)
+    full = refine_plane(
+        ccf50, plane, given, xy, cell_div, sl.centre_um, search_um=150.0, max_cells=1500
+    )
+    coarse = refine_plane(
+        ccf50,
+        plane,
+        given,
+        xy,
+        cell_div,
+        sl.centre_um,
+        search_um=150.0,
+        max_cells=1500,
+        coarse_factor=2,
+    )
     assert coarse["position_um"] == full["position_um"]
     assert coarse["angles_deg"] == full["angles_deg"]
     assert coarse["agreement_start"] == full["agreement_start"]
@@ -95,8 +117,18 @@ def test_search_with_the_quadratic_finish_finds_a_tilted_offset_plane(ccf50, mon
     tilted plane given 120 um off, and the finish never lowers the plane score."""
     from napari_brainatlas.register import register_section
 
-    a = sample_section(ccf50, "coronal", 7000.0, "both", n_cells=20000, angles_deg=(2.5, -1.5),
-                       rotation_deg=-52.0, scale=0.8, warp_um=40.0, seed=5)
+    a = sample_section(
+        ccf50,
+        "coronal",
+        7000.0,
+        "both",
+        n_cells=20000,
+        angles_deg=(2.5, -1.5),
+        rotation_deg=-52.0,
+        scale=0.8,
+        warp_um=40.0,
+        seed=5,
+    )
     tr = a.uns["demo_truth"]
     assert api.SEARCH_QUAD_FINISH and len(api.SEARCH_STEPS) == 1
     res = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
@@ -124,10 +156,22 @@ def test_sagittal_sections_search_with_the_finer_level(ccf50, monkeypatch):
         return orig(*args, **kw)
 
     monkeypatch.setattr(labelfit, "search_plane", spy)
-    a = sample_section(ccf50, "sagittal", 3600.0, "both", n_cells=12000, angles_deg=(1.2, -0.8),
-                       rotation_deg=140.0, scale=1.2, warp_um=30.0, seed=9)
+    a = sample_section(
+        ccf50,
+        "sagittal",
+        3600.0,
+        "both",
+        n_cells=12000,
+        angles_deg=(1.2, -0.8),
+        rotation_deg=140.0,
+        scale=1.2,
+        warp_um=30.0,
+        seed=9,
+    )
     tr = a.uns["demo_truth"]
-    res = register_section(a, ccf50, "sagittal", 3700.0, "both", tr["midline"], refine_position=True)
+    res = register_section(
+        a, ccf50, "sagittal", 3700.0, "both", tr["midline"], refine_position=True
+    )
     assert seen == [tuple(api.SEARCH_STEPS_SAGITTAL)]
     assert api.SEARCH_STEPS_SAGITTAL[-1][1] < api.SEARCH_STEPS[-1][1]
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
@@ -142,10 +186,20 @@ def test_search_near_the_lateral_edge_skips_planes_without_tissue(ccf50):
     inside the tissue."""
     from napari_brainatlas.register import register_section
 
-    a = sample_section(ccf50, "sagittal", 10600.0, "both", n_cells=8000, angles_deg=(-1.0, 2.0),
-                       rotation_deg=20.0, scale=1.4, seed=3)
-    res = register_section(a, ccf50, "sagittal", 10750.0, "both", a.uns["demo_truth"]["midline"],
-                           refine_position=True)
+    a = sample_section(
+        ccf50,
+        "sagittal",
+        10600.0,
+        "both",
+        n_cells=8000,
+        angles_deg=(-1.0, 2.0),
+        rotation_deg=20.0,
+        scale=1.4,
+        seed=3,
+    )
+    res = register_section(
+        a, ccf50, "sagittal", 10750.0, "both", a.uns["demo_truth"]["midline"], refine_position=True
+    )
     assert res.position_estimated
     assert 550.0 <= res.position_um < 10900.0
     assert 0.0 <= res.confidence <= 1.0
@@ -182,10 +236,20 @@ def test_hemisections_also_poll_the_tilt_about_the_midline(ccf50, monkeypatch):
         return orig(rec, *args, **kw)
 
     monkeypatch.setattr(labelfit, "search_plane", spy)
-    a = sample_section(ccf50, "coronal", 6000.0, "left", n_cells=8000, angles_deg=(2.0, 0.5),
-                       rotation_deg=25.0, scale=1.1, seed=4)
-    res = register_section(a, ccf50, "coronal", 6080.0, "left", a.uns["demo_truth"]["midline"],
-                           refine_position=True)
+    a = sample_section(
+        ccf50,
+        "coronal",
+        6000.0,
+        "left",
+        n_cells=8000,
+        angles_deg=(2.0, 0.5),
+        rotation_deg=25.0,
+        scale=1.1,
+        seed=4,
+    )
+    res = register_section(
+        a, ccf50, "coronal", 6080.0, "left", a.uns["demo_truth"]["midline"], refine_position=True
+    )
     da = api.SEARCH_STEPS[-1][1]
     s = set(seen)
     pairs = [(p, a0, a1) for p, a0, a1 in s if (p, round(a0 + da, 3), a1) in s]
@@ -193,5 +257,7 @@ def test_hemisections_also_poll_the_tilt_about_the_midline(ccf50, monkeypatch):
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
     assert np.median(err) < 60.0
     b = sample_section(ccf50, "coronal", 6000.0, "both", n_cells=8000, rotation_deg=25.0, seed=4)
-    register_section(b, ccf50, "coronal", 6080.0, "both", b.uns["demo_truth"]["midline"], refine_position=True)
+    register_section(
+        b, ccf50, "coronal", 6080.0, "both", b.uns["demo_truth"]["midline"], refine_position=True
+    )
     assert flags == [True, False]

@@ -23,10 +23,21 @@ from napari_brainatlas.register.synthetic import sample_section
 from ._data import CCF25, ONTO_CSV, shared
 
 TORN = {
-    "plane": "coronal", "position_um": 2802.97, "hemisphere": "left", "n_cells": 19683,
-    "rotation_deg": 50.77, "scale": 1.081, "shear": 0.0218, "mirror": True, "drop_fraction": 0.0899,
-    "midline_jitter": 0.0062, "offset_um": (-828.5, -1522.9), "seed": 125,
-    "angles_deg": (-1.511, -0.467), "warp_um": 7.12, "tear_fraction": 0.1113,
+    "plane": "coronal",
+    "position_um": 2802.97,
+    "hemisphere": "left",
+    "n_cells": 19683,
+    "rotation_deg": 50.77,
+    "scale": 1.081,
+    "shear": 0.0218,
+    "mirror": True,
+    "drop_fraction": 0.0899,
+    "midline_jitter": 0.0062,
+    "offset_um": (-828.5, -1522.9),
+    "seed": 125,
+    "angles_deg": (-1.511, -0.467),
+    "warp_um": 7.12,
+    "tear_fraction": 0.1113,
 }
 
 
@@ -46,8 +57,13 @@ def torn(ccf25):
     lab[flip] = rng.choice(cats, flip.sum())
     a.obs["region"] = lab
     tr = a.uns["demo_truth"]
-    sl = atlas_slice(ccf25, tr["plane"], float(tr["position_um"]), tr["hemisphere"],
-                     tuple(float(v) for v in tr["angles_deg"]))
+    sl = atlas_slice(
+        ccf25,
+        tr["plane"],
+        float(tr["position_um"]),
+        tr["hemisphere"],
+        tuple(float(v) for v in tr["angles_deg"]),
+    )
     return a, sl
 
 
@@ -65,8 +81,14 @@ def test_label_fit_of_torn_tissue_stays_at_the_truth(ccf25, torn):
     xy = a.obsm["spatial"]
     true3 = a.obsm["ccf_coords_true"]
     outline = section_outline(xy)
-    tmpl = api._template_for(ccf25, tr["plane"], float(tr["position_um"]), tr["hemisphere"],
-                             tuple(float(v) for v in tr["angles_deg"]), outline)
+    tmpl = api._template_for(
+        ccf25,
+        tr["plane"],
+        float(tr["position_um"]),
+        tr["hemisphere"],
+        tuple(float(v) for v in tr["angles_deg"]),
+        outline,
+    )
     div = api._cell_divisions(a, ccf25, "region")
     ok = np.flatnonzero(div >= 0)
     ok = np.sort(np.random.default_rng(1).choice(ok, 4000, replace=False))
@@ -74,8 +96,18 @@ def test_label_fit_of_torn_tissue_stays_at_the_truth(ccf25, torn):
     A_true = np.asarray(tr["affine"], dtype=float)
 
     def fitted_error(**kw):
-        A, _ = label_fit(A_true, xy[ok], div[ok], lt, outline.points, tmpl.tree, n_iter=40,
-                         reverse_weight=api.REVERSE_WEIGHT, tol_um=0.2, **kw)
+        A, _ = label_fit(
+            A_true,
+            xy[ok],
+            div[ok],
+            lt,
+            outline.points,
+            tmpl.tree,
+            n_iter=40,
+            reverse_weight=api.REVERSE_WEIGHT,
+            tol_um=0.2,
+            **kw,
+        )
         return float(np.median(np.linalg.norm(sl.to_3d(apply_affine(A, xy)) - true3, axis=1)))
 
     start = float(np.median(np.linalg.norm(sl.to_3d(apply_affine(A_true, xy)) - true3, axis=1)))
@@ -100,12 +132,26 @@ def test_registration_of_a_torn_hemisection_tries_label_starts(ccf25, torn, monk
         return orig(*args, **kw)
 
     monkeypatch.setattr(api, "_label_starts", spy)
-    res = api.register_section(a, ccf25, tr["plane"], float(tr["position_um"]) + 80.0, tr["hemisphere"],
-                               tr["midline"], refine_position=True)
+    res = api.register_section(
+        a,
+        ccf25,
+        tr["plane"],
+        float(tr["position_um"]) + 80.0,
+        tr["hemisphere"],
+        tr["midline"],
+        refine_position=True,
+    )
     assert calls == [1]
     assert np.isfinite(res.confidence)
     monkeypatch.setattr(api, "LABEL_STARTS_HEMI", False)
     calls.clear()
-    api.register_section(a, ccf25, tr["plane"], float(tr["position_um"]) + 80.0, tr["hemisphere"],
-                         tr["midline"], refine_position=True)
+    api.register_section(
+        a,
+        ccf25,
+        tr["plane"],
+        float(tr["position_um"]) + 80.0,
+        tr["hemisphere"],
+        tr["midline"],
+        refine_position=True,
+    )
     assert calls == []  # this outline fit's labels agree well enough: no starts

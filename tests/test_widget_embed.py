@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("napari")
+from qtpy.QtCore import Qt  # noqa: E402
 
 
 @pytest.fixture
@@ -90,9 +91,9 @@ def test_cancel_keeps_viewer_usable(qtbot, embed_dock):
 
 def test_needs_two_sections_and_training_first(qtbot, embed_dock, error_notifications):
     _viewer, w = embed_dock
-    w.section_list.item(1).setCheckState(0)
+    w.section_list.item(1).setCheckState(Qt.CheckState.Unchecked)
     assert w.train() is None
     assert len(error_notifications) == 1 and "two sections" in error_notifications[0].message
-    w.section_list.item(1).setCheckState(2)
+    w.section_list.item(1).setCheckState(Qt.CheckState.Checked)
     w.cluster_button.click()
     assert len(error_notifications) == 2 and "train first" in error_notifications[1].message

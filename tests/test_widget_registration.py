@@ -18,24 +18,17 @@ pytest.importorskip("pytestqt")
 
 from napari_brainatlas.register import apply_registration, register_section
 
+from ._shots import save_shot
+
 pytestmark = pytest.mark.gui
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHOTS = Path(__file__).resolve().parent / "_screenshots"
-DOCS_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 
 
 def _left():
     from qtpy.QtCore import Qt
 
     return Qt.LeftButton
-
-
-def _save_png(img, path: Path) -> None:
-    from imageio.v3 import imwrite
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imwrite(path, img)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +134,15 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     assert "Dice" in widget.metrics_label.text()
 
     # the engine with the same input gives the same fit
-    ref = register_section(sections[1], widget.atlas, "coronal", truth["position_um"],
-                           truth["hemisphere"], midline=truth["midline"], section_name=sec.name)
+    ref = register_section(
+        sections[1],
+        widget.atlas,
+        "coronal",
+        truth["position_um"],
+        truth["hemisphere"],
+        midline=truth["midline"],
+        section_name=sec.name,
+    )
     assert np.allclose(res.affine, ref.affine, atol=1e-6)
 
     # anchors: four on the section, four on the template, numbered, colour-matched
@@ -181,8 +181,10 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     # blink toggles the cells' visibility with a timer
     seen = set()
     widget.blink_button.setChecked(True)
-    qtbot.waitUntil(lambda: seen.add(viewer.layers[f"{sec.name} in atlas"].visible) or
-                    len(seen) == 2, timeout=5000)
+    qtbot.waitUntil(
+        lambda: seen.add(viewer.layers[f"{sec.name} in atlas"].visible) or len(seen) == 2,
+        timeout=5000,
+    )
     widget.blink_button.setChecked(False)
     assert viewer.layers[f"{sec.name} in atlas"].visible
 
@@ -213,9 +215,16 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     assert _run(qtbot, widget, widget.refit_button)
     res2 = widget.result
     assert not np.allclose(res2.affine, res.affine, atol=1e-3)
-    ref2 = register_section(sections[1], widget.atlas, "coronal", res.position_um,
-                            truth["hemisphere"], midline=truth["midline"], landmarks=pairs,
-                            section_name=sec.name)
+    ref2 = register_section(
+        sections[1],
+        widget.atlas,
+        "coronal",
+        res.position_um,
+        truth["hemisphere"],
+        midline=truth["midline"],
+        landmarks=pairs,
+        section_name=sec.name,
+    )
     assert np.allclose(res2.affine, ref2.affine, atol=1e-6)
 
     # undo twice: back to the accepted state, then to the first fit before accepting
@@ -249,9 +258,7 @@ def _shot(viewer, widget, name, docs=False):
     viewer.reset_view()
     QApplication.processEvents()
     img = viewer.screenshot(canvas_only=False, flash=False)
-    _save_png(img, SHOTS / f"{name}.png")
-    if docs:
-        _save_png(img, DOCS_SHOTS / f"{name}.png")
+    save_shot(img, name, docs_name=name if docs else None)
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     rgb = canvas[..., :3].reshape(-1, 3).astype(int)
     bg = np.median(canvas[[0, 0, -1, -1], [0, -1, 0, -1], :3], axis=0).astype(int)
@@ -313,8 +320,18 @@ def test_ccf50_section(reg_dock, qtbot, error_notifications):
         pytest.skip("CCFv3 50 um annotation not found")
     viewer, widget = reg_dock
     atlas = Atlas.load(ann, ontology=onto)
-    a = sample_section(atlas, "coronal", 6500.0, "both", n_cells=6000, rotation_deg=37.0,
-                       scale=1.1, offset_um=(3000.0, -1000.0), seed=1, name="ccf_AP6500")
+    a = sample_section(
+        atlas,
+        "coronal",
+        6500.0,
+        "both",
+        n_cells=6000,
+        rotation_deg=37.0,
+        scale=1.1,
+        offset_um=(3000.0, -1000.0),
+        seed=1,
+        name="ccf_AP6500",
+    )
     layers = _add_sections(viewer, [a], [(500.0, 800.0)])
     sec = layers[0]
     _load_atlas(qtbot, widget, ann, onto)
@@ -326,8 +343,15 @@ def test_ccf50_section(reg_dock, qtbot, error_notifications):
     _click_midline(widget, sec, truth["midline"])
     assert _run(qtbot, widget, widget.register_button)
     res = widget.result
-    ref = register_section(a, widget.atlas, "coronal", truth["position_um"], "both",
-                           midline=truth["midline"], section_name=sec.name)
+    ref = register_section(
+        a,
+        widget.atlas,
+        "coronal",
+        truth["position_um"],
+        "both",
+        midline=truth["midline"],
+        section_name=sec.name,
+    )
     assert np.allclose(res.affine, ref.affine, atol=1e-6)
     assert res.metrics["dice"] > 0.9
     widget.accept()
@@ -382,9 +406,17 @@ def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notif
     assert not error_notifications, [n.message for n in error_notifications]
     res = widget.result
     assert any(n.startswith("quick plane search") for n in res.notes)
-    ref = register_section(sec.metadata["adata"], widget.atlas, "coronal", widget.position_um,
-                           truth["hemisphere"], midline=truth["midline"], refine_position=True,
-                           plane_search="quick", max_iter=int(widget.max_iter_spin.value()))
+    ref = register_section(
+        sec.metadata["adata"],
+        widget.atlas,
+        "coronal",
+        widget.position_um,
+        truth["hemisphere"],
+        midline=truth["midline"],
+        refine_position=True,
+        plane_search="quick",
+        max_iter=int(widget.max_iter_spin.value()),
+    )
     assert np.allclose(res.affine, ref.affine, atol=1e-6)
     assert ref.position_um == res.position_um
     _shot(viewer, widget, "registration_quick_search")

@@ -5,9 +5,6 @@ Run under a display: ``xvfb-run -a python -m pytest tests/test_widget_sections.p
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -18,12 +15,11 @@ from napari_brainatlas.colors import categorical_colors, continuous_colors
 from napari_brainatlas.io import gene_values, read_sections
 
 from ._data import MERFISH, OSMFISH, SLIDESEQ, VISIUM, shared
+from ._shots import save_shot
 from .bad_inputs import make_bad_files, sha1
 
 pytestmark = pytest.mark.gui
 
-SHOTS = Path(__file__).resolve().parent / "_screenshots"
-DOCS_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 
 # rel path, cells, genes, label columns that must be features, a gene to colour by
 DATASETS = {
@@ -59,8 +55,7 @@ def _check_canvas(viewer, name: str, min_colours: int = 2) -> np.ndarray:
     """Screenshot the canvas and check it shows cells, not an empty background."""
     viewer.reset_view()
     img = viewer.screenshot(canvas_only=True, flash=False)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    _save_png(img, SHOTS / f"{name}.png")
+    save_shot(img, name)
     rgb = img[..., :3].reshape(-1, 3).astype(int)
     bg = np.median(img[[0, 0, -1, -1], [0, -1, 0, -1], :3], axis=0).astype(int)
     fg = np.abs(rgb - bg).sum(axis=1) > 30
@@ -68,13 +63,6 @@ def _check_canvas(viewer, name: str, min_colours: int = 2) -> np.ndarray:
     colours = {tuple(c) for c in (rgb[fg] // 16)}
     assert len(colours) >= min_colours, f"{name}: only {len(colours)} colours drawn"
     return img
-
-
-def _save_png(img: np.ndarray, path: Path) -> None:
-    from imageio.v3 import imwrite
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imwrite(path, img)
 
 
 # ---------------------------------------------------------------------- real datasets
@@ -88,7 +76,8 @@ def test_load_real_dataset_through_widget(qtbot, sections_dock, key):
 
     main_thread = []
     viewer.layers.events.inserted.connect(
-        lambda e: main_thread.append(threading.current_thread() is threading.main_thread()))
+        lambda e: main_thread.append(threading.current_thread() is threading.main_thread())
+    )
     (layer,) = _load(qtbot, widget, path)
     assert main_thread == [True]  # the layer was added in the main thread
     ad = layer.metadata["adata"]
@@ -110,8 +99,9 @@ def test_load_real_dataset_through_widget(qtbot, sections_dock, key):
     widget.gene_edit.setText(gene)
     qtbot.mouseClick(widget.gene_button, _left())
     clim = widget._color["clim"]
-    expect, _ = continuous_colors(gene_values(ad, gene), clim=clim,
-                                  cmap=widget.cmap_combo.currentText())
+    expect, _ = continuous_colors(
+        gene_values(ad, gene), clim=clim, cmap=widget.cmap_combo.currentText()
+    )
     np.testing.assert_allclose(layer.face_color, expect, atol=1e-6)
     assert gene in layer.features.columns
     np.testing.assert_allclose(layer.features[gene].to_numpy(), gene_values(ad, gene))
@@ -126,13 +116,14 @@ def test_load_real_dataset_through_widget(qtbot, sections_dock, key):
 
     # contrast limits and colormap recolour in place
     widget.clim_max.setValue(clim[0] + (clim[1] - clim[0]) / 2)
-    expect, _ = continuous_colors(gene_values(ad, gene),
-                                  clim=(widget.clim_min.value(), widget.clim_max.value()),
-                                  cmap=widget.cmap_combo.currentText())
+    expect, _ = continuous_colors(
+        gene_values(ad, gene),
+        clim=(widget.clim_min.value(), widget.clim_max.value()),
+        cmap=widget.cmap_combo.currentText(),
+    )
     np.testing.assert_allclose(layer.face_color, expect, atol=1e-6)
     widget.cmap_combo.setCurrentText("magma")
-    expect, _ = continuous_colors(gene_values(ad, gene), clim=widget._color["clim"],
-                                  cmap="magma")
+    expect, _ = continuous_colors(gene_values(ad, gene), clim=widget._color["clim"], cmap="magma")
     np.testing.assert_allclose(layer.face_color, expect, atol=1e-6)
 
     # colour by a label column: engine colours and a legend listing the categories
@@ -140,8 +131,7 @@ def test_load_real_dataset_through_widget(qtbot, sections_dock, key):
     for col in cat_cols:
         widget.color_by_annotation(col)
         cats = sorted(ad.obs[col].astype(str).unique())
-        expect, _ = categorical_colors(ad.obs[col].astype(str).to_numpy(),
-                                            categories=cats)
+        expect, _ = categorical_colors(ad.obs[col].astype(str).to_numpy(), categories=cats)
         np.testing.assert_allclose(layer.face_color, expect, atol=1e-6)
         assert widget.legend_categories() == cats
         assert gene not in layer.features.columns  # the hover gene column went away
@@ -226,13 +216,13 @@ def test_demo_viewer_coloured_by_region(qtbot, make_napari_viewer):
     widget = docks["Sections"]
     layers = widget.section_layers()
     assert len(layers) == 4 and widget.table.rowCount() == 4
-    regions = sorted(set().union(*(set(ly.metadata["adata"].obs["region"].astype(str))
-                                   for ly in layers)))
+    regions = sorted(
+        set().union(*(set(ly.metadata["adata"].obs["region"].astype(str)) for ly in layers))
+    )
     assert widget.legend_categories() == regions
     for ly in layers:
         ad = ly.metadata["adata"]
-        expect, _ = categorical_colors(ad.obs["region"].astype(str).to_numpy(),
-                                       categories=regions)
+        expect, _ = categorical_colors(ad.obs["region"].astype(str).to_numpy(), categories=regions)
         np.testing.assert_allclose(ly.face_color, expect, atol=1e-6)
     _check_canvas(viewer, "demo_region", min_colours=5)
     # full window with the dock, for the README
@@ -244,20 +234,23 @@ def test_demo_viewer_coloured_by_region(qtbot, make_napari_viewer):
     qtbot.wait(200)
     viewer.reset_view()
     img = viewer.screenshot(canvas_only=False, flash=False)
-    _save_png(img, SHOTS / "demo_region_window.png")
-    if os.environ.get("NAPARI_BRAINATLAS_DOCS_SCREENSHOTS") == "1":
-        _save_png(img, DOCS_SHOTS / "sections_demo.png")  # the README's picture
+    save_shot(img, "demo_region_window", docs_name="sections_demo")  # the README's picture
     assert img.shape[0] > 300 and img.shape[1] > 600
 
 
 # ---------------------------------------------------------------------- bad input
-BAD_CASES = ("unreadable", "no_coordinates", "nan_coordinates", "duplicate_genes",
-             "zero_cells", "non_numeric")
+BAD_CASES = (
+    "unreadable",
+    "no_coordinates",
+    "nan_coordinates",
+    "duplicate_genes",
+    "zero_cells",
+    "non_numeric",
+)
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_one_notification(qtbot, sections_dock, error_notifications, tmp_path,
-                                    case):
+def test_bad_input_one_notification(qtbot, sections_dock, error_notifications, tmp_path, case):
     viewer, widget = sections_dock
     path, words = make_bad_files(tmp_path)[case]
     before = sha1(path)
@@ -297,4 +290,5 @@ def test_engine_reads_what_widget_shows(qtbot, sections_dock):
     secs = read_sections(shared(VISIUM))
     layers = _load(qtbot, widget, shared(VISIUM))
     assert [ly.metadata["section"] for ly in layers] == [
-        s.uns["napari_brainatlas"]["section"] for s in secs]
+        s.uns["napari_brainatlas"]["section"] for s in secs
+    ]

@@ -110,6 +110,7 @@ def _patch_pynndescent():
 
     def make_forest(data, n_neighbors, n_trees, *a, **k):
         return orig(data, n_neighbors, n_trees or 1, *a, **k)
+
     make_forest._patched = True
     rp.make_forest = make_forest
 
@@ -127,6 +128,7 @@ def _patch_scanpy_shortcut():
 
     def shortcut(d, /):
         return orig(sp.csr_matrix(d) if not hasattr(d, "getnnz") else d)
+
     shortcut._patched = True
     _common._ind_dist_shortcut = shortcut
 
@@ -162,23 +164,25 @@ def run_dataset(name, refs, q_full, labels, hidden, epochs, seed=0):
     import torch
 
     from napari_brainatlas.annotate import impute_genes, map_query, transfer_labels
-    from napari_brainatlas.model import FuseMap
+    from napari_brainatlas.fusemap import FuseMap
 
     t0 = time.time()
     q = hide_genes(q_full, hidden)
     ref_genes = set().union(*(upper_panel(a) for a in refs))
-    shared = sorted(set(upper_panel(q)) & set.intersection(*(set(upper_panel(a))
-                                                             for a in refs)))
+    shared = sorted(set(upper_panel(q)) & set.intersection(*(set(upper_panel(a)) for a in refs)))
     model = FuseMap(refs, seed=seed)
     model.train(max_epochs=epochs)
     t_train = time.time() - t0
     mapping = map_query(model, [q], epochs=epochs, seed=seed)
     refw = model.write_embeddings(copy=True)
     qw = mapping.write_embeddings()[0]
-    emb = {lab: ("X_fusemap_tissue" if lab.lower().startswith("region") else "X_fusemap_cell")
-           for lab in labels}
-    out = transfer_labels(refw, [qw], labels=labels, embedding=emb, hierarchy={},
-                          smooth_regions=True, seed=seed)[0]
+    emb = {
+        lab: ("X_fusemap_tissue" if lab.lower().startswith("region") else "X_fusemap_cell")
+        for lab in labels
+    }
+    out = transfer_labels(
+        refw, [qw], labels=labels, embedding=emb, hierarchy={}, smooth_regions=True, seed=seed
+    )[0]
     t_fm = time.time() - t0
     kept = np.isfinite(qw.obsm["X_fusemap_cell"]).all(1)
     Zr, Zq = harmony_space(refs, q, shared, seed)
@@ -194,9 +198,17 @@ def run_dataset(name, refs, q_full, labels, hidden, epochs, seed=0):
         }
         for meth, pred in res.items():
             acc, f1 = scores(truth, pred)
-            rows.append({"dataset": name, "label": lab, "method": meth, "accuracy": acc,
-                         "macro_f1": f1, "n_query": int(kept.sum()),
-                         "n_classes": len(set(truth))})
+            rows.append(
+                {
+                    "dataset": name,
+                    "label": lab,
+                    "method": meth,
+                    "accuracy": acc,
+                    "macro_f1": f1,
+                    "n_query": int(kept.sum()),
+                    "n_classes": len(set(truth)),
+                }
+            )
     # imputation of the hidden genes
     imp_rows = []
     ok_hidden = [g for g in hidden if g in ref_genes]
@@ -207,8 +219,9 @@ def run_dataset(name, refs, q_full, labels, hidden, epochs, seed=0):
     nn_idx = NearestNeighbors(n_neighbors=50).fit(Zr).kneighbors(Zq)[1]
     for g in ok_hidden:
         meas = lognorm(q_full, [g])[:, 0]
-        src = [lognorm(a, [g])[:, 0] if g in upper_panel(a) else np.full(a.n_obs, np.nan)
-               for a in refs]
+        src = [
+            lognorm(a, [g])[:, 0] if g in upper_panel(a) else np.full(a.n_obs, np.nan) for a in refs
+        ]
         ref_vals = np.concatenate(src)
         base = np.nanmean(ref_vals[nn_idx], axis=1)
         f = fm[g].to_numpy()
@@ -217,15 +230,33 @@ def run_dataset(name, refs, q_full, labels, hidden, epochs, seed=0):
 
         def r(a, b):
             return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan
-        imp_rows.append({"dataset": name, "gene": g, "fusemap_r": r(meas[m], f[m]),
-                         "fusemap_decoder_r": r(meas[m], fd[m]),
-                         "knn_harmony_r": r(meas[m], base[m]), "method": fm.attrs["method"]})
-    info = {"dataset": name, "n_ref": sum(a.n_obs for a in refs), "n_query": q.n_obs,
-            "ref_sections": len(refs), "shared_genes": len(shared), "hidden": len(ok_hidden),
-            "new_genes": len(mapping.new_genes), "train_s": t_train, "fusemap_s": t_fm,
-            "total_s": time.time() - t0, "adversarial": mapping.adversarial,
-            "anchored": mapping.anchored,
-            "frozen_ok": mapping.frozen_unchanged(), "threads": torch.get_num_threads()}
+
+        imp_rows.append(
+            {
+                "dataset": name,
+                "gene": g,
+                "fusemap_r": r(meas[m], f[m]),
+                "fusemap_decoder_r": r(meas[m], fd[m]),
+                "knn_harmony_r": r(meas[m], base[m]),
+                "method": fm.attrs["method"],
+            }
+        )
+    info = {
+        "dataset": name,
+        "n_ref": sum(a.n_obs for a in refs),
+        "n_query": q.n_obs,
+        "ref_sections": len(refs),
+        "shared_genes": len(shared),
+        "hidden": len(ok_hidden),
+        "new_genes": len(mapping.new_genes),
+        "train_s": t_train,
+        "fusemap_s": t_fm,
+        "total_s": time.time() - t0,
+        "adversarial": mapping.adversarial,
+        "anchored": mapping.anchored,
+        "frozen_ok": mapping.frozen_unchanged(),
+        "threads": torch.get_num_threads(),
+    }
     return rows, imp_rows, info
 
 
@@ -271,16 +302,18 @@ def main(argv=None) -> int:
     args.t_start, args.load_start = time.time(), os.getloadavg()
     all_rows, all_imp, infos = [], [], []
     refs, q, hidden = demo_sets(args.quick)
-    r, i, info = run_dataset("demo (section 4 held out)", refs, q, ["celltype", "region"],
-                             hidden, epochs)
+    r, i, info = run_dataset(
+        "demo (section 4 held out)", refs, q, ["celltype", "region"], hidden, epochs
+    )
     all_rows += r
     all_imp += i
     infos.append(info)
     print(pd.DataFrame(r).to_string(), file=sys.stderr)
     if OSMFISH.is_file():
         refs, q, hidden = osmfish_sets()
-        r, i, info = run_dataset("osmFISH (x > 65th pct held out)", refs, q,
-                                 ["ClusterName", "Region"], hidden, epochs)
+        r, i, info = run_dataset(
+            "osmFISH (x > 65th pct held out)", refs, q, ["ClusterName", "Region"], hidden, epochs
+        )
         all_rows += r
         all_imp += i
         infos.append(info)
@@ -296,24 +329,43 @@ def write_results(args, epochs, rows, imp, infos):
 
     import torch
 
-    cmd = "python benchmarks/annotation/run.py" + (" --quick" if args.quick else "") + (
-        f" --epochs {args.epochs}" if args.epochs else "") + f" --threads {args.threads}"
+    cmd = (
+        "python benchmarks/annotation/run.py"
+        + (" --quick" if args.quick else "")
+        + (f" --epochs {args.epochs}" if args.epochs else "")
+        + f" --threads {args.threads}"
+    )
     df = pd.DataFrame(rows)
-    tab = df.pivot_table(index=["dataset", "label"], columns="method",
-                         values=["accuracy", "macro_f1"])
+    tab = df.pivot_table(
+        index=["dataset", "label"], columns="method", values=["accuracy", "macro_f1"]
+    )
     im = pd.DataFrame(imp)
     lines = [
-        "# Label transfer and imputation: FuseMap vs Harmony + kNN vs scanpy ingest", "",
-        (f"Command: `{cmd}` (CPU, {platform.processor() or platform.machine()}, torch "
-         f"{torch.__version__}, {args.threads} thread(s), {epochs} epochs per phase)."), "",
-        (f"Wall time {time.time() - args.t_start:.0f} s; load average (1, 5, 15 min) "
-         f"{' / '.join(f'{x:.1f}' for x in args.load_start)} at the start, "
-         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the end (2-core machine "
-         "shared with other jobs)."), "",
-        ("See the docstring of `run.py` for the splits and methods. Accuracy and macro-F1 "
-         "over the query cells FuseMap keeps (> 5 counts)."), "",
-        ("scanpy ingest runs with `embedding_method=\"pca\"` and a one-line fix for pynndescent 0.7 (`n_search_trees` None -> 1 in the forest rebuild). The osmFISH split is by x (the cortical layers run along y, so a y cut would leave query layers absent from the reference). Imputation: all hidden genes are left out of the query at once and the query is mapped once (not one mapping per gene)."), "",
-        "## Label transfer", "",
+        "# Label transfer and imputation: FuseMap vs Harmony + kNN vs scanpy ingest",
+        "",
+        (
+            f"Command: `{cmd}` (CPU, {platform.processor() or platform.machine()}, torch "
+            f"{torch.__version__}, {args.threads} thread(s), {epochs} epochs per phase)."
+        ),
+        "",
+        (
+            f"Wall time {time.time() - args.t_start:.0f} s; load average (1, 5, 15 min) "
+            f"{' / '.join(f'{x:.1f}' for x in args.load_start)} at the start, "
+            f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the end (2-core machine "
+            "shared with other jobs)."
+        ),
+        "",
+        (
+            "See the docstring of `run.py` for the splits and methods. Accuracy and macro-F1 "
+            "over the query cells FuseMap keeps (> 5 counts)."
+        ),
+        "",
+        (
+            'scanpy ingest runs with `embedding_method="pca"` and a one-line fix for pynndescent 0.7 (`n_search_trees` None -> 1 in the forest rebuild). The osmFISH split is by x (the cortical layers run along y, so a y cut would leave query layers absent from the reference). Imputation: all hidden genes are left out of the query at once and the query is mapped once (not one mapping per gene).'
+        ),
+        "",
+        "## Label transfer",
+        "",
         "| dataset | label | classes | metric | FuseMap (MLP) | Harmony + kNN | scanpy ingest |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -321,34 +373,57 @@ def write_results(args, epochs, rows, imp, infos):
         ncls = int(df[(df.dataset == ds) & (df.label == lab)].n_classes.iloc[0])
         for met in ("accuracy", "macro_f1"):
             vals = [row[(met, m)] for m in ("FuseMap (MLP)", "Harmony + kNN", "scanpy ingest")]
-            lines.append(f"| {ds} | {lab} | {ncls} | {met} | "
-                         + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    lines += ["", "## Imputation of hidden genes (Pearson R with the measurement)", "",
-              ("| dataset | genes | FuseMap (kNN-50 in [z_C, z_T], query view, default) mean R | FuseMap decoder "
-               "max(z_C E^T, 0) mean R | kNN-50 Harmony mean R (baseline) | FuseMap better "
-               "in |"),
-              "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {ds} | {lab} | {ncls} | {met} | " + " | ".join(f"{v:.3f}" for v in vals) + " |"
+            )
+    lines += [
+        "",
+        "## Imputation of hidden genes (Pearson R with the measurement)",
+        "",
+        (
+            "| dataset | genes | FuseMap (kNN-50 in [z_C, z_T], query view, default) mean R | FuseMap decoder "
+            "max(z_C E^T, 0) mean R | kNN-50 Harmony mean R (baseline) | FuseMap better "
+            "in |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
     for ds, g in im.groupby("dataset"):
         better = int((g.fusemap_r > g.knn_harmony_r).sum())
-        lines.append(f"| {ds} | {len(g)} | {g.fusemap_r.mean():.3f} | "
-                     f"{g.fusemap_decoder_r.mean():.3f} | "
-                     f"{g.knn_harmony_r.mean():.3f} | {better}/{len(g)} |")
-    lines += ["", "Per gene:", "",
-              "| dataset | gene | FuseMap kNN-50 R | FuseMap decoder R | kNN-50 Harmony R |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {ds} | {len(g)} | {g.fusemap_r.mean():.3f} | "
+            f"{g.fusemap_decoder_r.mean():.3f} | "
+            f"{g.knn_harmony_r.mean():.3f} | {better}/{len(g)} |"
+        )
+    lines += [
+        "",
+        "Per gene:",
+        "",
+        "| dataset | gene | FuseMap kNN-50 R | FuseMap decoder R | kNN-50 Harmony R |",
+        "|---|---|---|---|---|",
+    ]
     for _, r in im.iterrows():
-        lines.append(f"| {r.dataset} | {r.gene} | {r.fusemap_r:.3f} | "
-                     f"{r.fusemap_decoder_r:.3f} | {r.knn_harmony_r:.3f} |")
-    lines += ["", "## Runs", "",
-              ("| dataset | ref cells | query cells | ref sections | shared genes | hidden | "
-               "new genes | adversarial | anchored | reference frozen | FuseMap s | total s |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r.dataset} | {r.gene} | {r.fusemap_r:.3f} | "
+            f"{r.fusemap_decoder_r:.3f} | {r.knn_harmony_r:.3f} |"
+        )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        (
+            "| dataset | ref cells | query cells | ref sections | shared genes | hidden | "
+            "new genes | adversarial | anchored | reference frozen | FuseMap s | total s |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for i in infos:
-        lines.append(f"| {i['dataset']} | {i['n_ref']} | {i['n_query']} | {i['ref_sections']} | "
-                     f"{i['shared_genes']} | {i['hidden']} | {i['new_genes']} | "
-                     f"{i['adversarial']} | {i['anchored']} | {i['frozen_ok']} | "
-                     f"{i['fusemap_s']:.0f} | "
-                     f"{i['total_s']:.0f} |")
+        lines.append(
+            f"| {i['dataset']} | {i['n_ref']} | {i['n_query']} | {i['ref_sections']} | "
+            f"{i['shared_genes']} | {i['hidden']} | {i['new_genes']} | "
+            f"{i['adversarial']} | {i['anchored']} | {i['frozen_ok']} | "
+            f"{i['fusemap_s']:.0f} | "
+            f"{i['total_s']:.0f} |"
+        )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

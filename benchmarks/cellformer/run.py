@@ -72,7 +72,7 @@ def pca_embed(secs):
 
 
 def fusemap_embed(secs, epochs):
-    from napari_brainatlas.model import FuseMap
+    from napari_brainatlas.fusemap import FuseMap
 
     m = FuseMap([s.copy() for s in secs], seed=0)
     m.train(max_epochs=epochs)
@@ -91,9 +91,11 @@ def merfish_sections():
     counts = pd.read_csv(root / "reference_scrna" / "counts.csv", index_col=0).T  # cells x genes
     types = pd.read_csv(root / "reference_scrna" / "cell_types.csv", index_col=0).iloc[:, 0]
     counts = counts.loc[types.index.astype(str)]
-    ref = ad.AnnData(X=sp.csr_matrix(counts.to_numpy(dtype=np.float32)),
-                     obs=pd.DataFrame(index=counts.index.astype(str)),
-                     var=pd.DataFrame(index=counts.columns.astype(str)))
+    ref = ad.AnnData(
+        X=sp.csr_matrix(counts.to_numpy(dtype=np.float32)),
+        obs=pd.DataFrame(index=counts.index.astype(str)),
+        var=pd.DataFrame(index=counts.columns.astype(str)),
+    )
     ref.layers["counts"] = ref.X.copy()
     ref.obs["label"] = types.astype(str).to_numpy()
     ref.obs["section"] = "scRNA_reference"
@@ -141,8 +143,12 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--fusemap", action="store_true", help="also train FuseMap")
     ap.add_argument("--fusemap-epochs", type=int, default=10)
-    ap.add_argument("--max-cells", type=int, default=0,
-                    help="subsample each data set to about this many cells (0: all)")
+    ap.add_argument(
+        "--max-cells",
+        type=int,
+        default=0,
+        help="subsample each data set to about this many cells (0: all)",
+    )
     ap.add_argument("--datasets", default="demo,osmfish,merfish")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -175,8 +181,7 @@ def main(argv=None):
             good = np.isfinite(zf).all(1)
             zf[~good] = 0
             note = "; reference at random positions" if name.startswith("MERFISH") else ""
-            embs[f"FuseMap ({args.fusemap_epochs} max epochs, {time.time() - t:.0f} s"
-                 f"{note})"] = zf
+            embs[f"FuseMap ({args.fusemap_epochs} max epochs, {time.time() - t:.0f} s{note})"] = zf
         multi = len(np.unique(sec[ok])) > 1
         for ename, z in embs.items():
             cv = knn_cv(z[ok], y[ok])
@@ -186,27 +191,35 @@ def main(argv=None):
     dur = time.time() - t_all
     load = os.getloadavg()
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# CellFormer benchmark: kNN label accuracy of cell embeddings", "",
-             f"Command: `PYTHONPATH=src python benchmarks/cellformer/run.py {cmd}`", "",
-             f"Whole run: {dur:.0f} s; load average at the end {load[0]:.2f}, {load[1]:.2f}, "
-             f"{load[2]:.2f} (shared 2-core machine, {torch.get_num_threads()} torch "
-             f"thread, device {'cuda' if torch.cuda.is_available() else 'cpu'}).", "",
-             "kNN (k=15) accuracy; 5-fold stratified CV over the scored cells and "
-             "leave-one-section-out (demo only). Not scored: osmFISH 'Excluded', the "
-             "reference's 'Ambiguous', the (unlabelled) MERFISH cells. MERFISH: the models "
-             "are trained on the 750 MERFISH cells plus the scRNA-seq reference on the same "
-             "134 genes; accuracy is over the reference's labels.", "",
-             "| data (cells, scored, labels) | embedding | kNN 5-fold | "
-             "kNN leave-one-section-out | final train loss |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# CellFormer benchmark: kNN label accuracy of cell embeddings",
+        "",
+        f"Command: `PYTHONPATH=src python benchmarks/cellformer/run.py {cmd}`",
+        "",
+        f"Whole run: {dur:.0f} s; load average at the end {load[0]:.2f}, {load[1]:.2f}, "
+        f"{load[2]:.2f} (shared 2-core machine, {torch.get_num_threads()} torch "
+        f"thread, device {'cuda' if torch.cuda.is_available() else 'cpu'}).",
+        "",
+        "kNN (k=15) accuracy; 5-fold stratified CV over the scored cells and "
+        "leave-one-section-out (demo only). Not scored: osmFISH 'Excluded', the "
+        "reference's 'Ambiguous', the (unlabelled) MERFISH cells. MERFISH: the models "
+        "are trained on the 750 MERFISH cells plus the scRNA-seq reference on the same "
+        "134 genes; accuracy is over the reference's labels.",
+        "",
+        "| data (cells, scored, labels) | embedding | kNN 5-fold | "
+        "kNN leave-one-section-out | final train loss |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         n, k, c = sizes[r[0]]
-        lines.append(f"| {r[0]} ({n}, {k}, {c}) | {r[1]} | {r[2]:.3f} | "
-                     f"{'-' if np.isnan(r[3]) else f'{r[3]:.3f}'} | "
-                     f"{'-' if np.isnan(r[4]) else f'{r[4]:.4f}'} |")
+        lines.append(
+            f"| {r[0]} ({n}, {k}, {c}) | {r[1]} | {r[2]:.3f} | "
+            f"{'-' if np.isnan(r[3]) else f'{r[3]:.3f}'} | "
+            f"{'-' if np.isnan(r[4]) else f'{r[4]:.4f}'} |"
+        )
     out = HERE / "RESULTS_cellformer.md"
     old = out.read_text() if out.exists() else ""
-    notes = old[old.index(NOTES):] if NOTES in old else ""  # hand-written notes are kept
+    notes = old[old.index(NOTES) :] if NOTES in old else ""  # hand-written notes are kept
     out.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
     print(f"done in {dur:.0f} s, load {load}")
     return 0

@@ -56,8 +56,10 @@ def split_semi_real(adata, n_sections, n_shared, label_cols, seed=0, gain_sd=0.4
         cells = np.flatnonzero(part == v)
         gain = np.exp(rng.normal(0, gain_sd, len(panel))) * rng.uniform(0.6, 1.4)
         counts = rng.poisson(X[np.ix_(cells, panel)] * gain[None, :]).astype(np.float32)
-        obs = pd.DataFrame({c: adata.obs[c].astype(str).to_numpy()[cells] for c in label_cols},
-                           index=adata.obs_names[cells])
+        obs = pd.DataFrame(
+            {c: adata.obs[c].astype(str).to_numpy()[cells] for c in label_cols},
+            index=adata.obs_names[cells],
+        )
         obs["section"] = f"sec{v}"
         a = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=genes[panel]))
         a.layers["counts"] = counts.copy()
@@ -77,14 +79,15 @@ def load_sets(quick):
     if loom.exists():
         a = read_sections(loom)[0]
         secs = split_semi_real(a, 3, 15, ["ClusterName", "Region"], seed=1)
-        sets["osmFISH"] = dict(sections=secs, cell_label="ClusterName", tissue_label="Region",
-                               exclude="Excluded")
+        sets["osmFISH"] = dict(
+            sections=secs, cell_label="ClusterName", tissue_label="Region", exclude="Excluded"
+        )
     mer = DATA / "spacexr_merfish_hypothalamus" / "query_merfish"
     if mer.exists():
         from sklearn.decomposition import PCA
 
-        from napari_brainatlas.model import leiden_labels
-        from napari_brainatlas.model._preprocess import normalize_log_scale
+        from napari_brainatlas.fusemap import leiden_labels
+        from napari_brainatlas.fusemap._preprocess import normalize_log_scale
 
         a = read_sections(mer)[0]
         Xn = normalize_log_scale(a.layers["counts"])
@@ -129,7 +132,12 @@ def harmony_baseline(sections, seed=0):
     if Z.shape[0] != len(pcs):
         Z = Z.T
     sizes = [a.n_obs for a in sections]
-    return np.split(Z, np.cumsum(sizes)[:-1]), np.split(pcs, np.cumsum(sizes)[:-1]), len(shared), keep
+    return (
+        np.split(Z, np.cumsum(sizes)[:-1]),
+        np.split(pcs, np.cumsum(sizes)[:-1]),
+        len(shared),
+        keep,
+    )
 
 
 def evaluate(name, emb_list, sections, label, exclude=None):
@@ -143,7 +151,7 @@ def evaluate(name, emb_list, sections, label, exclude=None):
 
 
 def run_quality(sets, epochs, seed, log):
-    from napari_brainatlas.model import FuseMap, spatial_graph
+    from napari_brainatlas.fusemap import FuseMap, spatial_graph
 
     rows = []
     for key, s in sets.items():
@@ -179,22 +187,39 @@ def run_quality(sets, epochs, seed, log):
                 "PCA + Harmony": evaluate(key, harm, secs, tl, ex),
                 "PCA + Harmony, A-smoothed": evaluate(key, harm_s, secs, tl, ex),
             }
-        row = dict(set=key, n_cells=n, n_sections=len(secs), n_genes=len(m.module.genes),
-                   n_shared=n_shared, epochs_run=len(m.history), fusemap_s=t_fm, harmony_s=t_h,
-                   steps=sum(int(h.get("steps", 0)) for h in m.history),
-                   min_steps=m.config.get("min_steps", 0),
-                   recon_first=h0["recon"], recon_last=h1["recon"], val_first=h0["val_loss"],
-                   val_last=h1["val_loss"], cell=res, tissue=tissue, cell_label=lab,
-                   tissue_label=s.get("tissue_label"))
+        row = dict(
+            set=key,
+            n_cells=n,
+            n_sections=len(secs),
+            n_genes=len(m.module.genes),
+            n_shared=n_shared,
+            epochs_run=len(m.history),
+            fusemap_s=t_fm,
+            harmony_s=t_h,
+            steps=sum(int(h.get("steps", 0)) for h in m.history),
+            min_steps=m.config.get("min_steps", 0),
+            recon_first=h0["recon"],
+            recon_last=h1["recon"],
+            val_first=h0["val_loss"],
+            val_last=h1["val_loss"],
+            cell=res,
+            tissue=tissue,
+            cell_label=lab,
+            tissue_label=s.get("tissue_label"),
+        )
         rows.append(row)
-        log(f"[{key}] {n} cells, {len(secs)} sections, {n_shared} shared of "
+        log(
+            f"[{key}] {n} cells, {len(secs)} sections, {n_shared} shared of "
             f"{len(m.module.genes)} genes; FuseMap {t_fm:.0f}s ({len(m.history)} epochs, "
-            f"recon {h0['recon']:.3f} -> {h1['recon']:.3f}), Harmony {t_h:.1f}s")
+            f"recon {h0['recon']:.3f} -> {h1['recon']:.3f}), Harmony {t_h:.1f}s"
+        )
         for meth, r in res.items():
             log(f"   cell/{lab:14s} {meth:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
         for meth, r in tissue.items():
-            log(f"   tissue/{s['tissue_label']:12s} {meth:28s} "
-                + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
+            log(
+                f"   tissue/{s['tissue_label']:12s} {meth:28s} "
+                + "  ".join(f"{k} {v:.3f}" for k, v in r.items())
+            )
     return rows
 
 
@@ -215,12 +240,19 @@ def scale_child(n_cells, steps, threads, seed):
     import torch
 
     torch.set_num_threads(threads)
-    from napari_brainatlas.model import FuseMap, make_synthetic_sections
+    from napari_brainatlas.fusemap import FuseMap, make_synthetic_sections
 
     rss0 = _peak_rss_mb()
     t = time.time()
-    secs = make_synthetic_sections(n_sections=4, n_cells=n_cells // 4, n_genes=100,
-                                   n_shared=50, sparse=True, seed=seed, depth=100.0)
+    secs = make_synthetic_sections(
+        n_sections=4,
+        n_cells=n_cells // 4,
+        n_genes=100,
+        n_shared=50,
+        sparse=True,
+        seed=seed,
+        depth=100.0,
+    )
     t_gen = time.time() - t
     t = time.time()
     m = FuseMap(secs, seed=seed)
@@ -231,7 +263,7 @@ def scale_child(n_cells, steps, threads, seed):
 
     def cancel():
         count["n"] += 1
-        if count["n"] == 3:            # skip warm-up steps
+        if count["n"] == 3:  # skip warm-up steps
             marks["t0"] = time.time()
         return count["n"] > steps + 2
 
@@ -241,16 +273,38 @@ def scale_child(n_cells, steps, threads, seed):
     cps = steps * seeds_per_step / dt
     n_train = sum(len(sd.train_idx) for sd in m.data)
     rss = _peak_rss_mb()
-    print(json.dumps(dict(n_cells=n_cells, steps=steps, sec_per_step=dt / steps,
-                          cells_per_s=cps, epoch_s_est=n_train / cps, setup_s=t_setup,
-                          gen_s=t_gen, peak_rss_mb=rss, base_rss_mb=rss0)))
+    print(
+        json.dumps(
+            dict(
+                n_cells=n_cells,
+                steps=steps,
+                sec_per_step=dt / steps,
+                cells_per_s=cps,
+                epoch_s_est=n_train / cps,
+                setup_s=t_setup,
+                gen_s=t_gen,
+                peak_rss_mb=rss,
+                base_rss_mb=rss0,
+            )
+        )
+    )
 
 
 def run_scaling(sizes, steps, threads, seed, log):
     rows = []
     for n in sizes:
-        cmd = [sys.executable, str(Path(__file__)), "--scale-child", str(n), "--steps",
-               str(steps), "--threads", str(threads), "--seed", str(seed)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__)),
+            "--scale-child",
+            str(n),
+            "--steps",
+            str(steps),
+            "--threads",
+            str(threads),
+            "--seed",
+            str(seed),
+        ]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONWARNINGS="ignore")
         t = time.time()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -260,9 +314,11 @@ def run_scaling(sizes, steps, threads, seed, log):
         r = json.loads(out.stdout.strip().splitlines()[-1])
         r["wall_s"] = time.time() - t
         rows.append(r)
-        log(f"[scale] {n:>8d} cells: {r['cells_per_s']:.0f} cells/s (est. epoch "
+        log(
+            f"[scale] {n:>8d} cells: {r['cells_per_s']:.0f} cells/s (est. epoch "
             f"{r['epoch_s_est']:.0f}s), setup {r['setup_s']:.1f}s, peak RSS "
-            f"{r['peak_rss_mb']:.0f} MB")
+            f"{r['peak_rss_mb']:.0f} MB"
+        )
     return rows
 
 
@@ -276,39 +332,62 @@ def write_report(path, cmd, quality, scaling, args, total_s):
         _scaling_section(L, scaling, cmd)
         Path(path).write_text("\n".join(L) + "\n")
         return
-    L = ["# FuseMap embedding benchmark", "",
-         f"Command: `{cmd}`", "",
-         f"Machine: CPU only, {os.cpu_count()} cores, torch threads {args.threads}; total "
-         f"{total_s / 60:.1f} min. Shared machine: wall times include load from other jobs.",
-         "", "Metrics (see benchmarks/embedding/metrics.py): iLISI (kNN-30, rescaled 0-1) and "
-         "batch ASW = section mixing (higher = better mixed); label ASW and cross-section kNN "
-         "accuracy = label conservation (higher = better).", ""]
+    L = [
+        "# FuseMap embedding benchmark",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Machine: CPU only, {os.cpu_count()} cores, torch threads {args.threads}; total "
+        f"{total_s / 60:.1f} min. Shared machine: wall times include load from other jobs.",
+        "",
+        "Metrics (see benchmarks/embedding/metrics.py): iLISI (kNN-30, rescaled 0-1) and "
+        "batch ASW = section mixing (higher = better mixed); label ASW and cross-section kNN "
+        "accuracy = label conservation (higher = better).",
+        "",
+    ]
     for r in quality:
-        L += [f"## {r['set']}: {r['n_cells']} cells, {r['n_sections']} sections, "
-              f"{r['n_shared']} shared of {r['n_genes']} genes", "",
-              f"FuseMap: {r['epochs_run']} epochs ({r['steps']} steps, min_steps "
-              f"{r['min_steps']}) in {r['fusemap_s']:.0f} s, train recon MSE "
-              f"{r['recon_first']:.3f} -> {r['recon_last']:.3f}, val loss {r['val_first']:.3f} "
-              f"-> {r['val_last']:.3f}; PCA + Harmony {r['harmony_s']:.1f} s.", "",
-              f"Cell embedding vs `{r['cell_label']}`:", "",
-              "| method | iLISI | batch ASW | label ASW | cross-section kNN acc |",
-              "|---|---|---|---|---|"]
+        L += [
+            f"## {r['set']}: {r['n_cells']} cells, {r['n_sections']} sections, "
+            f"{r['n_shared']} shared of {r['n_genes']} genes",
+            "",
+            f"FuseMap: {r['epochs_run']} epochs ({r['steps']} steps, min_steps "
+            f"{r['min_steps']}) in {r['fusemap_s']:.0f} s, train recon MSE "
+            f"{r['recon_first']:.3f} -> {r['recon_last']:.3f}, val loss {r['val_first']:.3f} "
+            f"-> {r['val_last']:.3f}; PCA + Harmony {r['harmony_s']:.1f} s.",
+            "",
+            f"Cell embedding vs `{r['cell_label']}`:",
+            "",
+            "| method | iLISI | batch ASW | label ASW | cross-section kNN acc |",
+            "|---|---|---|---|---|",
+        ]
         for meth, m in r["cell"].items():
-            L.append(f"| {meth} | {m['iLISI']:.3f} | {m['batch_ASW']:.3f} | "
-                     f"{m['label_ASW']:.3f} | {m['cross_kNN_acc']:.3f} |")
+            L.append(
+                f"| {meth} | {m['iLISI']:.3f} | {m['batch_ASW']:.3f} | "
+                f"{m['label_ASW']:.3f} | {m['cross_kNN_acc']:.3f} |"
+            )
         if r["tissue"]:
-            L += ["", f"Tissue embedding vs `{r['tissue_label']}`:", "",
-                  "| method | iLISI | batch ASW | label ASW | cross-section kNN acc |",
-                  "|---|---|---|---|---|"]
+            L += [
+                "",
+                f"Tissue embedding vs `{r['tissue_label']}`:",
+                "",
+                "| method | iLISI | batch ASW | label ASW | cross-section kNN acc |",
+                "|---|---|---|---|---|",
+            ]
             for meth, m in r["tissue"].items():
-                L.append(f"| {meth} | {m['iLISI']:.3f} | {m['batch_ASW']:.3f} | "
-                         f"{m['label_ASW']:.3f} | {m['cross_kNN_acc']:.3f} |")
+                L.append(
+                    f"| {meth} | {m['iLISI']:.3f} | {m['batch_ASW']:.3f} | "
+                    f"{m['label_ASW']:.3f} | {m['cross_kNN_acc']:.3f} |"
+                )
         fm, hm = r["cell"]["FuseMap z_C"], r["cell"]["PCA + Harmony"]
         mix = fm["iLISI"] > hm["iLISI"]
         lab = fm["cross_kNN_acc"] > hm["cross_kNN_acc"]
-        L += ["", f"Target (FuseMap z_C beats PCA + Harmony): mixing (iLISI) "
-              f"{'met' if mix else 'MISSED'}, label conservation (cross-section kNN acc) "
-              f"{'met' if lab else 'MISSED'}.", ""]
+        L += [
+            "",
+            f"Target (FuseMap z_C beats PCA + Harmony): mixing (iLISI) "
+            f"{'met' if mix else 'MISSED'}, label conservation (cross-section kNN acc) "
+            f"{'met' if lab else 'MISSED'}.",
+            "",
+        ]
     if not scaling and "## Throughput" in old:
         # --skip-scale: keep the throughput section of the last run that measured it
         L += ["", "## Throughput" + old.split("## Throughput", 1)[1].rstrip("\n")]
@@ -318,24 +397,35 @@ def write_report(path, cmd, quality, scaling, args, total_s):
 
 def _scaling_section(L, scaling, cmd):
     if scaling:
-        L += ["", "## Throughput and memory (synthetic, 4 sections, 100 genes/section, CPU)", "",
-              f"Command: `{cmd}`", "",
-              "Peak RSS is VmHWM of a fresh process per size (imports included: "
-              "'after imports' column); throughput = seed cells trained per second "
-              f"over {scaling[0]['steps']} timed steps (after 2 warm-up steps).", "",
-              "| cells | s/step | seed cells/s | est. epoch (s) | setup (s) | "
-              "after imports (MB) | peak RSS (MB) |",
-              "|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "## Throughput and memory (synthetic, 4 sections, 100 genes/section, CPU)",
+            "",
+            f"Command: `{cmd}`",
+            "",
+            "Peak RSS is VmHWM of a fresh process per size (imports included: "
+            "'after imports' column); throughput = seed cells trained per second "
+            f"over {scaling[0]['steps']} timed steps (after 2 warm-up steps).",
+            "",
+            "| cells | s/step | seed cells/s | est. epoch (s) | setup (s) | "
+            "after imports (MB) | peak RSS (MB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for s in scaling:
-            L.append(f"| {s['n_cells']:,} | {s['sec_per_step']:.3f} | {s['cells_per_s']:.0f} | "
-                     f"{s['epoch_s_est']:.0f} | {s['setup_s']:.1f} | {s['base_rss_mb']:.0f} | "
-                     f"{s['peak_rss_mb']:.0f} |")
+            L.append(
+                f"| {s['n_cells']:,} | {s['sec_per_step']:.3f} | {s['cells_per_s']:.0f} | "
+                f"{s['epoch_s_est']:.0f} | {s['setup_s']:.1f} | {s['base_rss_mb']:.0f} | "
+                f"{s['peak_rss_mb']:.0f} |"
+            )
         if len(scaling) >= 2:
             a, b = scaling[0], scaling[-1]
             slope = (b["peak_rss_mb"] - a["peak_rss_mb"]) / max(b["n_cells"] - a["n_cells"], 1)
-            L += ["", f"Memory slope between {a['n_cells']:,} and {b['n_cells']:,} cells: "
-                  f"{slope * 1e3:.2f} MB per 1,000 cells; per-step cost is constant in the "
-                  "section size (2-hop subgraph of 64 seeds per section)."]
+            L += [
+                "",
+                f"Memory slope between {a['n_cells']:,} and {b['n_cells']:,} cells: "
+                f"{slope * 1e3:.2f} MB per 1,000 cells; per-step cost is constant in the "
+                "section size (2-hop subgraph of 64 seeds per section).",
+            ]
 
 
 def main(argv=None):
@@ -359,7 +449,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     epochs = args.epochs or (8 if args.quick else 15)
     cmd = "PYTHONPATH=src python benchmarks/embedding/run.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]))
+        a for a in (argv if argv is not None else sys.argv[1:])
+    )
     t0 = time.time()
     quality = []
     if not args.skip_quality:

@@ -15,6 +15,7 @@ under the same load. A variant is ``NAME=VALUE[:NAME=VALUE...]`` setting constan
 ``core.NAME=VALUE`` sets a constant of ``napari_brainatlas.register.core``,
 ``labelfit.NAME=VALUE`` one of ``napari_brainatlas.register.labelfit``.)
 """
+
 import json
 import os
 import sys
@@ -29,17 +30,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as B  # noqa: I001 - after the path insert
 
 from napari_brainatlas.register import api, core, sample_section
+
 atlas = B.Atlas.load(B.ANN, ontology=B.ONTO)
 seed = int(os.environ.get("SEED", "0"))
 hard = os.environ.get("SET", "hard") == "hard"
 cases = B.make_cases(40, hard, seed, 200000)
 idx = [int(v) for v in sys.argv[1].split(",")] if sys.argv[1] != "all" else list(range(40))
-DEFAULTS = {k: getattr(api, k) for k in ("COARSE_FACTOR", "COARSE_CELLS", "REFINE_TOP", "FINE_LEVELS", "SEARCH_TOL_UM", "SEARCH_ITERS", "REFIT_ITERS", "PROPOSE_CELLS", "REFIT_MIN_STEP_UM", "SEARCH_EDGES", "SEARCH_STEPS", "SEARCH_CELLS", "SEARCH_QUAD_FINISH", "PROPOSE_COARSE", "REVERSE_WEIGHT", "PLANE_OUTLINE_WEIGHT", "LABEL_START_AGREEMENT", "LABEL_STARTS_HEMI", "LABEL_START_STEPS", "START_SCORE_TRIM_Q", "SEARCH_STEPS_SAGITTAL", "HEMI_MIDLINE_TILT")}
+DEFAULTS = {
+    k: getattr(api, k)
+    for k in (
+        "COARSE_FACTOR",
+        "COARSE_CELLS",
+        "REFINE_TOP",
+        "FINE_LEVELS",
+        "SEARCH_TOL_UM",
+        "SEARCH_ITERS",
+        "REFIT_ITERS",
+        "PROPOSE_CELLS",
+        "REFIT_MIN_STEP_UM",
+        "SEARCH_EDGES",
+        "SEARCH_STEPS",
+        "SEARCH_CELLS",
+        "SEARCH_QUAD_FINISH",
+        "PROPOSE_COARSE",
+        "REVERSE_WEIGHT",
+        "PLANE_OUTLINE_WEIGHT",
+        "LABEL_START_AGREEMENT",
+        "LABEL_STARTS_HEMI",
+        "LABEL_START_STEPS",
+        "START_SCORE_TRIM_Q",
+        "SEARCH_STEPS_SAGITTAL",
+        "HEMI_MIDLINE_TILT",
+    )
+}
 CORE_DEFAULTS = {k: getattr(core, k) for k in ("CHAMFER_SCORE", "POOR_SCORE")}
 from napari_brainatlas.register import labelfit
 
-LF_DEFAULTS = {k: getattr(labelfit, k) for k in ("TRIM_Q", "REVERSE_TRIM_Q", "SCORE_TRIM_Q", "SPREAD_REVERSE_TRIM_Q",
-                                               "ACCELERATE", "ANDERSON_M")}
+LF_DEFAULTS = {
+    k: getattr(labelfit, k)
+    for k in (
+        "TRIM_Q",
+        "REVERSE_TRIM_Q",
+        "SCORE_TRIM_Q",
+        "SPREAD_REVERSE_TRIM_Q",
+        "ACCELERATE",
+        "ANDERSON_M",
+    )
+}
 variants = [dict(v.split("=") for v in spec.split(":") if v) for spec in sys.argv[2:]]
 res = {i: {} for i in range(len(variants))}
 for i in idx:
@@ -65,19 +102,36 @@ for i in idx:
             elif k == "LABEL_START_STEPS":
                 setattr(api, k, tuple(float(x) for x in val.split(",")))
             elif k in ("SEARCH_STEPS", "SEARCH_STEPS_SAGITTAL"):
-                setattr(api, k, tuple(tuple(float(x) for x in st.split(",")) for st in val.split("/")))
+                setattr(
+                    api, k, tuple(tuple(float(x) for x in st.split(",")) for st in val.split("/"))
+                )
             else:
                 cur = getattr(api, k)
-                setattr(api, k, val in ("1", "True", "true") if isinstance(cur, bool) else type(cur)(val))
+                setattr(
+                    api,
+                    k,
+                    val in ("1", "True", "true") if isinstance(cur, bool) else type(cur)(val),
+                )
         o = B.run_ours(a, atlas, case, hard)
         res[vi][i] = o
-        line += f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f} ev {o['metrics'].get('plane_evals',0):3.0f} c {o['confidence']:.2f} ap {o['ap_error_um']:4.0f} ang {o['angle_error_deg']:4.1f} |" if hard else f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f} c {o['confidence']:.2f} |"
+        line += (
+            f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f} ev {o['metrics'].get('plane_evals', 0):3.0f} c {o['confidence']:.2f} ap {o['ap_error_um']:4.0f} ang {o['angle_error_deg']:4.1f} |"
+            if hard
+            else f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f} c {o['confidence']:.2f} |"
+        )
     print(line, flush=True)
 mt, pt = (60.0, 150.0) if hard else (10.0, 25.0)
 for vi, v in enumerate(variants):
-    med = np.array([o['median_um'] for o in res[vi].values()]); p95 = np.array([o['p95_um'] for o in res[vi].values()])
-    t = np.array([o['time_s'] for o in res[vi].values()])
-    print(v, f"n {len(med)} median {np.median(med):.1f} p95 {np.median(p95):.1f} within {np.mean((med<=mt)&(p95<=pt)):.2f} worst {med.max():.1f} time median {np.median(t):.2f} mean {t.mean():.2f}")
+    med = np.array([o["median_um"] for o in res[vi].values()])
+    p95 = np.array([o["p95_um"] for o in res[vi].values()])
+    t = np.array([o["time_s"] for o in res[vi].values()])
+    print(
+        v,
+        f"n {len(med)} median {np.median(med):.1f} p95 {np.median(p95):.1f} within {np.mean((med <= mt) & (p95 <= pt)):.2f} worst {med.max():.1f} time median {np.median(t):.2f} mean {t.mean():.2f}",
+    )
 if os.environ.get("DUMP"):
     Path(os.environ["DUMP"]).write_text(
-        json.dumps({str(vi): {str(i): o for i, o in r.items()} for vi, r in res.items()}, default=float))
+        json.dumps(
+            {str(vi): {str(i): o for i, o in r.items()} for vi, r in res.items()}, default=float
+        )
+    )

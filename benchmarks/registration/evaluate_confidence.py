@@ -21,6 +21,7 @@ Usage, from the repository root::
     PYTHONPATH=src python benchmarks/registration/evaluate_confidence.py \
         --train 'dumps/cal_s[1-6]_?.json' --test 'dumps/cal_s[7-9]_?.json' 'dumps/cal_s1[0-2]_?.json'
 """
+
 import argparse
 import glob
 import json
@@ -45,8 +46,15 @@ def load(patterns):
             for cases in dump.values():
                 for c, r in cases.items():
                     m = dict(r["metrics"])
-                    rows.append({"seed": seed, "case": int(c), "metrics": m, "confidence": r["confidence"],
-                                 "fail": bool(r["median_um"] > 60.0 or r["p95_um"] > 150.0)})
+                    rows.append(
+                        {
+                            "seed": seed,
+                            "case": int(c),
+                            "metrics": m,
+                            "confidence": r["confidence"],
+                            "fail": bool(r["median_um"] > 60.0 or r["p95_um"] > 150.0),
+                        }
+                    )
     return rows
 
 
@@ -56,8 +64,12 @@ def logit_features(m: dict):
     sp, se = m.get("fit_spread_um"), m.get("plane_sensitivity")
     if sp is None or se is None or not (np.isfinite(sp) and np.isfinite(se)):
         return None
-    return [np.log(max(sp, 1.0)), np.log(0.1 + max(m.get("midline_angle_deg", 0.0), 0.0)),
-            np.log(max(m.get("anisotropy", 1.0), 1.0)), np.log(max(se, 1e-3))]
+    return [
+        np.log(max(sp, 1.0)),
+        np.log(0.1 + max(m.get("midline_angle_deg", 0.0), 0.0)),
+        np.log(max(m.get("anisotropy", 1.0), 1.0)),
+        np.log(max(se, 1e-3)),
+    ]
 
 
 def features(m: dict) -> np.ndarray:
@@ -116,8 +128,10 @@ def confidence_with(rows, logit):
 
 def report(name, conf, fail):
     flag = conf < 0.5
-    print(f"{name:44s} AUC {auc(conf, fail):.3f}   at 0.5: failures flagged {int((flag & fail).sum())}/"
-          f"{int(fail.sum())}, good sections flagged {int((flag & ~fail).sum())}/{int((~fail).sum())}")
+    print(
+        f"{name:44s} AUC {auc(conf, fail):.3f}   at 0.5: failures flagged {int((flag & fail).sum())}/"
+        f"{int(fail.sum())}, good sections flagged {int((flag & ~fail).sum())}/{int((~fail).sum())}"
+    )
 
 
 def model_of(rows):
@@ -136,11 +150,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     train = load(args.train)
     if not train or not any(r["fail"] for r in train) or all(r["fail"] for r in train):
-        sys.exit(f"error: --train {' '.join(args.train)} holds {len(train)} sections; it needs dumps of "
-                 "compare_settings.py (DUMP=...) with both failed and good sections")
+        sys.exit(
+            f"error: --train {' '.join(args.train)} holds {len(train)} sections; it needs dumps of "
+            "compare_settings.py (DUMP=...) with both failed and good sections"
+        )
     fail = np.array([r["fail"] for r in train])
     seeds = np.array([r["seed"] for r in train])
-    print(f"train: {len(train)} sections, {int(fail.sum())} failures, seeds {sorted(set(seeds.tolist()))}")
+    print(
+        f"train: {len(train)} sections, {int(fail.sum())} failures, seeds {sorted(set(seeds.tolist()))}"
+    )
     report("confidence as stored (train)", np.array([r["confidence"] for r in train]), fail)
     report("shipped confidence recomputed (train)", confidence_with(train, None), fail)
     loso = np.zeros(len(train))
@@ -155,7 +173,9 @@ def main(argv=None):
         if not test:
             sys.exit(f"error: --test {' '.join(args.test)} matches no dumped sections")
         tf = np.array([r["fail"] for r in test])
-        print(f"test: {len(test)} sections, {int(tf.sum())} failures, seeds {sorted({r['seed'] for r in test})}")
+        print(
+            f"test: {len(test)} sections, {int(tf.sum())} failures, seeds {sorted({r['seed'] for r in test})}"
+        )
         report("confidence as stored (test)", np.array([r["confidence"] for r in test]), tf)
         report("logistic term fitted on train (test)", confidence_with(test, model), tf)
     print("logistic term = {" + ", ".join(f'"{k}": {v:.4f}' for k, v in model.items()) + "}")

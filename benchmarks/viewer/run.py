@@ -76,7 +76,6 @@ and hashing 4M cell ids.
 """
 
 
-
 # ---------------------------------------------------------------------- data
 def make_file(n: int, n_genes: int, path: Path, seed: int = 0, chunk: int = 500_000) -> Path:
     """Synthetic section(s): cells in an ellipse (um), four regions, sparse Poisson counts
@@ -134,18 +133,35 @@ def worker_plain(path: str, repeat: int) -> dict:
     from napari_brainatlas.layers import cell_size_um
 
     (adata,) = read_sections(path)
-    feats = pd.DataFrame({"G7": gene_values(adata, "G7"), "G8": gene_values(adata, "G8"),
-                          "region": adata.obs["region"].to_numpy()})
+    feats = pd.DataFrame(
+        {
+            "G7": gene_values(adata, "G7"),
+            "G8": gene_values(adata, "G8"),
+            "region": adata.obs["region"].to_numpy(),
+        }
+    )
     yx = np.ascontiguousarray(adata.obsm["spatial"][:, ::-1])
     size = cell_size_um(adata.obsm["spatial"])
     viewer = _viewer()
-    out = {"first": [], "recolour": [], "first_mb": [], "recolour_mb": [], "first_cpu": [],
-           "recolour_cpu": []}
+    out = {
+        "first": [],
+        "recolour": [],
+        "first_mb": [],
+        "recolour_mb": [],
+        "first_cpu": [],
+        "recolour_cpu": [],
+    }
     for i in range(repeat):
         c0 = time.process_time()
         with measure() as m:
-            layer = viewer.add_points(yx, features=feats, size=size, face_color="G7",
-                                      face_colormap="viridis", border_width=0)
+            layer = viewer.add_points(
+                yx,
+                features=feats,
+                size=size,
+                face_color="G7",
+                face_colormap="viridis",
+                border_width=0,
+            )
             viewer.reset_view()
             draw(viewer)
         out["first"].append(m.seconds)
@@ -181,9 +197,20 @@ def worker_ours(path: str, repeat: int, backed: bool) -> dict:
         (adata,) = read_sections(path, backed=backed)
     viewer = _viewer()
     fast = FastSections(viewer)
-    out = {"first": [], "recolour": [], "first_mb": [], "recolour_mb": [], "zoom": [],
-           "pan": [], "read": m_read.seconds, "read_mb": m_read.delta_mb, "drawn": [],
-           "drawn_zoomed": [], "first_cpu": [], "recolour_cpu": []}
+    out = {
+        "first": [],
+        "recolour": [],
+        "first_mb": [],
+        "recolour_mb": [],
+        "zoom": [],
+        "pan": [],
+        "read": m_read.seconds,
+        "read_mb": m_read.delta_mb,
+        "drawn": [],
+        "drawn_zoomed": [],
+        "first_cpu": [],
+        "recolour_cpu": [],
+    }
     genes = ["G8", "G9", "G10", "G11", "G12"]
     for i in range(repeat):
         c0 = time.process_time()
@@ -238,13 +265,20 @@ def _emit(out: dict) -> None:
 
 # ---------------------------------------------------------------------- main
 def _run_worker(kind: str, path: Path, repeat: int, timeout: float, backed: bool) -> tuple:
-    cmd = [sys.executable, __file__, "--worker", kind, "--file", str(path),
-           "--repeat", str(repeat)] + (["--backed"] if backed else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--file",
+        str(path),
+        "--repeat",
+        str(repeat),
+    ] + (["--backed"] if backed else [])
     t0 = time.perf_counter()
     last, timed_out = None, False
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         stdout = proc.stdout
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-3000:])
@@ -281,8 +315,12 @@ def main(argv=None) -> int:
     ap.add_argument("--genes", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--plain-timeout", type=float, default=420)
-    ap.add_argument("--backed-from", type=int, default=4_000_000,
-                    help="open files with at least this many cells backed (ours)")
+    ap.add_argument(
+        "--backed-from",
+        type=int,
+        default=4_000_000,
+        help="open files with at least this many cells backed (ours)",
+    )
     ap.add_argument("--out", default=str(HERE / "RESULTS_viewer.md"))
     ap.add_argument("--worker", choices=["plain", "ours"])
     ap.add_argument("--file")
@@ -312,22 +350,31 @@ def main(argv=None) -> int:
                     _merge(plain, p)
                     to, took = to or t_o, took + t
             rows.append((n, mb, backed, ours, plain, to))
-            print(f"{n:,} cells: ours {json.dumps(ours)}\n   plain {json.dumps(plain)} "
-                  f"(timed out: {to}, {took:.0f} s)", flush=True)
+            print(
+                f"{n:,} cells: ours {json.dumps(ours)}\n   plain {json.dumps(plain)} "
+                f"(timed out: {to}, {took:.0f} s)",
+                flush=True,
+            )
 
     lim = args.plain_timeout
     lines = [
         "# Viewer: plain napari vs the level-of-detail fast path (issue 6)",
         "",
-        (f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f} "
-         "(the two paths ran alternately in the same run, so both saw the same load)."),
-        f"Command: `xvfb-run -a -s \"-screen 0 1600x1200x24\" {command_line()}`",
-        (f"Canvas {CANVAS[0]}x{CANVAS[1]} window; medians of {args.repeat} runs, the two "
-         f"paths alternating (plain 4M: one run, stopped after {lim:.0f} s)."),
+        (
+            f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f} "
+            "(the two paths ran alternately in the same run, so both saw the same load)."
+        ),
+        f'Command: `xvfb-run -a -s "-screen 0 1600x1200x24" {command_line()}`',
+        (
+            f"Canvas {CANVAS[0]}x{CANVAS[1]} window; medians of {args.repeat} runs, the two "
+            f"paths alternating (plain 4M: one run, stopped after {lim:.0f} s)."
+        ),
         "",
-        ("| cells | path | first draw (s) | recolour by a gene (s) | CPU s: first draw / "
-         "recolour | peak RSS above start: first draw / recolour (MB) | points drawn | "
-         "zoom 4x / pan frame (s) |"),
+        (
+            "| cells | path | first draw (s) | recolour by a gene (s) | CPU s: first draw / "
+            "recolour | peak RSS above start: first draw / recolour (MB) | points drawn | "
+            "zoom 4x / pan frame (s) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for n, mb, backed, ours, plain, to in rows:
@@ -336,14 +383,16 @@ def main(argv=None) -> int:
             f"{_fmt(_med(plain.get('recolour')), to, lim)} | "
             f"{_fmt(_med(plain.get('first_cpu')))} / {_fmt(_med(plain.get('recolour_cpu')))} | "
             f"{_fmt(_med(plain.get('first_mb')))} / {_fmt(_med(plain.get('recolour_mb')))} | "
-            f"{n:,} | - |")
+            f"{n:,} | - |"
+        )
         lines.append(
             f"| {n:,} | ours{' (backed file)' if backed else ''} | "
             f"{_fmt(_med(ours.get('first')))} | {_fmt(_med(ours.get('recolour')))} | "
             f"{_fmt(_med(ours.get('first_cpu')))} / {_fmt(_med(ours.get('recolour_cpu')))} | "
             f"{_fmt(_med(ours.get('first_mb')))} / {_fmt(_med(ours.get('recolour_mb')))} | "
             f"{int(_med(ours.get('drawn')) or 0):,} (+ overview) | "
-            f"{_fmt(_med(ours.get('zoom')))} / {_fmt(_med(ours.get('pan')))} |")
+            f"{_fmt(_med(ours.get('zoom')))} / {_fmt(_med(ours.get('pan')))} |"
+        )
     lines.append("")
     lines.append("Ratios, wall time (medians):")
     for n, mb, backed, ours, plain, to in rows:
@@ -353,11 +402,16 @@ def main(argv=None) -> int:
         r = f"{pr / orc:.1f}x" if pr and orc else (f"> {lim / orc:.0f}x" if to and orc else "-")
         pfc, prc = _med(plain.get("first_cpu")), _med(plain.get("recolour_cpu"))
         ofc, orcc = _med(ours.get("first_cpu")), _med(ours.get("recolour_cpu"))
-        cpu = (f" (CPU time: {pfc / ofc:.1f}x, {prc / orcc:.1f}x)"
-               if pfc and ofc and prc and orcc else "")
-        lines.append(f"- {n:,} cells ({mb:.0f} MB file): plain / ours: first draw {f}, "
-                     f"recolour {r}{cpu}; ours read the file in {ours.get('read', 0):.2f} s "
-                     f"(+{ours.get('read_mb', 0):.0f} MB{', X left on disk' if backed else ''})")
+        cpu = (
+            f" (CPU time: {pfc / ofc:.1f}x, {prc / orcc:.1f}x)"
+            if pfc and ofc and prc and orcc
+            else ""
+        )
+        lines.append(
+            f"- {n:,} cells ({mb:.0f} MB file): plain / ours: first draw {f}, "
+            f"recolour {r}{cpu}; ours read the file in {ours.get('read', 0):.2f} s "
+            f"(+{ours.get('read_mb', 0):.0f} MB{', X left on disk' if backed else ''})"
+        )
     text = "\n".join(lines) + "\n" + NOTES
     print(text)
     Path(args.out).write_text(text + "\n")

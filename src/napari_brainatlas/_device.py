@@ -10,7 +10,7 @@ __all__ = ["resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; asking for CUDA without a GPU is an error."""
+    """ "auto" -> CUDA when available, else CPU; asking for CUDA without a GPU is an error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)

@@ -58,8 +58,11 @@ def write_sections(path: str, layer_data: list[tuple]) -> list[str]:
     written = []
     for data, meta, _ in layer_data:
         adata = layer_to_anndata(data, meta)
-        target = out if len(layer_data) == 1 else out.with_name(
-            f"{out.stem}_{_safe(meta.get('name', 'section'))}.h5ad")
+        target = (
+            out
+            if len(layer_data) == 1
+            else out.with_name(f"{out.stem}_{_safe(meta.get('name', 'section'))}.h5ad")
+        )
         written.append(str(write_h5ad(adata, target)))
     return written
 
@@ -73,8 +76,7 @@ def make_demo_sample(seed: int = 0) -> list[tuple]:
     from .demo import make_demo_sections
 
     sections = make_demo_sections(seed=seed)
-    return [section_layer_data(s, translate=t)
-            for s, t in zip(sections, tile_offsets(sections))]
+    return [section_layer_data(s, translate=t) for s, t in zip(sections, tile_offsets(sections))]
 
 
 def make_demo_atlas_sample() -> list[tuple]:

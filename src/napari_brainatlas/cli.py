@@ -17,9 +17,9 @@ from ._errors import BrainAtlasInputError
 #: modules that add subcommands (skipped quietly if their optional engine is absent)
 SUBCOMMAND_MODULES = (
     "napari_brainatlas.register.cli",
-    "napari_brainatlas.model.cli",
+    "napari_brainatlas.fusemap.cli",
     "napari_brainatlas.annotate.cli",
-    "napari_brainatlas.human.cli",
+    "napari_brainatlas.ahba.cli",
     "napari_brainatlas.cellformer.cli",
     "napari_brainatlas.domains.cli",
 )
@@ -32,17 +32,22 @@ def _cmd_info(args) -> int:
     for path in args.files:
         secs = read_sections(path, pixel_size_um=args.pixel_size, section_key=args.section_key)
         meta = secs[0].uns["napari_brainatlas"]
-        print(f"{path}: {len(secs)} section(s), format {meta['format']}, coordinates from "
-              f"{meta['coords_from']} x {meta['pixel_size_um']:g} um")
+        print(
+            f"{path}: {len(secs)} section(s), format {meta['format']}, coordinates from "
+            f"{meta['coords_from']} x {meta['pixel_size_um']:g} um"
+        )
         for s in secs:
             m = s.uns["napari_brainatlas"]
             xy = s.obsm["spatial"]
             ext = xy.max(0) - xy.min(0)
-            labels = [c for c in s.obs.columns if str(s.obs[c].dtype) == "category"
-                      and c != "section"]
-            print(f"  {m['section']}: {s.n_obs} cells x {s.n_vars} genes, extent "
-                  f"{ext[0]:.0f} x {ext[1]:.0f} um, counts={'counts' in s.layers}, "
-                  f"labels: {', '.join(labels) or '-'}")
+            labels = [
+                c for c in s.obs.columns if str(s.obs[c].dtype) == "category" and c != "section"
+            ]
+            print(
+                f"  {m['section']}: {s.n_obs} cells x {s.n_vars} genes, extent "
+                f"{ext[0]:.0f} x {ext[1]:.0f} um, counts={'counts' in s.layers}, "
+                f"labels: {', '.join(labels) or '-'}"
+            )
             total += s.n_obs
     return 0
 
@@ -50,8 +55,9 @@ def _cmd_info(args) -> int:
 def _cmd_demo_data(args) -> int:
     from .demo import write_demo_data
 
-    files = write_demo_data(args.out, seed=args.seed, n_sections=args.n_sections,
-                            cells_per_mm2=args.cells_per_mm2)
+    files = write_demo_data(
+        args.out, seed=args.seed, n_sections=args.n_sections, cells_per_mm2=args.cells_per_mm2
+    )
     for p in files["sections"]:
         print(f"section  {p}")
     print(f"atlas    {files['annotation']}")
@@ -92,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_info)
 
     q = sub.add_parser("demo", help="run the main job on the built-in demo")
-    q.add_argument("--headless", action="store_true",
-                   help="no window: run the pipeline and write results + QC picture")
+    q.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window: run the pipeline and write results + QC picture",
+    )
     q.add_argument("--out", type=Path, default=Path("demo_out"), help="results folder")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_cmd_demo)

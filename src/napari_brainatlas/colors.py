@@ -10,12 +10,34 @@ import pandas as pd
 __all__ = ["PALETTE", "categorical_colors", "colormap_lut", "continuous_colors"]
 
 # 20 distinct colours (tab20-like ordering, dark first) then golden-angle hues
-PALETTE = np.array([
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
-    [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
-    [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
-], dtype=float) / 255.0
+PALETTE = (
+    np.array(
+        [
+            [31, 119, 180],
+            [255, 127, 14],
+            [44, 160, 44],
+            [214, 39, 40],
+            [148, 103, 189],
+            [140, 86, 75],
+            [227, 119, 194],
+            [127, 127, 127],
+            [188, 189, 34],
+            [23, 190, 207],
+            [174, 199, 232],
+            [255, 187, 120],
+            [152, 223, 138],
+            [255, 152, 150],
+            [197, 176, 213],
+            [196, 156, 148],
+            [247, 182, 210],
+            [199, 199, 199],
+            [219, 219, 141],
+            [158, 218, 229],
+        ],
+        dtype=float,
+    )
+    / 255.0
+)
 
 
 def _palette(n: int) -> np.ndarray:
@@ -27,8 +49,9 @@ def _palette(n: int) -> np.ndarray:
     return np.vstack([PALETTE, np.array(extra)])
 
 
-def categorical_colors(values, categories=None, colors: dict | None = None
-                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def categorical_colors(
+    values, categories=None, colors: dict | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """RGBA (n, 4) float32 for categorical ``values`` and the legend ``{category: rgba}``.
 
     ``colors`` may fix some categories' colours (e.g. atlas colours for regions).
@@ -62,8 +85,9 @@ def colormap_lut(name: str = "viridis", n: int = 256) -> np.ndarray:
     return colormaps[name](np.linspace(0, 1, n)).astype(np.float32)
 
 
-def continuous_colors(values, clim: tuple[float, float] | None = None, cmap: str = "viridis"
-                      ) -> tuple[np.ndarray, tuple[float, float]]:
+def continuous_colors(
+    values, clim: tuple[float, float] | None = None, cmap: str = "viridis"
+) -> tuple[np.ndarray, tuple[float, float]]:
     """RGBA (n, 4) float32 for numeric ``values`` through ``cmap`` between contrast
     limits ``clim`` (default: 1st and 99th percentile). NaN is grey."""
     v = np.asarray(values, dtype=np.float32)

@@ -36,8 +36,18 @@ HOVER_KEY = "hover_columns"
 #: colour of cells that lack the chosen gene / value
 GREY = np.array([0.6, 0.6, 0.6, 1.0], dtype=np.float32)
 #: preferred label columns for the default colouring, in order
-PREFERRED_LABELS = ("region", "celltype", "ClusterName", "Region", "cell_type", "celltype_main",
-                    "leiden", "louvain", "cluster", "region_fine")
+PREFERRED_LABELS = (
+    "region",
+    "celltype",
+    "ClusterName",
+    "Region",
+    "cell_type",
+    "celltype_main",
+    "leiden",
+    "louvain",
+    "cluster",
+    "region_fine",
+)
 MAX_CATEGORIES = 200
 VISIUM_SPOT_UM = 55.0
 #: smallest on-screen point size (px), so a zoomed-out section still shows its colours
@@ -61,9 +71,13 @@ def label_columns(adata: AnnData, max_categories: int = MAX_CATEGORIES) -> list[
 
 def numeric_columns(adata: AnnData) -> list[str]:
     """obs columns holding numbers (shown with a colormap)."""
-    return [str(c) for c in adata.obs.columns
-            if c != "section" and not isinstance(adata.obs[c].dtype, pd.CategoricalDtype)
-            and adata.obs[c].dtype.kind in "iuf"]
+    return [
+        str(c)
+        for c in adata.obs.columns
+        if c != "section"
+        and not isinstance(adata.obs[c].dtype, pd.CategoricalDtype)
+        and adata.obs[c].dtype.kind in "iuf"
+    ]
 
 
 def default_color_by(adata: AnnData) -> str | None:
@@ -76,8 +90,9 @@ def default_color_by(adata: AnnData) -> str | None:
     return labels[0] if labels else None
 
 
-def cell_size_um(xy: np.ndarray, default: float = 10.0, sample: int = 20_000,
-                 seed: int = 0) -> float:
+def cell_size_um(
+    xy: np.ndarray, default: float = 10.0, sample: int = 20_000, seed: int = 0
+) -> float:
     """Point size (um) for cells at ``xy`` ((n, 2), um): 0.8 x the median
     nearest-neighbour distance, so neighbouring cells nearly touch whatever the
     technology's spacing.
@@ -114,8 +129,9 @@ def _weighted_median(v: np.ndarray, w: np.ndarray) -> float:
     return float(v[o][np.searchsorted(c, 0.5 * c[-1])])
 
 
-def _nn_windowed(xy: np.ndarray, sample: int, seed: int, per_window: int = 64,
-                 cap: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def _nn_windowed(
+    xy: np.ndarray, sample: int, seed: int, per_window: int = 64, cap: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour distances (um) of cells in random grid windows, and their
     weights, such that the weighted distribution is that of a uniform sample of cells.
 
@@ -169,9 +185,13 @@ def section_features(adata: AnnData) -> pd.DataFrame:
     feats = adata.obs.reset_index(drop=True).copy()
     ids = adata.obs_names
     # str ids as they are (a unicode copy of a million ids costs ~0.5 s)
-    feats.insert(0, "cell_id", ids.to_numpy() if ids.dtype == object and
-                 pd.api.types.infer_dtype(ids, skipna=False) == "string"
-                 else np.asarray(ids, dtype=str))
+    feats.insert(
+        0,
+        "cell_id",
+        ids.to_numpy()
+        if ids.dtype == object and pd.api.types.infer_dtype(ids, skipna=False) == "string"
+        else np.asarray(ids, dtype=str),
+    )
     if "cell_id" in adata.obs.columns:  # obs had its own cell_id: ours wins, keep theirs
         feats = feats.loc[:, ~feats.columns.duplicated()]
     return feats
@@ -182,8 +202,11 @@ def _total_expression(adata: AnnData) -> np.ndarray:
     if X is None or getattr(adata, "isbacked", False):
         return np.zeros(adata.n_obs, dtype=np.float32)
     tot = X.sum(axis=1)
-    return np.asarray(tot, dtype=np.float32).ravel() if not sp.issparse(tot) else \
-        np.asarray(tot.todense(), dtype=np.float32).ravel()
+    return (
+        np.asarray(tot, dtype=np.float32).ravel()
+        if not sp.issparse(tot)
+        else np.asarray(tot.todense(), dtype=np.float32).ravel()
+    )
 
 
 def _label_colors(s: pd.Series, categories, colors):
@@ -193,14 +216,22 @@ def _label_colors(s: pd.Series, categories, colors):
     if not isinstance(s.dtype, pd.CategoricalDtype):
         return categorical_colors(s.to_numpy(), categories=categories, colors=colors)
     used = s.cat.remove_unused_categories()
-    per_cat, legend = categorical_colors(np.asarray(used.cat.categories, dtype=object),
-                                         categories=categories, colors=colors)
+    per_cat, legend = categorical_colors(
+        np.asarray(used.cat.categories, dtype=object), categories=categories, colors=colors
+    )
     table = np.vstack([GREY[None, :], per_cat]).astype(np.float32)
     return table[used.cat.codes.to_numpy().astype(np.int64) + 1], legend
 
 
-def color_values(adata: AnnData, key: str | None, *, categories=None, clim=None,
-                 cmap: str = "viridis", colors: dict | None = None):
+def color_values(
+    adata: AnnData,
+    key: str | None,
+    *,
+    categories=None,
+    clim=None,
+    cmap: str = "viridis",
+    colors: dict | None = None,
+):
     """Colours for one section by ``key`` (an obs column or a gene; ``None``: total
     expression). Returns ``(kind, rgba, extra)``: kind ``'categorical'`` with the legend,
     ``'continuous'`` with the contrast limits, or ``'missing'`` (all grey, key absent)."""
@@ -209,7 +240,7 @@ def color_values(adata: AnnData, key: str | None, *, categories=None, clim=None,
         return "continuous", rgba, lim
     if key in adata.obs.columns:
         s = adata.obs[key]
-        if key in label_columns(adata) or not (s.dtype.kind in "iuf"):
+        if key in label_columns(adata) or s.dtype.kind not in "iuf":
             rgba, legend = _label_colors(s, categories, colors)
             return "categorical", rgba, legend
         rgba, lim = continuous_colors(s.to_numpy(dtype=float), clim=clim, cmap=cmap)
@@ -220,9 +251,14 @@ def color_values(adata: AnnData, key: str | None, *, categories=None, clim=None,
     return "missing", np.tile(GREY, (adata.n_obs, 1)), None
 
 
-def section_layer_data(adata: AnnData, name: str | None = None, *,
-                       color_by: str | None = "default", translate=None,
-                       size: float | None = None) -> tuple:
+def section_layer_data(
+    adata: AnnData,
+    name: str | None = None,
+    *,
+    color_by: str | None = "default",
+    translate=None,
+    size: float | None = None,
+) -> tuple:
     """A napari LayerDataTuple ``(data, kwargs, 'points')`` for one section.
 
     ``data`` is (n, 2) (y, x) in micrometres, every cell kept. ``color_by`` names an obs
@@ -244,8 +280,7 @@ def section_layer_data(adata: AnnData, name: str | None = None, *,
     kwargs = {
         "name": str(name),
         "features": section_features(adata),
-        "metadata": {"adata": adata, "section": str(name), "color_by": color_by,
-                     HOVER_KEY: []},
+        "metadata": {"adata": adata, "section": str(name), "color_by": color_by, HOVER_KEY: []},
         "size": float(size) if size is not None else _default_size(adata, xy),
         "border_width": 0.0,
         "face_color": rgba,
@@ -259,14 +294,16 @@ def section_layer_data(adata: AnnData, name: str | None = None, *,
     return data, kwargs, "points"
 
 
-def tile_offsets(sections: list[AnnData], ncols: int | None = None,
-                 gap: float = 0.1) -> list[tuple[float, float]]:
+def tile_offsets(
+    sections: list[AnnData], ncols: int | None = None, gap: float = 0.1
+) -> list[tuple[float, float]]:
     """(dy, dx) translations (um) that lay ``sections`` out on a grid, side by side,
     each section's bounding box moved to its own cell (``gap``: fraction of a cell)."""
     if not sections:
         return []
-    boxes = [(np.min(s.obsm["spatial"][:, :2], 0), np.max(s.obsm["spatial"][:, :2], 0))
-             for s in sections]
+    boxes = [
+        (np.min(s.obsm["spatial"][:, :2], 0), np.max(s.obsm["spatial"][:, :2], 0)) for s in sections
+    ]
     w = max(float(hi[0] - lo[0]) for lo, hi in boxes) * (1 + gap)
     h = max(float(hi[1] - lo[1]) for lo, hi in boxes) * (1 + gap)
     n = len(sections)
@@ -289,8 +326,11 @@ def layer_to_anndata(data, meta: dict) -> AnnData:
     data = np.asarray(data, dtype=float)
     md = dict(meta.get("metadata") or {})
     feats = meta.get("features")
-    feats = pd.DataFrame(feats).reset_index(drop=True) if feats is not None else \
-        pd.DataFrame(index=range(len(data)))
+    feats = (
+        pd.DataFrame(feats).reset_index(drop=True)
+        if feats is not None
+        else pd.DataFrame(index=range(len(data)))
+    )
     hover = set(md.get(HOVER_KEY) or [])
     src = md.get("adata")
     cell_ids = feats["cell_id"].astype(str).to_numpy() if "cell_id" in feats.columns else None
@@ -298,8 +338,11 @@ def layer_to_anndata(data, meta: dict) -> AnnData:
         if cell_ids is not None and len(cell_ids) == len(data):
             pos = src.obs_names.get_indexer(cell_ids)
             keep = pos >= 0
-            ad = src[pos[keep]].copy() if not getattr(src, "isbacked", False) else \
-                src[pos[keep]].to_memory()
+            ad = (
+                src[pos[keep]].copy()
+                if not getattr(src, "isbacked", False)
+                else src[pos[keep]].to_memory()
+            )
             feats, data = feats.loc[keep].reset_index(drop=True), data[keep]
         else:
             ad = src.copy() if not getattr(src, "isbacked", False) else src.to_memory()
@@ -337,6 +380,11 @@ def atlas_layer_data(atlas=None, name: str = "demo atlas") -> tuple:
     colormap = {None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32)}
     colormap.update({int(k): np.asarray(v, np.float32) for k, v in lut.items()})
     res = atlas.resolution_um
-    kwargs = {"name": name, "scale": (res, res, res), "colormap": colormap, "opacity": 0.6,
-              "metadata": {"atlas": atlas}}
+    kwargs = {
+        "name": name,
+        "scale": (res, res, res),
+        "colormap": colormap,
+        "opacity": 0.6,
+        "metadata": {"atlas": atlas},
+    }
     return atlas.annotation, kwargs, "labels"

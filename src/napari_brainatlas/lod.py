@@ -74,7 +74,7 @@ def _ladder_up(k: float, n: int) -> int:
     if k <= 1:
         return 1
     j = np.ceil(np.log(k) / np.log(LADDER) - 1e-9)
-    return int(min(n, np.ceil(LADDER ** j)))
+    return int(min(n, np.ceil(LADDER**j)))
 
 
 class LevelOfDetail:
@@ -125,11 +125,20 @@ class LevelOfDetail:
 
     def in_rect(self, rect: ViewRect) -> np.ndarray:
         """Indices (sorted) of the cells inside ``rect``."""
-        if self.n == 0 or rect.y1 < self.lo[0] or rect.x1 < self.lo[1] \
-                or rect.y0 > self.hi[0] or rect.x0 > self.hi[1]:
+        if (
+            self.n == 0
+            or rect.y1 < self.lo[0]
+            or rect.x1 < self.lo[1]
+            or rect.y0 > self.hi[0]
+            or rect.x0 > self.hi[1]
+        ):
             return np.empty(0, dtype=np.int64)
-        if rect.y0 <= self.lo[0] and rect.x0 <= self.lo[1] and rect.y1 >= self.hi[0] \
-                and rect.x1 >= self.hi[1]:
+        if (
+            rect.y0 <= self.lo[0]
+            and rect.x0 <= self.lo[1]
+            and rect.y1 >= self.hi[0]
+            and rect.x1 >= self.hi[1]
+        ):
             return np.arange(self.n, dtype=np.int64)
         order, offsets = self._grid()
         (by0, bx0), (by1, bx1) = self._bucket([[rect.y0, rect.x0], [rect.y1, rect.x1]])
@@ -141,12 +150,17 @@ class LevelOfDetail:
         if total == 0:
             return np.empty(0, dtype=np.int64)
         # concatenate the runs order[starts[i]:ends[i]] without a Python loop per row
-        pos = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + \
-            np.arange(total)
+        pos = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(
+            total
+        )
         cand = order[pos]
         p = self.yx[cand]
-        keep = (p[:, 0] >= rect.y0) & (p[:, 0] <= rect.y1) & (p[:, 1] >= rect.x0) & \
-            (p[:, 1] <= rect.x1)
+        keep = (
+            (p[:, 0] >= rect.y0)
+            & (p[:, 0] <= rect.y1)
+            & (p[:, 1] >= rect.x0)
+            & (p[:, 1] <= rect.x1)
+        )
         return np.sort(cand[keep])
 
     def count_in(self, rect: ViewRect) -> int:
@@ -159,15 +173,17 @@ class LevelOfDetail:
             return self.n
         return _ladder_up(budget * self.n / n_in_view, self.n)
 
-    def shown_mask(self, rect: ViewRect | None, budget: int, subset: int | None = None,
-                   margin: float = MARGIN) -> np.ndarray:
+    def shown_mask(
+        self, rect: ViewRect | None, budget: int, subset: int | None = None, margin: float = MARGIN
+    ) -> np.ndarray:
         """Boolean (n,) mask of the cells to draw for ``rect`` (None: the whole section):
         every cell in the view (grown by ``margin``) when at most ``budget`` are there,
         else a density-preserving subset of about ``subset`` (default ``budget``)."""
         return self.shown(rect, budget, subset, margin)[0]
 
-    def shown(self, rect: ViewRect | None, budget: int, subset: int | None = None,
-              margin: float = MARGIN) -> tuple[np.ndarray, int, np.ndarray]:
+    def shown(
+        self, rect: ViewRect | None, budget: int, subset: int | None = None, margin: float = MARGIN
+    ) -> tuple[np.ndarray, int, np.ndarray]:
         """``(mask, k, in_view)``: see :meth:`shown_mask`; ``k == n`` when every cell in
         the view is drawn; ``in_view`` the indices of the cells in the grown view."""
         subset = budget if subset is None else subset
@@ -182,8 +198,12 @@ class LevelOfDetail:
             sub = self.by_rank[:k]  # cheaper: the k lowest ranks, kept if in the view
             if grown is not None:
                 p = self.yx[sub]
-                sub = sub[(p[:, 0] >= grown.y0) & (p[:, 0] <= grown.y1) &
-                          (p[:, 1] >= grown.x0) & (p[:, 1] <= grown.x1)]
+                sub = sub[
+                    (p[:, 0] >= grown.y0)
+                    & (p[:, 0] <= grown.y1)
+                    & (p[:, 1] >= grown.x0)
+                    & (p[:, 1] <= grown.x1)
+                ]
             mask[sub] = True
         else:
             mask[idx[self.rank[idx] < k]] = True
@@ -219,18 +239,21 @@ def rgba8(rgba) -> np.ndarray:
 def _fill_gaps(img: np.ndarray) -> None:
     """Give empty pixels (0) of a (h, w) uint32 image a neighbour's value, in place:
     what a point renderer's few-pixel-wide discs do to the gaps between cells."""
-    for sl_dst, sl_src in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-                           ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-                           ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-                           ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+    for sl_dst, sl_src in (
+        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ):
         dst = img[sl_dst]
         src = img[sl_src]
         empty = dst == 0
         dst[empty] = src[empty]
 
 
-def rasterize(yx, colors, rect: ViewRect, pixel: float, max_side: int = 2048,
-              mode: str = "top", fill: int = 0) -> tuple[np.ndarray, tuple[float, float], float]:
+def rasterize(
+    yx, colors, rect: ViewRect, pixel: float, max_side: int = 2048, mode: str = "top", fill: int = 0
+) -> tuple[np.ndarray, tuple[float, float], float]:
     """Draw the cells at ``yx`` inside ``rect`` into an image of ``pixel`` data units per
     pixel (coarser if a side would exceed ``max_side``).
 

@@ -20,8 +20,14 @@ def display_available() -> bool:
     return True
 
 
-def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None = None,
-              title: str = "", atlas=None) -> Path:
+def qc_figure(
+    sections,
+    path: Path,
+    colour_by: str = "region",
+    gene: str | None = None,
+    title: str = "",
+    atlas=None,
+) -> Path:
     """Save a picture of every section's cells coloured by ``colour_by`` (and ``gene``).
 
     With ``atlas`` and registered sections (``obsm['ccf_coords']``), a last column shows
@@ -36,8 +42,9 @@ def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None 
 
     registered = atlas is not None and all("ccf_coords" in s.obsm for s in sections)
     cols = 1 + bool(gene) + registered
-    fig, axes = plt.subplots(len(sections), cols, figsize=(5 * cols, 4 * len(sections)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(sections), cols, figsize=(5 * cols, 4 * len(sections)), squeeze=False
+    )
     for r, ad in enumerate(sections):
         xy = ad.obsm["spatial"]
         name = ad.uns.get("napari_brainatlas", {}).get("section", f"section {r}")
@@ -45,8 +52,9 @@ def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None 
         ax = axes[r, 0]
         ax.scatter(xy[:, 0], xy[:, 1], c=rgba, s=2, linewidths=0)
         ax.set_title(f"{name}: {colour_by}", fontsize=9)
-        handles = [plt.Line2D([], [], marker="o", ls="", color=c[:3], label=k)
-                   for k, c in legend.items()]
+        handles = [
+            plt.Line2D([], [], marker="o", ls="", color=c[:3], label=k) for k, c in legend.items()
+        ]
         ax.legend(handles=handles, fontsize=6, loc="upper right", markerscale=0.8, frameon=False)
         if gene:
             from .io import gene_values
@@ -54,15 +62,16 @@ def qc_figure(sections, path: Path, colour_by: str = "region", gene: str | None 
             v = gene_values(ad, gene) if gene in ad.var_names else np.full(ad.n_obs, np.nan)
             rgba, clim = continuous_colors(np.log1p(v))
             axes[r, 1].scatter(xy[:, 0], xy[:, 1], c=rgba, s=2, linewidths=0)
-            axes[r, 1].set_title(f"{name}: log1p {gene} (clim {clim[0]:.1f}-{clim[1]:.1f})",
-                                 fontsize=9)
+            axes[r, 1].set_title(
+                f"{name}: log1p {gene} (clim {clim[0]:.1f}-{clim[1]:.1f})", fontsize=9
+            )
         for ax in axes[r]:
             ax.set_aspect("equal")
             ax.invert_yaxis()
             ax.set_xlabel("x (um)", fontsize=7)
         if registered:  # drawn after the loop: its y axis is already image-like
             _draw_registered(axes[r, -1], ad, atlas, colour_by)
-            axes[r, -1].set_xlabel("ML (um)" , fontsize=7)
+            axes[r, -1].set_xlabel("ML (um)", fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -97,12 +106,12 @@ def _draw_registered(ax, ad, atlas, colour_by: str) -> None:
     ax.scatter(x, ccf[:, 1], c=rgba, s=1, linewidths=0)
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
-    ax.set_title(f"{name}: in atlas space ({plane} {pos:.0f} um), cells by {colour_by}",
-                 fontsize=9)
+    ax.set_title(f"{name}: in atlas space ({plane} {pos:.0f} um), cells by {colour_by}", fontsize=9)
 
 
-def run_demo_pipeline(out: str | Path, seed: int = 0,
-                      log: Callable[[str], None] = lambda s: None) -> Path:
+def run_demo_pipeline(
+    out: str | Path, seed: int = 0, log: Callable[[str], None] = lambda s: None
+) -> Path:
     """Generate the demo, run every installed engine on it, write results to ``out``."""
     from .demo import write_demo_data
     from .io import read_sections, write_h5ad
@@ -113,17 +122,27 @@ def run_demo_pipeline(out: str | Path, seed: int = 0,
     sections = []
     for p in files["sections"]:
         sections.extend(read_sections(p))
-    log(f"read {len(sections)} sections: " + ", ".join(
-        f"{s.uns['napari_brainatlas']['section']} ({s.n_obs} cells, {s.n_vars} genes)"
-        for s in sections))
+    log(
+        f"read {len(sections)} sections: "
+        + ", ".join(
+            f"{s.uns['napari_brainatlas']['section']} ({s.n_obs} cells, {s.n_vars} genes)"
+            for s in sections
+        )
+    )
     for step in _optional_steps():
         sections = step(sections, out, log)
     for s in sections:
         write_h5ad(s, out / "results" / f"{s.uns['napari_brainatlas']['section']}.h5ad")
     from .atlas import make_demo_atlas
 
-    qc = qc_figure(sections, out / "qc.png", colour_by="region", gene="Slc17a7",
-                   title="napari-brainatlas demo", atlas=make_demo_atlas())
+    qc = qc_figure(
+        sections,
+        out / "qc.png",
+        colour_by="region",
+        gene="Slc17a7",
+        title="napari-brainatlas demo",
+        atlas=make_demo_atlas(),
+    )
     log(f"QC picture: {qc}")
     return out
 

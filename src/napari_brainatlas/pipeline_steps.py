@@ -33,19 +33,31 @@ def register_step(sections, out: Path, log):
         if not truth:
             done.append(s)
             continue
-        res = register_section(s, atlas, plane=truth["plane"], position_um=truth["position_um"],
-                               hemisphere=truth["hemisphere"],
-                               midline=np.asarray(truth["midline"]), section_name=name)
+        res = register_section(
+            s,
+            atlas,
+            plane=truth["plane"],
+            position_um=truth["position_um"],
+            hemisphere=truth["hemisphere"],
+            midline=np.asarray(truth["midline"]),
+            section_name=name,
+        )
         r = apply_registration(s, res, atlas)
         err = np.linalg.norm(r.obsm["ccf_coords"] - r.obsm["ccf_coords_true"], axis=1)
         acc = float((r.obs["ccf_id"].to_numpy() == r.obs["ccf_id_true"].to_numpy()).mean())
-        report[name] = {"median_error_um": float(np.median(err)),
-                            "p95_error_um": float(np.percentile(err, 95)),
-                            "region_agreement": acc, "confidence": float(res.confidence),
-                            "iterations": int(res.iterations), "converged": bool(res.converged)}
-        log(f"registered {name}: median cell error {np.median(err):.1f} um, "
+        report[name] = {
+            "median_error_um": float(np.median(err)),
+            "p95_error_um": float(np.percentile(err, 95)),
+            "region_agreement": acc,
+            "confidence": float(res.confidence),
+            "iterations": int(res.iterations),
+            "converged": bool(res.converged),
+        }
+        log(
+            f"registered {name}: median cell error {np.median(err):.1f} um, "
             f"p95 {np.percentile(err, 95):.1f} um, CCF structure agreement {acc:.1%}, "
-            f"confidence {res.confidence:.2f}")
+            f"confidence {res.confidence:.2f}"
+        )
         done.append(r)
     atomic_write_text(json.dumps(report, indent=1), out / "registration_report.json")
     return done

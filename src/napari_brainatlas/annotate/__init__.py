@@ -15,14 +15,14 @@ from .smoothing import smooth_labels
 from .transfer import transfer_labels
 
 __all__ = [
-           "IMPUTED_PREFIX",
-           "HierarchicalLabelClassifier",
-           "KNNLabelClassifier",
-           "MLPLabelClassifier",
-           "QueryMapping",
-           "impute_genes",
-           "map_query",
-           "measured_vs_imputed",
-           "smooth_labels",
-           "transfer_labels",
+    "IMPUTED_PREFIX",
+    "HierarchicalLabelClassifier",
+    "KNNLabelClassifier",
+    "MLPLabelClassifier",
+    "QueryMapping",
+    "impute_genes",
+    "map_query",
+    "measured_vs_imputed",
+    "smooth_labels",
+    "transfer_labels",
 ]

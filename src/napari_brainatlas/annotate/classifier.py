@@ -59,13 +59,20 @@ class MLPLabelClassifier:
     cost demo regions, 0.653).
     """
 
-    def __init__(self, n_hidden: int = 256, max_epochs: int = 200, lr: float = 1e-3,
-                 batch_size: int = 256, patience: int = 10, seed: int = 0,
-                 device: str = "cpu", monitor: str = "balanced_accuracy",
-                 balance: str = "balanced"):
+    def __init__(
+        self,
+        n_hidden: int = 256,
+        max_epochs: int = 200,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        patience: int = 10,
+        seed: int = 0,
+        device: str = "cpu",
+        monitor: str = "balanced_accuracy",
+        balance: str = "balanced",
+    ):
         if monitor not in ("accuracy", "balanced_accuracy", "loss"):
-            raise BrainAtlasInputError(
-                "monitor must be 'accuracy', 'balanced_accuracy' or 'loss'")
+            raise BrainAtlasInputError("monitor must be 'accuracy', 'balanced_accuracy' or 'loss'")
         if balance not in ("balanced", "sqrt", "none"):
             raise BrainAtlasInputError("balance must be 'balanced', 'sqrt' or 'none'")
         self.balance = balance
@@ -83,8 +90,9 @@ class MLPLabelClassifier:
         self.test_accuracy_ = float("nan")
 
     def _build(self, k: int, c: int) -> nn.Module:
-        return nn.Sequential(nn.Linear(k, self.n_hidden), nn.ReLU(),
-                             nn.Linear(self.n_hidden, c)).to(self.device)
+        return nn.Sequential(
+            nn.Linear(k, self.n_hidden), nn.ReLU(), nn.Linear(self.n_hidden, c)
+        ).to(self.device)
 
     def fit(self, Z, labels, cancel=None) -> MLPLabelClassifier:
         Z, labels = _check(Z, labels)
@@ -106,8 +114,9 @@ class MLPLabelClassifier:
         power = {"balanced": 1.0, "sqrt": 0.5, "none": 0.0}[self.balance]
         weight = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** power, 0.0)
         weight = weight / max(float((weight * counts).sum() / counts.sum()), 1e-12)
-        loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32,
-                                                          device=self.device))
+        loss_fn = nn.CrossEntropyLoss(
+            weight=torch.tensor(weight, dtype=torch.float32, device=self.device)
+        )
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         Zt = torch.tensor(Z, device=self.device)
         yt = torch.tensor(y, dtype=torch.long, device=self.device)
@@ -145,7 +154,7 @@ class MLPLabelClassifier:
         logits = self.net(Z)
         if self.monitor == "loss":
             return -float(loss_fn(logits, y))
-        pred = logits.argmax(1)          # balanced accuracy: mean recall over classes
+        pred = logits.argmax(1)  # balanced accuracy: mean recall over classes
         rec = [float((pred[y == c] == c).float().mean()) for c in torch.unique(y)]
         return float(np.mean(rec))
 
@@ -165,7 +174,7 @@ class MLPLabelClassifier:
         self.net.eval()
         out = []
         for b in range(0, len(Z), 65536):
-            zt = torch.tensor(Z[b:b + 65536], device=self.device)
+            zt = torch.tensor(Z[b : b + 65536], device=self.device)
             out.append(torch.softmax(self.net(zt), 1).cpu().numpy())
         return np.concatenate(out)
 
@@ -193,8 +202,9 @@ class HierarchicalLabelClassifier:
         self.main = MLPLabelClassifier(**self.kw).fit(Z, main_labels, cancel=cancel)
         for m in self.main.classes_:
             sel = main_labels.astype(str) == m
-            self.sub[str(m)] = MLPLabelClassifier(**self.kw).fit(Z[sel], sub_labels[sel],
-                                                                  cancel=cancel)
+            self.sub[str(m)] = MLPLabelClassifier(**self.kw).fit(
+                Z[sel], sub_labels[sel], cancel=cancel
+            )
         return self
 
     def predict(self, Z):

@@ -40,22 +40,39 @@ __all__ = ["add_parser", "run_impute", "run_transfer"]
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "transfer", help="map query sections onto a FuseMap model and transfer labels",
+        "transfer",
+        help="map query sections onto a FuseMap model and transfer labels",
         description="Map the query sections onto a trained FuseMap reference (frozen) and "
-                    "transfer label columns from the annotated reference sections.")
+        "transfer label columns from the annotated reference sections.",
+    )
     p.add_argument("--model", type=Path, required=True, help="model folder (embed --out/model)")
-    p.add_argument("--query", type=Path, nargs="+", required=True,
-                   help="query file(s): .h5ad, .loom, .csv or folder")
-    p.add_argument("--reference", type=Path, nargs="+", default=None,
-                   help="embedded, labelled reference .h5ad files, one per model section "
-                        "(default: <section>.h5ad beside the model folder)")
-    p.add_argument("--labels", default="celltype,region",
-                   help="comma-separated label columns (default celltype,region)")
+    p.add_argument(
+        "--query",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="query file(s): .h5ad, .loom, .csv or folder",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="embedded, labelled reference .h5ad files, one per model section "
+        "(default: <section>.h5ad beside the model folder)",
+    )
+    p.add_argument(
+        "--labels",
+        default="celltype,region",
+        help="comma-separated label columns (default celltype,region)",
+    )
     p.add_argument("--method", choices=["mlp", "knn"], default="mlp")
-    p.add_argument("--hierarchy", default="celltype:celltype_main",
-                   help="label:main pairs, comma-separated ('' for none)")
-    p.add_argument("--no-smooth", action="store_true",
-                   help="no spatial smoothing of region labels")
+    p.add_argument(
+        "--hierarchy",
+        default="celltype:celltype_main",
+        help="label:main pairs, comma-separated ('' for none)",
+    )
+    p.add_argument("--no-smooth", action="store_true", help="no spatial smoothing of region labels")
     p.add_argument("--epochs", type=int, default=15, help="query mapping epochs (default 15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -65,23 +82,38 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_transfer)
 
     q = subparsers.add_parser(
-        "impute", help="impute genes from the FuseMap embedding",
+        "impute",
+        help="impute genes from the FuseMap embedding",
         description="Impute genes (any gene of the model's gene embedding) for every cell, "
-                    "written as obs['imputed_<GENE>']: the mean of the 50 nearest reference "
-                    "cells in the shared embedding that measured the gene (when the embedded "
-                    "reference files are at hand), else max(z_C E^T, 0).")
+        "written as obs['imputed_<GENE>']: the mean of the 50 nearest reference "
+        "cells in the shared embedding that measured the gene (when the embedded "
+        "reference files are at hand), else max(z_C E^T, 0).",
+    )
     q.add_argument("--model", type=Path, required=True, help="model folder")
     q.add_argument("--data", type=Path, required=True, help="section file (.h5ad ...)")
     q.add_argument("--genes", required=True, help="comma-separated gene symbols")
-    q.add_argument("--method", choices=["auto", "knn", "decoder"], default="auto",
-                   help="knn: mean of the 50 nearest reference cells; decoder: "
-                        "max(z_C E^T, 0); auto (default): knn when reference files are at "
-                        "hand, else decoder")
-    q.add_argument("--reference", type=Path, nargs="+", default=None,
-                   help="embedded reference .h5ad files, one per model section (default: "
-                        "<section>.h5ad beside the model folder, when present)")
-    q.add_argument("--epochs", type=int, default=15,
-                   help="query mapping epochs when the file has no cell embedding")
+    q.add_argument(
+        "--method",
+        choices=["auto", "knn", "decoder"],
+        default="auto",
+        help="knn: mean of the 50 nearest reference cells; decoder: "
+        "max(z_C E^T, 0); auto (default): knn when reference files are at "
+        "hand, else decoder",
+    )
+    q.add_argument(
+        "--reference",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="embedded reference .h5ad files, one per model section (default: "
+        "<section>.h5ad beside the model folder, when present)",
+    )
+    q.add_argument(
+        "--epochs",
+        type=int,
+        default=15,
+        help="query mapping epochs when the file has no cell embedding",
+    )
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -91,7 +123,7 @@ def add_parser(subparsers) -> None:
 
 
 def _load_model(path: Path, device: str):
-    from ..model import FuseMap
+    from ..fusemap import FuseMap
 
     if not Path(path).is_dir() or not (Path(path) / "config.json").is_file():
         raise BrainAtlasInputError(f"{path} is not a model folder (no config.json)")
@@ -121,9 +153,12 @@ def _progress(tag: str):
     t0 = time.time()
 
     def bar(epoch, n, losses):
-        sys.stderr.write(f"\r{tag} {epoch}/{n} val {losses.get('val_loss', float('nan')):.4f} "
-                         f"{time.time() - t0:.0f}s")
+        sys.stderr.write(
+            f"\r{tag} {epoch}/{n} val {losses.get('val_loss', float('nan')):.4f} "
+            f"{time.time() - t0:.0f}s"
+        )
         sys.stderr.flush()
+
     return bar
 
 
@@ -144,8 +179,7 @@ def _combine(sections):
     for i, a in enumerate(sections):
         if "section" not in a.obs:
             a.obs["section"] = str(i)
-    return ad.concat(sections, join="outer", merge="first", uns_merge="first",
-                     index_unique="-")
+    return ad.concat(sections, join="outer", merge="first", uns_merge="first", index_unique="-")
 
 
 def _reference_files(model, model_dir: Path, given) -> list[Path]:
@@ -155,7 +189,8 @@ def _reference_files(model, model_dir: Path, given) -> list[Path]:
     if not all(f.is_file() for f in files):
         raise BrainAtlasInputError(
             "the model folder holds no labelled cells: give --reference with the embedded "
-            "reference .h5ad files (as `napari-brainatlas embed` writes them)")
+            "reference .h5ad files (as `napari-brainatlas embed` writes them)"
+        )
     return files
 
 
@@ -181,8 +216,10 @@ def run_transfer(args) -> int:
     model = _load_model(args.model, args.device)
     refs = _read(_reference_files(model, Path(args.model), args.reference), None)
     if len(refs) != model.n_sections:
-        raise BrainAtlasInputError(f"the model has {model.n_sections} sections but "
-                                   f"{len(refs)} reference sections were given")
+        raise BrainAtlasInputError(
+            f"the model has {model.n_sections} sections but "
+            f"{len(refs)} reference sections were given"
+        )
     for lab in labels:
         if not all(lab in r.obs.columns for r in refs):
             raise BrainAtlasInputError(f"the reference sections have no obs['{lab}'] labels")
@@ -191,23 +228,41 @@ def run_transfer(args) -> int:
         raise BrainAtlasInputError("no query sections found")
     old = _threads(args.threads)
     try:
-        print(f"transfer: {len(queries)} query section(s) onto {model.n_sections} reference "
-              f"section(s), labels {', '.join(labels)}", file=sys.stderr)
-        mapping = map_query(model, queries, reference_sections=refs, epochs=args.epochs,
-                            seed=args.seed, progress=_progress("map query"))
+        print(
+            f"transfer: {len(queries)} query section(s) onto {model.n_sections} reference "
+            f"section(s), labels {', '.join(labels)}",
+            file=sys.stderr,
+        )
+        mapping = map_query(
+            model,
+            queries,
+            reference_sections=refs,
+            epochs=args.epochs,
+            seed=args.seed,
+            progress=_progress("map query"),
+        )
         sys.stderr.write("\n")
         mapped = mapping.write_embeddings(copy=True)
-        out = transfer_labels(refs, mapped, labels=labels, method=args.method,
-                              hierarchy=hierarchy, smooth_regions=not args.no_smooth,
-                              seed=args.seed)
+        out = transfer_labels(
+            refs,
+            mapped,
+            labels=labels,
+            method=args.method,
+            hierarchy=hierarchy,
+            smooth_regions=not args.no_smooth,
+            seed=args.seed,
+        )
     finally:
         torch.set_num_threads(old)
     res = _combine(out)
     write_h5ad(res, args.out)
     for lab in labels:
         u = res.obs[f"{lab}_transfer_uncertainty"]
-        print(f"{lab}: {res.obs[f'{lab}_transfer'].nunique()} classes, mean uncertainty "
-              f"{float(u.mean()):.3f}", file=sys.stderr)
+        print(
+            f"{lab}: {res.obs[f'{lab}_transfer'].nunique()} classes, mean uncertainty "
+            f"{float(u.mean()):.3f}",
+            file=sys.stderr,
+        )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -215,8 +270,8 @@ def run_transfer(args) -> int:
 def run_impute(args) -> int:
     import numpy as np
 
+    from ..fusemap import CELL_KEY
     from ..io import write_h5ad
-    from ..model import CELL_KEY
     from .impute import IMPUTED_PREFIX, impute_genes
     from .query import map_query
 
@@ -228,7 +283,8 @@ def run_impute(args) -> int:
     missing = [g for g in genes if g not in model.module.gene_index]
     if missing:
         raise BrainAtlasInputError(
-            f"gene(s) not in the model's gene embedding: {', '.join(missing[:5])}")
+            f"gene(s) not in the model's gene embedding: {', '.join(missing[:5])}"
+        )
     refs = None
     if args.method != "decoder":
         try:
@@ -245,8 +301,14 @@ def run_impute(args) -> int:
         for a in secs:
             a = a.copy()
             if CELL_KEY not in a.obsm or not np.isfinite(np.asarray(a.obsm[CELL_KEY])).any():
-                mapping = map_query(model, [a], reference_sections=refs, epochs=args.epochs,
-                                    seed=args.seed, progress=_progress("map query"))
+                mapping = map_query(
+                    model,
+                    [a],
+                    reference_sections=refs,
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    progress=_progress("map query"),
+                )
                 sys.stderr.write("\n")
                 a = mapping.write_embeddings(copy=False)[0]
             df = impute_genes(model, a, genes, method=args.method, reference=refs)
@@ -257,7 +319,10 @@ def run_impute(args) -> int:
     finally:
         _threads(old)
     write_h5ad(_combine(outs), args.out)
-    print(f"imputed ({df.attrs.get('method')}) {', '.join(genes)} for "
-          f"{sum(a.n_obs for a in outs)} cells: "
-          f"obs['{IMPUTED_PREFIX}<GENE>'] in {args.out}", file=sys.stderr)
+    print(
+        f"imputed ({df.attrs.get('method')}) {', '.join(genes)} for "
+        f"{sum(a.n_obs for a in outs)} cells: "
+        f"obs['{IMPUTED_PREFIX}<GENE>'] in {args.out}",
+        file=sys.stderr,
+    )
     return 0

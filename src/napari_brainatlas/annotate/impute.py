@@ -40,7 +40,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
-from ..model import CELL_KEY, TISSUE_KEY, preprocess_section, spatial_graph
+from ..fusemap import CELL_KEY, TISSUE_KEY, preprocess_section, spatial_graph
 
 __all__ = ["IMPUTED_PREFIX", "gene_embedding_of", "impute_genes", "measured_vs_imputed"]
 
@@ -69,7 +69,8 @@ def _resolve_genes(E: pd.DataFrame, genes) -> list[str]:
     if missing:
         raise BrainAtlasInputError(
             f"gene(s) not in the gene embedding: {', '.join(missing[:5])}"
-            + (" ..." if len(missing) > 5 else ""))
+            + (" ..." if len(missing) > 5 else "")
+        )
     if not out:
         raise BrainAtlasInputError("give at least one gene to impute")
     return list(dict.fromkeys(out))
@@ -79,11 +80,11 @@ def _cell_embedding(model, section, kind: str = "cell") -> tuple[np.ndarray, pd.
     key = CELL_KEY if kind == "cell" else TISSUE_KEY
     if isinstance(section, AnnData):
         if key not in section.obsm:
-            raise BrainAtlasInputError(
-                f"the section has no obsm['{key}']: embed or map it first")
+            raise BrainAtlasInputError(f"the section has no obsm['{key}']: embed or map it first")
         return np.asarray(section.obsm[key], np.float32), section.obs_names
     if hasattr(model, "query_names") and (
-            isinstance(section, (int, np.integer)) or str(section) in model.query_names):
+        isinstance(section, (int, np.integer)) or str(section) in model.query_names
+    ):
         i = model._index(section)
         return model.get_latent_representation(kind, i), model.obs_names(i)
     if hasattr(model, "section_names"):
@@ -131,21 +132,24 @@ class _RefExpr:
         return col, ok
 
 
-def _reference_expression(model, reference, exclude=None, joint: bool = False
-                          ) -> _RefExpr | None:
+def _reference_expression(model, reference, exclude=None, joint: bool = False) -> _RefExpr | None:
     """Reference sections with cell embeddings (``joint``: [z_C, z_T]) and expression, or
     None; with ``joint`` also None when a reference section lacks z_T."""
     R = _RefExpr()
-    if reference is None and hasattr(model, "query_names") and not getattr(
-            model.reference, "prepared", None):
-        reference = getattr(model, "reference_sections", None)   # given to map_query
+    if (
+        reference is None
+        and hasattr(model, "query_names")
+        and not getattr(model.reference, "prepared", None)
+    ):
+        reference = getattr(model, "reference_sections", None)  # given to map_query
     if reference is not None:
         if isinstance(reference, AnnData):
             reference = [reference]
         for i, a in enumerate(reference):
             if CELL_KEY not in a.obsm:
                 raise BrainAtlasInputError(
-                    f"reference sections need obsm['{CELL_KEY}'] for kNN imputation")
+                    f"reference sections need obsm['{CELL_KEY}'] for kNN imputation"
+                )
             z = np.asarray(a.obsm[CELL_KEY], np.float32)
             if joint:
                 if TISSUE_KEY not in a.obsm:
@@ -169,11 +173,11 @@ def _reference_expression(model, reference, exclude=None, joint: bool = False
 def _panel_reference(model, section, reference, joint: bool) -> _RefExpr | None:
     """Reference cells as the query section's encoder sees them (``view="query"``): each
     reference cell's counts for the query's gene panel go through the query encoder
-    (:func:`~napari_brainatlas.annotate.query.encode_through_panel`); with ``joint`` the
+    (:func:`~napari_brainatlas.annotate.panel.encode_through_panel`); with ``joint`` the
     tissue part is the same one-hop aggregation over the reference section's spatial
     graph as the query's z_T. None when the reference counts are not available."""
-    from ..model._preprocess import is_integer_matrix
-    from .query import encode_through_panel
+    from ..fusemap._preprocess import is_integer_matrix
+    from .panel import encode_through_panel
 
     if not hasattr(model, "query_names") or isinstance(section, AnnData):
         return None
@@ -205,8 +209,9 @@ def _panel_reference(model, section, reference, joint: bool) -> _RefExpr | None:
     return R if R.names else None
 
 
-def _knn_impute(R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int,
-                weighted: bool = True):
+def _knn_impute(
+    R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int, weighted: bool = True
+):
     """Average of the k nearest reference cells (in ``Z``'s space) that measured each
     gene; ``weighted``: Gaussian weights ``exp(-(d / d_half)^2)`` with ``d_half`` the
     distance to the (k/2)-th neighbour of that cell, else the plain mean."""
@@ -232,11 +237,11 @@ def _knn_impute(R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int
         tree = cKDTree(Zr)
         kk = min(int(k), len(Zr))
         for a in range(0, len(rows), chunk):
-            r = rows[a:a + chunk]
+            r = rows[a : a + chunk]
             d, idx = tree.query(Z[r], k=kk)
             idx, d = idx.reshape(len(r), kk), d.reshape(len(r), kk)
             if weighted and kk > 1:
-                w = np.exp(-(d / np.maximum(d[:, [kk // 2]], 1e-12)) ** 2)
+                w = np.exp(-((d / np.maximum(d[:, [kk // 2]], 1e-12)) ** 2))
                 w /= w.sum(1, keepdims=True)
                 out[np.ix_(r, js)] = np.einsum("nk,nkg->ng", w, V[idx])
             else:
@@ -244,9 +249,18 @@ def _knn_impute(R: _RefExpr, Z: np.ndarray, genes: list[str], k: int, chunk: int
     return out
 
 
-def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto",
-                 k: int = 50, reference=None, space: str = "joint", view: str = "auto",
-                 weights: str = "distance") -> pd.DataFrame:
+def impute_genes(
+    model,
+    section,
+    genes,
+    chunk: int = 65536,
+    method: str = "auto",
+    k: int = 50,
+    reference=None,
+    space: str = "joint",
+    view: str = "auto",
+    weights: str = "distance",
+) -> pd.DataFrame:
     """Imputed expression of ``genes`` for every cell of ``section``.
 
     model : FuseMap, QueryMapping, or a gene embedding DataFrame (genes x k).
@@ -281,14 +295,13 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
     Z, index = _cell_embedding(model, section)
     if Z.ndim != 2 or Z.shape[1] != E.shape[1]:
         raise BrainAtlasInputError(
-            f"the cell embedding has {Z.shape[-1]} dimensions but the gene embedding "
-            f"{E.shape[1]}")
+            f"the cell embedding has {Z.shape[-1]} dimensions but the gene embedding {E.shape[1]}"
+        )
     R = None
     if space not in ("joint", "cell"):
         raise BrainAtlasInputError(f"space must be 'joint' or 'cell', not {space!r}")
     if view not in ("auto", "query", "reference"):
-        raise BrainAtlasInputError(
-            f"view must be 'auto', 'query' or 'reference', not {view!r}")
+        raise BrainAtlasInputError(f"view must be 'auto', 'query' or 'reference', not {view!r}")
     if weights not in ("distance", "uniform"):
         raise BrainAtlasInputError(f"weights must be 'distance' or 'uniform', not {weights!r}")
     Zk = Z
@@ -303,12 +316,19 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
         elif view == "query":
             raise BrainAtlasInputError(
                 "view='query' needs a query section of a query mapping and the reference "
-                "sections' integer counts")
-    if R is None and method != "decoder" and (
-            reference is not None or not isinstance(model, pd.DataFrame)):
+                "sections' integer counts"
+            )
+    if (
+        R is None
+        and method != "decoder"
+        and (reference is not None or not isinstance(model, pd.DataFrame))
+    ):
         own = None
-        if (not hasattr(model, "query_names") and hasattr(model, "section_names")
-                and not isinstance(section, AnnData)):
+        if (
+            not hasattr(model, "query_names")
+            and hasattr(model, "section_names")
+            and not isinstance(section, AnnData)
+        ):
             names = list(model.section_names)
             own = names[int(section)] if isinstance(section, (int, np.integer)) else str(section)
         R = None
@@ -323,14 +343,16 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
     if method == "knn" and R is None:
         raise BrainAtlasInputError(
             "kNN imputation needs the reference sections' expression: a model holding its "
-            "sections, or reference= sections with obsm['X_fusemap_cell']")
+            "sections, or reference= sections with obsm['X_fusemap_cell']"
+        )
     if method == "knn" or (method == "auto" and R is not None):
         missing = [g for g in genes if all(R.values(i, g) is None for i in range(len(R.names)))]
         if method == "knn" and missing:
             raise BrainAtlasInputError(
-                f"no reference section measures {', '.join(missing[:5])} (kNN imputation)")
+                f"no reference section measures {', '.join(missing[:5])} (kNN imputation)"
+            )
         out = _knn_impute(R, Zk, genes, k, chunk, weighted=weights == "distance")
-        if missing:       # auto: genes no reference cell measured come from the decoder
+        if missing:  # auto: genes no reference cell measured come from the decoder
             dec = impute_genes(E, _as_adata(Z, index), missing, chunk, method="decoder")
             for g in missing:
                 out[:, genes.index(g)] = dec[g].to_numpy()
@@ -346,7 +368,7 @@ def impute_genes(model, section, genes, chunk: int = 65536, method: str = "auto"
     ok = np.isfinite(Z).all(1)
     rows = np.flatnonzero(ok)
     for i in range(0, len(rows), chunk):
-        r = rows[i:i + chunk]
+        r = rows[i : i + chunk]
         out[r] = np.maximum(Z[r] @ Eg.T, 0.0)
     df = pd.DataFrame(out, index=index, columns=pd.Index(genes, name="gene"))
     df.attrs["method"] = "decoder"
@@ -391,8 +413,7 @@ def measured_vs_imputed(section: AnnData, gene: str, model=None) -> pd.DataFrame
     elif IMPUTED_PREFIX + g in section.obs:
         imputed = section.obs[IMPUTED_PREFIX + g].to_numpy(np.float32)
     else:
-        raise BrainAtlasInputError(
-            f"no imputed values of {g}: give a model or impute it first")
+        raise BrainAtlasInputError(f"no imputed values of {g}: give a model or impute it first")
     df = pd.DataFrame({"measured": measured, "imputed": imputed}, index=section.obs_names)
     ok = np.isfinite(measured) & np.isfinite(imputed)
     r = float("nan")

@@ -67,8 +67,9 @@ from anndata import AnnData
 from torch import nn
 
 from .._errors import BrainAtlasInputError
-from ..model import CELL_KEY, TISSUE_KEY, FuseMap, preprocess_section, spatial_graph
-from ..model._training import gather_subgraph, rows_dense, to_torch_sparse
+from ..fusemap import CELL_KEY, TISSUE_KEY, FuseMap, preprocess_section, spatial_graph
+from ..fusemap._training import gather_subgraph, rows_dense, to_torch_sparse
+from .panel import counts_through_panel
 
 __all__ = ["QueryMapping", "map_query", "reference_latents"]
 
@@ -97,8 +98,9 @@ def _query_names(sections: list[AnnData], names, taken: set[str]) -> list[str]:
     return out
 
 
-def reference_latents(model: FuseMap, reference_sections: list[AnnData] | None = None
-                      ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+def reference_latents(
+    model: FuseMap, reference_sections: list[AnnData] | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     """Reference (z_C, z_T) per reference section, finite rows only, or None.
 
     From ``reference_sections`` holding ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']``
@@ -110,7 +112,8 @@ def reference_latents(model: FuseMap, reference_sections: list[AnnData] | None =
         for a in reference_sections:
             if CELL_KEY not in a.obsm or TISSUE_KEY not in a.obsm:
                 raise BrainAtlasInputError(
-                    f"reference sections need obsm['{CELL_KEY}'] and obsm['{TISSUE_KEY}']")
+                    f"reference sections need obsm['{CELL_KEY}'] and obsm['{TISSUE_KEY}']"
+                )
             c = np.asarray(a.obsm[CELL_KEY], np.float32)
             t = np.asarray(a.obsm[TISSUE_KEY], np.float32)
             ok = np.isfinite(c).all(1) & np.isfinite(t).all(1)
@@ -119,12 +122,14 @@ def reference_latents(model: FuseMap, reference_sections: list[AnnData] | None =
         if len(zc) != model.n_sections:
             raise BrainAtlasInputError(
                 f"the model has {model.n_sections} reference sections but "
-                f"{len(zc)} annotated reference sections were given")
+                f"{len(zc)} annotated reference sections were given"
+            )
         return zc, zt
     if getattr(model, "data", None):  # the model holds its sections: embed them
         zc, zt = [], []
-        for c, t in zip(model.get_latent_representation("cell"),
-                        model.get_latent_representation("tissue")):
+        for c, t in zip(
+            model.get_latent_representation("cell"), model.get_latent_representation("tissue")
+        ):
             ok = np.isfinite(c).all(1) & np.isfinite(t).all(1)
             zc.append(np.ascontiguousarray(c[ok], np.float32))
             zt.append(np.ascontiguousarray(t[ok], np.float32))
@@ -158,8 +163,9 @@ class QueryMapping:
     ``adversarial``, ``frozen`` (names of the frozen tensors).
     """
 
-    def __init__(self, reference: FuseMap, module, names, adatas, qdata, new_genes,
-                 ref_state, frozen):
+    def __init__(
+        self, reference: FuseMap, module, names, adatas, qdata, new_genes, ref_state, frozen
+    ):
         self.reference = reference
         self.module = module
         self.query_names = names
@@ -214,8 +220,9 @@ class QueryMapping:
                 for q in self._q:
                     out = []
                     for i in range(0, q.p.n_cells, 16384):
-                        x = torch.from_numpy(rows_dense(
-                            q.p.X, np.arange(i, min(i + 16384, q.p.n_cells)))).to(self.device)
+                        x = torch.from_numpy(
+                            rows_dense(q.p.X, np.arange(i, min(i + 16384, q.p.n_cells)))
+                        ).to(self.device)
                         out.append(self.module.encode(q.name, x)[0].float().cpu().numpy())
                     z = np.concatenate(out).astype(np.float32)
                     zc.append(z)
@@ -241,7 +248,8 @@ class QueryMapping:
         if not self.adatas:
             raise BrainAtlasInputError(
                 "this mapping was loaded without its query sections: give them to "
-                "QueryMapping.load to write embeddings into them")
+                "QueryMapping.load to write embeddings into them"
+            )
         cell = self.get_latent_representation("cell")
         tissue = self.get_latent_representation("tissue")
         out = []
@@ -249,8 +257,11 @@ class QueryMapping:
             b = a.copy() if copy else a
             b.obsm[CELL_KEY] = c
             b.obsm[TISSUE_KEY] = t
-            b.uns["fusemap_query"] = {"section_name": n, "adversarial": self.adversarial,
-                                      "new_genes": list(self.new_genes)}
+            b.uns["fusemap_query"] = {
+                "section_name": n,
+                "adversarial": self.adversarial,
+                "new_genes": list(self.new_genes),
+            }
             out.append(b)
         return out
 
@@ -299,11 +310,14 @@ class QueryMapping:
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         torch.save(state, out / "weights.pt")
         meta = {
-            "format_version": QUERY_FORMAT_VERSION, "model": "FuseMapQueryMapping",
+            "format_version": QUERY_FORMAT_VERSION,
+            "model": "FuseMapQueryMapping",
             "query_names": list(self.query_names),
             "panels": {n: list(self.module.section_genes[n]) for n in self.query_names},
-            "genes": list(self.module.genes), "new_genes": list(self.new_genes),
-            "adversarial": bool(self.adversarial), "cancelled": bool(self.cancelled),
+            "genes": list(self.module.genes),
+            "new_genes": list(self.new_genes),
+            "adversarial": bool(self.adversarial),
+            "cancelled": bool(self.cancelled),
         }
         (out / "query.json").write_text(json.dumps(meta, indent=1))
         (out / "history.json").write_text(json.dumps(self.history, indent=1, default=float))
@@ -321,9 +335,13 @@ class QueryMapping:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, query_sections: list[AnnData] | None = None,
-             reference_sections: list[AnnData] | None = None,
-             device: str = "auto") -> QueryMapping:
+    def load(
+        cls,
+        path: str | Path,
+        query_sections: list[AnnData] | None = None,
+        reference_sections: list[AnnData] | None = None,
+        device: str = "auto",
+    ) -> QueryMapping:
         """Load a folder written by :meth:`save`.
 
         query_sections : the same query sections (same order); they are preprocessed again
@@ -364,22 +382,27 @@ class QueryMapping:
             if len(query_sections) != len(names):
                 raise BrainAtlasInputError(
                     f"the mapping has {len(names)} query sections but "
-                    f"{len(query_sections)} were given")
+                    f"{len(query_sections)} were given"
+                )
             qdata = []
             for a, n in zip(query_sections, names):
                 pr = preprocess_section(a, n)
                 if list(pr.genes) != list(meta["panels"][n]):
                     raise BrainAtlasInputError(
-                        f"query section {n!r} does not have the genes it was mapped with")
+                        f"query section {n!r} does not have the genes it was mapped with"
+                    )
                 empty = np.zeros(0, np.int64)
                 qdata.append(_QData(n, pr, spatial_graph(pr.coords), empty, empty))
             adatas = query_sections
         else:
-            qdata = [_StoredQuery(n, np.asarray(npz[f"kept_{i}"]), int(npz[f"n_obs_{i}"]))
-                     for i, n in enumerate(names)]
+            qdata = [
+                _StoredQuery(n, np.asarray(npz[f"kept_{i}"]), int(npz[f"n_obs_{i}"]))
+                for i, n in enumerate(names)
+            ]
             adatas = []
-        self = cls(reference, module, names, adatas, qdata, list(meta["new_genes"]),
-                   ref_state, frozen)
+        self = cls(
+            reference, module, names, adatas, qdata, list(meta["new_genes"]), ref_state, frozen
+        )
         self.adversarial = bool(meta.get("adversarial", False))
         self.cancelled = bool(meta.get("cancelled", False))
         hist = p / "history.json"
@@ -388,8 +411,8 @@ class QueryMapping:
         if query_sections is None:
             self._cache = {
                 "cell": [np.asarray(npz[f"cell_{i}"], np.float32) for i in range(len(names))],
-                "tissue": [np.asarray(npz[f"tissue_{i}"], np.float32)
-                           for i in range(len(names))]}
+                "tissue": [np.asarray(npz[f"tissue_{i}"], np.float32) for i in range(len(names))],
+            }
         return self
 
 
@@ -420,55 +443,14 @@ def _warm_start(enc, genes: list[str], module, ref_names: list[str]) -> str | No
     return best
 
 
-def counts_through_panel(adata: AnnData, rows: np.ndarray, genes: list[str]) -> np.ndarray:
-    """Counts (``layers['counts']`` or ``X``) of cells ``rows`` of ``adata`` for the
-    upper-case ``genes`` of another panel, in that order: float32 (len(rows), len(genes)),
-    0 for genes ``adata`` does not measure."""
-    from ..model._preprocess import _as_csr_or_dense, clean_gene_names
-
-    names, cols = clean_gene_names(adata.var_names)
-    pos = dict(zip(names, cols))
-    src = adata.layers.get("counts", adata.X)
-    M = _as_csr_or_dense(src[rows] if not hasattr(src, "tocsr") else src.tocsr()[rows])
-    out = np.zeros((len(rows), len(genes)), np.float32)
-    for j, g in enumerate(genes):
-        if g in pos:
-            c = M[:, pos[g]]
-            out[:, j] = np.asarray(c.toarray() if hasattr(c, "toarray") else c).ravel()
-    return out
-
-
-def encode_through_panel(mapping: QueryMapping, section, adata: AnnData,
-                         rows: np.ndarray, chunk: int = 16384) -> np.ndarray:
-    """Reference cells as a query section's encoder sees them: the counts of cells
-    ``rows`` of ``adata`` (integer counts) for the query's gene panel get the query's
-    preprocessing (normalise to the median total, log1p, scale without centring, clip 10;
-    as for the reference anchor) and go through the query encoder (means, eval mode).
-    Returns float32 (len(rows), n_latent); cells with no count in the query's panel are
-    NaN."""
-    from ..model._preprocess import normalize_log_scale
-
-    name = mapping.query_names[mapping._index(section)]
-    genes = mapping.module.section_genes[name]
-    X = counts_through_panel(adata, rows, genes)
-    ok = X.sum(1) > 0
-    out = np.full((len(rows), mapping.module.n_latent), np.nan, np.float32)
-    if not ok.any():
-        return out
-    Xn = normalize_log_scale(X[ok])
-    enc = mapping.module.encoders[name]
-    enc.eval()
-    idx = np.flatnonzero(ok)
-    with torch.no_grad():
-        for i in range(0, len(idx), chunk):
-            x = torch.from_numpy(rows_dense(Xn, np.arange(i, min(i + chunk, len(idx)))))
-            out[idx[i:i + chunk]] = mapping.module.encode(
-                name, x.to(mapping.device))[0].float().cpu().numpy()
-    return out
-
-
-def _anchor_sets(model: FuseMap, prepared, ref_lat, reference_sections=None,
-                 max_cells: int = 50000, seed: int = 0):
+def _anchor_sets(
+    model: FuseMap,
+    prepared,
+    ref_lat,
+    reference_sections=None,
+    max_cells: int = 50000,
+    seed: int = 0,
+):
     """Per query section: (reference cells seen through the query's panel, their frozen
     reference z_C), or None. The reference counts of the query's genes (0 for genes a
     reference section lacks) get the query's preprocessing (normalise to the median
@@ -476,14 +458,14 @@ def _anchor_sets(model: FuseMap, prepared, ref_lat, reference_sections=None,
     reads query cells. Reference cells come from the sections the model holds, else from
     ``reference_sections`` (their ``obsm['X_fusemap_cell']`` rows that are finite); only
     integer counts are used, at most ``max_cells`` cells per reference section."""
-    from ..model._preprocess import (
+    from ..fusemap._preprocess import (
         clean_gene_names,
         is_integer_matrix,
         normalize_log_scale,
     )
 
     rng = np.random.default_rng(seed)
-    srcs = []   # (adata, kept rows, z_C of those rows)
+    srcs = []  # (adata, kept rows, z_C of those rows)
     adatas = getattr(model, "adatas", None) or []
     refp = getattr(model, "prepared", None) or []
     if reference_sections is None and adatas and len(refp) == len(adatas) == len(ref_lat[0]):
@@ -491,8 +473,9 @@ def _anchor_sets(model: FuseMap, prepared, ref_lat, reference_sections=None,
             if rp.was_counts and len(zc) == rp.n_cells:
                 srcs.append((a, rp.kept, zc))
     elif reference_sections is not None:
-        for a in ([reference_sections] if isinstance(reference_sections, AnnData)
-                  else reference_sections):
+        for a in (
+            [reference_sections] if isinstance(reference_sections, AnnData) else reference_sections
+        ):
             z = np.asarray(a.obsm[CELL_KEY], np.float32)
             kept = np.flatnonzero(np.isfinite(z).all(1))
             src = a.layers.get("counts", a.X)
@@ -518,8 +501,7 @@ def _anchor_sets(model: FuseMap, prepared, ref_lat, reference_sections=None,
             ok = Xq.sum(1) > 0
             Xs.append(normalize_log_scale(Xq[ok]))
             Zs.append(zc[rows][ok])
-        out.append((np.concatenate(Xs), np.concatenate(Zs).astype(np.float32))
-                   if Xs else None)
+        out.append((np.concatenate(Xs), np.concatenate(Zs).astype(np.float32)) if Xs else None)
     return out
 
 
@@ -528,25 +510,38 @@ def _freeze_copy(model: FuseMap):
     module = copy.deepcopy(model.module)
     for p in module.parameters():
         p.requires_grad_(False)
-    frozen = [k for k in ref_state
-              if k == "gene_embedding"
-              or k.startswith(("encoders.", "disc_cell.", "disc_tissue."))]
+    frozen = [
+        k
+        for k in ref_state
+        if k == "gene_embedding" or k.startswith(("encoders.", "disc_cell.", "disc_tissue."))
+    ]
     return module, ref_state, frozen
 
 
-def map_query(model: FuseMap, query_sections: list[AnnData], *, reference_sections=None,
-              section_names: list[str] | None = None, epochs: int = 15,
-              adversarial: bool | str = "auto", batch_size: int | None = None,
-              lr: float | None = None, patience: int = 3, val_fraction: float = 0.15,
-              seed: int = 0, init: str = "reference", min_steps: int = 0,
-              anchor: float = 5.0,
-              progress: Callable | None = None,
-              cancel: Callable | None = None) -> QueryMapping:
+def map_query(
+    model: FuseMap,
+    query_sections: list[AnnData],
+    *,
+    reference_sections=None,
+    section_names: list[str] | None = None,
+    epochs: int = 15,
+    adversarial: bool | str = "auto",
+    batch_size: int | None = None,
+    lr: float | None = None,
+    patience: int = 3,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    init: str = "reference",
+    min_steps: int = 0,
+    anchor: float = 5.0,
+    progress: Callable | None = None,
+    cancel: Callable | None = None,
+) -> QueryMapping:
     """Map ``query_sections`` onto the trained ``model`` (see the module docstring).
 
     Parameters
     ----------
-    model : a trained :class:`~napari_brainatlas.model.FuseMap` (also one loaded from a
+    model : a trained :class:`~napari_brainatlas.fusemap.FuseMap` (also one loaded from a
         folder, with or without its sections).
     query_sections : AnnData or list (``obsm['spatial']``, counts or normalised values).
     reference_sections : reference AnnData holding ``obsm['X_fusemap_cell']`` and
@@ -569,22 +564,51 @@ def map_query(model: FuseMap, query_sections: list[AnnData], *, reference_sectio
     # so a mapping depends on ``seed`` only, not on what ran before in the process
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _map_query(model, query_sections, reference_sections=reference_sections,
-                          section_names=section_names, epochs=epochs,
-                          adversarial=adversarial, batch_size=batch_size, lr=lr,
-                          patience=patience, val_fraction=val_fraction, seed=seed,
-                          init=init, min_steps=min_steps, anchor=anchor,
-                          progress=progress, cancel=cancel)
+        return _map_query(
+            model,
+            query_sections,
+            reference_sections=reference_sections,
+            section_names=section_names,
+            epochs=epochs,
+            adversarial=adversarial,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience,
+            val_fraction=val_fraction,
+            seed=seed,
+            init=init,
+            min_steps=min_steps,
+            anchor=anchor,
+            progress=progress,
+            cancel=cancel,
+        )
 
 
-def _map_query(model, query_sections, *, reference_sections, section_names, epochs,
-               adversarial, batch_size, lr, patience, val_fraction, seed, init, min_steps,
-               anchor, progress, cancel) -> QueryMapping:
+def _map_query(
+    model,
+    query_sections,
+    *,
+    reference_sections,
+    section_names,
+    epochs,
+    adversarial,
+    batch_size,
+    lr,
+    patience,
+    val_fraction,
+    seed,
+    init,
+    min_steps,
+    anchor,
+    progress,
+    cancel,
+) -> QueryMapping:
     if not isinstance(model, FuseMap):
         raise BrainAtlasInputError("map_query needs a trained FuseMap model")
     if not (isinstance(adversarial, (bool, np.bool_)) or adversarial == "auto"):
         raise BrainAtlasInputError(
-            f"adversarial must be True, False or 'auto', not {adversarial!r}")
+            f"adversarial must be True, False or 'auto', not {adversarial!r}"
+        )
     if init not in ("reference", "random"):
         raise BrainAtlasInputError(f"init must be 'reference' or 'random', not {init!r}")
     if isinstance(query_sections, AnnData):
@@ -601,10 +625,12 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
     names = _query_names(query_sections, section_names, set(model.module.section_names))
     prepared = [preprocess_section(a, n) for a, n in zip(query_sections, names)]
 
-    ref_lat = (reference_latents(model, reference_sections)
-               if adversarial or anchor > 0 else None)
-    anchors = (_anchor_sets(model, prepared, ref_lat, reference_sections, seed=seed)
-               if anchor > 0 and ref_lat is not None else None)
+    ref_lat = reference_latents(model, reference_sections) if adversarial or anchor > 0 else None
+    anchors = (
+        _anchor_sets(model, prepared, ref_lat, reference_sections, seed=seed)
+        if anchor > 0 and ref_lat is not None
+        else None
+    )
     has_anchor = bool(anchors) and any(a is not None for a in anchors)
     want_adv = (not has_anchor) if adversarial == "auto" else bool(adversarial)
     use_adv = want_adv and ref_lat is not None and len(ref_lat[0]) > 0
@@ -612,12 +638,10 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
     module, ref_state, frozen = _freeze_copy(model)
     n_ref_genes = len(module.genes)
     known = set(module.genes)
-    new_genes = [g for g in dict.fromkeys(g for p in prepared for g in p.genes)
-                 if g not in known]
+    new_genes = [g for g in dict.fromkeys(g for p in prepared for g in p.genes) if g not in known]
     overlap = [len(set(p.genes) & known) for p in prepared]
     if min(overlap) == 0:
-        raise BrainAtlasInputError(
-            "a query section shares no gene with the reference model")
+        raise BrainAtlasInputError("a query section shares no gene with the reference model")
 
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -637,8 +661,8 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
                 last = disc.net[-1]
                 head = nn.Linear(last.in_features, n_all).to(dev)
                 with torch.no_grad():
-                    head.weight[:last.out_features] = last.weight
-                    head.bias[:last.out_features] = last.bias
+                    head.weight[: last.out_features] = last.weight
+                    head.bias[: last.out_features] = last.bias
                 heads.append(head)
     enc_params = [p for n in names for p in module.encoders[n].parameters()]
     for p in enc_params:
@@ -653,12 +677,17 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
         n_val = round(val_fraction * p.n_cells) if p.n_cells > 10 else 0
         qdata.append(_QData(p.name, p, A, np.sort(perm[n_val:]), np.sort(perm[:n_val])))
 
-    mapping = QueryMapping(model, module, names, query_sections, qdata, new_genes,
-                           ref_state, frozen)
+    mapping = QueryMapping(
+        model, module, names, query_sections, qdata, new_genes, ref_state, frozen
+    )
     mapping.adversarial = use_adv
-    mapping.reference_sections = (None if reference_sections is None else
-                                  [reference_sections] if isinstance(reference_sections, AnnData)
-                                  else list(reference_sections))
+    mapping.reference_sections = (
+        None
+        if reference_sections is None
+        else [reference_sections]
+        if isinstance(reference_sections, AnnData)
+        else list(reference_sections)
+    )
     mapping.anchored = has_anchor
 
     def E_full():
@@ -695,8 +724,7 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
 
     opt_ae = torch.optim.RMSprop(ae_params, lr=lr)
     opt_d = torch.optim.RMSprop(disc_params, lr=lr) if use_adv else None
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_ae, mode="min", factor=0.5,
-                                                       patience=2)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_ae, mode="min", factor=0.5, patience=2)
     lam = None
     best, bad = math.inf, 0
     n_epoch_cells = max(len(q.train) for q in qdata)
@@ -722,7 +750,7 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
                 if ptr[v] + B > len(sh):
                     shards[v] = sh = rng.permutation(q.train)
                     ptr[v] = 0
-                seeds = np.unique(sh[ptr[v]:ptr[v] + B])
+                seeds = np.unique(sh[ptr[v] : ptr[v] + B])
                 ptr[v] += B
                 a, zc, zt = forward(q, seeds, True)
                 aes.append(a)
@@ -762,8 +790,11 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
                 opt_d.step()
                 adv = ce(disc_logits(0, qzc), yq) + ce(disc_logits(1, qzt), yq)
                 if lam is None:
-                    lam = float(cfg.get("adv_ratio", 0.5) * float(ae.detach())
-                                / max(abs(float(adv.detach())), 1e-8))
+                    lam = float(
+                        cfg.get("adv_ratio", 0.5)
+                        * float(ae.detach())
+                        / max(abs(float(adv.detach())), 1e-8)
+                    )
                 loss = ae - lam * adv
                 logs.update(disc=float(d_loss.detach()), adv=float(adv.detach()))
             else:
@@ -781,13 +812,14 @@ def _map_query(model, query_sections, *, reference_sections, section_names, epoc
             for q in qdata:
                 idx = q.val if len(q.val) else q.train
                 for i in range(0, len(idx), 1024):
-                    a, _, _ = forward(q, idx[i:i + 1024], False)
-                    tot += float(a) * len(idx[i:i + 1024])
-                    cnt += len(idx[i:i + 1024])
+                    a, _, _ = forward(q, idx[i : i + 1024], False)
+                    tot += float(a) * len(idx[i : i + 1024])
+                    cnt += len(idx[i : i + 1024])
         val = tot / max(cnt, 1)
         sched.step(val)
-        rec = dict(phase="query", epoch=ep + 1, val_loss=val,
-                   lr=opt_ae.param_groups[0]["lr"], **acc)
+        rec = dict(
+            phase="query", epoch=ep + 1, val_loss=val, lr=opt_ae.param_groups[0]["lr"], **acc
+        )
         if lam is not None:
             rec["lambda"] = lam
         mapping.history.append(rec)

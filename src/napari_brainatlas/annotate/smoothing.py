@@ -8,8 +8,9 @@ from scipy.spatial import cKDTree
 __all__ = ["smooth_labels"]
 
 
-def smooth_labels(xy_um: np.ndarray, labels: np.ndarray, k: int = 30,
-                  weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def smooth_labels(
+    xy_um: np.ndarray, labels: np.ndarray, k: int = 30, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Majority label among each cell's ``k`` spatial neighbours (itself included).
 
     ``weights`` (e.g. ``1 - uncertainty``) weigh the votes. Returns the smoothed labels and

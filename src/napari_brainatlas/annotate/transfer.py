@@ -29,7 +29,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
-from ..model import CELL_KEY, TISSUE_KEY
+from ..fusemap import CELL_KEY, TISSUE_KEY
 from .classifier import KNNLabelClassifier, MLPLabelClassifier
 from .smoothing import smooth_labels
 
@@ -54,7 +54,8 @@ def _stack(sections, key: str, what: str) -> np.ndarray:
         if key not in a.obsm:
             raise BrainAtlasInputError(
                 f"{what} section {a.uns.get('fusemap', {}).get('section_name', '')!s} "
-                f"has no obsm['{key}']: embed or map it first".replace("  ", " "))
+                f"has no obsm['{key}']: embed or map it first".replace("  ", " ")
+            )
         Z.append(np.asarray(a.obsm[key], np.float32))
     if len({z.shape[1] for z in Z}) != 1:
         raise BrainAtlasInputError(f"obsm['{key}'] has different widths across sections")
@@ -67,8 +68,12 @@ def _labels(sections, col: str) -> np.ndarray:
         if col not in a.obs.columns:
             raise BrainAtlasInputError(f"the reference sections have no obs['{col}'] labels")
         v = a.obs[col].astype(object).to_numpy()
-        out.append(np.array([None if (x is None or pd.isna(x) or str(x) == "") else str(x)
-                             for x in v], dtype=object))
+        out.append(
+            np.array(
+                [None if (x is None or pd.isna(x) or str(x) == "") else str(x) for x in v],
+                dtype=object,
+            )
+        )
     return np.concatenate(out)
 
 
@@ -91,14 +96,23 @@ def _fit_predict(method, kw, Zr, yr, Zq, cancel):
     return clf, p
 
 
-def transfer_labels(reference_sections, query_sections, labels=("celltype", "region"),
-                    embedding: dict | None = None, method: str = "mlp",
-                    hierarchy: dict | None = None, smooth_regions: bool = True,
-                    smooth_k: int = 30, seed: int = 0, max_epochs: int = 200,
-                    knn_k: int = 15, hierarchy_mode: str = "flat",
-                    class_balance: str | dict | None = None,
-                    progress: Callable | None = None,
-                    cancel: Callable | None = None) -> list[AnnData]:
+def transfer_labels(
+    reference_sections,
+    query_sections,
+    labels=("celltype", "region"),
+    embedding: dict | None = None,
+    method: str = "mlp",
+    hierarchy: dict | None = None,
+    smooth_regions: bool = True,
+    smooth_k: int = 30,
+    seed: int = 0,
+    max_epochs: int = 200,
+    knn_k: int = 15,
+    hierarchy_mode: str = "flat",
+    class_balance: str | dict | None = None,
+    progress: Callable | None = None,
+    cancel: Callable | None = None,
+) -> list[AnnData]:
     """Transfer ``labels`` from the reference to copies of the query sections.
 
     Parameters
@@ -139,14 +153,16 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
         raise BrainAtlasInputError("give at least one label column to transfer")
     if hierarchy_mode not in ("flat", "nested"):
         raise BrainAtlasInputError(
-            f"hierarchy_mode must be 'flat' or 'nested', not {hierarchy_mode!r}")
+            f"hierarchy_mode must be 'flat' or 'nested', not {hierarchy_mode!r}"
+        )
     if method not in ("mlp", "knn"):
         raise BrainAtlasInputError(f"method must be 'mlp' or 'knn', not {method!r}")
     balances = class_balance if isinstance(class_balance, dict) else {}
     for v in ([class_balance] if isinstance(class_balance, str) else []) + list(balances.values()):
         if v not in ("balanced", "sqrt", "none"):
             raise BrainAtlasInputError(
-                f"class_balance must be 'balanced', 'sqrt' or 'none', not {v!r}")
+                f"class_balance must be 'balanced', 'sqrt' or 'none', not {v!r}"
+            )
     emb = dict(DEFAULT_EMBEDDING)
     emb.update(embedding or {})
     hier = DEFAULT_HIERARCHY if hierarchy is None else dict(hierarchy)
@@ -169,8 +185,11 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
         use_h = bool(main_col) and all(main_col in a.obs.columns for a in ref)
         pred = np.full(len(Zq), None, dtype=object)
         unc = np.full(len(Zq), np.nan, np.float32)
-        balance = (class_balance if isinstance(class_balance, str) else
-                   balances.get(lab, "balanced" if key == TISSUE_KEY else "sqrt"))
+        balance = (
+            class_balance
+            if isinstance(class_balance, str)
+            else balances.get(lab, "balanced" if key == TISSUE_KEY else "sqrt")
+        )
         k_mlp = dict(mlp_kw, balance=balance) if method == "mlp" else kw
         if use_h and hierarchy_mode == "flat":
             ym = _labels(ref, main_col)[okr]
@@ -184,8 +203,13 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
                 pred[okq] = clf.classes_[best]
                 unc[okq] = 1.0 - p.max(1)
                 mains = fine_main[best]
-                pm = np.array([p[i, fine_main == m].sum() if m is not None else p[i, best[i]]
-                               for i, m in enumerate(mains)], np.float32)
+                pm = np.array(
+                    [
+                        p[i, fine_main == m].sum() if m is not None else p[i, best[i]]
+                        for i, m in enumerate(mains)
+                    ],
+                    np.float32,
+                )
                 main_pred[okq] = mains
                 main_unc[okq] = np.clip(1.0 - pm, 0.0, 1.0)
             if main_col not in labels:
@@ -205,8 +229,7 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
                 if not selr.any():
                     sub[selq] = None
                     continue
-                clf_s, ps = _fit_predict(method, k_mlp, Zr[selr], yr[selr], Zq[okq][selq],
-                                         cancel)
+                clf_s, ps = _fit_predict(method, k_mlp, Zr[selr], yr[selr], Zq[okq][selq], cancel)
                 sub[selq] = clf_s.classes_[ps.argmax(1)]
                 psub[selq] = ps.max(1)
             main_pred = np.full(len(Zq), None, dtype=object)
@@ -230,18 +253,23 @@ def transfer_labels(reference_sections, query_sections, labels=("celltype", "reg
                 if ok.sum() == 0 or "spatial" not in a.obsm:
                     continue
                 xy = np.asarray(a.obsm["spatial"], float)[:, :2][ok]
-                lab_s, unc_s = smooth_labels(xy, pred[sl][ok].astype(str), k=smooth_k,
-                                             weights=1.0 - unc[sl][ok])
+                lab_s, unc_s = smooth_labels(
+                    xy, pred[sl][ok].astype(str), k=smooth_k, weights=1.0 - unc[sl][ok]
+                )
                 idx = np.flatnonzero(ok) + sl.start
                 pred[idx] = lab_s
                 unc[idx] = unc_s
         np.clip(unc, 0.0, 1.0, out=unc)
         _write(qry, splits, lab, pred, unc)
-        record[lab] = {"embedding": key, "method": method, "smoothed": smoothed,
-                       "class_balance": balance if method == "mlp" else None,
-                       "hierarchy": main_col if use_h else None,
-                       "hierarchy_mode": hierarchy_mode if use_h else None,
-                       "n_reference_cells": len(Zr)}
+        record[lab] = {
+            "embedding": key,
+            "method": method,
+            "smoothed": smoothed,
+            "class_balance": balance if method == "mlp" else None,
+            "hierarchy": main_col if use_h else None,
+            "hierarchy_mode": hierarchy_mode if use_h else None,
+            "n_reference_cells": len(Zr),
+        }
         if progress is not None:
             progress(li + 1, len(labels), lab)
     for a in qry:

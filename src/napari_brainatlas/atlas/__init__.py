@@ -1,7 +1,7 @@
 """Atlas access: one :class:`Atlas` type over the demo atlas, local Allen files and BrainGlobe."""
 
-from .atlas import HEMISPHERES, PLANES, Atlas, AtlasSlice
-from .demo_atlas import DEMO_MAJOR_DIVISIONS, make_demo_atlas
+from .atlas import HEMISPHERES, PLANES, Atlas, AtlasSlice, make_demo_atlas
+from .demo_atlas import DEMO_MAJOR_DIVISIONS
 from .ontology import Ontology
 
 __all__ = [

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._errors import BrainAtlasInputError
+from .demo_atlas import demo_ontology, demo_volume
 from .ontology import Ontology
 
 __all__ = ["HEMISPHERES", "PLANES", "Atlas", "AtlasSlice"]
@@ -82,8 +83,10 @@ class AtlasSlice:
         """In-plane (x, y) um -> CCF (AP, DV, ML) um, shape (n, 3)."""
         xy = np.asarray(xy_um, dtype=float).reshape(-1, 2)
         ax, ay = np.tan(np.deg2rad(self.angles_deg))
-        depth = self.position_um + ax * (xy[:, 0] - self.centre_um[0]) + ay * (
-            xy[:, 1] - self.centre_um[1]
+        depth = (
+            self.position_um
+            + ax * (xy[:, 0] - self.centre_um[0])
+            + ay * (xy[:, 1] - self.centre_um[1])
         )
         if self.plane == "coronal":
             return np.column_stack([depth, xy[:, 1], xy[:, 0]])
@@ -165,7 +168,10 @@ class Atlas:
             have = np.flatnonzero(np.any(np.asarray(self.annotation) > 0, axis=other))
             if len(have) == 0:
                 raise BrainAtlasInputError("the atlas annotation holds no tissue")
-            cache[axis] = (float(have[0] * self.resolution_um), float((have[-1] + 1) * self.resolution_um))
+            cache[axis] = (
+                float(have[0] * self.resolution_um),
+                float((have[-1] + 1) * self.resolution_um),
+            )
         return cache[axis]
 
     def structure_at(self, ccf_um: np.ndarray) -> np.ndarray:
@@ -264,8 +270,6 @@ class Atlas:
         such as ``allen_mouse_25um``."""
         spec_s = str(spec)
         if spec_s == "demo":
-            from .demo_atlas import make_demo_atlas
-
             return make_demo_atlas()
         path = Path(spec_s)
         if path.suffix.lower() == ".nrrd" or path.exists():
@@ -326,8 +330,14 @@ class Atlas:
         import pandas as pd
 
         ann = np.asarray(bg.annotation)
-        return cls(ann, res, Ontology(pd.DataFrame(rows)), name=name,
-                   version=str(bg.metadata.get("version", "")), source="brainglobe")
+        return cls(
+            ann,
+            res,
+            Ontology(pd.DataFrame(rows)),
+            name=name,
+            version=str(bg.metadata.get("version", "")),
+            source="brainglobe",
+        )
 
 
 def _find_ontology_beside(path: Path) -> Path:
@@ -370,3 +380,16 @@ def _read_nrrd_cached(path: str, mtime: float) -> tuple[np.ndarray, float]:
         vol = vol.astype(np.int64)
     vol.setflags(write=False)
     return vol, res
+
+
+def make_demo_atlas(resolution_um: float = 50.0) -> Atlas:
+    """Build (or return the cached) demo atlas; deterministic, about a second."""
+    vol = demo_volume(float(resolution_um))
+    return Atlas(
+        vol,
+        resolution_um,
+        demo_ontology(),
+        name="demo",
+        version=f"demo-v1-{int(resolution_um)}um",
+        source="generated",
+    )

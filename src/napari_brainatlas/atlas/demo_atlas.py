@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .atlas import Atlas
 from .ontology import Ontology
 
-__all__ = ["DEMO_MAJOR_DIVISIONS", "demo_ontology", "make_demo_atlas"]
+__all__ = ["DEMO_MAJOR_DIVISIONS", "demo_ontology", "demo_volume"]
 
 # (id, acronym, name, parent, colour)
 _STRUCTURES = [
@@ -49,7 +48,16 @@ _STRUCTURES = [
 
 #: acronyms of the major divisions (the level the registration Dice is measured at)
 DEMO_MAJOR_DIVISIONS = (
-    "Isocortex", "OLF", "HPF", "STR", "PAL", "TH", "HY", "MB", "fiber tracts", "VS",
+    "Isocortex",
+    "OLF",
+    "HPF",
+    "STR",
+    "PAL",
+    "TH",
+    "HY",
+    "MB",
+    "fiber tracts",
+    "VS",
 )
 
 
@@ -67,7 +75,7 @@ def _ellipsoid(a, d, m, centre, radii):
 
 
 @lru_cache(maxsize=2)
-def _demo_volume(resolution_um: float) -> np.ndarray:
+def demo_volume(resolution_um: float) -> np.ndarray:
     res_mm = resolution_um / 1000.0
     n_ap, n_dv, n_ml = (int(np.rint(s / res_mm)) for s in (8.0, 5.5, 8.0))
     a, d, m = np.meshgrid(
@@ -101,14 +109,16 @@ def _demo_volume(resolution_um: float) -> np.ndarray:
     put((lat < 0.07) & (d > 3.3) & (d < 4.3) & (a > 4.0) & (a < 5.6), "VS")
     dorsal = d < 3.2
     put((depth >= 0.9) & (depth < 1.05) & dorsal & (a > 0.9), "fiber tracts")
-    put((np.abs(lat - 1.45) < 0.08) & (d > 2.4) & (d < 4.0) & (a > 2.9) & (a < 5.2),
-        "fiber tracts")
+    put((np.abs(lat - 1.45) < 0.08) & (d > 2.4) & (d < 4.0) & (a > 2.9) & (a < 5.2), "fiber tracts")
     # isocortex layers by depth (dorso-lateral mantle), olfactory bulb-like front
     put((a < 1.0) & brain, "OLF")
     mantle = dorsal | (lat > 2.6)
     for lo, hi, acr in [
-        (0.0, 0.09, "CTX1"), (0.09, 0.32, "CTX2/3"), (0.32, 0.47, "CTX4"),
-        (0.47, 0.68, "CTX5"), (0.68, 0.9, "CTX6"),
+        (0.0, 0.09, "CTX1"),
+        (0.09, 0.32, "CTX2/3"),
+        (0.32, 0.47, "CTX4"),
+        (0.47, 0.68, "CTX5"),
+        (0.68, 0.9, "CTX6"),
     ]:
         put((depth >= lo) & (depth < hi) & mantle, acr)
     # hippocampus beneath the callosum in the posterior half
@@ -127,13 +137,6 @@ def _demo_volume(resolution_um: float) -> np.ndarray:
     rest = brain & ~assigned
     vol[rest] = vol[ia[rest], idd[rest], im[rest]]
     half = n_ml // 2  # exact mirror symmetry: the right hemisphere is the left one mirrored
-    vol[:, :, n_ml - half:] = vol[:, :, :half][:, :, ::-1]
+    vol[:, :, n_ml - half :] = vol[:, :, :half][:, :, ::-1]
     vol.setflags(write=False)
     return vol
-
-
-def make_demo_atlas(resolution_um: float = 50.0) -> Atlas:
-    """Build (or return the cached) demo atlas; deterministic, about a second."""
-    vol = _demo_volume(float(resolution_um))
-    return Atlas(vol, resolution_um, demo_ontology(), name="demo",
-                 version=f"demo-v1-{int(resolution_um)}um", source="generated")

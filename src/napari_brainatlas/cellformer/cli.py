@@ -12,12 +12,19 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers) -> None:
     q = subparsers.add_parser(
-        "cellformer", help="train the Transformer cell encoder and embed the cells",
+        "cellformer",
+        help="train the Transformer cell encoder and embed the cells",
         description="Train CellFormer (gene + expression-bin tokens, masked-value "
         "prediction) on the sections of INPUT files; write the model folder and one "
-        ".h5ad per section with obsm['X_cellformer'] to --out.")
-    q.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                   help=".h5ad, .loom, .csv or a folder of csv files")
+        ".h5ad per section with obsm['X_cellformer'] to --out.",
+    )
+    q.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help=".h5ad, .loom, .csv or a folder of csv files",
+    )
     q.add_argument("--out", type=Path, required=True, metavar="DIR")
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--max-genes", type=int, default=64, help="tokens per cell (64)")
@@ -35,10 +42,11 @@ def run(args) -> int:
     sections = []
     for p in args.inputs:
         sections.extend(read_sections(p))
-    model = CellFormer(sections, max_genes=args.max_genes, device=args.device,
-                       seed=args.seed)
-    model.train(args.epochs, progress=lambda e, n, loss: print(
-        f"epoch {e}/{n} loss {loss:.4f}", file=sys.stderr))
+    model = CellFormer(sections, max_genes=args.max_genes, device=args.device, seed=args.seed)
+    model.train(
+        args.epochs,
+        progress=lambda e, n, loss: print(f"epoch {e}/{n} loss {loss:.4f}", file=sys.stderr),
+    )
     model.get_latent_representation()
     out = Path(args.out)
     model.save(out / "model")
@@ -48,6 +56,8 @@ def run(args) -> int:
         name = name if name not in names else f"{name}_{i}"
         names.add(name)
         write_h5ad(s, out / f"{name}.h5ad")
-    print(f"{sum(s.n_obs for s in sections)} cells from {len(sections)} section(s) -> "
-          f"{out} (model in {out / 'model'})")
+    print(
+        f"{sum(s.n_obs for s in sections)} cells from {len(sections)} section(s) -> "
+        f"{out} (model in {out / 'model'})"
+    )
     return 0

@@ -57,8 +57,7 @@ def _counts(adata: AnnData):
         X = adata.X
     if X is None:
         raise BrainAtlasInputError("a section has no expression matrix")
-    return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else \
-        np.asarray(X, dtype=np.float32)
+    return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
 
 
 def _lognorm(X) -> np.ndarray | sp.csr_matrix:
@@ -97,8 +96,13 @@ def _gene_bins(Y, n_bins: int):
     return B
 
 
-def tokenize(adata: AnnData, vocab: dict[str, int], max_genes: int = 64, n_bins: int = 16,
-             binning: str = "gene") -> tuple[np.ndarray, np.ndarray]:
+def tokenize(
+    adata: AnnData,
+    vocab: dict[str, int],
+    max_genes: int = 64,
+    n_bins: int = 16,
+    binning: str = "gene",
+) -> tuple[np.ndarray, np.ndarray]:
     """(gene ids, value bins), each (n_cells, max_genes) int64, 0-padded.
 
     Genes not in ``vocab`` are ignored. Values = log1p(count / cell total * 1e4) over the
@@ -113,8 +117,7 @@ def tokenize(adata: AnnData, vocab: dict[str, int], max_genes: int = 64, n_bins:
     if binning not in ("gene", "cell"):
         raise BrainAtlasInputError("binning must be 'gene' or 'cell'")
     X = _counts(adata)
-    if (X.data if sp.issparse(X) else X).size and \
-            np.nanmin(X.data if sp.issparse(X) else X) < 0:
+    if (X.data if sp.issparse(X) else X).size and np.nanmin(X.data if sp.issparse(X) else X) < 0:
         raise BrainAtlasInputError("expression values must not be negative")
     cols_all = np.array([vocab.get(str(g), -1) for g in adata.var_names], dtype=np.int64)
     keep = np.flatnonzero(cols_all >= 0)
@@ -168,12 +171,16 @@ def detected(adata: AnnData, vocab: dict[str, int], n_cols: int) -> sp.csr_matri
     X = _counts(adata)
     cols = np.array([vocab.get(str(g), -1) for g in adata.var_names], dtype=np.int64)
     keep = np.flatnonzero(cols >= 0)
-    X = sp.csr_matrix(X[:, keep]) if sp.issparse(X) else sp.csr_matrix(
-        np.where(np.isfinite(X[:, keep]), X[:, keep], 0))
+    X = (
+        sp.csr_matrix(X[:, keep])
+        if sp.issparse(X)
+        else sp.csr_matrix(np.where(np.isfinite(X[:, keep]), X[:, keep], 0))
+    )
     X.data = np.where(np.isfinite(X.data), X.data, 0)
     X.eliminate_zeros()
-    M = sp.csr_matrix((np.ones(X.nnz, dtype=bool), cols[keep][X.indices], X.indptr),
-                      shape=(X.shape[0], n_cols))
+    M = sp.csr_matrix(
+        (np.ones(X.nnz, dtype=bool), cols[keep][X.indices], X.indptr), shape=(X.shape[0], n_cols)
+    )
     M.sort_indices()
     return M
 
@@ -182,9 +189,18 @@ def detected(adata: AnnData, vocab: dict[str, int], n_cols: int) -> sp.csr_matri
 class CellFormerModule(nn.Module):
     """Token embeddings -> nn.TransformerEncoder -> masked-value and cell heads."""
 
-    def __init__(self, n_genes: int, n_bins: int = 16, d_model: int = 64, n_layers: int = 2,
-                 n_heads: int = 4, dim_feedforward: int = 128, dropout: float = 0.1,
-                 loss: str = "mse", pooling: str = "mean"):
+    def __init__(
+        self,
+        n_genes: int,
+        n_bins: int = 16,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dim_feedforward: int = 128,
+        dropout: float = 0.1,
+        loss: str = "mse",
+        pooling: str = "mean",
+    ):
         super().__init__()
         self.n_bins = n_bins
         self.pooling = pooling
@@ -205,30 +221,35 @@ class CellFormerModule(nn.Module):
             scale[-1] = 0.5
             self.value_scale.weight.copy_(scale[:, None])
         # token-wise MLP: lets a token say "this gene at this level" (not only gene + level)
-        self.token_mlp = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 2 * d_model),
-                                       nn.GELU(), nn.Linear(2 * d_model, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward, dropout,
-                                           batch_first=True, norm_first=True)
+        self.token_mlp = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, 2 * d_model),
+            nn.GELU(),
+            nn.Linear(2 * d_model, d_model),
+        )
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward, dropout, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
-        self.mlm_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
-                                      nn.Linear(d_model, n_out))
+        self.mlm_head = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, n_out)
+        )
         # bilinear cell head (as scGPT's MVC): output k for gene g = <W c, q_k(g)> + b_k,
         # q_k(g) a query from the gene embedding; column 0: logit that the gene is
         # detected in the cell, then the value output(s)
         self.n_cell_out = n_out + 1
         self.cell_proj = nn.Linear(d_model, d_model)
-        self.cell_query = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
-                                        nn.Linear(d_model, self.n_cell_out * d_model))
+        self.cell_query = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, self.n_cell_out * d_model)
+        )
         self.cell_bias = nn.Parameter(torch.zeros(self.n_cell_out))
 
     def forward(self, genes: torch.Tensor, values: torch.Tensor):
         """genes, values: (B, L) without CLS; returns (cls (B, d), tokens (B, L, d))."""
         b = genes.shape[0]
-        g = torch.cat([torch.full((b, 1), CLS, dtype=genes.dtype, device=genes.device),
-                       genes], 1)
-        v = torch.cat([torch.zeros((b, 1), dtype=values.dtype, device=values.device),
-                       values], 1)
+        g = torch.cat([torch.full((b, 1), CLS, dtype=genes.dtype, device=genes.device), genes], 1)
+        v = torch.cat([torch.zeros((b, 1), dtype=values.dtype, device=values.device), values], 1)
         pad = g == PAD
         ge = self.gene_emb(g)
         h = ge * self.value_scale(v) + self.value_emb(v)
@@ -236,8 +257,9 @@ class CellFormerModule(nn.Module):
         h = self.norm(self.encoder(h, src_key_padding_mask=pad))
         return h[:, 0], h[:, 1:]
 
-    def cell_embedding(self, cls: torch.Tensor, tok: torch.Tensor, genes: torch.Tensor
-                       ) -> torch.Tensor:
+    def cell_embedding(
+        self, cls: torch.Tensor, tok: torch.Tensor, genes: torch.Tensor
+    ) -> torch.Tensor:
         """The cell embedding: the mean of the gene-token outputs (``pooling="mean"``) or
         the CLS output (``"cls"``)."""
         if self.pooling == "cls":
@@ -248,9 +270,9 @@ class CellFormerModule(nn.Module):
     def cell_logits(self, cls: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
         """Bin logits (or values) of every gene token from the cell embedding and the gene
         embedding."""
-        q = self.cell_query(self.gene_emb(genes))                     # (B, L, k * d)
-        q = q.view(*genes.shape, self.n_cell_out, -1)                  # (B, L, k, d)
-        c = self.cell_proj(cls)[:, None, None, :]                      # (B, 1, 1, d)
+        q = self.cell_query(self.gene_emb(genes))  # (B, L, k * d)
+        q = q.view(*genes.shape, self.n_cell_out, -1)  # (B, L, k, d)
+        c = self.cell_proj(cls)[:, None, None, :]  # (B, 1, 1, d)
         return (q * c).sum(-1) / math.sqrt(q.shape[-1]) + self.cell_bias
 
 
@@ -286,13 +308,28 @@ class CellFormer:
     seed : seeds the initialisation, batching and masking.
     """
 
-    def __init__(self, adatas, genes: Sequence[str] | None = None, max_genes: int = 64,
-                 n_bins: int = 16, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 dim_feedforward: int = 128, dropout: float = 0.0,
-                 mask_fraction: float = 0.3, batch_size: int = 32, lr: float = 3e-3,
-                 weight_decay: float = 1e-2, binning: str = "gene", pooling: str = "mean",
-                 loss: str = "mse", cell_loss: float = 1.0, device: str = "auto",
-                 seed: int = 0):
+    def __init__(
+        self,
+        adatas,
+        genes: Sequence[str] | None = None,
+        max_genes: int = 64,
+        n_bins: int = 16,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dim_feedforward: int = 128,
+        dropout: float = 0.0,
+        mask_fraction: float = 0.3,
+        batch_size: int = 32,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-2,
+        binning: str = "gene",
+        pooling: str = "mean",
+        loss: str = "mse",
+        cell_loss: float = 1.0,
+        device: str = "auto",
+        seed: int = 0,
+    ):
         self.adatas = _section_list(adatas)
         if genes is None:
             if not self.adatas:
@@ -315,18 +352,29 @@ class CellFormer:
             raise BrainAtlasInputError("mask_fraction must be between 0 and 1")
         self.genes = genes
         self.vocab = {g: i + N_SPECIAL for i, g in enumerate(genes)}
-        self.config = {"max_genes": int(max_genes), "n_bins": int(n_bins), "d_model": int(d_model),
-                           "n_layers": int(n_layers), "n_heads": int(n_heads),
-                           "dim_feedforward": int(dim_feedforward), "dropout": float(dropout),
-                           "mask_fraction": float(mask_fraction), "batch_size": int(batch_size),
-                           "lr": float(lr), "weight_decay": float(weight_decay),
-                           "binning": str(binning), "pooling": str(pooling), "loss": str(loss),
-                           "cell_loss": float(cell_loss), "seed": int(seed)}
+        self.config = {
+            "max_genes": int(max_genes),
+            "n_bins": int(n_bins),
+            "d_model": int(d_model),
+            "n_layers": int(n_layers),
+            "n_heads": int(n_heads),
+            "dim_feedforward": int(dim_feedforward),
+            "dropout": float(dropout),
+            "mask_fraction": float(mask_fraction),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "weight_decay": float(weight_decay),
+            "binning": str(binning),
+            "pooling": str(pooling),
+            "loss": str(loss),
+            "cell_loss": float(cell_loss),
+            "seed": int(seed),
+        }
         self.device = resolve_device(device)
         torch.manual_seed(seed)
-        self.module = CellFormerModule(len(genes), n_bins, d_model, n_layers, n_heads,
-                                       dim_feedforward, dropout, loss,
-                                       pooling).to(self.device)
+        self.module = CellFormerModule(
+            len(genes), n_bins, d_model, n_layers, n_heads, dim_feedforward, dropout, loss, pooling
+        ).to(self.device)
         self.history: list[dict] = []
         self.is_trained = False
         self.cancelled = False
@@ -334,8 +382,13 @@ class CellFormer:
 
     # ------------------------------------------------------------------ data
     def _tokens_of(self, adata: AnnData):
-        return tokenize(adata, self.vocab, self.config["max_genes"], self.config["n_bins"],
-                        self.config["binning"])
+        return tokenize(
+            adata,
+            self.vocab,
+            self.config["max_genes"],
+            self.config["n_bins"],
+            self.config["binning"],
+        )
 
     def _all_tokens(self):
         if self._tokens is None:
@@ -350,8 +403,9 @@ class CellFormer:
         return g[:, :used], v[:, :used]
 
     # ------------------------------------------------------------------ training
-    def train(self, epochs: int = 10, progress: Callable | None = None,
-              cancel: Callable | None = None) -> list[dict]:
+    def train(
+        self, epochs: int = 10, progress: Callable | None = None, cancel: Callable | None = None
+    ) -> list[dict]:
         """Masked-value training for ``epochs`` passes over all cells.
 
         progress : ``progress(epoch, epochs, loss)`` after every epoch.
@@ -377,8 +431,9 @@ class CellFormer:
             ids = [self.vocab[str(x)] for x in a.var_names if str(x) in self.vocab]
             PANEL[i, ids] = True
         max_cand = 256
-        opt = torch.optim.AdamW(self.module.parameters(), lr=cfg["lr"],
-                                weight_decay=cfg["weight_decay"])
+        opt = torch.optim.AdamW(
+            self.module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
+        )
         steps_per_epoch = max(1, math.ceil(n / cfg["batch_size"]))
         total = max(1, steps_per_epoch * int(epochs))
         warm = max(1, total // 20)
@@ -397,33 +452,43 @@ class CellFormer:
         for ep in range(int(epochs)):
             self.module.train()
             order = rng.permutation(n)
-            sums = {"loss": 0.0, "mlm": 0.0, "cell": 0.0, "correct": 0.0, "masked": 0.0, "batches": 0}
+            sums = {
+                "loss": 0.0,
+                "mlm": 0.0,
+                "cell": 0.0,
+                "correct": 0.0,
+                "masked": 0.0,
+                "batches": 0,
+            }
             for s in range(steps_per_epoch):
                 if cancel is not None and cancel():
                     self.cancelled = True
                     break
-                idx = order[s * cfg["batch_size"]:(s + 1) * cfg["batch_size"]]
+                idx = order[s * cfg["batch_size"] : (s + 1) * cfg["batch_size"]]
                 if idx.size == 0:
                     continue
                 g, v = self._trim(G[idx], V[idx])
-                in_panel = PANEL[SEC[idx]]                          # (B, n_cols)
+                in_panel = PANEL[SEC[idx]]  # (B, n_cols)
                 cand = np.flatnonzero(in_panel.any(0))
                 if cand.size > max_cand:
                     cand = np.sort(rng.choice(cand, max_cand, replace=False))
-                det_t = torch.from_numpy(DET[idx][:, cand].toarray().astype(np.float32)
-                                         ).to(self.device)
+                det_t = torch.from_numpy(DET[idx][:, cand].toarray().astype(np.float32)).to(
+                    self.device
+                )
                 det_w = torch.from_numpy(in_panel[:, cand].astype(np.float32)).to(self.device)
                 cand_t = torch.from_numpy(cand).to(self.device)
                 g = torch.from_numpy(g).to(self.device)
                 v = torch.from_numpy(v).to(self.device)
                 real = g != PAD
                 mask = (torch.rand(g.shape, generator=gen) < cfg["mask_fraction"]).to(
-                    self.device) & real
+                    self.device
+                ) & real
                 # at least one masked token per cell that has tokens
                 first = torch.zeros_like(mask)
                 n_tok = real.sum(1)
-                pick = (torch.rand(len(g), generator=gen).to(self.device) *
-                        n_tok.clamp(min=1)).long()
+                pick = (
+                    torch.rand(len(g), generator=gen).to(self.device) * n_tok.clamp(min=1)
+                ).long()
                 first[torch.arange(len(g), device=self.device), pick] = True
                 mask = mask | (first & real & (mask.sum(1, keepdim=True) == 0))
                 vin = torch.where(mask, torch.full_like(v, cfg["n_bins"] + 1), v)
@@ -434,9 +499,9 @@ class CellFormer:
                 cl = self.module.cell_logits(cemb, g)[..., 1:]
                 # which of the panel's genes the cell expresses, from the cell embedding
                 pl = self.module.cell_logits(cemb, cand_t[None].expand(len(idx), -1))[..., 0]
-                det = (F.binary_cross_entropy_with_logits(pl, det_t, weight=det_w,
-                                                          reduction="sum")
-                       / det_w.sum().clamp(min=1.0))
+                det = F.binary_cross_entropy_with_logits(
+                    pl, det_t, weight=det_w, reduction="sum"
+                ) / det_w.sum().clamp(min=1.0)
                 if cfg["loss"] == "ce":
                     mlm = F.cross_entropy(logits[mask], target[mask])
                     cell = F.cross_entropy(cl[real], target[real]) + det
@@ -446,8 +511,12 @@ class CellFormer:
                     tv = (target.to(logits.dtype) + 0.5) / cfg["n_bins"]
                     mlm = 12.0 * F.mse_loss(logits[..., 0][mask], tv[mask])
                     cell = 12.0 * F.mse_loss(cl[..., 0][real], tv[real]) + det
-                    pred = (logits[..., 0][mask] * cfg["n_bins"]).floor().clamp(
-                        0, cfg["n_bins"] - 1).long()
+                    pred = (
+                        (logits[..., 0][mask] * cfg["n_bins"])
+                        .floor()
+                        .clamp(0, cfg["n_bins"] - 1)
+                        .long()
+                    )
                 loss = mlm + cfg["cell_loss"] * cell
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -462,9 +531,13 @@ class CellFormer:
                 sums["cell"] += float(cell.detach())
                 sums["batches"] += 1
             nb = max(sums["batches"], 1)
-            rec = {"epoch": e0 + ep + 1, "loss": sums["loss"] / nb, "mlm": sums["mlm"] / nb,
-                       "cell": sums["cell"] / nb,
-                       "accuracy": sums["correct"] / max(sums["masked"], 1)}
+            rec = {
+                "epoch": e0 + ep + 1,
+                "loss": sums["loss"] / nb,
+                "mlm": sums["mlm"] / nb,
+                "cell": sums["cell"] / nb,
+                "accuracy": sums["correct"] / max(sums["masked"], 1),
+            }
             if sums["batches"]:
                 self.history.append(rec)
             if progress is not None and sums["batches"]:
@@ -477,20 +550,20 @@ class CellFormer:
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
-    def _embed_tokens(self, G: np.ndarray, V: np.ndarray, batch_size: int = 512
-                      ) -> np.ndarray:
+    def _embed_tokens(self, G: np.ndarray, V: np.ndarray, batch_size: int = 512) -> np.ndarray:
         self.module.eval()
         out = []
         for s in range(0, len(G), batch_size):
-            g, v = self._trim(G[s:s + batch_size], V[s:s + batch_size])
+            g, v = self._trim(G[s : s + batch_size], V[s : s + batch_size])
             gt = torch.from_numpy(g).to(self.device)
             cls, tok = self.module(gt, torch.from_numpy(v).to(self.device))
             out.append(self.module.cell_embedding(cls, tok, gt).float().cpu().numpy())
         d = self.config["d_model"]
         return np.concatenate(out) if out else np.zeros((0, d), np.float32)
 
-    def get_latent_representation(self, adata: AnnData | None = None,
-                                  write: bool = True) -> np.ndarray:
+    def get_latent_representation(
+        self, adata: AnnData | None = None, write: bool = True
+    ) -> np.ndarray:
         """Cell embeddings (n, d).
 
         Without ``adata``: every cell of the model's sections, stacked in their order;
@@ -521,8 +594,13 @@ class CellFormer:
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         torch.save(state, path / "model.pt")
-        meta = {"format": "napari-brainatlas.cellformer", "version": FORMAT_VERSION,
-                    "config": self.config, "history": self.history, "is_trained": self.is_trained}
+        meta = {
+            "format": "napari-brainatlas.cellformer",
+            "version": FORMAT_VERSION,
+            "config": self.config,
+            "history": self.history,
+            "is_trained": self.is_trained,
+        }
         (path / "config.json").write_text(json.dumps(meta, indent=1))
         (path / "genes.json").write_text(json.dumps(self.genes))
         return path
@@ -535,8 +613,9 @@ class CellFormer:
         files = [path / "model.pt", path / "config.json", path / "genes.json"]
         missing = [f.name for f in files if not f.exists()]
         if missing:
-            raise BrainAtlasInputError(f"{path} is not a CellFormer model folder (lacks "
-                                       f"{', '.join(missing)})")
+            raise BrainAtlasInputError(
+                f"{path} is not a CellFormer model folder (lacks {', '.join(missing)})"
+            )
         try:
             meta = json.loads((path / "config.json").read_text())
             genes = json.loads((path / "genes.json").read_text())
@@ -547,17 +626,17 @@ class CellFormer:
         if int(meta.get("version", 1)) != FORMAT_VERSION:
             raise BrainAtlasInputError(
                 f"{path} holds a CellFormer model of format {meta.get('version', 1)}; this "
-                f"version reads format {FORMAT_VERSION} (train the model again)")
+                f"version reads format {FORMAT_VERSION} (train the model again)"
+            )
         config = dict(meta["config"])
-        model = cls(adatas if adatas is not None else [], genes=genes, device=device,
-                    **config)
+        model = cls(adatas if adatas is not None else [], genes=genes, device=device, **config)
         try:
-            state = torch.load(path / "model.pt", map_location=model.device,
-                               weights_only=True)
+            state = torch.load(path / "model.pt", map_location=model.device, weights_only=True)
             model.module.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - torch raises many types
-            raise BrainAtlasInputError(f"cannot load the weights in {path}: "
-                                       f"{type(exc).__name__}") from None
+            raise BrainAtlasInputError(
+                f"cannot load the weights in {path}: {type(exc).__name__}"
+            ) from None
         model.module.eval()
         model.history = list(meta.get("history", []))
         model.is_trained = bool(meta.get("is_trained", True))

@@ -48,20 +48,29 @@ PAN_NEURONAL = ("Snap25", "Syt1", "Rbfox3")
 
 #: major division -> region programme genes (expressed by every cell there)
 REGION_GENES = {
-    "Isocortex": ("Emx1", "Satb2"), "OLF": ("Omp", "Gng13"), "HPF": ("Zbtb20", "Nr3c2"),
-    "STR": ("Ppp1r1b", "Rgs9"), "PAL": ("Nkx2-1", "Zic1"), "TH": ("Gbx2", "Shox2"),
-    "HY": ("Otp", "Sim1"), "MB": ("Otx2", "Pax7"), "fiber tracts": ("Mobp", "Ermn"),
+    "Isocortex": ("Emx1", "Satb2"),
+    "OLF": ("Omp", "Gng13"),
+    "HPF": ("Zbtb20", "Nr3c2"),
+    "STR": ("Ppp1r1b", "Rgs9"),
+    "PAL": ("Nkx2-1", "Zic1"),
+    "TH": ("Gbx2", "Shox2"),
+    "HY": ("Otp", "Sim1"),
+    "MB": ("Otx2", "Pax7"),
+    "fiber tracts": ("Mobp", "Ermn"),
     "VS": ("Ttr", "Kl"),
 }
-GRADIENT_GENES = {"Nr2f1": ("ap", 1.4), "Cbln2": ("ap", -1.4), "Epha4": ("dv", 1.4),
-                  "Sema3e": ("dv", -1.4)}
+GRADIENT_GENES = {
+    "Nr2f1": ("ap", 1.4),
+    "Cbln2": ("ap", -1.4),
+    "Epha4": ("dv", 1.4),
+    "Sema3e": ("dv", -1.4),
+}
 N_OTHER_GENES = 40
 
 _GLIA = {"Astro": 0.12, "Oligo": 0.08, "OPC": 0.04, "Micro": 0.04, "Endo": 0.05}
 #: fine region acronym -> {cell type: weight}
 COMPOSITION: dict[str, dict[str, float]] = {
-    "CTX1": {"Lamp5": 0.35, "Astro": 0.3, "Micro": 0.1, "Endo": 0.1, "OPC": 0.05,
-             "Oligo": 0.1},
+    "CTX1": {"Lamp5": 0.35, "Astro": 0.3, "Micro": 0.1, "Endo": 0.1, "OPC": 0.05, "Oligo": 0.1},
     "CTX2/3": {"L2/3 IT": 0.5, "Pvalb": 0.08, "Sst": 0.06, **_GLIA},
     "CTX4": {"L4 IT": 0.5, "Pvalb": 0.1, "Sst": 0.05, **_GLIA},
     "CTX5": {"L5 ET": 0.45, "Pvalb": 0.08, "Sst": 0.08, **_GLIA},
@@ -82,7 +91,7 @@ COMPOSITION: dict[str, dict[str, float]] = {
 def gene_universe() -> list[str]:
     """Every gene of the demo (deterministic order)."""
     genes: list[str] = []
-    for (_, markers) in CELL_TYPES.values():
+    for _, markers in CELL_TYPES.values():
         genes += list(markers)
     for m in CLASS_MARKERS.values():
         genes += list(m)
@@ -116,8 +125,9 @@ class ExpressionModel:
                 for g in PAN_NEURONAL:
                     self.type_profile[ti, self.gidx[g]] += 1.8
 
-    def log_mean(self, types: np.ndarray, regions: np.ndarray, ap01: np.ndarray,
-                 dv01: np.ndarray) -> np.ndarray:
+    def log_mean(
+        self, types: np.ndarray, regions: np.ndarray, ap01: np.ndarray, dv01: np.ndarray
+    ) -> np.ndarray:
         """(n, G) log-mean expression for cells of type index ``types`` in major
         ``regions`` at normalised AP / DV positions in [0, 1]."""
         lm = self.baseline[None, :] + self.type_profile[types]

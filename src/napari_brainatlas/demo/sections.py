@@ -39,8 +39,24 @@ DEFAULT_SECTIONS = (
     ("S6_left_AP6300", 6300.0, "left", False),
 )
 #: genes every demo panel measures (the rest are drawn per section)
-CORE_GENES = ("Slc17a7", "Gad1", "Snap25", "Gfap", "Mbp", "Cux2", "Fezf2", "Drd1",
-              "Tcf7l2", "Prox1", "Cldn5", "Cx3cr1", "Emx1", "Pdgfra", "Pvalb", "Otp")
+CORE_GENES = (
+    "Slc17a7",
+    "Gad1",
+    "Snap25",
+    "Gfap",
+    "Mbp",
+    "Cux2",
+    "Fezf2",
+    "Drd1",
+    "Tcf7l2",
+    "Prox1",
+    "Cldn5",
+    "Cx3cr1",
+    "Emx1",
+    "Pdgfra",
+    "Pvalb",
+    "Otp",
+)
 PANEL_FRACTION = 0.55
 
 
@@ -110,8 +126,9 @@ def make_demo_sections(
             comp = COMPOSITION.get(reg, COMPOSITION["TH"])
             names = list(comp)
             p = np.array([comp[t] for t in names], float)
-            ctype[sel] = np.array(names, dtype=object)[rng.choice(len(names), sel.size,
-                                                                   p=p / p.sum())]
+            ctype[sel] = np.array(names, dtype=object)[
+                rng.choice(len(names), sel.size, p=p / p.sum())
+            ]
         tidx = np.array([types.index(t) for t in ctype])
         ccf = sl.to_3d(xy_atlas)
         ap01 = ccf[:, 0] / atlas.shape_um[0]
@@ -160,11 +177,26 @@ def make_demo_sections(
         adata.obsm["ccf_coords_true"] = ccf
         adata.uns["pixel_size_um"] = pixel_size
         adata.uns["demo_truth"] = {
-            "atlas": atlas.name, "plane": "coronal", "position_um": float(ap), "hemisphere": hemi,
-            "rotation_deg": float(theta), "scale": float(scale), "mirrored": bool(mirrored),
-            "pixel_size_um": pixel_size, "affine": affine, "midline": midline, "capture": float(capture),
+            "atlas": atlas.name,
+            "plane": "coronal",
+            "position_um": float(ap),
+            "hemisphere": hemi,
+            "rotation_deg": float(theta),
+            "scale": float(scale),
+            "mirrored": bool(mirrored),
+            "pixel_size_um": pixel_size,
+            "affine": affine,
+            "midline": midline,
+            "capture": float(capture),
             "seed": int(seed),
         }
-        out.append(normalise_section(adata, source=f"demo(seed={seed})", section=name,
-                                     fmt="demo", pixel_size_um=pixel_size))
+        out.append(
+            normalise_section(
+                adata,
+                source=f"demo(seed={seed})",
+                section=name,
+                fmt="demo",
+                pixel_size_um=pixel_size,
+            )
+        )
     return out

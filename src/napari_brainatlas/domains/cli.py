@@ -22,25 +22,51 @@ def add_parser(subparsers) -> None:
         help="connectivity-aware brain domains (SpaCon) of registered sections",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="registered sections (.h5ad, or any format the readers take)")
-    p.add_argument("--connectome", required=True,
-                   help="Oh et al. 2014 workbook (.xlsx: W_ipsi, W_contra, ...) or 'demo'")
-    p.add_argument("--ontology", default=None,
-                   help="structure tree .csv / structure graph .json of the registration atlas "
-                        "(default: the demo ontology, for sections registered to 'demo')")
-    p.add_argument("--alpha", type=float, required=True,
-                   help="0 = spatial embedding only ... 1 = connectivity embedding only")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="registered sections (.h5ad, or any format the readers take)",
+    )
+    p.add_argument(
+        "--connectome",
+        required=True,
+        help="Oh et al. 2014 workbook (.xlsx: W_ipsi, W_contra, ...) or 'demo'",
+    )
+    p.add_argument(
+        "--ontology",
+        default=None,
+        help="structure tree .csv / structure graph .json of the registration atlas "
+        "(default: the demo ontology, for sections registered to 'demo')",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        required=True,
+        help="0 = spatial embedding only ... 1 = connectivity embedding only",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--p-max", type=float, default=None,
-                   help="zero the connectome weights with p-value >= this (e.g. 0.05)")
+    p.add_argument(
+        "--p-max",
+        type=float,
+        default=None,
+        help="zero the connectome weights with p-value >= this (e.g. 0.05)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resolution", type=float, default=0.5, help="Leiden resolution")
-    g.add_argument("--n-domains", type=int, default=None,
-                   help="search the Leiden resolution for this many domains")
-    p.add_argument("--midline-ml", type=float, default=None,
-                   help="ML midline, um (default: 4000 for the demo atlas, 5700 for the CCFv3)")
+    g.add_argument(
+        "--n-domains",
+        type=int,
+        default=None,
+        help="search the Leiden resolution for this many domains",
+    )
+    p.add_argument(
+        "--midline-ml",
+        type=float,
+        default=None,
+        help="ML midline, um (default: 4000 for the demo atlas, 5700 for the CCFv3)",
+    )
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--top-k", type=int, default=4, help="target regions kept per source region")
     p.add_argument("--per-region", type=int, default=3, help="target cells sampled per region")
@@ -78,27 +104,48 @@ def run(args) -> int:
         ontology = Ontology.from_file(args.ontology)
     else:
         if args.midline_ml is None and not all(
-                default_midline_ml(s) == DEMO_MIDLINE_ML_UM for s in sections):
+            default_midline_ml(s) == DEMO_MIDLINE_ML_UM for s in sections
+        ):
             raise BrainAtlasInputError(
                 "these sections are not registered to the demo atlas: give --ontology (the "
-                "CCF structure tree .csv)")
+                "CCF structure tree .csv)"
+            )
         ontology = demo_ontology()
     names = [_section_name(s, i) for i, s in enumerate(sections)]
     if len(set(names)) != len(names):
         names = [f"{n}_{i}" for i, n in enumerate(names)]
-    print(f"{len(sections)} section(s), {sum(s.n_obs for s in sections):,} cells; connectome "
-          f"{Path(str(connectome.source)).name} ({connectome.n_regions} regions)", flush=True)
-    data = prepare(sections, connectome, ontology, midline_ml_um=args.midline_ml,
-                   top_k=args.top_k, per_region=args.per_region, seed=args.seed)
+    print(
+        f"{len(sections)} section(s), {sum(s.n_obs for s in sections):,} cells; connectome "
+        f"{Path(str(connectome.source)).name} ({connectome.n_regions} regions)",
+        flush=True,
+    )
+    data = prepare(
+        sections,
+        connectome,
+        ontology,
+        midline_ml_um=args.midline_ml,
+        top_k=args.top_k,
+        per_region=args.per_region,
+        seed=args.seed,
+    )
     n_conn = int((data.region >= 0).sum())
-    print(f"{len(data.genes)} shared genes; {n_conn:,} cells in "
-          f"{len(set(data.region[data.region >= 0].tolist()))} connectome regions; graphs: "
-          f"spatial {data.spatial.n_edges:,} edges, connectivity {data.connect.n_edges:,} edges",
-          flush=True)
-    model = train(data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                  num_threads=args.threads, log=lambda m: print(m, flush=True))
-    labels = model.domains(args.alpha, resolution=args.resolution, n_domains=args.n_domains,
-                           seed=args.seed)
+    print(
+        f"{len(data.genes)} shared genes; {n_conn:,} cells in "
+        f"{len(set(data.region[data.region >= 0].tolist()))} connectome regions; graphs: "
+        f"spatial {data.spatial.n_edges:,} edges, connectivity {data.connect.n_edges:,} edges",
+        flush=True,
+    )
+    model = train(
+        data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        num_threads=args.threads,
+        log=lambda m: print(m, flush=True),
+    )
+    labels = model.domains(
+        args.alpha, resolution=args.resolution, n_domains=args.n_domains, seed=args.seed
+    )
     write_results(sections, data, model, args.alpha, labels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +153,5 @@ def run(args) -> int:
         path = write_h5ad(s, out / f"{name}.h5ad")
         print(f"wrote {path}")
     model.save(out / "spacon_model")
-    print(f"alpha {args.alpha:g}: {int(labels.max()) + 1} domains; model in "
-          f"{out / 'spacon_model'}")
+    print(f"alpha {args.alpha:g}: {int(labels.max()) + 1} domains; model in {out / 'spacon_model'}")
     return 0

@@ -82,7 +82,8 @@ class Connectome:
             m = np.asarray(m, dtype=float)
             if m.shape != (R, R):
                 raise BrainAtlasInputError(
-                    f"connectome matrix {name} is {m.shape}, expected {(R, R)} for {R} regions")
+                    f"connectome matrix {name} is {m.shape}, expected {(R, R)} for {R} regions"
+                )
             setattr(self, name, m)
         if len(set(self.regions)) != R:
             raise BrainAtlasInputError("connectome has duplicate region acronyms")
@@ -111,16 +112,28 @@ class Connectome:
             raise BrainAtlasInputError("this connectome has no p-values to mask with")
         wi = np.where(np.nan_to_num(self.p_ipsi, nan=1.0) < p_max, self.w_ipsi, 0.0)
         wc = np.where(np.nan_to_num(self.p_contra, nan=1.0) < p_max, self.w_contra, 0.0)
-        return Connectome(self.regions, wi, wc, self.p_ipsi, self.p_contra, self.source,
-                          [*self.notes, f"masked p < {p_max:g}"])
+        return Connectome(
+            self.regions,
+            wi,
+            wc,
+            self.p_ipsi,
+            self.p_contra,
+            self.source,
+            [*self.notes, f"masked p < {p_max:g}"],
+        )
 
     def subset(self, regions) -> Connectome:
         idx = [self._index[r] for r in regions]
         ix = np.ix_(idx, idx)
-        return Connectome(list(regions), self.w_ipsi[ix], self.w_contra[ix],
-                          None if self.p_ipsi is None else self.p_ipsi[ix],
-                          None if self.p_contra is None else self.p_contra[ix],
-                          self.source, list(self.notes))
+        return Connectome(
+            list(regions),
+            self.w_ipsi[ix],
+            self.w_contra[ix],
+            None if self.p_ipsi is None else self.p_ipsi[ix],
+            None if self.p_contra is None else self.p_contra[ix],
+            self.source,
+            list(self.notes),
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -134,7 +147,8 @@ def _sheet(xl: pd.ExcelFile, name: str, path: Path) -> tuple[list[str], list[str
         m = df.iloc[1:, 1:].to_numpy(dtype=float)
     except (TypeError, ValueError):
         raise BrainAtlasInputError(
-            f"sheet {name} of {path.name} holds non-numeric weights") from None
+            f"sheet {name} of {path.name} holds non-numeric weights"
+        ) from None
     return rows, cols, m
 
 
@@ -149,7 +163,8 @@ def _read_oh2014_cached(path: str, mtime: float) -> Connectome:
             if missing:
                 raise BrainAtlasInputError(
                     f"{p.name} lacks sheet(s) {', '.join(missing)} (need W_ipsi and W_contra, "
-                    "as in Oh et al. 2014 Suppl. Table 3)")
+                    "as in Oh et al. 2014 Suppl. Table 3)"
+                )
             sheets = {s: _sheet(xl, s, p) for s in OH2014_SHEETS if s in xl.sheet_names}
     except BrainAtlasInputError:
         raise
@@ -160,12 +175,19 @@ def _read_oh2014_cached(path: str, mtime: float) -> Connectome:
         if rows != regions or cols != regions:
             raise BrainAtlasInputError(
                 f"sheet {s} of {p.name} does not list the same regions in rows and columns "
-                "as W_ipsi")
+                "as W_ipsi"
+            )
     mats = {s: m for s, (_r, _c, m) in sheets.items()}
     for s in ("W_ipsi", "W_contra"):
         mats[s] = np.nan_to_num(mats[s], nan=0.0)
-    return Connectome(regions, mats["W_ipsi"], mats["W_contra"], mats.get("PValue_ipsi"),
-                      mats.get("PValue_contra"), source=str(p))
+    return Connectome(
+        regions,
+        mats["W_ipsi"],
+        mats["W_contra"],
+        mats.get("PValue_ipsi"),
+        mats.get("PValue_contra"),
+        source=str(p),
+    )
 
 
 def read_oh2014(path: str | Path, p_max: float | None = None) -> Connectome:
@@ -273,7 +295,8 @@ def _cell_ids(adata, ontology) -> np.ndarray:
     name = adata.uns.get("napari_brainatlas", {}).get("section", "section")
     raise BrainAtlasInputError(
         f"{name} is not registered (no obs['ccf_id'] or obs['ccf_acronym']): run "
-        "napari-brainatlas register first")
+        "napari-brainatlas register first"
+    )
 
 
 def cell_hemisphere(ccf_coords: np.ndarray, midline_ml_um: float) -> np.ndarray:
@@ -301,8 +324,9 @@ def default_midline_ml(adata) -> float:
     return CCF_MIDLINE_ML_UM
 
 
-def map_cells(adata, ontology, connectome: Connectome, midline_ml_um: float | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def map_cells(
+    adata, ontology, connectome: Connectome, midline_ml_um: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(region row per cell, -1 if none; hemisphere 0/1 per cell) for one registered section.
 
     Needs ``obs['ccf_id']`` or ``obs['ccf_acronym']`` and ``obsm['ccf_coords']``.
@@ -311,7 +335,9 @@ def map_cells(adata, ontology, connectome: Connectome, midline_ml_um: float | No
     if "ccf_coords" not in adata.obsm:
         name = adata.uns.get("napari_brainatlas", {}).get("section", "section")
         raise BrainAtlasInputError(
-            f"{name} has no obsm['ccf_coords']: run napari-brainatlas register first")
+            f"{name} has no obsm['ccf_coords']: run napari-brainatlas register first"
+        )
     mid = default_midline_ml(adata) if midline_ml_um is None else float(midline_ml_um)
     return map_structures(ids, ontology, connectome), cell_hemisphere(
-        np.asarray(adata.obsm["ccf_coords"]), mid)
+        np.asarray(adata.obsm["ccf_coords"]), mid
+    )

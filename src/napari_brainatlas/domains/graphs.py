@@ -83,9 +83,16 @@ def spatial_graph(coords: np.ndarray, k: int = 8, groups: np.ndarray | None = No
     return Graph(key % n, key // n, n)
 
 
-def connectivity_graph(region: np.ndarray, hemi: np.ndarray, w_ipsi: np.ndarray,
-                       w_contra: np.ndarray, top_k: int = 4, per_region: int = 3,
-                       seed: int = 0, min_weight: float = 0.0) -> Graph:
+def connectivity_graph(
+    region: np.ndarray,
+    hemi: np.ndarray,
+    w_ipsi: np.ndarray,
+    w_contra: np.ndarray,
+    top_k: int = 4,
+    per_region: int = 3,
+    seed: int = 0,
+    min_weight: float = 0.0,
+) -> Graph:
     """Sparsified cell-cell connectivity graph (see the module docstring).
 
     ``region`` (n,) connectome row per cell (-1: none), ``hemi`` (n,) 0/1. For each
@@ -107,7 +114,7 @@ def connectivity_graph(region: np.ndarray, hemi: np.ndarray, w_ipsi: np.ndarray,
         keys, starts = np.unique(gid[cells], return_index=True)
         bounds = np.append(starts, len(cells))
         for i, g in enumerate(keys):
-            members[int(g)] = cells[bounds[i]:bounds[i + 1]]
+            members[int(g)] = cells[bounds[i] : bounds[i + 1]]
     present = np.array(sorted(members), dtype=np.int64)
     src_l, dst_l, w_l = [], [], []
     for g, cells in members.items():

@@ -43,8 +43,15 @@ class GATLayer(nn.Module):
     connection weights).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, heads: int = 1, concat: bool = True,
-                 negative_slope: float = 0.2, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        heads: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.heads, self.out_dim, self.concat = heads, out_dim, concat
         self.lin = nn.Linear(in_dim, heads * out_dim, bias=False)
@@ -57,27 +64,34 @@ class GATLayer(nn.Module):
         nn.init.xavier_uniform_(self.att_src)
         nn.init.xavier_uniform_(self.att_dst)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, n_dst: int | None = None,
-                edge_bias: torch.Tensor | None = None, return_attention: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        n_dst: int | None = None,
+        edge_bias: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ):
         n_dst = x.shape[0] if n_dst is None else int(n_dst)
         H, C = self.heads, self.out_dim
         src, dst = edge_index[0], edge_index[1]
-        h = self.lin(x).view(-1, H, C)                                  # (N, H, C)
-        a_src = (h * self.att_src).sum(-1)                              # (N, H)
-        a_dst = (h[:n_dst] * self.att_dst).sum(-1)                      # (n_dst, H)
+        h = self.lin(x).view(-1, H, C)  # (N, H, C)
+        a_src = (h * self.att_src).sum(-1)  # (N, H)
+        a_dst = (h[:n_dst] * self.att_dst).sum(-1)  # (n_dst, H)
         e = nn.functional.leaky_relu(a_src[src] + a_dst[dst], self.negative_slope)
         if edge_bias is not None:
             e = e + edge_bias.view(-1, 1)
         # softmax over each destination's incoming edges
         emax = torch.full((n_dst, H), float("-inf"), dtype=e.dtype, device=e.device)
-        emax = emax.scatter_reduce(0, dst.view(-1, 1).expand(-1, H), e.detach(), reduce="amax",
-                                   include_self=True)
+        emax = emax.scatter_reduce(
+            0, dst.view(-1, 1).expand(-1, H), e.detach(), reduce="amax", include_self=True
+        )
         ex = torch.exp(e - emax[dst])
         den = torch.zeros((n_dst, H), dtype=e.dtype, device=e.device).index_add_(0, dst, ex)
         att = ex / den[dst].clamp_min(1e-16)
         if self.dropout and self.training:
             att = nn.functional.dropout(att, self.dropout)
-        msg = h[src] * att.unsqueeze(-1)                                # (E, H, C)
+        msg = h[src] * att.unsqueeze(-1)  # (E, H, C)
         out = torch.zeros((n_dst, H, C), dtype=h.dtype, device=h.device).index_add_(0, dst, msg)
         out = out.reshape(n_dst, H * C) if self.concat else out.mean(1)
         out = out + self.bias
@@ -101,12 +115,15 @@ class SpaConNet(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int = 64, latent: int = 16, heads: int = 2):
         super().__init__()
-        self.config = {"in_dim": int(in_dim), "hidden": int(hidden), "latent": int(latent),
-                           "heads": int(heads)}
+        self.config = {
+            "in_dim": int(in_dim),
+            "hidden": int(hidden),
+            "latent": int(latent),
+            "heads": int(heads),
+        }
         self.enc_spatial = Encoder(in_dim, hidden, latent, heads)
         self.enc_connect = Encoder(in_dim, hidden, latent, heads)
-        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ELU(),
-                                     nn.Linear(hidden, in_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ELU(), nn.Linear(hidden, in_dim))
 
     def encode(self, xs, es, ns, xc, ec, nc, bias_c=None):
         return self.enc_spatial(xs, es, ns), self.enc_connect(xc, ec, nc, bias_c)

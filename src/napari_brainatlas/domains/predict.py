@@ -56,12 +56,12 @@ def _ridge_fit(X: np.ndarray, Y: np.ndarray, alphas=ALPHAS):
     best = None
     n = len(X)
     for a in alphas:
-        d = s / (s ** 2 + a)
+        d = s / (s**2 + a)
         coef = Vt.T @ (d[:, None] * UtY)
-        H = (U * (s ** 2 / (s ** 2 + a))) @ U.T
+        H = (U * (s**2 / (s**2 + a))) @ U.T
         h = np.diag(H) + 1.0 / n  # centring adds 1/n to the leverage
         resid = (Yc - Xs @ coef) / np.maximum(1 - h, 1e-6)[:, None]
-        err = float((resid ** 2).sum())
+        err = float((resid**2).sum())
         if best is None or err < best[0]:
             best = (err, coef, a)
     return best[1], mu, sd, ym, best[2]
@@ -88,12 +88,18 @@ def ridge_cv_r2(X, Y, n_folds: int = 5, seed: int = 0, alphas=ALPHAS) -> dict:
     col_tot = ((Y - Y.mean(0)) ** 2).sum(0)
     ok = col_tot > 0
     per = 1 - ((Y - pred) ** 2).sum(0)[ok] / col_tot[ok]
-    return {"r2": float(r2), "r2_per_target_mean": float(per.mean()) if ok.any() else
-            float("nan"), "pred": pred, "alphas": chosen, "folds": len(folds)}
+    return {
+        "r2": float(r2),
+        "r2_per_target_mean": float(per.mean()) if ok.any() else float("nan"),
+        "pred": pred,
+        "alphas": chosen,
+        "folds": len(folds),
+    }
 
 
-def region_means(values: np.ndarray, region: np.ndarray, connectome: Connectome,
-                 min_cells: int = 1) -> pd.DataFrame:
+def region_means(
+    values: np.ndarray, region: np.ndarray, connectome: Connectome, min_cells: int = 1
+) -> pd.DataFrame:
     """Mean of ``values`` (n, k) per connectome region (rows: regions with >= min_cells)."""
     values = np.asarray(values, float)
     region = np.asarray(region)
@@ -114,9 +120,15 @@ def connectivity_targets(connectome: Connectome, regions, contra: bool = True) -
     return np.log1p(Y)
 
 
-def predict_connectivity(region_expression: pd.DataFrame, connectome: Connectome,
-                         embedding: pd.DataFrame | None = None, *, contra: bool = True,
-                         n_folds: int = 5, seed: int = 0) -> dict:
+def predict_connectivity(
+    region_expression: pd.DataFrame,
+    connectome: Connectome,
+    embedding: pd.DataFrame | None = None,
+    *,
+    contra: bool = True,
+    n_folds: int = 5,
+    seed: int = 0,
+) -> dict:
     """Cross-validated R^2 of predicting each region's W row from its mean expression,
     without and (if ``embedding``: regions x k region means of z) with the embedding."""
     regions = [r for r in region_expression.index if connectome.index(r) >= 0]
@@ -124,11 +136,15 @@ def predict_connectivity(region_expression: pd.DataFrame, connectome: Connectome
         regions = [r for r in regions if r in embedding.index]
     if len(regions) < 3:
         raise BrainAtlasInputError(
-            f"only {len(regions)} connectome region(s) have expression: need at least 3")
+            f"only {len(regions)} connectome region(s) have expression: need at least 3"
+        )
     Y = connectivity_targets(connectome, regions, contra)
     Xe = region_expression.loc[regions].to_numpy(float)
-    out = {"regions": regions, "n_regions": len(regions),
-           "expression": ridge_cv_r2(Xe, Y, n_folds, seed)}
+    out = {
+        "regions": regions,
+        "n_regions": len(regions),
+        "expression": ridge_cv_r2(Xe, Y, n_folds, seed),
+    }
     if embedding is not None:
         Xz = np.hstack([Xe, embedding.loc[regions].to_numpy(float)])
         out["expression+embedding"] = ridge_cv_r2(Xz, Y, n_folds, seed)
@@ -144,5 +160,10 @@ def connectome_without_rows(connectome: Connectome, regions) -> Connectome:
         if i >= 0:
             wi[i] = 0.0
             wc[i] = 0.0
-    return Connectome(connectome.regions, wi, wc, source=connectome.source,
-                      notes=[*connectome.notes, f"rows held out: {', '.join(regions)}"])
+    return Connectome(
+        connectome.regions,
+        wi,
+        wc,
+        source=connectome.source,
+        notes=[*connectome.notes, f"rows held out: {', '.join(regions)}"],
+    )

@@ -60,18 +60,18 @@ class TrainingCancelled(RuntimeError):
 class SpaConData:
     """Everything training needs, over all cells of all sections (concatenated)."""
 
-    features: np.ndarray          # (n, d) float32
-    region: np.ndarray            # (n,) connectome row, -1: none
-    hemi: np.ndarray              # (n,) 0/1
-    coords: np.ndarray            # (n, 3) CCF um
+    features: np.ndarray  # (n, d) float32
+    region: np.ndarray  # (n,) connectome row, -1: none
+    hemi: np.ndarray  # (n,) 0/1
+    coords: np.ndarray  # (n, 3) CCF um
     spatial: Graph
     connect: Graph
     connectome: Connectome
-    section_index: np.ndarray     # (n,) which section
+    section_index: np.ndarray  # (n,) which section
     sections: list = field(default_factory=list)
     genes: list = field(default_factory=list)
-    region_expression: pd.DataFrame | None = None   # matrix regions present x genes
-    region_cells: pd.Series | None = None           # cells per present region
+    region_expression: pd.DataFrame | None = None  # matrix regions present x genes
+    region_cells: pd.Series | None = None  # cells per present region
     notes: list = field(default_factory=list)
 
     @property
@@ -107,11 +107,23 @@ def _pca(Z: np.ndarray, n_pcs: int) -> np.ndarray:
     return (Z @ top.astype(np.float32)).astype(np.float32)
 
 
-def prepare_arrays(expr: np.ndarray, coords: np.ndarray, region: np.ndarray, hemi: np.ndarray,
-                   connectome: Connectome, section_index: np.ndarray | None = None, *,
-                   n_pcs: int = 30, k_spatial: int = 8, top_k: int = 4, per_region: int = 3,
-                   center_sections: bool = False, seed: int = 0, genes=None,
-                   sections=None) -> SpaConData:
+def prepare_arrays(
+    expr: np.ndarray,
+    coords: np.ndarray,
+    region: np.ndarray,
+    hemi: np.ndarray,
+    connectome: Connectome,
+    section_index: np.ndarray | None = None,
+    *,
+    n_pcs: int = 30,
+    k_spatial: int = 8,
+    top_k: int = 4,
+    per_region: int = 3,
+    center_sections: bool = False,
+    seed: int = 0,
+    genes=None,
+    sections=None,
+) -> SpaConData:
     """:class:`SpaConData` from arrays: ``expr`` (n, G) log-normalised expression."""
     expr = np.asarray(expr, dtype=np.float32)
     n = len(expr)
@@ -128,8 +140,9 @@ def prepare_arrays(expr: np.ndarray, coords: np.ndarray, region: np.ndarray, hem
         np.add.at(sums, inv, expr[ok])
         cnt = np.bincount(inv)
         names = [connectome.regions[c] for c in codes]
-        reg_df = pd.DataFrame(sums / cnt[:, None], index=names,
-                              columns=list(genes) if genes is not None else None)
+        reg_df = pd.DataFrame(
+            sums / cnt[:, None], index=names, columns=list(genes) if genes is not None else None
+        )
         reg_n = pd.Series(cnt, index=names)
     Z = expr.copy()
     if center_sections:
@@ -142,19 +155,48 @@ def prepare_arrays(expr: np.ndarray, coords: np.ndarray, region: np.ndarray, hem
     feats = _pca(Z, n_pcs)
     feats /= max(float(feats.std()), 1e-6)
     sgraph = spatial_graph(coords, k=k_spatial)
-    cgraph = connectivity_graph(region, hemi, connectome.w_ipsi, connectome.w_contra,
-                                top_k=top_k, per_region=per_region, seed=seed)
+    cgraph = connectivity_graph(
+        region,
+        hemi,
+        connectome.w_ipsi,
+        connectome.w_contra,
+        top_k=top_k,
+        per_region=per_region,
+        seed=seed,
+    )
     notes = []
     if not ok.any():
         notes.append("no cell maps to a connectome region: the connectivity graph is empty")
-    return SpaConData(feats.astype(np.float32), region, hemi, np.asarray(coords, float),
-                      sgraph, cgraph, connectome, sec, list(sections or ["section"]),
-                      list(genes) if genes is not None else [], reg_df, reg_n, notes)
+    return SpaConData(
+        feats.astype(np.float32),
+        region,
+        hemi,
+        np.asarray(coords, float),
+        sgraph,
+        cgraph,
+        connectome,
+        sec,
+        list(sections or ["section"]),
+        list(genes) if genes is not None else [],
+        reg_df,
+        reg_n,
+        notes,
+    )
 
 
-def prepare(sections, connectome: Connectome, ontology, *, midline_ml_um: float | None = None,
-            n_pcs: int = 30, k_spatial: int = 8, top_k: int = 4, per_region: int = 3,
-            center_sections: bool = False, seed: int = 0) -> SpaConData:
+def prepare(
+    sections,
+    connectome: Connectome,
+    ontology,
+    *,
+    midline_ml_um: float | None = None,
+    n_pcs: int = 30,
+    k_spatial: int = 8,
+    top_k: int = 4,
+    per_region: int = 3,
+    center_sections: bool = False,
+    seed: int = 0,
+) -> SpaConData:
     """Map the connectome onto registered sections and build features and both graphs.
 
     Every section needs ``obs['ccf_id']`` (or ``obs['ccf_acronym']``) and
@@ -178,18 +220,31 @@ def prepare(sections, connectome: Connectome, ontology, *, midline_ml_um: float 
         hemis.append(h)
         secs.append(np.full(ad.n_obs, i))
         meta = ad.uns.get("napari_brainatlas", {})
-        names.append(str(meta.get("section", f"section{i}")) if isinstance(meta, dict)
-                     else f"section{i}")
+        names.append(
+            str(meta.get("section", f"section{i}")) if isinstance(meta, dict) else f"section{i}"
+        )
     region = np.concatenate(regs)
     if not (region >= 0).any():
         raise BrainAtlasInputError(
             "no cell lies in a connectome region: check that the ontology matches the "
-            "registration atlas and the connectome's acronyms")
-    return prepare_arrays(np.concatenate(exprs), np.concatenate(coords), region,
-                          np.concatenate(hemis), connectome, np.concatenate(secs),
-                          n_pcs=n_pcs, k_spatial=k_spatial, top_k=top_k,
-                          per_region=per_region, center_sections=center_sections, seed=seed,
-                          genes=genes, sections=names)
+            "registration atlas and the connectome's acronyms"
+        )
+    return prepare_arrays(
+        np.concatenate(exprs),
+        np.concatenate(coords),
+        region,
+        np.concatenate(hemis),
+        connectome,
+        np.concatenate(secs),
+        n_pcs=n_pcs,
+        k_spatial=k_spatial,
+        top_k=top_k,
+        per_region=per_region,
+        center_sections=center_sections,
+        seed=seed,
+        genes=genes,
+        sections=names,
+    )
 
 
 # --------------------------------------------------------------------------- batches
@@ -243,11 +298,25 @@ class SpaConModel:
         f = np.float32(mix_weight(alpha))
         return (1 - f) * self.z_spatial + f * self.z_connect
 
-    def domains(self, alpha: float, *, resolution: float = 0.5, n_domains: int | None = None,
-                k: int = 15, seed: int = 0, max_cluster_cells: int = 20_000) -> np.ndarray:
+    def domains(
+        self,
+        alpha: float,
+        *,
+        resolution: float = 0.5,
+        n_domains: int | None = None,
+        k: int = 15,
+        seed: int = 0,
+        max_cluster_cells: int = 20_000,
+    ) -> np.ndarray:
         """Leiden domains of the mixed embedding at ``alpha`` (no retraining)."""
-        return leiden_domains(self.mix(alpha), resolution=resolution, n_domains=n_domains,
-                              k=k, seed=seed, max_cluster_cells=max_cluster_cells)
+        return leiden_domains(
+            self.mix(alpha),
+            resolution=resolution,
+            n_domains=n_domains,
+            k=k,
+            seed=seed,
+            max_cluster_cells=max_cluster_cells,
+        )
 
     def save(self, folder) -> None:
         """Weights (torch.save of the state dict), config JSON, both embeddings (.npy)."""
@@ -257,8 +326,9 @@ class SpaConModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.net.state_dict(), folder / "spacon_weights.pt")
-        (folder / "spacon_config.json").write_text(json.dumps(
-            {"net": self.net.config, **self.config, "history": self.history}, indent=1))
+        (folder / "spacon_config.json").write_text(
+            json.dumps({"net": self.net.config, **self.config, "history": self.history}, indent=1)
+        )
         np.save(folder / "z_spatial.npy", self.z_spatial)
         np.save(folder / "z_connect.npy", self.z_connect)
 
@@ -280,10 +350,22 @@ def embed(net: SpaConNet, data: SpaConData, chunk: int = 20_000) -> tuple[np.nda
     return np.concatenate(zs), np.concatenate(zc)
 
 
-def train(data: SpaConData, *, epochs: int = 30, batch_size: int = 1024, lr: float = 2e-3,
-          hidden: int = 64, latent: int = 16, heads: int = 2, seed: int = 0,
-          steps_per_epoch: int | None = None, progress=None, cancel=None,
-          log=None, num_threads: int | None = None) -> SpaConModel:
+def train(
+    data: SpaConData,
+    *,
+    epochs: int = 30,
+    batch_size: int = 1024,
+    lr: float = 2e-3,
+    hidden: int = 64,
+    latent: int = 16,
+    heads: int = 2,
+    seed: int = 0,
+    steps_per_epoch: int | None = None,
+    progress=None,
+    cancel=None,
+    log=None,
+    num_threads: int | None = None,
+) -> SpaConModel:
     """Train the autoencoder with neighbour-sampled mini-batches; returns both embeddings.
 
     ``progress(epoch, n_epochs, loss)`` after every epoch; ``cancel()`` is polled every
@@ -297,14 +379,38 @@ def train(data: SpaConData, *, epochs: int = 30, batch_size: int = 1024, lr: flo
     if num_threads:
         torch.set_num_threads(int(num_threads))
     try:
-        return _train(data, epochs, batch_size, lr, hidden, latent, heads, seed,
-                      steps_per_epoch, progress, cancel, log)
+        return _train(
+            data,
+            epochs,
+            batch_size,
+            lr,
+            hidden,
+            latent,
+            heads,
+            seed,
+            steps_per_epoch,
+            progress,
+            cancel,
+            log,
+        )
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(data, epochs, batch_size, lr, hidden, latent, heads, seed, steps_per_epoch,
-           progress, cancel, log) -> SpaConModel:
+def _train(
+    data,
+    epochs,
+    batch_size,
+    lr,
+    hidden,
+    latent,
+    heads,
+    seed,
+    steps_per_epoch,
+    progress,
+    cancel,
+    log,
+) -> SpaConModel:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = data.n_cells
@@ -325,7 +431,7 @@ def _train(data, epochs, batch_size, lr, hidden, latent, heads, seed, steps_per_
         for st in range(n_steps):
             if cancel is not None and cancel():
                 raise TrainingCancelled("training cancelled")
-            seeds = perm[st * bs:(st + 1) * bs]
+            seeds = perm[st * bs : (st + 1) * bs]
             ns, es, _ = ss.batch(seeds)
             nc, ec, bc = sc.batch(seeds)
             zs, zc = net.encode(X[ns], es, seeds.size, X[nc], ec, seeds.size, bc)
@@ -346,8 +452,15 @@ def _train(data, epochs, batch_size, lr, hidden, latent, heads, seed, steps_per_
         if log is not None:
             log(f"epoch {ep + 1}/{epochs}: loss {history[-1]:.4f} ({secs[-1]:.2f} s)")
     zs, zc = embed(net, data)
-    cfg = {"epochs": epochs, "batch_size": bs, "lr": lr, "seed": seed,
-               "connectome": data.connectome.source, "n_cells": n, "genes": len(data.genes)}
+    cfg = {
+        "epochs": epochs,
+        "batch_size": bs,
+        "lr": lr,
+        "seed": seed,
+        "connectome": data.connectome.source,
+        "n_cells": n,
+        "genes": len(data.genes),
+    }
     return SpaConModel(net, zs, zc, history, secs, cfg)
 
 
@@ -359,8 +472,12 @@ def _leiden_once(g, weights, resolution: float, seed: int) -> np.ndarray:
     state = random.getstate()
     random.seed(int(seed))
     try:
-        part = g.community_leiden(objective_function="modularity", weights=weights,
-                                  resolution=float(resolution), n_iterations=2)
+        part = g.community_leiden(
+            objective_function="modularity",
+            weights=weights,
+            resolution=float(resolution),
+            n_iterations=2,
+        )
     finally:
         random.setstate(state)
     return np.asarray(part.membership, dtype=np.int64)
@@ -384,8 +501,9 @@ def _knn_igraph(z: np.ndarray, k: int):
     return g, A.data
 
 
-def _assign_by_prototypes(z: np.ndarray, zsub: np.ndarray, lab: np.ndarray, rng,
-                          per_domain: int = 64) -> np.ndarray:
+def _assign_by_prototypes(
+    z: np.ndarray, zsub: np.ndarray, lab: np.ndarray, rng, per_domain: int = 64
+) -> np.ndarray:
     """Domain of every cell = that of its nearest prototype (up to ``per_domain`` random
     clustered cells per domain)."""
     from scipy.spatial import cKDTree
@@ -399,8 +517,15 @@ def _assign_by_prototypes(z: np.ndarray, zsub: np.ndarray, lab: np.ndarray, rng,
     return lab[protos][nn]
 
 
-def leiden_domains(z: np.ndarray, *, resolution: float = 0.5, n_domains: int | None = None,
-                   k: int = 15, seed: int = 0, max_cluster_cells: int = 20_000) -> np.ndarray:
+def leiden_domains(
+    z: np.ndarray,
+    *,
+    resolution: float = 0.5,
+    n_domains: int | None = None,
+    k: int = 15,
+    seed: int = 0,
+    max_cluster_cells: int = 20_000,
+) -> np.ndarray:
     """Leiden clusters of a kNN graph of ``z``; domain 0 is the largest.
 
     ``n_domains``: search the resolution (bisection, log scale) for that many domains.
@@ -410,8 +535,11 @@ def leiden_domains(z: np.ndarray, *, resolution: float = 0.5, n_domains: int | N
     if n == 0:
         return np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
-    sub = np.arange(n) if n <= max_cluster_cells else np.sort(
-        rng.choice(n, max_cluster_cells, replace=False))
+    sub = (
+        np.arange(n)
+        if n <= max_cluster_cells
+        else np.sort(rng.choice(n, max_cluster_cells, replace=False))
+    )
     g, w = _knn_igraph(z[sub], k)
     if n_domains is None:
         lab = _leiden_once(g, w, resolution, seed)
@@ -442,8 +570,9 @@ def leiden_domains(z: np.ndarray, *, resolution: float = 0.5, n_domains: int | N
 
 
 # --------------------------------------------------------------------------- results
-def write_results(sections, data: SpaConData, model: SpaConModel, alpha: float,
-                  labels: np.ndarray) -> None:
+def write_results(
+    sections, data: SpaConData, model: SpaConModel, alpha: float, labels: np.ndarray
+) -> None:
     """Write ``obs['spacon_domain']`` (categorical), ``obsm['X_spacon']`` (the mix at
     ``alpha``), ``obsm['X_spacon_spatial']``, ``obsm['X_spacon_connect']`` and
     ``uns['spacon']`` into each section (in place)."""
@@ -461,7 +590,7 @@ def write_results(sections, data: SpaConData, model: SpaConModel, alpha: float,
             "alpha": float(alpha),
             "f": float(mix_weight(alpha)),
             "mix": "X_spacon = (1 - f) * X_spacon_spatial + f * X_spacon_connect, "
-                   "f = (exp(-4 alpha) - 1) / (exp(-4) - 1)",
+            "f = (exp(-4 alpha) - 1) / (exp(-4) - 1)",
             "connectome": str(data.connectome.source),
             "n_domains": len(cats),
             "epochs": int(model.config.get("epochs", 0)),

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
+from .coords import SECTION_KEYS, find_coordinates, pixel_size_from_file
 
 __all__ = ["CHUNK_NNZ", "backed_sections", "gene_values", "iter_chunks", "section_rows"]
 
@@ -38,8 +39,6 @@ _COLUMN_CACHE_SIZE = 8
 def backed_sections(adata: AnnData, path: Path, pixel_size_um, section_key, fmt) -> list[AnnData]:
     """Sections of a backed AnnData: the file's own object when it holds one section,
     else one view per section (rows in file order), all sharing the on-disk X."""
-    from .readers import SECTION_KEYS, _pixel_size_from_file, find_coordinates
-
     if adata.n_obs == 0:
         raise BrainAtlasInputError(f"{path.name}: the section has zero cells")
     if not adata.var_names.is_unique:
@@ -49,7 +48,7 @@ def backed_sections(adata: AnnData, path: Path, pixel_size_um, section_key, fmt)
     xy, where = find_coordinates(adata)
     if not np.isfinite(xy).all():
         raise BrainAtlasInputError(f"{path.name}: some cells have NaN or infinite coordinates")
-    px = float(pixel_size_um) if pixel_size_um is not None else _pixel_size_from_file(adata)
+    px = float(pixel_size_um) if pixel_size_um is not None else pixel_size_from_file(adata)
     adata.obsm["spatial"] = xy * px
     key = section_key or next((k for k in SECTION_KEYS if k in adata.obs.columns), None)
     names = adata.obs[key].astype(str).to_numpy() if key else None
@@ -57,8 +56,13 @@ def backed_sections(adata: AnnData, path: Path, pixel_size_um, section_key, fmt)
     default = str(old.get("section", path.stem)) if isinstance(old, dict) else path.stem
     labels = pd.Categorical(names if names is not None else np.full(adata.n_obs, default))
     adata.obs["section"] = labels
-    meta = {"source": str(path), "coords_from": where, "pixel_size_um": px, "format": fmt,
-            "backed": True}
+    meta = {
+        "source": str(path),
+        "coords_from": where,
+        "pixel_size_um": px,
+        "format": fmt,
+        "backed": True,
+    }
     if len(labels.categories) <= 1:
         meta["section"] = str(labels.categories[0]) if len(labels.categories) else default
         adata.uns["napari_brainatlas"] = meta
@@ -70,7 +74,7 @@ def backed_sections(adata: AnnData, path: Path, pixel_size_um, section_key, fmt)
     first = pd.unique(codes)
     order = np.argsort(codes, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(labels.categories)))])
-    return [adata[np.sort(order[bounds[c]:bounds[c + 1]])] for c in first]
+    return [adata[np.sort(order[bounds[c] : bounds[c + 1]])] for c in first]
 
 
 def section_rows(adata: AnnData) -> tuple[AnnData, np.ndarray | None]:
@@ -120,7 +124,7 @@ def _h5_column(filename, key: str, j: int, n: int) -> np.ndarray:
             out = np.empty(n, dtype=np.float32)
             step = max(1, CHUNK_NNZ // max(1, int(node.shape[1])))
             for lo in range(0, n, step):
-                out[lo:lo + step] = node[lo:lo + step, :][:, j]
+                out[lo : lo + step] = node[lo : lo + step, :][:, j]
             return out
         enc = node.attrs.get("encoding-type", "")
         enc = enc.decode() if isinstance(enc, bytes) else str(enc)
@@ -177,8 +181,10 @@ def gene_values(adata: AnnData, gene: str, layer: str | None = None) -> np.ndarr
             if col is not None:
                 return col.copy() if rows is None else col[rows]
     X = adata.layers[layer] if layer else adata.X
-    if isinstance(X, (sp.csr_matrix, getattr(sp, "csr_array", sp.csr_matrix))) and \
-            not adata.is_view:
+    if (
+        isinstance(X, (sp.csr_matrix, getattr(sp, "csr_array", sp.csr_matrix)))
+        and not adata.is_view
+    ):
         return _csr_column(X.indptr, X.indices, X.data, j, X.shape[0])
     col = X[:, j]
     if sp.issparse(col):
@@ -210,11 +216,15 @@ def iter_chunks(adata: AnnData, genes=None, chunk_size: int = 100_000, layer: st
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
         if backed:
-            src_rows = np.arange(start, stop) if rows_in_parent is None else \
-                rows_in_parent[start:stop]
+            src_rows = (
+                np.arange(start, stop) if rows_in_parent is None else rows_in_parent[start:stop]
+            )
             X = parent.layers[layer] if layer else parent.X
-            part = X[src_rows] if not _contiguous(src_rows) else \
-                X[int(src_rows[0]):int(src_rows[-1]) + 1]
+            part = (
+                X[src_rows]
+                if not _contiguous(src_rows)
+                else X[int(src_rows[0]) : int(src_rows[-1]) + 1]
+            )
         else:
             X = adata.layers[layer] if layer else adata.X
             part = X[start:stop]

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
+from .coords import COORD_PAIRS, SECTION_KEYS, find_coordinates, is_visium, pixel_size_from_file
 from .validate import is_integer_matrix, validate_section
 
 __all__ = [
@@ -36,13 +37,8 @@ __all__ = [
     "read_sections",
 ]
 
-#: obs columns that name the section of each cell in multi-section files
-SECTION_KEYS = ("section", "slice", "brain_section_label", "section_id", "slice_id")
 #: file suffixes the readers accept
 SUFFIXES = (".h5ad", ".loom", ".csv", ".csv.gz", ".tsv", ".txt")
-
-_COORD_PAIRS = (("x", "y"), ("center_x", "center_y"), ("X", "Y"), ("x_um", "y_um"),
-                ("xcoord", "ycoord"), ("imagecol", "imagerow"))
 
 
 def read_sections(
@@ -70,8 +66,7 @@ def read_sections(
         if p.is_dir():
             return read_csv_sections(p, pixel_size_um=pixel_size_um)
         if name.endswith(".h5ad"):
-            return read_h5ad(p, pixel_size_um=pixel_size_um, section_key=section_key,
-                             backed=backed)
+            return read_h5ad(p, pixel_size_um=pixel_size_um, section_key=section_key, backed=backed)
         if name.endswith(".loom"):
             return read_loom(p, pixel_size_um=pixel_size_um)
         if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
@@ -88,35 +83,6 @@ def read_sections(
 def _short(exc: Exception) -> str:
     msg = str(exc).strip().splitlines()
     return (msg[0] if msg else type(exc).__name__)[:200]
-
-
-# --------------------------------------------------------------------- coordinates
-def find_coordinates(adata: AnnData) -> tuple[np.ndarray, str]:
-    """Locate cell coordinates: obsm['spatial'] first, then obs column pairs.
-
-    Returns the (n, 2) array in the file's units and where it was found.
-    """
-    for key in ("spatial", "X_spatial", "spatial_um"):
-        if key in adata.obsm:
-            xy = np.asarray(adata.obsm[key])
-            if xy.ndim == 2 and xy.shape[1] >= 2:
-                return _as_float_xy(xy[:, :2], f"obsm['{key}']"), f"obsm['{key}']"
-    cols = set(adata.obs.columns)
-    for cx, cy in _COORD_PAIRS:
-        if cx in cols and cy in cols:
-            xy = np.column_stack([adata.obs[cx].to_numpy(), adata.obs[cy].to_numpy()])
-            return _as_float_xy(xy, f"obs {cx}/{cy}"), f"obs['{cx}'], obs['{cy}']"
-    raise BrainAtlasInputError(
-        "no cell coordinates found (looked for obsm['spatial'] and obs x/y, center_x/center_y, "
-        "X/Y)"
-    )
-
-
-def _as_float_xy(xy: np.ndarray, where: str) -> np.ndarray:
-    try:
-        return np.asarray(xy, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BrainAtlasInputError(f"coordinates in {where} are not numeric") from None
 
 
 # --------------------------------------------------------------------- normalise
@@ -136,7 +102,7 @@ def normalise_section(
     if coords is None:
         coords, coords_from = find_coordinates(adata)
     if pixel_size_um is None:
-        pixel_size_um = _pixel_size_from_file(adata)
+        pixel_size_um = pixel_size_from_file(adata)
     pixel_size_um = float(pixel_size_um)
     if not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
         raise BrainAtlasInputError(f"pixel size must be a positive number, not {pixel_size_um}")
@@ -161,33 +127,15 @@ def normalise_section(
             adata.layers["counts"] = adata.X
     adata.obs["section"] = pd.Categorical([section] * adata.n_obs)
     meta = dict(adata.uns.get("napari_brainatlas", {}))
-    meta.update(source=str(source), section=str(section), coords_from=str(coords_from),
-                pixel_size_um=pixel_size_um, format=fmt)
+    meta.update(
+        source=str(source),
+        section=str(section),
+        coords_from=str(coords_from),
+        pixel_size_um=pixel_size_um,
+        format=fmt,
+    )
     adata.uns["napari_brainatlas"] = meta
     return adata
-
-
-def _pixel_size_from_file(adata: AnnData) -> float:
-    meta = adata.uns.get("napari_brainatlas")
-    if isinstance(meta, dict) and "coords_from" in meta and "spatial" in adata.obsm:
-        return 1.0  # written by this package: obsm['spatial'] is already in um
-    if "pixel_size_um" in adata.uns:
-        return float(adata.uns["pixel_size_um"])
-    # Visium: spots are 55 um across
-    spatial = adata.uns.get("spatial")
-    if isinstance(spatial, dict):
-        for lib in spatial.values():
-            sf = lib.get("scalefactors", {}) if isinstance(lib, dict) else {}
-            if "spot_diameter_fullres" in sf and float(sf["spot_diameter_fullres"]) > 0:
-                return 55.0 / float(sf["spot_diameter_fullres"])
-    return 1.0
-
-
-def _is_visium(adata: AnnData) -> bool:
-    spatial = adata.uns.get("spatial")
-    return isinstance(spatial, dict) and any(
-        isinstance(v, dict) and "scalefactors" in v for v in spatial.values()
-    )
 
 
 # --------------------------------------------------------------------- h5ad
@@ -206,7 +154,7 @@ def read_h5ad(
         adata = ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
-    fmt = "visium-h5ad" if _is_visium(adata) else "h5ad"
+    fmt = "visium-h5ad" if is_visium(adata) else "h5ad"
     if backed:
         from .backed import backed_sections
 
@@ -221,16 +169,33 @@ def read_h5ad(
     default_name = str(meta.get("section", path.stem)) if isinstance(meta, dict) else path.stem
     if key is None or adata.obs[key].nunique() <= 1:
         name = str(adata.obs[key].iloc[0]) if key else default_name
-        return [normalise_section(adata, source=str(path), section=name, fmt=fmt,
-                                  pixel_size_um=pixel_size_um, coords=coords, coords_from=where)]
+        return [
+            normalise_section(
+                adata,
+                source=str(path),
+                section=name,
+                fmt=fmt,
+                pixel_size_um=pixel_size_um,
+                coords=coords,
+                coords_from=where,
+            )
+        ]
     out = []
     labels = adata.obs[key].astype(str).to_numpy()
     for name in pd.unique(labels):
         idx = np.flatnonzero(labels == name)
         sub = adata[idx].copy()
-        out.append(normalise_section(sub, source=str(path), section=str(name), fmt=fmt,
-                                     pixel_size_um=pixel_size_um, coords=coords[idx],
-                                     coords_from=where))
+        out.append(
+            normalise_section(
+                sub,
+                source=str(path),
+                section=str(name),
+                fmt=fmt,
+                pixel_size_um=pixel_size_um,
+                coords=coords[idx],
+                coords_from=where,
+            )
+        )
     return out
 
 
@@ -259,13 +224,17 @@ def read_loom(path: str | Path, pixel_size_um: float | None = None) -> list[AnnD
     cell_key = next((k for k in ("CellID", "obs_names", "cell_id") if k in cols), None)
     n = mat.shape[1]
     cells = cols[cell_key].astype(str) if cell_key else np.arange(n).astype(str)
-    obs = pd.DataFrame({k: v for k, v in cols.items() if np.ndim(v) == 1 and len(v) == n},
-                       index=pd.Index(cells, name=None))
+    obs = pd.DataFrame(
+        {k: v for k, v in cols.items() if np.ndim(v) == 1 and len(v) == n},
+        index=pd.Index(cells, name=None),
+    )
     for k in obs.columns:
         if obs[k].dtype == object:
             obs[k] = pd.Categorical(obs[k])
-    var = pd.DataFrame({k: v for k, v in rows.items() if np.ndim(v) == 1},
-                       index=pd.Index(np.asarray(genes).astype(str)))
+    var = pd.DataFrame(
+        {k: v for k, v in rows.items() if np.ndim(v) == 1},
+        index=pd.Index(np.asarray(genes).astype(str)),
+    )
     adata = AnnData(X=np.ascontiguousarray(mat.T), obs=obs, var=var)
     if pixel_size_um is None and {"size_um2", "size_pix"} <= set(cols):
         ratio = np.asarray(cols["size_um2"], float) / np.asarray(cols["size_pix"], float)
@@ -273,9 +242,17 @@ def read_loom(path: str | Path, pixel_size_um: float | None = None) -> list[AnnD
         if ratio.size:
             pixel_size_um = float(np.sqrt(np.median(ratio)))
     xy, where = find_coordinates(adata)
-    return [normalise_section(adata, source=str(path), section=path.stem, fmt="loom",
-                              pixel_size_um=pixel_size_um, coords=xy,
-                              coords_from=where.replace("obs", "col_attrs"))]
+    return [
+        normalise_section(
+            adata,
+            source=str(path),
+            section=path.stem,
+            fmt="loom",
+            pixel_size_um=pixel_size_um,
+            coords=xy,
+            coords_from=where.replace("obs", "col_attrs"),
+        )
+    ]
 
 
 def _decode(a):
@@ -284,7 +261,8 @@ def _decode(a):
         return a.astype(str)
     if a.dtype.kind == "O":
         return np.array([x.decode() if isinstance(x, bytes) else x for x in a.ravel()]).reshape(
-            a.shape)
+            a.shape
+        )
     return a
 
 
@@ -298,7 +276,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _coord_columns(df: pd.DataFrame) -> tuple[str, str] | None:
-    for cx, cy in _COORD_PAIRS:
+    for cx, cy in COORD_PAIRS:
         if cx in df.columns and cy in df.columns:
             return cx, cy
     return None
@@ -319,25 +297,38 @@ def read_csv_sections(path: str | Path, pixel_size_um: float | None = None) -> l
     tables = {f: _read_table(f) for f in files}
     coord_file = None
     if len(tables) > 1:  # a coordinates table beside a counts table
-        coord_file = next((f for f, t in tables.items() if _coord_columns(t)
-                           and t.shape[1] <= 6), None)
+        coord_file = next(
+            (f for f, t in tables.items() if _coord_columns(t) and t.shape[1] <= 6), None
+        )
     if coord_file is None:
         single = next((f for f, t in tables.items() if _coord_columns(t)), None)
         if single is None:
             raise BrainAtlasInputError(
-                f"{path.name}: no cell coordinates found (need x/y or xcoord/ycoord columns)")
+                f"{path.name}: no cell coordinates found (need x/y or xcoord/ycoord columns)"
+            )
         t = tables[single]
         cx, cy = _coord_columns(t)
         genes = [c for c in t.columns if c not in (cx, cy)]
         num = t[genes].select_dtypes(include="number")
         if num.shape[1] != len(genes):
             raise BrainAtlasInputError(f"{single.name}: expression values are not numeric")
-        adata = AnnData(X=num.to_numpy(), obs=pd.DataFrame(index=t.index.astype(str)),
-                        var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
+        adata = AnnData(
+            X=num.to_numpy(),
+            obs=pd.DataFrame(index=t.index.astype(str)),
+            var=pd.DataFrame(index=pd.Index(genes, dtype=str)),
+        )
         xy = t[[cx, cy]].to_numpy()
-        return [normalise_section(adata, source=str(single), section=single.stem, fmt="csv",
-                                  pixel_size_um=pixel_size_um, coords=xy,
-                                  coords_from=f"{single.name} {cx}/{cy}")]
+        return [
+            normalise_section(
+                adata,
+                source=str(single),
+                section=single.stem,
+                fmt="csv",
+                pixel_size_um=pixel_size_um,
+                coords=xy,
+                coords_from=f"{single.name} {cx}/{cy}",
+            )
+        ]
     coords = tables.pop(coord_file)
     cx, cy = _coord_columns(coords)
     ids = coords.index.astype(str)
@@ -355,12 +346,15 @@ def read_csv_sections(path: str | Path, pixel_size_um: float | None = None) -> l
                 t = t.set_axis([f.stem], axis=1)
             extra.append(t)
     if counts is None:
-        raise BrainAtlasInputError(f"{path.name}: no counts table whose cells match {coord_file.name}")
+        raise BrainAtlasInputError(
+            f"{path.name}: no counts table whose cells match {coord_file.name}"
+        )
     counts.index = counts.index.astype(str)
     common = [i for i in ids if i in set(counts.index)]
     if not common:
-        raise BrainAtlasInputError(f"{path.name}: no cell is in both {coord_file.name} and "
-                                   f"{counts_file.name}")
+        raise BrainAtlasInputError(
+            f"{path.name}: no cell is in both {coord_file.name} and {counts_file.name}"
+        )
     counts = counts.loc[common]
     num = counts.apply(pd.to_numeric, errors="coerce")
     if num.isna().to_numpy().any() and not counts.isna().to_numpy().any():
@@ -373,6 +367,14 @@ def read_csv_sections(path: str | Path, pixel_size_um: float | None = None) -> l
     X = sp.csr_matrix(num.to_numpy())
     adata = AnnData(X=X, obs=obs, var=pd.DataFrame(index=num.columns.astype(str)))
     xy = coords.loc[common, [cx, cy]].to_numpy()
-    return [normalise_section(adata, source=str(path), section=path.name if path.is_dir()
-                              else path.stem, fmt="csv", pixel_size_um=pixel_size_um, coords=xy,
-                              coords_from=f"{coord_file.name} {cx}/{cy}")]
+    return [
+        normalise_section(
+            adata,
+            source=str(path),
+            section=path.name if path.is_dir() else path.stem,
+            fmt="csv",
+            pixel_size_um=pixel_size_um,
+            coords=xy,
+            coords_from=f"{coord_file.name} {cx}/{cy}",
+        )
+    ]

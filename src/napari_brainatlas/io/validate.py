@@ -52,5 +52,5 @@ def validate_section(adata: AnnData, source: str = "input") -> None:
     X = adata.X
     if X is not None:
         dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
-        if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
             raise BrainAtlasInputError(f"{source}: expression values are not numeric")

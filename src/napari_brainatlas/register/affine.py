@@ -88,7 +88,10 @@ def fit_affine(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = No
 
 
 def fit_similarity(
-    src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None, allow_reflection: bool = False
+    src: np.ndarray,
+    dst: np.ndarray,
+    weights: np.ndarray | None = None,
+    allow_reflection: bool = False,
 ) -> np.ndarray:
     """Weighted least-squares similarity (rotation, isotropic scale, translation; Umeyama).
 

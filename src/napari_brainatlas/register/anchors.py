@@ -62,7 +62,9 @@ def validate_midline(midline, points: np.ndarray, mask_contains=None) -> np.ndar
     try:
         m = np.asarray(midline, dtype=float).reshape(2, 2)
     except (TypeError, ValueError):
-        raise BrainAtlasInputError("the midline must be two (x, y) points: x1, y1, x2, y2") from None
+        raise BrainAtlasInputError(
+            "the midline must be two (x, y) points: x1, y1, x2, y2"
+        ) from None
     if not np.all(np.isfinite(m)):
         raise BrainAtlasInputError("the midline points must be finite numbers")
     pts = np.asarray(points, dtype=float)
@@ -70,7 +72,9 @@ def validate_midline(midline, points: np.ndarray, mask_contains=None) -> np.ndar
     extent = float(np.max(hi - lo))
     length = float(np.hypot(*(m[1] - m[0])))
     if length == 0:
-        raise BrainAtlasInputError("the two midline points are identical; click two different points")
+        raise BrainAtlasInputError(
+            "the two midline points are identical; click two different points"
+        )
     if length < 0.02 * extent:
         raise BrainAtlasInputError(
             f"the two midline points are only {length:.3g} um apart (under 2% of the section's "
@@ -79,13 +83,17 @@ def validate_midline(midline, points: np.ndarray, mask_contains=None) -> np.ndar
     margin = 0.1 * extent
     inside = np.all((m >= lo - margin) & (m <= hi + margin), axis=1)
     if not inside.any():
-        raise BrainAtlasInputError("the midline points lie outside the section; click on the tissue")
+        raise BrainAtlasInputError(
+            "the midline points lie outside the section; click on the tissue"
+        )
     # the line must cross the tissue: some cells lie on both sides of it, near it
     u = (m[1] - m[0]) / length
     nrm = np.array([u[1], -u[0]])
     side = (pts - m[0]) @ nrm
     if not (side.min() < 0 < side.max()) and np.abs(side).min() > 0.1 * extent:
-        raise BrainAtlasInputError("the midline does not pass through or along the section's tissue")
+        raise BrainAtlasInputError(
+            "the midline does not pass through or along the section's tissue"
+        )
     return m
 
 
@@ -136,7 +144,9 @@ def _best_line(s0, s1, i_line, n_lines):
     return p_lo, p_hi, float(ext[k])
 
 
-def outline_anchors(contours, frame: MidlineFrame, n_lines: int = 400, midline_ends: bool = False) -> dict:
+def outline_anchors(
+    contours, frame: MidlineFrame, n_lines: int = 400, midline_ends: bool = False
+) -> dict:
     """Anchor points of an outline in the frame of a midline.
 
     Parameters

@@ -91,7 +91,9 @@ class RegistrationResult:
 
     def slice_of(self, atlas):
         """The (possibly tilted) atlas slice the section was registered to."""
-        return atlas_slice(atlas, self.plane, self.position_um, self.hemisphere, tuple(self.angles_deg))
+        return atlas_slice(
+            atlas, self.plane, self.position_um, self.hemisphere, tuple(self.angles_deg)
+        )
 
     def to_ccf(self, xy_um: np.ndarray, atlas) -> np.ndarray:
         """Section um (n, 2) -> CCF (AP, DV, ML) um (n, 3)."""
@@ -178,7 +180,9 @@ def _load_atlas(atlas):
 
         return Atlas.load(atlas)
     if not hasattr(atlas, "annotation"):
-        raise BrainAtlasInputError("atlas must be an Atlas, 'demo', a BrainGlobe name or an .nrrd path")
+        raise BrainAtlasInputError(
+            "atlas must be an Atlas, 'demo', a BrainGlobe name or an .nrrd path"
+        )
     return atlas
 
 
@@ -217,7 +221,9 @@ def _landmarks(landmarks, weight: float):
             )
         w = np.full(len(src), weight)
     if len(src) != len(dst) or len(w) != len(src):
-        raise BrainAtlasInputError("landmarks need as many atlas points (and weights) as section points")
+        raise BrainAtlasInputError(
+            "landmarks need as many atlas points (and weights) as section points"
+        )
     if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
         raise BrainAtlasInputError("landmark coordinates must be finite numbers")
     return src, dst, w
@@ -235,8 +241,9 @@ def _cell_divisions(adata, atlas, region_key):
     return div if np.mean(div >= 0) >= 0.5 else None
 
 
-def _template_for(atlas, plane, position_um, hemisphere, angles, outline, factor: int = 1,
-                  crop: bool = False) -> Template:
+def _template_for(
+    atlas, plane, position_um, hemisphere, angles, outline, factor: int = 1, crop: bool = False
+) -> Template:
     """Template slice (outline blurred like the section's); ``factor`` > 1: sampled on a
     grid that many times coarser (:func:`.slices.coarse_slice`, for the plane search);
     ``crop``: see :func:`.core.make_template` (the plane search's templates)."""
@@ -279,7 +286,9 @@ def _area_refine(A, outline, tmpl: Template, notes: list, cancel=None) -> np.nda
     d1, _ = tmpl.tree.query(P)
     d2, _ = cKDTree(P).query(tmpl.outline.points)
     if np.mean(d1 <= tol) < 0.95 or np.mean(d2 <= tol) < 0.95:
-        notes.append("area refinement skipped: the outlines disagree in places (torn or missing tissue?)")
+        notes.append(
+            "area refinement skipped: the outlines disagree in places (torn or missing tissue?)"
+        )
         return A
     A2, _ = refine_affine_area(A, outline, tmpl.outline, cancel=cancel)
     # keep it only if it did not move the outline far (a sanity bound, 2% of the size)
@@ -290,8 +299,24 @@ def _area_refine(A, outline, tmpl: Template, notes: list, cancel=None) -> np.nda
     return A2
 
 
-def _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored, plane, hemisphere,
-                  start_A, notes, position_um, angles, search_um, bounds):
+def _label_starts(
+    atlas,
+    xy,
+    cell_div,
+    outline,
+    tmpl,
+    mid,
+    best,
+    mirrored,
+    plane,
+    hemisphere,
+    start_A,
+    notes,
+    position_um,
+    angles,
+    search_um,
+    bounds,
+):
     """Best start among the affines ``start_A`` and global label-chamfer starts at a few
     positions around ``position_um``, by plane score. Returns (affine, position_um)."""
     from .anchors import MidlineFrame
@@ -316,7 +341,9 @@ def _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored, plane
     top = (-np.inf, start_A[0], position_um)
     for A0 in start_A:
         A, info = label_fit(A0, c, cd, lt, outline.points, tmpl.tree)
-        sc = plane_score(A, info, outline.points, tmpl, outline_weight=0.5, trim_q=START_SCORE_TRIM_Q)[0]
+        sc = plane_score(
+            A, info, outline.points, tmpl, outline_weight=0.5, trim_q=START_SCORE_TRIM_Q
+        )[0]
         if sc > top[0]:
             top = (sc, A0, position_um)
     first = top[1]
@@ -327,13 +354,19 @@ def _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored, plane
     for p in position_um + step * np.asarray(LABEL_START_STEPS, dtype=float):
         if not (lo <= p < hi):
             continue
-        t = tmpl if p == position_um else _template_for(atlas, plane, float(p), hemisphere, angles, outline)
+        t = (
+            tmpl
+            if p == position_um
+            else _template_for(atlas, plane, float(p), hemisphere, angles, outline)
+        )
         lt = make_label_template(atlas, t.slice)
         for m in mirrors:
             fs = MidlineFrame(mid[0], mid[1], mirrored=m)
             for A0, _ in label_chamfer_starts(c, cd, lt, t, fs, scale):
                 A, info = label_fit(A0, c, cd, lt, outline.points, t.tree)
-                sc = plane_score(A, info, outline.points, t, outline_weight=0.5, trim_q=START_SCORE_TRIM_Q)[0]
+                sc = plane_score(
+                    A, info, outline.points, t, outline_weight=0.5, trim_q=START_SCORE_TRIM_Q
+                )[0]
                 if sc > top[0]:
                     top = (sc, A, float(p))
     if top[1] is not first or first is not start_A[0]:
@@ -373,6 +406,7 @@ def confidence_score(metrics: dict) -> float:
     midline's agreement with the template's (angle under 8 deg, offset under 3% of the
     size) and, with region labels, label agreement (1 above 0.85, 0 at 0.45).
     """
+
     def ramp(v, lo, hi):
         return float(np.clip((v - lo) / (hi - lo), 0.0, 1.0))
 
@@ -581,7 +615,9 @@ def register_section(
     if plane not in ("coronal", "sagittal"):
         raise BrainAtlasInputError(f"plane must be 'coronal' or 'sagittal', not {plane!r}")
     if hemisphere not in ("both", "left", "right"):
-        raise BrainAtlasInputError(f"hemisphere must be 'both', 'left' or 'right', not {hemisphere!r}")
+        raise BrainAtlasInputError(
+            f"hemisphere must be 'both', 'left' or 'right', not {hemisphere!r}"
+        )
     if plane_search not in ("joint", "quick"):
         raise BrainAtlasInputError(f"plane_search must be 'joint' or 'quick', not {plane_search!r}")
     if plane == "sagittal" and hemisphere != "both":
@@ -598,7 +634,9 @@ def register_section(
         try:
             position_um = float(position_um)
         except (TypeError, ValueError):
-            raise BrainAtlasInputError(f"position must be a number of um or 'auto', not {position_um!r}") from None
+            raise BrainAtlasInputError(
+                f"position must be a number of um or 'auto', not {position_um!r}"
+            ) from None
         if not (lo <= position_um < hi):
             raise BrainAtlasInputError(
                 f"{plane} position {position_um:.0f} um is outside the atlas ({lo:.0f} to {hi:.0f} um)"
@@ -612,12 +650,21 @@ def register_section(
     outline = section_outline(xy)
     cell_div = _cell_divisions(adata, atlas, region_key)
     notes: list[str] = []
-    name = section_name or str(adata.uns.get("section", "")) or (
-        str(adata.obs["section"].iloc[0]) if "section" in adata.obs and adata.obs["section"].nunique() == 1
-        else "section"
+    name = (
+        section_name
+        or str(adata.uns.get("section", ""))
+        or (
+            str(adata.obs["section"].iloc[0])
+            if "section" in adata.obs and adata.obs["section"].nunique() == 1
+            else "section"
+        )
     )
 
-    sub = np.arange(len(xy)) if len(xy) <= 20000 else np.random.default_rng(0).choice(len(xy), 20000, replace=False)
+    sub = (
+        np.arange(len(xy))
+        if len(xy) <= 20000
+        else np.random.default_rng(0).choice(len(xy), 20000, replace=False)
+    )
 
     def agree_affine(tmpl, A):
         from .metrics import division_index
@@ -630,9 +677,21 @@ def register_section(
         if tmpl is None:
             tmpl = _template_for(atlas, plane, pos, hemisphere, ang, outline)
         rank = (lambda A: agree_affine(tmpl, A)) if cell_div is not None else None
-        best, fits = fit_to_template(xy, outline, tmpl, mid, mirrored=mirrored, landmarks=lm,
-                                     max_iter=max_iter, tol=tol, sweep=sw, progress=prog, cancel=cancel,
-                                     rank=rank, reuse=reuse)
+        best, fits = fit_to_template(
+            xy,
+            outline,
+            tmpl,
+            mid,
+            mirrored=mirrored,
+            landmarks=lm,
+            max_iter=max_iter,
+            tol=tol,
+            sweep=sw,
+            progress=prog,
+            cancel=cancel,
+            rank=rank,
+            reuse=reuse,
+        )
         if all_fits:
             return tmpl, best, fits
         return tmpl, best
@@ -660,14 +719,23 @@ def register_section(
     label_A = None
     plane_info = None
     if refine_position:
-        tmpl, best, fits0 = fit_at(position_um, angles, sw="auto", prog=progress if cell_div is not None else None,
-                                   all_fits=True)
+        tmpl, best, fits0 = fit_at(
+            position_um,
+            angles,
+            sw="auto",
+            prog=progress if cell_div is not None else None,
+            all_fits=True,
+        )
         if best is None and cell_div is not None:
             raise BrainAtlasInputError("no registration could be found for this section")
         start_A = None if best is None else best.affine
         hemi_starts = LABEL_STARTS_HEMI and hemisphere != "both"
         ag = agreement(tmpl, best) if best is not None else None
-        if plane_search == "joint" and ag is not None and (hemi_starts or ag < LABEL_START_AGREEMENT):
+        if (
+            plane_search == "joint"
+            and ag is not None
+            and (hemi_starts or ag < LABEL_START_AGREEMENT)
+        ):
             # the labels disagree with the outline's best fit (a wrong start, or a wrong
             # plane): every start, the best by label agreement finished by the label fit,
             # and global starts from the labels alone at a few positions; the plane
@@ -677,11 +745,30 @@ def register_section(
             if ag < LABEL_START_AGREEMENT:
                 # every start and the rotation sweep: the fits above are reused (an
                 # "auto" fit that looked poor has run the sweep already)
-                tmpl, _, fits = fit_at(position_um, angles, sw="always", all_fits=True, reuse=fits0, tmpl=tmpl)
-                cands += [f.affine for f in sorted(fits, key=lambda f: -agree_affine(tmpl, f.affine))[:3]]
-            start_A, p_start = _label_starts(atlas, xy, cell_div, outline, tmpl, mid, best, mirrored,
-                                             plane, hemisphere, cands,
-                                             notes, position_um, angles, search_um, (lo, hi))
+                tmpl, _, fits = fit_at(
+                    position_um, angles, sw="always", all_fits=True, reuse=fits0, tmpl=tmpl
+                )
+                cands += [
+                    f.affine for f in sorted(fits, key=lambda f: -agree_affine(tmpl, f.affine))[:3]
+                ]
+            start_A, p_start = _label_starts(
+                atlas,
+                xy,
+                cell_div,
+                outline,
+                tmpl,
+                mid,
+                best,
+                mirrored,
+                plane,
+                hemisphere,
+                cands,
+                notes,
+                position_um,
+                angles,
+                search_um,
+                (lo, hi),
+            )
             if p_start != position_um:
                 search_um = max(search_um - abs(p_start - position_um), 2 * atlas.resolution_um)
                 position_um = p_start
@@ -690,16 +777,32 @@ def register_section(
         if cell_div is not None:
             lab_ok = np.flatnonzero(cell_div >= 0)
             if len(lab_ok) > SEARCH_CELLS:
-                lab_ok = np.sort(np.random.default_rng(1).choice(lab_ok, SEARCH_CELLS, replace=False))
+                lab_ok = np.sort(
+                    np.random.default_rng(1).choice(lab_ok, SEARCH_CELLS, replace=False)
+                )
         if cell_div is not None and plane_search == "quick":
             from .quick_search import quick_plane_search
 
             ps = quick_plane_search(
-                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline, crop=True), atlas, plane,
-                xy[lab_ok], cell_div[lab_ok], outline.points, start_A, position_um, angles,
-                bounds=(lo, hi), search_um=search_um, max_angle_deg=max_angle_deg, rounds=QUICK_ROUNDS,
-                reverse_weight=REVERSE_WEIGHT, outline_weight=PLANE_OUTLINE_WEIGHT,
-                propose_cells=PROPOSE_CELLS, propose_coarse=PROPOSE_COARSE, cancel=cancel)
+                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline, crop=True),
+                atlas,
+                plane,
+                xy[lab_ok],
+                cell_div[lab_ok],
+                outline.points,
+                start_A,
+                position_um,
+                angles,
+                bounds=(lo, hi),
+                search_um=search_um,
+                max_angle_deg=max_angle_deg,
+                rounds=QUICK_ROUNDS,
+                reverse_weight=REVERSE_WEIGHT,
+                outline_weight=PLANE_OUTLINE_WEIGHT,
+                propose_cells=PROPOSE_CELLS,
+                propose_coarse=PROPOSE_COARSE,
+                cancel=cancel,
+            )
             notes.append(f"quick plane search: {ps['evals']} plane(s) fitted")
         elif cell_div is not None:
             from .labelfit import search_plane
@@ -707,34 +810,73 @@ def register_section(
 
             # a cheap proposal from the labels at the start fit, then a joint search of
             # the plane and the in-plane fit (labels inside + outline)
-            r = refine_plane(atlas, plane, position_um, apply_affine(start_A, xy), cell_div,
-                             tmpl.slice.centre_um, search_um=search_um, max_angle_deg=max_angle_deg,
-                             max_cells=PROPOSE_CELLS, coarse_factor=PROPOSE_COARSE)
+            r = refine_plane(
+                atlas,
+                plane,
+                position_um,
+                apply_affine(start_A, xy),
+                cell_div,
+                tmpl.slice.centre_um,
+                search_um=search_um,
+                max_angle_deg=max_angle_deg,
+                max_cells=PROPOSE_CELLS,
+                coarse_factor=PROPOSE_COARSE,
+            )
             s_half = search_um
 
             def propose(A_cur, p_cur, a_cur):
                 sl_cur = atlas_slice(atlas, plane, p_cur, hemisphere, tuple(a_cur))
-                rr = refine_plane(atlas, plane, p_cur, apply_affine(A_cur, xy), cell_div, sl_cur.centre_um,
-                                  search_um=min(150.0, s_half), max_angle_deg=max_angle_deg,
-                                  max_cells=PROPOSE_CELLS, coarse_factor=PROPOSE_COARSE)
+                rr = refine_plane(
+                    atlas,
+                    plane,
+                    p_cur,
+                    apply_affine(A_cur, xy),
+                    cell_div,
+                    sl_cur.centre_um,
+                    search_um=min(150.0, s_half),
+                    max_angle_deg=max_angle_deg,
+                    max_cells=PROPOSE_CELLS,
+                    coarse_factor=PROPOSE_COARSE,
+                )
                 # refine_plane angles are absolute about the same centre: keep them
                 return rr["position_um"], rr["angles_deg"]
 
             ps = search_plane(
-                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline, crop=True), atlas,
-                xy[lab_ok], cell_div[lab_ok], outline.points, start_A, position_um, angles,
-                bounds=(lo, hi), search_um=search_um, max_angle_deg=max_angle_deg,
-                proposals=[(r["position_um"], r["angles_deg"])], propose=propose, cancel=cancel,
-                outline_weight=PLANE_OUTLINE_WEIGHT, reverse_weight=REVERSE_WEIGHT,
-                coarse_template_at=(lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline,
-                                                               factor=COARSE_FACTOR, crop=True))
-                if COARSE_FACTOR > 1 else None,
-                coarse_cells=COARSE_CELLS, refine_top=REFINE_TOP, fine_levels=FINE_LEVELS,
-                fit_tol_um=SEARCH_TOL_UM, fit_iters=SEARCH_ITERS, refit_iters=REFIT_ITERS,
-                refit_min_step_um=REFIT_MIN_STEP_UM, max_edges=SEARCH_EDGES,
+                lambda p, a: _template_for(atlas, plane, p, hemisphere, a, outline, crop=True),
+                atlas,
+                xy[lab_ok],
+                cell_div[lab_ok],
+                outline.points,
+                start_A,
+                position_um,
+                angles,
+                bounds=(lo, hi),
+                search_um=search_um,
+                max_angle_deg=max_angle_deg,
+                proposals=[(r["position_um"], r["angles_deg"])],
+                propose=propose,
+                cancel=cancel,
+                outline_weight=PLANE_OUTLINE_WEIGHT,
+                reverse_weight=REVERSE_WEIGHT,
+                coarse_template_at=(
+                    lambda p, a: _template_for(
+                        atlas, plane, p, hemisphere, a, outline, factor=COARSE_FACTOR, crop=True
+                    )
+                )
+                if COARSE_FACTOR > 1
+                else None,
+                coarse_cells=COARSE_CELLS,
+                refine_top=REFINE_TOP,
+                fine_levels=FINE_LEVELS,
+                fit_tol_um=SEARCH_TOL_UM,
+                fit_iters=SEARCH_ITERS,
+                refit_iters=REFIT_ITERS,
+                refit_min_step_um=REFIT_MIN_STEP_UM,
+                max_edges=SEARCH_EDGES,
                 steps=SEARCH_STEPS_SAGITTAL if plane == "sagittal" else SEARCH_STEPS,
                 quadratic_finish=SEARCH_QUAD_FINISH,
-                midline_tilt=HEMI_MIDLINE_TILT and plane == "coronal" and hemisphere != "both")
+                midline_tilt=HEMI_MIDLINE_TILT and plane == "coronal" and hemisphere != "both",
+            )
         if cell_div is not None:
             if ps["position_um"] == position_um and tuple(ps["angles_deg"]) == tuple(angles):
                 notes.append("plane search kept the given position and angles")
@@ -746,7 +888,9 @@ def register_section(
             cands = np.clip(position_um + np.linspace(-search_um, search_um, 7), lo, hi - 1e-6)
             fits = [(fit_at(p, angles, sw="never"), p) for p in cands]
             (tmpl, best), position_um = min(fits, key=lambda t: t[0][1].score)
-            notes.append("no region labels: position refined by outline fit only; angles not estimated")
+            notes.append(
+                "no region labels: position refined by outline fit only; angles not estimated"
+            )
         position_estimated = True
     if label_A is not None:
         # the joint search already fitted this plane (labels + outline); the start fit
@@ -773,33 +917,72 @@ def register_section(
         if len(lab_ok) > 6000:
             lab_ok = np.sort(np.random.default_rng(4).choice(lab_ok, 6000, replace=False))
         # the final fit on more cells, then the smooth warp
-        A, _ = _label_fit(A, xy[lab_ok], cell_div[lab_ok], make_label_template(atlas, tmpl.slice),
-                          outline.points, tmpl.tree, n_iter=30, reverse_weight=REVERSE_WEIGHT)
-        warp, lw_info = _label_warp(A, xy[lab_ok], cell_div[lab_ok], make_label_template(atlas, tmpl.slice),
-                                    outline.points, tmpl.tree, tmpl.size_um, degree=LABEL_WARP_DEGREE,
-                                    reverse_weight=REVERSE_WEIGHT)
+        A, _ = _label_fit(
+            A,
+            xy[lab_ok],
+            cell_div[lab_ok],
+            make_label_template(atlas, tmpl.slice),
+            outline.points,
+            tmpl.tree,
+            n_iter=30,
+            reverse_weight=REVERSE_WEIGHT,
+        )
+        warp, lw_info = _label_warp(
+            A,
+            xy[lab_ok],
+            cell_div[lab_ok],
+            make_label_template(atlas, tmpl.slice),
+            outline.points,
+            tmpl.tree,
+            tmpl.size_um,
+            degree=LABEL_WARP_DEGREE,
+            reverse_weight=REVERSE_WEIGHT,
+        )
         from .labelfit import fit_spread
 
         sp = lab_ok if len(lab_ok) <= 2000 else lab_ok[:: int(np.ceil(len(lab_ok) / 2000))]
-        spread_um = fit_spread(A, xy[sp], cell_div[sp], make_label_template(atlas, tmpl.slice),
-                               outline.points, tmpl.tree, reverse_weight=REVERSE_WEIGHT)
-        notes.append("label warp: " + ("applied" if warp else "not kept")
-                     + f" (cost {lw_info.get('cost_before', float('nan')):.1f} -> "
-                       f"{lw_info.get('cost_after', float('nan')):.1f} um)")
+        spread_um = fit_spread(
+            A,
+            xy[sp],
+            cell_div[sp],
+            make_label_template(atlas, tmpl.slice),
+            outline.points,
+            tmpl.tree,
+            reverse_weight=REVERSE_WEIGHT,
+        )
+        notes.append(
+            "label warp: "
+            + ("applied" if warp else "not kept")
+            + f" (cost {lw_info.get('cost_before', float('nan')):.1f} -> "
+            f"{lw_info.get('cost_after', float('nan')):.1f} um)"
+        )
     if nonlinear:
         from .nonlinear import apply_warp as _aw
         from .nonlinear import fit_tps_refinement
 
-        warp = warp + fit_tps_refinement(_aw(warp, apply_affine(A, outline.points)), tmpl.outline.points,
-                                         tmpl.outline.normals, tmpl.tree, tmpl.size_um,
-                                         floor_um=2 * tmpl.outline.pixel_um)
+        warp = warp + fit_tps_refinement(
+            _aw(warp, apply_affine(A, outline.points)),
+            tmpl.outline.points,
+            tmpl.outline.normals,
+            tmpl.tree,
+            tmpl.size_um,
+            floor_um=2 * tmpl.outline.pixel_um,
+        )
     mapped = apply_affine(A, xy)
     if warp:
         from .nonlinear import apply_warp
 
         mapped = apply_warp(warp, mapped)
-    m = registration_metrics(A, outline, tmpl.outline, tmpl.slice.labels, tmpl.slice.resolution_um,
-                             atlas=atlas, cell_xy_atlas=mapped, cell_div=cell_div)
+    m = registration_metrics(
+        A,
+        outline,
+        tmpl.outline,
+        tmpl.slice.labels,
+        tmpl.slice.resolution_um,
+        atlas=atlas,
+        cell_xy_atlas=mapped,
+        cell_div=cell_div,
+    )
     ang, off = _midline_terms(A, mid, tmpl)
     m["midline_angle_deg"] = ang
     m["midline_offset"] = off
@@ -831,7 +1014,13 @@ def register_section(
         mirrored=bool(best.mirrored) if label_A is None else bool(np.linalg.det(A[:2, :2]) < 0),
         anchors_section=np.asarray(best.anchors_section).tolist(),
         anchors_atlas=np.asarray(best.anchors_atlas).tolist(),
-        warp=[{k: (np.asarray(v).tolist() if k in ("ctrl", "disp") else float(v)) for k, v in st.items()} for st in warp],
+        warp=[
+            {
+                k: (np.asarray(v).tolist() if k in ("ctrl", "disp") else float(v))
+                for k, v in st.items()
+            }
+            for st in warp
+        ],
         cost_history=[float(c) for c in best.icp.cost_history],
         converged=bool(best.icp.converged),
         iterations=int(best.icp.iterations),
@@ -845,8 +1034,9 @@ def register_section(
     )
 
 
-def apply_registration(adata, result: RegistrationResult, atlas, inplace: bool = False,
-                       spatial_key: str = "spatial"):
+def apply_registration(
+    adata, result: RegistrationResult, atlas, inplace: bool = False, spatial_key: str = "spatial"
+):
     """Write a registration into an AnnData.
 
     Sets obsm['ccf_coords'] (n, 3) CCF (AP, DV, ML) um, obs['ccf_id'] (int, 0 outside

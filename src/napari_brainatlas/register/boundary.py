@@ -99,7 +99,9 @@ def _contours_of(field: np.ndarray, level: float, origin, pixel: float, min_len:
     out = []
     for c in find_contours(padded, level):
         rc = c - 1.0
-        xy = np.column_stack([origin[0] + (rc[:, 1] + 0.5) * pixel, origin[1] + (rc[:, 0] + 0.5) * pixel])
+        xy = np.column_stack(
+            [origin[0] + (rc[:, 1] + 0.5) * pixel, origin[1] + (rc[:, 0] + 0.5) * pixel]
+        )
         length = np.linalg.norm(np.diff(xy, axis=0), axis=1).sum()
         if length >= min_len:
             out.append(xy)
@@ -127,8 +129,15 @@ def _outline_from_field(field, thr, origin, pixel, spacing, min_fraction) -> Out
     rs = [resample_polyline(c, spacing) for c in contours]
     pts = np.vstack(rs)
     normals = np.vstack([_normals(r) for r in rs])
-    return Outline(pts, contours, mask, (float(origin[0]), float(origin[1])), float(pixel), float(spacing),
-                   normals=normals)
+    return Outline(
+        pts,
+        contours,
+        mask,
+        (float(origin[0]), float(origin[1])),
+        float(pixel),
+        float(spacing),
+        normals=normals,
+    )
 
 
 def _normals(closed_pts: np.ndarray) -> np.ndarray:
@@ -195,7 +204,9 @@ def section_outline(
     shape = np.ceil((hi - lo) / pixel_um).astype(int) + 2 * pad + 1  # (nx, ny)
     col = np.floor((pts[:, 0] - origin[0]) / pixel_um).astype(np.int64)
     row = np.floor((pts[:, 1] - origin[1]) / pixel_um).astype(np.int64)
-    counts = np.bincount(row * shape[0] + col, minlength=shape[0] * shape[1]).reshape(shape[1], shape[0])
+    counts = np.bincount(row * shape[0] + col, minlength=shape[0] * shape[1]).reshape(
+        shape[1], shape[0]
+    )
     field = ndi.gaussian_filter(counts.astype(float), 1.0, mode="constant")
     occupied = field[counts > 0]
     rho = float(np.median(occupied)) if occupied.size else 1.0
@@ -211,8 +222,13 @@ def section_outline(
     return out
 
 
-def template_outline(labels: np.ndarray, resolution_um: float, spacing_um: float | None = None,
-                     min_fraction: float = 0.01, sigma_um: float = 0.0) -> Outline:
+def template_outline(
+    labels: np.ndarray,
+    resolution_um: float,
+    spacing_um: float | None = None,
+    min_fraction: float = 0.01,
+    sigma_um: float = 0.0,
+) -> Outline:
     """Outline of a template slice.
 
     Parameters
@@ -232,7 +248,9 @@ def template_outline(labels: np.ndarray, resolution_um: float, spacing_um: float
     field = (labels > 0).astype(float)
     if sigma_um > 0.3 * resolution_um:
         field = ndi.gaussian_filter(field, sigma_um / resolution_um, mode="constant")
-    out = _outline_from_field(field, 0.5, (0.0, 0.0), float(resolution_um), spacing_um, min_fraction)
+    out = _outline_from_field(
+        field, 0.5, (0.0, 0.0), float(resolution_um), spacing_um, min_fraction
+    )
     out.blur_um = float(sigma_um)
     filled = out.mask.astype(np.float32)
     if sigma_um > 0.3 * resolution_um:

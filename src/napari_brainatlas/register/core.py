@@ -85,7 +85,9 @@ def make_template(sl, sigma_um: float = 0.0, crop: bool = False) -> Template:
         mx = float(np.mean((cols + 0.5) * res))
     y0, y1 = rows.min() * res, (rows.max() + 1) * res
     mid = np.array([[mx, y0], [mx, y1]])
-    return Template(sl, out, MidlineFrame(mid[0], mid[1]), cKDTree(out.points), mid, sl.hemisphere, sl.plane)
+    return Template(
+        sl, out, MidlineFrame(mid[0], mid[1]), cKDTree(out.points), mid, sl.hemisphere, sl.plane
+    )
 
 
 @dataclass
@@ -194,11 +196,24 @@ def fit_to_template(
     counter = [0]
 
     def one(A0, model, n_iter, prior=0.0):
-        r = icp_affine(outline.points, tmpl.outline.points, A0, max_iter=n_iter, tol=tol,
-                       floor_um=floor, landmarks=landmarks, tgt_tree=tmpl.tree,
-                       tgt_normals=tmpl.outline.normals, model=model, prior_weight=prior,
-                       trim_k=TRIM_K, cauchy_k=CAUCHY_K,
-                       progress=progress, cancel=cancel, iter_offset=counter[0])
+        r = icp_affine(
+            outline.points,
+            tmpl.outline.points,
+            A0,
+            max_iter=n_iter,
+            tol=tol,
+            floor_um=floor,
+            landmarks=landmarks,
+            tgt_tree=tmpl.tree,
+            tgt_normals=tmpl.outline.normals,
+            model=model,
+            prior_weight=prior,
+            trim_k=TRIM_K,
+            cauchy_k=CAUCHY_K,
+            progress=progress,
+            cancel=cancel,
+            iter_offset=counter[0],
+        )
         counter[0] += r.iterations
         return r
 
@@ -207,8 +222,14 @@ def fit_to_template(
         r2 = one(f.icp.affine, "affine", max_iter, prior)
         r2.cost_history = f.icp.cost_history + r2.cost_history
         r2.iterations = f.icp.iterations + r2.iterations
-        g = Fit(r2.affine, r2, f.mirrored, f.start + ("+prior" if prior else ""),
-                f.anchors_section, f.anchors_atlas)
+        g = Fit(
+            r2.affine,
+            r2,
+            f.mirrored,
+            f.start + ("+prior" if prior else ""),
+            f.anchors_section,
+            f.anchors_atlas,
+        )
         g.score = _score(g, tmpl)
         return g
 
@@ -280,7 +301,9 @@ def fit_to_template(
             mirrors = [False]
         else:
             mirrors = [False, True]
-        anchors_t = outline_anchors(tmpl.outline.contours, tmpl.frame, midline_ends=coronal_full)["points"]
+        anchors_t = outline_anchors(tmpl.outline.contours, tmpl.frame, midline_ends=coronal_full)[
+            "points"
+        ]
         cands = []
         frames = []
         for m in mirrors:
@@ -297,7 +320,10 @@ def fit_to_template(
             for start, A0 in starts:
                 cands.append(stage1(A0, m, start, 12, anchors_s[:4], anchors_t[:4]))
             frames.append((m, fs, anchors_s))
-        if chamfer and (chamfer_always or min(f.score for f in cands) > CHAMFER_SCORE * max(POOR_SCORE, expected)):
+        if chamfer and (
+            chamfer_always
+            or min(f.score for f in cands) > CHAMFER_SCORE * max(POOR_SCORE, expected)
+        ):
             # the anchor and moment starts do not fit well (torn tissue, a damaged
             # outline): add the chamfer search's starts
             for m, fs, anchors_s in frames:
@@ -320,8 +346,14 @@ def fit_to_template(
         fits += cont
         kept = {id(f) for f in keep}
         fits += best_finished(cont + [f for f in cands if id(f) not in kept], prefer_un)
-    best = _pick([f for f in fits if f.icp.model_stage == "affine"], prefer_un, rank) if fits else None
-    poor = best is None or best.score > max(POOR_SCORE, 1.6 * expected) or _plausibility(best.affine) < 0.5
+    best = (
+        _pick([f for f in fits if f.icp.model_stage == "affine"], prefer_un, rank) if fits else None
+    )
+    poor = (
+        best is None
+        or best.score > max(POOR_SCORE, 1.6 * expected)
+        or _plausibility(best.affine) < 0.5
+    )
     # without a midline there is no other start: the sweep runs whatever ``sweep`` says
     swept = any(f.start.startswith("rotation") for f in fits)
     if not swept and (sweep == "always" or (sweep == "auto" and poor) or best is None):
@@ -334,8 +366,13 @@ def fit_to_template(
         for m in mirrors:
             M = np.diag([-1.0, 1.0, 1.0]) if m else np.eye(3)
             for k in range(12):
-                A0 = compose(translation(c_t), rotation(2 * np.pi * k / 12), np.diag([scale, scale, 1.0]),
-                             M, translation(-c_s))
+                A0 = compose(
+                    translation(c_t),
+                    rotation(2 * np.pi * k / 12),
+                    np.diag([scale, scale, 1.0]),
+                    M,
+                    translation(-c_s),
+                )
                 cands.append(stage1(A0, m, f"rotation{30 * k}", 30))
         fits += cands
         top = sorted(cands, key=lambda f: f.score)[:2]
@@ -365,10 +402,19 @@ def _distance_map(tmpl: Template, pad_frac: float = 0.4):
     return tmpl._dmap
 
 
-def chamfer_starts(outline: Outline, tmpl: Template, fs: MidlineFrame, n_best: int = 2,
-                   rot_deg=(-6, -3, 0, 3, 6), scale_range=(0.8, 1.2), n_scale: int = 7,
-                   shift_frac: float = 0.25, n_shift: int = 15, trunc_frac: float = 0.05,
-                   max_points: int = 200) -> list:
+def chamfer_starts(
+    outline: Outline,
+    tmpl: Template,
+    fs: MidlineFrame,
+    n_best: int = 2,
+    rot_deg=(-6, -3, 0, 3, 6),
+    scale_range=(0.8, 1.2),
+    n_scale: int = 7,
+    shift_frac: float = 0.25,
+    n_shift: int = 15,
+    trunc_frac: float = 0.05,
+    max_points: int = 200,
+) -> list:
     """Global search of similarity starts by truncated chamfer matching.
 
     In the midline frames (rotation known up to ``rot_deg``), every combination of

@@ -48,13 +48,29 @@ class ICPResult:
     model_stage: str = "affine"
 
 
-_SIM = np.array([  # similarity (a, b, tx, ty) -> affine (a11, a12, tx, a21, a22, ty)
-    [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1],
-], dtype=float)
+_SIM = np.array(
+    [  # similarity (a, b, tx, ty) -> affine (a11, a12, tx, a21, a22, ty)
+        [1, 0, 0, 0],
+        [0, -1, 0, 0],
+        [0, 0, 1, 0],
+        [0, 1, 0, 0],
+        [1, 0, 0, 0],
+        [0, 0, 0, 1],
+    ],
+    dtype=float,
+)
 
 
-def fit_affine_point_to_line(src, dst, normals, w_line, w_point, model: str = "affine",
-                             prior_linear: np.ndarray | None = None, prior_weight: float = 0.0) -> np.ndarray:
+def fit_affine_point_to_line(
+    src,
+    dst,
+    normals,
+    w_line,
+    w_point,
+    model: str = "affine",
+    prior_linear: np.ndarray | None = None,
+    prior_weight: float = 0.0,
+) -> np.ndarray:
     """Affine minimising sum w_line (n.(A s - d))^2 + w_point |A s - d|^2.
 
     src, dst : (n, 2); normals : (n, 2) unit normals at dst (rows with zero normals
@@ -180,7 +196,11 @@ def icp_affine(
             keep2 = d2 <= thr2
             S.append(P[i[keep2]])
             D.append(tgt_r[keep2])
-            N.append(tgt_normals[::step][keep2] if tgt_normals is not None else np.zeros((int(keep2.sum()), 2)))
+            N.append(
+                tgt_normals[::step][keep2]
+                if tgt_normals is not None
+                else np.zeros((int(keep2.sum()), 2))
+            )
             c2 = max(cauchy_k * float(np.median(d2)), 0.25 * floor_um, 1e-9)
             w2 = 1.0 / (1.0 + (d2[keep2] / c2) ** 2) if cauchy_k > 0 else np.ones(int(keep2.sum()))
             W.append(w2 * keep1.sum() / max(keep2.sum(), 1))
@@ -203,8 +223,16 @@ def icp_affine(
             if prior_weight > 0 and model == "affine":
                 # the prior is on the accumulated transform: write it for the increment
                 L0 = np.asarray(A0, dtype=float)[:2, :2] @ np.linalg.inv(A[:2, :2])
-                dA = fit_affine_point_to_line(Sa, Da, Na, Wa * has_n, w_point, model=model,
-                                              prior_linear=L0, prior_weight=prior_weight)
+                dA = fit_affine_point_to_line(
+                    Sa,
+                    Da,
+                    Na,
+                    Wa * has_n,
+                    w_point,
+                    model=model,
+                    prior_linear=L0,
+                    prior_weight=prior_weight,
+                )
             else:
                 dA = fit_affine_point_to_line(Sa, Da, Na, Wa * has_n, w_point, model=model)
         A = dA @ A

@@ -50,8 +50,9 @@ class LabelTemplate:
                 rr, cc = np.indices(self.div.shape)
                 ri = np.clip(rr - b0, 0, ind.shape[1] - 1)
                 ci = np.clip(cc - b1, 0, ind.shape[2] - 1)
-                self._dist[k] = (np.hypot(ind[0][ri, ci] - rr, ind[1][ri, ci] - cc)
-                                 * self.pixel_um).astype(np.float32)
+                self._dist[k] = (
+                    np.hypot(ind[0][ri, ci] - rr, ind[1][ri, ci] - cc) * self.pixel_um
+                ).astype(np.float32)
         return self._dist
 
     def groups(self, cell_div: np.ndarray) -> list:
@@ -83,9 +84,16 @@ class LabelTemplate:
                 o += ind.shape[1] * ind.shape[2]
                 fr.append(ind[0].ravel())
                 fc.append(ind[1].ravel())
-            f = (tab, b0, b1, hh, ww, off,
-                 np.concatenate(fr) if fr else np.zeros(0, np.int32),
-                 np.concatenate(fc) if fc else np.zeros(0, np.int32))
+            f = (
+                tab,
+                b0,
+                b1,
+                hh,
+                ww,
+                off,
+                np.concatenate(fr) if fr else np.zeros(0, np.int32),
+                np.concatenate(fc) if fc else np.zeros(0, np.int32),
+            )
             self._flat_cache = f
         return f
 
@@ -123,8 +131,14 @@ class LabelTemplate:
         return tgt, d
 
 
-def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None,
-                        margin_um: float = 400.0, max_edges: int = 2500) -> LabelTemplate:
+def make_label_template(
+    atlas,
+    sl,
+    pixel_um: float | None = None,
+    divisions=None,
+    margin_um: float = 400.0,
+    max_edges: int = 2500,
+) -> LabelTemplate:
     """:class:`LabelTemplate` of an :class:`~napari_brainatlas.atlas.AtlasSlice`,
     cropped to the tissue plus ``margin_um`` (cells mapped beyond the crop are pulled
     to the nearest own-region pixel of the crop's edge)."""
@@ -184,8 +198,14 @@ def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None
     n_e = sum(len(v) for v in edges.values())
     stride = max(1, int(np.ceil(n_e / max(max_edges, 1))))
     edges = {k: v[::stride] for k, v in edges.items()}
-    lt = LabelTemplate(div=div.astype(np.int16), pixel_um=px, near=near, origin=(int(r0), int(c0)),
-                       boxes=boxes, edges=edges)
+    lt = LabelTemplate(
+        div=div.astype(np.int16),
+        pixel_um=px,
+        near=near,
+        origin=(int(r0), int(c0)),
+        boxes=boxes,
+        edges=edges,
+    )
     try:
         setattr(sl, attr, lt)
     except AttributeError:  # pragma: no cover - frozen slice
@@ -193,7 +213,9 @@ def make_label_template(atlas, sl, pixel_um: float | None = None, divisions=None
     return lt
 
 
-def label_cost(lt: LabelTemplate, xy: np.ndarray, cell_div: np.ndarray, cap_um: float = 300.0) -> float:
+def label_cost(
+    lt: LabelTemplate, xy: np.ndarray, cell_div: np.ndarray, cap_um: float = 300.0
+) -> float:
     """Mean distance (um, each capped at ``cap_um``) of the mapped cells to their own
     region; cells with an unknown label or a division absent from the slice count the cap."""
     _, d = lt.lookup(xy, cell_div)
@@ -335,7 +357,11 @@ def label_fit(
                 if np.all(np.isfinite(xa)):
                     A_new = fit_affine(ref, xa.reshape(3, 2))
                     A_plain = G
-        move = float(np.abs(apply_affine(A_new, c[:200]) - apply_affine(A, c[:200])).max()) if len(c) else 0.0
+        move = (
+            float(np.abs(apply_affine(A_new, c[:200]) - apply_affine(A, c[:200])).max())
+            if len(c)
+            else 0.0
+        )
         A = A_new
         if move < tol_um:
             break
@@ -350,8 +376,13 @@ def label_fit(
     _, d = lt.lookup(P, cd, groups)
     dd = np.where(np.isfinite(d), np.minimum(d, cap_um), cap_um)
     rev = reverse_cost(P, groups, lt) if lt.edges else float("nan")
-    return A, {"cost_um": float(dd.mean()), "iterations": it, "inside": float(np.mean(dd == 0)),
-               "distances": dd, "reverse": rev}
+    return A, {
+        "cost_um": float(dd.mean()),
+        "iterations": it,
+        "inside": float(np.mean(dd == 0)),
+        "distances": dd,
+        "reverse": rev,
+    }
 
 
 #: Anderson acceleration of :func:`label_fit` (``accelerate=None`` takes this) and the
@@ -457,9 +488,17 @@ def reverse_cost(P, groups, lt, cap_um: float = 150.0, trim_q: float | None = No
     return _trimmed_mean(dd, q)
 
 
-def plane_score(A: np.ndarray, info: dict, outline_pts: np.ndarray, tmpl, outline_scale_um: float = 0.0,
-                cap_um: float = 150.0, outline_weight: float = 1.0,
-                reverse_weight: float = 0.0, trim_q: float | None = None) -> tuple[float, dict]:
+def plane_score(
+    A: np.ndarray,
+    info: dict,
+    outline_pts: np.ndarray,
+    tmpl,
+    outline_scale_um: float = 0.0,
+    cap_um: float = 150.0,
+    outline_weight: float = 1.0,
+    reverse_weight: float = 0.0,
+    trim_q: float | None = None,
+) -> tuple[float, dict]:
     """Joint score of a fitted plane (higher better, um): minus the mean distance of the
     labelled cells to their own region plus ``outline_weight`` times the outlines' mean
     symmetric distance, every distance capped at ``cap_um`` (mislabelled cells and torn
@@ -482,8 +521,12 @@ def plane_score(A: np.ndarray, info: dict, outline_pts: np.ndarray, tmpl, outlin
     if reverse_weight > 0 and np.isfinite(rv):
         # forward and reverse label distances as one symmetric mean
         tot = (ld + reverse_weight * rv) / (1.0 + reverse_weight) + outline_weight * od
-    return float(-tot), {"inside": float(info["inside"]), "outline_um": od, "label_um": ld,
-                         "reverse_um": rv}
+    return float(-tot), {
+        "inside": float(info["inside"]),
+        "outline_um": od,
+        "label_um": ld,
+        "reverse_um": rv,
+    }
 
 
 def search_plane(
@@ -606,7 +649,12 @@ def search_plane(
     coarse = coarse_template_at is not None
     if coarse:
         st = max(1, int(np.ceil(len(cells) / max(coarse_cells, 1))))
-        lv_cells, lv_div, lv_tmpl, lv_tol = cells[::st], cell_div[::st], coarse_template_at, 2 * fit_tol_um
+        lv_cells, lv_div, lv_tmpl, lv_tol = (
+            cells[::st],
+            cell_div[::st],
+            coarse_template_at,
+            2 * fit_tol_um,
+        )
         lv_edges = coarse_edges
     else:
         lv_cells, lv_div, lv_tmpl, lv_tol = cells, cell_div, template_at, fit_tol_um
@@ -634,17 +682,39 @@ def search_plane(
             # outline fitted to this slice (ICP from the warm start)
             from .icp import icp_affine
 
-            r = icp_affine(outline_pts, tmpl.outline.points, A_init, max_iter=refit_iters,
-                           floor_um=2 * tmpl.outline.pixel_um,
-                           tgt_tree=tmpl.tree, tgt_normals=tmpl.outline.normals, model="affine",
-                           prior_weight=0.01)
+            r = icp_affine(
+                outline_pts,
+                tmpl.outline.points,
+                A_init,
+                max_iter=refit_iters,
+                floor_um=2 * tmpl.outline.pixel_um,
+                tgt_tree=tmpl.tree,
+                tgt_normals=tmpl.outline.normals,
+                model="affine",
+                prior_weight=0.01,
+            )
             inits.append(r.affine)
         best = None
         for A1 in inits:
-            A, info = label_fit(A1, lv_cells, lv_div, lt, outline_pts, tmpl.tree, n_iter=fit_iters,
-                                reverse_weight=reverse_weight, tol_um=lv_tol)
-            sc, parts = plane_score(A, info, outline_pts, tmpl, outline_weight=outline_weight,
-                                    reverse_weight=reverse_weight)
+            A, info = label_fit(
+                A1,
+                lv_cells,
+                lv_div,
+                lt,
+                outline_pts,
+                tmpl.tree,
+                n_iter=fit_iters,
+                reverse_weight=reverse_weight,
+                tol_um=lv_tol,
+            )
+            sc, parts = plane_score(
+                A,
+                info,
+                outline_pts,
+                tmpl,
+                outline_weight=outline_weight,
+                reverse_weight=reverse_weight,
+            )
             if best is None or sc > best[0]:
                 best = (sc, A, parts)
         cache[k] = best
@@ -652,8 +722,12 @@ def search_plane(
 
     def valid(q, a):
         p = to_p(q, a)
-        return (abs(q - q0) <= search_um + 1e-6 and lo <= p < hi
-                and abs(a[0]) <= max_angle_deg + 1e-6 and abs(a[1]) <= max_angle_deg + 1e-6)
+        return (
+            abs(q - q0) <= search_um + 1e-6
+            and lo <= p < hi
+            and abs(a[0]) <= max_angle_deg + 1e-6
+            and abs(a[1]) <= max_angle_deg + 1e-6
+        )
 
     def clip_plane(p, a):
         a = tuple(float(np.clip(v, -max_angle_deg, max_angle_deg)) for v in a)
@@ -746,11 +820,18 @@ def search_plane(
             if lo <= to_p(q, a) < hi:
                 neigh.append(evaluate(q, tuple(a), cur[1])[0])
     return {
-        "position_um": float(to_p(cur_q, cur_a)), "angles_deg": (float(cur_a[0]), float(cur_a[1])),
-        "affine": cur[1], "score": float(cur[0]), "inside": cur[2]["inside"],
-        "outline_um": cur[2]["outline_um"], "label_um": cur[2].get("label_um", float("nan")),
-        "evals": len(cache) + n_coarse, "coarse_evals": n_coarse, "pivot_um": (float(px_), float(py_)),
-        "neighbours": neigh, "start_score": float(start_score),
+        "position_um": float(to_p(cur_q, cur_a)),
+        "angles_deg": (float(cur_a[0]), float(cur_a[1])),
+        "affine": cur[1],
+        "score": float(cur[0]),
+        "inside": cur[2]["inside"],
+        "outline_um": cur[2]["outline_um"],
+        "label_um": cur[2].get("label_um", float("nan")),
+        "evals": len(cache) + n_coarse,
+        "coarse_evals": n_coarse,
+        "pivot_um": (float(px_), float(py_)),
+        "neighbours": neigh,
+        "start_score": float(start_score),
     }
 
 
@@ -798,10 +879,22 @@ def _quadratic_step(evaluate, valid, cur_q, cur_a, cur, dp, da):
     return cur_q, cur_a, cur
 
 
-def label_chamfer_starts(cells: np.ndarray, cell_div: np.ndarray, lt: LabelTemplate, tmpl, fs,
-                         area_scale: float, n_best: int = 2, rot_deg=(-8, -4, 0, 4, 8),
-                         scale_range=(0.75, 1.3), n_scale: int = 9, shift_frac: float = 0.3,
-                         n_shift: int = 17, trunc_um: float = 300.0, max_cells: int = 400) -> list:
+def label_chamfer_starts(
+    cells: np.ndarray,
+    cell_div: np.ndarray,
+    lt: LabelTemplate,
+    tmpl,
+    fs,
+    area_scale: float,
+    n_best: int = 2,
+    rot_deg=(-8, -4, 0, 4, 8),
+    scale_range=(0.75, 1.3),
+    n_scale: int = 9,
+    shift_frac: float = 0.3,
+    n_shift: int = 17,
+    trunc_um: float = 300.0,
+    max_cells: int = 400,
+) -> list:
     """Global similarity starts from the region labels (no outline needed).
 
     Like :func:`.core.chamfer_starts` but each labelled cell is scored by its distance to
@@ -830,7 +923,9 @@ def label_chamfer_starts(cells: np.ndarray, cell_div: np.ndarray, lt: LabelTempl
     ab_s = ab_s - cen_s
     rows, cols = np.nonzero(tmpl.outline.mask)
     res_t = tmpl.outline.pixel_um
-    cen_t = tmpl.frame.to_canonical(np.column_stack([(cols + 0.5) * res_t, (rows + 0.5) * res_t])).mean(0)
+    cen_t = tmpl.frame.to_canonical(
+        np.column_stack([(cols + 0.5) * res_t, (rows + 0.5) * res_t])
+    ).mean(0)
     size = tmpl.size_um
     scales = area_scale * np.geomspace(scale_range[0], scale_range[1], n_scale)
     shifts = np.linspace(-shift_frac * size, shift_frac * size, n_shift)
@@ -997,10 +1092,18 @@ def label_warp(
     return [{"ctrl": grid, "disp": disp, "smoothing": 0.0, "scale": L}], info
 
 
-def fit_spread(A: np.ndarray, cells: np.ndarray, cell_div: np.ndarray, lt: LabelTemplate,
-               outline_pts: np.ndarray | None = None, tmpl_tree=None, delta_um: float = 100.0,
-               reverse_weight: float = 0.0, n_iter: int = 20,
-               reverse_trim_q: float | None = None) -> float:
+def fit_spread(
+    A: np.ndarray,
+    cells: np.ndarray,
+    cell_div: np.ndarray,
+    lt: LabelTemplate,
+    outline_pts: np.ndarray | None = None,
+    tmpl_tree=None,
+    delta_um: float = 100.0,
+    reverse_weight: float = 0.0,
+    n_iter: int = 20,
+    reverse_trim_q: float | None = None,
+) -> float:
     """How well the data pin the in-plane fit: the fit is restarted from ``A`` moved by
     ``delta_um`` along +-x and +-y and refitted (:func:`label_fit`, same terms, the
     reverse pairs trimmed at ``reverse_trim_q``, default :data:`SPREAD_REVERSE_TRIM_Q`); returns
@@ -1016,8 +1119,17 @@ def fit_spread(A: np.ndarray, cells: np.ndarray, cell_div: np.ndarray, lt: Label
     for d in ((delta_um, 0.0), (-delta_um, 0.0), (0.0, delta_um), (0.0, -delta_um)):
         Ap = np.asarray(A, dtype=float).copy()
         Ap[:2, 2] += d
-        Ak, _ = label_fit(Ap, c, cell_div, lt, outline_pts, tmpl_tree, n_iter=n_iter,
-                          reverse_weight=reverse_weight, accelerate=False,
-                          reverse_trim_q=SPREAD_REVERSE_TRIM_Q if reverse_trim_q is None else reverse_trim_q)
+        Ak, _ = label_fit(
+            Ap,
+            c,
+            cell_div,
+            lt,
+            outline_pts,
+            tmpl_tree,
+            n_iter=n_iter,
+            reverse_weight=reverse_weight,
+            accelerate=False,
+            reverse_trim_q=SPREAD_REVERSE_TRIM_Q if reverse_trim_q is None else reverse_trim_q,
+        )
         out.append(np.mean(np.sum((apply_affine(Ak, c) - P) ** 2, axis=1)))
     return float(np.sqrt(np.mean(out)))

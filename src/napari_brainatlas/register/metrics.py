@@ -29,8 +29,20 @@ __all__ = [
 #: Allen CCFv3 major divisions used for Dice and label agreement (those present in
 #: an atlas's ontology are used; the demo atlas has ten of them)
 CCF_MAJOR_DIVISIONS = (
-    "Isocortex", "OLF", "HPF", "CTXsp", "STR", "PAL", "TH", "HY", "MB", "P", "MY", "CB",
-    "fiber tracts", "VS",
+    "Isocortex",
+    "OLF",
+    "HPF",
+    "CTXsp",
+    "STR",
+    "PAL",
+    "TH",
+    "HY",
+    "MB",
+    "P",
+    "MY",
+    "CB",
+    "fiber tracts",
+    "VS",
 )
 
 _DIV_CACHE: dict = {}

@@ -27,7 +27,9 @@ def apply_warp(stages: list, xy: np.ndarray, chunk: int = 50000) -> np.ndarray:
         L = float(st.get("scale", 1.0))
         ctrl = np.asarray(st["ctrl"], dtype=float) / L
         disp = np.asarray(st["disp"], dtype=float)
-        f = RBFInterpolator(ctrl, disp, kernel="thin_plate_spline", smoothing=float(st["smoothing"]))
+        f = RBFInterpolator(
+            ctrl, disp, kernel="thin_plate_spline", smoothing=float(st["smoothing"])
+        )
         for i in range(0, len(out), chunk):
             out[i : i + chunk] += f(out[i : i + chunk] / L)
     return out
@@ -69,7 +71,12 @@ def fit_tps_refinement(
         idx = np.flatnonzero(keep)[::step]
         if len(idx) < 10:
             break
-        st = {"ctrl": p[idx], "disp": disp[idx], "smoothing": float(smoothing), "scale": float(size_um)}
+        st = {
+            "ctrl": p[idx],
+            "disp": disp[idx],
+            "smoothing": float(smoothing),
+            "scale": float(size_um),
+        }
         stages.append(st)
         p = apply_warp([st], p)
     return stages

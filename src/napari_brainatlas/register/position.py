@@ -28,7 +28,9 @@ def _points_3d(plane: str, x: np.ndarray, y: np.ndarray, depth: np.ndarray) -> n
     shape = np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(depth))
     depth = np.broadcast_to(depth, shape)
     if plane == "coronal":
-        return np.stack([depth, np.broadcast_to(y, depth.shape), np.broadcast_to(x, depth.shape)], -1)
+        return np.stack(
+            [depth, np.broadcast_to(y, depth.shape), np.broadcast_to(x, depth.shape)], -1
+        )
     return np.stack([np.broadcast_to(x, depth.shape), np.broadcast_to(y, depth.shape), depth], -1)
 
 
@@ -66,7 +68,9 @@ def refine_plane(
     """
     ok = np.flatnonzero(np.asarray(cell_div) >= 0)
     if len(ok) < 20:
-        raise BrainAtlasInputError("too few cells with a known region label to estimate the cutting plane")
+        raise BrainAtlasInputError(
+            "too few cells with a known region label to estimate the cutting plane"
+        )
     rng = np.random.default_rng(seed)
     if len(ok) > max_cells:
         ok = rng.choice(ok, max_cells, replace=False)
@@ -103,11 +107,17 @@ def refine_plane(
             np.clip(k, 0, n_d - 1, out=k)
             sc = match[rows, k].mean(1)  # (positions,)
             # tie-break towards the starting plane
-            prior = 0.002 * (np.abs(dps) / max(search_um, 1e-9) + (abs(ax) + abs(ay)) / max(max_angle_deg, 1e-9))
+            prior = 0.002 * (
+                np.abs(dps) / max(search_um, 1e-9) + (abs(ax) + abs(ay)) / max(max_angle_deg, 1e-9)
+            )
             tot = sc - prior
             j = int(np.argmax(tot))
-            scored[(ia, ib)] = (float(tot[j]), float(dps[j]), float(sc[j]),
-                                float(sc[np.argmin(np.abs(dps))]))
+            scored[(ia, ib)] = (
+                float(tot[j]),
+                float(dps[j]),
+                float(sc[j]),
+                float(sc[np.argmin(np.abs(dps))]),
+            )
         return scored[(ia, ib)]
 
     n_a = len(angs)
@@ -184,7 +194,9 @@ def scan_positions(
 def composition_vectors(labels_per_section, categories=None) -> tuple[np.ndarray, list]:
     """Counts of each region label per section: (sections, categories) float array."""
     if categories is None:
-        categories = sorted({str(v) for lab in labels_per_section for v in np.asarray(lab).astype(str)})
+        categories = sorted(
+            {str(v) for lab in labels_per_section for v in np.asarray(lab).astype(str)}
+        )
     pos = {c: i for i, c in enumerate(categories)}
     out = np.zeros((len(labels_per_section), len(categories)))
     for s, lab in enumerate(labels_per_section):

@@ -82,31 +82,77 @@ def quick_plane_search(
         if cancel is not None and cancel():
             raise RegistrationCancelled("registration cancelled")
         half = search_um if r == 0 else 0.5 * search_um
-        prop = refine_plane(atlas, plane, p, apply_affine(A, cells), cell_div, tmpl.slice.centre_um,
-                            search_um=half, max_angle_deg=max_angle_deg, max_cells=propose_cells,
-                            coarse_factor=propose_coarse)
-        p_new = float(np.clip(prop["position_um"], max(lo, p0 - search_um), min(hi - 1e-6, p0 + search_um)))
+        prop = refine_plane(
+            atlas,
+            plane,
+            p,
+            apply_affine(A, cells),
+            cell_div,
+            tmpl.slice.centre_um,
+            search_um=half,
+            max_angle_deg=max_angle_deg,
+            max_cells=propose_cells,
+            coarse_factor=propose_coarse,
+        )
+        p_new = float(
+            np.clip(prop["position_um"], max(lo, p0 - search_um), min(hi - 1e-6, p0 + search_um))
+        )
         a_new = tuple(float(v) for v in prop["angles_deg"])
-        if fitted is not None and abs(p_new - p) < 1.0 and max(abs(a_new[0] - a[0]), abs(a_new[1] - a[1])) < 0.05:
+        if (
+            fitted is not None
+            and abs(p_new - p) < 1.0
+            and max(abs(a_new[0] - a[0]), abs(a_new[1] - a[1])) < 0.05
+        ):
             break  # the proposal keeps the plane fitted last
         try:
             t_new = template_at(p_new, a_new)
         except BrainAtlasInputError:  # no tissue in the proposed plane: keep the last one
             break
         lt = make_label_template(atlas, t_new.slice)
-        A_new, info = label_fit(A, cells, cell_div, lt, outline_pts, t_new.tree, n_iter=fit_iters,
-                                reverse_weight=reverse_weight, accelerate=accelerate)
+        A_new, info = label_fit(
+            A,
+            cells,
+            cell_div,
+            lt,
+            outline_pts,
+            t_new.tree,
+            n_iter=fit_iters,
+            reverse_weight=reverse_weight,
+            accelerate=accelerate,
+        )
         evals += 1
         p, a, A, tmpl = p_new, a_new, A_new, t_new
         fitted = (lt, info)
     if fitted is None:  # no proposal could be fitted: the start's plane, fitted once
         lt = make_label_template(atlas, tmpl.slice)
-        A, info = label_fit(A, cells, cell_div, lt, outline_pts, tmpl.tree, n_iter=fit_iters,
-                            reverse_weight=reverse_weight, accelerate=accelerate)
+        A, info = label_fit(
+            A,
+            cells,
+            cell_div,
+            lt,
+            outline_pts,
+            tmpl.tree,
+            n_iter=fit_iters,
+            reverse_weight=reverse_weight,
+            accelerate=accelerate,
+        )
         evals += 1
         fitted = (lt, info)
-    sc, parts = plane_score(A, fitted[1], outline_pts, tmpl, outline_weight=outline_weight,
-                            reverse_weight=reverse_weight)
-    return {"position_um": float(p), "angles_deg": (float(a[0]), float(a[1])), "affine": A,
-            "score": float(sc), "inside": parts["inside"], "outline_um": parts["outline_um"],
-            "label_um": parts["label_um"], "evals": evals}
+    sc, parts = plane_score(
+        A,
+        fitted[1],
+        outline_pts,
+        tmpl,
+        outline_weight=outline_weight,
+        reverse_weight=reverse_weight,
+    )
+    return {
+        "position_um": float(p),
+        "angles_deg": (float(a[0]), float(a[1])),
+        "affine": A,
+        "score": float(sc),
+        "inside": parts["inside"],
+        "outline_um": parts["outline_um"],
+        "label_um": parts["label_um"],
+        "evals": evals,
+    }

@@ -20,13 +20,22 @@ __all__ = ["refine_affine_area"]
 
 
 def _sample(img: np.ndarray, xy: np.ndarray, res: float) -> np.ndarray:
-    return ndi.map_coordinates(img, [xy[:, 1] / res - 0.5, xy[:, 0] / res - 0.5], order=1,
-                               mode="constant", cval=0.0)
+    return ndi.map_coordinates(
+        img, [xy[:, 1] / res - 0.5, xy[:, 0] / res - 0.5], order=1, mode="constant", cval=0.0
+    )
 
 
-def refine_affine_area(A0: np.ndarray, section_outline, template_outline, n_iter: int = 30,
-                       cauchy_c: float = 0.3, tol: float = 1e-5, max_pixels: int = 60000,
-                       prior_weight: float = 0.0, cancel=None) -> tuple[np.ndarray, list]:
+def refine_affine_area(
+    A0: np.ndarray,
+    section_outline,
+    template_outline,
+    n_iter: int = 30,
+    cauchy_c: float = 0.3,
+    tol: float = 1e-5,
+    max_pixels: int = 60000,
+    prior_weight: float = 0.0,
+    cancel=None,
+) -> tuple[np.ndarray, list]:
     """Refine a section -> atlas affine by image alignment.
 
     Parameters
@@ -47,8 +56,12 @@ def refine_affine_area(A0: np.ndarray, section_outline, template_outline, n_iter
     res = template_outline.pixel_um
     H, W = F.shape
     rr, cc = np.mgrid[0:H, 0:W]
-    x = np.column_stack([section_outline.origin_um[0] + (cc.ravel() + 0.5) * px,
-                         section_outline.origin_um[1] + (rr.ravel() + 0.5) * px])
+    x = np.column_stack(
+        [
+            section_outline.origin_um[0] + (cc.ravel() + 0.5) * px,
+            section_outline.origin_um[1] + (rr.ravel() + 0.5) * px,
+        ]
+    )
     f = F.ravel().astype(float)
     # only pixels near tissue in either image matter; keep the band around the section
     near = ndi.binary_dilation(F > 0.05, iterations=6).ravel()

@@ -30,26 +30,56 @@ def _keep_hemisphere(labels: np.ndarray, atlas, plane: str, hemisphere: str, res
             labels[:, :mid_col] = 0
 
 
-def _make_slice(atlas, labels: np.ndarray, res_um: float, plane: str, position_um: float,
-                hemisphere: str, angles: tuple, centre_um: tuple) -> AtlasSlice:
+def _make_slice(
+    atlas,
+    labels: np.ndarray,
+    res_um: float,
+    plane: str,
+    position_um: float,
+    hemisphere: str,
+    angles: tuple,
+    centre_um: tuple,
+) -> AtlasSlice:
     """The :class:`AtlasSlice` record of ``labels`` ((H, W) ids, ``res_um`` per pixel)."""
-    return AtlasSlice(labels=labels, resolution_um=res_um, plane=plane, position_um=position_um,
-                      hemisphere=hemisphere, angles_deg=angles,
-                      midline_x_um=atlas.midline_ml_um if plane == "coronal" else None,
-                      atlas_name=atlas.name, centre_um=centre_um)
+    return AtlasSlice(
+        labels=labels,
+        resolution_um=res_um,
+        plane=plane,
+        position_um=position_um,
+        hemisphere=hemisphere,
+        angles_deg=angles,
+        midline_x_um=atlas.midline_ml_um if plane == "coronal" else None,
+        atlas_name=atlas.name,
+        centre_um=centre_um,
+    )
 
 
-def atlas_slice(atlas, plane: str, position_um: float | None, hemisphere: str = "both",
-                angles_deg=(0.0, 0.0)) -> AtlasSlice:
+def atlas_slice(
+    atlas, plane: str, position_um: float | None, hemisphere: str = "both", angles_deg=(0.0, 0.0)
+) -> AtlasSlice:
     """Same as ``atlas.slice(plane, position_um, hemisphere, angles_deg)``, faster."""
     a = tuple(float(v) for v in angles_deg)
-    key = (id(atlas.annotation), plane, None if position_um is None else float(position_um), hemisphere, a)
+    key = (
+        id(atlas.annotation),
+        plane,
+        None if position_um is None else float(position_um),
+        hemisphere,
+        a,
+    )
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    if plane not in ("coronal", "sagittal") or position_um is None or hemisphere not in ("both", "left", "right") \
-            or not (atlas.position_range_um(plane)[0] <= float(position_um) < atlas.position_range_um(plane)[1]):
+    if (
+        plane not in ("coronal", "sagittal")
+        or position_um is None
+        or hemisphere not in ("both", "left", "right")
+        or not (
+            atlas.position_range_um(plane)[0]
+            <= float(position_um)
+            < atlas.position_range_um(plane)[1]
+        )
+    ):
         sl = atlas.slice(plane, position_um, hemisphere, a)  # the library's own result or error
     elif a != (0.0, 0.0):
         sl = _oblique(atlas, plane, float(position_um), hemisphere, a)
@@ -69,8 +99,9 @@ def atlas_slice(atlas, plane: str, position_um: float | None, hemisphere: str = 
                 W = atlas.shape[0]
             H = atlas.shape[1]
             _keep_hemisphere(labels, atlas, plane, hemisphere, res)
-            sl = _make_slice(atlas, labels, res, plane, p, hemisphere, a,
-                             (W * res / 2.0, H * res / 2.0))
+            sl = _make_slice(
+                atlas, labels, res, plane, p, hemisphere, a, (W * res / 2.0, H * res / 2.0)
+            )
     _CACHE[key] = sl
     while len(_CACHE) > 64:
         _CACHE.popitem(last=False)
@@ -106,8 +137,14 @@ def _oblique(atlas, plane: str, p: float, hemisphere: str, a: tuple) -> AtlasSli
     return _make_slice(atlas, labels, res, plane, p, hemisphere, a, centre)
 
 
-def coarse_slice(atlas, plane: str, position_um: float, hemisphere: str = "both",
-                 angles_deg=(0.0, 0.0), factor: int = 2) -> AtlasSlice:
+def coarse_slice(
+    atlas,
+    plane: str,
+    position_um: float,
+    hemisphere: str = "both",
+    angles_deg=(0.0, 0.0),
+    factor: int = 2,
+) -> AtlasSlice:
     """The slice of :func:`atlas_slice` sampled on a grid ``factor`` times coarser (each
     coarse pixel takes the label at its centre; nearest voxel). Same plane, same centre
     and the same in-plane um frame, so a fit to it holds for the full slice; about
@@ -124,7 +161,11 @@ def coarse_slice(atlas, plane: str, position_um: float, hemisphere: str = "both"
         return hit
     lo, hi = atlas.position_range_um(plane)
     p = float(position_um)
-    if plane not in ("coronal", "sagittal") or hemisphere not in ("both", "left", "right") or not (lo <= p < hi):
+    if (
+        plane not in ("coronal", "sagittal")
+        or hemisphere not in ("both", "left", "right")
+        or not (lo <= p < hi)
+    ):
         atlas.slice(plane, position_um, hemisphere, a)  # raises the library's own error
     res = float(atlas.resolution_um)
     ax_out = 0 if plane == "coronal" else 2
@@ -153,8 +194,9 @@ def coarse_slice(atlas, plane: str, position_um: float, hemisphere: str = "both"
         coords[ax_out] = depth / res - 0.5
         coords[1] = y / res - 0.5
         coords[ax_x] = x / res - 0.5
-        labels = ndi.map_coordinates(atlas.annotation, coords, order=0, mode="constant",
-                                     cval=0).astype(atlas.annotation.dtype)
+        labels = ndi.map_coordinates(
+            atlas.annotation, coords, order=0, mode="constant", cval=0
+        ).astype(atlas.annotation.dtype)
     if plane == "coronal" and hemisphere != "both":
         labels = labels.copy()
         xc = (np.arange(Wc) + 0.5) * rc

@@ -37,8 +37,15 @@ def default_state_path(adata, section: str, fallback_dir: str | Path | None = No
     return folder / f"{safe}.registration.json"
 
 
-def save_state(path: str | Path, result: RegistrationResult, *, atlas_spec: str = "",
-               ontology: str = "", midline=None, accepted: bool = False) -> Path:
+def save_state(
+    path: str | Path,
+    result: RegistrationResult,
+    *,
+    atlas_spec: str = "",
+    ontology: str = "",
+    midline=None,
+    accepted: bool = False,
+) -> Path:
     """Write the registration state of one section to ``path`` (atomically)."""
     from ..io import atomic_write_text
 

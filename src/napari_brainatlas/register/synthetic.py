@@ -71,7 +71,9 @@ def sample_section(
     res = sl.resolution_um
     rows, cols = np.nonzero(sl.labels > 0)
     pick = rng.integers(0, len(rows), n_cells)
-    xy = np.column_stack([(cols[pick] + rng.random(n_cells)) * res, (rows[pick] + rng.random(n_cells)) * res])
+    xy = np.column_stack(
+        [(cols[pick] + rng.random(n_cells)) * res, (rows[pick] + rng.random(n_cells)) * res]
+    )
     ids = sl.labels[rows[pick], cols[pick]].astype(np.int64)
     ccf = sl.to_3d(xy)
 
@@ -109,8 +111,14 @@ def sample_section(
     S = np.diag([scale, scale, 1.0])
     Sh = np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     M = reflection_x(c[0]) if mirror else np.eye(3)
-    T = compose(translation(np.asarray(offset_um, dtype=float) + c), rotation(np.deg2rad(rotation_deg)),
-                S, Sh, translation(-c), M)
+    T = compose(
+        translation(np.asarray(offset_um, dtype=float) + c),
+        rotation(np.deg2rad(rotation_deg)),
+        S,
+        Sh,
+        translation(-c),
+        M,
+    )
     sec = apply_affine(T, xy_w)
     mid_sec = apply_affine(T, mid_atlas)
 

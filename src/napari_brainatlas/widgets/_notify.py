@@ -15,6 +15,7 @@ def one_line(exc: BaseException, context: str = "") -> str:
     msg = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return f"{context}{msg}"
 
+
 def show_error(message: str) -> None:
     """Show ``message`` as one napari error notification."""
     from napari.utils.notifications import show_error as _show_error

@@ -45,11 +45,12 @@ class _Failed:
 
 def _process(donors, atlas, atlas_info, reannotated, corrected):
     """Worker body (generator): yields (message, fraction), returns the result."""
-    from ..human.pipeline import iter_process_ahba
+    from ..ahba.pipeline import iter_process_ahba
 
     try:
-        gen = iter_process_ahba(donors, atlas, reannotated, atlas_info=atlas_info,
-                                corrected_mni=corrected)
+        gen = iter_process_ahba(
+            donors, atlas, reannotated, atlas_info=atlas_info, corrected_mni=corrected
+        )
         while True:
             try:
                 yield next(gen)
@@ -102,8 +103,10 @@ class AHBAWidget(QWidget):
         box = QGroupBox("Donors")
         lay = QVBoxLayout(box)
         self.donor_list = QListWidget()
-        self.donor_list.setToolTip("AHBA donor folders (MicroarrayExpression.csv, PACall.csv,"
-                                   " Probes.csv, SampleAnnot.csv, Ontology.csv)")
+        self.donor_list.setToolTip(
+            "AHBA donor folders (MicroarrayExpression.csv, PACall.csv,"
+            " Probes.csv, SampleAnnot.csv, Ontology.csv)"
+        )
         self.donor_list.setMaximumHeight(90)
         lay.addWidget(self.donor_list)
         row = QHBoxLayout()
@@ -120,25 +123,42 @@ class AHBAWidget(QWidget):
 
         box = QGroupBox("Atlas and tables")
         form = QFormLayout(box)
-        self.atlas_edit = self._path_row(form, "Atlas", "label NIfTI in MNI space",
-                                         "Parcellation image, e.g. atlas-desikankilliany.nii.gz",
-                                         filt="NIfTI (*.nii *.nii.gz)")
-        self.atlas_info_edit = self._path_row(form, "Labels", "csv: id, label, hemisphere, "
-                                              "structure", "The atlas label table",
-                                              filt="csv (*.csv)")
-        self.reannot_edit = self._path_row(form, "Probes", "reannotated.csv.gz",
-                                           "abagen's probe re-annotation table",
-                                           filt="csv (*.csv *.csv.gz)")
-        self.corrected_edit = self._path_row(form, "MNI fix", "optional: corrected_mni_"
-                                             "coordinates.csv.gz", "Corrected MNI "
-                                             "coordinates of the samples (recommended)",
-                                             filt="csv (*.csv *.csv.gz)")
+        self.atlas_edit = self._path_row(
+            form,
+            "Atlas",
+            "label NIfTI in MNI space",
+            "Parcellation image, e.g. atlas-desikankilliany.nii.gz",
+            filt="NIfTI (*.nii *.nii.gz)",
+        )
+        self.atlas_info_edit = self._path_row(
+            form,
+            "Labels",
+            "csv: id, label, hemisphere, structure",
+            "The atlas label table",
+            filt="csv (*.csv)",
+        )
+        self.reannot_edit = self._path_row(
+            form,
+            "Probes",
+            "reannotated.csv.gz",
+            "abagen's probe re-annotation table",
+            filt="csv (*.csv *.csv.gz)",
+        )
+        self.corrected_edit = self._path_row(
+            form,
+            "MNI fix",
+            "optional: corrected_mni_coordinates.csv.gz",
+            "Corrected MNI coordinates of the samples (recommended)",
+            filt="csv (*.csv *.csv.gz)",
+        )
         root.addWidget(box)
 
         row = QHBoxLayout()
         self.run_button = QPushButton("Process")
-        self.run_button.setToolTip("Re-annotate, filter, select probes, match samples, "
-                                   "normalise and aggregate (abagen's defaults)")
+        self.run_button.setToolTip(
+            "Re-annotate, filter, select probes, match samples, "
+            "normalise and aggregate (abagen's defaults)"
+        )
         self.run_button.clicked.connect(lambda: self.run())
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -204,8 +224,9 @@ class AHBAWidget(QWidget):
             return
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_process, donors, atlas, info, reannot, corrected,
-                               _start_thread=False)
+        worker = create_worker(
+            _process, donors, atlas, info, reannot, corrected, _start_thread=False
+        )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_done)
         worker.errored.connect(lambda exc: self._on_done(_Failed(one_line(exc))))
@@ -239,8 +260,10 @@ class AHBAWidget(QWidget):
         self.result = res
         self.progress.setValue(100)
         drops = "; ".join(r["text"] for r in res.report if r["step"] in ("ibf", "aggregation"))
-        self.status.setText(f"{res.samples.n_obs} samples, {res.expression.shape[1]} genes, "
-                            f"{res.expression.shape[0]} parcels. {drops}")
+        self.status.setText(
+            f"{res.samples.n_obs} samples, {res.expression.shape[1]} genes, "
+            f"{res.expression.shape[0]} parcels. {drops}"
+        )
         genes = [str(g) for g in res.expression.columns]
         self._gene_model.setStringList(genes)
         self.gene_edit.setEnabled(True)
@@ -274,12 +297,16 @@ class AHBAWidget(QWidget):
         vals = np.asarray(s[:, gene].X).ravel()
         colors, _clim = continuous_colors(vals, clim=(0.0, 1.0))
         xyz = np.asarray(s.obsm["spatial_mni"], float)
-        feats = {"donor": s.obs["donor"].astype(str).to_numpy(),
-                 "region": s.obs["region"].astype(str).to_numpy(), gene: vals}
+        feats = {
+            "donor": s.obs["donor"].astype(str).to_numpy(),
+            "region": s.obs["region"].astype(str).to_numpy(),
+            gene: vals,
+        }
         pts = self._layer(POINTS_NAME)
         if pts is None:
-            pts = self.viewer.add_points(xyz, name=POINTS_NAME, size=3.0, face_color=colors,
-                                         features=feats, border_width=0)
+            pts = self.viewer.add_points(
+                xyz, name=POINTS_NAME, size=3.0, face_color=colors, features=feats, border_width=0
+            )
         else:
             pts.data = xyz
             pts.features = feats
@@ -287,15 +314,20 @@ class AHBAWidget(QWidget):
         pts.metadata["ahba_gene"] = gene
         painted = None
         if res.parcellation is not None:
-            from ..human.parcellation import paint_parcellation
+            from ..ahba.parcellation import paint_parcellation
 
             painted = paint_parcellation(res.parcellation, res.expression[gene])
             img = self._layer(IMAGE_NAME)
             if img is None:
-                img = self.viewer.add_image(painted, name=IMAGE_NAME, colormap="viridis",
-                                            contrast_limits=(0.0, 1.0),
-                                            affine=res.parcellation.affine, opacity=0.5,
-                                            blending="translucent")
+                img = self.viewer.add_image(
+                    painted,
+                    name=IMAGE_NAME,
+                    colormap="viridis",
+                    contrast_limits=(0.0, 1.0),
+                    affine=res.parcellation.affine,
+                    opacity=0.5,
+                    blending="translucent",
+                )
                 # keep the points above the volume
                 self.viewer.layers.move(self.viewer.layers.index(img), 0)
             else:
@@ -303,8 +335,7 @@ class AHBAWidget(QWidget):
             img.metadata["ahba_gene"] = gene
         if self.view3d.isChecked() and self.viewer.dims.ndisplay != 3:
             self.viewer.dims.ndisplay = 3
-        self.status.setText(f"{gene}: samples and parcels coloured by normalised expression "
-                            "(0-1)")
+        self.status.setText(f"{gene}: samples and parcels coloured by normalised expression (0-1)")
 
     def _layer(self, name):
         for layer in self.viewer.layers:

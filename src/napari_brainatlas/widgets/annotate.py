@@ -74,7 +74,7 @@ class _Failed:
 def _job(refs, queries, model_dir, labels, method, epochs, smooth, bridge, stop):
     """Worker body (no napari calls): [train], map the query, transfer the labels."""
     from ..annotate import map_query, transfer_labels
-    from ..model import CELL_KEY, FuseMap
+    from ..fusemap import CELL_KEY, FuseMap
 
     def cancel():
         return stop.is_set()
@@ -87,30 +87,41 @@ def _job(refs, queries, model_dir, labels, method, epochs, smooth, bridge, stop)
             if not refs:
                 refs = _read(_reference_files(model, Path(model_dir), None), None)
             if not all(CELL_KEY in a.obsm for a in refs):
-                raise BrainAtlasInputError("reference sections need FuseMap embeddings for a model "
-                                 "folder: untick them to use the files beside the folder")
+                raise BrainAtlasInputError(
+                    "reference sections need FuseMap embeddings for a model "
+                    "folder: untick them to use the files beside the folder"
+                )
         else:
             if not refs:
                 raise BrainAtlasInputError("tick reference sections or choose a model folder")
             model = FuseMap([a.copy() for a in refs], seed=0, device="cpu")
-            model.train(max_epochs=epochs, cancel=cancel,
-                        progress=lambda e, n, _l: bridge.progressed.emit(e, 2 * n, "train"))
+            model.train(
+                max_epochs=epochs,
+                cancel=cancel,
+                progress=lambda e, n, _l: bridge.progressed.emit(e, 2 * n, "train"),
+            )
             if model.cancelled:
                 return _Failed("cancelled", cancelled=True)
             refs = model.write_embeddings(copy=True)
-        mapping = map_query(model, queries, reference_sections=refs, epochs=epochs,
-                            cancel=cancel,
-                            progress=lambda e, n, _l: bridge.progressed.emit(
-                                n + e if not model_dir else e, 2 * n if not model_dir else n,
-                                "map query"))
+        mapping = map_query(
+            model,
+            queries,
+            reference_sections=refs,
+            epochs=epochs,
+            cancel=cancel,
+            progress=lambda e, n, _l: bridge.progressed.emit(
+                n + e if not model_dir else e, 2 * n if not model_dir else n, "map query"
+            ),
+        )
         if mapping.cancelled:
             return _Failed("cancelled", cancelled=True)
         mapped = mapping.write_embeddings(copy=True)
         for lab in labels:
             if not all(lab in a.obs.columns for a in refs):
                 raise BrainAtlasInputError(f"the reference sections have no obs['{lab}'] labels")
-        out = transfer_labels(refs, mapped, labels=labels, method=method,
-                              smooth_regions=smooth, cancel=cancel)
+        out = transfer_labels(
+            refs, mapped, labels=labels, method=method, smooth_regions=smooth, cancel=cancel
+        )
         return mapping, out
     except Exception as exc:  # noqa: BLE001 - one notification
         return _Failed(one_line(exc, context="annotation failed: "))
@@ -239,16 +250,17 @@ class AnnotateWidget(QWidget):
     def _refresh(self, *_) -> None:
         layers = self.section_layers()
         for lst, default_ref in ((self.reference_list, True), (self.query_list, False)):
-            ticked = {lst.item(i).text(): lst.item(i).checkState() == Qt.Checked
-                      for i in range(lst.count())}
+            ticked = {
+                lst.item(i).text(): lst.item(i).checkState() == Qt.Checked
+                for i in range(lst.count())
+            }
             lst.blockSignals(True)
             lst.clear()
             for k, ly in enumerate(layers):
                 it = QListWidgetItem(ly.name)
                 it.setFlags(it.flags() | Qt.ItemIsUserCheckable)
                 is_last = k == len(layers) - 1
-                on = ticked.get(ly.name, default_ref != is_last if len(layers) > 1 else
-                                default_ref)
+                on = ticked.get(ly.name, default_ref != is_last if len(layers) > 1 else default_ref)
                 it.setCheckState(Qt.Checked if on else Qt.Unchecked)
                 lst.addItem(it)
             lst.blockSignals(False)
@@ -256,8 +268,11 @@ class AnnotateWidget(QWidget):
 
     def _ticked(self, lst) -> list:
         by_name = {ly.name: ly for ly in self.section_layers()}
-        return [by_name[lst.item(i).text()] for i in range(lst.count())
-                if lst.item(i).checkState() == Qt.Checked and lst.item(i).text() in by_name]
+        return [
+            by_name[lst.item(i).text()]
+            for i in range(lst.count())
+            if lst.item(i).checkState() == Qt.Checked and lst.item(i).text() in by_name
+        ]
 
     def reference_layers(self) -> list:
         return self._ticked(self.reference_list)
@@ -269,10 +284,12 @@ class AnnotateWidget(QWidget):
         refs = self.reference_layers()
         cols = []
         if refs:
-            common = set.intersection(*(set(label_columns(ly.metadata["adata"]))
-                                        for ly in refs))
-            cols = [c for c in label_columns(refs[0].metadata["adata"]) if c in common
-                    and not c.endswith("_transfer")]
+            common = set.intersection(*(set(label_columns(ly.metadata["adata"])) for ly in refs))
+            cols = [
+                c
+                for c in label_columns(refs[0].metadata["adata"])
+                if c in common and not c.endswith("_transfer")
+            ]
         ticked = self.labels()
         self.label_list.clear()
         for c in cols:
@@ -283,8 +300,11 @@ class AnnotateWidget(QWidget):
             self.label_list.addItem(it)
 
     def labels(self) -> list[str]:
-        return [self.label_list.item(i).text() for i in range(self.label_list.count())
-                if self.label_list.item(i).checkState() == Qt.Checked]
+        return [
+            self.label_list.item(i).text()
+            for i in range(self.label_list.count())
+            if self.label_list.item(i).checkState() == Qt.Checked
+        ]
 
     def set_labels(self, labels) -> None:
         for i in range(self.label_list.count()):
@@ -328,9 +348,16 @@ class AnnotateWidget(QWidget):
         self.cancel_button.setEnabled(True)
         self._set_status(f"annotating {len(queries)} query section(s) ...")
         worker = thread_worker(_job, start_thread=False)(
-            [ly.metadata["adata"] for ly in refs], [ly.metadata["adata"] for ly in queries],
-            model_dir, labels, self.method.currentText(), int(self.epochs.value()),
-            self.smooth.isChecked(), self._bridge, self._stop)
+            [ly.metadata["adata"] for ly in refs],
+            [ly.metadata["adata"] for ly in queries],
+            model_dir,
+            labels,
+            self.method.currentText(),
+            int(self.epochs.value()),
+            self.smooth.isChecked(),
+            self._bridge,
+            self._stop,
+        )
         worker.returned.connect(self._on_done)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -359,13 +386,15 @@ class AnnotateWidget(QWidget):
         if len(layers) != len(outs):
             return self._fail("a query section was removed during the transfer")
         labels = list(outs[0].uns.get("label_transfer", {}))
-        new_cols = [c for c in outs[0].obs.columns if c.endswith(("_transfer",
-                                                                  "_transfer_uncertainty"))]
+        new_cols = [
+            c for c in outs[0].obs.columns if c.endswith(("_transfer", "_transfer_uncertainty"))
+        ]
         for ly, out in zip(layers, outs):
             ad = ly.metadata["adata"]
             for c in new_cols:
-                ad.obs[c] = out.obs[c].to_numpy() if not hasattr(out.obs[c], "cat") \
-                    else out.obs[c].values
+                ad.obs[c] = (
+                    out.obs[c].to_numpy() if not hasattr(out.obs[c], "cat") else out.obs[c].values
+                )
             for k in ("X_fusemap_cell", "X_fusemap_tissue"):
                 ad.obsm[k] = out.obsm[k]
             feats = ly.features
@@ -376,7 +405,7 @@ class AnnotateWidget(QWidget):
                 ly.features = feats
         self.mapping = mapping
         self.query_layers = layers
-        self.transferred = [c[:-len("_transfer")] for c in new_cols if c.endswith("_transfer")]
+        self.transferred = [c[: -len("_transfer")] for c in new_cols if c.endswith("_transfer")]
         self._gene_model.setStringList(list(mapping.gene_embedding().index))
         self.progress.setValue(100)
         items = []
@@ -389,11 +418,14 @@ class AnnotateWidget(QWidget):
         first = labels[0] if labels else self.transferred[0]
         self.show_label(first)
         n = sum(ly.metadata["adata"].n_obs for ly in layers)
-        how = ("adversarial" if mapping.adversarial else
-               "anchored" if mapping.anchored else "reconstruction")
-        self._set_status(f"transferred {', '.join(labels)} to {n:,} cells "
-                         f"({how} "
-                         "query mapping)")
+        how = (
+            "adversarial"
+            if mapping.adversarial
+            else "anchored"
+            if mapping.anchored
+            else "reconstruction"
+        )
+        self._set_status(f"transferred {', '.join(labels)} to {n:,} cells ({how} query mapping)")
 
     # ------------------------------------------------------------------ display
     def _on_show(self, text: str) -> None:
@@ -413,10 +445,11 @@ class AnnotateWidget(QWidget):
             self.show_combo.blockSignals(False)
         self.legend_list.clear()
         if key.endswith(UNCERTAINTY):
-            col = key[:-len(UNCERTAINTY)] + "_transfer_uncertainty"
+            col = key[: -len(UNCERTAINTY)] + "_transfer_uncertainty"
             for ly in layers:
-                rgba, _ = continuous_colors(ly.metadata["adata"].obs[col].to_numpy(),
-                                            clim=(0.0, 1.0))
+                rgba, _ = continuous_colors(
+                    ly.metadata["adata"].obs[col].to_numpy(), clim=(0.0, 1.0)
+                )
                 _paint(ly, rgba)
             self.legend = {}
             self.legend_list.addItem("uncertainty 0 (dark) ... 1 (yellow)")

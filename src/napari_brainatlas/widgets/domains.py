@@ -48,8 +48,11 @@ def is_registered_section(layer) -> bool:
     if not isinstance(layer, Points):
         return False
     ad = layer.metadata.get("adata")
-    return (isinstance(ad, AnnData) and "ccf_coords" in ad.obsm
-            and ("ccf_id" in ad.obs.columns or "ccf_acronym" in ad.obs.columns))
+    return (
+        isinstance(ad, AnnData)
+        and "ccf_coords" in ad.obsm
+        and ("ccf_id" in ad.obs.columns or "ccf_acronym" in ad.obs.columns)
+    )
 
 
 class _Bridge(QObject):
@@ -74,9 +77,14 @@ def _train_job(adatas, connectome_spec, ontology_path, p_max, epochs, seed, brid
         con = load_connectome(connectome_spec, p_max=p_max)
         onto = Ontology.from_file(ontology_path) if ontology_path else demo_ontology()
         data = prepare(adatas, con, onto, seed=seed)
-        model = train(data, epochs=epochs, seed=seed, num_threads=1,
-                      progress=lambda e, n, loss: bridge.progressed.emit(e, n, float(loss)),
-                      cancel=stop.is_set)
+        model = train(
+            data,
+            epochs=epochs,
+            seed=seed,
+            num_threads=1,
+            progress=lambda e, n, loss: bridge.progressed.emit(e, n, float(loss)),
+            cancel=stop.is_set,
+        )
         return data, model
     except TrainingCancelled:
         return _Failed("training cancelled", cancelled=True)
@@ -125,12 +133,15 @@ class DomainsWidget(QWidget):
         lay = QVBoxLayout(box)
         self.section_list = QListWidget()
         self.section_list.setMinimumHeight(80)
-        self.section_list.setToolTip("Sections with CCF coordinates (run Register first); "
-                                     "ticked ones are trained together")
+        self.section_list.setToolTip(
+            "Sections with CCF coordinates (run Register first); ticked ones are trained together"
+        )
         lay.addWidget(self.section_list)
         self.refresh_button = QPushButton("Refresh")
-        self.refresh_button.setToolTip("List the sections registered since (the list also "
-                                       "refreshes when layers are added or removed)")
+        self.refresh_button.setToolTip(
+            "List the sections registered since (the list also "
+            "refreshes when layers are added or removed)"
+        )
         self.refresh_button.clicked.connect(self._refresh_sections)
         lay.addWidget(self.refresh_button)
         root.addWidget(box)
@@ -139,8 +150,9 @@ class DomainsWidget(QWidget):
         form = QFormLayout(box)
         row = QHBoxLayout()
         self.connectome_edit = QLineEdit("demo")
-        self.connectome_edit.setToolTip("Oh et al. 2014 workbook (.xlsx with W_ipsi, W_contra) "
-                                        "or 'demo'")
+        self.connectome_edit.setToolTip(
+            "Oh et al. 2014 workbook (.xlsx with W_ipsi, W_contra) or 'demo'"
+        )
         self.connectome_button = QPushButton("...")
         self.connectome_button.clicked.connect(self._choose_connectome)
         row.addWidget(self.connectome_edit, 1)
@@ -217,21 +229,25 @@ class DomainsWidget(QWidget):
         self.status.setText(text)
 
     def _choose_connectome(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Connectome workbook", "",
-                                              "Excel (*.xlsx);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Connectome workbook", "", "Excel (*.xlsx);;All files (*)"
+        )
         if path:
             self.connectome_edit.setText(path)
 
     def _choose_ontology(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Ontology", "",
-                                              "Ontology (*.csv *.json);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Ontology", "", "Ontology (*.csv *.json);;All files (*)"
+        )
         if path:
             self.ontology_edit.setText(path)
 
     # ------------------------------------------------------------------ sections
     def _refresh_sections(self, *_) -> None:
-        checked = {self.section_list.item(i).text(): self.section_list.item(i).checkState()
-                   for i in range(self.section_list.count())}
+        checked = {
+            self.section_list.item(i).text(): self.section_list.item(i).checkState()
+            for i in range(self.section_list.count())
+        }
         self.section_list.clear()
         for layer in self.viewer.layers:
             if is_registered_section(layer):
@@ -246,8 +262,11 @@ class DomainsWidget(QWidget):
         return [ly for ly in self.viewer.layers if is_registered_section(ly)]
 
     def chosen_layers(self) -> list:
-        ticked = {self.section_list.item(i).text() for i in range(self.section_list.count())
-                  if self.section_list.item(i).checkState() == Qt.Checked}
+        ticked = {
+            self.section_list.item(i).text()
+            for i in range(self.section_list.count())
+            if self.section_list.item(i).checkState() == Qt.Checked
+        }
         return [ly for ly in self.registered_layers() if ly.name in ticked]
 
     # ------------------------------------------------------------------ training
@@ -284,7 +303,8 @@ class DomainsWidget(QWidget):
         n = sum(a.n_obs for a in adatas)
         self._set_status(f"training on {len(layers)} section(s), {n:,} cells ...")
         worker = thread_worker(_train_job, start_thread=False)(
-            adatas, spec, onto, p_max, int(self.epochs.value()), 0, self._bridge, self._stop)
+            adatas, spec, onto, p_max, int(self.epochs.value()), 0, self._bridge, self._stop
+        )
         worker.returned.connect(self._on_trained)
         worker.finished.connect(self._on_train_finished)
         self._train_worker = worker
@@ -317,8 +337,10 @@ class DomainsWidget(QWidget):
         self.trained_layers = list(self._layers_training)
         self.progress.setValue(100)
         n_conn = int((self.data.region >= 0).sum())
-        self._set_status(f"trained: {self.data.n_cells:,} cells, {n_conn:,} with a "
-                         "connectivity row; clustering ...")
+        self._set_status(
+            f"trained: {self.data.n_cells:,} cells, {n_conn:,} with a "
+            "connectivity row; clustering ..."
+        )
         self.recluster()
 
     # ------------------------------------------------------------------ alpha
@@ -347,7 +369,8 @@ class DomainsWidget(QWidget):
             return None
         self._set_status(f"clustering at alpha {alpha:.2f} ...")
         worker = thread_worker(_domains_job, start_thread=False)(
-            self.model, alpha, float(self.resolution.value()), 0)
+            self.model, alpha, float(self.resolution.value()), 0
+        )
         worker.returned.connect(self._on_domains)
         worker.finished.connect(self._on_domains_finished)
         self._domain_worker = worker
@@ -397,8 +420,7 @@ class DomainsWidget(QWidget):
                 ly.features = feats
             ly.border_color = rgba
             ly.face_color = rgba
-        self._set_status(f"alpha {alpha:.2f}: {len(cats)} domains over {len(layers)} "
-                         "section(s)")
+        self._set_status(f"alpha {alpha:.2f}: {len(cats)} domains over {len(layers)} section(s)")
 
     def wait_for_workers(self, msecs: int = 120000) -> None:
         for w in (self._train_worker, self._domain_worker):

@@ -1,7 +1,7 @@
 """Embed dock widget: train FuseMap on chosen sections in a worker, then colour cells by
 joint Leiden clusters of the cell or tissue embedding and show a UMAP.
 
-Thin: the science is in :mod:`napari_brainatlas.model` (``FuseMap``,
+Thin: the science is in :mod:`napari_brainatlas.fusemap` (``FuseMap``,
 ``views.joint_clusters``, ``views.joint_umap``). Training runs in a napari
 ``thread_worker``; progress crosses to the main thread through a Qt signal; layers are
 changed in the main thread only.
@@ -41,14 +41,16 @@ class _Bridge(QObject):
 
 def _train_job(adatas, names, epochs, n_latent, device, seed, bridge, stop):
     """Worker thread: build and train FuseMap; returns embedded copies of the sections."""
-    from ..model import FuseMap
+    from ..fusemap import FuseMap
 
-    model = FuseMap([a.copy() for a in adatas], section_names=names, n_latent=n_latent,
-                    device=device, seed=seed)
+    model = FuseMap(
+        [a.copy() for a in adatas], section_names=names, n_latent=n_latent, device=device, seed=seed
+    )
 
     def progress(epoch, n_epochs, losses):
-        text = ", ".join(f"{k} {v:.3g}" for k, v in sorted(losses.items())
-                         if isinstance(v, (int, float)))
+        text = ", ".join(
+            f"{k} {v:.3g}" for k, v in sorted(losses.items()) if isinstance(v, (int, float))
+        )
         bridge.progressed.emit(int(epoch), int(n_epochs), text)
 
     model.train(max_epochs=epochs, progress=progress, cancel=stop.is_set)
@@ -136,8 +138,11 @@ class EmbedWidget(QWidget):
                 self.section_list.addItem(it)
 
     def chosen_layers(self) -> list:
-        names = [self.section_list.item(i).text() for i in range(self.section_list.count())
-                 if self.section_list.item(i).checkState() == Qt.Checked]
+        names = [
+            self.section_list.item(i).text()
+            for i in range(self.section_list.count())
+            if self.section_list.item(i).checkState() == Qt.Checked
+        ]
         return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
 
     def _set_status(self, text: str) -> None:
@@ -164,9 +169,15 @@ class EmbedWidget(QWidget):
         n = sum(ly.metadata["adata"].n_obs for ly in layers)
         self._set_status(f"training FuseMap on {len(layers)} sections, {n:,} cells ...")
         worker = thread_worker(_train_job, start_thread=False)(
-            [ly.metadata["adata"] for ly in layers], [ly.name for ly in layers],
-            int(self.epochs.value()), int(self.n_latent.value()), self.device.currentText(),
-            int(self.seed.value()), self._bridge, self._stop)
+            [ly.metadata["adata"] for ly in layers],
+            [ly.name for ly in layers],
+            int(self.epochs.value()),
+            int(self.n_latent.value()),
+            self.device.currentText(),
+            int(self.seed.value()),
+            self._bridge,
+            self._stop,
+        )
         worker.returned.connect(self._on_trained)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -198,10 +209,13 @@ class EmbedWidget(QWidget):
         self.model = model
         for ly, ad in zip(self._layers, embedded):
             ly.metadata["adata"] = ad
-        word = "cancelled; kept the weights reached" if getattr(model, "cancelled", False) \
-            else "done"
-        self._set_status(f"FuseMap {word}: obsm['X_fusemap_cell'] and "
-                         f"obsm['X_fusemap_tissue'] written for {len(embedded)} sections")
+        word = (
+            "cancelled; kept the weights reached" if getattr(model, "cancelled", False) else "done"
+        )
+        self._set_status(
+            f"FuseMap {word}: obsm['X_fusemap_cell'] and "
+            f"obsm['X_fusemap_tissue'] written for {len(embedded)} sections"
+        )
         show_info(f"FuseMap {word}")
 
     # ------------------------------------------------------------------ views
@@ -217,7 +231,7 @@ class EmbedWidget(QWidget):
     def colour_by_clusters(self) -> None:
         """Joint Leiden clusters of the chosen embedding; colours and a features column."""
         from ..colors import categorical_colors
-        from ..model.views import joint_clusters
+        from ..fusemap.views import joint_clusters
         from .fastpoints import set_colors
 
         layers = self._embedded_layers()
@@ -226,8 +240,11 @@ class EmbedWidget(QWidget):
         kind = self.which.currentText()
         col = f"fusemap_{kind}_leiden"
         try:
-            labels = joint_clusters([ly.metadata["adata"] for ly in layers],
-                                    EMBEDDINGS[kind], float(self.resolution.value()))
+            labels = joint_clusters(
+                [ly.metadata["adata"] for ly in layers],
+                EMBEDDINGS[kind],
+                float(self.resolution.value()),
+            )
         except Exception as exc:  # noqa: BLE001 - shown, never raised into Qt
             self._on_error(exc)
             return
@@ -239,12 +256,13 @@ class EmbedWidget(QWidget):
             ly.features = feats
             rgba, _ = categorical_colors(lab, categories=cats)
             set_colors(ly, rgba)
-        self._set_status(f"coloured by {len(cats)} Leiden clusters of the {kind} embedding "
-                         f"(obs['{col}'])")
+        self._set_status(
+            f"coloured by {len(cats)} Leiden clusters of the {kind} embedding (obs['{col}'])"
+        )
 
     def show_umap(self) -> None:
         """A Points layer with the joint UMAP (1 UMAP unit = 1000 um), beside the sections."""
-        from ..model.views import joint_umap
+        from ..fusemap.views import joint_umap
 
         layers = self._embedded_layers()
         if not layers:
@@ -264,7 +282,14 @@ class EmbedWidget(QWidget):
             self.viewer.layers.remove(name)
         right = max((ly.extent.world[1][1] for ly in self.viewer.layers), default=0.0)
         xy = xy[ok] - np.nanmin(xy[ok], axis=0)
-        self.viewer.add_points(xy[:, ::-1], name=name, face_color=face[ok], size=150,
-                               border_width=0, border_color=face[ok], features={"section": section[ok]},
-                               translate=(0, right + 2000))
+        self.viewer.add_points(
+            xy[:, ::-1],
+            name=name,
+            face_color=face[ok],
+            size=150,
+            border_width=0,
+            border_color=face[ok],
+            features={"section": section[ok]},
+            translate=(0, right + 2000),
+        )
         self._set_status(f"UMAP of the {kind} embedding, cells coloured as in their sections")

@@ -82,15 +82,20 @@ def _shown_state_class():
                 return super().__call__()  # napari already honours shown here
             idx = np.flatnonzero(self.shown)
             size = self.size[idx] if np.ndim(self.size) else self.size
-            return _PointSliceResponse(indices=idx, size=size,
-                                       slice_input=self.slice_input, request_id=self.id)
+            return _PointSliceResponse(
+                indices=idx, size=size, slice_input=self.slice_input, request_id=self.id
+            )
 
     class _ShownSlicingState(_PointsSlicingState):
         def make_slice_request_internal(self, slice_input, data_slice):
             return _ShownSliceRequest(
-                slice_input=slice_input, data=self.layer.data, data_slice=data_slice,
-                projection_mode=self.layer.projection_mode, size=self.layer.size,
-                shown=self.layer.shown)
+                slice_input=slice_input,
+                data=self.layer.data,
+                data_slice=data_slice,
+                projection_mode=self.layer.projection_mode,
+                size=self.layer.size,
+                shown=self.layer.shown,
+            )
 
     _SHOWN_STATE_CLS = _ShownSlicingState
     return _SHOWN_STATE_CLS
@@ -163,8 +168,13 @@ def _set_colors_private(layer, rgba: np.ndarray) -> bool:
     except ImportError:  # pragma: no cover
         return False
     managers = (getattr(layer, "_face", None), getattr(layer, "_border", None))
-    if any(m is None or not isinstance(getattr(m, "__dict__", None), dict)
-           or "colors" not in m.__dict__ or "color_mode" not in m.__dict__ for m in managers):
+    if any(
+        m is None
+        or not isinstance(getattr(m, "__dict__", None), dict)
+        or "colors" not in m.__dict__
+        or "color_mode" not in m.__dict__
+        for m in managers
+    ):
         return False
     for m in managers:
         d = m.__dict__
@@ -214,8 +224,11 @@ def make_fast_layer(data, kwargs: dict):
     kw = dict(kwargs)
     face = kw.pop("face_color", None)
     border = kw.pop("border_color", None)
-    same = border is None or border is face or (
-        np.shape(border) == np.shape(face) and np.array_equal(border, face))
+    same = (
+        border is None
+        or border is face
+        or (np.shape(border) == np.shape(face) and np.array_equal(border, face))
+    )
     if face is None or not same or np.ndim(face) != 2:
         kw["face_color"] = face if face is not None else "white"
         if border is not None:
@@ -238,12 +251,12 @@ class _State:
     """What the controller knows of one tracked layer's last update."""
 
     def __init__(self):
-        self.rect = None      # grown view rectangle (data coords) of the last update
-        self.idx = None       # indices of the cells in it
-        self.full = True      # every cell in view drawn (no overview)
+        self.rect = None  # grown view rectangle (data coords) of the last update
+        self.idx = None  # indices of the cells in it
+        self.full = True  # every cell in view drawn (no overview)
         self.overview = None  # the Image layer under the points, when zoomed out
-        self.words = None     # rgba8 words of the layer's face colours
-        self.limits = None    # the layer's own canvas_size_limits while zoomed out
+        self.words = None  # rgba8 words of the layer's face colours
+        self.limits = None  # the layer's own canvas_size_limits while zoomed out
 
 
 class FastSections:
@@ -257,8 +270,14 @@ class FastSections:
     density is the same everywhere.
     """
 
-    def __init__(self, viewer, budget: int = DEFAULT_BUDGET, subset: int = SUBSET_BUDGET,
-                 debounce_ms: int = DEBOUNCE_MS, overview: bool = True):
+    def __init__(
+        self,
+        viewer,
+        budget: int = DEFAULT_BUDGET,
+        subset: int = SUBSET_BUDGET,
+        debounce_ms: int = DEBOUNCE_MS,
+        overview: bool = True,
+    ):
         from qtpy.QtCore import QTimer
 
         self.viewer = viewer
@@ -273,8 +292,12 @@ class FastSections:
         self._timer.setInterval(int(debounce_ms))
         self._timer.timeout.connect(self.update_now)
         cam = viewer.camera.events
-        self._emitters = [cam.zoom, cam.center, viewer.canvas.events.size,
-                          viewer.dims.events.ndisplay]
+        self._emitters = [
+            cam.zoom,
+            cam.center,
+            viewer.canvas.events.size,
+            viewer.dims.events.ndisplay,
+        ]
         for ev in self._emitters:
             ev.connect(self.schedule)
         viewer.layers.events.removed.connect(self._on_removed)
@@ -297,9 +320,12 @@ class FastSections:
     def supported(layer) -> bool:
         """2D Points without rotation / shear / affine (the overview is axis-aligned)."""
         try:
-            return (layer.ndim == 2 and np.allclose(layer.affine.affine_matrix, np.eye(3))
-                    and np.allclose(layer.rotate, np.eye(2))
-                    and np.allclose(layer.shear, 0))
+            return (
+                layer.ndim == 2
+                and np.allclose(layer.affine.affine_matrix, np.eye(3))
+                and np.allclose(layer.rotate, np.eye(2))
+                and np.allclose(layer.shear, 0)
+            )
         except Exception:  # noqa: BLE001
             return False
 
@@ -312,8 +338,12 @@ class FastSections:
             return False
         if self.lod(layer) is None:
             layer.metadata[LOD_KEY] = LevelOfDetail(np.asarray(layer.data)[:, -2:])
-        for ev in (layer.events.visible, layer.events.translate, layer.events.scale,
-                   layer.events.size):
+        for ev in (
+            layer.events.visible,
+            layer.events.translate,
+            layer.events.scale,
+            layer.events.size,
+        ):
             ev.connect(self.schedule)
         layer.events.data.connect(self._on_data)
         layer.events.face_color.connect(self._on_colors)
@@ -331,8 +361,12 @@ class FastSections:
         if layer not in self.layers:
             return
         self.layers.remove(layer)
-        for ev in (layer.events.visible, layer.events.translate, layer.events.scale,
-                   layer.events.size):
+        for ev in (
+            layer.events.visible,
+            layer.events.translate,
+            layer.events.scale,
+            layer.events.size,
+        ):
             ev.disconnect(self.schedule)
         layer.events.data.disconnect(self._on_data)
         layer.events.face_color.disconnect(self._on_colors)
@@ -386,8 +420,12 @@ class FastSections:
         rect = ViewRect.from_center(center, (h / zoom, w / zoom))
         point = np.asarray(v.dims.point, float)
         corners = []
-        for y, x in ((rect.y0, rect.x0), (rect.y0, rect.x1), (rect.y1, rect.x0),
-                     (rect.y1, rect.x1)):
+        for y, x in (
+            (rect.y0, rect.x0),
+            (rect.y0, rect.x1),
+            (rect.y1, rect.x0),
+            (rect.y1, rect.x1),
+        ):
             p = point.copy()
             p[displayed] = (y, x)
             corners.append(np.asarray(layer.world_to_data(p), float)[-2:])
@@ -460,8 +498,12 @@ class FastSections:
         if rect is None:
             rect = box
         else:  # never beyond the section (the overview must not change the extent)
-            rect = ViewRect(max(rect.y0, box.y0), max(rect.x0, box.x0),
-                            min(rect.y1, box.y1), min(rect.x1, box.x1))
+            rect = ViewRect(
+                max(rect.y0, box.y0),
+                max(rect.x0, box.x0),
+                min(rect.y1, box.y1),
+                min(rect.x1, box.x1),
+            )
         cell = float(np.median(np.asarray(layer.size))) if len(layer.size) else 1.0
         pixel = max(self._screen_pixel(layer), cell)
         idx = st.idx
@@ -473,10 +515,17 @@ class FastSections:
         if ov is None or ov not in self.viewer.layers:
             from napari.layers import Image
 
-            ov = Image(img, rgb=True, name=f"{layer.name} (overview)", scale=scale * px,
-                       translate=translate, contrast_limits=(0, 255),
-                       interpolation2d="nearest", blending="translucent_no_depth",
-                       metadata={"overview_of": layer.name})
+            ov = Image(
+                img,
+                rgb=True,
+                name=f"{layer.name} (overview)",
+                scale=scale * px,
+                translate=translate,
+                contrast_limits=(0, 255),
+                interpolation2d="nearest",
+                blending="translucent_no_depth",
+                metadata={"overview_of": layer.name},
+            )
             layers = self.viewer.layers
             # not made the active layer (that would build its controls, ~0.5 s here)
             activate = getattr(layers, "_activate_on_insert", None)

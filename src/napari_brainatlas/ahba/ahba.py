@@ -44,24 +44,29 @@ __all__ = [
     "update_mni_coords",
 ]
 
-DONOR_FILES = ("MicroarrayExpression.csv", "PACall.csv", "Probes.csv", "SampleAnnot.csv",
-               "Ontology.csv")
+DONOR_FILES = (
+    "MicroarrayExpression.csv",
+    "PACall.csv",
+    "Probes.csv",
+    "SampleAnnot.csv",
+    "Ontology.csv",
+)
 _ANNOT_NEED = ("structure_id", "mni_x", "mni_y", "mni_z")
 _PROBES_NEED = ("probe_id", "probe_name")
 
 #: AHBA ontology ids of the broad structure classes (as abagen assigns them); the class of
 #: a sample is that of the deepest of these ids on its structure_id_path
 STRUCTURE_CLASSES = {
-    4008: "cortex",                # cerebral cortex
-    4249: "subcortex/brainstem",   # hippocampal formation
-    4275: "subcortex/brainstem",   # cerebral nuclei
-    4391: "subcortex/brainstem",   # diencephalon
+    4008: "cortex",  # cerebral cortex
+    4249: "subcortex/brainstem",  # hippocampal formation
+    4275: "subcortex/brainstem",  # cerebral nuclei
+    4391: "subcortex/brainstem",  # diencephalon
     4696: "cerebellum",
-    9001: "subcortex/brainstem",   # mesencephalon
-    9131: "subcortex/brainstem",   # pons
+    9001: "subcortex/brainstem",  # mesencephalon
+    9131: "subcortex/brainstem",  # pons
     9218: "white matter",
-    9352: "other",                 # sulci & spaces
-    9512: "subcortex/brainstem",   # myelencephalon
+    9352: "other",  # sulci & spaces
+    9512: "subcortex/brainstem",  # myelencephalon
 }
 
 
@@ -121,7 +126,8 @@ def find_donor_dirs(paths) -> list[Path]:
         subs = sorted(d for d in p.iterdir() if d.is_dir() and (d / "SampleAnnot.csv").exists())
         if not subs:
             raise BrainAtlasInputError(
-                f"{p} holds no AHBA donor (no SampleAnnot.csv in it or its sub-folders)")
+                f"{p} holds no AHBA donor (no SampleAnnot.csv in it or its sub-folders)"
+            )
         out.extend(subs)
     if not out:
         raise BrainAtlasInputError("give at least one AHBA donor folder")
@@ -137,40 +143,49 @@ def _read_matrix(path: Path, n_samples: int, dtype) -> pd.DataFrame:
     if df.shape[1] != n_samples:
         raise BrainAtlasInputError(
             f"{path.parent.name}/{path.name} has {df.shape[1]} sample columns but "
-            f"SampleAnnot.csv lists {n_samples} samples")
+            f"SampleAnnot.csv lists {n_samples} samples"
+        )
     try:
         values = df.to_numpy(dtype=dtype)
     except (TypeError, ValueError):
-        raise BrainAtlasInputError(f"{path.parent.name}/{path.name}: values are not numeric"
-                                   ) from None
+        raise BrainAtlasInputError(
+            f"{path.parent.name}/{path.name}: values are not numeric"
+        ) from None
     if dtype == np.float64 and not np.isfinite(values).all():
-        raise BrainAtlasInputError(f"{path.parent.name}/{path.name} holds missing or "
-                                   "infinite values")
+        raise BrainAtlasInputError(
+            f"{path.parent.name}/{path.name} holds missing or infinite values"
+        )
     try:
         index = pd.Index(df.index.astype(np.int64), name="probe_id")
     except (TypeError, ValueError):
-        raise BrainAtlasInputError(f"{path.parent.name}/{path.name}: the first column must "
-                                   "hold integer probe ids (the file has no header)") from None
+        raise BrainAtlasInputError(
+            f"{path.parent.name}/{path.name}: the first column must "
+            "hold integer probe ids (the file has no header)"
+        ) from None
     return pd.DataFrame(values, index=index, columns=pd.RangeIndex(n_samples))
 
 
 def _read_table(path: Path, need: tuple[str, ...]) -> pd.DataFrame:
     if not path.exists():
-        raise BrainAtlasInputError(f"{path.parent.name} lacks {path.name} (an AHBA donor "
-                                   f"folder holds {', '.join(DONOR_FILES)})")
+        raise BrainAtlasInputError(
+            f"{path.parent.name} lacks {path.name} (an AHBA donor "
+            f"folder holds {', '.join(DONOR_FILES)})"
+        )
     try:
         df = pd.read_csv(path)
     except Exception as exc:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise BrainAtlasInputError(f"{path.parent.name}/{path.name} lacks column(s) "
-                                   f"{', '.join(missing)}")
+        raise BrainAtlasInputError(
+            f"{path.parent.name}/{path.name} lacks column(s) {', '.join(missing)}"
+        )
     return df
 
 
-def read_donor(path: str | Path, expression: bool = True, pacall: bool = True,
-               name: str | None = None) -> Donor:
+def read_donor(
+    path: str | Path, expression: bool = True, pacall: bool = True, name: str | None = None
+) -> Donor:
     """Read one AHBA donor folder.
 
     expression / pacall : read MicroarrayExpression.csv / PACall.csv (the big files; the
@@ -182,8 +197,9 @@ def read_donor(path: str | Path, expression: bool = True, pacall: bool = True,
     annot = _read_table(path / "SampleAnnot.csv", _ANNOT_NEED)
     for c in ("mni_x", "mni_y", "mni_z"):
         if not pd.api.types.is_numeric_dtype(annot[c]) or annot[c].isna().any():
-            raise BrainAtlasInputError(f"{path.name}/SampleAnnot.csv: column {c} must be "
-                                       "numeric with no missing values")
+            raise BrainAtlasInputError(
+                f"{path.name}/SampleAnnot.csv: column {c} must be numeric with no missing values"
+            )
     annot = annot.reset_index(drop=True)
     probes = _read_table(path / "Probes.csv", _PROBES_NEED)
     probes["probe_id"] = probes["probe_id"].astype(np.int64)
@@ -195,19 +211,27 @@ def read_donor(path: str | Path, expression: bool = True, pacall: bool = True,
     if onto_path.exists():
         ontology = _read_table(onto_path, ("id",))
         ontology = ontology.drop_duplicates("id").set_index("id")
-    mic = _read_matrix(path / "MicroarrayExpression.csv", len(annot), np.float64) \
-        if expression else None
+    mic = (
+        _read_matrix(path / "MicroarrayExpression.csv", len(annot), np.float64)
+        if expression
+        else None
+    )
     pa = _read_matrix(path / "PACall.csv", len(annot), np.int8) if pacall else None
     for m, fname in ((mic, "MicroarrayExpression.csv"), (pa, "PACall.csv")):
         if m is not None and not m.index.isin(probes.index).all():
-            raise BrainAtlasInputError(f"{path.name}/{fname} has probe ids missing from "
-                                       "Probes.csv")
-    return Donor(name=name or donor_name(path), path=path, microarray=mic, pacall=pa,
-                 probes=probes, annotation=annot, ontology=ontology)
+            raise BrainAtlasInputError(f"{path.name}/{fname} has probe ids missing from Probes.csv")
+    return Donor(
+        name=name or donor_name(path),
+        path=path,
+        microarray=mic,
+        pacall=pa,
+        probes=probes,
+        annotation=annot,
+        ontology=ontology,
+    )
 
 
-def sample_structure_info(annotation: pd.DataFrame, ontology: pd.DataFrame | None
-                          ) -> pd.DataFrame:
+def sample_structure_info(annotation: pd.DataFrame, ontology: pd.DataFrame | None) -> pd.DataFrame:
     """Hemisphere ('L', 'R', 'B') and structure class of each sample from the ontology.
 
     Returns ``annotation`` with columns ``hemisphere`` and ``structure`` added (None where
@@ -262,8 +286,9 @@ def read_reannotation(path: str | Path) -> pd.DataFrame:
         raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
     need = [c for c in ("probe_name", "gene_symbol", "entrez_id") if c not in df.columns]
     if need:
-        raise BrainAtlasInputError(f"{path.name} is not a probe re-annotation table (lacks "
-                                   f"{', '.join(need)})")
+        raise BrainAtlasInputError(
+            f"{path.name} is not a probe re-annotation table (lacks {', '.join(need)})"
+        )
     df = df.loc[:, ["probe_name", "gene_symbol", "entrez_id"]]
     df = df.dropna(subset=["entrez_id", "gene_symbol"])
     df = df.drop_duplicates("probe_name")
@@ -292,8 +317,9 @@ def read_corrected_mni(path: str | Path) -> pd.DataFrame:
     return df.loc[:, ["mni_x", "mni_y", "mni_z"]].astype(np.float64)
 
 
-def update_mni_coords(annotation: pd.DataFrame, corrected: pd.DataFrame
-                      ) -> tuple[pd.DataFrame, int]:
+def update_mni_coords(
+    annotation: pd.DataFrame, corrected: pd.DataFrame
+) -> tuple[pd.DataFrame, int]:
     """Replace mni_x/y/z of the samples whose well_id is in ``corrected``; returns the
     updated copy and how many samples were updated (others keep their coordinates)."""
     out = annotation.copy()
@@ -302,7 +328,8 @@ def update_mni_coords(annotation: pd.DataFrame, corrected: pd.DataFrame
     hit = out["well_id"].isin(corrected.index).to_numpy()
     if hit.any():
         out.loc[hit, ["mni_x", "mni_y", "mni_z"]] = corrected.loc[
-            out.loc[hit, "well_id"], ["mni_x", "mni_y", "mni_z"]].to_numpy()
+            out.loc[hit, "well_id"], ["mni_x", "mni_y", "mni_z"]
+        ].to_numpy()
     return out, int(hit.sum())
 
 
@@ -346,20 +373,27 @@ def donor_to_anndata(donor: Donor, by: str = "probe") -> AnnData:
         sym = donor.probes["gene_symbol"].reindex(mic.index)
         ok = sym.notna().to_numpy() & (sym.astype(str).str.lower() != "na").to_numpy()
         g = mic.loc[ok].groupby(sym[ok].astype(str).to_numpy()).mean()
-        adata = AnnData(X=g.to_numpy(np.float32).T, obs=annot,
-                        var=pd.DataFrame(index=pd.Index(g.index.astype(str))))
+        adata = AnnData(
+            X=g.to_numpy(np.float32).T,
+            obs=annot,
+            var=pd.DataFrame(index=pd.Index(g.index.astype(str))),
+        )
     adata.obsm["spatial_mni"] = annot[["mni_x", "mni_y", "mni_z"]].to_numpy(np.float64)
-    adata.uns["napari_brainatlas"] = {"source": str(donor.path), "format": "ahba",
-                                      "donor": donor.name, "coords": "MNI152 mm"}
+    adata.uns["napari_brainatlas"] = {
+        "source": str(donor.path),
+        "format": "ahba",
+        "donor": donor.name,
+        "coords": "MNI152 mm",
+    }
     return adata
 
 
-def read_ahba_donor(path: str | Path, by: str = "probe",
-                    corrected_mni: str | Path | None = None) -> AnnData:
+def read_ahba_donor(
+    path: str | Path, by: str = "probe", corrected_mni: str | Path | None = None
+) -> AnnData:
     """Read an AHBA donor folder into an AnnData (see :func:`donor_to_anndata`);
     ``corrected_mni`` replaces the MNI coordinates of samples whose well_id it lists."""
     donor = read_donor(path, pacall=(by == "probe"))
     if corrected_mni is not None:
-        donor.annotation, _ = update_mni_coords(donor.annotation,
-                                                read_corrected_mni(corrected_mni))
+        donor.annotation, _ = update_mni_coords(donor.annotation, read_corrected_mni(corrected_mni))
     return donor_to_anndata(donor, by=by)

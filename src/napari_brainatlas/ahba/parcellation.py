@@ -56,8 +56,9 @@ class Parcellation:
         return np.asarray(xyz, float) @ inv[:3, :3].T + inv[:3, 3]
 
 
-def read_parcellation(nifti: str | Path, info: str | Path | pd.DataFrame | None = None
-                      ) -> Parcellation:
+def read_parcellation(
+    nifti: str | Path, info: str | Path | pd.DataFrame | None = None
+) -> Parcellation:
     """Read a label NIfTI and its label table (csv path or DataFrame)."""
     import nibabel as nib
 
@@ -74,8 +75,7 @@ def read_parcellation(nifti: str | Path, info: str | Path | pd.DataFrame | None 
         raise BrainAtlasInputError(f"{nifti.name} is not a 3D label image")
     if not np.issubdtype(data.dtype, np.integer):
         if not np.allclose(data, np.round(data)):
-            raise BrainAtlasInputError(f"{nifti.name} holds non-integer values; give a "
-                                       "label image")
+            raise BrainAtlasInputError(f"{nifti.name} holds non-integer values; give a label image")
         data = np.round(data)
     data = data.astype(np.int32)
     present = np.unique(data)
@@ -83,8 +83,9 @@ def read_parcellation(nifti: str | Path, info: str | Path | pd.DataFrame | None 
     if present.size == 0:
         raise BrainAtlasInputError(f"{nifti.name} has no labelled voxel")
     table = _read_info(info, present, nifti.name)
-    return Parcellation(data=data, affine=np.asarray(img.affine, float), info=table,
-                        source=str(nifti))
+    return Parcellation(
+        data=data, affine=np.asarray(img.affine, float), info=table, source=str(nifti)
+    )
 
 
 def _read_info(info, present: np.ndarray, image_name: str) -> pd.DataFrame:
@@ -105,14 +106,16 @@ def _read_info(info, present: np.ndarray, image_name: str) -> pd.DataFrame:
     try:
         df["id"] = df["id"].astype(np.int64)
     except (TypeError, ValueError):
-        raise BrainAtlasInputError("the 'id' column of the atlas label table must hold "
-                                   "integers") from None
+        raise BrainAtlasInputError(
+            "the 'id' column of the atlas label table must hold integers"
+        ) from None
     df = df.drop_duplicates("id").set_index("id")
     missing = np.setdiff1d(present, df.index.to_numpy())
     if missing.size:
         raise BrainAtlasInputError(
             f"{image_name} has label(s) {', '.join(map(str, missing[:5]))} that the label "
-            "table does not list")
+            "table does not list"
+        )
     if "label" not in df.columns:
         df["label"] = df.index.astype(str)
     for c in ("hemisphere", "structure"):
@@ -124,8 +127,9 @@ def _read_info(info, present: np.ndarray, image_name: str) -> pd.DataFrame:
     return df.loc[:, ["label", "hemisphere", "structure"]]
 
 
-def parcellation_values(parc: Parcellation, values: Mapping | pd.Series
-                        ) -> tuple[np.ndarray, dict[int, float]]:
+def parcellation_values(
+    parc: Parcellation, values: Mapping | pd.Series
+) -> tuple[np.ndarray, dict[int, float]]:
     """(labels volume, {label: value}) for a napari Labels layer painted by ``values``.
 
     ``values`` maps label id -> value (a Series from a region x gene table works); labels
@@ -143,8 +147,9 @@ def parcellation_values(parc: Parcellation, values: Mapping | pd.Series
     return parc.data, out
 
 
-def paint_parcellation(parc: Parcellation, values: Mapping | pd.Series,
-                       background: float = np.nan) -> np.ndarray:
+def paint_parcellation(
+    parc: Parcellation, values: Mapping | pd.Series, background: float = np.nan
+) -> np.ndarray:
     """float32 volume: each voxel holds its parcel's value (``background`` where the
     voxel is unlabelled or its parcel has no value) - an Image layer, shown with
     ``affine=parc.affine`` beside sample points in MNI mm."""

@@ -19,8 +19,9 @@ import numpy as np
 __all__ = ["balance_weights", "leiden_labels"]
 
 
-def leiden_labels(z: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15,
-                  seed: int = 0) -> np.ndarray:
+def leiden_labels(
+    z: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15, seed: int = 0
+) -> np.ndarray:
     """Leiden clusters of the rows of ``z`` on a symmetric kNN graph (euclidean)."""
     n = len(z)
     if n <= 2:
@@ -43,8 +44,9 @@ def leiden_labels(z: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15,
     edges = np.stack([np.minimum(src, dst), np.maximum(src, dst)], 1)
     edges = np.unique(edges, axis=0)
     g = ig.Graph(n=n, edges=edges.tolist(), directed=False)
-    part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition,
-                                    resolution_parameter=resolution, seed=int(seed))
+    part = leidenalg.find_partition(
+        g, leidenalg.RBConfigurationVertexPartition, resolution_parameter=resolution, seed=int(seed)
+    )
     return np.asarray(part.membership, dtype=np.int64)
 
 
@@ -64,15 +66,21 @@ def _cluster_section(z: np.ndarray, resolution: float, max_cells: int, rng) -> t
     return labels, cent
 
 
-def balance_weights(latents: list[np.ndarray], resolution: float = 1.0, cutoff: float = 0.5,
-                    power: float = 4.0, max_cells: int = 20000, seed: int = 0
-                    ) -> list[np.ndarray]:
+def balance_weights(
+    latents: list[np.ndarray],
+    resolution: float = 1.0,
+    cutoff: float = 0.5,
+    power: float = 4.0,
+    max_cells: int = 20000,
+    seed: int = 0,
+) -> list[np.ndarray]:
     """Per-cell weights (mean 1 per section) from one embedding of every section."""
     rng = np.random.default_rng(seed)
     if len(latents) < 2:
         return [np.ones(len(z), np.float32) for z in latents]
-    clus = [_cluster_section(np.asarray(z, np.float64), resolution, max_cells, rng)
-            for z in latents]
+    clus = [
+        _cluster_section(np.asarray(z, np.float64), resolution, max_cells, rng) for z in latents
+    ]
     unit = []
     for _, cent in clus:
         nrm = np.linalg.norm(cent, axis=1, keepdims=True)

@@ -27,7 +27,10 @@ def delaunay_edges(coords: np.ndarray) -> sp.csr_matrix:
         s = tri.simplices
         i = np.concatenate([s[:, 0], s[:, 1], s[:, 2]])
         j = np.concatenate([s[:, 1], s[:, 2], s[:, 0]])
-    except (QhullError, ValueError):  # degenerate geometry (collinear / too few points): kNN fallback
+    except (
+        QhullError,
+        ValueError,
+    ):  # degenerate geometry (collinear / too few points): kNN fallback
         from scipy.spatial import cKDTree
 
         k = min(7, n)
@@ -45,7 +48,7 @@ def delaunay_edges(coords: np.ndarray) -> sp.csr_matrix:
 def normalized_adjacency(A: sp.spmatrix) -> sp.csr_matrix:
     """``D^-1/2 (A + I) D^-1/2`` with D the degree of ``A + I`` (CSR, float32, sorted indices)."""
     n = A.shape[0]
-    M = (sp.csr_matrix(A, dtype=np.float64) + sp.identity(n, format="csr", dtype=np.float64))
+    M = sp.csr_matrix(A, dtype=np.float64) + sp.identity(n, format="csr", dtype=np.float64)
     deg = np.asarray(M.sum(axis=1)).ravel()
     dinv = 1.0 / np.sqrt(deg)
     D = sp.diags(dinv)

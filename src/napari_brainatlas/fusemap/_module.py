@@ -33,8 +33,7 @@ __all__ = ["Discriminator", "FuseMapModule", "SectionEncoder"]
 class SectionEncoder(nn.Module):
     """Dedicated encoder of one section: expression (n, G_v) -> (mean, std) of z_C."""
 
-    def __init__(self, n_genes: int, n_latent: int = 64, n_hidden: int = 512,
-                 dropout: float = 0.2):
+    def __init__(self, n_genes: int, n_latent: int = 64, n_hidden: int = 512, dropout: float = 0.2):
         super().__init__()
         self.n_genes = int(n_genes)
         self.net = nn.Sequential(
@@ -58,8 +57,7 @@ class SectionEncoder(nn.Module):
 class Discriminator(nn.Module):
     """MLP k-256-256-V giving section logits."""
 
-    def __init__(self, n_latent: int, n_sections: int, n_hidden: int = 256,
-                 dropout: float = 0.2):
+    def __init__(self, n_latent: int, n_sections: int, n_hidden: int = 256, dropout: float = 0.2):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(n_latent, n_hidden),
@@ -85,9 +83,15 @@ def check_section_name(name: str) -> str:
 class FuseMapModule(nn.Module):
     """All trainable pieces of FuseMap (see module docstring)."""
 
-    def __init__(self, section_genes: dict[str, list[str]], n_latent: int = 64,
-                 n_hidden: int = 512, dropout: float = 0.2, disc_hidden: int = 256,
-                 genes: list[str] | None = None):
+    def __init__(
+        self,
+        section_genes: dict[str, list[str]],
+        n_latent: int = 64,
+        n_hidden: int = 512,
+        dropout: float = 0.2,
+        disc_hidden: int = 256,
+        genes: list[str] | None = None,
+    ):
         super().__init__()
         self.n_latent = int(n_latent)
         self.section_genes = {check_section_name(k): list(v) for k, v in section_genes.items()}
@@ -104,10 +108,12 @@ class FuseMapModule(nn.Module):
         E = torch.empty(len(self.genes), self.n_latent)
         nn.init.xavier_uniform_(E)
         self.gene_embedding = nn.Parameter(E)
-        self.encoders = nn.ModuleDict({
-            name: SectionEncoder(len(gl), n_latent, n_hidden, dropout)
-            for name, gl in self.section_genes.items()
-        })
+        self.encoders = nn.ModuleDict(
+            {
+                name: SectionEncoder(len(gl), n_latent, n_hidden, dropout)
+                for name, gl in self.section_genes.items()
+            }
+        )
         n_sec = len(self.section_genes)
         self.disc_cell = Discriminator(n_latent, n_sec, disc_hidden, dropout)
         self.disc_tissue = Discriminator(n_latent, n_sec, disc_hidden, dropout)
@@ -122,8 +128,9 @@ class FuseMapModule(nn.Module):
         dev = self.gene_embedding.device
         r = self._rows.get(name)
         if r is None or r.device != dev:
-            r = torch.as_tensor([self.gene_index[g] for g in self.section_genes[name]],
-                                dtype=torch.long, device=dev)
+            r = torch.as_tensor(
+                [self.gene_index[g] for g in self.section_genes[name]], dtype=torch.long, device=dev
+            )
             self._rows[name] = r
         return r
 
@@ -142,16 +149,20 @@ class FuseMapModule(nn.Module):
         import pandas as pd
 
         E = self.gene_embedding.detach().float().cpu().numpy()
-        return pd.DataFrame(E, index=pd.Index(self.genes, name="gene"),
-                            columns=[f"e{i}" for i in range(E.shape[1])])
+        return pd.DataFrame(
+            E, index=pd.Index(self.genes, name="gene"), columns=[f"e{i}" for i in range(E.shape[1])]
+        )
 
     def impute(self, z_cell: torch.Tensor, genes: list[str] | None = None) -> torch.Tensor:
         """``max(z_C E^T, 0)`` over ``genes`` (default: every gene in the embedding)."""
         if genes is None:
             E = self.gene_embedding
         else:
-            idx = torch.as_tensor([self.gene_index[g] for g in genes], dtype=torch.long,
-                                  device=self.gene_embedding.device)
+            idx = torch.as_tensor(
+                [self.gene_index[g] for g in genes],
+                dtype=torch.long,
+                device=self.gene_embedding.device,
+            )
             E = self.gene_embedding.index_select(0, idx)
         return torch.relu(z_cell @ E.t())
 
@@ -175,8 +186,9 @@ class FuseMapModule(nn.Module):
         self._rows.clear()
         return list(range(start, start + len(new)))
 
-    def add_section(self, name: str, genes: list[str], n_hidden: int | None = None,
-                    dropout: float = 0.2) -> SectionEncoder:
+    def add_section(
+        self, name: str, genes: list[str], n_hidden: int | None = None, dropout: float = 0.2
+    ) -> SectionEncoder:
         """Add a new encoder (and embedding rows for unseen genes) for a query section."""
         name = check_section_name(name)
         if name in self.section_genes:
@@ -185,7 +197,6 @@ class FuseMapModule(nn.Module):
         self.section_genes[name] = list(genes)
         first = next(iter(self.encoders.values()), None)
         hid = n_hidden or (first.mean.in_features if first is not None else 512)
-        enc = SectionEncoder(len(genes), self.n_latent, hid, dropout).to(
-            self.gene_embedding.device)
+        enc = SectionEncoder(len(genes), self.n_latent, hid, dropout).to(self.gene_embedding.device)
         self.encoders[name] = enc
         return enc

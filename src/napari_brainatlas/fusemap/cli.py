@@ -22,19 +22,31 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "embed", help="FuseMap: cell, tissue and gene embeddings of sections",
+        "embed",
+        help="FuseMap: cell, tissue and gene embeddings of sections",
         description="Train FuseMap on the sections of the input files and write the model "
-                    "folder and an embedded .h5ad per section into --out.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=".h5ad, .loom, .csv or a folder of csv files (one or more sections each)")
+        "folder and an embedded .h5ad per section into --out.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help=".h5ad, .loom, .csv or a folder of csv files (one or more sections each)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--epochs", type=int, default=15,
-                   help="maximum epochs per training phase (default 15)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA when available, else CPU")
+    p.add_argument(
+        "--epochs", type=int, default=15, help="maximum epochs per training phase (default 15)"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: CUDA when available, else CPU",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
     p.add_argument("--pixel-size", type=float, default=None, help="um per coordinate unit")
     p.add_argument("--section-key", default=None, help="obs column splitting sections")
     p.set_defaults(func=run)
@@ -51,10 +63,12 @@ class _Bar:
     def __call__(self, epoch: int, n_epochs: int, losses: dict) -> None:
         frac = min(epoch / max(n_epochs, 1), 1.0)
         fill = round(frac * self.width)  # frac: a Python float
-        msg = (f"\rembed [{'#' * fill}{'.' * (self.width - fill)}] {epoch}/{n_epochs} "
-               f"{losses.get('phase', '')} recon {losses.get('recon', float('nan')):.4f} "
-               f"val {losses.get('val_loss', float('nan')):.4f} "
-               f"{time.time() - self.t0:.0f}s")
+        msg = (
+            f"\rembed [{'#' * fill}{'.' * (self.width - fill)}] {epoch}/{n_epochs} "
+            f"{losses.get('phase', '')} recon {losses.get('recon', float('nan')):.4f} "
+            f"val {losses.get('val_loss', float('nan')):.4f} "
+            f"{time.time() - self.t0:.0f}s"
+        )
         self.stream.write(msg)
         self.stream.flush()
 
@@ -90,8 +104,7 @@ def run(args) -> int:
     if args.epochs < 0:
         raise BrainAtlasInputError("--epochs must be 0 or more")
     rank, world, dist_dev = D.init_from_env()
-    device = args.device if world == 1 or dist_dev == "auto" or args.device == "cpu" \
-        else dist_dev
+    device = args.device if world == 1 or dist_dev == "auto" or args.device == "cpu" else dist_dev
     resolve_device(device)  # one-line error when CUDA is asked for but absent
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -104,9 +117,11 @@ def run(args) -> int:
     main = rank == 0
     if main:
         n = sum(a.n_obs for a in sections)
-        print(f"embed: {len(sections)} section(s), {n} cells, {len(model.module.genes)} genes, "
-              f"device {model.device}" + (f", {world} processes" if world > 1 else ""),
-              file=sys.stderr)
+        print(
+            f"embed: {len(sections)} section(s), {n} cells, {len(model.module.genes)} genes, "
+            f"device {model.device}" + (f", {world} processes" if world > 1 else ""),
+            file=sys.stderr,
+        )
     bar = _Bar() if main else None
     old_threads = torch.get_num_threads()
     if args.threads:

@@ -16,11 +16,18 @@ from anndata import AnnData
 __all__ = ["make_synthetic_sections"]
 
 
-def make_synthetic_sections(n_sections: int = 3, n_cells: int | list[int] = 500,
-                            n_genes: int = 60, n_shared: int = 30, n_types: int = 6,
-                            n_regions: int = 4, batch_strength: float = 0.5,
-                            depth: float = 200.0, sparse: bool = False,
-                            seed: int = 0) -> list[AnnData]:
+def make_synthetic_sections(
+    n_sections: int = 3,
+    n_cells: int | list[int] = 500,
+    n_genes: int = 60,
+    n_shared: int = 30,
+    n_types: int = 6,
+    n_regions: int = 4,
+    batch_strength: float = 0.5,
+    depth: float = 200.0,
+    sparse: bool = False,
+    seed: int = 0,
+) -> list[AnnData]:
     """Return ``n_sections`` AnnData with integer counts in ``X`` and ``layers['counts']``,
     ``obsm['spatial']`` (um), ``obs['celltype']``, ``obs['region']``, ``obs['section']``.
 
@@ -40,8 +47,9 @@ def make_synthetic_sections(n_sections: int = 3, n_cells: int | list[int] = 500,
     mix = rng.dirichlet(np.full(n_types, 0.3), size=n_regions)
     out = []
     for v, n in enumerate(sizes):
-        extra = rng.choice(np.arange(n_shared, pool), size=min(n_extra, pool - n_shared),
-                           replace=False)
+        extra = rng.choice(
+            np.arange(n_shared, pool), size=min(n_extra, pool - n_shared), replace=False
+        )
         panel = np.concatenate([np.arange(n_shared), np.sort(extra)]).astype(int)
         w, h = 1000.0 * np.sqrt(n / 1000.0), 1000.0 * np.sqrt(n / 1000.0)
         xy = np.column_stack([rng.random(n) * w, rng.random(n) * h])
@@ -55,11 +63,14 @@ def make_synthetic_sections(n_sections: int = 3, n_cells: int | list[int] = 500,
         counts = rng.poisson(mean).astype(np.float32)
         X = sp.csr_matrix(counts) if sparse else counts
         name = f"syn{v}"
-        obs = pd.DataFrame({
-            "celltype": pd.Categorical([f"T{t}" for t in ctype]),
-            "region": pd.Categorical([f"R{r}" for r in region]),
-            "section": pd.Categorical([name] * n),
-        }, index=[f"{name}_c{i}" for i in range(n)])
+        obs = pd.DataFrame(
+            {
+                "celltype": pd.Categorical([f"T{t}" for t in ctype]),
+                "region": pd.Categorical([f"R{r}" for r in region]),
+                "section": pd.Categorical([name] * n),
+            },
+            index=[f"{name}_c{i}" for i in range(n)],
+        )
         a = AnnData(X=X, obs=obs, var=pd.DataFrame(index=gene_names[panel]))
         a.layers["counts"] = X.copy()
         a.obsm["spatial"] = xy

@@ -2,7 +2,7 @@
 
 Each donor is one zip (about 140-300 MB) holding the five csv files of a donor folder;
 it is unpacked to ``OUT_DIR/normalized_microarray_donor<id>/`` (abagen's layout), so
-:func:`napari_brainatlas.human.process_ahba` can be given ``OUT_DIR`` directly.
+:func:`napari_brainatlas.ahba.process_ahba` can be given ``OUT_DIR`` directly.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def resolve_donors(donors: str | Sequence[str]) -> list[str]:
         else:
             raise BrainAtlasInputError(
                 f"unknown AHBA donor {d!r}; use one of {', '.join(AHBA_DONORS)} (or "
-                f"{', '.join(by_name)}, or 'all')")
+                f"{', '.join(by_name)}, or 'all')"
+            )
     return list(dict.fromkeys(out))
 
 
@@ -60,9 +61,13 @@ def _complete(folder: Path) -> bool:
     return all((folder / f).exists() for f in DONOR_FILES)
 
 
-def fetch_ahba(donors: str | Sequence[str] = "all", out_dir: str | Path = "ahba-data",
-               timeout: float = 30.0, url: str = AHBA_URL,
-               progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
+def fetch_ahba(
+    donors: str | Sequence[str] = "all",
+    out_dir: str | Path = "ahba-data",
+    timeout: float = 30.0,
+    url: str = AHBA_URL,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Path]:
     """Download AHBA donors into ``out_dir``; returns their folders.
 
     Donors already there are not downloaded again. ``progress(donor, bytes_done,
@@ -77,8 +82,7 @@ def fetch_ahba(donors: str | Sequence[str] = "all", out_dir: str | Path = "ahba-
     for d in ids:
         folder = out_dir / f"normalized_microarray_donor{d}"
         if not _complete(folder):
-            _download_donor(d, folder, url.format(file_id=AHBA_DONORS[d][1]), timeout,
-                            progress)
+            _download_donor(d, folder, url.format(file_id=AHBA_DONORS[d][1]), timeout, progress)
         folders.append(folder)
     return folders
 
@@ -105,7 +109,8 @@ def _download_donor(donor: str, folder: Path, url: str, timeout: float, progress
         raise BrainAtlasInputError(
             f"cannot download AHBA donor {donor} from {url} ({_why(reason)}): no internet "
             f"connection or the Allen server is unreachable; download it elsewhere, unzip "
-            f"it into {folder} and give that folder instead") from None
+            f"it into {folder} and give that folder instead"
+        ) from None
     tmp = folder.parent / f".{folder.name}.tmp"
     try:
         if tmp.exists():
@@ -113,17 +118,23 @@ def _download_donor(donor: str, folder: Path, url: str, timeout: float, progress
         with zipfile.ZipFile(zpath) as zf:
             zf.extractall(tmp)
         # the zip may hold the csv files at its top or inside one folder
-        inner = tmp if _complete(tmp) else next(
-            (p for p in tmp.rglob("SampleAnnot.csv")), tmp / "SampleAnnot.csv").parent
+        inner = (
+            tmp
+            if _complete(tmp)
+            else next((p for p in tmp.rglob("SampleAnnot.csv")), tmp / "SampleAnnot.csv").parent
+        )
         if not _complete(inner):
-            raise BrainAtlasInputError(f"the download of AHBA donor {donor} is not a donor "
-                                       f"zip (it lacks {', '.join(DONOR_FILES)})")
+            raise BrainAtlasInputError(
+                f"the download of AHBA donor {donor} is not a donor "
+                f"zip (it lacks {', '.join(DONOR_FILES)})"
+            )
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(inner, folder)
     except zipfile.BadZipFile:
-        raise BrainAtlasInputError(f"the download of AHBA donor {donor} is not a valid zip "
-                                   "file; try again") from None
+        raise BrainAtlasInputError(
+            f"the download of AHBA donor {donor} is not a valid zip file; try again"
+        ) from None
     finally:
         if zpath.exists():
             zpath.unlink()

@@ -82,16 +82,16 @@ def allreduce_grads(params) -> None:
     params = [p for p in params if p.requires_grad]
     if not params:
         return
-    flat = torch.cat([
-        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
-    ])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    )
     buf = _comm_device(flat)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     buf = buf.to(flat.device) / world
     off = 0
     for p in params:
         n = p.numel()
-        g = buf[off:off + n].view_as(p)
+        g = buf[off : off + n].view_as(p)
         if p.grad is None:
             p.grad = g.clone()
         else:

@@ -117,8 +117,11 @@ class _WeightAverage:
         self.module, self.decay, self.t = module, float(decay), 0
         self.avg = None
         if self.decay > 0:
-            self.avg = {k: v.detach().clone() for k, v in module.state_dict().items()
-                        if v.dtype.is_floating_point}
+            self.avg = {
+                k: v.detach().clone()
+                for k, v in module.state_dict().items()
+                if v.dtype.is_floating_point
+            }
 
     @torch.no_grad()
     def update(self) -> None:
@@ -144,13 +147,15 @@ class _WeightAverage:
             if self.avg is None or self.t == 0:
                 yield
                 return
-            raw = {k: v.detach().clone() for k, v in self.module.state_dict().items()
-                   if k in self.avg}
+            raw = {
+                k: v.detach().clone() for k, v in self.module.state_dict().items() if k in self.avg
+            }
             self.module.load_state_dict(self.avg, strict=False)
             try:
                 yield
             finally:
                 self.module.load_state_dict(raw, strict=False)
+
         return ctx()
 
 
@@ -199,7 +204,7 @@ class FuseMap:
         steps on sections of ~2,000 cells, far fewer than the published model gets on
         atlas-sized sections; the floor lets the adversarial game run long enough
         (measured: iLISI of z_C 0.19 -> 0.27 on the demo, 0.33 -> 0.46 on osmFISH at
-        3 + 3 epochs, label kNN accuracy unchanged; benchmarks/embedding/RESULTS_embedding.md).
+        3 + 3 epochs, label kNN accuracy unchanged; benchmarks/embedding/NOTES.md).
         0 = one pass per epoch. Has no effect once the largest section has more than
         ``min_steps * batch_size`` training cells.
     adv_cells : cells the discriminators see each step: "block" (default: every
@@ -225,7 +230,7 @@ class FuseMap:
         around a mixed solution and their average is much closer to it (Polyak / EMA
         averaging of GAN iterates). Measured on the demo at 600 steps: iLISI of z_C
         0.36 -> 0.46, cross-section kNN accuracy 0.66 -> 0.73
-        (benchmarks/embedding/RESULTS_embedding.md).
+        (benchmarks/embedding/NOTES.md).
     recon_from : what the reconstruction term decodes: "both" (default; the mean of the
         two mean squared errors below), "tissue" (``ReLU(A z_T E_v^T)``, the published
         code, only) or "cell" (``ReLU(z_C E_v^T)``, the paper's coupled factorisation of
@@ -235,42 +240,69 @@ class FuseMap:
         and ties each z_C to its own expression. Measured (seed 0, 15 + 15 epochs):
         cross-section kNN accuracy of z_C 0.742 -> 0.833 (demo), 0.868 -> 0.943
         (MERFISH), iLISI 0.542 -> 0.565 / 0.950 -> 0.937
-        (benchmarks/embedding/RESULTS_embedding.md). Models saved without this key load
+        (benchmarks/embedding/NOTES.md). Models saved without this key load
         as "tissue" (how they were trained).
     device : "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"...
     seed : seeds every random choice; training on CPU is deterministic for a seed (on
         the same machine and thread count).
     """
 
-    def __init__(self, sections: list[AnnData], section_names: list[str] | None = None,
-                 n_latent: int = 64, n_hidden: int = 512, dropout: float = 0.2,
-                 disc_hidden: int = 256, batch_size: int = 64, lr: float = 1e-3,
-                 val_fraction: float = 0.15, instance_noise: float = 1.5,
-                 adv_ratio: float = 0.5, softmax_ce: bool = True,
-                 adv_objective: str = "minmax", patience: tuple[int, int] = (3, 5),
-                 lr_patience: tuple[int, int] = (2, 3), leiden_resolution: float = 1.0,
-                 max_val_cells: int = 10000, adv_cells: str = "block",
-                 noise_schedule: str = "pretrain", min_steps: int = 60,
-                 sample_latent: bool = True, weight_average: float = 0.99,
-                 recon_from: str = "both",
-                 device: str = "auto", seed: int = 0):
+    def __init__(
+        self,
+        sections: list[AnnData],
+        section_names: list[str] | None = None,
+        n_latent: int = 64,
+        n_hidden: int = 512,
+        dropout: float = 0.2,
+        disc_hidden: int = 256,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        val_fraction: float = 0.15,
+        instance_noise: float = 1.5,
+        adv_ratio: float = 0.5,
+        softmax_ce: bool = True,
+        adv_objective: str = "minmax",
+        patience: tuple[int, int] = (3, 5),
+        lr_patience: tuple[int, int] = (2, 3),
+        leiden_resolution: float = 1.0,
+        max_val_cells: int = 10000,
+        adv_cells: str = "block",
+        noise_schedule: str = "pretrain",
+        min_steps: int = 60,
+        sample_latent: bool = True,
+        weight_average: float = 0.99,
+        recon_from: str = "both",
+        device: str = "auto",
+        seed: int = 0,
+    ):
         if isinstance(sections, AnnData):
             sections = [sections]
         sections = list(sections)
         if not sections:
             raise BrainAtlasInputError("give at least one section")
         self.config = {
-            "n_latent": int(n_latent), "n_hidden": int(n_hidden), "dropout": float(dropout),
-            "disc_hidden": int(disc_hidden), "batch_size": int(batch_size), "lr": float(lr),
-            "val_fraction": float(val_fraction), "instance_noise": float(instance_noise),
-            "adv_ratio": float(adv_ratio), "softmax_ce": bool(softmax_ce),
-            "adv_objective": str(adv_objective), "patience": [int(patience[0]), int(patience[1])],
+            "n_latent": int(n_latent),
+            "n_hidden": int(n_hidden),
+            "dropout": float(dropout),
+            "disc_hidden": int(disc_hidden),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "val_fraction": float(val_fraction),
+            "instance_noise": float(instance_noise),
+            "adv_ratio": float(adv_ratio),
+            "softmax_ce": bool(softmax_ce),
+            "adv_objective": str(adv_objective),
+            "patience": [int(patience[0]), int(patience[1])],
             "lr_patience": [int(lr_patience[0]), int(lr_patience[1])],
             "leiden_resolution": float(leiden_resolution),
-            "max_val_cells": int(max_val_cells), "adv_cells": str(adv_cells),
-            "noise_schedule": str(noise_schedule), "min_steps": int(min_steps),
-            "sample_latent": bool(sample_latent), "weight_average": float(weight_average),
-            "recon_from": str(recon_from), "seed": int(seed),
+            "max_val_cells": int(max_val_cells),
+            "adv_cells": str(adv_cells),
+            "noise_schedule": str(noise_schedule),
+            "min_steps": int(min_steps),
+            "sample_latent": bool(sample_latent),
+            "weight_average": float(weight_average),
+            "recon_from": str(recon_from),
+            "seed": int(seed),
         }
         _check_config(self.config)
         self.device = resolve_device(device)
@@ -284,8 +316,11 @@ class FuseMap:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config["seed"])
             self.module = FuseMapModule(
-                {p.name: p.genes for p in self.prepared}, n_latent=n_latent,
-                n_hidden=n_hidden, dropout=dropout, disc_hidden=disc_hidden,
+                {p.name: p.genes for p in self.prepared},
+                n_latent=n_latent,
+                n_hidden=n_hidden,
+                dropout=dropout,
+                disc_hidden=disc_hidden,
             ).to(self.device)
         D.broadcast_module(self.module)
 
@@ -294,7 +329,8 @@ class FuseMap:
         self.adatas = sections
         self.section_names = names
         self.prepared: list[PreparedSection] = [
-            preprocess_section(a, n) for a, n in zip(sections, names)]
+            preprocess_section(a, n) for a, n in zip(sections, names)
+        ]
         rng = np.random.default_rng(self.config["seed"])
         self.data: list[SectionData] = []
         for code, p in enumerate(self.prepared):
@@ -307,10 +343,18 @@ class FuseMap:
             mv = self.config["max_val_cells"]
             if len(val) > mv:
                 val = np.sort(rng.choice(val, mv, replace=False))
-            self.data.append(SectionData(
-                name=p.name, code=code, X=p.X, A=A, train_idx=train, val_idx=val,
-                w_cell=np.ones(p.n_cells, np.float32),
-                w_tissue=np.ones(p.n_cells, np.float32)))
+            self.data.append(
+                SectionData(
+                    name=p.name,
+                    code=code,
+                    X=p.X,
+                    A=A,
+                    train_idx=train,
+                    val_idx=val,
+                    w_cell=np.ones(p.n_cells, np.float32),
+                    w_tissue=np.ones(p.n_cells, np.float32),
+                )
+            )
 
     @property
     def n_sections(self) -> int:
@@ -343,39 +387,59 @@ class FuseMap:
         return [self.module.gene_embedding] + list(self.module.encoders.parameters())
 
     def _disc_params(self):
-        return list(self.module.disc_cell.parameters()) + list(
-            self.module.disc_tissue.parameters())
+        return list(self.module.disc_cell.parameters()) + list(self.module.disc_tissue.parameters())
 
     def _step(self, seeds_per_section, opt_ae, opt_d) -> dict:
         m, dev = self.module, self.device
         block = self.config.get("adv_cells", "seeds") == "block"
         smp = bool(self.config.get("sample_latent", True))
         rf = self.config.get("recon_from", "tissue")
-        outs = [forward_section(m, sd, s, dev, sample=smp, block=block, recon_from=rf)
-                for sd, s in zip(self.data, seeds_per_section)]
+        outs = [
+            forward_section(m, sd, s, dev, sample=smp, block=block, recon_from=rf)
+            for sd, s in zip(self.data, seeds_per_section)
+        ]
         ae = torch.stack([o["recon"] + o["kl"] for o in outs]).mean()
-        logs = {"recon": float(torch.stack([o["recon"] for o in outs]).mean().detach()),
-                    "kl": float(torch.stack([o["kl"] for o in outs]).mean().detach())}
+        logs = {
+            "recon": float(torch.stack([o["recon"] for o in outs]).mean().detach()),
+            "kl": float(torch.stack([o["kl"] for o in outs]).mean().detach()),
+        }
         adversarial = self.n_sections > 1
         if adversarial:
-            kc, ic, kt, it = (("zc_all", "zc_idx", "zt_all", "zt_idx") if block
-                              else ("zc", "seeds", "zt", "seeds"))
+            kc, ic, kt, it = (
+                ("zc_all", "zc_idx", "zt_all", "zt_idx")
+                if block
+                else ("zc", "seeds", "zt", "seeds")
+            )
             zc = torch.cat([o[kc] for o in outs])
             zt = torch.cat([o[kt] for o in outs])
-            y = torch.cat([torch.full((len(o[ic]),), sd.code, dtype=torch.long)
-                           for o, sd in zip(outs, self.data)]).to(dev)
-            yt = y if not block else torch.cat(
-                [torch.full((len(o[it]),), sd.code, dtype=torch.long)
-                 for o, sd in zip(outs, self.data)]).to(dev)
-            wc = torch.from_numpy(np.concatenate(
-                [sd.w_cell[o[ic]] for o, sd in zip(outs, self.data)])).to(dev)
-            wt = torch.from_numpy(np.concatenate(
-                [sd.w_tissue[o[it]] for o, sd in zip(outs, self.data)])).to(dev)
+            y = torch.cat(
+                [
+                    torch.full((len(o[ic]),), sd.code, dtype=torch.long)
+                    for o, sd in zip(outs, self.data)
+                ]
+            ).to(dev)
+            yt = (
+                y
+                if not block
+                else torch.cat(
+                    [
+                        torch.full((len(o[it]),), sd.code, dtype=torch.long)
+                        for o, sd in zip(outs, self.data)
+                    ]
+                ).to(dev)
+            )
+            wc = torch.from_numpy(
+                np.concatenate([sd.w_cell[o[ic]] for o, sd in zip(outs, self.data)])
+            ).to(dev)
+            wt = torch.from_numpy(
+                np.concatenate([sd.w_tissue[o[it]] for o, sd in zip(outs, self.data)])
+            ).to(dev)
             # 1) discriminators minimise the (weighted) cross-entropy
             zcd, ztd = zc.detach(), zt.detach()
             for _ in range(self.config.get("disc_steps", 1)):
-                d_loss = (self._wce(m.disc_cell(self._noise(zcd)), y, wc)
-                          + self._wce(m.disc_tissue(self._noise(ztd)), yt, wt))
+                d_loss = self._wce(m.disc_cell(self._noise(zcd)), y, wc) + self._wce(
+                    m.disc_tissue(self._noise(ztd)), yt, wt
+                )
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 D.allreduce_grads(self._disc_params())
@@ -383,11 +447,14 @@ class FuseMap:
             logs["disc"] = float(d_loss.detach())
             # 2) autoencoders minimise AE - lambda * CE
             if self.config.get("adv_objective", "minmax") == "confusion":
-                adv = -(self._wconf(m.disc_cell(self._noise(zc)), wc)
-                        + self._wconf(m.disc_tissue(self._noise(zt)), wt))
+                adv = -(
+                    self._wconf(m.disc_cell(self._noise(zc)), wc)
+                    + self._wconf(m.disc_tissue(self._noise(zt)), wt)
+                )
             else:
-                adv = (self._wce(m.disc_cell(self._noise(zc)), y, wc)
-                       + self._wce(m.disc_tissue(self._noise(zt)), yt, wt))
+                adv = self._wce(m.disc_cell(self._noise(zc)), y, wc) + self._wce(
+                    m.disc_tissue(self._noise(zt)), yt, wt
+                )
             if self.lambda_adv is None:
                 a, c = D.allreduce_sum([float(ae.detach()), float(adv.detach())])
                 self.lambda_adv = float(self.config["adv_ratio"] * a / max(abs(c), 1e-8))
@@ -411,8 +478,14 @@ class FuseMap:
         for sd in self.data:
             val = sd.val_idx[rank::world]
             for i in range(0, len(val), bs):
-                o = forward_section(self.module, sd, val[i:i + bs], self.device, sample=False,
-                                    recon_from=self.config.get("recon_from", "tissue"))
+                o = forward_section(
+                    self.module,
+                    sd,
+                    val[i : i + bs],
+                    self.device,
+                    sample=False,
+                    recon_from=self.config.get("recon_from", "tissue"),
+                )
                 k = len(o["seeds"])
                 tot += float(o["recon"] + o["kl"]) * k
                 cnt += k
@@ -420,26 +493,67 @@ class FuseMap:
         tot, cnt = D.allreduce_sum([tot, cnt])
         return tot / max(cnt, 1.0)
 
-    def _run_phase(self, phase: str, n_epochs: int, patience: int, epoch0: int,
-                   total_epochs: int, progress, cancel, rng) -> int:
+    def _run_phase(
+        self,
+        phase: str,
+        n_epochs: int,
+        patience: int,
+        epoch0: int,
+        total_epochs: int,
+        progress,
+        cancel,
+        rng,
+    ) -> int:
         lr = self.config["lr"]
         opt_ae = torch.optim.RMSprop(self._ae_params(), lr=lr)
         opt_d = torch.optim.RMSprop(self._disc_params(), lr=lr)
-        sched = [torch.optim.lr_scheduler.ReduceLROnPlateau(
-            o, mode="min", factor=0.5,
-            patience=self.config["lr_patience"][0 if phase == "pretrain" else 1])
-            for o in (opt_ae, opt_d)]
+        sched = [
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                o,
+                mode="min",
+                factor=0.5,
+                patience=self.config["lr_patience"][0 if phase == "pretrain" else 1],
+            )
+            for o in (opt_ae, opt_d)
+        ]
         B = self.config["batch_size"]
         self.module.train()
         avg = _WeightAverage(self.module, self.config.get("weight_average", 0.0))
         try:
-            return self._run_epochs(phase, n_epochs, patience, epoch0, total_epochs, progress,
-                                    cancel, rng, opt_ae, opt_d, sched, B, avg)
+            return self._run_epochs(
+                phase,
+                n_epochs,
+                patience,
+                epoch0,
+                total_epochs,
+                progress,
+                cancel,
+                rng,
+                opt_ae,
+                opt_d,
+                sched,
+                B,
+                avg,
+            )
         finally:
             avg.apply()
 
-    def _run_epochs(self, phase, n_epochs, patience, epoch0, total_epochs, progress, cancel,
-                    rng, opt_ae, opt_d, sched, B, avg) -> int:
+    def _run_epochs(
+        self,
+        phase,
+        n_epochs,
+        patience,
+        epoch0,
+        total_epochs,
+        progress,
+        cancel,
+        rng,
+        opt_ae,
+        opt_d,
+        sched,
+        B,
+        avg,
+    ) -> int:
         rank, world = D.rank_world()
         best, bad = math.inf, 0
         for ep in range(n_epochs):
@@ -447,12 +561,14 @@ class FuseMap:
             if self.config.get("noise_schedule", "pretrain") == "constant":
                 self._anneal = 1.0
             else:
-                self._anneal = (max(1.0 - (epoch0 + ep) / burn, 0.0) if phase == "pretrain"
-                                else 0.0)
+                self._anneal = max(1.0 - (epoch0 + ep) / burn, 0.0) if phase == "pretrain" else 0.0
             shards = [rng.permutation(sd.train_idx)[rank::world] for sd in self.data]
             n_glob = max(len(sd.train_idx) for sd in self.data)
-            n_steps = max(1, math.ceil(n_glob / (B * world)),
-                          math.ceil(self.config.get("min_steps", 0) / world))
+            n_steps = max(
+                1,
+                math.ceil(n_glob / (B * world)),
+                math.ceil(self.config.get("min_steps", 0) / world),
+            )
             ptr = [0] * len(shards)
             acc: dict[str, float] = {}
             for _ in range(n_steps):
@@ -465,13 +581,13 @@ class FuseMap:
                         sh = shards[v] = rng.permutation(self.data[v].train_idx)
                     if ptr[v] + B > len(sh):  # smaller sections are cycled
                         if ptr[v] < len(sh) and len(sh) >= B:
-                            sel = np.concatenate([sh[ptr[v]:], sh[:B - (len(sh) - ptr[v])]])
+                            sel = np.concatenate([sh[ptr[v] :], sh[: B - (len(sh) - ptr[v])]])
                             ptr[v] = B - (len(sh) - ptr[v])
                         else:
                             sel = sh[:B]
                             ptr[v] = min(B, len(sh))
                     else:
-                        sel = sh[ptr[v]:ptr[v] + B]
+                        sel = sh[ptr[v] : ptr[v] + B]
                         ptr[v] += B
                     seeds.append(np.unique(sel))
                 for k, v in self._step(seeds, opt_ae, opt_d).items():
@@ -481,8 +597,14 @@ class FuseMap:
                 val = self._validate()
             for s in sched:
                 s.step(val)
-            rec = dict(phase=phase, epoch=epoch0 + ep + 1, val_loss=val,
-                       lr=opt_ae.param_groups[0]["lr"], steps=n_steps, **acc)
+            rec = dict(
+                phase=phase,
+                epoch=epoch0 + ep + 1,
+                val_loss=val,
+                lr=opt_ae.param_groups[0]["lr"],
+                steps=n_steps,
+                **acc,
+            )
             if self.lambda_adv is not None:
                 rec["lambda"] = self.lambda_adv
             self.history.append(rec)
@@ -496,9 +618,15 @@ class FuseMap:
                     break
         return epoch0 + n_epochs
 
-    def train(self, max_epochs: int = 15, progress: Callable | None = None,
-              cancel: Callable | None = None, pretrain_epochs: int | None = None,
-              final_epochs: int | None = None, balance: bool = True) -> list[dict]:
+    def train(
+        self,
+        max_epochs: int = 15,
+        progress: Callable | None = None,
+        cancel: Callable | None = None,
+        pretrain_epochs: int | None = None,
+        final_epochs: int | None = None,
+        balance: bool = True,
+    ) -> list[dict]:
         """Train: (1) pretrain, (2) balance weights, (3) final training.
 
         Parameters
@@ -528,13 +656,22 @@ class FuseMap:
         with torch.random.fork_rng(devices=devs):
             torch.manual_seed(self.config["seed"] * 1000 + 17 + rank)
             rng = np.random.default_rng(self.config["seed"] + 1)
-            ep = self._run_phase("pretrain", n_pre, self.config["patience"][0], 0, total,
-                                 progress, cancel, rng)
+            ep = self._run_phase(
+                "pretrain", n_pre, self.config["patience"][0], 0, total, progress, cancel, rng
+            )
             if not self.cancelled and n_fin > 0:
                 if balance and self.n_sections > 1:
                     self.compute_balance_weights()
-                self._run_phase("final", n_fin, self.config["patience"][1], max(ep, n_pre),
-                                total, progress, cancel, rng)
+                self._run_phase(
+                    "final",
+                    n_fin,
+                    self.config["patience"][1],
+                    max(ep, n_pre),
+                    total,
+                    progress,
+                    cancel,
+                    rng,
+                )
         self.module.eval()
         self.is_trained = True
         self._latent_cache.clear()
@@ -560,8 +697,10 @@ class FuseMap:
     def _latent_kept(self) -> dict[str, list[np.ndarray]]:
         if not self._latent_cache:
             if not hasattr(self, "data"):
-                raise BrainAtlasInputError("this model was loaded without sections; "
-                                           "give sections to FuseMap.load to embed them")
+                raise BrainAtlasInputError(
+                    "this model was loaded without sections; "
+                    "give sections to FuseMap.load to embed them"
+                )
             zc, zt = [], []
             for sd in self.data:
                 a, b = infer_latent(self.module, sd.name, sd.X, sd.A, self.device)
@@ -636,9 +775,15 @@ class FuseMap:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         torch.save(state, out / "weights.pt")
-        cfg = dict(self.config, format_version=FORMAT_VERSION, model="FuseMap",
-                   section_names=self.section_names, lambda_adv=self.lambda_adv,
-                   is_trained=self.is_trained, genes=list(self.module.genes))
+        cfg = dict(
+            self.config,
+            format_version=FORMAT_VERSION,
+            model="FuseMap",
+            section_names=self.section_names,
+            lambda_adv=self.lambda_adv,
+            is_trained=self.is_trained,
+            genes=list(self.module.genes),
+        )
         (out / "config.json").write_text(json.dumps(cfg, indent=1))
         (out / "panels.json").write_text(json.dumps(self.module.section_genes, indent=1))
         self.gene_embedding().to_csv(out / "genes.csv")
@@ -646,8 +791,9 @@ class FuseMap:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, sections: list[AnnData] | None = None,
-             device: str = "auto") -> FuseMap:
+    def load(
+        cls, path: str | Path, sections: list[AnnData] | None = None, device: str = "auto"
+    ) -> FuseMap:
         """Load a model folder written by :meth:`save` (weights via
         ``torch.load(weights_only=True)``). With ``sections`` (the same sections, in the
         same order) the model can embed them again; without, only the module and the gene
@@ -660,12 +806,30 @@ class FuseMap:
         except (OSError, ValueError) as exc:
             raise BrainAtlasInputError(f"cannot read model folder {p}: {exc}") from exc
         self = cls.__new__(cls)
-        keys = ("n_latent", "n_hidden", "dropout", "disc_hidden", "batch_size", "lr",
-                "val_fraction", "instance_noise", "adv_ratio", "softmax_ce", "adv_objective",
-                "patience",
-                "lr_patience", "leiden_resolution", "max_val_cells", "adv_cells",
-                "noise_schedule", "min_steps", "sample_latent", "weight_average", "recon_from",
-                "seed")
+        keys = (
+            "n_latent",
+            "n_hidden",
+            "dropout",
+            "disc_hidden",
+            "batch_size",
+            "lr",
+            "val_fraction",
+            "instance_noise",
+            "adv_ratio",
+            "softmax_ce",
+            "adv_objective",
+            "patience",
+            "lr_patience",
+            "leiden_resolution",
+            "max_val_cells",
+            "adv_cells",
+            "noise_schedule",
+            "min_steps",
+            "sample_latent",
+            "weight_average",
+            "recon_from",
+            "seed",
+        )
         self.config = {k: cfg[k] for k in keys if k in cfg}
         _check_config(self.config)
         self.device = resolve_device(device)
@@ -677,9 +841,14 @@ class FuseMap:
         hist = p / "history.json"
         self.history = json.loads(hist.read_text()) if hist.exists() else []
         names = list(cfg["section_names"])
-        self.module = FuseMapModule(panels, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
-                                    dropout=cfg["dropout"], disc_hidden=cfg["disc_hidden"],
-                                    genes=cfg["genes"])
+        self.module = FuseMapModule(
+            panels,
+            n_latent=cfg["n_latent"],
+            n_hidden=cfg["n_hidden"],
+            dropout=cfg["dropout"],
+            disc_hidden=cfg["disc_hidden"],
+            genes=cfg["genes"],
+        )
         self.module.load_state_dict(state)
         self.module.to(self.device).eval()
         self.section_names = names
@@ -689,14 +858,18 @@ class FuseMap:
                 sections = [sections]
             if len(sections) != len(names):
                 raise BrainAtlasInputError(
-                    f"the model has {len(names)} sections but {len(sections)} were given")
+                    f"the model has {len(names)} sections but {len(sections)} were given"
+                )
             self._attach(list(sections), names)
             for pr in self.prepared:
                 if pr.genes != panels[pr.name]:
                     raise BrainAtlasInputError(
-                        f"section {pr.name!r} does not have the genes the model was trained on")
+                        f"section {pr.name!r} does not have the genes the model was trained on"
+                    )
         return self
 
     def __repr__(self) -> str:
-        return (f"FuseMap({self.n_sections} sections, {len(self.module.genes)} genes, "
-                f"k={self.config['n_latent']}, trained={self.is_trained}, device={self.device})")
+        return (
+            f"FuseMap({self.n_sections} sections, {len(self.module.genes)} genes, "
+            f"k={self.config['n_latent']}, trained={self.is_trained}, device={self.device})"
+        )

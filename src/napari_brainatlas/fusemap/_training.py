@@ -57,10 +57,12 @@ def gather_subgraph(A: sp.csr_matrix, seeds: np.ndarray):
     n1 = np.unique(r0.indices)
     r1 = A[n1]
     n2 = np.unique(r1.indices)
-    A0 = sp.csr_matrix((r0.data, np.searchsorted(n1, r0.indices), r0.indptr),
-                       shape=(len(seeds), len(n1)))
-    A1 = sp.csr_matrix((r1.data, np.searchsorted(n2, r1.indices), r1.indptr),
-                       shape=(len(n1), len(n2)))
+    A0 = sp.csr_matrix(
+        (r0.data, np.searchsorted(n1, r0.indices), r0.indptr), shape=(len(seeds), len(n1))
+    )
+    A1 = sp.csr_matrix(
+        (r1.data, np.searchsorted(n2, r1.indices), r1.indptr), shape=(len(n1), len(n2))
+    )
     return n2, A1, A0, np.searchsorted(n1, seeds), np.searchsorted(n2, seeds)
 
 
@@ -68,8 +70,9 @@ def to_torch_sparse(M: sp.csr_matrix, device) -> torch.Tensor:
     coo = M.tocoo()
     idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     val = torch.from_numpy(coo.data.astype(np.float32))
-    return torch.sparse_coo_tensor(idx, val, coo.shape, device=device,
-                                   check_invariants=False).coalesce()
+    return torch.sparse_coo_tensor(
+        idx, val, coo.shape, device=device, check_invariants=False
+    ).coalesce()
 
 
 def rows_dense(X, idx: np.ndarray) -> np.ndarray:
@@ -78,8 +81,15 @@ def rows_dense(X, idx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X[idx])
 
 
-def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, device,
-                    sample: bool, block: bool = False, recon_from: str = "tissue") -> dict:
+def forward_section(
+    module: FuseMapModule,
+    sd: SectionData,
+    seeds: np.ndarray,
+    device,
+    sample: bool,
+    block: bool = False,
+    recon_from: str = "tissue",
+) -> dict:
     """Losses and seed embeddings of one section for the seed cells ``seeds``.
 
     ``recon_from``: "tissue" reconstructs the seeds' expression from ``A z_T`` (the
@@ -97,8 +107,8 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
     mu, std = module.encode(sd.name, x2)
     z = mu + std * torch.randn_like(mu) if sample else mu
     A1t = to_torch_sparse(A1, device)
-    zt1 = torch.sparse.mm(A1t, z)                                  # z_T on N1
-    h = torch.sparse.mm(to_torch_sparse(A0, device), zt1)          # (A z_T) on S
+    zt1 = torch.sparse.mm(A1t, z)  # z_T on N1
+    h = torch.sparse.mm(to_torch_sparse(A0, device), zt1)  # (A z_T) on S
     s2t = torch.from_numpy(s2).to(device)
     x_s = x2.index_select(0, s2t)
     if recon_from == "cell":
@@ -106,8 +116,7 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
     else:
         recon = F.mse_loss(module.decode(sd.name, h), x_s)
         if recon_from == "both":
-            recon = 0.5 * (recon + F.mse_loss(module.decode(sd.name, z.index_select(0, s2t)),
-                                              x_s))
+            recon = 0.5 * (recon + F.mse_loss(module.decode(sd.name, z.index_select(0, s2t)), x_s))
     mu_s, std_s = mu.index_select(0, s2t), std.index_select(0, s2t)
     kl = (0.5 * (mu_s.pow(2) + std_s.pow(2) - 1.0) - torch.log(std_s)).sum(1).mean()
     kl = kl / x2.shape[1]
@@ -129,8 +138,9 @@ def forward_section(module: FuseMapModule, sd: SectionData, seeds: np.ndarray, d
 
 
 @torch.no_grad()
-def infer_latent(module: FuseMapModule, name: str, X, A: sp.csr_matrix, device,
-                 batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+def infer_latent(
+    module: FuseMapModule, name: str, X, A: sp.csr_matrix, device, batch: int = 16384
+) -> tuple[np.ndarray, np.ndarray]:
     """(z_C means, z_T = A z_C) for every cell of a section, in eval mode."""
     was = module.training
     module.eval()

@@ -157,8 +157,10 @@ def preprocess_section(
         source = adata.X
     if source is None:
         raise BrainAtlasInputError(f"section {name!r} has no expression matrix")
-    if getattr(adata, "isbacked", False) and not sp.issparse(source) and not isinstance(
-        source, np.ndarray
+    if (
+        getattr(adata, "isbacked", False)
+        and not sp.issparse(source)
+        and not isinstance(source, np.ndarray)
     ):
         source = source[:, :]
     M = _as_csr_or_dense(source)
