@@ -4,8 +4,8 @@ The engines (``io``, ``atlas``, ``demo``, ``register``, ``model``, ``annotate``)
 Python and never import Qt or napari; ``widgets`` holds the thin napari dock widgets.
 """
 
-from ._errors import BrainAtlasInputError
+from ._errors import BrainAtlasInputError, Cancelled
 
 __version__ = "0.1.0"
 
-__all__ = ["BrainAtlasInputError", "__version__"]
+__all__ = ["BrainAtlasInputError", "Cancelled", "__version__"]

@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .._errors import BrainAtlasInputError
+from .._errors import BrainAtlasInputError, Cancelled
 from .connectome import Connectome, map_cells
 from .graphs import Graph, connectivity_graph, spatial_graph
 from .model import SpaConNet, mix_weight
@@ -52,8 +52,8 @@ __all__ = [
 ]
 
 
-class TrainingCancelled(RuntimeError):
-    """Raised by :func:`train` when its ``cancel()`` returns True."""
+#: the package's one cancel exception (kept under this name for existing callers)
+TrainingCancelled = Cancelled
 
 
 @dataclass

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .._errors import Cancelled
 from .affine import apply_affine, fit_affine
 
 __all__ = ["ICPResult", "RegistrationCancelled", "icp_affine"]
 
 
-class RegistrationCancelled(RuntimeError):
-    """Raised when the ``cancel()`` callable returned True during a registration."""
+#: the package's one cancel exception (kept under this name for existing callers)
+RegistrationCancelled = Cancelled
 
 
 @dataclass
