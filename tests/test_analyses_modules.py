@@ -134,14 +134,39 @@ def _digest(folder):
     }
 
 
-def test_modules_saved_into_a_model_folder_without_touching_it(tmp_path):
-    from napari_brainatlas.analyses.tasks import modules_for_model
+@pytest.fixture(scope="module")
+def tiny_model():
     from napari_brainatlas.fusemap import FuseMap, make_synthetic_sections
 
     secs = make_synthetic_sections(n_sections=2, n_cells=200, n_genes=40, n_shared=20, seed=0)
     model = FuseMap(secs, n_hidden=32, n_latent=8, min_steps=2, device="cpu", seed=0)
     model.train(pretrain_epochs=1, final_epochs=0)
-    folder = model.save(tmp_path / "model")
+    return model
+
+
+def test_scores_of_a_section_the_model_holds_decode_its_unmeasured_genes(tiny_model):
+    gm = gene_modules(tiny_model, umap=False)
+    a = tiny_model.adatas[0]
+    b = a.copy()
+    keys = score_modules(b, gm, model=tiny_model)  # a copy: decoded from obsm, absent
+    assert sum(b.uns["gene_modules"]["n_imputed"].values()) == 0
+    keys = score_modules(a, gm, model=tiny_model)  # the model's own section
+    info = a.uns["gene_modules"]
+    own = {g.upper() for g in a.var_names}
+    assert sum(info["n_imputed"].values()) == len(set(gm.genes) - own) > 0
+    assert all(np.isfinite(a.obs[k]).all() for k in keys.values())
+    # the same numbers through the written embedding (obsm['X_fusemap_cell'])
+    c = tiny_model.write_embeddings(copy=True)[0]
+    score_modules(c, gm, model=tiny_model)
+    for k in keys.values():
+        np.testing.assert_allclose(c.obs[k], a.obs[k], rtol=1e-5, atol=1e-6)
+
+
+def test_modules_saved_into_a_model_folder_without_touching_it(tmp_path, tiny_model):
+    from napari_brainatlas.analyses.tasks import modules_for_model
+    from napari_brainatlas.fusemap import FuseMap
+
+    folder = tiny_model.save(tmp_path / "model")
     before = _digest(folder)
     gm = modules_for_model(folder, out_dir=tmp_path / "out", umap=False)
     after = _digest(folder)
