@@ -127,16 +127,13 @@ def test_planted_attraction_found_in_its_region_only():
     assert not mask[(a.obs["region"] == "right").to_numpy()].any()
 
 
-def test_null_is_calibrated_on_labels_without_spatial_structure():
+@pytest.mark.parametrize("pvalue", ["empirical", "normal"])
+def test_null_is_calibrated_on_labels_without_spatial_structure(pvalue):
     ps = []
     for rep in range(3):
         a = _section(4000, 2000.0, 4, seed=10 + rep)
-        res = region_proximity(
-            a,
-            celltype_key="celltype",
-            region_key="region",
-            settings=ProximitySettings(n_shifts=200, seed=rep, alternative="two-sided"),
-        )
+        s = ProximitySettings(n_shifts=200, seed=rep, alternative="two-sided", pvalue=pvalue)
+        res = region_proximity(a, celltype_key="celltype", region_key="region", settings=s)
         ps.append(res.table["p_value"].to_numpy())
     p = np.concatenate(ps)
     assert len(p) == 3 * 2 * 10
@@ -219,6 +216,7 @@ def test_min_cells_leaves_rare_types_out():
             {"celltype_key": "celltype", "settings": ProximitySettings(alternative="up")},
             "alternative",
         ),
+        (None, {"celltype_key": "celltype", "settings": ProximitySettings(pvalue="t")}, "pvalue"),
     ],
 )
 def test_bad_input_one_clear_error(change, kw, match):
