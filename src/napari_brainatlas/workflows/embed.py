@@ -42,9 +42,9 @@ class Embedded:
     is_main: bool = True  # False on torchrun ranks other than 0: nothing to write
 
     def header(self) -> str:
-        n = sum(a.n_obs for a in self.sections)
+        n = sum(a.n_obs for a in self.model.adatas)
         return (
-            f"embed: {len(self.sections)} section(s), {n} cells, "
+            f"embed: {len(self.model.adatas)} section(s), {n} cells, "
             f"{len(self.model.module.genes)} genes, device {self.model.device}"
         )
 

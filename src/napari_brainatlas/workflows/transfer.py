@@ -12,8 +12,10 @@
     ``embed`` wrote beside the folder (:func:`reference_files`);
   - a trained :class:`~napari_brainatlas.fusemap.FuseMap` object: ``reference`` or the
     model's own sections (embedded again);
-  - no model: a FuseMap is trained on the ``reference`` sections first (``epochs`` per
-    phase), as the Annotate dock does.
+  - an untrained FuseMap (built on the labelled reference sections, with the options
+    the caller chose), or no model and the ``reference`` sections (a FuseMap with
+    default options): it is trained first (``epochs`` per phase), as the Annotate dock
+    does.
 * :func:`write_transfer` - the query sections as one .h5ad (several are concatenated with
   ``obs['section']``), atomically.
 * :func:`load_reference` - the model and its embedded reference sections (shared with
@@ -171,15 +173,17 @@ class Transferred:
         return out
 
 
-def _train_reference(reference, epochs, seed, device, progress, cancel):
+def _reference_model(reference, seed, device):
+    """A new (untrained) FuseMap on copies of the reference sections."""
     from ..fusemap import FuseMap
 
     if reference is None:
         raise BrainAtlasInputError("give reference sections or a model")
-    refs = as_sections(reference)
-    model = FuseMap([a.copy() for a in refs], seed=seed, device=device)
-    train_fusemap(model, epochs, progress=progress, cancel=cancel, extra=epochs)
-    return model, model.write_embeddings(copy=True)
+    return FuseMap([a.copy() for a in as_sections(reference)], seed=seed, device=device)
+
+
+def _untrained(model) -> bool:
+    return not isinstance(model, (str, Path)) and not getattr(model, "is_trained", True)
 
 
 def label_transfer(
@@ -211,12 +215,17 @@ def label_transfer(
         raise BrainAtlasInputError("give at least one label column to transfer")
     if epochs < 0:
         raise BrainAtlasInputError("epochs must be 0 or more")
+    offset = 0
     if model is None:
-        model, refs = _train_reference(reference, epochs, seed, device, progress, cancel)
+        model, reference = _reference_model(reference, seed, device), None
+    if _untrained(model):
+        if reference is not None:
+            raise BrainAtlasInputError(
+                "an untrained model trains on its own sections: give no reference sections"
+            )
+        train_fusemap(model, epochs, progress=progress, cancel=cancel, extra=epochs)
         offset = 2 * int(epochs)
-    else:
-        model, refs = load_reference(model, reference, device=device)
-        offset = 0
+    model, refs = load_reference(model, reference, device=device)
     for lab in labels:
         if not all(lab in r.obs.columns for r in refs):
             raise BrainAtlasInputError(f"the reference sections have no obs['{lab}'] labels")
