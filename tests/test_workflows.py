@@ -150,12 +150,17 @@ def test_register_one_writes_and_leaves_the_input(tmp_path):
         write_registered(reg, src, inputs=[src])
 
 
-def test_register_many_cancel_and_options(tiny):
-    from napari_brainatlas.workflows import load_atlas, register_many
+def test_register_many_cancel_paths_and_options(tmp_path, tiny):
+    from napari_brainatlas.workflows import load_atlas, register_many, register_one
 
     atlas = load_atlas("demo")
     with pytest.raises(Cancelled):
         register_many(tiny, atlas, [_truth_options(a) for a in tiny], cancel=lambda: True)
+    path = write_h5ad(tiny[1], tmp_path / "s.h5ad")  # a path in: read, then registered
+    with pytest.raises(Cancelled):
+        register_one(path, atlas, cancel=lambda: True, **_truth_options(tiny[1]))
+    with pytest.raises(BrainAtlasInputError, match="no section 'nope'"):
+        register_one(path, atlas, name="nope", **_truth_options(tiny[1]))
     with pytest.raises(BrainAtlasInputError, match="one per section"):
         register_many(tiny, atlas, [{}])
     with pytest.raises(BrainAtlasInputError, match="ontology"):

@@ -36,6 +36,7 @@ import importlib
 
 __all__ = [
     "ahba_expression",
+    "as_sections",
     "assign_domains",
     "describe_file",
     "embed_sections",
@@ -82,7 +83,14 @@ _WHERE = {
         "write_registered",
         "write_series",
     ),
-    "sections": ("describe_file", "read_paths", "section_name", "section_names", "select_section"),
+    "sections": (
+        "as_sections",
+        "describe_file",
+        "read_paths",
+        "section_name",
+        "section_names",
+        "select_section",
+    ),
     "transfer": ("label_transfer", "load_reference", "reference_files", "write_transfer"),
 }
 _MODULE_OF = {name: mod for mod, names in _WHERE.items() for name in names}

@@ -22,8 +22,7 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn
 from ._progress import raise_if_cancelled, relay
 from .outputs import check_output_folder, write_sections
-from .sections import section_names
-from .transfer import as_sections
+from .sections import as_sections, section_names
 
 __all__ = ["CellFormerRun", "train_cellformer", "write_cellformer"]
 

@@ -20,7 +20,6 @@ modified.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn
 from ._progress import relay
 from .outputs import check_output_folder, write_sections
-from .sections import section_names
+from .sections import as_sections, section_names
 
 __all__ = [
     "Domains",
@@ -98,7 +97,7 @@ def _ontology(ontology, sections, midline_ml_um):
 
 
 def prepare_domains(
-    sections: Sequence[AnnData],
+    sections,
     connectome,
     *,
     ontology=None,
@@ -108,7 +107,8 @@ def prepare_domains(
     per_region: int = 3,
     seed: int = 0,
 ) -> DomainsInput:
-    """Map the connectome onto the sections' cells and build both graphs.
+    """Map the connectome onto the cells of ``sections`` (AnnData or paths) and build
+    both graphs.
 
     ``ontology``: Ontology or structure tree .csv / graph .json (default: the demo
     ontology, for sections registered to 'demo'); ``midline_ml_um``: the ML midline (um;
@@ -118,7 +118,7 @@ def prepare_domains(
     """
     from ..domains import load_connectome, prepare
 
-    sections = list(sections)
+    sections = as_sections(sections)
     if not sections:
         raise BrainAtlasInputError("no sections given")
     if isinstance(connectome, (str, Path)):

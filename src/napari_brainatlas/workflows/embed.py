@@ -27,7 +27,7 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, report
 from ._progress import raise_if_cancelled, relay
 from .outputs import check_output_folder, write_sections
-from .sections import section_names
+from .sections import as_sections, section_names
 
 __all__ = ["Embedded", "embed_sections", "load_fusemap", "train_fusemap", "write_embedding"]
 
@@ -85,7 +85,7 @@ def _device(device: str) -> tuple[int, int, str]:
 
 
 def embed_sections(
-    sections: Sequence[AnnData],
+    sections,
     *,
     epochs: int = 15,
     device: str = "auto",
@@ -95,7 +95,8 @@ def embed_sections(
     progress: ProgressFn | None = None,
     cancel=None,
 ) -> Embedded:
-    """Train FuseMap on ``sections`` and embed them (see the module docstring).
+    """Train FuseMap on ``sections`` (AnnData or paths) and embed them (see the module
+    docstring).
 
     ``epochs``: at most this many epochs in each of the two training phases;
     ``model_options``: more :class:`FuseMap` options (``n_latent``, ...). Progress:
@@ -106,7 +107,7 @@ def embed_sections(
 
     if epochs < 0:
         raise BrainAtlasInputError("epochs must be 0 or more")
-    sections = list(sections)
+    sections = as_sections(sections)
     if not sections:
         raise BrainAtlasInputError("no sections to embed")
     rank, world, device = _device(device)

@@ -28,7 +28,8 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel
 from .embed import load_fusemap
 from .outputs import check_output_file
-from .transfer import as_sections, combine_sections, load_reference, map_onto
+from .sections import as_sections
+from .transfer import combine_sections, load_reference, map_onto
 
 __all__ = ["Imputed", "impute_sections", "write_imputed"]
 

@@ -33,7 +33,7 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import relay
 from .outputs import check_output_file
-from .sections import section_name, section_names
+from .sections import as_sections, section_name, section_names, select_section
 
 __all__ = [
     "METRIC_KEYS",
@@ -126,7 +126,7 @@ def _register_section(adata, atlas, name, region_key, progress, cancel, options)
 
 
 def register_one(
-    adata: AnnData,
+    adata,
     atlas,
     *,
     name: str | None = None,
@@ -137,8 +137,11 @@ def register_one(
 ) -> Registered:
     """Register one section (see the module docstring); ``atlas`` an Atlas or a spec.
 
-    ``region_key``: obs column with region labels, used when the section has it.
+    ``adata``: an AnnData or a path (``name`` picks the section of a multi-section
+    file); ``region_key``: obs column with region labels, used when the section has it.
     """
+    if not isinstance(adata, AnnData):
+        adata = select_section(as_sections(adata), name, source=str(adata))
     atlas = load_atlas(atlas)
     return _register_section(
         adata, atlas, name or section_name(adata), region_key, progress, cancel, options
@@ -146,7 +149,7 @@ def register_one(
 
 
 def register_many(
-    sections: Sequence[AnnData],
+    sections,
     atlas,
     options: dict | Sequence[dict],
     *,
@@ -160,6 +163,7 @@ def register_many(
     between sections and by the engine.
     """
     atlas = load_atlas(atlas)
+    sections = as_sections(sections)
     per = [options] * len(sections) if isinstance(options, dict) else list(options)
     if len(per) != len(sections):
         raise BrainAtlasInputError(
@@ -236,7 +240,7 @@ def _ordered(sections, names, order):
 
 
 def place_series(
-    sections: Sequence[AnnData],
+    sections,
     *,
     first_um: float,
     last_um: float,
@@ -254,6 +258,7 @@ def place_series(
 
     first, last = float(first_um), float(last_um)
     _check_ends(first, last, atlas, ontology, plane)
+    sections = as_sections(sections)
     sections, names = _ordered(sections, section_names(sections), order)
     if len(sections) < 2:
         raise BrainAtlasInputError("an ordered series needs at least two sections")

@@ -9,6 +9,7 @@
 * :func:`section_name` / :func:`section_names` - the name of a section everywhere
   (output file names, model section names, printed lines): ``uns['napari_brainatlas']
   ['section']``, else a single ``obs['section']`` value, else ``section<i>``.
+* :func:`as_sections` - what every workflow accepts: AnnData objects or paths.
 * :func:`select_section` - one section of several by name (one clear error otherwise).
 * :func:`describe_file` - what ``napari-brainatlas info`` prints about a file.
 """
@@ -27,6 +28,7 @@ from ..io import read_sections
 
 __all__ = [
     "FileInfo",
+    "as_sections",
     "describe_file",
     "read_paths",
     "section_name",
@@ -99,6 +101,18 @@ def read_paths(
         if section_name(a) != name:
             _set_name(a, name)
     return sections
+
+
+def as_sections(items, pixel_size_um: float | None = None) -> list[AnnData]:
+    """AnnData objects as given (not copied); paths read with :func:`read_paths`."""
+    if isinstance(items, (AnnData, str, Path)):
+        items = [items]
+    items = list(items)
+    if all(isinstance(a, AnnData) for a in items):
+        return items
+    if any(isinstance(a, AnnData) for a in items):
+        raise BrainAtlasInputError("give sections either as AnnData objects or as paths")
+    return read_paths(items, pixel_size_um)
 
 
 def select_section(sections: Sequence[AnnData], name: str | None = None, source="") -> AnnData:

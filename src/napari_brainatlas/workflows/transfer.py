@@ -39,11 +39,10 @@ from ..jobs import ProgressFn, check_cancel, report
 from ._progress import raise_if_cancelled, relay
 from .embed import load_fusemap, train_fusemap
 from .outputs import check_output_file
-from .sections import read_paths
+from .sections import as_sections
 
 __all__ = [
     "Transferred",
-    "as_sections",
     "combine_sections",
     "load_reference",
     "map_onto",
@@ -51,18 +50,6 @@ __all__ = [
     "label_transfer",
     "write_transfer",
 ]
-
-
-def as_sections(items, pixel_size_um: float | None = None) -> list[AnnData]:
-    """AnnData objects as given; paths read with :func:`.sections.read_paths`."""
-    if isinstance(items, (AnnData, str, Path)):
-        items = [items]
-    items = list(items)
-    if all(isinstance(a, AnnData) for a in items):
-        return items
-    if any(isinstance(a, AnnData) for a in items):
-        raise BrainAtlasInputError("give sections either as AnnData objects or as paths")
-    return read_paths(items, pixel_size_um)
 
 
 def reference_files(model, model_dir, given=None) -> list[Path]:
