@@ -4,8 +4,6 @@ and decoded genes), files written next to a model without touching the model's o
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +11,7 @@ from anndata import AnnData
 from sklearn.metrics import adjusted_rand_score
 
 from napari_brainatlas import BrainAtlasInputError, Cancelled
-from napari_brainatlas.analyses import GeneModules, gene_modules, score_key, score_modules
+from napari_brainatlas.analyses import gene_modules, score_key, score_modules
 
 SIZES = [50, 40, 30, 30, 25, 20]
 
@@ -126,14 +124,6 @@ def test_cells_dropped_by_preprocessing_score_zero_and_no_nan():
         score_modules(other, gm)
 
 
-def _digest(folder):
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.iterdir())
-        if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def tiny_model():
     from napari_brainatlas.fusemap import FuseMap, make_synthetic_sections
@@ -160,26 +150,3 @@ def test_scores_of_a_section_the_model_holds_decode_its_unmeasured_genes(tiny_mo
     score_modules(c, gm, model=tiny_model)
     for k in keys.values():
         np.testing.assert_allclose(c.obs[k], a.obs[k], rtol=1e-5, atol=1e-6)
-
-
-def test_modules_saved_into_a_model_folder_without_touching_it(tmp_path, tiny_model):
-    from napari_brainatlas.analyses.tasks import modules_for_model
-    from napari_brainatlas.fusemap import FuseMap
-
-    folder = tiny_model.save(tmp_path / "model")
-    before = _digest(folder)
-    gm = modules_for_model(folder, out_dir=tmp_path / "out", umap=False)
-    after = _digest(folder)
-    assert {k: v for k, v in after.items() if k in before} == before
-    assert set(after) - set(before) == {"modules.csv", "modules.json"}
-    back = GeneModules.load(folder)
-    pd.testing.assert_frame_equal(back.table, gm.table, check_dtype=False)
-    assert back.resolution == gm.resolution
-    assert (tmp_path / "out" / "modules.csv").is_file()
-    assert (tmp_path / "out" / "gene_umap.png").stat().st_size > 1000
-    FuseMap.load(folder)  # the model still loads
-    t = pd.read_csv(folder / "modules.csv")
-    assert list(t.columns[:2]) == ["gene", "module"]
-    assert {"hub_score", "umap_x", "umap_y"} <= set(t.columns)
-    with pytest.raises(BrainAtlasInputError, match="not a model folder"):
-        modules_for_model(tmp_path / "out")

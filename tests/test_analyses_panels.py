@@ -131,32 +131,3 @@ def test_variability_ranks_overdispersed_genes_above_poisson_genes_of_equal_mean
     # two sections: a gene's score is the mean of its two percentiles
     b = a[:, ::-1].copy()
     assert gene_variability([a, b]).index[0].startswith("NB")
-
-
-def test_panel_task_from_a_model_folder(tmp_path):
-    from napari_brainatlas.analyses.tasks import panel_for_model
-    from napari_brainatlas.fusemap import FuseMap, make_synthetic_sections
-    from napari_brainatlas.io import write_h5ad
-
-    secs = make_synthetic_sections(n_sections=2, n_cells=200, n_genes=40, n_shared=20, seed=0)
-    model = FuseMap(secs, n_hidden=32, n_latent=8, min_steps=2, device="cpu", seed=0)
-    model.train(pretrain_epochs=1, final_epochs=0)
-    folder = model.save(tmp_path / "run" / "model")
-    with pytest.raises(BrainAtlasInputError, match="expression"):
-        panel_for_model(folder, 10)
-    for a, name in zip(secs, model.section_names):  # what `embed` writes beside the model
-        write_h5ad(a, tmp_path / "run" / f"{name}.h5ad")
-    out = tmp_path / "panel.csv"
-    panel = panel_for_model(folder, 12, include=["GENE0"], exclude=["GENE1"], out_csv=out)
-    back = pd.read_csv(out)
-    assert list(back.columns) == ["gene", "module", "variability", "pick"]
-    assert len(back) == 12 and back["gene"].iloc[0] == "GENE0" and "GENE1" not in set(back.gene)
-    assert back.equals(panel) or np.allclose(back["variability"], panel["variability"])
-    hv = panel_for_model(folder, 12, method="hvg")
-    assert len(hv) == 12
-    with pytest.raises(BrainAtlasInputError, match="not a model folder"):
-        panel_for_model(tmp_path, 5)
-    with pytest.raises(BrainAtlasInputError, match="larger than"):
-        panel_for_model(folder, 10_000)
-    with pytest.raises(BrainAtlasInputError, match="method"):
-        panel_for_model(folder, 5, method="best")

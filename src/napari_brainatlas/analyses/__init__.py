@@ -1,4 +1,5 @@
-"""Atlas analyses of the FuseMap paper (engine: no Qt / napari imports).
+"""Atlas analyses of the FuseMap paper (engine: no Qt / napari imports; the file-to-file
+tasks the CLI and docks call are in :mod:`napari_brainatlas.workflows.analyses`).
 
 * :mod:`.modules` - gene modules from the gene embedding (cosine kNN graph + Leiden), hub
   genes, a gene UMAP, per-cell module scores (``obs['module_<k>_score']``), saved as
@@ -7,7 +8,6 @@
   top-HVG and random panels for comparison.
 * :mod:`.proximity` - region-specific cell-cell proximity: pairs within 30 um against
   random shifts of the cells within 100 um, z-scores, empirical p, Benjamini-Hochberg.
-* :mod:`.tasks` - one call per user task from files to files (the CLI / dock entry points).
 * :mod:`.plots` - gene UMAP and proximity heatmap figures (matplotlib, no GUI backend).
 """
 

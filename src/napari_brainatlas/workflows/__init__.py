@@ -26,6 +26,7 @@ domains        SpaCon domains (``prepare_domains``, ``find_domains``, ...)
 ahba           Allen Human Brain Atlas parcel x gene table (``ahba_expression``)
 cellformer     the transformer cell encoder (``train_cellformer``)
 demo           the headless main job on the demo (``run_demo``)
+analyses       gene modules, panels, proximity (``find_modules``, ``design_panel``, ...)
 outputs        output-path checks and the per-section writer
 =============  ================================================================
 """
@@ -36,6 +37,14 @@ import importlib
 
 __all__ = [
     "ahba_expression",
+    "cell_proximity",
+    "design_panel",
+    "find_modules",
+    "score_sections",
+    "write_modules",
+    "write_panel",
+    "write_proximity",
+    "write_scored",
     "as_sections",
     "assign_domains",
     "describe_file",
@@ -70,6 +79,16 @@ __all__ = [
 
 _WHERE = {
     "ahba": ("ahba_expression", "fetch_donors", "write_ahba"),
+    "analyses": (
+        "cell_proximity",
+        "design_panel",
+        "find_modules",
+        "score_sections",
+        "write_modules",
+        "write_panel",
+        "write_proximity",
+        "write_scored",
+    ),
     "cellformer": ("train_cellformer", "write_cellformer"),
     "demo": ("run_demo",),
     "domains": ("assign_domains", "find_domains", "prepare_domains", "write_domains"),
