@@ -141,7 +141,8 @@ def run_modules(args) -> int:
     from ..workflows.outputs import check_output_folder
 
     out = check_output_folder(args.out)
-    with Progress("modules", verbose=args.verbose) as bar:
+    text = lambda d, t, i, s: f"gene modules: {i.get('phase', '')} {d}/{t}, {s:.0f} s"  # noqa: E731
+    with Progress("modules", text=text, verbose=args.verbose) as bar:
         result = wf.find_modules(
             args.model,
             resolution=_resolution(args.resolution),
@@ -198,7 +199,8 @@ def run_proximity(args) -> int:
         seed=args.seed,
     )
     settings.check()
-    with Progress("proximity", verbose=args.verbose) as bar:
+    text = lambda d, t, i, s: f"proximity: {d}/{t} random shifts, {s:.0f} s"  # noqa: E731
+    with Progress("proximity", text=text, verbose=args.verbose) as bar:
         result = wf.cell_proximity(
             args.inputs,
             celltype_key=args.celltype,
