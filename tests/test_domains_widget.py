@@ -55,7 +55,7 @@ def test_train_then_alpha_recolours(qtbot, domains_dock, error_notifications):
     qtbot.mouseClick(w.train_button, _left())
     qtbot.waitUntil(lambda: w.labels is not None and not w.busy, timeout=120000)
     assert not error_notifications, [n.message for n in error_notifications]
-    assert w.progress.value() == 100 and w.alpha_shown == 0.5
+    assert w.progress.value() == w.progress.maximum() > 0 and w.alpha_shown == 0.5
     layers = w.trained_layers
     assert len(layers) == 2
     before = [np.array(ly.face_color) for ly in layers]

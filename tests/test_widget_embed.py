@@ -26,7 +26,7 @@ def embed_dock(make_napari_viewer):
 
 
 def _wait_trained(qtbot, w):
-    qtbot.waitUntil(lambda: w._worker is None, timeout=240_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=600_000)
 
 
 def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
@@ -44,7 +44,7 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     w.epochs.setValue(1)
     w.n_latent.setValue(8)
     seen = []
-    w._bridge.progressed.connect(lambda e, n, s: seen.append((e, n)))
+    w.job_progress.connect(lambda e, n, info: seen.append((e, n)))
     w.train_button.click()
     _wait_trained(qtbot, w)
     assert not error_notifications, [n.message for n in error_notifications]
@@ -57,6 +57,7 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     before = np.asarray(layers[0].face_color).copy()
     w.which.setCurrentText("tissue")
     w.cluster_button.click()
+    assert w.wait_for_workers(600_000)
     col = "fusemap_tissue_leiden"
     lab = layers[0].features[col].to_numpy()
     assert len(set(lab)) > 1 and col in layers[0].metadata["adata"].obs
@@ -69,6 +70,7 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     cb = np.asarray(b.face_color)[b.features[col].to_numpy() == shared[0]][0]
     assert np.allclose(ca, cb)
     w.umap_button.click()
+    assert w.wait_for_workers(600_000)
     um = viewer.layers["FuseMap UMAP (tissue)"]
     assert len(um.data) == sum(ly.metadata["adata"].n_obs for ly in layers)
     viewer.reset_view()
@@ -80,7 +82,7 @@ def test_cancel_keeps_viewer_usable(qtbot, embed_dock):
     _viewer, w = embed_dock
     w.epochs.setValue(50)
     w.n_latent.setValue(8)
-    w._bridge.progressed.connect(lambda *a: w.cancel())  # cancel at the first epoch
+    w.job_progress.connect(lambda *a: w.cancel())  # cancel at the first epoch
     worker = w.train()
     assert worker is not None
     _wait_trained(qtbot, w)
