@@ -2,19 +2,15 @@
 
 Plain Python (no Qt, no napari): each function takes the inputs (copies of the
 sections, see :func:`._base.snapshot`), keyword options and ``progress`` / ``cancel``
-(:mod:`napari_brainatlas.jobs`), calls the engines and returns what the dock then shows
-in the GUI thread. This is the one place the docks call the engines; when the
-``workflows`` layer lands these become calls of its functions.
-
-Engines whose callbacks differ from ``progress(done, total, info)`` are adapted here:
-FuseMap and its query mapping report ``(epoch, n_epochs, losses)`` (already the
-protocol), SpaCon ``(epoch, n_epochs, loss)``, registration ``(iteration, cost)`` (or
-the protocol, once the engine moves to it), AHBA yields ``(message, fraction)``.
+(:mod:`napari_brainatlas.jobs`), calls one :mod:`napari_brainatlas.workflows` function
+(the code the command line runs too) and returns what the dock then shows in the GUI
+thread. The few actions with no workflow yet (the Embed dock's joint clusters and UMAP,
+imputation from a query mapping, the atlas's label colours) call the engine here, in one
+place.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -36,55 +32,36 @@ __all__ = [
     "register_batch",
     "register_one",
     "train_domains",
-    "train_model",
 ]
 
 #: .h5ad files larger than this are opened backed (expression stays on disk)
 BACKED_BYTES = 2 * 2**30
 
 
-# ---------------------------------------------------------------------- helpers
-def train_model(model, epochs: int, *, progress=None, cancel=None) -> bool:
-    """``model.train`` with the epoch keyword the model takes (``epochs``, or the older
-    ``max_epochs``); True when it was cancelled (the model keeps the weights reached,
-    whether the engine raises :class:`Cancelled` or sets ``model.cancelled``)."""
-    params = inspect.signature(model.train).parameters
-    key = "epochs" if "epochs" in params else "max_epochs"
-    try:
-        model.train(**{key: int(epochs)}, progress=progress, cancel=cancel)
-    except Cancelled:
-        model.cancelled = True
-    return bool(getattr(model, "cancelled", False))
-
-
-def _phase(progress, offset: int, total: int, **extra):
-    """A ``progress`` for one phase of a longer job: its units counted after
-    ``offset`` of ``total``."""
-
-    def inner(done, n=None, info=None):
-        info = dict(info) if isinstance(info, dict) else {}
-        info.update(extra)
-        report(progress, offset + int(done), total, **info)
-
-    return inner
-
-
 # ---------------------------------------------------------------------- sections
+def _read(path: str, pixel_size_um: float | None) -> list:
+    """The sections of ``path``: the workflows' one way to read and name them; a very
+    large .h5ad is opened backed (its expression stays on disk), which
+    ``workflows.read_paths`` (in memory) does not offer."""
+    from ..workflows import read_paths
+
+    p = Path(path)
+    if p.suffix.lower() == ".h5ad" and p.is_file() and p.stat().st_size > BACKED_BYTES:
+        from ..io import read_sections
+
+        return read_sections(path, pixel_size_um=pixel_size_um, backed=True)
+    return read_paths(path, pixel_size_um)
+
+
 def read_layer_data(path: str, pixel_size_um: float | None, *, progress=None, cancel=None):
     """Open: read every section of ``path`` and build its layer data (level of detail
     for large sections). Input errors name the file."""
-    from ..io import read_sections
     from ..layers import section_layer_data
     from .fastpoints import FAST_THRESHOLD, fast_layer_kwargs
 
     name = Path(path).name
-    big = (
-        str(path).lower().endswith(".h5ad")
-        and Path(path).is_file()
-        and Path(path).stat().st_size > BACKED_BYTES
-    )
     try:
-        sections = read_sections(path, pixel_size_um=pixel_size_um, backed=big)
+        sections = _read(path, pixel_size_um)
     except BrainAtlasInputError as exc:
         text = str(exc).strip().splitlines()
         msg = text[0] if text else "cannot be read"
@@ -103,14 +80,21 @@ def read_layer_data(path: str, pixel_size_um: float | None, *, progress=None, ca
 
 
 # ---------------------------------------------------------------------- embed
-def embed(adatas, names, *, epochs: int, n_latent: int, device: str, seed: int, progress, cancel):
-    """Train FuseMap on the sections (copies: written into) and embed them.
-    Returns ``(model, embedded sections)``; a cancelled model keeps its weights."""
-    from ..fusemap import FuseMap
+def embed(adatas, names, *, epochs, n_latent, device, seed, progress=None, cancel=None):
+    """Train FuseMap on the sections and embed them (``workflows.embed_sections``).
+    Returns its ``Embedded`` (model, embedded copies of the sections, names)."""
+    from ..workflows import embed_sections
 
-    model = FuseMap(adatas, section_names=names, n_latent=n_latent, device=device, seed=seed)
-    train_model(model, epochs, progress=progress, cancel=cancel)
-    return model, model.write_embeddings(copy=False)
+    return embed_sections(
+        adatas,
+        epochs=int(epochs),
+        device=device,
+        seed=int(seed),
+        names=names,
+        model_options={"n_latent": int(n_latent)},
+        progress=progress,
+        cancel=cancel,
+    )
 
 
 def joint_clusters(adatas, key: str, resolution: float, *, progress=None, cancel=None):
@@ -129,77 +113,33 @@ def joint_umap(adatas, key: str, *, progress=None, cancel=None):
 
 
 # ---------------------------------------------------------------------- annotate
-def _reference_from_folder(model, model_dir: Path) -> list:
-    """The embedded reference sections written beside a model folder
-    (``<section>.h5ad``, as ``napari-brainatlas embed`` writes them)."""
-    from ..io import read_sections
-
-    files = [model_dir.parent / f"{n}.h5ad" for n in model.section_names]
-    if not all(f.is_file() for f in files):
-        raise BrainAtlasInputError(
-            "the model folder holds no labelled cells: tick the embedded reference "
-            "sections (or keep the .h5ad files `napari-brainatlas embed` wrote beside it)"
-        )
-    out = []
-    for f in files:
-        for a in read_sections(f):
-            out.append(a.to_memory() if getattr(a, "isbacked", False) else a)
-    return out
-
-
 def annotate(
     refs, queries, *, model_dir, labels, method, epochs, smooth, progress=None, cancel=None
 ):
-    """Transfer: [train FuseMap on the reference], map the query onto it, transfer
-    ``labels``. Returns ``(mapping, annotated query copies)``."""
-    from ..annotate import map_query, transfer_labels
-    from ..fusemap import CELL_KEY, FuseMap
+    """Transfer ``labels`` onto the query sections (``workflows.label_transfer``): from
+    the model folder (with the ticked reference sections, or the files beside it), or
+    from a FuseMap trained on the reference sections first. Returns its
+    ``Transferred``."""
+    from ..workflows import label_transfer
 
-    epochs = int(epochs)
-    if model_dir:
-        model = FuseMap.load(model_dir, device="cpu")
-        if not refs:
-            refs = _reference_from_folder(model, Path(model_dir))
-        if not all(CELL_KEY in a.obsm for a in refs):
-            raise BrainAtlasInputError(
-                "reference sections need FuseMap embeddings for a model "
-                "folder: untick them to use the files beside the folder"
-            )
-        total, offset = epochs, 0
-    else:
-        if not refs:
-            raise BrainAtlasInputError("tick reference sections or choose a model folder")
-        total = 3 * epochs  # pretrain + final (at most) + the query mapping
-        model = FuseMap(refs, seed=0, device="cpu")
-        if train_model(
-            model, epochs, progress=_phase(progress, 0, total, phase="train"), cancel=cancel
-        ):
-            raise Cancelled("cancelled")
-        refs = model.write_embeddings(copy=True)
-        offset = 2 * epochs
-    for lab in labels:
-        if not all(lab in a.obs.columns for a in refs):
-            raise BrainAtlasInputError(f"the reference sections have no obs['{lab}'] labels")
-    mapping = map_query(
-        model,
+    return label_transfer(
         queries,
-        reference_sections=refs,
-        epochs=epochs,
+        model=model_dir or None,
+        reference=refs or None,
+        labels=list(labels),
+        method=method,
+        smooth_regions=bool(smooth),
+        epochs=int(epochs),
+        seed=0,
+        device="cpu",
+        progress=progress,
         cancel=cancel,
-        progress=_phase(progress, offset, total, phase="map query"),
     )
-    if getattr(mapping, "cancelled", False):
-        raise Cancelled("cancelled")
-    mapped = mapping.write_embeddings(copy=True)
-    out = transfer_labels(
-        refs, mapped, labels=labels, method=method, smooth_regions=smooth, cancel=cancel
-    )
-    report(progress, total, total, message="labels transferred")
-    return mapping, out
 
 
 def impute(mapping, adatas, gene: str, *, progress=None, cancel=None) -> list[np.ndarray]:
-    """Imputed values of ``gene`` for each (mapped) query section."""
+    """Imputed values of ``gene`` for each mapped query section, read through the query
+    mapping (``workflows.impute_sections`` takes a model, not a mapping)."""
     from ..annotate import impute_genes
 
     out = []
@@ -212,59 +152,59 @@ def impute(mapping, adatas, gene: str, *, progress=None, cancel=None) -> list[np
 
 # ---------------------------------------------------------------------- domains
 def train_domains(
-    adatas, connectome, ontology, *, p_max, epochs, seed=0, progress=None, cancel=None
+    adatas, connectome, ontology, *, p_max, epochs, alpha, resolution, progress, cancel
 ):
-    """SpaCon: map the connectome, prepare the graph, train. Returns ``(data, model)``."""
-    from ..atlas import Ontology
-    from ..atlas.demo_atlas import demo_ontology
-    from ..domains import load_connectome, prepare, train
+    """SpaCon: map the connectome, build the graphs, train and cluster at ``alpha``
+    (``workflows.prepare_domains`` + ``find_domains``). Returns ``(prepared, domains)``."""
+    from ..workflows import find_domains, prepare_domains
 
-    con = load_connectome(connectome, p_max=p_max)
-    onto = Ontology.from_file(ontology) if ontology else demo_ontology()
-    data = prepare(adatas, con, onto, seed=seed)
-
-    def on_epoch(epoch, n_epochs, loss):
-        info = dict(loss) if isinstance(loss, dict) else {"loss": float(loss)}
-        report(progress, epoch, n_epochs, **info)
-
-    model = train(
-        data, epochs=int(epochs), seed=seed, num_threads=1, progress=on_epoch, cancel=cancel
+    prepared = prepare_domains(adatas, connectome, ontology=ontology or None, p_max=p_max)
+    check_cancel(cancel)
+    found = find_domains(
+        prepared,
+        alpha=float(alpha),
+        epochs=int(epochs),
+        resolution=float(resolution),
+        progress=progress,
+        cancel=cancel,
     )
-    return data, model
+    return prepared, found
 
 
-def cluster_domains(model, alpha, *, resolution, seed=0, progress=None, cancel=None):
-    """Re-mix the stored embeddings at ``alpha`` and cluster. Returns ``(alpha, labels)``."""
-    return alpha, model.domains(alpha, resolution=resolution, seed=seed)
+def cluster_domains(prepared, model, alpha, *, resolution, progress=None, cancel=None):
+    """Domains again at ``alpha`` without retraining (``workflows.assign_domains``)."""
+    from ..workflows import assign_domains
+
+    return assign_domains(prepared, model, alpha=float(alpha), resolution=float(resolution))
 
 
 # ---------------------------------------------------------------------- AHBA
 def process_ahba(donors, atlas, atlas_info, reannotated, corrected, *, progress, cancel):
-    """The AHBA pipeline (abagen's defaults); progress in percent with the step's
-    message. Returns the :class:`~napari_brainatlas.ahba.AHBAResult`."""
-    from ..ahba.pipeline import iter_process_ahba
+    """The AHBA pipeline (``workflows.ahba_expression``, abagen's defaults); progress in
+    percent with the step's message. Returns the engine's ``AHBAResult``."""
+    from ..workflows import ahba_expression
 
-    gen = iter_process_ahba(
-        donors, atlas, reannotated, atlas_info=atlas_info, corrected_mni=corrected
+    table = ahba_expression(
+        donors,
+        atlas=atlas,
+        probes_reannotated=reannotated,
+        atlas_info=atlas_info,
+        corrected_mni=corrected,
+        progress=progress,
+        cancel=cancel,
     )
-    while True:
-        check_cancel(cancel)
-        try:
-            message, fraction = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        report(progress, int(np.rint(100 * fraction)), 100, message=str(message))
+    return table.result
 
 
 # ---------------------------------------------------------------------- registration
 def load_atlas(spec: str, ontology: str, *, progress=None, cancel=None):
-    """Open the atlas and precompute its label colours and hover table.
-    Returns ``(atlas, colormap dict, features DataFrame)``."""
+    """Open the atlas (``workflows.load_atlas``) and precompute its label colours and
+    hover table. Returns ``(atlas, colormap dict, features DataFrame)``."""
     import pandas as pd
 
-    from ..atlas import Atlas
+    from ..workflows import load_atlas as open_atlas
 
-    atlas = Atlas.load(spec, ontology=ontology or None)
+    atlas = open_atlas(spec, ontology or None)
     ids = np.unique(np.asarray(atlas.annotation))
     ids = ids[ids != 0]
     lut = atlas.ontology.lut(ids)
@@ -280,35 +220,28 @@ def load_atlas(spec: str, ontology: str, *, progress=None, cancel=None):
     return atlas, cmap, feats
 
 
-def _registration_progress(progress, max_iter: int | None, hook=None):
-    """Adapt the engine's ``progress(iteration, cost)`` (or, once it moves to the
-    protocol, ``progress(done, total, info)``) to the protocol; ``info['cost_um']``
-    carries the ICP cost. ``hook(i, cost)`` is called after every value (tests)."""
+def _with_hook(progress, hook):
+    """``progress`` that also calls ``hook(iteration, cost_um)`` (tests slow a run)."""
+    if hook is None:
+        return progress
 
-    def inner(*args):
-        if len(args) == 2:
-            done, cost = args
-            total, info = max_iter, {"cost_um": float(cost)}
-        else:
-            done, total, info = args
-            info = dict(info) if isinstance(info, dict) else {"cost_um": float(info)}
-            cost = info.get("cost_um", info.get("cost"))
-            if cost is not None:
-                info["cost_um"] = float(cost)
-        report(progress, int(done), total, **info)
-        if hook is not None:
-            hook(int(done), cost)
+    def inner(done, total=None, info=None):
+        report(progress, done, total, **(info or {}))
+        hook(int(done), (info or {}).get("cost_um"))
 
     return inner
 
 
-def register_one(adata, atlas, kwargs: dict, *, progress=None, cancel=None, hook=None):
+def register_one(adata, atlas, name: str, options: dict, *, progress=None, cancel=None, hook=None):
     """Register one section (a copy holding its cells) with the ``register_section``
-    keywords ``kwargs``. Returns the RegistrationResult."""
-    from ..register import register_section
+    keyword ``options`` (``workflows.register_one``). Returns the RegistrationResult;
+    progress per ICP iteration with ``info['cost_um']``."""
+    from ..workflows import register_one as register
 
-    cb = _registration_progress(progress, kwargs.get("max_iter"), hook)
-    return register_section(adata, atlas, progress=cb, cancel=cancel, **kwargs)
+    reg = register(
+        adata, atlas, name=name, progress=_with_hook(progress, hook), cancel=cancel, **options
+    )
+    return reg.result
 
 
 def register_batch(jobs, atlas, common: dict, *, progress=None, cancel=None):
@@ -317,20 +250,18 @@ def register_batch(jobs, atlas, common: dict, *, progress=None, cancel=None):
     sweep). A section that fails does not stop the others. Returns
     ``{name: RegistrationResult | "failed: <why>" | "cancelled"}``: on Cancel the
     sections done so far are kept and the rest are "cancelled"."""
-    from ..register import register_section
+    from ..workflows import register_one as register
     from ._notify import one_line
 
     out: dict = {}
     for k, (name, adata, midline) in enumerate(jobs):
         if cancel is not None and cancel():
             break
-        kw = dict(common)
+        kw = dict(common, midline=midline)
         if midline is None:
             kw["hemisphere"] = "both"
         try:
-            out[name] = register_section(
-                adata, atlas, midline=midline, section_name=name, cancel=cancel, **kw
-            )
+            out[name] = register(adata, atlas, name=name, cancel=cancel, **kw).result
             status = "fitted"
         except Cancelled:
             break

@@ -1,12 +1,12 @@
 """The Annotate dock widget: transfer labels from a reference onto query sections and
-impute genes (thin front end of :mod:`napari_brainatlas.annotate`).
+impute genes (thin front end of :mod:`napari_brainatlas.workflows`).
 
 Reference: a FuseMap model folder (the embedded ``<section>.h5ad`` files beside it, or
 ticked reference section layers holding ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']``)
 or, with no folder, the ticked reference section layers themselves (a FuseMap is then
 trained on them first). Query: ticked section layers. The work runs as one job
-(:func:`._jobs.annotate`) of the dock base: a progress bar over training and mapping,
-Cancel. Results are written into the query layers' AnnData (``obs['<label>_transfer']``,
+(:func:`._jobs.annotate`: ``workflows.label_transfer``) of the dock base: a progress
+bar over training and mapping, Cancel. Results are written into the query layers' AnnData (``obs['<label>_transfer']``,
 ``obs['<label>_transfer_uncertainty']``, the embeddings) and the query layers are
 coloured by the label shown (legend) or its uncertainty (colormap). "Impute gene"
 (:func:`._jobs.impute`, also a job) colours the query cells by the imputed gene and
@@ -240,7 +240,8 @@ class AnnotateWidget(DockBase):
         )
 
     def _on_done(self, result) -> None:
-        mapping, outs = result
+        """GUI thread: the transferred columns and embeddings into the query sections."""
+        mapping, outs = result.mapping, result.sections
         layers = [ly for ly in self._pending if ly in self.viewer.layers]
         if len(layers) != len(outs):
             self.fail("a query section was removed during the transfer")

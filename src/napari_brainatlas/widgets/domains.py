@@ -45,6 +45,7 @@ class DomainsWidget(DockBase):
         self._clustering = False
         self._pending_alpha: float | None = None
         self._layers_training: list = []
+        self.prepared = None
         self.data = None
         self.model = None
         self.trained_layers: list = []
@@ -181,7 +182,8 @@ class DomainsWidget(DockBase):
         return self.alpha_slider.value() / 100.0
 
     def train(self):
-        """Train on the ticked sections in a worker; returns the worker (or None)."""
+        """Train on the ticked sections in a worker (then cluster at the slider's
+        alpha); returns the worker (or None)."""
         if self.busy:
             return None
         self._refresh_sections()  # sections registered in place since the last listing
@@ -201,7 +203,8 @@ class DomainsWidget(DockBase):
             self.ontology_edit.text().strip() or None,
             p_max=self.p_max.value() or None,
             epochs=epochs,
-            seed=0,
+            alpha=self.alpha,
+            resolution=float(self.resolution.value()),
             on_done=self._on_trained,
             on_progress=self._on_progress,
             what="training",
@@ -216,14 +219,12 @@ class DomainsWidget(DockBase):
         self.set_status(f"epoch {epoch}/{n_epochs}{text}")
 
     def _on_trained(self, result) -> None:
-        self.data, self.model = result
+        self.prepared, found = result
+        self.data, self.model = self.prepared.data, found.model
         self.trained_layers = [ly for ly in self._layers_training if ly in self.viewer.layers]
-        n_conn = int((self.data.region >= 0).sum())
-        self.set_status(
-            f"trained: {self.data.n_cells:,} cells, {n_conn:,} with a "
-            "connectivity row; clustering ..."
-        )
-        self.recluster()
+        self._on_domains(found)
+        if self.alpha_shown != self.alpha:  # the slider moved while it trained
+            self.recluster()
 
     # ------------------------------------------------------------------ alpha
     def _on_alpha_changed(self, value: int) -> None:
@@ -251,10 +252,10 @@ class DomainsWidget(DockBase):
         self.set_status(f"clustering at alpha {alpha:.2f} ...")
         return self.start_job(
             _jobs.cluster_domains,
+            self.prepared,
             self.model,
             alpha,
             resolution=float(self.resolution.value()),
-            seed=0,
             on_done=self._on_domains,
             on_end=self._on_domains_finished,
             what="clustering",
@@ -267,26 +268,23 @@ class DomainsWidget(DockBase):
             a, self._pending_alpha = self._pending_alpha, None
             self.recluster(a)
 
-    def _on_domains(self, result) -> None:
-        alpha, labels = result
-        self.labels = labels
-        self.alpha_shown = alpha
-        self._apply(alpha, labels)
-
-    def _apply(self, alpha: float, labels: np.ndarray) -> None:
-        """Write the domains into the trained sections and recolour their layers."""
-        from ..domains import write_results
-
+    def _on_domains(self, found) -> None:
+        """GUI thread: the domains into the trained sections, their layers recoloured."""
         layers = [ly for ly in self.trained_layers if ly in self.viewer.layers]
-        if len(layers) != len(self.trained_layers):
+        if len(layers) != len(found.sections):
             self.set_status("a trained section was removed: train again")
             return
-        adatas = [ly.metadata["adata"] for ly in layers]
-        write_results(adatas, self.data, self.model, alpha, labels)
-        cats = [str(c) for c in range(int(labels.max()) + 1)]
-        for ly, ad in zip(layers, adatas):
+        self.labels, self.alpha_shown = found.labels, found.alpha
+        cats = [str(c) for c in range(found.n_domains)]
+        for ly, out in zip(layers, found.sections):
+            ad = ly.metadata["adata"]
+            ad.obs[DOMAIN_KEY] = out.obs[DOMAIN_KEY].values
+            for key in [k for k in out.obsm if k.startswith("X_spacon")]:
+                ad.obsm[key] = out.obsm[key]
+            ad.uns["spacon"] = out.uns["spacon"]
             vals = ad.obs[DOMAIN_KEY].astype(str).to_numpy()
-            rgba, _ = categorical_colors(vals, categories=cats)
             set_feature_columns(ly, {DOMAIN_KEY: ad.obs[DOMAIN_KEY].to_numpy()})
-            paint(ly, rgba)
-        self.set_status(f"alpha {alpha:.2f}: {len(cats)} domains over {len(layers)} section(s)")
+            paint(ly, categorical_colors(vals, categories=cats)[0])
+        self.set_status(
+            f"alpha {found.alpha:.2f}: {len(cats)} domains over {len(layers)} section(s)"
+        )

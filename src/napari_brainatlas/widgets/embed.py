@@ -1,9 +1,10 @@
 """Embed dock widget: train FuseMap on chosen sections in a worker, then colour cells by
 joint Leiden clusters of the cell or tissue embedding and show a UMAP.
 
-Widgets plus one job per action (:mod:`._jobs`: ``embed``, ``joint_clusters``,
-``joint_umap``) run by the dock base (:mod:`._base`): progress per epoch, Cancel; the
-workers get copies of the sections, and layers change in the GUI thread only.
+Widgets plus one job per action (:mod:`._jobs`: ``embed`` -
+``workflows.embed_sections``, ``joint_clusters``, ``joint_umap``) run by the dock base
+(:mod:`._base`): progress per epoch, Cancel (nothing is written then); the workers get
+copies of the sections, and layers change in the GUI thread only.
 """
 
 from __future__ import annotations
@@ -131,19 +132,17 @@ class EmbedWidget(DockBase):
         self.set_status(f"epoch {epoch}/{n_epochs}: {text}")
 
     def _on_trained(self, result) -> None:
-        model, embedded = result
-        self.model = model
+        """GUI thread: the embedded copies replace the sections' AnnData."""
+        self.model = result.model
+        embedded = result.sections
         for ly, ad in zip(self._layers, embedded):
             if ly in self.viewer.layers:
                 ly.metadata["adata"] = ad
-        word = (
-            "cancelled; kept the weights reached" if getattr(model, "cancelled", False) else "done"
-        )
         self.set_status(
-            f"FuseMap {word}: obsm['X_fusemap_cell'] and "
+            "FuseMap done: obsm['X_fusemap_cell'] and "
             f"obsm['X_fusemap_tissue'] written for {len(embedded)} sections"
         )
-        show_info(f"FuseMap {word}")
+        show_info("FuseMap done")
 
     # ------------------------------------------------------------------ views
     def _embedded_layers(self) -> list:

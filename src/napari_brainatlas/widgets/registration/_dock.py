@@ -563,13 +563,14 @@ class RegistrationWidget(DockBase):
         )
         opts = self.options()
         kw = opts.kwargs()
-        kw.update(position_um=position, midline=midline, landmarks=landmarks, section_name=sec.name)
+        kw.update(position_um=position, midline=midline, landmarks=landmarks)
         self.cost_plot.set_values([])
         self.set_status(f"registering {sec.name} ...")
         return self.start_job(
             _jobs.register_one,
             snapshot(sec.metadata["adata"], with_x=False),
             self.atlas,
+            sec.name,
             kw,
             hook=self.progress_hook,
             on_done=lambda res, n=sec.name: self._on_registered(res, n),
