@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ._shots import save_shot
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -49,7 +51,7 @@ def domains_dock(make_napari_viewer, demo_two):
 
 
 def test_train_then_alpha_recolours(qtbot, domains_dock, error_notifications):
-    _viewer, w = domains_dock
+    viewer, w = domains_dock
     assert w.section_list.count() == 2  # the plain Points layer is no section
     w.epochs.setValue(3)
     qtbot.mouseClick(w.train_button, _left())
@@ -75,6 +77,8 @@ def test_train_then_alpha_recolours(qtbot, domains_dock, error_notifications):
     import torch
 
     assert all(torch.equal(weights[k], v) for k, v in w.model.net.state_dict().items())
+    viewer.reset_view()
+    save_shot(viewer.screenshot(canvas_only=False, flash=False), "domains_demo")
 
 
 def test_cancel_training(qtbot, domains_dock, error_notifications):

@@ -174,6 +174,13 @@ def test_progress_bar_shows_time_per_unit_and_eta(dock, qtbot):
     assert seen[0].startswith("1/4 epochs · ") and "s/epoch" in seen[0] and "ETA" in seen[0]
     assert "ETA" not in seen[-1]
     assert dock.progress.describe(3, 10, 6.0) == "3/10 epochs · 2 s/epoch · ETA 14 s"
+    seen.clear()
+    dock.start_job(_steps, 4, 0.01, what="processing", unit="%")
+    assert dock.wait_for_workers(30000)
+    assert seen[0].startswith("25 % · ETA") and dock.progress.text().startswith("100 % · ")
+    dock.start_job(_steps, 2, 0.0, what="clustering")  # no unit: what it was, and the time
+    assert dock.wait_for_workers(30000)
+    assert dock.progress.text().startswith("clustering done · ")
 
 
 def test_event_loop_stays_responsive_and_cancel_is_quiet(dock, qtbot, notifications):

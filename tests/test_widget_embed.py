@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from ._shots import save_shot
+
 pytest.importorskip("napari")
 from qtpy.QtCore import Qt  # noqa: E402
 
@@ -76,6 +78,7 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert len(np.unique(shot.reshape(-1, shot.shape[-1]), axis=0)) > 10
+    save_shot(viewer.screenshot(canvas_only=False, flash=False), "embed_demo")
 
 
 def test_cancel_keeps_viewer_usable(qtbot, embed_dock):

@@ -89,15 +89,17 @@ class JobProgressBar(QProgressBar):
         super().__init__(parent)
         self._t0 = time.monotonic()
         self._unit = ""
+        self._what = ""
         self.setRange(0, 1)
         self.setValue(0)
         self.setFormat("")
         self.setTextVisible(True)
 
-    def begin(self, total: int | None = None, unit: str = "") -> None:
+    def begin(self, total: int | None = None, unit: str = "", what: str = "") -> None:
         """A new job: the clock starts; unknown ``total`` shows a busy bar."""
         self._t0 = time.monotonic()
         self._unit = unit
+        self._what = what
         if total:
             self.setRange(0, int(total))
         else:
@@ -115,7 +117,7 @@ class JobProgressBar(QProgressBar):
             self.setRange(0, total)
         self.setValue(done)
         text = self.describe(done, total, time.monotonic() - self._t0)
-        self.setFormat(text.replace("%", "%%"))
+        self.setFormat(text)
         self.setToolTip(text)
         return text
 
@@ -151,14 +153,14 @@ class JobProgressBar(QProgressBar):
         elif self._unit:
             text = f"{top}/{top}{unit} · {format_duration(elapsed)}"
         else:
-            text = f"done · {format_duration(elapsed)}"
-        self.setFormat(text.replace("%", "%%"))
+            text = f"{self._what or 'job'} done · {format_duration(elapsed)}"
+        self.setFormat(text)
 
     def halt(self, text: str) -> None:
         """The job ended early (cancelled, failed): the bar stays where it was."""
         if self.maximum() == 0:
             self.setRange(0, 1)
-        self.setFormat(text.replace("%", "%%"))
+        self.setFormat(text)
 
 
 # ---------------------------------------------------------------------- jobs
@@ -329,7 +331,7 @@ class DockBase(QWidget):
         job.worker = worker
         self._jobs.append(job)
         if show_progress:
-            self.progress.begin(total, unit)
+            self.progress.begin(total, unit, what)
         self._dock_sync_buttons()
         worker.start()
         return worker
