@@ -59,7 +59,13 @@ def case_list(quick: bool) -> list[dict]:
         out.append({"name": f"exact_s0_{i}", "set": "exact", "seed": 0, "i": i, "kw": {}})
     for i in range(0, 40, 8) if quick else range(0, 40, 5):
         out.append(
-            {"name": f"exact_s0_{i}_area", "set": "exact", "seed": 0, "i": i, "kw": {"area_refine": True}}
+            {
+                "name": f"exact_s0_{i}_area",
+                "set": "exact",
+                "seed": 0,
+                "i": i,
+                "kw": {"area_refine": True},
+            }
         )
     hard = {0: range(0, 40, 5) if quick else range(40), 1: range(0, 40, 10), 2: range(3, 40, 10)}
     for seed, idx in hard.items():
@@ -95,24 +101,207 @@ def case_list(quick: bool) -> list[dict]:
             out.append({"name": f"demo_{k}_{tag}", "set": "demo", "i": k, "kw": kw})
     out.append({"name": "demo_0_auto", "set": "demo", "i": 0, "kw": {"position_um": "auto"}})
     out.append(
-        {"name": "demo_1_nomid_search", "set": "demo", "i": 1, "kw": {"midline": None, "hemisphere": "both", "refine_position": True}}
+        {
+            "name": "demo_1_nomid_search",
+            "set": "demo",
+            "i": 1,
+            "kw": {"midline": None, "hemisphere": "both", "refine_position": True},
+        }
     )
     # the real CCFv3 50 um cases of the tests
     ccf = [
-        ("tilted", dict(plane="coronal", position_um=7000.0, hemisphere="both", n_cells=30000, angles_deg=(3.0, -2.0), rotation_deg=37.0, scale=1.3, warp_um=40.0, seed=2), {"position_um": 7120.0}),
-        ("tilted_search", dict(plane="coronal", position_um=7000.0, hemisphere="both", n_cells=30000, angles_deg=(3.0, -2.0), rotation_deg=37.0, scale=1.3, warp_um=40.0, seed=2), {"position_um": 7120.0, "refine_position": True}),
-        ("torn", dict(plane="coronal", position_um=7000.0, hemisphere="both", n_cells=20000, rotation_deg=50.0, tear_fraction=0.15, seed=1), {}),
-        ("torn_wrong_pos", dict(plane="coronal", position_um=7000.0, hemisphere="both", n_cells=20000, rotation_deg=50.0, tear_fraction=0.15, seed=1), {"position_um": 3000.0}),
-        ("far_lateral", dict(plane="sagittal", position_um=10300.0, n_cells=30000, angles_deg=(0.5, 1.5), rotation_deg=60.0, scale=1.2, warp_um=30.0, tear_fraction=0.05, seed=7), {"position_um": 10400.0}),
-        ("far_lateral_search", dict(plane="sagittal", position_um=10300.0, n_cells=30000, angles_deg=(0.5, 1.5), rotation_deg=60.0, scale=1.2, warp_um=30.0, tear_fraction=0.05, seed=7), {"position_um": 10400.0, "refine_position": True}),
-        ("sagittal_search", dict(plane="sagittal", position_um=3600.0, n_cells=12000, angles_deg=(1.2, -0.8), rotation_deg=140.0, scale=1.2, warp_um=30.0, seed=9), {"position_um": 3700.0, "refine_position": True}),
-        ("edge_search", dict(plane="sagittal", position_um=10600.0, n_cells=8000, angles_deg=(-1.0, 2.0), rotation_deg=20.0, scale=1.4, seed=3), {"position_um": 10750.0, "refine_position": True}),
-        ("hemi_search", dict(plane="coronal", position_um=6000.0, hemisphere="left", n_cells=8000, angles_deg=(2.0, 0.5), rotation_deg=25.0, scale=1.1, seed=4), {"position_um": 6080.0, "refine_position": True}),
-        ("hemi_quick", dict(plane="coronal", position_um=5000.0, hemisphere="right", n_cells=12000, angles_deg=(-2.0, 1.0), rotation_deg=-70.0, scale=0.9, mirror=True, seed=6), {"position_um": 5100.0, "refine_position": True, "plane_search": "quick"}),
-        ("landmarks", dict(plane="coronal", position_um=6000.0, hemisphere="both", n_cells=20000, rotation_deg=20.0, seed=4), {"landmarks": "truth3"}),
-        ("nolabels_search", dict(plane="coronal", position_um=8000.0, hemisphere="both", n_cells=10000, angles_deg=(1.0, 0.0), rotation_deg=15.0, seed=5), {"position_um": 8100.0, "refine_position": True, "region_key": None}),
-        ("sweep_always", dict(plane="coronal", position_um=4500.0, hemisphere="left", n_cells=8000, rotation_deg=110.0, tear_fraction=0.1, seed=8), {"sweep": "always"}),
-        ("auto_position", dict(plane="coronal", position_um=5500.0, hemisphere="both", n_cells=8000, rotation_deg=-30.0, seed=10), {"position_um": "auto"}),
+        (
+            "tilted",
+            dict(
+                plane="coronal",
+                position_um=7000.0,
+                hemisphere="both",
+                n_cells=30000,
+                angles_deg=(3.0, -2.0),
+                rotation_deg=37.0,
+                scale=1.3,
+                warp_um=40.0,
+                seed=2,
+            ),
+            {"position_um": 7120.0},
+        ),
+        (
+            "tilted_search",
+            dict(
+                plane="coronal",
+                position_um=7000.0,
+                hemisphere="both",
+                n_cells=30000,
+                angles_deg=(3.0, -2.0),
+                rotation_deg=37.0,
+                scale=1.3,
+                warp_um=40.0,
+                seed=2,
+            ),
+            {"position_um": 7120.0, "refine_position": True},
+        ),
+        (
+            "torn",
+            dict(
+                plane="coronal",
+                position_um=7000.0,
+                hemisphere="both",
+                n_cells=20000,
+                rotation_deg=50.0,
+                tear_fraction=0.15,
+                seed=1,
+            ),
+            {},
+        ),
+        (
+            "torn_wrong_pos",
+            dict(
+                plane="coronal",
+                position_um=7000.0,
+                hemisphere="both",
+                n_cells=20000,
+                rotation_deg=50.0,
+                tear_fraction=0.15,
+                seed=1,
+            ),
+            {"position_um": 3000.0},
+        ),
+        (
+            "far_lateral",
+            dict(
+                plane="sagittal",
+                position_um=10300.0,
+                n_cells=30000,
+                angles_deg=(0.5, 1.5),
+                rotation_deg=60.0,
+                scale=1.2,
+                warp_um=30.0,
+                tear_fraction=0.05,
+                seed=7,
+            ),
+            {"position_um": 10400.0},
+        ),
+        (
+            "far_lateral_search",
+            dict(
+                plane="sagittal",
+                position_um=10300.0,
+                n_cells=30000,
+                angles_deg=(0.5, 1.5),
+                rotation_deg=60.0,
+                scale=1.2,
+                warp_um=30.0,
+                tear_fraction=0.05,
+                seed=7,
+            ),
+            {"position_um": 10400.0, "refine_position": True},
+        ),
+        (
+            "sagittal_search",
+            dict(
+                plane="sagittal",
+                position_um=3600.0,
+                n_cells=12000,
+                angles_deg=(1.2, -0.8),
+                rotation_deg=140.0,
+                scale=1.2,
+                warp_um=30.0,
+                seed=9,
+            ),
+            {"position_um": 3700.0, "refine_position": True},
+        ),
+        (
+            "edge_search",
+            dict(
+                plane="sagittal",
+                position_um=10600.0,
+                n_cells=8000,
+                angles_deg=(-1.0, 2.0),
+                rotation_deg=20.0,
+                scale=1.4,
+                seed=3,
+            ),
+            {"position_um": 10750.0, "refine_position": True},
+        ),
+        (
+            "hemi_search",
+            dict(
+                plane="coronal",
+                position_um=6000.0,
+                hemisphere="left",
+                n_cells=8000,
+                angles_deg=(2.0, 0.5),
+                rotation_deg=25.0,
+                scale=1.1,
+                seed=4,
+            ),
+            {"position_um": 6080.0, "refine_position": True},
+        ),
+        (
+            "hemi_quick",
+            dict(
+                plane="coronal",
+                position_um=5000.0,
+                hemisphere="right",
+                n_cells=12000,
+                angles_deg=(-2.0, 1.0),
+                rotation_deg=-70.0,
+                scale=0.9,
+                mirror=True,
+                seed=6,
+            ),
+            {"position_um": 5100.0, "refine_position": True, "plane_search": "quick"},
+        ),
+        (
+            "landmarks",
+            dict(
+                plane="coronal",
+                position_um=6000.0,
+                hemisphere="both",
+                n_cells=20000,
+                rotation_deg=20.0,
+                seed=4,
+            ),
+            {"landmarks": "truth3"},
+        ),
+        (
+            "nolabels_search",
+            dict(
+                plane="coronal",
+                position_um=8000.0,
+                hemisphere="both",
+                n_cells=10000,
+                angles_deg=(1.0, 0.0),
+                rotation_deg=15.0,
+                seed=5,
+            ),
+            {"position_um": 8100.0, "refine_position": True, "region_key": None},
+        ),
+        (
+            "sweep_always",
+            dict(
+                plane="coronal",
+                position_um=4500.0,
+                hemisphere="left",
+                n_cells=8000,
+                rotation_deg=110.0,
+                tear_fraction=0.1,
+                seed=8,
+            ),
+            {"sweep": "always"},
+        ),
+        (
+            "auto_position",
+            dict(
+                plane="coronal",
+                position_um=5500.0,
+                hemisphere="both",
+                n_cells=8000,
+                rotation_deg=-30.0,
+                seed=10,
+            ),
+            {"position_um": "auto"},
+        ),
     ]
     for name, cut, kw in ccf if not quick else ccf[::2]:
         out.append({"name": f"ccf50_{name}", "set": "ccf50", "cut": cut, "kw": kw})
@@ -341,7 +530,9 @@ def compare(base: dict, new: dict, tol: float) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="the other source tree (its src/ is imported)")
-    ap.add_argument("--new", default=str(ROOT), help="this tree (default: the one holding this script)")
+    ap.add_argument(
+        "--new", default=str(ROOT), help="this tree (default: the one holding this script)"
+    )
     ap.add_argument("--quick", action="store_true", help="about a third of the cases")
     ap.add_argument("--tol", type=float, default=1e-9)
     ap.add_argument("--data", default=str(default_data()))

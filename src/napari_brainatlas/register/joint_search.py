@@ -50,7 +50,9 @@ class SearchProblem:
     angles) -> (position_um, angles)``: a plane from the cells placed by ``affine``,
     asked for when the pattern search stalls; ``progress(done, total, info)`` after each
     candidate plane (``info``: stage "plane_search", position_um, angles_deg, score,
-    step (the level's (depth um, angle deg) or None for the starts), coarse).
+    step (the level's (depth um, angle deg); None for the starts), move ("start",
+    "proposal", the poll's "depth", "a_x", "a_y" or "midline_tilt", "quadratic",
+    "refine" (coarse to fine), "neighbours"), coarse).
     """
 
     atlas: object
@@ -115,6 +117,7 @@ class _JointSearch:
         )
         self.cache: dict = {}
         self.step = None
+        self.move = "start"
         # pivot: the section's centre in the slice (angles turn about it)
         cx, cy = (
             float(v) for v in pb.template_at(self.p0, tuple(start.angles_deg)).slice.centre_um
@@ -205,6 +208,7 @@ class _JointSearch:
             angles_deg=(float(a[0]), float(a[1])),
             score=float(self.cache[k][0]),
             step=self.step,
+            move=self.move,
             coarse=self.lv_coarse,
         )
         return self.cache[k]
@@ -254,6 +258,7 @@ class _JointSearch:
             self.step = (float(dp), float(da))
             cur_q, cur_a, cur = self.climb(cur_q, cur_a, cur, dp, da, proposed)
         dp, da = self.steps[-1]
+        self.move = "quadratic"
         if self.ss.quadratic_finish:
             cur_q, cur_a, cur = _quadratic_step(
                 self.evaluate, self.valid, cur_q, cur_a, cur, dp, da
@@ -285,6 +290,7 @@ class _JointSearch:
                 r = self.evaluate(q, cur_a, self.A0, refit=True)
                 if r[0] > cur[0] + 0.01:
                     cur_q, cur = q, r
+        self.move = "proposal"
         for p, a in self.proposals:
             q, a = self.clip_plane(p, a)
             r = self.evaluate(q, a, cur[1], refit=True)
@@ -298,6 +304,7 @@ class _JointSearch:
         ranked = sorted(self.cache.items(), key=lambda kv: -kv[1][0])[: max(1, self.ss.refine_top)]
         self.cache = {}
         self.set_level(coarse=False)
+        self.move = "refine"
         cur = cur_q = cur_a = None
         for (q, a0, a1), (_, A_c, _) in ranked:
             r = self.evaluate(q, (a0, a1), A_c)
@@ -318,6 +325,7 @@ class _JointSearch:
             if not moved and self.pb.propose is not None and self.key(cur_q, cur_a) not in proposed:
                 # stalled: ask for a plane from the cells placed by the current fit
                 proposed.add(self.key(cur_q, cur_a))
+                self.move = "proposal"
                 q, a = self.clip_plane(*self.pb.propose(cur[1], self.to_p(cur_q, cur_a), cur_a))
                 r = self.evaluate(q, a, cur[1], refit=True)
                 if r[0] > cur[0] + 0.01:
@@ -342,6 +350,7 @@ class _JointSearch:
                 a = tuple(a)
                 if not self.valid(q, a):
                     continue
+                self.move = ("depth", "a_x", "a_y", "midline_tilt")[dim]
                 r = self.evaluate(q, a, cur[1], refit=dim == 0 and dp >= self.ss.refit_min_step_um)
                 if r[0] > cur[0] + 0.01 and (step_best is None or r[0] > step_best[2][0]):
                     step_best = (q, a, r)
@@ -350,6 +359,7 @@ class _JointSearch:
     def neighbours(self, cur_q, cur_a, cur, dp, da) -> list:
         """The final plane's neighbours at four finest steps: how sharp is the optimum?"""
         neigh = []
+        self.move = "neighbours"
         for dim in range(3 if self.ss.neighbours else 0):
             for sgn in (1.0, -1.0):
                 q, a = cur_q, list(cur_a)

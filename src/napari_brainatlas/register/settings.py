@@ -38,6 +38,7 @@ __all__ = [
     "ProposalSettings",
     "QuickSearchSettings",
     "RegistrationSettings",
+    "replace_field",
     "settings_with_options",
 ]
 
@@ -442,6 +443,19 @@ def settings_with_options(settings: RegistrationSettings | None, **options) -> R
         if k in options:
             s = _replace_path(s, path, options[k])
     return s
+
+
+def replace_field(settings, name: str, value):
+    """``settings`` with the (dotted, nested) field ``name`` set to ``value``, e.g.
+    ``replace_field(s, "search.coarse_factor", 2)``; an unknown name raises
+    :class:`BrainAtlasInputError`."""
+    path = tuple(name.split("."))
+    obj = settings
+    for part in path:
+        if not is_dataclass(obj) or part not in {f.name for f in fields(obj)}:
+            raise BrainAtlasInputError(f"unknown registration setting {name!r}")
+        obj = getattr(obj, part)
+    return _replace_path(settings, path, value)
 
 
 def _replace_path(obj, path: tuple, value):
