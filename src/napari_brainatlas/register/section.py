@@ -292,7 +292,7 @@ def progress_protocol(progress):
         "progress(i, cost) callbacks are deprecated: register_section calls "
         "progress(done, total, info) (napari_brainatlas.jobs); info['cost_um'] holds the cost",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of register_section
     )
 
     def legacy(done, total, info):

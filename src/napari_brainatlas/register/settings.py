@@ -376,7 +376,10 @@ class RegistrationSettings:
             raise BrainAtlasInputError(
                 f"plane_search must be 'joint' or 'quick', not {self.plane_search!r}"
             )
-        angles = tuple(float(a) for a in self.angles_deg)
+        try:
+            angles = tuple(float(a) for a in self.angles_deg)
+        except (TypeError, ValueError):
+            angles = ()
         if len(angles) != 2:
             raise BrainAtlasInputError("angles_deg must be two angles (a_x, a_y) in degrees")
         object.__setattr__(self, "angles_deg", angles)
