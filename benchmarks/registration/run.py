@@ -74,10 +74,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from napari_brainatlas.atlas import Atlas
 from napari_brainatlas.register import register_section, sample_section
 from napari_brainatlas.register import slices as _slices
-from napari_brainatlas.register.settings import RegistrationSettings, replace_field
 from napari_brainatlas.register.affine import apply_affine
 from napari_brainatlas.register.boundary import section_outline
 from napari_brainatlas.register.metrics import division_index
+from napari_brainatlas.register.settings import RegistrationSettings, replace_field
 from napari_brainatlas.register.slices import atlas_slice
 
 DATA = Path(os.environ.get("NAPARI_BRAINATLAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -713,7 +713,9 @@ def run_variants(args, atlas) -> int:
                 line += f" c {o['confidence']:.2f}"
                 if hard:
                     ev = o["metrics"].get("plane_evals", 0)
-                    line += f" ev {ev:3.0f} ap {o['ap_error_um']:4.0f} ang {o['angle_error_deg']:4.1f}"
+                    line += (
+                        f" ev {ev:3.0f} ap {o['ap_error_um']:4.0f} ang {o['angle_error_deg']:4.1f}"
+                    )
                 line += " |"
             print(line, flush=True)
         mt, pt = (60.0, 150.0) if hard else (10.0, 25.0)
