@@ -16,3 +16,11 @@ __all__ = [
     "confidence_score",
     "register_section",
 ]
+
+import warnings as _warnings
+
+_warnings.warn(
+    "napari_brainatlas.register.api is deprecated; import from napari_brainatlas.register",
+    DeprecationWarning,
+    stacklevel=2,
+)
