@@ -11,6 +11,7 @@ from .readers import (
     read_loom,
     read_sections,
 )
+from .spatialdata import is_spatialdata_store, read_spatialdata, write_spatialdata
 from .validate import is_integer_matrix, validate_section
 from .writers import atomic_write_text, write_h5ad
 
@@ -21,11 +22,14 @@ __all__ = [
     "find_coordinates",
     "gene_values",
     "is_integer_matrix",
+    "is_spatialdata_store",
     "normalise_section",
     "read_csv_sections",
     "read_h5ad",
     "read_loom",
     "read_sections",
+    "read_spatialdata",
     "validate_section",
     "write_h5ad",
+    "write_spatialdata",
 ]
