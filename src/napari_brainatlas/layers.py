@@ -27,6 +27,7 @@ __all__ = [
     "label_columns",
     "layer_to_anndata",
     "numeric_columns",
+    "present_values",
     "section_features",
     "section_layer_data",
     "tile_offsets",
@@ -258,6 +259,16 @@ def color_values(
     return "missing", np.tile(GREY, (adata.n_obs, 1)), None
 
 
+def present_values(s: pd.Series) -> list[str]:
+    """The distinct non-missing values of a column, as strings (for a categorical: its
+    used categories, from the codes, without scanning a million values)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes = s.cat.codes.to_numpy()
+        used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(s.cat.categories)))
+        return [str(c) for c in np.asarray(s.cat.categories)[used]]
+    return [str(v) for v in s.dropna().unique()]
+
+
 def label_colors_across(
     sections: list[AnnData], key: str, *, colors: dict | None = None, write: bool = True
 ) -> tuple[list[np.ndarray | None], dict[str, np.ndarray]]:
@@ -272,7 +283,7 @@ def label_colors_across(
     fixed: dict[str, np.ndarray] = {}
     for ad in sections:
         if key in ad.obs.columns:
-            cats.update(str(v) for v in ad.obs[key].dropna().unique())
+            cats.update(present_values(ad.obs[key]))
             for c, v in (uns_colors(ad, key) or {}).items():
                 fixed.setdefault(c, v)
     fixed.update(colors or {})
