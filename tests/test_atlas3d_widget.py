@@ -70,12 +70,17 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
     n_cells = sum(s.n_obs for s in secs)
     layer = viewer.layers[CELLS_LAYER]
     assert viewer.dims.ndisplay == 3 and layer.ndim == 3
-    assert len(layer.data) == n_cells  # ONE layer holds every registered cell
+    pts = w.session.points
+    assert pts.n == n_cells  # every registered cell gathered, ONE layer draws them
+    # first frame: the motion subset; once the camera rests, all 26k (under the budget)
+    qtbot.waitUntil(lambda: w.drawn() == n_cells, timeout=10000)
     np.testing.assert_allclose(
         layer.data[: secs[0].n_obs], secs[0].obsm["ccf_coords"].astype(np.float32)
     )
-    assert w.drawn() <= w.session.motion_budget + 1  # first frame: the motion subset
-    qtbot.waitUntil(lambda: w.drawn() == n_cells, timeout=10000)  # at rest: all 26k
+    w._schedule()  # a camera move: the motion subset while it moves
+    assert w.drawn() < n_cells and len(layer.data) == w.drawn()
+    np.testing.assert_array_equal(layer.data, pts.coords[w.drawn_indices()])
+    w.refine()
     assert REGIONS_LAYER in viewer.layers
     assert len(w._meshes) >= 5  # the major divisions at depth 3
     assert "4 registered section(s)" in w.summary.text()
@@ -87,11 +92,12 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
     # colour by a gene every section has: one colormap over all sections
     genes = [w.color_combo.itemText(i) for i in range(w.color_combo.count())]
     gene = next(g for g in genes if g not in secs[0].obs.columns)
-    before = layer.face_color.copy()
+    before = pts.rgba.copy()
     w.color_by(gene)
     _settle(qtbot, w)
-    assert w.session.points.kind == "continuous"
-    assert not np.allclose(layer.face_color, before)
+    assert w.session.points.kind == "continuous" and w.color_combo.currentText() == gene
+    assert not np.allclose(pts.rgba, before)
+    np.testing.assert_allclose(layer.face_color, pts.rgba[w.drawn_indices()])
     w.color_by("celltype")
     _settle(qtbot, w)
     legend = w.session.points.legend
@@ -106,8 +112,10 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
     assert sid == atlas.ontology.id_of("Isocortex") and HIGHLIGHT_LAYER in viewer.layers
     inside = w.session.region_cells(sid)
     assert inside.any()
+    w.refine()
     rgba = layer.face_color
-    assert np.all(rgba[~inside, 3] < 0.5) and np.all(rgba[inside, 3] == 1.0)
+    drawn_inside = inside[w.drawn_indices()]
+    assert np.all(rgba[~drawn_inside, 3] < 0.5) and np.all(rgba[drawn_inside, 3] == 1.0)
     # the same through the list of regions, and the status names the region
     w.highlight(atlas.ontology.id_of("Isocortex"))
     assert "Isocortex" in w.status.text()
@@ -120,14 +128,13 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
 
     # the CCF plane: clip to the cells near AP 3600 um (section S2)
     w.set_plane(axis=0, position_um=3600, mode="clip", thickness_um=300)
-    shown = layer.shown
-    near = np.abs(layer.data[:, 0] - 3600) <= 150
-    assert shown.sum() == near.sum() and not shown[~near].any()
+    near = np.abs(pts.coords[:, 0] - 3600) <= 150
+    assert w.drawn() == near.sum() and np.all(np.abs(layer.data[:, 0] - 3600) <= 150)
     p = _shot(viewer, "atlas3d_plane_clip")
     print("screenshot", p)
     w.set_plane(mode="emphasise", position_um=4800)
     w.refine()
-    assert layer.shown.all()
+    assert w.drawn() == n_cells
     assert "cells within 150 um" in w.status.text()
     p = _shot(viewer, "atlas3d_plane_emphasise")
     print("screenshot", p)

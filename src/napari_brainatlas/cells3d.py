@@ -103,11 +103,13 @@ def ccf_points(
         r = registered(ad)
         if len(r) == 0:
             continue
-        coords.append(np.asarray(ad.obsm["ccf_coords"], dtype=np.float32)[r])
+        c = np.asarray(ad.obsm["ccf_coords"])
+        coords.append((c if len(r) == len(c) else c[r]).astype(np.float32, copy=False))
         sec.append(np.full(len(r), i, dtype=np.int32))
         rows.append(r.astype(np.int64))
         if "ccf_id" in ad.obs.columns:
-            ids.append(np.asarray(ad.obs["ccf_id"].to_numpy(), dtype=np.int64)[r])
+            v = np.asarray(ad.obs["ccf_id"].to_numpy(), dtype=np.int64)
+            ids.append(v if len(r) == len(v) else v[r])
         else:
             ids.append(np.zeros(len(r), dtype=np.int64))
     if not coords:
@@ -138,7 +140,8 @@ def color_points(
     """Colour ``pts`` (from :func:`ccf_points` of the same ``sections``) by ``color_by``:
     a label column, a numeric column or a gene (None: one colour per section)."""
     parts = _per_section(pts, len(sections))
-    rgba = np.tile(GREY, (pts.n, 1))
+    rgba = np.empty((pts.n, 4), dtype=np.float32)
+    rgba[:] = GREY
     pts.color_by, pts.legend, pts.clim = color_by, {}, None
     is_label = color_by is not None and any(color_by in label_columns(ad) for ad in sections)
     if color_by is None:

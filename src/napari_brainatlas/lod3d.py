@@ -80,12 +80,14 @@ class LevelOfDetail3D:
         if xyz.ndim != 2 or xyz.shape[1] != 3:
             raise ValueError("xyz must be (n, 3)")
         self.xyz = xyz
-        self.n = len(xyz)
+        self.n = n = len(xyz)
         rng = np.random.default_rng(seed)
-        self.rank = np.empty(self.n, dtype=np.int64)
-        self.rank[rng.permutation(self.n)] = np.arange(self.n)
-        self.lo = xyz.min(axis=0) if self.n else np.zeros(3, np.float32)
-        self.hi = xyz.max(axis=0) if self.n else np.zeros(3, np.float32)
+        self.rank = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+        self.rank[rng.permutation(n)] = np.arange(n, dtype=self.rank.dtype)
+        # per column: a reduction over axis 0 of an (n, 3) C-order array is slow
+        cols = [xyz[:, i] for i in range(3)]
+        self.lo = np.array([c.min() if n else 0 for c in cols], np.float32)
+        self.hi = np.array([c.max() if n else 0 for c in cols], np.float32)
 
     def in_view(self, view: OrthoView | None) -> np.ndarray | None:
         """Cells in ``view`` (None: all of them, also when the whole box is in view)."""

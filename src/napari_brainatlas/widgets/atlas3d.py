@@ -2,9 +2,12 @@
 
 All registered cells (Points layers holding an AnnData with ``obsm['ccf_coords']``) are
 shown as ONE napari Points layer in 3D, CCF um (AP, DV, ML), with a level of detail
-(:mod:`napari_brainatlas.lod3d`: a density-preserving subset of about
-``BUDGET_3D`` cells for the camera, all cells in view when few are), so millions of
-cells stay interactive in software OpenGL. Colour by any label, number or gene the
+(:mod:`napari_brainatlas.lod3d`: a density-preserving subset of about ``BUDGET_3D``
+cells for the camera when it rests and ``MOTION_BUDGET_3D`` while it moves, all cells in
+view when few are), so millions of cells stay interactive in software OpenGL. Unlike the
+2D fast path, the layer holds only the cells drawn now (the session holds them all and
+swaps the subset in): a napari layer of millions of points costs seconds to build, and
+hover and selection of single cells are not what the 3D view is for. Colour by any label, number or gene the
 sections share; the atlas regions at an ontology depth as translucent surfaces; a click
 on the brain highlights the region under the mouse (its cells keep their colours, the
 others are dimmed, its surface is drawn stronger); a CCF plane (AP, DV or ML) moves
@@ -39,7 +42,7 @@ from qtpy.QtWidgets import (
 from ..lod3d import OrthoView
 from ._notify import one_line, show_error, show_info
 from .atlas3d_session import AXES, Atlas3DSession
-from .fastpoints import make_fast_layer, set_colors
+from .fastpoints import set_colors
 
 __all__ = ["CELLS_LAYER", "HIGHLIGHT_LAYER", "PLANE_LAYER", "REGIONS_LAYER", "Atlas3DWidget"]
 
@@ -88,6 +91,7 @@ class Atlas3DWidget(QWidget):
         self.viewer = napari_viewer
         self.session = Atlas3DSession()
         self.layer = None
+        self._idx = np.zeros(0, dtype=np.int64)
         self._workers: dict = {}
         self._meshes: list = []
         self._timer = QTimer(self)
@@ -264,37 +268,46 @@ class Atlas3DWidget(QWidget):
         return base * float(np.clip(np.sqrt(pts.n / max(self.session.budget, 1)), 1.0, 3.0))
 
     def _show_points(self) -> None:
-        s, pts = self.session, self.session.points
-        mask = s.shown_mask(None)
-        rgba = s.display_rgba()
+        """One Points layer holding the cells drawn now (the level-of-detail subset of
+        every registered cell; the session holds them all)."""
+        from napari.layers import Points
+
+        s = self.session
+        self._moving = True  # first frame: the motion subset; the rest budget follows
+        idx = np.flatnonzero(s.shown_mask(None, moving=True))
         if self.layer is not None and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)
-        import pandas as pd
-
-        feats = pd.DataFrame(
-            {"section": pd.Categorical.from_codes(pts.section, categories=pts.names)}
+        self._idx = idx
+        rgba = s.display_rgba()[idx]
+        self.layer = Points(
+            s.points.coords[idx],
+            name=CELLS_LAYER,
+            size=self._cell_size(),
+            face_color=rgba,
+            border_color=rgba,
+            border_width=0.0,
+            features=self._features(idx),
+            canvas_size_limits=(2, 24),
+            antialiasing=0.5,
+            blending="translucent",
+            metadata={"atlas3d": True, "cells": s.points.n},
         )
-        kwargs = {
-            "name": CELLS_LAYER,
-            "size": self._cell_size(),
-            "face_color": rgba,
-            "border_color": rgba,
-            "border_width": 0.0,
-            "shown": mask,
-            "features": feats,
-            "canvas_size_limits": (2, 24),
-            "antialiasing": 0.5,
-            "blending": "translucent",
-            "metadata": {"atlas3d": True},
-        }
-        self.layer = make_fast_layer(np.asfortranarray(pts.coords), kwargs)
         self.viewer.add_layer(self.layer)
         self.viewer.dims.ndisplay = 3
         self.frame_brain()
-        # first frame: the motion subset; the full budget follows when the camera rests
-        self._moving = True
         self.update_lod()
         self._timer.start()
+
+    def _features(self, idx: np.ndarray):
+        import pandas as pd
+
+        pts = self.session.points
+        return pd.DataFrame(
+            {
+                "section": pd.Categorical.from_codes(pts.section[idx], categories=pts.names),
+                "cell": pts.rows[idx],
+            }
+        )
 
     def frame_brain(self) -> None:
         """Centre the camera on the atlas (else the cells) and zoom to fit it."""
@@ -338,15 +351,28 @@ class Atlas3DWidget(QWidget):
         )
 
     def update_lod(self) -> None:
-        """Set the drawn cells for the current camera (and focus)."""
+        """Put the cells to draw for the current camera (and focus) into the layer."""
         if self.layer is None or self.layer not in self.viewer.layers:
             return
         mask = self.session.shown_mask(self.current_view(), moving=self._moving)
-        if mask.shape != self.layer.shown.shape or not np.array_equal(mask, self.layer.shown):
-            self.layer.shown = mask
+        idx = np.flatnonzero(mask)
+        if len(idx) == len(self._idx) and np.array_equal(idx, self._idx):
+            return
+        self._idx = idx
+        layer = self.layer
+        with layer.events.data.blocker():
+            layer.data = self.session.points.coords[idx]
+        layer.features = self._features(idx)
+        set_colors(layer, self.session.display_rgba()[idx])
+        layer.refresh()
 
     def drawn(self) -> int:
-        return 0 if self.layer is None else int(np.count_nonzero(self.layer.shown))
+        """Cells drawn now."""
+        return 0 if self.layer is None else len(self._idx)
+
+    def drawn_indices(self) -> np.ndarray:
+        """Indices (into the session's gathered cells) of the cells drawn now."""
+        return self._idx
 
     # ------------------------------------------------------------------ colour
     def color_by(self, key: str | None):
@@ -364,13 +390,17 @@ class Atlas3DWidget(QWidget):
 
     def _on_recoloured(self, pts) -> None:
         self._apply_colors()
+        if pts.color_by and self.color_combo.currentText() != pts.color_by:
+            self.color_combo.blockSignals(True)
+            self.color_combo.setCurrentText(pts.color_by)
+            self.color_combo.blockSignals(False)
         kind = pts.kind
         extra = f"{len(pts.legend)} categories" if kind == "categorical" else f"clim {pts.clim}"
         self._set_status(f"coloured by {pts.color_by}: {extra}")
 
     def _apply_colors(self) -> None:
         if self.layer is not None and self.layer in self.viewer.layers:
-            set_colors(self.layer, self.session.display_rgba())
+            set_colors(self.layer, self.session.display_rgba()[self._idx])
 
     # ------------------------------------------------------------------ regions
     def set_depth(self, depth: int):
