@@ -24,7 +24,6 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 from .coords import COORD_PAIRS, SECTION_KEYS, find_coordinates, is_visium, pixel_size_from_file
-from .spatialdata import is_spatialdata_store, read_spatialdata
 from .validate import is_integer_matrix, validate_section
 
 __all__ = [
@@ -48,8 +47,7 @@ def read_sections(
     section_key: str | None = None,
     backed: bool = False,
 ) -> list[AnnData]:
-    """Read every section in ``path`` (a .h5ad, .loom, counts/coords .csv, a folder, or
-    a SpatialData ``.zarr`` store: :func:`napari_brainatlas.io.spatialdata.read_spatialdata`).
+    """Read every section in ``path`` (a .h5ad, .loom, counts/coords .csv, or a folder).
 
     Parameters
     ----------
@@ -65,8 +63,6 @@ def read_sections(
         raise BrainAtlasInputError(f"file not found: {p}")
     name = p.name.lower()
     try:
-        if is_spatialdata_store(p):
-            return read_spatialdata(p, pixel_size_um=pixel_size_um)
         if p.is_dir():
             return read_csv_sections(p, pixel_size_um=pixel_size_um)
         if name.endswith(".h5ad"):
@@ -80,8 +76,7 @@ def read_sections(
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise BrainAtlasInputError(f"cannot read {p.name}: {_short(exc)}") from exc
     raise BrainAtlasInputError(
-        f"cannot read {p.name}: unknown format (use .h5ad, .loom, .csv, a folder of csv files "
-        "or a SpatialData .zarr store)"
+        f"cannot read {p.name}: unknown format (use .h5ad, .loom, .csv or a folder of csv files)"
     )
 
 
