@@ -43,6 +43,29 @@ from _measure import command_line, machine, measure
 
 CANVAS = (1600, 1100)
 SECTION = "## 3D view: every registered cell in napari 3D (issue 25)"
+NOTES3D = """
+What the 3D figures mean (and what the time goes into):
+
+* Plain napari draws every one of the 1M / 4M points each frame: llvmpipe rasterises
+  ~10-15 us per point here, so a frame costs seconds to minutes whatever the camera does;
+  its first draw also builds the layer's per-point colour and size arrays. The 4M plain
+  run was stopped at the limit after its first draw and three orbit frames (the medians
+  are of what it reached).
+* Ours: the Points layer holds only the level-of-detail subset (`lod3d.py`): a
+  density-preserving random subset of about `MOTION_BUDGET_3D` = 8,000 cells while the
+  camera moves (9,404 after rounding up to the ladder) and `BUDGET_3D` = 40,000 (44,842)
+  once it rests 250 ms ("rest frame", a one-off ~1 s frame on this loaded machine), all
+  cells in view when fewer are in view (zoomed in, or a CCF plane in clip mode). An
+  empty 3D frame costs ~0.04 s here.
+* Ours, first draw: gathering and colouring every registered cell (`ccf_points`, one
+  legend over ~75 sections in the scverse colours), the level of detail (random ranks),
+  a napari Points layer of the motion subset, one frame. At 4M most of it is gathering
+  and colouring the cells and drawing their random ranks (a profile before the last
+  optimisation: 4.1 s and 2.0 s of 11.8 s).
+* Region surfaces (7 demo regions at depth 3) are built in a worker after the first
+  draw and cached; on the real CCF at 50 um, depth 3 (31 regions) takes ~35 s on this
+  loaded machine (once per atlas and depth).
+"""
 
 
 # ---------------------------------------------------------------------- data

@@ -27,7 +27,7 @@ __all__ = ["BUDGET_3D", "FOCUS_SHARE", "MOTION_BUDGET_3D", "LevelOfDetail3D", "O
 #: pan; refined to the full budget once it rests). llvmpipe draws a 4 px point in about
 #: 10 us on this 2-core machine: see benchmarks/viewer/RESULTS_viewer.md, 3D section
 BUDGET_3D = 40_000
-MOTION_BUDGET_3D = 10_000
+MOTION_BUDGET_3D = 8_000
 #: share of the budget for the focus cells when there is a focus
 FOCUS_SHARE = 0.75
 

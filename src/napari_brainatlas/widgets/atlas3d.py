@@ -220,6 +220,9 @@ class Atlas3DWidget(QWidget):
 
     def refresh(self):
         """Gather every registered cell of the open sections (in a worker) and show it."""
+        if "prepare" in self._workers:
+            self._set_status("still gathering the cells")
+            return None
         sections = [ly.metadata["adata"] for ly in self.section_layers()]
         self.session.set_sections(sections)
         if not self.session.sections:
@@ -355,6 +358,8 @@ class Atlas3DWidget(QWidget):
         if self.layer is None or self.layer not in self.viewer.layers:
             return
         mask = self.session.shown_mask(self.current_view(), moving=self._moving)
+        if len(mask) != self.session.points.n:
+            return
         idx = np.flatnonzero(mask)
         if len(idx) == len(self._idx) and np.array_equal(idx, self._idx):
             return

@@ -115,10 +115,11 @@ class Atlas3DSession:
         if color_by == "default":
             color_by = self.default_color_by()
         self.color_by = color_by
-        self.points = ccf_points(self.sections, color_by, colors=self._fixed_colors(color_by))
-        self.lod = LevelOfDetail3D(self.points.coords)
+        pts = ccf_points(self.sections, color_by, colors=self._fixed_colors(color_by))
+        lod = LevelOfDetail3D(pts.coords)
         self._focus_cache.clear()
-        return self.points
+        self.points, self.lod = pts, lod
+        return pts
 
     def recolor(self, color_by: str | None) -> CCFPoints:
         if self.points is None:
@@ -257,8 +258,8 @@ class Atlas3DSession:
     def shown_mask(self, view: OrthoView | None = None, *, moving: bool = False) -> np.ndarray:
         """Which cells to draw for ``view`` (None: the whole stack in view); ``moving``:
         the camera is moving, draw the smaller motion budget."""
-        if self.lod is None:
-            return np.zeros(0, bool)
+        if self.lod is None or self.points is None or self.lod.n != self.points.n:
+            return np.zeros(0, bool)  # (being gathered anew in a worker)
         clip = self.plane.mode == "clip"
         budget = self.motion_budget if moving else self.budget
         return self.lod.shown_mask(view, budget, focus=self.focus(), clip=clip)
