@@ -47,9 +47,9 @@ def dock(make_napari_viewer, registered_demo):
     widget.close()
 
 
-def _shot(viewer, name):
+def _shot(viewer, name, docs: bool = False):
     img = viewer.screenshot(canvas_only=False, flash=False)
-    return save_shot(img, name, docs_name=name)
+    return save_shot(img, name, docs_name=name if docs else None)
 
 
 def _settle(qtbot, w, timeout=120000):
@@ -86,7 +86,7 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
     assert "4 registered section(s)" in w.summary.text()
     viewer.camera.angles = (0, 30, 60)
     viewer.camera.zoom *= 1.2
-    p = _shot(viewer, "atlas3d_demo")
+    p = _shot(viewer, "atlas3d_demo", docs=True)
     print("screenshot", p)
 
     # colour by a gene every section has: one colormap over all sections
@@ -122,7 +122,7 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
     n_iso = w.session.region_cells(atlas.ontology.id_of("Isocortex")).sum()
     assert f"{n_iso:,} cells" in w.status.text()
     viewer.camera.angles = (0, 30, 60)
-    p = _shot(viewer, "atlas3d_highlight")
+    p = _shot(viewer, "atlas3d_highlight", docs=True)
     print("screenshot", p)
     w.highlight(None)
 
