@@ -18,13 +18,29 @@ from ._shots import save_shot
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(scope="module")
-def registered_demo(tmp_path_factory):
-    from napari_brainatlas.demo import make_demo_sections
-    from napari_brainatlas.pipeline_steps import register_step
+def register_demo(sections):
+    """The demo sections registered to the demo atlas the way the headless pipeline
+    does: each with its true plane, position, hemisphere and midline clicks
+    (``uns['demo_truth']``)."""
+    from napari_brainatlas.workflows.register import register_many
 
-    out = tmp_path_factory.mktemp("reg")
-    return register_step(make_demo_sections(seed=0), out, lambda m: None)
+    opts = [
+        {
+            "plane": s.uns["demo_truth"]["plane"],
+            "position_um": s.uns["demo_truth"]["position_um"],
+            "hemisphere": s.uns["demo_truth"]["hemisphere"],
+            "midline": np.asarray(s.uns["demo_truth"]["midline"]),
+        }
+        for s in sections
+    ]
+    return [r.adata for r in register_many(sections, "demo", opts)]
+
+
+@pytest.fixture(scope="module")
+def registered_demo():
+    from napari_brainatlas.demo import make_demo_sections
+
+    return register_demo(make_demo_sections(seed=0))
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ def test_cli_cellformer(tmp_path, capsys):
     from napari_brainatlas.demo import write_demo_data
 
     files = write_demo_data(tmp_path / "d", seed=0, n_sections=2, cells_per_mm2=40)
-    assert "napari_brainatlas.cellformer.cli" in cli.SUBCOMMAND_MODULES
+    assert "napari_brainatlas.cli.cellformer" in cli.SUBCOMMAND_MODULES
     code = cli.main(
         [
             "cellformer",

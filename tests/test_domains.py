@@ -415,7 +415,7 @@ def test_registered_through_the_engine(ontology):
 
 # --------------------------------------------------------------------------- command line
 def _parser():
-    from napari_brainatlas.domains import cli
+    from napari_brainatlas.cli import domains as cli
 
     p = argparse.ArgumentParser(prog="napari-brainatlas")
     sub = p.add_subparsers(dest="command")
@@ -506,7 +506,7 @@ def test_domains_cli_through_main(tmp_path, sections, capsys, monkeypatch):
     bad input is one line on stderr and exit code 2."""
     from napari_brainatlas import cli
 
-    mod = "napari_brainatlas.domains.cli"
+    mod = "napari_brainatlas.cli.domains"
     assert mod in cli.SUBCOMMAND_MODULES
     p = tmp_path / "in.h5ad"
     sections[0].write_h5ad(p)

@@ -8,9 +8,9 @@ import pytest
 
 from napari_brainatlas import BrainAtlasInputError
 from napari_brainatlas.atlas import make_demo_atlas
+from napari_brainatlas.cli.register import add_parser, parse_midline
 from napari_brainatlas.io import write_h5ad
 from napari_brainatlas.register import RegistrationResult, sample_section
-from napari_brainatlas.register.cli import add_parser, parse_midline
 
 
 @pytest.fixture(scope="module")

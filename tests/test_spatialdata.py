@@ -20,15 +20,31 @@ from napari_brainatlas import BrainAtlasInputError
 from napari_brainatlas.io import is_spatialdata_store, read_sections, write_spatialdata
 
 
+def register_demo(sections):
+    """The demo sections registered to the demo atlas the way the headless pipeline
+    does: each with its true plane, position, hemisphere and midline clicks
+    (``uns['demo_truth']``)."""
+    from napari_brainatlas.workflows.register import register_many
+
+    opts = [
+        {
+            "plane": s.uns["demo_truth"]["plane"],
+            "position_um": s.uns["demo_truth"]["position_um"],
+            "hemisphere": s.uns["demo_truth"]["hemisphere"],
+            "midline": np.asarray(s.uns["demo_truth"]["midline"]),
+        }
+        for s in sections
+    ]
+    return [r.adata for r in register_many(sections, "demo", opts)]
+
+
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
+def registered():
     """The demo sections registered to the demo atlas, with an embedding and a
     transferred label, as the pipeline leaves them."""
     from napari_brainatlas.demo import make_demo_sections
-    from napari_brainatlas.pipeline_steps import register_step
 
-    out = tmp_path_factory.mktemp("reg")
-    secs = register_step(make_demo_sections(seed=0)[:2], out, lambda m: None)
+    secs = register_demo(make_demo_sections(seed=0)[:2])
     rng = np.random.default_rng(0)
     secs = [s[np.sort(rng.choice(s.n_obs, 400, replace=False))].copy() for s in secs]
     for s in secs:

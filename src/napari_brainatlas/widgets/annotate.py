@@ -81,7 +81,8 @@ def _job(refs, queries, model_dir, labels, method, epochs, smooth, bridge, stop)
 
     try:
         if model_dir:
-            from ..annotate.cli import _read, _reference_files
+            from ..workflows import read_paths as _read
+            from ..workflows import reference_files as _reference_files
 
             model = FuseMap.load(model_dir, device="cpu")
             if not refs:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 from .._errors import BrainAtlasInputError
+from ._common import Progress, add_verbose
 
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(subparsers) -> None:
-    q = subparsers.add_parser(
+def add_parser(sub) -> None:
+    q = sub.add_parser(
         "ahba",
         help="Allen Human Brain Atlas donors -> parcel x gene expression csv",
         description="Process AHBA microarray donors with abagen's defaults (probe "
@@ -82,48 +81,43 @@ def add_parser(subparsers) -> None:
     q.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the Allen server (--fetch)"
     )
+    add_verbose(q)
     q.set_defaults(func=run)
 
 
+def _download_text(done, total, info, elapsed_s) -> str:
+    size = f"{done / 2**20:.0f} / {total / 2**20:.0f} MB" if total else f"{done / 2**20:.0f} MB"
+    return f"donor {info.get('donor', '')}: {size}"
+
+
+def _step_text(done, total, info, elapsed_s) -> str:
+    return f"[{done:3d}%] {info.get('message', '')}"
+
+
 def run(args) -> int:
-    from ..io.writers import atomic_write_text
-    from .pipeline import process_ahba
+    from ..workflows import ahba as wf
+    from ..workflows.outputs import check_output_file
 
     donors = list(args.donors)
-    if args.fetch:
-        from .fetch import fetch_ahba
-
-        def show(donor, done, total):
-            if total:
-                print(
-                    f"\rdonor {donor}: {done / 2**20:.0f} / {total / 2**20:.0f} MB",
-                    end="",
-                    file=sys.stderr,
-                )
-
-        donors += fetch_ahba(args.fetch, args.data_dir, timeout=args.timeout, progress=show)
-        print(file=sys.stderr)
-    if not donors:
+    if not donors and not args.fetch:
         raise BrainAtlasInputError("give AHBA donor folders or --fetch DONOR")
-    if args.out.suffix.lower() != ".csv":
-        raise BrainAtlasInputError(f"--out must be a .csv file, not {args.out.name}")
-    res = process_ahba(
-        donors,
-        args.atlas,
-        args.probes_reannotated,
-        atlas_info=args.atlas_info,
-        corrected_mni=args.corrected_mni,
-        ibf_threshold=args.ibf_threshold,
-        tolerance=args.tolerance,
-        progress=lambda m, f: print(f"[{f:4.0%}] {m}", file=sys.stderr),
-    )
-    table = res.expression.copy()
-    names = res.parcellation.names() if res.parcellation is not None else {}
-    table.insert(0, "region", [names.get(int(i), "") for i in table.index])
-    atomic_write_text(table.to_csv(float_format="%.6g"), args.out)
-    for r in res.report:
-        print(r["text"])
-    if args.report is not None:
-        atomic_write_text(json.dumps(res.report, indent=1, default=str), args.report)
-    print(f"{table.shape[0]} parcels x {table.shape[1] - 1} genes -> {args.out}")
+    out = check_output_file(args.out, ".csv")
+    if args.fetch:
+        with Progress(text=_download_text, verbose=args.verbose) as bar:
+            donors += wf.fetch_donors(args.fetch, args.data_dir, timeout=args.timeout, progress=bar)
+    with Progress(text=_step_text, verbose=args.verbose) as bar:
+        result = wf.ahba_expression(
+            donors,
+            atlas=args.atlas,
+            probes_reannotated=args.probes_reannotated,
+            atlas_info=args.atlas_info,
+            corrected_mni=args.corrected_mni,
+            ibf_threshold=args.ibf_threshold,
+            tolerance=args.tolerance,
+            progress=bar,
+        )
+    wf.write_ahba(result, out, report_path=args.report)
+    for line in result.lines():
+        print(line)
+    print(result.summary(where=str(out)))
     return 0
