@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from ._shots import save_shot
 from .test_ahba import make_ahba_fixture
 
 pytestmark = pytest.mark.gui
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.gui
 def dock(make_napari_viewer):
     from napari_brainatlas.widgets.ahba import AHBAWidget
 
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     widget = AHBAWidget(viewer)
     viewer.window.add_dock_widget(widget, name="AHBA", area="right")
     yield viewer, widget
@@ -65,6 +66,7 @@ def test_widget_process_and_show_gene(dock, qtbot, tmp_path, error_notifications
     gb = np.asarray(widget.result.samples[:, "GB"].X).ravel()
     lo, hi = int(np.argmin(gb)), int(np.argmax(gb))
     assert not np.allclose(pts.face_color[lo], pts.face_color[hi])
+    save_shot(viewer.screenshot(canvas_only=False, flash=False), "ahba_fixture")
 
 
 def test_widget_bad_input_is_one_notification(dock, qtbot, tmp_path, error_notifications):

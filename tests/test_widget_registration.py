@@ -83,11 +83,11 @@ def _click_midline(widget, layer, midline_xy):
 
 
 def _run(qtbot, widget, button):
-    n = len(widget._results)
+    n = len(widget.session.results())
     before = widget.result
     qtbot.mouseClick(button, _left())
     qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
-    return widget.result is not before or len(widget._results) != n
+    return widget.result is not before or len(widget.session.results()) != n
 
 
 # ---------------------------------------------------------------------- demo flow
@@ -117,7 +117,7 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     widget.hemi_combo.setCurrentText(truth["hemisphere"])
     widget.set_position(truth["position_um"])
     assert widget.position_spin.value() == int(truth["position_um"])
-    assert tmpl.data.shape == widget._slice.labels.shape
+    assert tmpl.data.shape == widget.current_slice.labels.shape
 
     xy = np.asarray(sections[1].obsm["spatial"])
     # the true midline, then Register
@@ -130,7 +130,7 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     assert res is not None and len(error_notifications) == n_err
     assert res.confidence > 0.5 and res.converged
     assert len(widget.cost_plot.values) >= 1
-    assert widget.progress_bar.value() == res.iterations
+    assert widget.progress.value() == res.iterations
     assert "Dice" in widget.metrics_label.text()
 
     # the engine with the same input gives the same fit
@@ -151,8 +151,8 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     assert len(a_s.data) == len(a_a.data) == 4
     assert list(a_s.text.values) == ["1", "2", "3", "4"]
     assert np.allclose(a_s.face_color, a_a.face_color)
-    assert np.allclose(widget._to_section_xy(a_s), res.anchors_section)
-    assert np.allclose(widget._to_atlas_xy(a_a), res.anchors_atlas)
+    assert np.allclose(widget.overlays.to_section_xy(a_s, sec), res.anchors_section)
+    assert np.allclose(widget.overlays.to_atlas_xy(a_a), res.anchors_atlas)
     cells = viewer.layers[f"{sec.name} in atlas"]
     assert np.allclose(np.asarray(cells.data)[:, ::-1], res.transform(xy))
     _shot(viewer, widget, "registration_demo", docs=True)
@@ -304,7 +304,8 @@ def test_cancel_keeps_ui_alive_and_state(reg_dock, qtbot, demo_two, error_notifi
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
     timer.stop()
     assert widget.result is first
-    assert "registration cancelled" in infos
+    assert "registration cancelled" in widget.status.text()
+    assert not infos, infos  # quiet: the status line says it, no notification
     assert not error_notifications
     assert widget.register_button.isEnabled()
 
@@ -401,7 +402,7 @@ def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notif
     qtbot.mouseClick(widget.refine_check, _left())
     assert widget.refine_check.isChecked() and widget.quick_check.isEnabled()
     qtbot.mouseClick(widget.quick_check, _left())
-    assert widget._common_kwargs()["plane_search"] == "quick"
+    assert widget.options().kwargs()["plane_search"] == "quick"
     assert _run(qtbot, widget, widget.register_button)
     assert not error_notifications, [n.message for n in error_notifications]
     res = widget.result
@@ -423,4 +424,4 @@ def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notif
     # unticking 'refine position' turns the choice off again
     qtbot.mouseClick(widget.refine_check, _left())
     assert not widget.quick_check.isEnabled()
-    assert widget._common_kwargs()["plane_search"] == "joint"
+    assert widget.options().kwargs()["plane_search"] == "joint"

@@ -1,28 +1,24 @@
 """The Annotate dock widget: transfer labels from a reference onto query sections and
-impute genes (thin front end of :mod:`napari_brainatlas.annotate`).
+impute genes (thin front end of :mod:`napari_brainatlas.workflows`).
 
 Reference: a FuseMap model folder (the embedded ``<section>.h5ad`` files beside it, or
 ticked reference section layers holding ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']``)
 or, with no folder, the ticked reference section layers themselves (a FuseMap is then
-trained on them first). Query: ticked section layers (Points layers whose
-``metadata['adata']`` is an AnnData). The work runs in a napari ``thread_worker`` with a
-progress bar and Cancel; results are written into the query layers' AnnData
-(``obs['<label>_transfer']``, ``obs['<label>_transfer_uncertainty']``, the embeddings)
-and the query layers are coloured by the label shown (legend) or its uncertainty
-(colormap). "Impute gene" (completion over the gene embedding) colours the query cells
-by the imputed gene (``impute_genes``: mean of the 50 nearest reference cells in the
-shared embedding that measured it, else ``max(z_C E^T, 0)``) and stores
-``obs['imputed_<GENE>']``. Errors: one notification.
+trained on them first). Query: ticked section layers. The work runs as one job
+(:func:`._jobs.annotate`: ``workflows.label_transfer``) of the dock base: a progress
+bar over training and mapping, Cancel. Results are written into the query layers' AnnData (``obs['<label>_transfer']``,
+``obs['<label>_transfer_uncertainty']``, the embeddings) and the query layers are
+coloured by the label shown (legend) or its uncertainty (colormap). "Impute gene"
+(:func:`._jobs.impute`, also a job) colours the query cells by the imputed gene and
+stores ``obs['imputed_<GENE>']``. Errors: one notification.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
-from anndata import AnnData
-from qtpy.QtCore import QObject, QSize, QStringListModel, Qt, Signal
+from qtpy.QtCore import QSize, QStringListModel, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -31,123 +27,52 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
-from .._errors import BrainAtlasInputError
 from ..colors import categorical_colors, continuous_colors
 from ..layers import label_columns
-from ._notify import one_line, show_error, show_info
-from .sections import _paint, _swatch
+from . import _jobs
+from ._base import DockBase, snapshot
+from ._common import SectionChecklist, is_section_layer, paint, set_feature_columns, swatch
 
 __all__ = ["AnnotateWidget", "is_section_layer"]
 
 UNCERTAINTY = " uncertainty"
+EMBEDDING_KEYS = ("X_fusemap_cell", "X_fusemap_tissue")
 
 
-def is_section_layer(layer) -> bool:
-    from napari.layers import Points
-
-    return isinstance(layer, Points) and isinstance(layer.metadata.get("adata"), AnnData)
-
-
-class _Bridge(QObject):
-    progressed = Signal(int, int, str)
+def _default_reference(layer, i: int, n: int) -> bool:
+    """Every section but the last is a reference at first (one alone: reference)."""
+    return i != n - 1 if n > 1 else True
 
 
-class _Failed:
-    def __init__(self, message: str, cancelled: bool = False):
-        self.message = message
-        self.cancelled = cancelled
+def _default_query(layer, i: int, n: int) -> bool:
+    return i == n - 1 if n > 1 else False
 
 
-def _job(refs, queries, model_dir, labels, method, epochs, smooth, bridge, stop):
-    """Worker body (no napari calls): [train], map the query, transfer the labels."""
-    from ..annotate import map_query, transfer_labels
-    from ..fusemap import CELL_KEY, FuseMap
-
-    def cancel():
-        return stop.is_set()
-
-    try:
-        if model_dir:
-            from ..workflows import read_paths as _read
-            from ..workflows import reference_files as _reference_files
-
-            model = FuseMap.load(model_dir, device="cpu")
-            if not refs:
-                refs = _read(_reference_files(model, Path(model_dir), None), None)
-            if not all(CELL_KEY in a.obsm for a in refs):
-                raise BrainAtlasInputError(
-                    "reference sections need FuseMap embeddings for a model "
-                    "folder: untick them to use the files beside the folder"
-                )
-        else:
-            if not refs:
-                raise BrainAtlasInputError("tick reference sections or choose a model folder")
-            model = FuseMap([a.copy() for a in refs], seed=0, device="cpu")
-            model.train(
-                max_epochs=epochs,
-                cancel=cancel,
-                progress=lambda e, n, _l: bridge.progressed.emit(e, 2 * n, "train"),
-            )
-            if model.cancelled:
-                return _Failed("cancelled", cancelled=True)
-            refs = model.write_embeddings(copy=True)
-        mapping = map_query(
-            model,
-            queries,
-            reference_sections=refs,
-            epochs=epochs,
-            cancel=cancel,
-            progress=lambda e, n, _l: bridge.progressed.emit(
-                n + e if not model_dir else e, 2 * n if not model_dir else n, "map query"
-            ),
-        )
-        if mapping.cancelled:
-            return _Failed("cancelled", cancelled=True)
-        mapped = mapping.write_embeddings(copy=True)
-        for lab in labels:
-            if not all(lab in a.obs.columns for a in refs):
-                raise BrainAtlasInputError(f"the reference sections have no obs['{lab}'] labels")
-        out = transfer_labels(
-            refs, mapped, labels=labels, method=method, smooth_regions=smooth, cancel=cancel
-        )
-        return mapping, out
-    except Exception as exc:  # noqa: BLE001 - one notification
-        return _Failed(one_line(exc, context="annotation failed: "))
-
-
-class AnnotateWidget(QWidget):
+class AnnotateWidget(DockBase):
     """Dock widget: reference + query sections -> transferred labels, uncertainty, imputation."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.mapping = None
         self.query_layers: list = []
         self.transferred: list[str] = []
         self.shown: str | None = None
         self.legend: dict = {}
-        self._worker = None
-        self._stop = threading.Event()
-        self._bridge = _Bridge()
-        self._bridge.progressed.connect(self._on_progress)
+        self._pending: list = []
         self._build_ui()
         self.setMinimumWidth(340)
-        self.viewer.layers.events.inserted.connect(self._refresh)
-        self.viewer.layers.events.removed.connect(self._refresh)
-        self._refresh()
+        self.reference_list.refreshed.connect(self._refresh_labels)
+        self._refresh_labels()
 
     def sizeHint(self) -> QSize:
         return QSize(380, 700)
@@ -166,16 +91,14 @@ class AnnotateWidget(QWidget):
         row.addWidget(self.model_edit, 1)
         row.addWidget(self.model_button)
         lay.addLayout(row)
-        self.reference_list = QListWidget()
-        self.reference_list.setMinimumHeight(70)
+        self.reference_list = SectionChecklist(self.viewer, default=_default_reference)
         self.reference_list.itemChanged.connect(lambda _i: self._refresh_labels())
         lay.addWidget(self.reference_list)
         root.addWidget(box)
 
         box = QGroupBox("Query")
         lay = QVBoxLayout(box)
-        self.query_list = QListWidget()
-        self.query_list.setMinimumHeight(70)
+        self.query_list = SectionChecklist(self.viewer, default=_default_query)
         lay.addWidget(self.query_list)
         root.addWidget(box)
 
@@ -194,17 +117,8 @@ class AnnotateWidget(QWidget):
         self.smooth = QCheckBox("smooth region labels (k = 30)")
         self.smooth.setChecked(True)
         form.addRow(self.smooth)
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Transfer")
-        self.run_button.clicked.connect(lambda: self.run())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        form.addRow(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
+        self.run_button = self.action_button("Transfer", self.run)
+        form.addRow(self.run_row(self.run_button))
         form.addRow(self.progress)
         root.addWidget(box)
 
@@ -231,13 +145,9 @@ class AnnotateWidget(QWidget):
         form.addRow("Impute gene:", self.gene_edit)
         root.addWidget(box)
 
-        self.status = QLabel("Tick reference and query sections, then Transfer.")
-        self.status.setWordWrap(True)
+        self.set_status("Tick reference and query sections, then Transfer.")
         root.addWidget(self.status)
         root.addStretch(1)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
 
     def _choose_model(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "FuseMap model folder")
@@ -248,40 +158,13 @@ class AnnotateWidget(QWidget):
     def section_layers(self) -> list:
         return [ly for ly in self.viewer.layers if is_section_layer(ly)]
 
-    def _refresh(self, *_) -> None:
-        layers = self.section_layers()
-        for lst, default_ref in ((self.reference_list, True), (self.query_list, False)):
-            ticked = {
-                lst.item(i).text(): lst.item(i).checkState() == Qt.Checked
-                for i in range(lst.count())
-            }
-            lst.blockSignals(True)
-            lst.clear()
-            for k, ly in enumerate(layers):
-                it = QListWidgetItem(ly.name)
-                it.setFlags(it.flags() | Qt.ItemIsUserCheckable)
-                is_last = k == len(layers) - 1
-                on = ticked.get(ly.name, default_ref != is_last if len(layers) > 1 else default_ref)
-                it.setCheckState(Qt.Checked if on else Qt.Unchecked)
-                lst.addItem(it)
-            lst.blockSignals(False)
-        self._refresh_labels()
-
-    def _ticked(self, lst) -> list:
-        by_name = {ly.name: ly for ly in self.section_layers()}
-        return [
-            by_name[lst.item(i).text()]
-            for i in range(lst.count())
-            if lst.item(i).checkState() == Qt.Checked and lst.item(i).text() in by_name
-        ]
-
     def reference_layers(self) -> list:
-        return self._ticked(self.reference_list)
+        return self.reference_list.ticked_layers()
 
     def chosen_query_layers(self) -> list:
-        return self._ticked(self.query_list)
+        return self.query_list.ticked_layers()
 
-    def _refresh_labels(self) -> None:
+    def _refresh_labels(self, *_) -> None:
         refs = self.reference_layers()
         cols = []
         if refs:
@@ -313,79 +196,56 @@ class AnnotateWidget(QWidget):
             it.setCheckState(Qt.Checked if it.text() in labels else Qt.Unchecked)
 
     # ------------------------------------------------------------------ run
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
-
-    def _fail(self, msg: str) -> None:
-        self._set_status(msg)
-        show_error(msg)
+    def _check_input(self, model_dir, queries, refs, labels) -> str | None:
+        if not queries:
+            return "tick at least one query section"
+        if set(map(id, queries)) & set(map(id, refs)):
+            return "a section cannot be both reference and query"
+        if not refs and not model_dir:
+            return "tick reference sections or choose a model folder"
+        if not labels and refs:
+            return "tick at least one label column to transfer"
+        if model_dir and not (Path(model_dir) / "config.json").is_file():
+            return f"{model_dir} is not a model folder (no config.json)"
+        return None
 
     def run(self):
         """Start the transfer in a worker; returns the worker (or None on bad input)."""
-        from napari.qt.threading import thread_worker
-
-        if self._worker is not None:
+        if self.busy:
             return None
         model_dir = self.model_edit.text().strip() or None
         queries = self.chosen_query_layers()
         refs = self.reference_layers()
         labels = self.labels()
-        if not queries:
-            return self._fail("tick at least one query section")
-        if set(map(id, queries)) & set(map(id, refs)):
-            return self._fail("a section cannot be both reference and query")
-        if not refs and not model_dir:
-            return self._fail("tick reference sections or choose a model folder")
-        if not labels and refs:
-            return self._fail("tick at least one label column to transfer")
-        if model_dir and not (Path(model_dir) / "config.json").is_file():
-            return self._fail(f"{model_dir} is not a model folder (no config.json)")
-        labels = labels or ["celltype", "region"]
-        self._stop.clear()
+        problem = self._check_input(model_dir, queries, refs, labels)
+        if problem:
+            self.fail(problem)
+            return None
         self._pending = queries
-        self.progress.setValue(0)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._set_status(f"annotating {len(queries)} query section(s) ...")
-        worker = thread_worker(_job, start_thread=False)(
-            [ly.metadata["adata"] for ly in refs],
-            [ly.metadata["adata"] for ly in queries],
-            model_dir,
-            labels,
-            self.method.currentText(),
-            int(self.epochs.value()),
-            self.smooth.isChecked(),
-            self._bridge,
-            self._stop,
+        self.set_status(f"annotating {len(queries)} query section(s) ...")
+        epochs = int(self.epochs.value())
+        return self.start_job(
+            _jobs.annotate,
+            [snapshot(ly.metadata["adata"]) for ly in refs],
+            [snapshot(ly.metadata["adata"]) for ly in queries],
+            model_dir=model_dir,
+            labels=labels or ["celltype", "region"],
+            method=self.method.currentText(),
+            epochs=epochs,
+            smooth=self.smooth.isChecked(),
+            on_done=self._on_done,
+            what="annotation",
+            total=epochs if model_dir else 3 * epochs,
+            unit="epochs",
         )
-        worker.returned.connect(self._on_done)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
-        return worker
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-    def _on_progress(self, i: int, n: int, what: str) -> None:
-        self.progress.setValue(round(100 * i / max(n, 1)))
-        self._set_status(f"{what}: {i}/{n}")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
 
     def _on_done(self, result) -> None:
-        if isinstance(result, _Failed):
-            self._set_status(result.message)
-            (show_info if result.cancelled else show_error)(result.message)
-            return
-        mapping, outs = result
+        """GUI thread: the transferred columns and embeddings into the query sections."""
+        mapping, outs = result.mapping, result.sections
         layers = [ly for ly in self._pending if ly in self.viewer.layers]
         if len(layers) != len(outs):
-            return self._fail("a query section was removed during the transfer")
+            self.fail("a query section was removed during the transfer")
+            return
         labels = list(outs[0].uns.get("label_transfer", {}))
         new_cols = [
             c for c in outs[0].obs.columns if c.endswith(("_transfer", "_transfer_uncertainty"))
@@ -396,19 +256,13 @@ class AnnotateWidget(QWidget):
                 ad.obs[c] = (
                     out.obs[c].to_numpy() if not hasattr(out.obs[c], "cat") else out.obs[c].values
                 )
-            for k in ("X_fusemap_cell", "X_fusemap_tissue"):
+            for k in EMBEDDING_KEYS:
                 ad.obsm[k] = out.obsm[k]
-            feats = ly.features
-            if len(feats) == ad.n_obs:
-                feats = feats.copy()
-                for c in new_cols:
-                    feats[c] = ad.obs[c].to_numpy()
-                ly.features = feats
+            set_feature_columns(ly, {c: ad.obs[c].to_numpy() for c in new_cols})
         self.mapping = mapping
         self.query_layers = layers
         self.transferred = [c[: -len("_transfer")] for c in new_cols if c.endswith("_transfer")]
         self._gene_model.setStringList(list(mapping.gene_embedding().index))
-        self.progress.setValue(100)
         items = []
         for lab in self.transferred:
             items += [lab, lab + UNCERTAINTY]
@@ -416,8 +270,7 @@ class AnnotateWidget(QWidget):
         self.show_combo.clear()
         self.show_combo.addItems(items)
         self.show_combo.blockSignals(False)
-        first = labels[0] if labels else self.transferred[0]
-        self.show_label(first)
+        self.show_label(labels[0] if labels else self.transferred[0])
         n = sum(ly.metadata["adata"].n_obs for ly in layers)
         how = (
             "adversarial"
@@ -426,7 +279,7 @@ class AnnotateWidget(QWidget):
             if mapping.anchored
             else "reconstruction"
         )
-        self._set_status(f"transferred {', '.join(labels)} to {n:,} cells ({how} query mapping)")
+        self.set_status(f"transferred {', '.join(labels)} to {n:,} cells ({how} query mapping)")
 
     # ------------------------------------------------------------------ display
     def _on_show(self, text: str) -> None:
@@ -448,53 +301,62 @@ class AnnotateWidget(QWidget):
         if key.endswith(UNCERTAINTY):
             col = key[: -len(UNCERTAINTY)] + "_transfer_uncertainty"
             for ly in layers:
-                rgba, _ = continuous_colors(
-                    ly.metadata["adata"].obs[col].to_numpy(), clim=(0.0, 1.0)
-                )
-                _paint(ly, rgba)
+                values = ly.metadata["adata"].obs[col].to_numpy()
+                paint(ly, continuous_colors(values, clim=(0.0, 1.0))[0])
             self.legend = {}
             self.legend_list.addItem("uncertainty 0 (dark) ... 1 (yellow)")
             return
         col = key + "_transfer"
         vals = [ly.metadata["adata"].obs[col].astype(str).to_numpy() for ly in layers]
         cats = sorted(set(np.concatenate(vals)) - {"nan", "None"})
+        legend: dict = {}
         for ly, v in zip(layers, vals):
             rgba, legend = categorical_colors(v, categories=cats)
-            _paint(ly, rgba)
+            paint(ly, rgba)
         self.legend = legend
         allv = np.concatenate(vals)
         counts = {c: int((allv == c).sum()) for c in cats}
         for c in cats:
-            self.legend_list.addItem(QListWidgetItem(_swatch(legend[c]), c))
+            self.legend_list.addItem(QListWidgetItem(swatch(legend[c]), c))
         self.count_table.setRowCount(len(cats))
         for i, c in enumerate(sorted(cats, key=lambda c: -counts[c])):
             self.count_table.setItem(i, 0, QTableWidgetItem(c))
             self.count_table.setItem(i, 1, QTableWidgetItem(str(counts[c])))
 
-    def impute(self, gene: str) -> bool:
-        """Colour the query cells by the imputed gene; stores obs['imputed_<GENE>']."""
-        from ..annotate import IMPUTED_PREFIX, impute_genes
-
+    def impute(self, gene: str):
+        """Impute ``gene`` for the query cells in a worker, then colour them by it and
+        store obs['imputed_<GENE>']. Returns the worker (None when refused)."""
         if self.mapping is None:
-            self._fail("transfer first: imputation uses the mapped query embeddings")
-            return False
+            self.fail("transfer first: imputation uses the mapped query embeddings")
+            return None
         g = str(gene).strip().upper()
-        try:
-            for ly in self.query_layers:
-                ad = ly.metadata["adata"]
-                v = impute_genes(self.mapping, ad, [g])[g].to_numpy()
-                ad.obs[IMPUTED_PREFIX + g] = v
-                rgba, _ = continuous_colors(v, cmap="magma")
-                _paint(ly, rgba)
-        except Exception as exc:  # noqa: BLE001
-            self._fail(one_line(exc))
-            return False
-        self.shown = IMPUTED_PREFIX + g
-        self.legend_list.clear()
-        self.legend_list.addItem(f"imputed {g} (magma, 1st-99th percentile)")
-        self._set_status(f"imputed {g}")
-        return True
+        known = {str(x).upper() for x in self._gene_model.stringList()}
+        if not g or g not in known:
+            self.fail(f"gene {gene!r} is not in the model's gene embedding")
+            return None
+        if self.busy:
+            return None
+        layers = [ly for ly in self.query_layers if ly in self.viewer.layers]
+        self.set_status(f"imputing {g} ...")
+        return self.start_job(
+            _jobs.impute,
+            self.mapping,
+            [snapshot(ly.metadata["adata"]) for ly in layers],
+            g,
+            on_done=lambda values: self._show_imputed(layers, g, values),
+            what=f"imputing {g}",
+            show_progress=False,
+        )
 
-    def wait_for_workers(self, msecs: int = 120000) -> None:
-        if self._worker is not None:
-            self._worker.await_workers(msecs)
+    def _show_imputed(self, layers, gene: str, values) -> None:
+        from ..annotate import IMPUTED_PREFIX
+
+        for ly, v in zip(layers, values):
+            if ly not in self.viewer.layers:
+                continue
+            ly.metadata["adata"].obs[IMPUTED_PREFIX + gene] = v
+            paint(ly, continuous_colors(v, cmap="magma")[0])
+        self.shown = IMPUTED_PREFIX + gene
+        self.legend_list.clear()
+        self.legend_list.addItem(f"imputed {gene} (magma, 1st-99th percentile)")
+        self.set_status(f"imputed {gene}")

@@ -21,7 +21,7 @@ def build_demo_viewer(viewer, seed: int = 0, color_by: str = "region") -> dict:
     and colour them by ``color_by``. Returns ``{title: widget}``."""
     from .._napari import make_demo_sample
 
-    docks = {}
+    docks, first = {}, None
     for mod, cls, title in DOCK_WIDGETS:
         try:
             m = importlib.import_module(mod)
@@ -33,15 +33,15 @@ def build_demo_viewer(viewer, seed: int = 0, color_by: str = "region") -> dict:
         # the first dock stands alone, the others are tabs beside it (not a crowded column)
         dock = viewer.window.add_dock_widget(widget, name=title, area="right", tabify=bool(docks))
         docks[title] = widget
+        if first is None:
+            first = dock
         _narrow(viewer, dock)
     from napari.layers import Layer
 
     for data, kwargs, ltype in make_demo_sample(seed=seed):
         viewer.add_layer(Layer.create(data, kwargs, ltype))
-    with _suppress_all():
-        first = next(iter(viewer.window._dock_widgets.values()), None)
-        if first is not None:
-            first.raise_()  # show the Sections tab first
+    if first is not None:
+        first.raise_()  # show the Sections tab first
     sections = docks.get("Sections")
     if sections is not None and color_by:
         sections.color_by_annotation(color_by)
@@ -49,20 +49,15 @@ def build_demo_viewer(viewer, seed: int = 0, color_by: str = "region") -> dict:
     return docks
 
 
-def _suppress_all():
-    from contextlib import suppress
-
-    return suppress(Exception)
-
-
 def _narrow(viewer, dock, width: int = 400) -> None:
-    """Give a right-hand dock a sensible width, leaving the canvas the rest."""
-    from contextlib import suppress
-
+    """Give a right-hand dock (the QDockWidget ``add_dock_widget`` returned) a sensible
+    width, leaving the canvas the rest (Qt's QMainWindow.resizeDocks)."""
     from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QMainWindow
 
-    with suppress(Exception):  # cosmetic only (private napari API)
-        viewer.window._qt_window.resizeDocks([dock], [width], Qt.Horizontal)
+    main = dock.window() if dock is not None else None
+    if isinstance(main, QMainWindow):
+        main.resizeDocks([dock], [width], Qt.Horizontal)
 
 
 def launch_demo_viewer(seed: int = 0) -> None:
