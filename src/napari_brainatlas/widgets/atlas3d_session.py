@@ -228,6 +228,10 @@ class Atlas3DSession:
         depth = self.depth if depth is None else int(depth)
         ids = self.regions(depth)
         check_cancel(cancel)
+        # the first surfaces of an atlas sample its volume first (seconds on the CCF)
+        report(
+            progress, 0, len(ids), message=f"surfaces of {len(ids)} regions at depth {depth} ..."
+        )
 
         def relay(done, total, info):
             region = info.get("region", "")
