@@ -235,3 +235,15 @@ def test_cli_bad_input_one_line_exit_2(case, words, files, sections, tmp_path, c
     assert len(err) == 1 and words in err[0], err
     assert [sha1(p) for p in files] == before
     assert not (tmp_path / "cells.csv").exists()
+
+
+def test_the_workflow_imports_no_qt():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_brainatlas.workflows.ccf_export, napari_brainatlas.cli.ccf_export\n"
+        "print([m for m in ('qtpy', 'PyQt6', 'napari') if m in sys.modules])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout

@@ -215,8 +215,8 @@ class Atlas3DWidget(DockBase):
 
     def refresh(self):
         """Gather every registered cell of the open sections (in a worker) and show it."""
-        if "prepare" in self._running:
-            self.set_status("still gathering the cells")
+        if self.busy:  # (the button is disabled meanwhile)
+            self.set_status("a job is running: wait for it or Cancel it")
             return None
         s = self.session
         sources = [ly.metadata["adata"] for ly in self.section_layers()]
@@ -410,6 +410,8 @@ class Atlas3DWidget(DockBase):
         )
 
     def _on_recoloured(self, pts) -> None:
+        if pts is not self.session.points:  # the cells were gathered anew meanwhile
+            return
         self._keep_colors(pts.color_by)
         self._apply_colors()
         if pts.color_by and self.color_combo.currentText() != pts.color_by:

@@ -235,7 +235,7 @@ class Atlas3DSession:
 
         def relay(done, total, info):
             region = info.get("region", "")
-            report(progress, done, total, region=region, message=f"surface of {region}")
+            report(progress, done, total, region=region, message=f"surface of {region} done")
 
         return depth, ids, self.meshes(ids, progress=relay, cancel=cancel)
 
