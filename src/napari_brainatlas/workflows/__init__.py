@@ -26,6 +26,7 @@ domains        SpaCon domains (``prepare_domains``, ``find_domains``, ...)
 ahba           Allen Human Brain Atlas parcel x gene table (``ahba_expression``)
 cellformer     the transformer cell encoder (``train_cellformer``)
 demo           the headless main job on the demo (``run_demo``)
+ccf_export     the per-cell CCF table of registered sections (``export_ccf``, ...)
 outputs        output-path checks and the per-section writer
 =============  ================================================================
 """
@@ -38,8 +39,10 @@ __all__ = [
     "ahba_expression",
     "as_sections",
     "assign_domains",
+    "ccf_cells",
     "describe_file",
     "embed_sections",
+    "export_ccf",
     "fetch_donors",
     "find_domains",
     "impute_sections",
@@ -59,6 +62,7 @@ __all__ = [
     "train_cellformer",
     "label_transfer",
     "write_ahba",
+    "write_ccf_cells",
     "write_cellformer",
     "write_domains",
     "write_embedding",
@@ -70,6 +74,7 @@ __all__ = [
 
 _WHERE = {
     "ahba": ("ahba_expression", "fetch_donors", "write_ahba"),
+    "ccf_export": ("ccf_cells", "export_ccf", "write_ccf_cells"),
     "cellformer": ("train_cellformer", "write_cellformer"),
     "demo": ("run_demo",),
     "domains": ("assign_domains", "find_domains", "prepare_domains", "write_domains"),
