@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from ._data import CCF50, ONTO_CSV, shared
 from ._shots import save_shot
 
 pytestmark = pytest.mark.gui
@@ -84,6 +85,8 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
     _settle(qtbot, w)  # the region surfaces follow the cells
     assert not error_notifications, [n.message for n in error_notifications]
     n_cells = sum(s.n_obs for s in secs)
+    # the jobs read copies of the cells, never the layers' own sections
+    assert not any(a is b for a in w.session.sections for b in secs)
     layer = viewer.layers[CELLS_LAYER]
     assert viewer.dims.ndisplay == 3 and layer.ndim == 3
     pts = w.session.points
@@ -161,7 +164,8 @@ def test_all_registered_sections_in_3d(qtbot, dock, error_notifications, tmp_pat
     w.export(out, units="um")
     _settle(qtbot, w)
     table = pd.read_csv(out)
-    assert len(table) == n_cells
+    assert len(table) == n_cells and f"wrote {n_cells:,} cells" in w.status.text()
+    assert w.progress.text().startswith("100 %")
     np.testing.assert_allclose(table["x_ccf"], table["ap_um"] / 1000, rtol=1e-5)
     assert (tmp_path / "cells_ccf.json").exists()
     assert not error_notifications, [n.message for n in error_notifications]
@@ -181,3 +185,57 @@ def test_no_registered_section_tells_the_user(qtbot, make_napari_viewer, error_n
     assert "register sections first" in w.status.text()
     assert not error_notifications
     w.close()
+
+
+@pytest.fixture
+def empty_dock(make_napari_viewer):
+    from napari_brainatlas.widgets.atlas3d import Atlas3DWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    widget = Atlas3DWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="3D atlas", area="right")
+    yield viewer, widget
+    widget.cancel()
+    widget.wait_for_workers()
+    widget.close()
+
+
+def test_real_ccf_surfaces_show_progress_and_cancel(qtbot, empty_dock, error_notifications):
+    """The region surfaces of the real 50 um CCFv3 (31 regions at depth 3, tens of
+    seconds): progress per region with an ETA, and Cancel stops them."""
+    from napari_brainatlas.atlas import Atlas
+    from napari_brainatlas.widgets.atlas3d import REGIONS_LAYER
+
+    viewer, w = empty_dock
+    w.session.atlas = Atlas.from_nrrd(shared(CCF50), shared(ONTO_CSV))
+    seen = []
+    w.job_progress.connect(lambda d, t, i: seen.append((d, t, w.progress.text())))
+    w.set_depth(3)
+    assert w.busy and w.cancel_button.isEnabled() and not w.export_btn.isEnabled()
+    qtbot.waitUntil(lambda: any(d >= 1 for d, _, _ in seen), timeout=180000)
+    assert seen[0][0] == 0  # the header ("surfaces of 31 regions ...") before the first
+    done, total, text = next(x for x in seen if x[0] >= 1)
+    assert total == len(w.session.regions(3)) > 20 and "regions" in text and "ETA" in text
+    p = _shot(viewer, "atlas3d_surfaces_progress")
+    print("screenshot", p)
+    with qtbot.waitSignal(w.job_ended, timeout=60000) as ended:
+        w.cancel_button.click()
+    assert ended.args == ["region surfaces", "cancelled"]
+    assert w.wait_for_workers() and not w.busy and w.export_btn.isEnabled()
+    assert REGIONS_LAYER not in viewer.layers and w.meshes == []
+    assert w.status.text() == "region surfaces cancelled" and w.progress.text() == "cancelled"
+    assert not error_notifications, [n.message for n in error_notifications]
+
+
+def test_depth_asked_while_building_waits_and_the_latest_wins(qtbot, empty_dock):
+    from napari_brainatlas.atlas import make_demo_atlas
+
+    viewer, w = empty_dock
+    w.session.atlas = make_demo_atlas()
+    assert w.set_depth(3) is not None
+    assert w.set_depth(4) is None and w.set_depth(2) is None  # wait; 2 replaces 4
+    qtbot.waitUntil(lambda: not w.busy, timeout=120000)
+    ids = w.session.regions(2)
+    assert sorted(m.structure_id for m in w.meshes) == ids
+    assert w.region_combo.count() == len(ids) + 1 and "at depth 2" in w.status.text()

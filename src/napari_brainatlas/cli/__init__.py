@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "napari_brainatlas.cli.info",
     "napari_brainatlas.cli.demo",
     "napari_brainatlas.cli.register",
+    "napari_brainatlas.cli.ccf_export",
     "napari_brainatlas.cli.embed",
     "napari_brainatlas.cli.annotate",
     "napari_brainatlas.cli.ahba",

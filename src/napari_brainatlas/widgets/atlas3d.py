@@ -14,9 +14,13 @@ others are dimmed, its surface is drawn stronger); a CCF plane (AP, DV or ML) mo
 through the stack and emphasises the cells near it or hides the others; Export writes
 the per-cell CCF table (BrainGlobe asr axes and the ABC atlas x_ccf/y_ccf/z_ccf columns).
 
-The state lives in :class:`napari_brainatlas.widgets.atlas3d_session.Atlas3DSession`;
-gathering and colouring the cells, the meshes and the export run in thread workers, and
-the dock only moves their results into layers.
+The state lives in :class:`napari_brainatlas.widgets.atlas3d_session.Atlas3DSession`,
+which holds copies of the sections' cells (:func:`.atlas3d_session.cells_copy`).
+Gathering and colouring the cells, the region surfaces and the export
+(``workflows.export_ccf``) are jobs of the dock base (:class:`._base.DockBase`: progress
+bar with ETA, Cancel, one notification per error); the dock only moves their results
+into layers. A request made while the same kind of job runs (a colour, a depth) waits
+and runs when it ends, the latest one only.
 """
 
 from __future__ import annotations
@@ -32,17 +36,17 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QPushButton,
     QSlider,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
+from ..io.backed import gene_values
 from ..lod3d import OrthoView
-from ._notify import one_line, show_error, show_info
-from .atlas3d_session import AXES, Atlas3DSession
-from .fastpoints import set_colors
+from ._base import DockBase
+from ._common import is_section_layer, paint, section_layers
+from ._notify import show_info
+from .atlas3d_session import AXES, Atlas3DSession, cells_copy
 
 __all__ = ["CELLS_LAYER", "HIGHLIGHT_LAYER", "PLANE_LAYER", "REGIONS_LAYER", "Atlas3DWidget"]
 
@@ -55,17 +59,13 @@ REFINE_MS = 250
 MODES = ("off", "emphasise", "clip")
 
 
-class _Failed:
-    def __init__(self, message: str):
-        self.message = message
-
-
-def _job(fn, context: str):
-    """Run ``fn`` in a worker; a failure comes back as a value (one notification)."""
-    try:
-        return fn()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
-        return _Failed(one_line(exc, context=context))
+def _is_registered(layer) -> bool:
+    """A section layer (not this dock's own) whose section has CCF coordinates."""
+    return (
+        is_section_layer(layer)
+        and layer.name != CELLS_LAYER
+        and "ccf_coords" in layer.metadata["adata"].obsm
+    )
 
 
 def _merge_meshes(meshes, alpha: float):
@@ -83,17 +83,18 @@ def _merge_meshes(meshes, alpha: float):
     )
 
 
-class Atlas3DWidget(QWidget):
+class Atlas3DWidget(DockBase):
     """Dock widget: all registered cells in 3D with the atlas, colours, regions, a plane."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.session = Atlas3DSession()
         self.layer = None
         self._idx = np.zeros(0, dtype=np.int64)
-        self._workers: dict = {}
         self._meshes: list = []
+        self._sources: list = []  # the layers' own AnnData, in session.sections order
+        self._running: set[str] = set()
+        self._pending: dict = {}
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REFINE_MS)
@@ -110,16 +111,17 @@ class Atlas3DWidget(QWidget):
     # ------------------------------------------------------------------ ui
     def _build_ui(self) -> None:
         lay = QVBoxLayout(self)
-        top = QHBoxLayout()
-        self.refresh_btn = QPushButton("Show registered sections in 3D")
-        self.refresh_btn.clicked.connect(self.refresh)
-        top.addWidget(self.refresh_btn)
-        lay.addLayout(top)
+        self.refresh_btn = self.action_button(
+            "Show registered sections in 3D",
+            self.refresh,
+            "Gather every registered cell of the open sections into one 3D layer",
+        )
+        lay.addWidget(self.refresh_btn)
         self.summary = QLabel("no registered section yet")
         self.summary.setWordWrap(True)
         lay.addWidget(self.summary)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        lay.addWidget(self.progress)
+        lay.addLayout(self.run_row())
         self.status.setMinimumHeight(36)
         lay.addWidget(self.status)
 
@@ -166,84 +168,92 @@ class Atlas3DWidget(QWidget):
         ex = QHBoxLayout()
         self.units_combo = QComboBox()
         self.units_combo.addItems(["um", "voxel"])
-        self.export_btn = QPushButton("Export CCF table...")
-        self.export_btn.clicked.connect(self._export_clicked)
+        self.units_combo.setToolTip("Units of the BrainGlobe columns (ap/si/rl)")
+        self.export_btn = self.action_button(
+            "Export CCF table...",
+            self._export_clicked,
+            "Per-cell CCF coordinates: BrainGlobe asr axes and ABC atlas x/y/z_ccf columns",
+        )
         ex.addWidget(self.units_combo)
         ex.addWidget(self.export_btn)
         lay.addLayout(ex)
         lay.addStretch(1)
 
-    # ------------------------------------------------------------------ workers
-    @property
-    def busy(self) -> bool:
-        return bool(self._workers)
-
-    def _start(self, kind: str, fn, on_done, context: str):
-        from napari.qt.threading import thread_worker
-
-        if kind in self._workers:
-            self._set_status(f"still busy ({kind})")
+    # ------------------------------------------------------------------ jobs
+    def _run(self, kind: str, fn, *args, **kwargs):
+        """``start_job`` for one ``kind`` of job at a time: a request while one runs
+        waits (the latest replaces an older one) and starts when it ends."""
+        if kind in self._running:
+            self._pending[kind] = (fn, args, kwargs)
             return None
-        worker = thread_worker(_job, start_thread=False)(fn, context)
+        self._running.add(kind)
+        return self.start_job(fn, *args, on_end=lambda: self._ended(kind), **kwargs)
 
-        def done(result):
-            if isinstance(result, _Failed):
-                self._set_status(result.message)
-                show_error(result.message)
-                return
-            on_done(result)
+    def _ended(self, kind: str) -> None:
+        self._running.discard(kind)
+        nxt = self._pending.pop(kind, None)
+        if nxt is not None:
+            fn, args, kwargs = nxt
+            self._run(kind, fn, *args, **kwargs)
 
-        worker.returned.connect(done)
-        worker.finished.connect(lambda: self._workers.pop(kind, None))
-        self._workers[kind] = worker
-        worker.start()
-        return worker
+    def cancel(self) -> None:
+        """Stop the running jobs; requests waiting for them are dropped."""
+        self._pending.clear()
+        super().cancel()
 
-    def wait_for_workers(self, msecs: int = 120000) -> None:
-        for w in list(self._workers.values()):
-            w.await_workers(msecs)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
+    def _values(self, key: str | None):
+        """The gene ``key``'s values per section (read here, from the layers' sections,
+        as the Sections dock does), or None when ``key`` is not a gene."""
+        if not self.session.needs_values(key):
+            return None
+        return [gene_values(ad, key) if key in ad.var_names else None for ad in self._sources]
 
     # ------------------------------------------------------------------ sections
     def section_layers(self) -> list:
         """Points layers holding a section with registered cells."""
-        from napari.layers import Points
-
-        out = []
-        for ly in self.viewer.layers:
-            ad = ly.metadata.get("adata") if isinstance(ly, Points) else None
-            if ad is not None and ly.name != CELLS_LAYER and "ccf_coords" in ad.obsm:
-                out.append(ly)
-        return out
+        return section_layers(self.viewer, _is_registered)
 
     def refresh(self):
         """Gather every registered cell of the open sections (in a worker) and show it."""
-        if "prepare" in self._workers:
-            self._set_status("still gathering the cells")
-            return None
-        sections = [ly.metadata["adata"] for ly in self.section_layers()]
-        self.session.set_sections(sections)
-        if not self.session.sections:
-            msg = "no registered section is open: register sections first"
-            self._set_status(msg)
-            show_info(msg)
+        if self.busy:  # (the button is disabled meanwhile)
+            self.set_status("a job is running: wait for it or Cancel it")
             return None
         s = self.session
-        want = s.default_atlas_name()
+        sources = [ly.metadata["adata"] for ly in self.section_layers()]
+        sources = [ad for ad in sources if len(s.registered_sections([ad]))]
+        self._sources = sources
+        s.set_sections([cells_copy(ad) for ad in sources])
+        if not s.sections:
+            msg = "no registered section is open: register sections first"
+            self.set_status(msg)
+            show_info(msg)
+            return None
+        key = self.color_combo.currentText() or "default"
+        self.set_status("gathering registered cells ...")
+        return self._run(
+            "prepare",
+            s.prepare,
+            key,
+            atlas=s.default_atlas_name(),
+            values=self._values(key),
+            on_done=self._on_prepared,
+            what="gathering registered cells",
+            error_prefix="3D view failed: ",
+            total=3,
+            unit="steps",
+        )
 
-        def work():
-            if s.atlas is None or s.atlas.name != want:
-                s.load_atlas(want)
-            s.prepare(self.color_combo.currentText() or "default")
-            return s.points
-
-        self._set_status("gathering registered cells ...")
-        return self._start("prepare", work, self._on_prepared, "3D view failed: ")
+    def _keep_colors(self, key: str | None) -> None:
+        """Give the layers' sections the legend colours the job wrote into the copies
+        (``uns['<key>_colors']``, the scverse convention), here in the GUI thread."""
+        name = f"{key}_colors"
+        for src, cp in zip(self._sources, self.session.sections):
+            if key and name in cp.uns:
+                src.uns[name] = cp.uns[name]
 
     def _on_prepared(self, pts) -> None:
         s = self.session
+        self._keep_colors(pts.color_by)
         labels, numbers, genes = s.keys()
         self.color_combo.blockSignals(True)
         self.color_combo.clear()
@@ -368,7 +378,8 @@ class Atlas3DWidget(QWidget):
         with layer.events.data.blocker():
             layer.data = self.session.points.coords[idx]
         layer.features = self._features(idx)
-        set_colors(layer, self.session.display_rgba()[idx])
+        if len(idx):  # (napari's colour setters reject an empty array)
+            paint(layer, self.session.display_rgba()[idx])
         layer.refresh()
 
     def drawn(self) -> int:
@@ -386,14 +397,22 @@ class Atlas3DWidget(QWidget):
         if s.points is None:
             return None
         key = key or None
-
-        def work():
-            return s.recolor(key)
-
-        self._set_status(f"colouring by {key} ...")
-        return self._start("colour", work, self._on_recoloured, "colouring failed: ")
+        self.set_status(f"colouring by {key} ...")
+        return self._run(
+            "colour",
+            s.recolor,
+            key,
+            values=self._values(key),
+            on_done=self._on_recoloured,
+            what=f"colouring by {key}",
+            error_prefix="colouring failed: ",
+            show_progress=False,
+        )
 
     def _on_recoloured(self, pts) -> None:
+        if pts is not self.session.points:  # the cells were gathered anew meanwhile
+            return
+        self._keep_colors(pts.color_by)
         self._apply_colors()
         if pts.color_by and self.color_combo.currentText() != pts.color_by:
             self.color_combo.blockSignals(True)
@@ -401,38 +420,51 @@ class Atlas3DWidget(QWidget):
             self.color_combo.blockSignals(False)
         kind = pts.kind
         extra = f"{len(pts.legend)} categories" if kind == "categorical" else f"clim {pts.clim}"
-        self._set_status(f"coloured by {pts.color_by}: {extra}")
+        self.set_status(f"coloured by {pts.color_by}: {extra}")
 
     def _apply_colors(self) -> None:
-        if self.layer is not None and self.layer in self.viewer.layers:
-            set_colors(self.layer, self.session.display_rgba()[self._idx])
+        if self.layer is not None and self.layer in self.viewer.layers and len(self._idx):
+            paint(self.layer, self.session.display_rgba()[self._idx])
 
     # ------------------------------------------------------------------ regions
     def set_depth(self, depth: int):
+        """Regions at ontology ``depth``: the list to highlight from and their surfaces,
+        built as a job (progress per region, Cancel)."""
         s = self.session
         s.depth = int(depth)
         if s.atlas is None:
             return None
-        onto = s.atlas.ontology
-        ids = s.regions()
+        self.set_status(f"region surfaces at depth {s.depth} ...")
+        return self._run(
+            "surfaces",
+            s.surfaces,
+            s.depth,
+            on_done=self._on_meshes,
+            what="region surfaces",
+            error_prefix="surfaces failed: ",
+            unit="regions",
+        )
+
+    @property
+    def meshes(self) -> list:
+        """The region surfaces shown (at the depth of the last finished job)."""
+        return self._meshes
+
+    def _on_meshes(self, result) -> None:
+        depth, ids, meshes = result
+        onto = self.session.atlas.ontology
         self.region_combo.blockSignals(True)
         self.region_combo.clear()
         self.region_combo.addItem("(none)", None)
         for sid in ids:
             self.region_combo.addItem(f"{onto.acronym(sid)}  {onto.name(sid)}", sid)
+        i = self.region_combo.findData(self.session.highlight)
+        self.region_combo.setCurrentIndex(max(i, 0))
         self.region_combo.blockSignals(False)
-
-        def work():
-            return s.meshes(ids)
-
-        self._set_status(f"building {len(ids)} region surfaces ...")
-        return self._start("meshes", work, self._on_meshes, "surfaces failed: ")
-
-    def _on_meshes(self, meshes) -> None:
         self._meshes = meshes
         self._replace_surface(REGIONS_LAYER, meshes, 0.15, "additive")
         self._show_highlight()
-        self._set_status(f"{len(meshes)} region surfaces at depth {self.session.depth}")
+        self.set_status(f"{len(meshes)} region surfaces at depth {depth}")
 
     def _replace_surface(self, name: str, meshes, alpha: float, blending: str):
         from napari.layers import Surface
@@ -476,19 +508,29 @@ class Atlas3DWidget(QWidget):
             self.region_combo.setCurrentIndex(i)
             self.region_combo.blockSignals(False)
         label = s.region_label(structure_id)
-        self._set_status(f"highlighted {label}: {n:,} cells" if label else "no highlight")
+        self.set_status(f"highlighted {label}: {n:,} cells" if label else "no highlight")
         return n
 
     def _show_highlight(self) -> None:
+        """The highlighted region's surface: at once when it is among the shown ones,
+        else built as a quick job."""
         sid = self.session.highlight
-        meshes = []
-        if sid is not None and self.session.atlas is not None:
-            from ..atlas.meshes import region_mesh
+        m = next((m for m in self._meshes if m.structure_id == sid), None)
+        if sid is None or m is not None or self.session.atlas is None:
+            self._replace_surface(HIGHLIGHT_LAYER, [m] if m is not None else [], 0.3, "additive")
+            return
+        self._run(
+            "highlight",
+            self.session.region_surface,
+            sid,
+            on_done=lambda mesh, sid=sid: self._on_highlight_mesh(sid, mesh),
+            what="highlight surface",
+            show_progress=False,
+        )
 
-            m = next((m for m in self._meshes if m.structure_id == sid), None)
-            m = m or region_mesh(self.session.atlas, sid, self.session.mesh_settings)
-            meshes = [m] if m is not None else []
-        self._replace_surface(HIGHLIGHT_LAYER, meshes, 0.3, "additive")
+    def _on_highlight_mesh(self, sid: int, mesh) -> None:
+        if self.session.highlight == sid:  # still the one asked for
+            self._replace_surface(HIGHLIGHT_LAYER, [mesh] if mesh else [], 0.3, "additive")
 
     def _on_click(self, viewer, event):
         """A click (press and release without a drag) in 3D picks the region under it."""
@@ -551,7 +593,7 @@ class Atlas3DWidget(QWidget):
         self._show_plane()
         near = s.near_plane()
         if near is not None:
-            self._set_status(
+            self.set_status(
                 f"{int(near.sum()):,} cells within {p.thickness_um / 2:.0f} um of the plane "
                 f"at {p.position_um:.0f} um"
             )
@@ -594,21 +636,28 @@ class Atlas3DWidget(QWidget):
             self.export(path)
 
     def export(self, path, units: str | None = None):
-        """Write the per-cell CCF table (in a worker)."""
+        """Write the per-cell CCF table (``workflows.export_ccf``, as a job)."""
         s = self.session
         if not s.sections:
             show_info("no registered section to export")
             return None
-        units = units or self.units_combo.currentText()
-
-        def work():
-            return s.export(path, units=units)
-
-        return self._start(
-            "export", work, lambda p: self._set_status(f"wrote {p}"), "export failed: "
+        self.set_status(f"exporting to {path} ...")
+        return self._run(
+            "export",
+            s.export,
+            path,
+            units=units or self.units_combo.currentText(),
+            on_done=self._on_exported,
+            what="export",
+            error_prefix="export failed: ",
+            unit="%",
         )
 
+    def _on_exported(self, cells) -> None:
+        self.set_status(f"wrote {cells.rows:,} cells to {cells.path}")
+
     def close(self) -> bool:
+        self.cancel()
         self._timer.stop()
         for ev in self._emitters:
             ev.disconnect(self._schedule)

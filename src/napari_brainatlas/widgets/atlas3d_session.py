@@ -7,27 +7,46 @@ and a CCF plane (axis, position, thickness; cells near it emphasised or the othe
 clipped). The dock only turns what the session computes into layers:
 :meth:`Atlas3DSession.display_rgba` (colours with the highlight / plane emphasis),
 :meth:`Atlas3DSession.shown_mask` (which cells to draw for a camera) and the meshes.
-The heavy steps (:meth:`prepare`, :meth:`recolor`, :meth:`meshes`, :meth:`export`) touch
-no layer and run in a worker.
+The heavy steps (:meth:`prepare`, :meth:`recolor`, :meth:`surfaces`, :meth:`export`)
+touch no layer, take ``progress`` / ``cancel`` (:mod:`napari_brainatlas.jobs`) and run as
+jobs of the dock. The sections the session holds are :func:`cells_copy` copies (cells,
+labels, CCF positions; no expression): colouring by a gene takes the gene's values,
+read by the caller.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
+from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 from ..atlas.meshes import MeshSettings, region_meshes, regions_at_depth, structure_on_ray
 from ..cells3d import CCFPoints, ccf_points, color_points, registered, shared_keys
+from ..jobs import check_cancel, report
 from ..layers import GREY, present_values
 from ..lod3d import BUDGET_3D, MOTION_BUDGET_3D, LevelOfDetail3D, OrthoView
 
-__all__ = ["AXES", "Atlas3DSession", "PlaneState"]
+__all__ = ["AXES", "Atlas3DSession", "PlaneState", "cells_copy"]
 
 #: plane axes: name -> CCF coordinate index (AP, DV, ML)
 AXES = {"AP (coronal)": 0, "DV (horizontal)": 1, "ML (sagittal)": 2}
 DIM_RGB = np.array([0.35, 0.35, 0.35], np.float32)
+
+
+def cells_copy(adata: AnnData) -> AnnData:
+    """What the 3D view reads of a section, copied: obs, ``obsm['ccf_coords']`` and
+    ``obsm['spatial']``, uns, the gene names (no expression, no other obsm)."""
+    keep = [k for k in ("ccf_coords", "spatial") if k in adata.obsm]
+    return AnnData(
+        obs=adata.obs.copy(),
+        var=pd.DataFrame(index=adata.var_names.copy()),
+        obsm={k: np.array(adata.obsm[k], copy=True) for k in keep},
+        uns=copy.deepcopy(dict(adata.uns)),
+    )
 
 
 @dataclass(frozen=True)
@@ -108,26 +127,71 @@ class Atlas3DSession:
         return labels[0] if labels else None
 
     # ------------------------------------------------------------------ heavy steps
-    def prepare(self, color_by: str | None = "default") -> CCFPoints:
-        """Gather every registered cell, colour it, build the level of detail."""
+    def prepare(
+        self,
+        color_by: str | None = "default",
+        *,
+        atlas: str | None = None,
+        values=None,
+        progress=None,
+        cancel=None,
+    ) -> CCFPoints:
+        """Open the atlas (``atlas``: a name or path, when it is not the one open),
+        gather every registered cell, colour it, build the level of detail: three steps
+        reported to ``progress``. ``values``: the gene's values per section when
+        ``color_by`` is a gene."""
         if not self.sections:
             raise BrainAtlasInputError("no registered section is open")
+        if atlas is not None and (self.atlas is None or self.atlas.name != atlas):
+            report(progress, 0, 3, message=f"opening the atlas {atlas} ...")
+            self.load_atlas(atlas)
+        check_cancel(cancel)
+        report(progress, 1, 3, message="gathering the registered cells ...")
         if color_by == "default":
             color_by = self.default_color_by()
-        self.color_by = color_by
-        pts = ccf_points(self.sections, color_by, colors=self._fixed_colors(color_by))
+        pts = ccf_points(
+            self._colour_sources(color_by, values), color_by, colors=self._fixed_colors(color_by)
+        )
+        check_cancel(cancel)
+        report(progress, 2, 3, message=f"{pts.n:,} cells: level of detail ...")
         lod = LevelOfDetail3D(pts.coords)
+        check_cancel(cancel)
         self._focus_cache.clear()
+        self.color_by = color_by
         self.points, self.lod = pts, lod
+        report(progress, 3, 3, message=f"{pts.n:,} registered cells gathered")
         return pts
 
-    def recolor(self, color_by: str | None) -> CCFPoints:
+    def recolor(self, color_by: str | None, *, values=None, progress=None, cancel=None):
+        """Colour the gathered cells by ``color_by`` (``values``: a gene's values per
+        section)."""
         if self.points is None:
-            return self.prepare(color_by)
+            return self.prepare(color_by, values=values, progress=progress, cancel=cancel)
         self.color_by = color_by
         return color_points(
-            self.points, self.sections, color_by, colors=self._fixed_colors(color_by)
+            self.points,
+            self._colour_sources(color_by, values),
+            color_by,
+            colors=self._fixed_colors(color_by),
         )
+
+    def _colour_sources(self, key: str | None, values) -> list:
+        """The sections as :func:`~napari_brainatlas.cells3d.color_points` reads them:
+        with ``values`` (one array per section) as the only gene ``key``."""
+        if values is None:
+            return self.sections
+        out = []
+        for s, v in zip(self.sections, values):
+            x = np.zeros((s.n_obs, 1), np.float32) if v is None else np.asarray(v, np.float32)
+            var = pd.DataFrame(index=[key] if v is not None else ["(none)"])
+            out.append(AnnData(X=x.reshape(-1, 1), obs=s.obs, var=var, uns=s.uns))
+        return out
+
+    def needs_values(self, key: str | None) -> bool:
+        """``key`` is a gene (not an obs column): its values must be given."""
+        if key is None or not self.sections:
+            return False
+        return any(key not in s.obs.columns and key in s.var_names for s in self.sections)
 
     def _fixed_colors(self, key: str | None) -> dict | None:
         """Atlas colours for CCF structure labels."""
@@ -158,14 +222,45 @@ class Atlas3DSession:
         ids = self.regions() if ids is None else ids
         return region_meshes(self.atlas, ids, self.mesh_settings, progress=progress, cancel=cancel)
 
-    def export(self, path, *, units: str = "um"):
-        from ..io.ccf_export import write_ccf_table
+    def surfaces(self, depth: int | None = None, *, progress=None, cancel=None):
+        """The regions at ``depth`` (default: the session's) and their surfaces, one
+        progress report per region. Returns ``(depth, ids, meshes)``."""
+        depth = self.depth if depth is None else int(depth)
+        ids = self.regions(depth)
+        check_cancel(cancel)
+        # the first surfaces of an atlas sample its volume first (seconds on the CCF)
+        report(
+            progress, 0, len(ids), message=f"surfaces of {len(ids)} regions at depth {depth} ..."
+        )
 
-        extra = (self.color_by,) if self.color_by else ()
-        res = self.atlas.resolution_um if self.atlas is not None else None
-        name = self.atlas.name if self.atlas is not None else self.default_atlas_name()
-        return write_ccf_table(
-            self.sections, path, units=units, resolution_um=res, atlas_name=name, extra_obs=extra
+        def relay(done, total, info):
+            region = info.get("region", "")
+            report(progress, done, total, region=region, message=f"surface of {region} done")
+
+        return depth, ids, self.meshes(ids, progress=relay, cancel=cancel)
+
+    def region_surface(self, structure_id: int, *, progress=None, cancel=None):
+        """The surface of one region (None without an atlas or voxels)."""
+        from ..atlas.meshes import region_mesh
+
+        if self.atlas is None:
+            return None
+        return region_mesh(self.atlas, int(structure_id), self.mesh_settings)
+
+    def export(self, path, *, units: str = "um", format: str = "both", progress=None, cancel=None):
+        """The per-cell CCF table of the sections (``workflows.export_ccf``), with the
+        colour key's column where the sections have it. Returns its ``CcfCells``."""
+        from ..workflows.ccf_export import export_ccf
+
+        return export_ccf(
+            self.sections,
+            path,
+            format=format,
+            units=units,
+            atlas=self.atlas,  # None: the atlas the sections' records name
+            extra_obs=(self.color_by,) if self.color_by else (),
+            progress=progress,
+            cancel=cancel,
         )
 
     # ------------------------------------------------------------------ regions

@@ -27,6 +27,7 @@ ahba           Allen Human Brain Atlas parcel x gene table (``ahba_expression``)
 cellformer     the transformer cell encoder (``train_cellformer``)
 demo           the headless main job on the demo (``run_demo``)
 analyses       gene modules, panels, proximity (``find_modules``, ``design_panel``, ...)
+ccf_export     the per-cell CCF table of registered sections (``export_ccf``, ...)
 outputs        output-path checks and the per-section writer
 =============  ================================================================
 """
@@ -47,8 +48,10 @@ __all__ = [
     "write_scored",
     "as_sections",
     "assign_domains",
+    "ccf_cells",
     "describe_file",
     "embed_sections",
+    "export_ccf",
     "fetch_donors",
     "find_domains",
     "impute_sections",
@@ -68,6 +71,7 @@ __all__ = [
     "train_cellformer",
     "label_transfer",
     "write_ahba",
+    "write_ccf_cells",
     "write_cellformer",
     "write_domains",
     "write_embedding",
@@ -89,6 +93,7 @@ _WHERE = {
         "write_proximity",
         "write_scored",
     ),
+    "ccf_export": ("ccf_cells", "export_ccf", "write_ccf_cells"),
     "cellformer": ("train_cellformer", "write_cellformer"),
     "demo": ("run_demo",),
     "domains": ("assign_domains", "find_domains", "prepare_domains", "write_domains"),
