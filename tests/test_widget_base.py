@@ -21,7 +21,7 @@ from napari_brainatlas.jobs import check_cancel, report
 
 WIDGETS = Path(__file__).resolve().parents[1] / "src" / "napari_brainatlas" / "widgets"
 #: the dock modules (a package for the registration dock)
-DOCKS = ("sections", "registration", "embed", "annotate", "domains", "ahba")
+DOCKS = ("sections", "registration", "embed", "annotate", "domains", "ahba", "genes")
 
 
 # ---------------------------------------------------------------------- imports (no Qt)
@@ -88,7 +88,7 @@ def test_the_import_check_sees_what_it_looks_for(tmp_path):
 
 
 def test_jobs_and_session_modules_import_no_qt():
-    for rel in ("_jobs.py", "registration/session.py"):
+    for rel in ("_jobs.py", "registration/session.py", "genes_session.py"):
         roots = {t.split(".")[0] for t in _imports(WIDGETS / rel)}
         assert not roots & {"qtpy", "PyQt5", "PyQt6", "napari"}, (rel, roots)
 

@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "napari_brainatlas.cli.ahba",
     "napari_brainatlas.cli.cellformer",
     "napari_brainatlas.cli.domains",
+    "napari_brainatlas.cli.analyses",
 )
 
 

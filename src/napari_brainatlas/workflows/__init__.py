@@ -26,6 +26,7 @@ domains        SpaCon domains (``prepare_domains``, ``find_domains``, ...)
 ahba           Allen Human Brain Atlas parcel x gene table (``ahba_expression``)
 cellformer     the transformer cell encoder (``train_cellformer``)
 demo           the headless main job on the demo (``run_demo``)
+analyses       gene modules, panels, proximity (``find_modules``, ``design_panel``, ...)
 ccf_export     the per-cell CCF table of registered sections (``export_ccf``, ...)
 outputs        output-path checks and the per-section writer
 =============  ================================================================
@@ -37,6 +38,14 @@ import importlib
 
 __all__ = [
     "ahba_expression",
+    "cell_proximity",
+    "design_panel",
+    "find_modules",
+    "score_sections",
+    "write_modules",
+    "write_panel",
+    "write_proximity",
+    "write_scored",
     "as_sections",
     "assign_domains",
     "ccf_cells",
@@ -74,6 +83,16 @@ __all__ = [
 
 _WHERE = {
     "ahba": ("ahba_expression", "fetch_donors", "write_ahba"),
+    "analyses": (
+        "cell_proximity",
+        "design_panel",
+        "find_modules",
+        "score_sections",
+        "write_modules",
+        "write_panel",
+        "write_proximity",
+        "write_scored",
+    ),
     "ccf_export": ("ccf_cells", "export_ccf", "write_ccf_cells"),
     "cellformer": ("train_cellformer", "write_cellformer"),
     "demo": ("run_demo",),
