@@ -237,8 +237,7 @@ class ModelFolder:
         except (OSError, UnicodeDecodeError, ValueError):
             raise self.error(name, "is not valid JSON (cut short or damaged)") from None
         if not isinstance(obj, kind):
-            want = "an object" if kind is dict else "a list"
-            raise self.error(name, f"does not hold a JSON {want}")
+            raise self.error(name, f"does not hold a JSON {'object' if kind is dict else 'list'}")
         return obj
 
     def config(self, accepted_versions: tuple[int, ...], keys: tuple[str, ...] = ()) -> dict:
