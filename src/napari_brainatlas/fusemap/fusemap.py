@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,16 @@ class _WeightAverage:
                 self.module.load_state_dict(raw, strict=False)
 
         return ctx()
+
+
+@dataclass
+class _PhaseOptim:
+    """The optimisers, LR schedulers and weight average of one training phase."""
+
+    ae: torch.optim.Optimizer
+    disc: torch.optim.Optimizer
+    sched: list
+    avg: _WeightAverage
 
 
 class FuseMap(TrainableModel):
@@ -435,45 +446,22 @@ class FuseMap(TrainableModel):
             )
             for o in (opt_ae, opt_d)
         ]
-        B = self.settings.batch_size
         self.module.train()
-        avg = _WeightAverage(self.module, self.settings.weight_average)
+        opt = _PhaseOptim(
+            opt_ae, opt_d, sched, _WeightAverage(self.module, self.settings.weight_average)
+        )
         try:
             return self._run_epochs(
-                phase,
-                n_epochs,
-                patience,
-                epoch0,
-                total_epochs,
-                progress,
-                cancel,
-                rng,
-                opt_ae,
-                opt_d,
-                sched,
-                B,
-                avg,
+                phase, n_epochs, patience, epoch0, total_epochs, progress, cancel, rng, opt
             )
         finally:
-            avg.apply()
+            opt.avg.apply()
 
     def _run_epochs(
-        self,
-        phase,
-        n_epochs,
-        patience,
-        epoch0,
-        total_epochs,
-        progress,
-        cancel,
-        rng,
-        opt_ae,
-        opt_d,
-        sched,
-        B,
-        avg,
+        self, phase, n_epochs, patience, epoch0, total_epochs, progress, cancel, rng, opt
     ) -> int:
         rank, world = D.rank_world()
+        B = self.settings.batch_size
         best, bad = math.inf, 0
         for ep in range(n_epochs):
             burn = max(self._burnin, 1)
@@ -494,33 +482,19 @@ class FuseMap(TrainableModel):
                 if cancel is not None and cancel():
                     self.cancelled = True
                     return epoch0 + ep
-                seeds = []
-                for v, sh in enumerate(shards):
-                    if len(sh) == 0:
-                        sh = shards[v] = rng.permutation(self.data[v].train_idx)
-                    if ptr[v] + B > len(sh):  # smaller sections are cycled
-                        if ptr[v] < len(sh) and len(sh) >= B:
-                            sel = np.concatenate([sh[ptr[v] :], sh[: B - (len(sh) - ptr[v])]])
-                            ptr[v] = B - (len(sh) - ptr[v])
-                        else:
-                            sel = sh[:B]
-                            ptr[v] = min(B, len(sh))
-                    else:
-                        sel = sh[ptr[v] : ptr[v] + B]
-                        ptr[v] += B
-                    seeds.append(np.unique(sel))
-                for k, v in self._step(seeds, opt_ae, opt_d).items():
+                seeds = self._next_seeds(shards, ptr, rng, B)
+                for k, v in self._step(seeds, opt.ae, opt.disc).items():
                     acc[k] = acc.get(k, 0.0) + v / n_steps
-                avg.update()
-            with avg.swapped():
+                opt.avg.update()
+            with opt.avg.swapped():
                 val = self._validate()
-            for s in sched:
+            for s in opt.sched:
                 s.step(val)
             rec = dict(
                 phase=phase,
                 epoch=epoch0 + ep + 1,
                 val_loss=val,
-                lr=opt_ae.param_groups[0]["lr"],
+                lr=opt.ae.param_groups[0]["lr"],
                 steps=n_steps,
                 **acc,
             )
@@ -536,6 +510,26 @@ class FuseMap(TrainableModel):
                 if bad >= patience:
                     break
         return epoch0 + n_epochs
+
+    def _next_seeds(self, shards, ptr, rng, B) -> list[np.ndarray]:
+        """The next ``B`` seed cells of every section's shard (smaller sections cycled;
+        ``shards`` and ``ptr`` advance in place)."""
+        seeds = []
+        for v, sh in enumerate(shards):
+            if len(sh) == 0:
+                sh = shards[v] = rng.permutation(self.data[v].train_idx)
+            if ptr[v] + B > len(sh):  # smaller sections are cycled
+                if ptr[v] < len(sh) and len(sh) >= B:
+                    sel = np.concatenate([sh[ptr[v] :], sh[: B - (len(sh) - ptr[v])]])
+                    ptr[v] = B - (len(sh) - ptr[v])
+                else:
+                    sel = sh[:B]
+                    ptr[v] = min(B, len(sh))
+            else:
+                sel = sh[ptr[v] : ptr[v] + B]
+                ptr[v] += B
+            seeds.append(np.unique(sel))
+        return seeds
 
     def train(
         self,
