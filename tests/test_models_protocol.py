@@ -452,3 +452,18 @@ def test_old_layouts_load_with_the_same_embeddings(secs, tmp_path):
     np.testing.assert_allclose(
         back.get_latent_representation(write=False), exp["cellformer_latent"], atol=1e-5
     )
+
+
+def test_loaded_without_data_cannot_train(saved):
+    from napari_brainatlas.annotate import QueryMapping
+    from napari_brainatlas.domains import SpaConModel
+    from napari_brainatlas.fusemap import FuseMap
+
+    for cls, name in (
+        (FuseMap, "FuseMap"),
+        (QueryMapping, "QueryMapping"),
+        (SpaConModel, "SpaConModel"),
+    ):
+        m = cls.load(saved[name][1])
+        with pytest.raises(BrainAtlasInputError):
+            m.train(epochs=1)

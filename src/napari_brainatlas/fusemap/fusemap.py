@@ -1,14 +1,15 @@
 """FuseMap: joint cell / tissue / gene embedding of spatial transcriptomics sections.
 
-scvi-tools style entry point::
+scvi-tools style entry point (the shared model protocol, :mod:`napari_brainatlas.models`)::
 
-    model = FuseMap(sections)                  # list of AnnData, one per section
-    model.train(max_epochs=15)                 # pretrain, balance weights, final training
-    model.write_embeddings()                   # obsm['X_fusemap_cell' / 'X_fusemap_tissue']
+    model = FuseMap(sections, settings=FuseMapSettings(n_latent=32), seed=0)
+    model.train(epochs=15, progress=progress, cancel=cancel)  # pretrain, balance, final
+    embedded = model.write_embeddings()        # copies with obsm['X_fusemap_cell' / '_tissue']
     genes = model.gene_embedding()             # DataFrame genes x k
     model.save("model_dir"); FuseMap.load("model_dir", sections)
 
-See :mod:`._module` for the network and method.md for the published method.
+See :mod:`._module` for the network, :mod:`.settings` for the options and method.md for
+the published method.
 
 Training, step by step (one step = ``batch_size`` seed cells from every section, the
 smaller sections cycled; an epoch passes every training cell of the largest section, and
@@ -567,6 +568,11 @@ class FuseMap(TrainableModel):
         rank must call this with the same arguments and ``cancel`` must answer the same
         on every rank (see :mod:`.distributed`).
         """
+        if not getattr(self, "data", None):
+            raise BrainAtlasInputError(
+                "this model was loaded without sections; give sections to FuseMap.load to "
+                "train it further"
+            )
         legacy = max_epochs is not None
         if legacy:
             warnings.warn(
