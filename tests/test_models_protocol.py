@@ -313,6 +313,31 @@ def test_broken_folder_is_one_input_error(name, case, saved, kinds, tmp_path):
     assert "weights_only=False" not in msg and "\n" not in msg
 
 
+TABLES = [
+    ("FuseMap", "genes.csv", _truncate),
+    ("FuseMap", "genes.csv", lambda p: p.write_text("")),
+    ("FuseMap", "panels.csv", lambda p: p.unlink()),
+    ("FuseMap", "panels.csv", lambda p: p.write_text("a,b\n1,2\n")),
+    ("QueryMapping", "latent.npz", _truncate),
+    ("QueryMapping", "obs_names.csv", lambda p: p.unlink()),
+    ("QueryMapping", "panels.csv", lambda p: p.write_text("section,gene\nnobody,X\n")),
+    ("SpaConModel", "latent.npz", lambda p: p.unlink()),
+    ("SpaConModel", "latent.npz", lambda p: np.savez(p, z_spatial=np.zeros((3, 2)))),
+    ("CellFormer", "genes.csv", lambda p: p.write_text("gene\n")),
+    ("CellFormer", "genes.csv", lambda p: p.write_text("name\nA\n")),
+]
+
+
+@pytest.mark.parametrize(("name", "file", "brk"), TABLES)
+def test_broken_table_is_one_input_error(name, file, brk, saved, kinds, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(saved[name][1], folder)
+    brk(folder / file)
+    with pytest.raises(BrainAtlasInputError) as err:
+        type(saved[name][0]).load(folder, **kinds[name].load_kw)
+    assert str(folder) in str(err.value) and file in str(err.value), str(err.value)
+
+
 def test_not_a_folder(tmp_path):
     from napari_brainatlas.fusemap import FuseMap
 
