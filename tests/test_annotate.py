@@ -416,9 +416,10 @@ def test_query_mapping_save_load_round_trip(trained, tmp_path):
 
     mp, q = trained["mapping"], trained["query"]
     folder = mp.save(tmp_path / "mapping")
-    assert {"weights.pt", "query.json", "genes.csv", "latent.npz", "reference"} <= {
+    assert {"config.json", "weights.pt", "history.json", "genes.csv", "panels.csv"} <= {
         f.name for f in folder.iterdir()
     }
+    assert {"latent.npz", "obs_names.csv", "reference"} <= {f.name for f in folder.iterdir()}
     genes = [mp.new_genes[0], "GAD1"]
     # with the query sections: re-encoded from the loaded weights, same embeddings
     back = QueryMapping.load(folder, query_sections=[q], device="cpu")

@@ -97,10 +97,11 @@ def test_train_save_load_round_trip_and_outputs(sections, tmp_path):
     z = m.get_latent_representation("cell")
     zt = m.get_latent_representation("tissue")
     m.save(tmp_path / "fm")
-    for f in ("weights.pt", "config.json", "genes.csv", "panels.json"):
+    for f in ("weights.pt", "config.json", "history.json", "genes.csv", "panels.csv"):
         assert (tmp_path / "fm" / f).exists()
-    panels = json.loads((tmp_path / "fm" / "panels.json").read_text())
-    assert list(panels) == m.section_names
+    panels = pd.read_csv(tmp_path / "fm" / "panels.csv")
+    assert list(pd.unique(panels["section"])) == m.section_names
+    assert json.loads((tmp_path / "fm" / "config.json").read_text())["model"] == "FuseMap"
     state = torch.load(tmp_path / "fm" / "weights.pt", weights_only=True)
     assert "gene_embedding" in state
     m2 = FuseMap.load(tmp_path / "fm", sections=[a.copy() for a in sections])
@@ -115,12 +116,13 @@ def test_train_save_load_round_trip_and_outputs(sections, tmp_path):
     assert m3.gene_embedding().shape == m.gene_embedding().shape
     with pytest.raises(BrainAtlasInputError):
         m3.get_latent_representation()
-    # write back: default into the given objects, copy=True leaves them alone
+    # write back: by default (copy=True) the given objects are left alone; copy=False
+    # writes into them (the default before the shared model protocol)
     fresh = [a.copy() for a in sections]
     m4 = FuseMap.load(tmp_path / "fm", sections=fresh)
-    out = m4.write_embeddings(copy=True)
-    assert CELL_KEY not in fresh[0].obsm and out[0].obsm[CELL_KEY].shape == (220, 8)
     out = m4.write_embeddings()
+    assert CELL_KEY not in fresh[0].obsm and out[0].obsm[CELL_KEY].shape == (220, 8)
+    out = m4.write_embeddings(copy=False)
     assert out[1] is fresh[1] and fresh[1].obsm[TISSUE_KEY].shape == (160, 8)
     imp = m.impute("syn0")
     assert imp.shape == (220, len(m.module.genes)) and (imp.to_numpy() >= 0).all()
@@ -352,7 +354,7 @@ def test_recon_from_is_checked_saved_and_trains(sections, tmp_path):
     back = FuseMap.load(tmp_path / "fm", sections)
     assert back.config["recon_from"] == "cell"
     cfg = json.loads((tmp_path / "fm" / "config.json").read_text())
-    cfg["recon_from"] = "gene"
+    cfg["settings"]["recon_from"] = "gene"
     (tmp_path / "fm" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BrainAtlasInputError):
         FuseMap.load(tmp_path / "fm", sections)

@@ -176,7 +176,7 @@ def _panel_reference(model, section, reference, joint: bool) -> _RefExpr | None:
     (:func:`~napari_brainatlas.annotate.panel.encode_through_panel`); with ``joint`` the
     tissue part is the same one-hop aggregation over the reference section's spatial
     graph as the query's z_T. None when the reference counts are not available."""
-    from ..fusemap._preprocess import is_integer_matrix
+    from ..fusemap.data import is_integer_matrix
     from .panel import encode_through_panel
 
     if not hasattr(model, "query_names") or isinstance(section, AnnData):
