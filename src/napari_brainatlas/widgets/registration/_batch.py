@@ -1,8 +1,9 @@
 """The Registration dock's "All sections" panel: the batch table, "register the rest"
 and series interpolation.
 
-"Register the rest" fits every section without a fit with the dock's settings, each
-with its own midline, flip, start pose and cutting angles; a section without a midline
+"Register the rest" fits every section without a fit with the dock's settings (plane,
+position, iterations, options), each with its own midline, hemisphere, flip, start pose
+and cutting angles; a section without a midline
 (unless asked), with implausible units, or whose tissue is far smaller than the
 template slice's (a crop) is skipped with the reason in the table, never stretched over
 a whole-brain slice. "Interpolate the rest" takes two or more fitted sections of an
@@ -31,7 +32,7 @@ class BatchMixin:
     def _batch_box(self) -> QGroupBox:
         box = QGroupBox("All sections")
         lay = QVBoxLayout(box)
-        self.batch_table = self._table(BATCH_COLUMNS, 140)
+        self.batch_table = self._table(BATCH_COLUMNS, 140, stretch=(0, 1))
         self.batch_table.itemSelectionChanged.connect(self._on_batch_pick)
         lay.addWidget(self.batch_table)
         self.no_midline_check = QCheckBox("fit sections without a midline (rotation sweep)")
@@ -44,8 +45,8 @@ class BatchMixin:
             "Register the rest",
             self.register_rest,
             "Fit every section without a fit with these settings (each with its own midline, "
-            "flip, start pose and cutting angles); crops and sections without a midline are "
-            "skipped with a reason",
+            "hemisphere, flip, start pose and cutting angles); crops and sections without a "
+            "midline are skipped with a reason",
         )
         self.series_button = self.action_button(
             "Interpolate the rest",
@@ -105,7 +106,8 @@ class BatchMixin:
             except BrainAtlasInputError:  # a one-point line: as if none
                 mid = None
             kw = self.fit_options(name, position_um=self.position_um, midline=mid)
-            kw["hemisphere"] = self.hemisphere
+            hemi = self.session.state(name).clicks.hemisphere
+            kw["hemisphere"] = hemi if self.plane == "coronal" else "both"
             kw.update((per_section or {}).get(name, {}))
             adata = self.section_layer(name).metadata["adata"]
             jobs.append((name, snapshot(adata, with_x=False), kw))

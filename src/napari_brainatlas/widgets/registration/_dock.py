@@ -383,6 +383,7 @@ class RegistrationWidget(QCMixin, BatchMixin, DockBase):
             return
         c = self.session.state(name).clicks
         widgets = (
+            (self.hemi_combo, lambda w: w.setCurrentText(c.hemisphere)),
             (self.flip_combo, lambda w: w.setCurrentText(c.flip)),
             (self.rotation_spin, lambda w: w.setValue(float(c.pose[0]))),
             (self.scale_spin, lambda w: w.setValue(float(c.pose[1]))),
@@ -496,6 +497,8 @@ class RegistrationWidget(QCMixin, BatchMixin, DockBase):
         self._draw_pose_preview()
 
     def _on_hemisphere_changed(self, _=None) -> None:
+        if self.section_name:
+            self.session.set_clicks(self.section_name, hemisphere=self.hemi_combo.currentText())
         self.show_template()
         self._draw_pose_preview()
 

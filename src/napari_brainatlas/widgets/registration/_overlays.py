@@ -397,7 +397,8 @@ class Overlays:
         layer.selected_data = set()
         layer.data = np.asarray(world, float).reshape(-1, 2)
         layer.features = feats
-        layer.face_color = colors
+        if len(colors):
+            layer.face_color = colors
         layer.refresh()
 
     def draw_anchors(self, section_layer, res, size: float) -> None:

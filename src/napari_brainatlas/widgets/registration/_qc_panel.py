@@ -121,8 +121,10 @@ class QCMixin:
         return box
 
     @staticmethod
-    def _table(columns, max_height: int) -> QTableWidget:
-        """A read-only table whose columns fit its width (no horizontal scrolling)."""
+    def _table(columns, max_height: int, stretch=None) -> QTableWidget:
+        """A read-only table whose columns fit its width (no horizontal scrolling): the
+        ``stretch`` columns (default the first and the last) share the width left by the
+        others and elide their text (the whole text in the tooltip)."""
         t = QTableWidget(0, len(columns))
         t.setHorizontalHeaderLabels(list(columns))
         t.verticalHeader().setVisible(False)
@@ -133,10 +135,10 @@ class QCMixin:
         t.setTextElideMode(Qt.ElideMiddle)
         hdr = t.horizontalHeader()
         hdr.setMinimumSectionSize(30)
+        hdr.setStretchLastSection(False)
+        stretch = (0, len(columns) - 1) if stretch is None else tuple(stretch)
         for c in range(len(columns)):
-            mode = (
-                QHeaderView.Stretch if c in (0, len(columns) - 1) else QHeaderView.ResizeToContents
-            )
+            mode = QHeaderView.Stretch if c in stretch else QHeaderView.ResizeToContents
             hdr.setSectionResizeMode(c, mode)
         t.setMinimumHeight(70)
         t.setMaximumHeight(max_height)
