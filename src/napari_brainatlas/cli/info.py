@@ -7,7 +7,9 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub) -> None:
     q = sub.add_parser("info", help="what a file holds: sections, cells, genes, coordinates")
-    q.add_argument("files", nargs="+", help=".h5ad, .loom, .csv or a folder of csv files")
+    q.add_argument(
+        "files", nargs="+", help=".h5ad, .loom, .csv, a folder of csv files or a SpatialData .zarr"
+    )
     q.add_argument("--pixel-size", type=float, default=None, help="um per coordinate unit")
     q.add_argument("--section-key", default=None, help="obs column splitting sections")
     q.set_defaults(func=run)

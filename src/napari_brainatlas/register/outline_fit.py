@@ -14,80 +14,18 @@ Pipeline (method steps 2-6 plus robust fall-backs):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from .affine import apply_affine, compose, fit_affine, rotation, translation
 from .anchors import MidlineFrame, outline_anchors
-from .boundary import Outline, template_outline
+from .boundary import Outline
 from .icp import ICPResult, icp_affine
+from .settings import OutlineFitSettings
+from .template import Template
 
-__all__ = ["POOR_SCORE", "Fit", "Template", "fit_to_template", "make_template"]
-
-#: a fit whose score (relative trimmed boundary cost / inlier fraction) exceeds this
-#: triggers the rotation sweep; good fits score about 0.002-0.004
-POOR_SCORE = 0.008
-#: the chamfer starts are searched when the best anchor / moment start scores above
-#: this many times the expected score of a good fit (see :func:`fit_to_template`)
-CHAMFER_SCORE = 1.0
-TRIM_K = 2.5
-CAUCHY_K = 0.0
-
-
-@dataclass
-class Template:
-    """A template slice ready for fitting: outline, midline frame, KD-tree."""
-
-    slice: object  # AtlasSlice
-    outline: Outline
-    frame: MidlineFrame
-    tree: cKDTree
-    midline: np.ndarray  # (2, 2) atlas slice um, dorsal then ventral
-    hemisphere: str
-    plane: str
-
-    @property
-    def size_um(self) -> float:
-        return self.outline.size_um
-
-
-def make_template(sl, sigma_um: float = 0.0, crop: bool = False) -> Template:
-    """Build a :class:`Template` from an :class:`~napari_brainatlas.atlas.AtlasSlice`,
-    its outline traced after a Gaussian blur of ``sigma_um`` (see
-    :func:`~.boundary.template_outline`). ``crop``: trace on the tissue's bounding box
-    (plus the blur's reach) only; the outline points are the same, its ``mask`` and
-    ``field`` then cover the box (``origin_um`` says where), which is cheaper for the
-    many templates of a plane search."""
-    res = sl.resolution_um
-    labels = sl.labels
-    r0 = c0 = 0
-    if crop:
-        rows_t = np.flatnonzero((labels > 0).any(1))
-        cols_t = np.flatnonzero((labels > 0).any(0))
-        if len(rows_t):
-            m = int(np.ceil(4.0 * sigma_um / res)) + 3
-            r0, r1 = max(rows_t[0] - m, 0), min(rows_t[-1] + m + 1, labels.shape[0])
-            c0, c1 = max(cols_t[0] - m, 0), min(cols_t[-1] + m + 1, labels.shape[1])
-            labels = labels[r0:r1, c0:c1]
-    out = template_outline(labels, res, sigma_um=sigma_um)
-    if r0 or c0:
-        shift = np.array([c0 * res, r0 * res])
-        out.points = out.points + shift
-        out.contours = [c + shift for c in out.contours]
-        out.origin_um = (float(shift[0]), float(shift[1]))
-    rows, cols = np.nonzero(out.mask)
-    rows, cols = rows + r0, cols + c0
-    if sl.plane == "coronal" and sl.midline_x_um is not None:
-        mx = float(sl.midline_x_um)
-    else:
-        mx = float(np.mean((cols + 0.5) * res))
-    y0, y1 = rows.min() * res, (rows.max() + 1) * res
-    mid = np.array([[mx, y0], [mx, y1]])
-    return Template(
-        sl, out, MidlineFrame(mid[0], mid[1]), cKDTree(out.points), mid, sl.hemisphere, sl.plane
-    )
+__all__ = ["Fit", "SectionShape", "chamfer_starts", "fit_to_template"]
 
 
 @dataclass
@@ -116,20 +54,7 @@ def _moment_init(cells: np.ndarray, fs: MidlineFrame, tmpl: Template) -> np.ndar
     C = np.eye(3)
     C[0, 0], C[1, 1] = s
     C[:2, 2] = ab_t.mean(0) - s * ab_s.mean(0)
-    return compose(_frame_from(tmpl.frame), C, _frame_to(fs))
-
-
-def _frame_to(f: MidlineFrame) -> np.ndarray:
-    """Affine: input um -> canonical (a, b)."""
-    M = np.eye(3)
-    M[0, :2] = f.v
-    M[1, :2] = f.u
-    M[:2, 2] = -M[:2, :2] @ f.o
-    return M
-
-
-def _frame_from(f: MidlineFrame) -> np.ndarray:
-    return np.linalg.inv(_frame_to(f))
+    return compose(tmpl.frame.from_canonical_matrix(), C, fs.to_canonical_matrix())
 
 
 def _plausibility(A: np.ndarray, expected_scale: float | None = None) -> float:
@@ -145,81 +70,132 @@ def _score(fit_: Fit, tmpl: Template) -> float:
     return float(c / max(fit_.icp.inlier_fraction, 0.05) / max(_plausibility(fit_.affine), 0.05))
 
 
+@dataclass
+class SectionShape:
+    """What the outline fit sees of a section: its cells (n, 2) um, their outline, the
+    clicked midline ((2, 2) um, dorsal then ventral, or None) and the user landmarks
+    (``(src (k,2) section um, dst (k,2) atlas um, weights (k,))`` or None)."""
+
+    cells: np.ndarray
+    outline: Outline
+    midline: np.ndarray | None = None
+    landmarks: tuple | None = None
+
+
 def fit_to_template(
-    cells: np.ndarray,
-    outline: Outline,
+    section: SectionShape,
     tmpl: Template,
-    midline: np.ndarray | None,
+    settings: OutlineFitSettings | None = None,
+    *,
+    sweep: str | None = None,
     mirrored: bool | None = None,
-    landmarks=None,
-    max_iter: int = 100,
-    tol: float = 1e-5,
-    sweep: str = "auto",
+    rank=None,
+    reuse: list[Fit] | None = None,
     progress=None,
     cancel=None,
-    affine_prior: float = 0.01,
-    chamfer: bool = True,
-    rank=None,
-    chamfer_always: bool = False,
-    reuse: list[Fit] | None = None,
-) -> tuple[Fit, list[Fit]]:
-    """Fit the section (cells ``(n, 2)`` um with their ``outline``) to ``tmpl``.
+) -> tuple[Fit | None, list[Fit]]:
+    """Fit the section (its cells and outline, :class:`SectionShape`) to ``tmpl``.
 
     Parameters
     ----------
-    midline : (2, 2) section um (dorsal, ventral) or None (rotation sweep only).
+    settings : :class:`~.settings.OutlineFitSettings` (the ICP, when the chamfer starts
+        and the rotation sweep are added, the iterations of each stage).
+    sweep : "auto" (rotation sweep when there is no midline or the fit looks poor),
+        "always" or "never"; None: ``settings.sweep``.
     mirrored : force the mirror hypothesis; None: sagittal sections try both,
         hemisections take the side the tissue lies on, and full coronal sections are
         read unmirrored (a symmetric brain looks the same mirrored, so the shape
         cannot tell; pass True for a section known to be flipped).
-    landmarks : ``(src (k,2) section um, dst (k,2) atlas um, weights (k,))`` or None.
-    sweep : "auto" (rotation sweep when there is no midline or the fit looks poor),
-        "always" or "never".
-    affine_prior : with ``rank``, a second affine stage pulled towards the similarity
-        stage's linear part with this weight is tried too, and the labels choose.
-    chamfer : add the best starts of a truncated chamfer search (robust to torn tissue)
-        when the anchor and moment starts fit poorly (their best similarity-stage score
-        above ``CHAMFER_SCORE`` times the expected score of a good fit), or always with
-        ``chamfer_always``.
     rank : optional ``rank(affine) -> float`` (higher better, e.g. region-label
-        agreement); chooses among fits whose outline score is within 1.5x of the best.
+        agreement); chooses among fits whose outline score is within 1.5x of the best,
+        and adds a second affine stage held near the similarity stage
+        (``settings.affine_prior``) for the labels to choose from.
     reuse : the fits an earlier call returned for the same section, template and
         arguments but another ``sweep`` (e.g. "auto" before "always"): taken as they
         are instead of refitting the midline starts, and the rotation sweep is added
         only if they lack it. The result is the same as without, at a fraction of the
         cost (a poor "auto" fit has run the sweep already).
+    progress, cancel : see :func:`.icp.icp_affine` (``done`` counts the ICP iterations
+        of this call).
 
-    Returns the best :class:`Fit` and all fits tried.
+    Returns the best :class:`Fit` (None when nothing could be fitted) and all fits tried.
     """
-    res = tmpl.outline.pixel_um
-    floor = 2.0 * res
-    counter = [0]
+    settings = OutlineFitSettings() if settings is None else settings
+    sweep = settings.sweep if sweep is None else sweep
+    fitter = _OutlineFitter(section, tmpl, settings, mirrored, rank, progress, cancel)
+    if reuse is not None:
+        fits = list(reuse)
+    elif section.midline is not None:
+        fits = fitter.midline_fits()
+    else:
+        fits = []
+    best = fitter.pick(fits) if fits else None
+    poor = (
+        best is None
+        or best.score > max(settings.poor_score, 1.6 * fitter.expected)
+        or _plausibility(best.affine) < 0.5
+    )
+    # without a midline there is no other start: the sweep runs whatever ``sweep`` says
+    swept = any(f.start.startswith("rotation") for f in fits)
+    if not swept and (sweep == "always" or (sweep == "auto" and poor) or best is None):
+        fits += fitter.rotation_sweep()
+        best = fitter.pick(fits)
+    return best, fits
 
-    def one(A0, model, n_iter, prior=0.0):
+
+class _OutlineFitter:
+    """The stages of :func:`fit_to_template` for one section and template: similarity
+    ICP from each start, the most promising continued, then the affine stage."""
+
+    def __init__(self, section, tmpl, settings, mirrored, rank, progress, cancel):
+        self.sec, self.tmpl, self.st = section, tmpl, settings
+        self.mirrored, self.rank = mirrored, rank
+        self.progress, self.cancel = progress, cancel
+        self.floor = 2.0 * tmpl.outline.pixel_um
+        self.counter = 0
+        cells = section.cells
+        sub = cells
+        if len(sub) > 5000:
+            sub = cells[np.random.default_rng(0).choice(len(cells), 5000, replace=False)]
+        self.sub = sub
+        # expected cost of a good fit: a fraction of the outlines' blur and pixel size
+        res = tmpl.outline.pixel_um
+        self.expected = (0.25 * tmpl.outline.blur_um + 0.25 * res) / tmpl.size_um
+        self.coronal_full = tmpl.plane == "coronal" and tmpl.hemisphere == "both"
+        self.prefer_un = self.coronal_full and mirrored is None
+        self.probe = section.outline.points[:: max(1, len(section.outline.points) // 200)]
+
+    # ------------------------------------------------------------------ one ICP stage
+    def one(self, A0, model, n_iter, prior=0.0):
+        icp = replace(self.st.icp, max_iter=n_iter, model=model, prior_weight=prior)
         r = icp_affine(
-            outline.points,
-            tmpl.outline.points,
+            self.sec.outline.points,
+            self.tmpl.outline.points,
             A0,
-            max_iter=n_iter,
-            tol=tol,
-            floor_um=floor,
-            landmarks=landmarks,
-            tgt_tree=tmpl.tree,
-            tgt_normals=tmpl.outline.normals,
-            model=model,
-            prior_weight=prior,
-            trim_k=TRIM_K,
-            cauchy_k=CAUCHY_K,
-            progress=progress,
-            cancel=cancel,
-            iter_offset=counter[0],
+            icp,
+            floor_um=self.floor,
+            landmarks=self.sec.landmarks,
+            tgt_tree=self.tmpl.tree,
+            tgt_normals=self.tmpl.outline.normals,
+            progress=self.progress,
+            cancel=self.cancel,
+            iter_offset=self.counter,
         )
-        counter[0] += r.iterations
+        self.counter += r.iterations
         return r
 
-    def finish(f: Fit, prior: float = 0.0) -> Fit:
+    def stage1(self, A0, m, start, n_iter, a_s=None, a_t=None) -> Fit:
+        """Similarity stage from a start."""
+        r = self.one(A0, "similarity", n_iter)
+        f = Fit(r.affine, r, m, start)
+        if a_s is not None:
+            f.anchors_section, f.anchors_atlas = a_s, a_t
+        f.score = _score(f, self.tmpl)
+        return f
+
+    def finish(self, f: Fit, prior: float = 0.0) -> Fit:
         """Affine stage after the similarity stage of a start."""
-        r2 = one(f.icp.affine, "affine", max_iter, prior)
+        r2 = self.one(f.icp.affine, "affine", self.st.icp.max_iter, prior)
         r2.cost_history = f.icp.cost_history + r2.cost_history
         r2.iterations = f.icp.iterations + r2.iterations
         g = Fit(
@@ -230,85 +206,79 @@ def fit_to_template(
             f.anchors_section,
             f.anchors_atlas,
         )
-        g.score = _score(g, tmpl)
+        g.score = _score(g, self.tmpl)
         return g
 
-    def finish_all(f: Fit) -> list[Fit]:
+    def finish_all(self, f: Fit) -> list[Fit]:
         """A free affine; with labels to choose, also one held near the similarity
         (smooth, near-elliptic outlines let a free affine slide)."""
-        out = [finish(f)]
-        if rank is not None and affine_prior > 0:
-            out.append(finish(f, affine_prior))
+        out = [self.finish(f)]
+        if self.rank is not None and self.st.affine_prior > 0:
+            out.append(self.finish(f, self.st.affine_prior))
         return out
 
-    def stage1(A0, m, start, n_iter, a_s=None, a_t=None) -> Fit:
-        r = one(A0, "similarity", n_iter)
-        f = Fit(r.affine, r, m, start)
-        if a_s is not None:
-            f.anchors_section, f.anchors_atlas = a_s, a_t
-        f.score = _score(f, tmpl)
-        return f
-
-    probe = outline.points[:: max(1, len(outline.points) // 200)]
-
-    def distinct(fs_: list[Fit]) -> list[Fit]:
+    def distinct(self, fs_: list[Fit]) -> list[Fit]:
         """``fs_`` without the fits that place the outline where an earlier one does
         (within 2 pixels): starts that converged to the same solution finish the same."""
         out, placed = [], []
         for f in fs_:
-            P = apply_affine(f.icp.affine, probe)
-            if any(np.abs(P - Q).max() < floor for Q in placed):
+            P = apply_affine(f.icp.affine, self.probe)
+            if any(np.abs(P - Q).max() < self.floor for Q in placed):
                 continue
             out.append(f)
             placed.append(P)
         return out
 
-    def best_finished(cands: list[Fit], prefer_unmirrored: bool) -> list[Fit]:
+    def best_finished(self, cands: list[Fit]) -> list[Fit]:
         chosen = [min(cands, key=lambda f: f.score)]
-        if rank is not None:
+        if self.rank is not None:
             # region labels can tell apart fits the outline cannot: finish the
             # near-best ones too and let the labels choose among them
             lim = 1.5 * chosen[0].score
             chosen += [f for f in sorted(cands, key=lambda f: f.score)[1:3] if f.score <= lim]
-        if prefer_unmirrored:
+        if self.prefer_un:
             un = [f for f in cands if not f.mirrored]
             if un and chosen[0].mirrored:
                 chosen.append(min(un, key=lambda f: f.score))
-        return [g for f in distinct(chosen) for g in finish_all(f)]
+        return [g for f in self.distinct(chosen) for g in self.finish_all(f)]
 
-    sub = cells
-    if len(sub) > 5000:
-        sub = cells[np.random.default_rng(0).choice(len(cells), 5000, replace=False)]
-    fits: list[Fit] = []
-    # expected cost of a good fit: a fraction of the outlines' blur and pixel size
-    expected = (0.25 * tmpl.outline.blur_um + 0.25 * res) / tmpl.size_um
-    coronal_full = tmpl.plane == "coronal" and tmpl.hemisphere == "both"
-    prefer_un = coronal_full and mirrored is None
-    if reuse is not None:
-        fits = list(reuse)
-    elif midline is not None:
-        if mirrored is not None:
-            mirrors = [bool(mirrored)]
-        elif tmpl.plane == "coronal" and tmpl.hemisphere != "both":
+    def pick(self, fits: list[Fit]) -> Fit | None:
+        return _pick([f for f in fits if f.icp.model_stage == "affine"], self.prefer_un, self.rank)
+
+    # ------------------------------------------------------------------ the starts
+    def mirrors(self) -> list[bool]:
+        """The mirror hypotheses the midline starts try."""
+        tmpl, midline = self.tmpl, self.sec.midline
+        if self.mirrored is not None:
+            return [bool(self.mirrored)]
+        if tmpl.plane == "coronal" and tmpl.hemisphere != "both":
             # the tissue lies on the template's side of the cut edge
-            side = float(np.median(MidlineFrame(midline[0], midline[1]).to_canonical(sub)[:, 0]))
+            side = float(
+                np.median(MidlineFrame(midline[0], midline[1]).to_canonical(self.sub)[:, 0])
+            )
             want = -1.0 if tmpl.hemisphere == "left" else 1.0
-            mirrors = [bool(side * want < 0)]
-        elif coronal_full:
+            return [bool(side * want < 0)]
+        if self.coronal_full:
             # a full coronal section of a left-right symmetric brain looks the same
             # mirrored: the shape cannot tell, so the unmirrored reading is taken
             # (pass mirrored=True for a section known to be flipped)
-            mirrors = [False]
-        else:
-            mirrors = [False, True]
-        anchors_t = outline_anchors(tmpl.outline.contours, tmpl.frame, midline_ends=coronal_full)[
-            "points"
-        ]
-        cands = []
-        frames = []
-        for m in mirrors:
+            return [False]
+        return [False, True]
+
+    def midline_fits(self) -> list[Fit]:
+        """Anchor, moment (and, where they fit poorly, chamfer) starts in the midline
+        frames; the most promising continued and finished."""
+        sec, tmpl, st = self.sec, self.tmpl, self.st
+        midline, landmarks = sec.midline, sec.landmarks
+        anchors_t = outline_anchors(
+            tmpl.outline.contours, tmpl.frame, midline_ends=self.coronal_full
+        )["points"]
+        cands, frames = [], []
+        for m in self.mirrors():
             fs = MidlineFrame(midline[0], midline[1], mirrored=m)
-            anchors_s = outline_anchors(outline.contours, fs, midline_ends=coronal_full)["points"]
+            anchors_s = outline_anchors(sec.outline.contours, fs, midline_ends=self.coronal_full)[
+                "points"
+            ]
             n = min(len(anchors_s), len(anchors_t))
             src, dst, w = anchors_s[:n], anchors_t[:n], np.ones(n)
             if landmarks is not None and len(landmarks[0]):
@@ -316,49 +286,57 @@ def fit_to_template(
                 dst = np.vstack([dst, landmarks[1]])
                 w = np.concatenate([w, landmarks[2]])
             A_anchor = fit_affine(src, dst, w)
-            starts = [("anchors", A_anchor), ("moments", _moment_init(sub, fs, tmpl))]
+            starts = [("anchors", A_anchor), ("moments", _moment_init(self.sub, fs, tmpl))]
             for start, A0 in starts:
-                cands.append(stage1(A0, m, start, 12, anchors_s[:4], anchors_t[:4]))
+                cands.append(
+                    self.stage1(A0, m, start, st.start_iters, anchors_s[:4], anchors_t[:4])
+                )
             frames.append((m, fs, anchors_s))
-        if chamfer and (
-            chamfer_always
-            or min(f.score for f in cands) > CHAMFER_SCORE * max(POOR_SCORE, expected)
+        if st.chamfer and (
+            st.chamfer_always
+            or min(f.score for f in cands) > st.chamfer_score * max(st.poor_score, self.expected)
         ):
             # the anchor and moment starts do not fit well (torn tissue, a damaged
             # outline): add the chamfer search's starts
             for m, fs, anchors_s in frames:
-                for i, A0 in enumerate(chamfer_starts(outline, tmpl, fs)):
-                    cands.append(stage1(A0, m, f"chamfer{i}", 12, anchors_s[:4], anchors_t[:4]))
-        fits += cands
-        # continue the most promising starts only
+                for i, A0 in enumerate(chamfer_starts(sec.outline, tmpl, fs)):
+                    cands.append(
+                        self.stage1(
+                            A0, m, f"chamfer{i}", st.start_iters, anchors_s[:4], anchors_t[:4]
+                        )
+                    )
+        return cands + self.continued(cands)
+
+    def continued(self, cands: list[Fit]) -> list[Fit]:
+        """The most promising starts continued, then the near-best finished."""
         ranked = sorted(cands, key=lambda f: f.score)
-        keep = distinct([f for f in ranked[:2] if f.score <= 1.5 * ranked[0].score])
-        if prefer_un and all(f.mirrored for f in keep):
+        keep = self.distinct([f for f in ranked[:2] if f.score <= 1.5 * ranked[0].score])
+        if self.prefer_un and all(f.mirrored for f in keep):
             un = [f for f in cands if not f.mirrored]
             if un:
                 keep.append(min(un, key=lambda f: f.score))
         cont = []
         for f in keep:
-            g = stage1(f.icp.affine, f.mirrored, f.start, 40, f.anchors_section, f.anchors_atlas)
+            g = self.stage1(
+                f.icp.affine,
+                f.mirrored,
+                f.start,
+                self.st.continue_iters,
+                f.anchors_section,
+                f.anchors_atlas,
+            )
             g.icp.cost_history = f.icp.cost_history + g.icp.cost_history
             g.icp.iterations += f.icp.iterations
             cont.append(g)
-        fits += cont
         kept = {id(f) for f in keep}
-        fits += best_finished(cont + [f for f in cands if id(f) not in kept], prefer_un)
-    best = (
-        _pick([f for f in fits if f.icp.model_stage == "affine"], prefer_un, rank) if fits else None
-    )
-    poor = (
-        best is None
-        or best.score > max(POOR_SCORE, 1.6 * expected)
-        or _plausibility(best.affine) < 0.5
-    )
-    # without a midline there is no other start: the sweep runs whatever ``sweep`` says
-    swept = any(f.start.startswith("rotation") for f in fits)
-    if not swept and (sweep == "always" or (sweep == "auto" and poor) or best is None):
-        mirrors = [bool(mirrored)] if mirrored is not None else [False, True]
-        c_s = sub.mean(0)
+        return cont + self.best_finished(cont + [f for f in cands if id(f) not in kept])
+
+    def rotation_sweep(self) -> list[Fit]:
+        """Starts at twelve rotations x the mirror hypotheses, the best two finished."""
+        tmpl, outline = self.tmpl, self.sec.outline
+        res = tmpl.outline.pixel_um
+        mirrors = [bool(self.mirrored)] if self.mirrored is not None else [False, True]
+        c_s = self.sub.mean(0)
         rows, cols = np.nonzero(tmpl.outline.mask)
         c_t = np.array([(cols.mean() + 0.5) * res, (rows.mean() + 0.5) * res])
         scale = np.sqrt(tmpl.outline.area_um2 / max(outline.area_um2, 1e-9))
@@ -373,14 +351,11 @@ def fit_to_template(
                     M,
                     translation(-c_s),
                 )
-                cands.append(stage1(A0, m, f"rotation{30 * k}", 30))
-        fits += cands
+                cands.append(self.stage1(A0, m, f"rotation{30 * k}", self.st.sweep_iters))
         top = sorted(cands, key=lambda f: f.score)[:2]
-        if prefer_un and all(f.mirrored for f in top):
+        if self.prefer_un and all(f.mirrored for f in top):
             top.append(min((f for f in cands if not f.mirrored), key=lambda f: f.score))
-        fits += [g for f in top for g in finish_all(f)]
-        best = _pick([f for f in fits if f.icp.model_stage == "affine"], prefer_un, rank)
-    return best, fits
+        return cands + [g for f in top for g in self.finish_all(f)]
 
 
 def _distance_map(tmpl: Template, pad_frac: float = 0.4):
@@ -441,7 +416,7 @@ def chamfer_starts(
     shifts = np.linspace(-shift_frac * size, shift_frac * size, n_shift)
     sa, sb = np.meshgrid(shifts, shifts, indexing="ij")
     sh = np.column_stack([sa.ravel(), sb.ravel()])  # (S, 2) in template canonical um
-    To = _frame_from(tmpl.frame)
+    To = tmpl.frame.from_canonical_matrix()
     H, W = dist.shape
     results = []
     for th in np.deg2rad(np.asarray(rot_deg, dtype=float)):
@@ -467,7 +442,7 @@ def chamfer_starts(
         C = np.eye(3)
         C[:2, :2] = sc * np.array([[c, -s_], [s_, c]])
         C[:2, 2] = cen_t + shv - C[:2, :2] @ cen_s
-        out.append(compose(To, C, _frame_to(fs)))
+        out.append(compose(To, C, fs.to_canonical_matrix()))
     return out
 
 
