@@ -465,6 +465,7 @@ class RegistrationWidget(QCMixin, BatchMixin, DockBase):
         self._units_warned.clear()
         self.session.set_atlas(self.atlas.name, self.atlas.version, spec, ontology)
         self._set_levels()
+        self._refresh_compare_columns()
         self._set_range()
         self.set_status(f"atlas {self.atlas.name} ({self.atlas.resolution_um:g} um) loaded")
         self.show_template()
@@ -803,7 +804,12 @@ class RegistrationWidget(QCMixin, BatchMixin, DockBase):
 
     def _on_iteration(self, done: int, total, info: dict) -> None:
         if "cost_um" in info:
-            self.cost_plot.append([info["cost_um"]], info.get("fit_stage"))
+            stage = info.get("fit_stage")
+            self.cost_plot.append([info["cost_um"]], stage)
+            if stage and stage != getattr(self, "_last_stage", None):
+                # a new start or the affine stage: the cost may jump here
+                self._last_stage = stage
+                self.set_status(f"registering {self.section_name}: {stage} fit ...")
 
     def _kept(self, sec) -> dict:
         """What undo gives back with the section's AnnData: its features table."""
