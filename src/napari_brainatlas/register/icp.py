@@ -182,8 +182,7 @@ def icp_affine(
         ``{"stage": "icp", "cost_um": cost}`` plus ``"fit_stage": stage_label`` when
         one is given.
     cancel : ``cancel() -> bool``; when it returns True, :class:`RegistrationCancelled`.
-    stage_label : what this run is (e.g. "anchors similarity"): reported with each
-        iteration and kept in :attr:`ICPResult.stages`.
+    stage_label : what this run is (e.g. "anchors similarity"), kept in ``stages``.
     """
     st = ICPSettings() if settings is None else settings
     src = np.asarray(src, dtype=float)
@@ -206,12 +205,8 @@ def icp_affine(
         if st.symmetric:
             cost = _reverse_matches(P, tgt_r, nrm_r, keep1, st, floor_um, (S, D, N, W), cost)
         hist.append(cost)
-        if stage_label:
-            report(
-                progress, iter_offset + it, None, stage="icp", cost_um=cost, fit_stage=stage_label
-            )
-        else:
-            report(progress, iter_offset + it, None, stage="icp", cost_um=cost)
+        extra = {"fit_stage": stage_label} if stage_label else {}
+        report(progress, iter_offset + it, None, stage="icp", cost_um=cost, **extra)
         if landmarks is not None and len(landmarks[0]):
             ls, ld, lw = landmarks
             S.append(apply_affine(A, ls))

@@ -114,13 +114,13 @@ class BatchMixin:
         return jobs
 
     def _start_batch(self, jobs, what: str, done_status: str):
-        from . import _tasks
+        from ._tasks import register_sections
 
         self.session.queue([j[0] for j in jobs])
         self._sync_batch_table()
         self.set_status(f"{what}: {len(jobs)} section(s) ...")
         return self.start_job(
-            _tasks.register_sections,
+            register_sections,
             jobs,
             self.atlas,
             allow_no_midline=self.no_midline_check.isChecked(),

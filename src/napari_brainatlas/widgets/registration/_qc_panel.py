@@ -406,7 +406,7 @@ class QCMixin:
         """Write every registered section as a QuickNII / VisuAlign series (JSON and a
         PNG of each section's cells, in a worker). Without ``path`` a file dialog asks,
         starting in the user's registrations folder. Returns the worker."""
-        from . import _tasks
+        from ._tasks import export_quicknii
         from .session import default_state_dir, safe_name
 
         results = self.session.results()
@@ -431,7 +431,7 @@ class QCMixin:
             entries.append((res, xy, fc if fc.shape == (len(xy), 4) else None))
         self.set_status(f"exporting {len(entries)} section(s) for QuickNII ...")
         return self.start_job(
-            _tasks.export_quicknii,
+            export_quicknii,
             entries,
             self.atlas,
             Path(path),
