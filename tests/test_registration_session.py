@@ -127,10 +127,14 @@ def test_batch_rows_and_rest():
     ses.set_status("s3", "failed: the midline points are identical")
     rows = ses.batch_rows(names)
     assert all(len(r) == len(BATCH_COLUMNS) for r in rows)
-    assert rows[0] == ("s1", "fitted", "0.912", "42.0", "0.80")
+    assert rows[0] == ("s1", "fitted", "", "0.912", "0.80")
     assert rows[1] == ("s2", "queued", "", "", "")
     assert rows[2][1].startswith("failed")
     assert set(ses.results()) == {"s1"}
+    ses.set_agreement("s1", 0.834)
+    assert ses.batch_row("s1")[2] == "83%"
+    ses.fitted("s1", _result("s1"))  # a new fit: its agreement is not known yet
+    assert ses.batch_row("s1")[2] == ""
 
 
 def test_options_give_the_engine_keywords():
@@ -171,9 +175,30 @@ def test_state_file_round_trip(tmp_path, atlas):
     assert np.allclose(st.clicks.midline, clicks["midline"])
     assert np.allclose(st.clicks.landmarks, clicks["landmarks"])
     assert other.undo("s1") is not None and other.result("s1") is None
-    # Clicks survive JSON on their own too
-    c = Clicks(position_um="auto", angles_deg=(1.5, -2.0))
+    # Clicks survive JSON on their own too (flip and start pose included)
+    c = Clicks(position_um="auto", angles_deg=(1.5, -2.0), flip="yes", pose=(30.0, 0.5))
     assert Clicks.from_dict(json.loads(json.dumps(c.to_dict()))).to_dict() == c.to_dict()
+    assert c.mirrored is True and Clicks().mirrored is None and Clicks(flip="no").mirrored is False
+    with pytest.raises(ValueError):
+        Clicks.from_dict({"flip": "sideways"})
+
+
+def test_state_files_default_to_a_user_folder(tmp_path, monkeypatch, atlas):
+    """Never beside the (possibly read-only) input data: a folder of the user's, per
+    atlas; NAPARI_BRAINATLAS_STATE_DIR moves it."""
+    from napari_brainatlas.widgets.registration.session import default_state_dir
+
+    monkeypatch.delenv("NAPARI_BRAINATLAS_STATE_DIR", raising=False)
+    home = default_state_dir()
+    assert home.name == "registrations" and "napari-brainatlas" in str(home)
+    monkeypatch.setenv("NAPARI_BRAINATLAS_STATE_DIR", str(tmp_path / "states"))
+    ses = RegistrationSession()
+    ses.set_atlas(atlas.name, atlas.version)
+    p = ses.state_path("my section/1")
+    assert p == tmp_path / "states" / "tiny" / "my_section_1.registration.json"
+    ses.fitted("my section/1", _result("my section/1"))
+    out = ses.save("my section/1", p)
+    assert out.exists() and json.loads(out.read_text())["atlas_version"] == "tiny-v1"
 
 
 def test_files_of_the_register_state_module_load(tmp_path, atlas):

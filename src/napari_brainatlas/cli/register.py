@@ -4,9 +4,10 @@
         --plane coronal|sagittal (--position-um P | --auto-position)
         [--hemisphere left|right|both] --midline X1,Y1,X2,Y2 --out OUT.h5ad
 
-Prints the plane found, the fit (iterations, final cost, confidence) and the metrics;
-writes the section with obsm['ccf_coords'], obs['ccf_id'], obs['ccf_acronym'] and
-uns['ccf_registration'] to OUT.h5ad (atomically; the input is never touched).
+Prints the plane found, the fit (iterations, final cost, scale, confidence) and the
+metrics; writes the section with obsm['ccf_coords'], obs['ccf_id'], obs['ccf_acronym'] and
+uns['ccf_registration'] to OUT.h5ad (atomically; the input is never touched), and with
+``--quicknii SERIES.json`` the registration as a QuickNII / VisuAlign series.
 
     napari-brainatlas register-series SECTIONS... --first-um A --last-um B
         [--region-key region] [--order S1,S2,...] [--out POSITIONS.csv]
@@ -90,6 +91,13 @@ def _add_register(sub) -> None:
     p.add_argument("--mirrored", choices=("auto", "yes", "no"), default="auto")
     p.add_argument("--region-key", default="region", help="obs column with region labels (if any)")
     p.add_argument("--json", default=None, help="also save the registration record as JSON here")
+    p.add_argument(
+        "--quicknii",
+        default=None,
+        metavar="SERIES.json",
+        help="also write the registration as a QuickNII / VisuAlign series file (and a PNG "
+        "of the cells beside it) for QuickNII, VisuAlign or PyNutil",
+    )
     p.add_argument("--quiet", action="store_true", help="print no progress")
     add_verbose(p)
     p.set_defaults(func=run)
@@ -144,7 +152,10 @@ def add_parser(sub) -> None:
 def _iteration(done, total, info, elapsed_s) -> str:
     cost = info.get("cost_um")
     text = f"register: iteration {done:4d}"
-    return text + (f"  cost {cost:10.3f} um" if isinstance(cost, (int, float)) else "")
+    text += f"  cost {cost:10.3f} um" if isinstance(cost, (int, float)) else ""
+    # the stage explains a jump in the cost: a new start, or the affine after the
+    # similarity stage
+    return text + (f"  ({info['fit_stage']})" if info.get("fit_stage") else "")
 
 
 def run(args) -> int:
@@ -154,6 +165,7 @@ def run(args) -> int:
 
     midline = parse_midline(args.midline)
     out = check_output_file(args.out, ".h5ad", [args.section])
+    qn = check_output_file(args.quicknii, ".json", [args.section]) if args.quicknii else None
     atlas = wf.load_atlas(args.atlas, args.ontology)
     sections = read_paths([args.section], args.pixel_size)
     adata = select_section(sections, args.section_name, source=args.section)
@@ -177,6 +189,11 @@ def run(args) -> int:
     for line in reg.summary():
         print(line)
     print("wrote " + " and the record ".join(str(p) for p in paths))
+    if qn is not None:
+        from ..io.quicknii import write_quicknii
+
+        xy = adata.obsm["spatial"][:, :2]
+        print(f"wrote {write_quicknii(qn, [(reg.result, xy)], atlas)[0]} (QuickNII series)")
     if reg.warning():
         print(f"warning: {reg.warning()}", file=sys.stderr)
     return 0

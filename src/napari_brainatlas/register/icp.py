@@ -24,7 +24,7 @@ from ..jobs import report
 from .affine import apply_affine, fit_affine
 from .settings import ICPSettings
 
-__all__ = ["ICPResult", "RegistrationCancelled", "check_cancel", "icp_affine"]
+__all__ = ["ICPResult", "RegistrationCancelled", "check_cancel", "icp_affine", "stable"]
 
 
 #: the package's one cancel exception (kept under this name for existing callers)
@@ -37,7 +37,12 @@ class ICPResult:
 
     affine : (3, 3) source um -> target um.
     cost_history : cost (um, mean trimmed boundary distance, both directions) per iteration.
-    converged : the relative cost change fell below ``tol`` (or the matches stopped changing).
+    stages : the stage of each iteration (``"<start> <model>"``, e.g. "anchors
+        similarity", "anchors affine"; "" when the caller named none), parallel to
+        ``cost_history``: where it changes, the fit changed model or started afresh.
+    converged : the relative cost change fell below ``tol``, the matches stopped
+        changing, or the cost stayed within ``stable_rel`` over the last
+        ``stable_window`` iterations (a stable oscillation at the optimum).
     iterations : iterations run.
     inlier_fraction : fraction of source boundary points kept at the end.
     """
@@ -49,6 +54,17 @@ class ICPResult:
     inlier_fraction: float = 1.0
     final_cost: float = np.inf
     model_stage: str = "affine"
+    stages: list = field(default_factory=list)
+
+
+def stable(costs, window: int, rel: float) -> bool:
+    """The last ``window`` costs lie within ``rel`` x their smallest: the fit sits at its
+    optimum (settled, or oscillating between near-equal states)."""
+    if window < 2 or len(costs) < window:
+        return False
+    w = np.asarray(costs[-window:], dtype=float)
+    lo = float(np.min(w))
+    return bool(np.isfinite(w).all() and float(np.max(w)) - lo <= rel * max(lo, 1e-9))
 
 
 _SIM = np.array(
@@ -145,6 +161,7 @@ def icp_affine(
     progress=None,
     cancel=None,
     iter_offset: int = 0,
+    stage_label: str = "",
 ) -> ICPResult:
     """Refine ``A0`` so that ``A(src)`` lies on the target outline.
 
@@ -162,8 +179,10 @@ def icp_affine(
         a ``point_weight`` share of point-to-point (plain point-to-point otherwise).
     progress : ``progress(done, total, info)`` (:mod:`napari_brainatlas.jobs`) after each
         iteration: ``done`` = ``iter_offset`` + iterations, ``total`` None, ``info`` =
-        ``{"stage": "icp", "cost_um": cost}``.
+        ``{"stage": "icp", "cost_um": cost}`` plus ``"fit_stage": stage_label`` when
+        one is given.
     cancel : ``cancel() -> bool``; when it returns True, :class:`RegistrationCancelled`.
+    stage_label : what this run is (e.g. "anchors similarity"), kept in ``stages``.
     """
     st = ICPSettings() if settings is None else settings
     src = np.asarray(src, dtype=float)
@@ -186,7 +205,8 @@ def icp_affine(
         if st.symmetric:
             cost = _reverse_matches(P, tgt_r, nrm_r, keep1, st, floor_um, (S, D, N, W), cost)
         hist.append(cost)
-        report(progress, iter_offset + it, None, stage="icp", cost_um=cost)
+        extra = {"fit_stage": stage_label} if stage_label else {}
+        report(progress, iter_offset + it, None, stage="icp", cost_um=cost, **extra)
         if landmarks is not None and len(landmarks[0]):
             ls, ld, lw = landmarks
             S.append(apply_affine(A, ls))
@@ -211,6 +231,7 @@ def icp_affine(
                 converged = True
                 break
         prev_pairs = pairs
+    converged = converged or stable(hist, st.stable_window, st.stable_rel)
     P = apply_affine(A, src)
     d1, _ = tree.query(P)
     thr1 = max(st.trim_k * float(np.median(d1)), floor_um)
@@ -222,6 +243,7 @@ def icp_affine(
         inlier_fraction=float(np.mean(d1 <= thr1)),
         final_cost=hist[-1] if hist else np.inf,
         model_stage=st.model,
+        stages=[stage_label] * len(hist),
     )
 
 

@@ -166,8 +166,9 @@ class _OutlineFitter:
         self.probe = section.outline.points[:: max(1, len(section.outline.points) // 200)]
 
     # ------------------------------------------------------------------ one ICP stage
-    def one(self, A0, model, n_iter, prior=0.0):
+    def one(self, A0, model, n_iter, prior=0.0, start: str = ""):
         icp = replace(self.st.icp, max_iter=n_iter, model=model, prior_weight=prior)
+        label = f"{start} {model}{' (prior)' if prior else ''}".strip()
         r = icp_affine(
             self.sec.outline.points,
             self.tmpl.outline.points,
@@ -180,13 +181,14 @@ class _OutlineFitter:
             progress=self.progress,
             cancel=self.cancel,
             iter_offset=self.counter,
+            stage_label=label,
         )
         self.counter += r.iterations
         return r
 
     def stage1(self, A0, m, start, n_iter, a_s=None, a_t=None) -> Fit:
         """Similarity stage from a start."""
-        r = self.one(A0, "similarity", n_iter)
+        r = self.one(A0, "similarity", n_iter, start=start)
         f = Fit(r.affine, r, m, start)
         if a_s is not None:
             f.anchors_section, f.anchors_atlas = a_s, a_t
@@ -195,8 +197,9 @@ class _OutlineFitter:
 
     def finish(self, f: Fit, prior: float = 0.0) -> Fit:
         """Affine stage after the similarity stage of a start."""
-        r2 = self.one(f.icp.affine, "affine", self.st.icp.max_iter, prior)
+        r2 = self.one(f.icp.affine, "affine", self.st.icp.max_iter, prior, start=f.start)
         r2.cost_history = f.icp.cost_history + r2.cost_history
+        r2.stages = f.icp.stages + r2.stages
         r2.iterations = f.icp.iterations + r2.iterations
         g = Fit(
             r2.affine,
@@ -326,6 +329,7 @@ class _OutlineFitter:
                 f.anchors_atlas,
             )
             g.icp.cost_history = f.icp.cost_history + g.icp.cost_history
+            g.icp.stages = f.icp.stages + g.icp.stages
             g.icp.iterations += f.icp.iterations
             cont.append(g)
         kept = {id(f) for f in keep}

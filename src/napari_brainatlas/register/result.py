@@ -32,7 +32,9 @@ class RegistrationResult:
     anchors_section, anchors_atlas : (4, 2) matched anchors, section um / atlas slice um.
     affine : (3, 3) section um -> atlas slice um (in-plane (x, y)).
     warp : thin-plate stages applied after the affine (empty: affine only).
-    cost_history : ICP cost (um) per iteration; converged, iterations.
+    cost_history : ICP cost (um) per iteration of the fit kept; cost_stages : the stage
+        of each (e.g. "anchors similarity", then "anchors affine"): the fit's model
+        changes there; converged (see :class:`~.icp.ICPResult`), iterations.
     confidence : in [0, 1]; metrics : see :func:`.metrics.registration_metrics`.
     """
 
@@ -58,6 +60,7 @@ class RegistrationResult:
     position_estimated: bool = False
     start: str = ""
     notes: list = field(default_factory=list)
+    cost_stages: list = field(default_factory=list)
 
     # ---------------------------------------------------------------- mapping
     @property
@@ -189,6 +192,7 @@ def make_result(sec, plane, fin, metrics: dict, confidence: float) -> Registrati
         position_estimated=plane.estimated,
         start=best.start,
         notes=sec.notes,
+        cost_stages=[str(x) for x in getattr(best.icp, "stages", [])],
     )
 
 

@@ -14,7 +14,9 @@ __all__ = ["confidence_score", "score"]
 
 def score(sec, plane, fin) -> tuple[dict, float]:
     """The score stage of :func:`~.pipeline.register_section`: the metrics
-    (:func:`.metrics.registration_metrics` plus the midline's agreement, the fit's
+    (:func:`.metrics.registration_metrics` of the final mapping, the warp included, with
+    the affine's own boundary and Dice figures as ``affine_*`` beside them when there is
+    a warp; plus the midline's agreement, the fit's
     iterations, scale, restart spread, the plane search's record and the plane
     sensitivity) and the confidence (:func:`confidence_score`). Returns (metrics,
     confidence)."""
@@ -31,7 +33,15 @@ def score(sec, plane, fin) -> tuple[dict, float]:
         atlas=sec.atlas,
         cell_xy_atlas=mapped,
         cell_div=sec.cell_div,
+        warp=fin.warp or None,
     )
+    if fin.warp:
+        # the figures of the affine alone, beside the warped fit's own
+        aff = registration_metrics(
+            A, sec.outline, tmpl.outline, tmpl.slice.labels, tmpl.slice.resolution_um
+        )
+        for k in ("boundary_median_um", "boundary_p95_um", "dice"):
+            m[f"affine_{k}"] = aff[k]
     m["midline_angle_deg"], m["midline_offset"] = midline_terms(A, sec.midline, tmpl)
     m["iterations"] = int(fin.best.icp.iterations)
     m["converged"] = bool(fin.best.icp.converged)

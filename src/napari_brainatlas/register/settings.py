@@ -63,6 +63,12 @@ class ICPSettings:
     prior_weight: float = 0.0
     #: > 0: kept pairs also weighted 1 / (1 + (d / c)^2), c = cauchy_k x median distance
     cauchy_k: float = 0.0
+    #: the fit also counts as converged when its cost stayed within ``stable_rel`` (a
+    #: fraction of the cost) over its last ``stable_window`` iterations: a stable
+    #: oscillation at the optimum (the matches flipping between two near-equal
+    #: states). This only names the outcome: the iterations run as before
+    stable_window: int = 6
+    stable_rel: float = 1e-3
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@
   per section.
 * :func:`place_series` - AP (or ML) positions (um) of an ordered labelled series
   between two known end positions -> :class:`SeriesPlacement`.
+* :func:`interpolate_series` - full planes (position and cutting angles) of the
+  sections of a series between two or more placed ones -> :class:`SeriesPlan`.
 * :func:`write_registered`, :func:`write_series` - the outputs (.h5ad, record .json,
   positions .csv), atomically; the input section is never modified.
 
@@ -39,6 +41,8 @@ __all__ = [
     "METRIC_KEYS",
     "Registered",
     "SeriesPlacement",
+    "SeriesPlan",
+    "interpolate_series",
     "load_atlas",
     "place_series",
     "register_many",
@@ -89,8 +93,16 @@ class Registered:
     def low_confidence(self) -> bool:
         return float(self.result.confidence) < LOW_CONFIDENCE
 
+    @property
+    def scale(self) -> float:
+        """The fit's scale (atlas um per section um; about 1 for a section in um)."""
+        from .register_checks import fitted_scale
+
+        return fitted_scale(self.result)
+
     def summary(self) -> list[str]:
-        """Three lines: the plane found, the fit (iterations, cost, confidence), metrics."""
+        """Three lines: the plane found, the fit (iterations, cost, scale, confidence),
+        metrics."""
         r, m = self.result, self.result.metrics
         cost = r.cost_history[-1] if r.cost_history else float("nan")
         return [
@@ -98,23 +110,60 @@ class Registered:
             f"{r.hemisphere}, angles {r.angles_deg[0]:.1f}/{r.angles_deg[1]:.1f} deg, "
             f"mirrored {r.mirrored}",
             f"converged {r.converged} after {r.iterations} iterations; final cost "
-            f"{cost:.2f} um; confidence {r.confidence:.3f}",
+            f"{cost:.2f} um; scale {self.scale:.3f}; confidence {r.confidence:.3f}",
             "metrics: " + ", ".join(f"{k} {m[k]:.3f}" for k in METRIC_KEYS if k in m),
         ]
 
+    def warnings(self) -> list[str]:
+        """Sentences to show with the result: a fitted scale far from 1 (wrong units or
+        a wrong fit), a low confidence."""
+        from .register_checks import scale_warning
+
+        out = []
+        meta = self.adata.uns.get("napari_brainatlas", {})
+        px = meta.get("pixel_size_um", 1.0) if isinstance(meta, dict) else 1.0
+        try:
+            px = float(px)
+        except (TypeError, ValueError):
+            px = 1.0
+        w = scale_warning(self.result, pixel_size_um=px if np.isfinite(px) and px > 0 else 1.0)
+        if w:
+            out.append(w)
+        if self.low_confidence:
+            out.append("low confidence; check the midline clicks, the hemisphere and the position")
+        return out
+
     def warning(self) -> str | None:
-        """A line to show when the confidence is low, else None."""
-        if not self.low_confidence:
-            return None
-        return "low confidence; check the midline clicks, the hemisphere and the position"
+        """The warnings as one line, or None."""
+        w = self.warnings()
+        return "; ".join(w) if w else None
 
 
 def _register_section(adata, atlas, name, region_key, progress, cancel, options):
-    """The one call of the registration engine (settings go through ``options``)."""
+    """The one call of the registration engine (settings go through ``options``); with
+    ``options['start_pose']`` the engine fits the posed cells (and, without a midline,
+    starts from the midline the pose implies) and the result is composed back."""
     from ..register import apply_registration, register_section
+    from .register_pose import StartPose, compose_result, pose_midline, with_pose
 
+    options = dict(options)
+    pose = StartPose.coerce(options.pop("start_pose", None))
+    fit_on, P = adata, None
+    if pose is not None and not pose.identity:
+        fit_on, options, P = with_pose(adata, pose, options)
+        if options.get("midline") is None:
+            options["midline"] = pose_midline(
+                fit_on.obsm["spatial"],
+                atlas,
+                options.get("plane", "coronal"),
+                None if options.get("position_um") == "auto" else options.get("position_um"),
+                options.get("hemisphere", "both"),
+                options.get("angles_deg", (0.0, 0.0)),
+                None,
+                bool(options.get("mirrored")),
+            ).tolist()
     res = register_section(
-        adata,
+        fit_on,
         atlas,
         region_key=region_key if region_key and region_key in adata.obs else None,
         section_name=name,
@@ -122,6 +171,8 @@ def _register_section(adata, atlas, name, region_key, progress, cancel, options)
         cancel=cancel,
         **options,
     )
+    if P is not None:
+        res = compose_result(res, P, pose)
     return Registered(apply_registration(adata, res, atlas), res, name)
 
 
@@ -138,7 +189,9 @@ def register_one(
     """Register one section (see the module docstring); ``atlas`` an Atlas or a spec.
 
     ``adata``: an AnnData or a path (``name`` picks the section of a multi-section
-    file); ``region_key``: obs column with region labels, used when the section has it.
+    file); ``region_key``: obs column with region labels, used when the section has it;
+    ``start_pose``: a :class:`~.register_pose.StartPose` (or ``{"rotation_deg",
+    "scale"}``) the section is turned and scaled by before the fit.
     """
     if not isinstance(adata, AnnData):
         adata = select_section(as_sections(adata), name, source=str(adata))
@@ -272,6 +325,108 @@ def place_series(
             raise BrainAtlasInputError(f"section {nm} has no region labels in obs[{region_key!r}]")
         labels.append(lab)
     return SeriesPlacement(names, np.asarray(series_positions(labels, first, last), float))
+
+
+@dataclass
+class SeriesPlan:
+    """Planes of an ordered series: the placed sections as they are, the rest
+    interpolated (``known`` False) by the composition of their region labels."""
+
+    names: list[str]
+    positions_um: np.ndarray
+    angles_deg: np.ndarray  # (n, 2)
+    known: np.ndarray  # (n,) bool
+    spacing: str = "composition"  # or "equal" (a section without labels)
+
+    def unplaced(self) -> list[str]:
+        return [n for n, k in zip(self.names, self.known) if not k]
+
+    def plane_of(self, name: str) -> tuple[float, tuple[float, float]]:
+        i = self.names.index(name)
+        return float(self.positions_um[i]), (
+            float(self.angles_deg[i, 0]),
+            float(self.angles_deg[i, 1]),
+        )
+
+    def lines(self) -> list[str]:
+        return [
+            f"{n}\t{p:.1f} um\t{a[0]:.1f}/{a[1]:.1f} deg\t{'placed' if k else 'interpolated'}"
+            for n, p, a, k in zip(self.names, self.positions_um, self.angles_deg, self.known)
+        ]
+
+
+def _composition_steps(labels: list) -> np.ndarray | None:
+    """Cosine distance of the region composition of each pair of neighbours, None when
+    a section has no labels."""
+    import pandas as pd
+
+    if any(lab is None or len(lab) == 0 for lab in labels):
+        return None
+    cats = sorted({str(v) for lab in labels for v in lab})
+    comp = np.array(
+        [
+            pd.Series(lab).value_counts().reindex(cats, fill_value=0).to_numpy(float)
+            for lab in labels
+        ]
+    )
+    unit = comp / np.linalg.norm(comp, axis=1, keepdims=True)
+    return np.clip(1.0 - np.sum(unit[1:] * unit[:-1], axis=1), 0.0, None)
+
+
+def interpolate_series(
+    sections,
+    known: dict,
+    *,
+    region_key: str = "region",
+    order: str | Sequence[str] | None = None,
+    atlas=None,
+    plane: str = "coronal",
+) -> SeriesPlan:
+    """Full planes of an ordered series (``order`` or as given) from two or more placed
+    sections: ``known`` maps a section name to ``(position_um, (a_x, a_y))`` (e.g. its
+    registration). The others get the position and the cutting angles interpolated
+    between their placed neighbours along the cumulative cosine distance of the region
+    composition of neighbouring sections (obs[region_key]; equal steps when a section has
+    no labels), extrapolated past the ends with the slope of the nearest placed pair and
+    kept inside the atlas when one is given."""
+    sections = as_sections(sections)
+    sections, names = _ordered(sections, section_names(sections), order)
+    idx = [i for i, n in enumerate(names) if n in known]
+    if len(idx) < 2:
+        raise BrainAtlasInputError(
+            "series interpolation needs at least two placed (registered) sections"
+        )
+    labels = []
+    for a in sections:
+        if region_key in a.obs:
+            lab = a.obs[region_key].astype(str).to_numpy()
+            labels.append(lab[(lab != "") & (lab != "nan")])
+        else:
+            labels.append(None)
+    steps = _composition_steps(labels)
+    spacing = "composition"
+    if steps is None or not np.all(np.isfinite(steps)):
+        steps, spacing = np.ones(len(sections) - 1), "equal"
+    cum = np.concatenate([[0.0], np.cumsum(steps)])
+    kc = cum[idx]
+    if np.any(np.diff(kc) <= 0):  # placed sections of identical composition: by index
+        cum, spacing = np.arange(len(sections), dtype=float), "equal"
+        kc = cum[idx]
+    pos_k = np.array([float(known[names[i]][0]) for i in idx])
+    ang_k = np.array([[float(v) for v in known[names[i]][1]] for i in idx]).reshape(-1, 2)
+    pos = np.interp(cum, kc, pos_k)
+    for end, (a, b) in ((cum < kc[0], (0, 1)), (cum > kc[-1], (-2, -1))):
+        slope = (pos_k[b] - pos_k[a]) / (kc[b] - kc[a])
+        ref = 0 if a == 0 else -1
+        pos[end] = pos_k[ref] + slope * (cum[end] - kc[ref])
+    ang = np.column_stack([np.interp(cum, kc, ang_k[:, j]) for j in range(2)])
+    if atlas is not None:
+        lo, hi = load_atlas(atlas).tissue_range_um(plane)
+        pos = np.clip(pos, lo, hi - 1e-6)
+    is_known = np.zeros(len(names), bool)
+    is_known[idx] = True
+    pos[idx], ang[idx] = pos_k, ang_k
+    return SeriesPlan(list(names), pos, ang, is_known, spacing)
 
 
 def write_series(placement: SeriesPlacement, out) -> Path:

@@ -1,12 +1,14 @@
 """The Registration dock widget: fit a section's cells to an atlas slice.
 
 Widgets and one method per action; the state lives in a
-:class:`~.session.RegistrationSession` (per-section clicks, fits, accept / undo / reset,
-batch rows, state files), the drawing in :class:`~._overlays.Overlays`, and the engine
-calls in :mod:`.._jobs` (``load_atlas``, ``register_one``, ``register_batch``), run as
-jobs of the dock base (:mod:`.._base`): a worker thread, ``progress(done, total, info)``
-delivered to the GUI thread (progress bar, cost curve), Cancel, one notification per
-failure. Workers get copies of the sections' cells and never touch layers.
+:class:`~.session.RegistrationSession` (per-section clicks: midline, landmarks, position,
+cutting angles, flip, start pose; fits, accept / undo / reset, batch rows, state files),
+the drawing in :class:`~._overlays.Overlays`, the checks in :mod:`._qc_panel` and
+:mod:`napari_brainatlas.workflows.register_qc` / ``register_checks``, the batch and the
+series in :mod:`._batch`. The engine calls run as jobs of the dock base (:mod:`.._base`):
+a worker thread, ``progress(done, total, info)`` delivered to the GUI thread (progress
+bar, cost curve), Cancel, one notification per failure. Workers get copies of the
+sections' cells and never touch layers.
 """
 
 from __future__ import annotations
@@ -16,15 +18,14 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QFrame,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -32,8 +33,6 @@ from qtpy.QtWidgets import (
     QSizePolicy,
     QSlider,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -43,14 +42,24 @@ from .. import _jobs
 from .._base import DockBase, snapshot
 from .._common import section_layers
 from .._notify import one_line, show_error
-from ._overlays import Overlays, cell_colors
-from .session import BATCH_COLUMNS, RegisterOptions, RegistrationSession
+from ._batch import BatchMixin
+from ._overlays import Overlays
+from ._qc_panel import QCMixin
+from .session import FLIPS, RegisterOptions, RegistrationSession
 
 __all__ = ["RegistrationWidget"]
 
 
+def show_warning(message: str) -> None:
+    """One napari warning notification."""
+    from napari.utils.notifications import show_warning as _show_warning
+
+    _show_warning(str(message).replace("\n", " ")[:500])
+
+
 class _CostPlot(QWidget):
-    """A small matplotlib cost curve (cost um per ICP iteration)."""
+    """A small matplotlib cost curve (cost um per ICP iteration; the stages of the fit
+    coloured apart when the fit reports them)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -66,6 +75,7 @@ class _CostPlot(QWidget):
         self.ax.set_xlabel("iteration", color="#dddddd", fontsize=7, labelpad=1)
         self.ax.set_ylabel("cost um", color="#dddddd", fontsize=7, labelpad=1)
         (self.line,) = self.ax.plot([], [], color="#ffcc33", lw=1.2)
+        self._marks = []
         self.canvas = FigureCanvasQTAgg(fig)
         self.canvas.setMinimumHeight(90)
         self.canvas.setMaximumHeight(90)
@@ -74,11 +84,22 @@ class _CostPlot(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
         self.values: list[float] = []
+        self.stages: list[str] = []
 
-    def set_values(self, values) -> None:
+    def set_values(self, values, stages=None) -> None:
         self.values = [float(v) for v in values]
+        self.stages = [str(s) for s in stages] if stages is not None else []
         y = np.asarray(self.values, float)
         self.line.set_data(np.arange(len(y)), y)
+        for m in self._marks:
+            m.remove()
+        self._marks = []
+        if len(self.stages) == len(y):
+            # a vertical line where the fit changes stage (a new start, the affine
+            # stage): the cost may jump there
+            for i in range(1, len(y)):
+                if self.stages[i] != self.stages[i - 1]:
+                    self._marks.append(self.ax.axvline(i - 0.5, color="#888888", lw=0.6))
         if len(y):
             lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
             pad = max(hi - lo, 1e-6) * 0.08
@@ -86,8 +107,9 @@ class _CostPlot(QWidget):
             self.ax.set_ylim(lo - pad, hi + pad)
         self.canvas.draw_idle()
 
-    def append(self, values) -> None:
-        self.set_values(self.values + [float(v) for v in values])
+    def append(self, values, stage=None) -> None:
+        stages = self.stages + [str(stage)] * len(values) if stage is not None else None
+        self.set_values(self.values + [float(v) for v in values], stages)
 
 
 def _row(*widgets, stretch_first: bool = False) -> QHBoxLayout:
@@ -99,7 +121,21 @@ def _row(*widgets, stretch_first: bool = False) -> QHBoxLayout:
     return row
 
 
-class RegistrationWidget(DockBase):
+def _spin(lo, hi, step, value, decimals=1, suffix="", tip="") -> QDoubleSpinBox:
+    w = QDoubleSpinBox()
+    w.setRange(lo, hi)
+    w.setSingleStep(step)
+    w.setDecimals(decimals)
+    w.setValue(value)
+    w.setKeyboardTracking(False)
+    if suffix:
+        w.setSuffix(suffix)
+    if tip:
+        w.setToolTip(tip)
+    return w
+
+
+class RegistrationWidget(QCMixin, BatchMixin, DockBase):
     """Dock widget: register a section to an atlas slice, check it and write it back."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -109,6 +145,7 @@ class RegistrationWidget(DockBase):
         self.atlas = None
         self._atlas_cmap = None
         self._atlas_feats = None
+        self._units_warned: set[str] = set()
         #: optional ``hook(i, cost)`` called in the worker after every progress value
         self.progress_hook = None
         #: the template slice shown
@@ -122,7 +159,7 @@ class RegistrationWidget(DockBase):
         self._refresh_sections()
 
     def sizeHint(self) -> QSize:
-        return QSize(380, 900)
+        return QSize(400, 900)
 
     # ================================================================== UI
     def _build_ui(self) -> None:
@@ -146,7 +183,7 @@ class RegistrationWidget(DockBase):
             self._batch_box(),
         ):
             root.addWidget(box)
-        self.set_status("Load an atlas, pick a section, click its midline, Register.")
+        self.set_status("Load an atlas, pick a section, draw its midline, Register.")
         root.addWidget(self.status)
         root.addStretch(1)
         self.idle_only(self.accept_button, self.undo_button, self.reset_button, self.load_button)
@@ -181,7 +218,7 @@ class RegistrationWidget(DockBase):
         self.plane_combo.currentTextChanged.connect(self._on_plane_changed)
         self.hemi_combo = QComboBox()
         self.hemi_combo.addItems(["both", "left", "right"])
-        self.hemi_combo.currentTextChanged.connect(lambda _: self.show_template())
+        self.hemi_combo.currentTextChanged.connect(self._on_hemisphere_changed)
         form.addRow("Plane:", _row(self.plane_combo, "hemisphere:", self.hemi_combo))
         self.position_slider = QSlider(Qt.Horizontal)
         self.position_slider.setRange(0, 0)
@@ -194,6 +231,15 @@ class RegistrationWidget(DockBase):
         form.addRow(
             "Position um:", _row(self.position_slider, self.position_spin, stretch_first=True)
         )
+        tip = (
+            "Cutting angle of the template slice, degrees: the plane tilts by this angle "
+            "about the slice's {} axis (the template follows at once)"
+        )
+        self.angle_x_spin = _spin(-15, 15, 0.5, 0.0, 1, " deg", tip.format("vertical"))
+        self.angle_y_spin = _spin(-15, 15, 0.5, 0.0, 1, " deg", tip.format("horizontal"))
+        self.angle_x_spin.valueChanged.connect(self._on_angles)
+        self.angle_y_spin.valueChanged.connect(self._on_angles)
+        form.addRow("Cut angles:", _row("x", self.angle_x_spin, "y", self.angle_y_spin))
         self.estimate_button = self.action_button(
             "Estimate position",
             self.estimate_position,
@@ -203,23 +249,41 @@ class RegistrationWidget(DockBase):
         return box
 
     def _clicks_box(self) -> QGroupBox:
-        box = QGroupBox("Midline and landmarks")
+        box = QGroupBox("Start: midline, pose, landmarks")
         form = QFormLayout(box)
-        self.midline_button = QPushButton("Click midline")
+        self.midline_button = QPushButton("Draw midline")
         self.midline_button.setToolTip(
-            "Add a '<section> midline' layer: click a dorsal, then "
-            "a ventral point on the section's midline"
+            "Add a '<section> midline' layer: drag a line from a dorsal to a ventral point "
+            "on the section's midline (a hemisection: along its cut edge)"
         )
         self.midline_button.clicked.connect(lambda: self.midline_layer(create=True, activate=True))
         self.clear_midline_button = QPushButton("Clear")
         self.clear_midline_button.clicked.connect(self.clear_midline)
         self.landmarks_button = QPushButton("Landmarks")
         self.landmarks_button.setToolTip(
-            "Add 'landmarks (section)' / 'landmarks (atlas)' "
-            "layers: click matching points in the same order"
+            "Click points on the section, then the same ones, in the same order, on the "
+            "template (the '<section> landmarks' layer); Re-fit"
         )
-        self.landmarks_button.clicked.connect(lambda: self.landmark_layers(create=True))
+        self.landmarks_button.clicked.connect(lambda: self.landmarks_layer(create=True))
         form.addRow(_row(self.midline_button, self.clear_midline_button, self.landmarks_button))
+        self.flip_combo = QComboBox()
+        self.flip_combo.addItems(list(FLIPS))
+        self.flip_combo.setToolTip(
+            "Is the section mirrored (mounted the other face up)? auto: the fit decides "
+            "(a full coronal section is read unmirrored)"
+        )
+        self.flip_combo.currentTextChanged.connect(self._on_pose_changed)
+        self.rotation_spin = _spin(-180, 180, 5, 0.0, 1, " deg", "Turn the section's start pose")
+        self.rotation_spin.setWrapping(True)
+        self.scale_spin = _spin(
+            0.001, 1000, 0.05, 1.0, 3, "", "Scale the section's start pose (wrong units: ~0.2)"
+        )
+        for w in (self.rotation_spin, self.scale_spin):
+            w.valueChanged.connect(self._on_pose_changed)
+        form.addRow("Flip:", _row(self.flip_combo, "turn:", self.rotation_spin))
+        self.pose_reset_button = QPushButton("Reset pose")
+        self.pose_reset_button.clicked.connect(self.reset_pose)
+        form.addRow("Scale:", _row(self.scale_spin, self.pose_reset_button))
         return box
 
     def _register_box(self) -> QGroupBox:
@@ -253,60 +317,6 @@ class RegistrationWidget(DockBase):
         form.addRow(self.progress)
         self.cost_plot = _CostPlot()
         form.addRow(self.cost_plot)
-        return box
-
-    def _check_box(self) -> QGroupBox:
-        box = QGroupBox("Check")
-        form = QFormLayout(box)
-        self.own_labels_check = QCheckBox("colour by own labels")
-        self.own_labels_check.setToolTip(
-            "Colour the cells in atlas space by the section's own "
-            "'region' labels instead of the atlas region they hit"
-        )
-        self.own_labels_check.toggled.connect(lambda _: self._draw_cells_in_atlas())
-        self.blink_button = QPushButton("Blink")
-        self.blink_button.setCheckable(True)
-        self.blink_button.toggled.connect(self.set_blink)
-        form.addRow(_row(self.own_labels_check, self.blink_button))
-        self.metrics_label = QLabel("no registration yet")
-        self.metrics_label.setWordWrap(True)
-        self.metrics_label.setMinimumHeight(self.metrics_label.fontMetrics().lineSpacing() * 5)
-        self.metrics_label.setAlignment(Qt.AlignTop | Qt.AlignLeft)
-        self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        form.addRow(self.metrics_label)
-        self.accept_button = QPushButton("Accept")
-        self.accept_button.setToolTip("Write ccf_coords, ccf_id, ccf_acronym into the section")
-        self.accept_button.clicked.connect(lambda: self.accept())
-        self.undo_button = QPushButton("Undo")
-        self.undo_button.clicked.connect(lambda: self.undo())
-        self.reset_button = QPushButton("Reset")
-        self.reset_button.clicked.connect(lambda: self.reset())
-        form.addRow(_row(self.accept_button, self.undo_button, self.reset_button))
-        self.save_button = QPushButton("Save state")
-        self.save_button.clicked.connect(lambda: self.save_state())
-        self.load_button = QPushButton("Load state")
-        self.load_button.clicked.connect(lambda: self._choose_state())
-        form.addRow(_row(self.save_button, self.load_button))
-        return box
-
-    def _batch_box(self) -> QGroupBox:
-        box = QGroupBox("All sections")
-        lay = QVBoxLayout(box)
-        self.batch_table = QTableWidget(0, len(BATCH_COLUMNS))
-        self.batch_table.setHorizontalHeaderLabels(list(BATCH_COLUMNS))
-        self.batch_table.verticalHeader().setVisible(False)
-        self.batch_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.batch_table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        hdr = self.batch_table.horizontalHeader()
-        hdr.setSectionResizeMode(QHeaderView.ResizeToContents)
-        hdr.setStretchLastSection(True)
-        self.batch_table.setMinimumHeight(80)
-        self.batch_table.setMaximumHeight(120)
-        lay.addWidget(self.batch_table)
-        self.batch_button = self.action_button(
-            "Register the rest with these settings", self.register_rest
-        )
-        lay.addWidget(self.batch_button)
         return box
 
     def _fit_width(self) -> None:
@@ -352,12 +362,61 @@ class RegistrationWidget(DockBase):
         self._sync_batch_table()
 
     def _on_section_changed(self, name: str) -> None:
+        self._clicks_to_widgets(name)
+        self._refresh_compare_columns()
         res = self.session.result(name)
+        self.overlays.show_only(name or None)
         if res is not None:
             self._show_result(res)
         else:
             self.metrics_label.setText("no registration yet")
             self.cost_plot.set_values([])
+            self._fill_agreement_table(None)
+            if self.atlas is not None:
+                self.show_template()
+                self._draw_pose_preview()
+        self.check_units(name)
+
+    def _clicks_to_widgets(self, name: str) -> None:
+        """Show the section's own flip, start pose and cutting angles."""
+        if not name:
+            return
+        c = self.session.state(name).clicks
+        widgets = (
+            (self.hemi_combo, lambda w: w.setCurrentText(c.hemisphere)),
+            (self.flip_combo, lambda w: w.setCurrentText(c.flip)),
+            (self.rotation_spin, lambda w: w.setValue(float(c.pose[0]))),
+            (self.scale_spin, lambda w: w.setValue(float(c.pose[1]))),
+            (self.angle_x_spin, lambda w: w.setValue(float(c.angles_deg[0]))),
+            (self.angle_y_spin, lambda w: w.setValue(float(c.angles_deg[1]))),
+        )
+        for w, set_ in widgets:
+            w.blockSignals(True)
+            set_(w)
+            w.blockSignals(False)
+        if isinstance(c.position_um, (int, float)) and self.atlas is not None:
+            for w in (self.position_slider, self.position_spin):
+                w.blockSignals(True)
+                w.setValue(round(c.position_um))
+                w.blockSignals(False)
+
+    def check_units(self, name: str | None = None):
+        """Warn once (a notification and the status line) when the section's size or
+        cell spacing does not fit the atlas, with the pixel size that would. Returns the
+        :class:`~napari_brainatlas.workflows.register_checks.UnitCheck` (None without an
+        atlas or a section)."""
+        from ...workflows.register_checks import check_units
+
+        name = name or self.section_name
+        sec = self.section_layer(name)
+        if self.atlas is None or sec is None:
+            return None
+        chk = check_units(sec.metadata["adata"], self.atlas, self.plane, name=name)
+        if not chk.plausible and name not in self._units_warned:
+            self._units_warned.add(name)
+            self.set_status(chk.message)
+            show_warning(chk.message)
+        return chk
 
     # ================================================================== atlas
     def _choose_atlas(self) -> None:
@@ -394,16 +453,30 @@ class RegistrationWidget(DockBase):
         )
 
     def _on_atlas(self, out, spec: str, ontology: str) -> None:
-        self.atlas, self._atlas_cmap, self._atlas_feats = out
+        from ...workflows.register_qc import SECTION_TISSUE_ID
+
+        self.atlas, cmap, self._atlas_feats = out
+        # colours of every structure (the outline and checkerboard levels use ancestors
+        # the annotation never holds) and of the checkerboard's section tissue
+        full = {int(k): np.asarray(v, np.float32) for k, v in self.atlas.ontology.lut().items()}
+        full.update(cmap)
+        full[SECTION_TISSUE_ID] = np.array([0.95, 0.95, 0.95, 1.0], np.float32)
+        self._atlas_cmap = full
+        self._units_warned.clear()
         self.session.set_atlas(self.atlas.name, self.atlas.version, spec, ontology)
+        self._set_levels()
+        self._refresh_compare_columns()
         self._set_range()
         self.set_status(f"atlas {self.atlas.name} ({self.atlas.resolution_um:g} um) loaded")
         self.show_template()
+        self._draw_pose_preview()
+        self.viewer.reset_view()  # the template and the sections in view
+        self.check_units()
 
     def _set_range(self) -> None:
         if self.atlas is None:
             return
-        lo, hi = self.atlas.position_range_um(self.plane_combo.currentText())
+        lo, hi = self.atlas.position_range_um(self.plane)
         res = self.atlas.resolution_um
         top = int(hi - res)
         for w in (self.position_slider, self.position_spin):
@@ -414,101 +487,158 @@ class RegistrationWidget(DockBase):
             w.blockSignals(False)
         self.position_slider.setPageStep(int(max(10 * res, 1)))
 
+    @property
+    def plane(self) -> str:
+        return self.plane_combo.currentText()
+
     def _on_plane_changed(self, plane: str) -> None:
         self.hemi_combo.setEnabled(plane == "coronal")
         self._set_range()
         self.show_template()
+        self._draw_pose_preview()
+
+    def _on_hemisphere_changed(self, _=None) -> None:
+        if self.section_name:
+            self.session.set_clicks(self.section_name, hemisphere=self.hemi_combo.currentText())
+        self.show_template()
+        self._draw_pose_preview()
 
     def _on_slider(self, v: int) -> None:
         self.position_spin.blockSignals(True)
         self.position_spin.setValue(v)
         self.position_spin.blockSignals(False)
-        self.show_template()
+        self._on_position()
 
     def _on_spin(self, v: int) -> None:
         self.position_slider.blockSignals(True)
         self.position_slider.setValue(v)
         self.position_slider.blockSignals(False)
+        self._on_position()
+
+    def _on_position(self) -> None:
+        if self.section_name:
+            self.session.set_clicks(self.section_name, position_um=self.position_um)
         self.show_template()
+        self._draw_pose_preview()
+
+    def _on_angles(self, _=None) -> None:
+        """A cutting angle changed: the template follows at once."""
+        if self.section_name:
+            self.session.set_clicks(self.section_name, angles_deg=self.angles_deg)
+        self.show_template()
+        self._draw_pose_preview()
 
     @property
     def position_um(self) -> float:
         return float(self.position_slider.value())
 
+    @property
+    def angles_deg(self) -> tuple[float, float]:
+        return (float(self.angle_x_spin.value()), float(self.angle_y_spin.value()))
+
     def set_position(self, um: float) -> None:
         """Move the position slider (and the template) to ``um``."""
         self.position_slider.setValue(round(um))
 
+    def set_angles(self, ax: float, ay: float) -> None:
+        """Set the cutting angles (degrees; the template follows)."""
+        self.angle_x_spin.setValue(float(ax))
+        self.angle_y_spin.setValue(float(ay))
+
     @property
     def hemisphere(self) -> str:
-        coronal = self.plane_combo.currentText() == "coronal"
-        return self.hemi_combo.currentText() if coronal else "both"
+        return self.hemi_combo.currentText() if self.plane == "coronal" else "both"
 
     def show_template(self, sl=None) -> None:
-        """Draw the template slice at the slider position (or ``sl``) in CCF colours, with
-        its region outlines, in atlas-slice um."""
+        """Draw the template slice at the slider position and cutting angles (or ``sl``)
+        in CCF colours, with its region outlines at the chosen level, in atlas-slice um."""
         if self.atlas is None:
             return
         from ...register.slices import atlas_slice
+        from ...workflows.register_qc import outline_image
 
         if sl is None:
             try:
                 sl = atlas_slice(
-                    self.atlas, self.plane_combo.currentText(), self.position_um, self.hemisphere
+                    self.atlas, self.plane, self.position_um, self.hemisphere, self.angles_deg
                 )
             except Exception as exc:  # noqa: BLE001 - one notification
                 show_error(one_line(exc))
                 return
         self.current_slice = sl
-        self.overlays.show_template(sl, self._atlas_cmap, self._atlas_feats)
-        self.set_status(f"{sl.plane} slice at {sl.position_um:.0f} um ({sl.hemisphere})")
+        outline = outline_image(sl.labels, self.atlas.ontology, self.level)
+        self.overlays.show_template(sl, self._atlas_cmap, self._atlas_feats, outline)
+        a = sl.angles_deg
+        tilt = f", angles {a[0]:g}/{a[1]:g} deg" if any(a) else ""
+        self.set_status(f"{sl.plane} slice at {sl.position_um:.0f} um ({sl.hemisphere}){tilt}")
 
     # ================================================================== clicks
+    def _marker_size(self, sec=None) -> float:
+        width = None
+        if self.current_slice is not None:
+            width = self.current_slice.extent_um[0]
+        return self.overlays.marker_size(sec or self.section_layer(), width)
+
     def midline_layer(self, create: bool = False, activate: bool = False, section=None):
-        """The '<section> midline' Points layer (world coordinates), created on demand
-        with its '<section> midline line' path drawn from its points."""
+        """The '<section> midline' Shapes layer (world coordinates), created on demand:
+        one line from a dorsal to a ventral point."""
         sec = self.section_layer(section)
         if sec is None:
             if create:
                 show_error("pick a section first")
             return None
-        layer = self.overlays.midline_layer(sec, create=create)
+        layer = self.overlays.midline_layer(sec, self._marker_size(sec), create=create)
         if layer is not None and activate:
             self.viewer.layers.selection.active = layer
-            layer.mode = "add"
-            self.set_status("click a dorsal, then a ventral point on the midline")
+            layer.mode = "add_line"
+            self.set_status("drag a line from a dorsal to a ventral point of the midline")
         return layer
+
+    def set_midline(self, xy, section: str | None = None) -> None:
+        """Draw the midline from section (x, y) um ``xy`` ((2, 2), dorsal first)."""
+        sec = self.section_layer(section)
+        if sec is None:
+            raise BrainAtlasInputError("no such section")
+        world = self.overlays.section_to_world(np.asarray(xy, float).reshape(2, 2), sec)
+        self.overlays.set_midline(sec, world, self._marker_size(sec))
 
     def clear_midline(self) -> None:
         layer = self.midline_layer()
-        if layer is not None:
-            layer.data = np.zeros((0, 2))
+        if layer is not None and len(layer.data):
+            layer.selected_data = set(range(len(layer.data)))
+            layer.remove_selected()
 
     def midline_xy(self, section: str | None = None):
-        """The clicked midline as (2, 2) section (x, y) um (last two clicks), None when no
-        point was clicked; raises BrainAtlasInputError for a single point."""
-        sec = self.section_layer(section)
-        layer = self.overlays.get(f"{section or self.section_name} midline")
-        if sec is None or layer is None or len(layer.data) == 0:
+        """The drawn midline as (2, 2) section (x, y) um (the last line), None when none
+        was drawn; raises BrainAtlasInputError for a line of one point."""
+        name = section or self.section_name
+        sec = self.section_layer(name)
+        world = self.overlays.midline_world(name)
+        if sec is None or world is None:
             return None
-        if len(layer.data) < 2:
+        if len(world) < 2:
             raise BrainAtlasInputError(
-                f"the midline needs two points (dorsal, then ventral); {len(layer.data)} clicked"
+                "the midline needs two points (drag from a dorsal to a ventral point)"
             )
-        return self.overlays.to_section_xy(layer, sec)[-2:]
+        return self.overlays.world_to_section(world, sec)
 
-    def landmark_layers(self, create: bool = False):
-        """('landmarks (section)', 'landmarks (atlas)') Points layers, matched by order."""
-        size = self.overlays.marker_size(self.section_layer()) if create else None
-        s, a = self.overlays.landmark_layers(size)
-        if create:
-            self.viewer.layers.selection.active = s
-            s.mode = "add"
+    def landmarks_layer(self, create: bool = False):
+        """The '<section> landmarks' layer: the fit's anchors and the user's pairs."""
+        sec = self.section_layer()
+        if sec is None:
+            if create:
+                show_error("pick a section first")
+            return None
+        ly = self.overlays.landmarks_layer(sec, self._marker_size(sec), create=create)
+        if create and ly is not None:
+            ly.visible = True
+            self.viewer.layers.selection.active = ly
+            ly.mode = "add"
             self.set_status(
-                "click landmarks on the section, then the same ones, in the same "
-                "order, on the template; Re-fit"
+                "click landmarks on the section, then the same ones, in the same order, on "
+                "the template; Re-fit"
             )
-        return s, a
+        return ly
 
     def landmark_pairs(self) -> np.ndarray:
         """(k, 4) rows x_s, y_s, x_atlas, y_atlas: moved anchors, then user landmarks."""
@@ -518,17 +648,94 @@ class RegistrationWidget(DockBase):
         tol = 0.5 * (self.atlas.resolution_um if self.atlas is not None else 1.0)
         return self.overlays.landmark_pairs(sec, self.result, tol)
 
+    # ================================================================== start pose
+    @property
+    def pose(self) -> tuple[float, float]:
+        return (float(self.rotation_spin.value()), float(self.scale_spin.value()))
+
+    def set_pose(self, rotation_deg: float = 0.0, scale: float = 1.0, flip: str | None = None):
+        """Turn / scale (and flip) the current section's start pose (the preview follows)."""
+        for w, v in ((self.rotation_spin, rotation_deg), (self.scale_spin, scale)):
+            w.blockSignals(True)
+            w.setValue(float(v))
+            w.blockSignals(False)
+        if flip is not None:
+            self.flip_combo.blockSignals(True)
+            self.flip_combo.setCurrentText(flip)
+            self.flip_combo.blockSignals(False)
+        self._on_pose_changed()
+
+    def reset_pose(self) -> None:
+        self.set_pose(0.0, 1.0, "auto")
+
+    def _on_pose_changed(self, _=None) -> None:
+        name = self.section_name
+        if not name:
+            return
+        self.session.set_clicks(name, flip=self.flip_combo.currentText(), pose=self.pose)
+        if self.result is None:
+            self._draw_pose_preview()
+        elif self.atlas is not None:
+            self.set_status(
+                "start pose set: Register fits from it (the fit shown is unchanged until then)"
+            )
+
+    def _draw_pose_preview(self) -> None:
+        """Without a fit: the section's cells over the template in the start pose."""
+        from ...workflows.register_pose import StartPose, placement
+
+        sec = self.section_layer()
+        if self.atlas is None or sec is None or self.result is not None:
+            return
+        c = self.session.state(sec.name).clicks
+        if c.flip == "auto" and StartPose(*self.pose).identity:
+            self.overlays.remove(f"{sec.name} in atlas")
+            return
+        xy = np.asarray(sec.metadata["adata"].obsm["spatial"], float)[:, :2]
+        M = placement(
+            xy,
+            self.atlas,
+            self.plane,
+            self.position_um,
+            self.hemisphere,
+            self.angles_deg,
+            StartPose(*self.pose),
+            c.flip == "yes",
+        )
+        mapped = xy @ M[:2, :2].T + M[:2, 2]
+        self._draw_mapped(sec, mapped, None)
+        self.set_status("start pose preview: Register fits from this pose")
+
+    def midline_xy_safe(self):
+        try:
+            return self.midline_xy()
+        except BrainAtlasInputError:
+            return None
+
     # ================================================================== register
     def options(self) -> RegisterOptions:
         """The settings of the dock every fit uses."""
         return RegisterOptions(
-            plane=self.plane_combo.currentText(),
+            plane=self.plane,
             hemisphere=self.hemisphere,
             max_iter=int(self.max_iter_spin.value()),
             nonlinear=self.nonlinear_check.isChecked(),
             refine_position=self.refine_check.isChecked(),
             quick_search=self.quick_check.isChecked(),
         )
+
+    def fit_options(self, name: str, **changes) -> dict:
+        """The ``register_section`` keywords for section ``name``: the dock's settings,
+        its clicks (midline, flip, start pose, cutting angles) and ``changes``."""
+        c = self.session.state(name).clicks
+        kw = self.options().kwargs()
+        kw.update(
+            angles_deg=tuple(float(a) for a in c.angles_deg),
+            mirrored=c.mirrored,
+            start_pose={"rotation_deg": float(c.pose[0]), "scale": float(c.pose[1])},
+        )
+        kw.update(changes)
+        return kw
 
     def _check_ready(self):
         if self.busy:
@@ -560,10 +767,12 @@ class RegistrationWidget(DockBase):
             landmarks=np.zeros((0, 4)) if landmarks is None else np.asarray(landmarks, float),
             position_um=position,
             hemisphere=self.hemisphere,
+            angles_deg=self.angles_deg,
+            flip=self.flip_combo.currentText(),
+            pose=self.pose,
         )
         opts = self.options()
-        kw = opts.kwargs()
-        kw.update(position_um=position, midline=midline, landmarks=landmarks)
+        kw = self.fit_options(sec.name, position_um=position, midline=midline, landmarks=landmarks)
         self.cost_plot.set_values([])
         self.set_status(f"registering {sec.name} ...")
         return self.start_job(
@@ -587,7 +796,7 @@ class RegistrationWidget(DockBase):
 
     def refit(self):
         """Fit again, adding as landmark pairs the anchors the user moved and the pairs
-        of the 'landmarks (section)' / 'landmarks (atlas)' layers."""
+        of the '<section> landmarks' layer."""
         pairs = self.landmark_pairs()
         res = self.result
         pos = res.position_um if res is not None else None
@@ -595,22 +804,45 @@ class RegistrationWidget(DockBase):
 
     def _on_iteration(self, done: int, total, info: dict) -> None:
         if "cost_um" in info:
-            self.cost_plot.append([info["cost_um"]])
+            stage = info.get("fit_stage")
+            self.cost_plot.append([info["cost_um"]], stage)
+            if stage and stage != getattr(self, "_last_stage", None):
+                # a new start or the affine stage: the cost may jump here
+                self._last_stage = stage
+                self.set_status(f"registering {self.section_name}: {stage} fit ...")
 
     def _kept(self, sec) -> dict:
         """What undo gives back with the section's AnnData: its features table."""
         return {"features": sec.features.copy()} if sec is not None else {}
 
     def _on_registered(self, res, name: str) -> None:
+        from ...workflows.register_checks import fitted_scale, scale_warning
+
         sec = self.section_layer(name)
         adata = sec.metadata["adata"] if sec is not None else None
         self.session.fitted(name, res, adata=adata, kept=self._kept(sec))
         if name == self.section_name:
             self._show_result(res)
+        else:
+            self.update_agreement(name)
         self._sync_batch_table()
-        self.set_status(
-            f"{name}: registered at {res.position_um:.0f} um, confidence {res.confidence:.2f}"
+        text = (
+            f"{name}: registered at {res.position_um:.0f} um, scale {fitted_scale(res):.2f}, "
+            f"confidence {res.confidence:.2f}"
         )
+        warn = scale_warning(res, pixel_size_um=self._pixel_size(adata))
+        if warn:
+            text = f"{name}: {warn}"
+            show_warning(text)
+        self.set_status(text)
+
+    @staticmethod
+    def _pixel_size(adata) -> float:
+        meta = adata.uns.get("napari_brainatlas", {}) if adata is not None else {}
+        try:
+            return float(meta.get("pixel_size_um", 1.0)) if isinstance(meta, dict) else 1.0
+        except (TypeError, ValueError):
+            return 1.0
 
     # ================================================================== display
     def _show_result(self, res) -> None:
@@ -620,66 +852,52 @@ class RegistrationWidget(DockBase):
         self.plane_combo.blockSignals(True)
         self.plane_combo.setCurrentText(res.plane)
         self.plane_combo.blockSignals(False)
+        self.hemi_combo.setEnabled(res.plane == "coronal")
         if res.plane == "coronal":
             self.hemi_combo.blockSignals(True)
             self.hemi_combo.setCurrentText(res.hemisphere)
             self.hemi_combo.blockSignals(False)
         self._set_range()
-        for w in (self.position_slider, self.position_spin):
+        for w, v in (
+            (self.position_slider, round(res.position_um)),
+            (self.position_spin, round(res.position_um)),
+            (self.angle_x_spin, float(res.angles_deg[0])),
+            (self.angle_y_spin, float(res.angles_deg[1])),
+        ):
             w.blockSignals(True)
-            w.setValue(round(res.position_um))
+            w.setValue(v)
             w.blockSignals(False)
         self.show_template(res.slice_of(self.atlas))
-        self.overlays.draw_anchors(self.section_layer(), res)
-        self._draw_cells_in_atlas()
-        self.cost_plot.set_values(res.cost_history)
+        sec = self.section_layer()
+        self.overlays.draw_anchors(sec, res, self._marker_size(sec))
+        self.overlays.show_only(self.section_name)
+        self.update_agreement(self.section_name, draw=True)
+        stages = getattr(res, "cost_stages", None)
+        self.cost_plot.set_values(res.cost_history, stages)
         top = max(res.iterations, 1)
         self.progress.setRange(0, top)
         self.progress.setValue(res.iterations)
         self.progress.setFormat(f"{res.iterations} it")
         self.metrics_label.setText(self.metrics_text(res))
 
-    @staticmethod
-    def metrics_text(res) -> str:
+    def metrics_text(self, res) -> str:
+        from ...workflows.register_checks import SCALE_RANGE, fitted_scale
+
         m = res.metrics
+        s = fitted_scale(res)
+        odd = "" if SCALE_RANGE[0] <= s <= SCALE_RANGE[1] else " (implausible: check units)"
+        agree = self._agreement.get(self.section_name) if hasattr(self, "_agreement") else None
         return (
             f"position {res.position_um:.0f} um{' (estimated)' if res.position_estimated else ''}"
-            f"{', mirrored' if res.mirrored else ''}\n"
+            f"{', mirrored' if res.mirrored else ''}, scale {s:.2f}{odd}\n"
             f"boundary distance: median {m.get('boundary_median_um', np.nan):.1f} um, "
             f"p95 {m.get('boundary_p95_um', np.nan):.1f} um\n"
             f"mask Dice {m.get('dice', np.nan):.3f}"
             + (f", label agreement {m['label_agreement']:.3f}" if "label_agreement" in m else "")
             + f"\niterations {res.iterations}, converged {'yes' if res.converged else 'no'}, "
             f"confidence {res.confidence:.2f}"
+            + (f"\n{agree.summary()}" if agree is not None else "")
         )
-
-    def cell_colors(self, res, adata) -> np.ndarray:
-        """RGBA per cell: the atlas colour of the region it lands in, or (toggle) the
-        colour of its own 'region' label."""
-        return cell_colors(res, adata, self.atlas, self.own_labels_check.isChecked())
-
-    def _draw_cells_in_atlas(self) -> None:
-        res, sec = self.result, self.section_layer()
-        if res is None or sec is None or self.atlas is None:
-            return
-        self.overlays.draw_cells(sec, res, self.cell_colors(res, sec.metadata["adata"]))
-
-    def set_blink(self, on: bool) -> None:
-        """Blink the cells in atlas space (QTimer), to compare them with the template."""
-        ly = self.overlays.get(f"{self.section_name} in atlas")
-        if on:
-            self._blink_timer.start()
-        else:
-            self._blink_timer.stop()
-            if ly is not None:
-                ly.visible = True
-        if self.blink_button.isChecked() != on:
-            self.blink_button.setChecked(on)
-
-    def _blink_tick(self) -> None:
-        ly = self.overlays.get(f"{self.section_name} in atlas")
-        if ly is not None:
-            ly.visible = not ly.visible
 
     # ================================================================== accept / undo
     def accept(self):
@@ -701,6 +919,7 @@ class RegistrationWidget(DockBase):
         for col in ("ccf_id", "ccf_acronym"):
             feats[col] = out.obs[col].to_numpy()
         sec.features = feats
+        self.session.set_agreement(sec.name, self._overall(sec.name))
         self._sync_batch_table()
         self.set_status(f"{sec.name}: registration written (ccf_coords, ccf_id, ccf_acronym)")
         return out
@@ -712,11 +931,15 @@ class RegistrationWidget(DockBase):
             sec.metadata["adata"] = snap.adata
             if "features" in snap.kept:
                 sec.features = snap.kept["features"]
+        if name == self.section_name:
+            self._clicks_to_widgets(name)
         if snap.result is None:
             self.overlays.remove_result_layers(name)
+            self._agreement.pop(name, None)
             if name == self.section_name:
                 self.metrics_label.setText("no registration yet")
                 self.cost_plot.set_values([])
+                self._fill_agreement_table(None)
         elif name == self.section_name:
             self._show_result(snap.result)
         self._sync_batch_table()
@@ -742,44 +965,45 @@ class RegistrationWidget(DockBase):
 
     # ================================================================== save / load
     def state_path(self, name: str | None = None) -> Path:
-        from ...register.state import default_state_path
-
-        sec = self.section_layer(name)
-        return default_state_path(
-            sec.metadata["adata"] if sec is not None else None, name or self.section_name
-        )
+        """The default state file of a section: in the user's registrations folder
+        (never beside the input data)."""
+        return self.session.state_path(name or self.section_name)
 
     def save_state(self, path=None):
-        """Write the current section's registration state as JSON (atomic; default
-        beside the data)."""
+        """Write the current section's registration state as JSON (atomic). Without
+        ``path`` a file dialog asks, starting in the user's registrations folder."""
         name = self.section_name
-        try:
-            mid = self.midline_xy()
-        except BrainAtlasInputError:  # a half-clicked midline is not saved
-            mid = None
+        if path is None:
+            default = self.state_path(name)
+            default.parent.mkdir(parents=True, exist_ok=True)
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save registration state", str(default), "Registration (*.json)"
+            )
+            if not path:
+                return None
+        mid = self.midline_xy_safe()
         if mid is not None:
             self.session.set_clicks(name, midline=mid)
         try:
-            out = self.session.save(name, Path(path) if path else self.state_path())
+            out = self.session.save(name, Path(path))
         except Exception as exc:  # noqa: BLE001 - one notification
             show_error(one_line(exc, "cannot save: "))
             return None
         self.set_status(f"saved {out}")
         return out
 
-    def _choose_state(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Registration state",
-            str(self.state_path()),
-            "Registration (*.json);;All files (*)",
-        )
-        if path:
-            self.load_state(path)
-
-    def load_state(self, path):
-        """Read a saved registration for the current section (the atlas must match)."""
+    def load_state(self, path=None):
+        """Read a saved registration for the current section (the atlas must match).
+        Without ``path`` a file dialog asks."""
         name = self.section_name
+        if path is None:
+            start = self.state_path(name)
+            folder = start.parent if start.parent.is_dir() else Path.home()
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Registration state", str(folder), "Registration (*.json);;All files (*)"
+            )
+            if not path:
+                return None
         sec = self.section_layer(name)
         try:
             res = self.session.load(
@@ -791,86 +1015,11 @@ class RegistrationWidget(DockBase):
         except BrainAtlasInputError as exc:
             show_error(one_line(exc))
             return None
+        c = self.session.state(name).clicks
+        if c.midline is not None and sec is not None:
+            self.set_midline(c.midline, name)
+        self._clicks_to_widgets(name)
         self._show_result(res)
         self._sync_batch_table()
         self.set_status(f"{name}: registration loaded from {Path(path).name}")
         return res
-
-    # ================================================================== batch
-    def _sync_batch_table(self) -> None:
-        rows = self.session.batch_rows([ly.name for ly in self.section_layers()])
-        self.batch_table.setRowCount(len(rows))
-        for r, vals in enumerate(rows):
-            for c, v in enumerate(vals):
-                item = QTableWidgetItem(v)
-                item.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
-                if c == 1 and v.startswith("failed"):
-                    item.setToolTip(v)
-                self.batch_table.setItem(r, c, item)
-
-    def batch_rows(self) -> list[tuple[str, ...]]:
-        t = self.batch_table
-        return [
-            tuple(t.item(r, c).text() if t.item(r, c) else "" for c in range(t.columnCount()))
-            for r in range(t.rowCount())
-        ]
-
-    def register_rest(self):
-        """Register every section without a result, with the current settings (plane,
-        hemisphere, position, iterations, refine position, quick search, non-linear);
-        each section's own midline layer is used when it has two points, else the
-        midline-free fallback (as a full section)."""
-        if self._check_ready() is None:
-            return None
-        names = self.session.unregistered([ly.name for ly in self.section_layers()])
-        if not names:
-            self.set_status("every section is registered already")
-            return None
-        jobs = []
-        for name in names:
-            try:
-                mid = self.midline_xy(name)
-            except BrainAtlasInputError:  # half-clicked: fall back
-                mid = None
-            adata = self.section_layer(name).metadata["adata"]
-            jobs.append((name, snapshot(adata, with_x=False), mid))
-        common = self.options().kwargs()
-        common["position_um"] = self.position_um
-        self.session.queue(names)
-        self._sync_batch_table()
-        self.set_status(f"registering {len(jobs)} section(s) ...")
-        return self.start_job(
-            _jobs.register_batch,
-            jobs,
-            self.atlas,
-            common,
-            on_done=self._on_batch_done,
-            on_progress=self._on_batch_item,
-            what="batch registration",
-            total=len(jobs),
-            unit="sections",
-        )
-
-    def _on_batch_item(self, done: int, total, info: dict) -> None:
-        name = info.get("section")
-        if name:
-            self.session.set_status(name, str(info.get("status", "")))
-            self._sync_batch_table()
-
-    def _on_batch_done(self, outcomes: dict) -> None:
-        counts: dict[str, int] = {}
-        for name, out in outcomes.items():
-            if isinstance(out, str):
-                self.session.set_status(name, out)
-                key = "failed" if out.startswith("failed") else out
-            else:
-                sec = self.section_layer(name)
-                adata = sec.metadata["adata"] if sec is not None else None
-                self.session.fitted(name, out, adata=adata, kept=self._kept(sec))
-                if name == self.section_name:
-                    self._show_result(out)
-                key = "fitted"
-            counts[key] = counts.get(key, 0) + 1
-        self._sync_batch_table()
-        summary = ", ".join(f"{n} {k}" for k, n in counts.items())
-        self.set_status(f"batch registration finished: {summary}")

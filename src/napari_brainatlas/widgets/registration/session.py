@@ -14,8 +14,9 @@ A :class:`RegistrationSession` holds, per section (by name):
 The batch ("register the rest") rows, the options every fit shares
 (:class:`RegisterOptions`) and the JSON state files (one per section, written atomically,
 carrying the atlas name and version; compatible with
-``napari_brainatlas.register.state``) are here too. The dock only turns clicks into
-these calls and draws what they hold.
+``napari_brainatlas.register.state``; by default in a user folder,
+:func:`default_state_dir`, never beside the input data, which may be read-only) are here
+too. The dock only turns clicks into these calls and draws what they hold.
 """
 
 from __future__ import annotations
@@ -31,16 +32,48 @@ from ..._errors import BrainAtlasInputError
 
 __all__ = [
     "BATCH_COLUMNS",
+    "FLIPS",
     "STATE_VERSION",
     "Clicks",
     "RegisterOptions",
     "RegistrationSession",
     "SectionState",
+    "default_state_dir",
     "read_state",
+    "safe_name",
 ]
 
 #: columns of the batch table
-BATCH_COLUMNS = ("section", "status", "Dice", "edge um", "conf.")
+BATCH_COLUMNS = ("section", "status", "agree", "Dice", "conf.")
+#: the flip choices and the engine's ``mirrored`` for each
+FLIPS = {"auto": None, "no": False, "yes": True}
+#: where state files go by default (a user folder); the environment variable overrides it
+STATE_DIR_ENV = "NAPARI_BRAINATLAS_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    """The folder state files are saved to by default: ``$NAPARI_BRAINATLAS_STATE_DIR``,
+    else the user data folder of napari-brainatlas (``platformdirs``) +
+    ``registrations``, else ``~/.napari-brainatlas/registrations``. Never the folder of
+    the input data."""
+    import os
+
+    env = os.environ.get(STATE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    try:
+        from platformdirs import user_data_dir
+
+        return Path(user_data_dir("napari-brainatlas", appauthor=False)) / "registrations"
+    except ImportError:  # pragma: no cover - platformdirs comes with napari
+        return Path.home() / ".napari-brainatlas" / "registrations"
+
+
+def safe_name(name: str) -> str:
+    """``name`` usable as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "section"
+
+
 #: version of the state file (the same document ``register.state.save_state`` writes,
 #: plus ``clicks``)
 STATE_VERSION = 1
@@ -58,6 +91,8 @@ class Clicks:
     midline : (2, 2) dorsal then ventral point, or None (no midline: rotation sweep).
     landmarks : (k, 4) rows ``x_s, y_s, x_atlas, y_atlas`` (moved anchors and the
         user's landmark pairs).
+    flip : "auto" (the fit decides), "no" or "yes" (the section is mirrored).
+    pose : (rotation deg, scale) of the section's start pose.
     """
 
     midline: np.ndarray | None = None
@@ -65,6 +100,13 @@ class Clicks:
     position_um: float | str | None = None
     hemisphere: str = "both"
     angles_deg: tuple[float, float] = (0.0, 0.0)
+    flip: str = "auto"
+    pose: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def mirrored(self) -> bool | None:
+        """The engine's ``mirrored`` for :attr:`flip`."""
+        return FLIPS.get(self.flip)
 
     def to_dict(self) -> dict:
         pos = self.position_um
@@ -74,6 +116,8 @@ class Clicks:
             "position_um": pos if isinstance(pos, str) or pos is None else float(pos),
             "hemisphere": str(self.hemisphere),
             "angles_deg": [float(a) for a in self.angles_deg],
+            "flip": str(self.flip),
+            "pose": [float(v) for v in self.pose],
         }
 
     @classmethod
@@ -83,12 +127,20 @@ class Clicks:
         if len(angles) != 2:
             raise ValueError("angles_deg needs two values")
         pos = d.get("position_um")
+        flip = str(d.get("flip", "auto"))
+        if flip not in FLIPS:
+            raise ValueError(f"flip must be one of {sorted(FLIPS)}")
+        pose = [float(v) for v in (d.get("pose") or (0.0, 1.0))]
+        if len(pose) != 2 or not pose[1] > 0:
+            raise ValueError("pose needs a rotation and a positive scale")
         return cls(
             midline=mid if len(mid) == 2 else None,
             landmarks=_xy(d.get("landmarks"), 4),
             position_um=pos if isinstance(pos, str) or pos is None else float(pos),
             hemisphere=str(d.get("hemisphere", "both")),
             angles_deg=(angles[0], angles[1]),
+            flip=flip,
+            pose=(pose[0], pose[1]),
         )
 
 
@@ -133,6 +185,8 @@ class SectionState:
     status: str = ""
     adata: object = None
     kept: dict = field(default_factory=dict)
+    #: fraction of the labelled cells whose own label agrees with the landed region
+    agreement: float | None = None
 
 
 # ---------------------------------------------------------------------- the session
@@ -184,6 +238,10 @@ class RegistrationSession:
     def set_status(self, name: str, status: str) -> None:
         self.state(name).status = str(status)
 
+    def set_agreement(self, name: str, value: float | None) -> None:
+        """The own-label agreement of the current fit (shown in the batch table)."""
+        self.state(name).agreement = None if value is None else float(value)
+
     def _push(self, name: str, adata, kept: dict | None) -> None:
         st = self.state(name)
         snap = SectionState(
@@ -201,7 +259,7 @@ class RegistrationSession:
         """A new fit of ``name`` (undoable): not accepted yet."""
         self._push(name, adata, kept)
         st = self.state(name)
-        st.result, st.accepted, st.status = result, False, status
+        st.result, st.accepted, st.status, st.agreement = result, False, status, None
         if getattr(result, "angles_deg", None) is not None:
             st.clicks = replace(
                 st.clicks,
@@ -260,11 +318,12 @@ class RegistrationSession:
         res = st.result
         m = res.metrics if res is not None else {}
         status = st.status or ("fitted" if res is not None else "-")
+        agree = st.agreement
         return (
             name,
             status,
+            f"{100 * agree:.0f}%" if agree is not None and np.isfinite(agree) else "",
             f"{m['dice']:.3f}" if "dice" in m else "",
-            f"{m['boundary_median_um']:.1f}" if "boundary_median_um" in m else "",
             f"{res.confidence:.2f}" if res is not None else "",
         )
 
@@ -273,6 +332,12 @@ class RegistrationSession:
         return [self.batch_row(n) for n in names]
 
     # ------------------------------------------------------------------ files
+    def state_path(self, name: str) -> Path:
+        """The default file of section ``name``'s state: ``<default_state_dir>/<atlas>/
+        <section>.registration.json`` (a user folder, never beside the data)."""
+        folder = default_state_dir() / safe_name(self.atlas_name or "atlas")
+        return folder / f"{safe_name(name)}.registration.json"
+
     def save(self, name: str, path) -> Path:
         """Write section ``name``'s state as JSON to ``path`` (atomically)."""
         from ...io import atomic_write_text
