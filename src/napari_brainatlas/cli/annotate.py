@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from .._errors import BrainAtlasInputError
-from ._common import Progress, add_verbose, torch_threads
+from ._common import Progress, add_genes_option, add_verbose, torch_threads
 
 __all__ = ["add_parser", "parse_hierarchy", "run_impute", "run_transfer"]
 
@@ -36,6 +36,7 @@ def _common_options(p, epochs_help: str) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--pixel-size", type=float, default=None, help="um per coordinate unit")
+    add_genes_option(p)
     p.add_argument("--out", type=Path, required=True, help="output .h5ad")
     add_verbose(p)
 
@@ -145,7 +146,7 @@ def run_transfer(args) -> int:
     hierarchy = parse_hierarchy(args.hierarchy)
     if args.epochs < 0:
         raise BrainAtlasInputError("--epochs must be 0 or more")
-    queries = read_paths(args.query, args.pixel_size)
+    queries = read_paths(args.query, args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:
         result = wf.label_transfer(
             queries,
@@ -173,7 +174,7 @@ def run_impute(args) -> int:
     from ..workflows.sections import read_paths
 
     out = check_output_file(args.out, ".h5ad", [args.data])
-    sections = read_paths([args.data], args.pixel_size)
+    sections = read_paths([args.data], args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:
         result = wf.impute_sections(
             sections,

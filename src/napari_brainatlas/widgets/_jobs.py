@@ -39,10 +39,12 @@ BACKED_BYTES = 2 * 2**30
 
 
 # ---------------------------------------------------------------------- sections
-def _read(path: str, pixel_size_um: float | None) -> list:
+def _read(path: str, pixel_size_um: float | None, genes=None) -> list:
     """The sections of ``path``: the workflows' one way to read and name them; a very
     large .h5ad is opened backed (its expression stays on disk), which
-    ``workflows.read_paths`` (in memory) does not offer."""
+    ``workflows.read_paths`` (in memory) does not offer. ``genes``: csv / tsv cell
+    tables' numeric columns read as genes (``True``), else they stay obs columns."""
+    from ..io.readers import CSV_SUFFIXES
     from ..workflows import read_paths
 
     p = Path(path)
@@ -50,10 +52,13 @@ def _read(path: str, pixel_size_um: float | None) -> list:
         from ..io import read_sections
 
         return read_sections(path, pixel_size_um=pixel_size_um, backed=True)
-    return read_paths(path, pixel_size_um)
+    table = p.is_dir() or p.name.lower().endswith(CSV_SUFFIXES)
+    return read_paths(path, pixel_size_um, genes=genes if table else None)
 
 
-def read_layer_data(path: str, pixel_size_um: float | None, *, progress=None, cancel=None):
+def read_layer_data(
+    path: str, pixel_size_um: float | None, *, genes=None, progress=None, cancel=None
+):
     """Open: read every section of ``path`` and build its layer data (level of detail
     for large sections). Input errors name the file."""
     from ..layers import section_layer_data
@@ -61,7 +66,7 @@ def read_layer_data(path: str, pixel_size_um: float | None, *, progress=None, ca
 
     name = Path(path).name
     try:
-        sections = _read(path, pixel_size_um)
+        sections = _read(path, pixel_size_um, genes)
     except BrainAtlasInputError as exc:
         text = str(exc).strip().splitlines()
         msg = text[0] if text else "cannot be read"

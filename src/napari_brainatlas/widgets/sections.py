@@ -48,6 +48,19 @@ NONE_ITEM = "(none)"
 TABLE_COLUMNS = ("show", "section", "cells", "genes", "source")
 
 
+def _numeric_columns_kept(result) -> list[str]:
+    """Numeric columns a cell table kept as cell values in sections read without genes."""
+    out: dict[str, None] = {}
+    for _, kwargs, _ in result:
+        ad = (kwargs.get("metadata") or {}).get("adata")
+        if ad is None or ad.n_vars:
+            continue
+        meta = ad.uns.get("napari_brainatlas", {})
+        if isinstance(meta, dict):
+            out.update(dict.fromkeys(meta.get("numeric_columns", [])))
+    return list(out)
+
+
 class SectionsWidget(DockBase):
     """Dock widget listing the loaded sections, with colour-by and select-by controls."""
 
@@ -118,6 +131,14 @@ class SectionsWidget(DockBase):
             "file (Visium scale factors, osmFISH sizes) or uses 1"
         )
         form.addRow("Pixel size (um):", self.pixel_size)
+        self.genes_check = QCheckBox("Numeric columns are genes (csv tables)")
+        self.genes_check.setToolTip(
+            "A csv / tsv cell table's numeric columns beside x/y are read as genes "
+            "(all but per-cell measures such as Z or area). Unticked they stay cell "
+            "values (colour by them under Annotation); text columns are always labels. "
+            "A folder with a counts table takes its genes from there."
+        )
+        form.addRow(self.genes_check)
         self.tile_check = QCheckBox("Lay sections out side by side")
         self.tile_check.setChecked(True)
         self.tile_check.toggled.connect(self._retile)
@@ -241,6 +262,7 @@ class SectionsWidget(DockBase):
             _jobs.read_layer_data,
             path,
             self.pixel_size.value() or None,
+            genes=True if self.genes_check.isChecked() else None,
             on_done=self._on_loaded,
             what=f"reading {name}",
             error_prefix=f"cannot open {name}: ",
@@ -274,7 +296,15 @@ class SectionsWidget(DockBase):
             self._reapply()
         self.viewer.reset_view()
         n = sum(len(d) for d, _, _ in result)
-        self.set_status(f"loaded {len(names)} section(s), {n:,} cells: {', '.join(names)}")
+        msg = f"loaded {len(names)} section(s), {n:,} cells: {', '.join(names)}"
+        numbers = _numeric_columns_kept(result)
+        if numbers:
+            msg += (
+                f". No genes: {len(numbers)} numeric column(s) kept as cell values "
+                f"({', '.join(numbers[:4])}{', ...' if len(numbers) > 4 else ''}); tick "
+                "'Numeric columns are genes' and load again to read them as genes"
+            )
+        self.set_status(msg)
 
     # ------------------------------------------------------------------ layers
     def _track(self, layer) -> bool:

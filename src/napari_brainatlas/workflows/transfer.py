@@ -39,7 +39,7 @@ from ..jobs import ProgressFn, check_cancel, report
 from ._progress import raise_if_cancelled, relay
 from .embed import load_fusemap, train_fusemap
 from .outputs import check_output_file
-from .sections import as_sections
+from .sections import as_sections, require_genes
 
 __all__ = [
     "Transferred",
@@ -202,6 +202,8 @@ def label_transfer(
         raise BrainAtlasInputError("give at least one label column to transfer")
     if epochs < 0:
         raise BrainAtlasInputError("epochs must be 0 or more")
+    queries = as_sections(query)
+    require_genes(queries, "label transfer")
     offset = 0
     if model is None:
         model, reference = _reference_model(reference, seed, device), None
@@ -216,7 +218,6 @@ def label_transfer(
     for lab in labels:
         if not all(lab in r.obs.columns for r in refs):
             raise BrainAtlasInputError(f"the reference sections have no obs['{lab}'] labels")
-    queries = as_sections(query)
     report(
         progress,
         0,
