@@ -15,7 +15,7 @@ section per model section in model order; by default the ``<section>.h5ad`` file
 ``transfer`` writes the query with ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']``,
 ``obs['<label>_transfer']`` and ``obs['<label>_transfer_uncertainty']`` (several query
 sections are concatenated, with ``obs['section']``); ``impute`` writes one obs column
-per gene, ``obs['imputed_<GENE>']`` (see :mod:`napari_brainatlas.workflows.transfer`
+per gene, ``obs['imputed_<Gene>']``, spelled as the data spells the gene (see :mod:`napari_brainatlas.workflows.transfer`
 and :mod:`napari_brainatlas.workflows.impute`).
 """
 
@@ -85,7 +85,7 @@ def _add_impute(sub) -> None:
         "impute",
         help="impute genes from the FuseMap embedding",
         description="Impute genes (any gene of the model's gene embedding) for every cell, "
-        "written as obs['imputed_<GENE>']: the mean of the 50 nearest reference "
+        "written as obs['imputed_<Gene>'] (the data's spelling): the mean of the 50 nearest reference "
         "cells in the shared embedding that measured the gene (when the embedded "
         "reference files are at hand), else max(z_C E^T, 0).",
     )
@@ -162,7 +162,7 @@ def run_transfer(args) -> int:
             progress=bar,
         )
     wf.write_transfer(result, out, inputs=inputs)
-    for line in result.summary():
+    for line in result.summary() + [f"warning: {w}" for w in result.warnings]:
         print(line, file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -189,4 +189,6 @@ def run_impute(args) -> int:
         )
     wf.write_imputed(result, out, inputs=[args.data])
     print(result.summary(where=str(out)), file=sys.stderr)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 0

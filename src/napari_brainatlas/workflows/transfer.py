@@ -29,7 +29,7 @@ per query-mapping epoch (``'map query'``). Inputs are never modified.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from anndata import AnnData
@@ -38,15 +38,19 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import raise_if_cancelled, relay
 from .embed import load_fusemap, train_fusemap
+from .genes import overlap_warnings
 from .outputs import check_output_file
 from .sections import as_sections, require_genes
 
 __all__ = [
     "Transferred",
+    "check_labels",
     "combine_sections",
     "load_reference",
     "map_onto",
+    "model_reference_labels",
     "reference_files",
+    "reference_labels",
     "label_transfer",
     "write_transfer",
 ]
@@ -135,28 +139,36 @@ def combine_sections(sections: Sequence[AnnData]) -> AnnData:
 
 @dataclass
 class Transferred:
-    """The annotated query sections and what produced them."""
+    """The annotated query sections and what produced them; ``warnings``: sentences for
+    the user (a query sharing few genes with the model)."""
 
     sections: list[AnnData]
     labels: list[str]
     mapping: object  # QueryMapping
     model: object  # FuseMap
     reference: list[AnnData]
+    warnings: list[str] = field(default_factory=list)
 
     def combined(self) -> AnnData:
         return combine_sections(self.sections)
 
     def summary(self) -> list[str]:
-        """Per label: classes predicted and the mean uncertainty."""
+        """Per label: classes predicted, the mean uncertainty and the reference sections
+        it was learnt from (where not all of them carry it)."""
         import numpy as np
 
         out = []
+        record = self.sections[0].uns.get("label_transfer", {}) if self.sections else {}
         for lab in self.labels:
             pred = np.concatenate([a.obs[f"{lab}_transfer"].astype(str) for a in self.sections])
             u = np.concatenate([a.obs[f"{lab}_transfer_uncertainty"] for a in self.sections])
-            out.append(
+            line = (
                 f"{lab}: {len(set(pred.tolist()))} classes, mean uncertainty {float(u.mean()):.3f}"
             )
+            learnt = (record.get(lab) or {}).get("labelled_sections")
+            if learnt and len(learnt) < len(self.reference):
+                line += f" (learnt from {', '.join(learnt)})"
+            out.append(line)
         return out
 
 
@@ -167,6 +179,63 @@ def _reference_model(reference, seed, device):
     if reference is None:
         raise BrainAtlasInputError("give reference sections or a model")
     return FuseMap([a.copy() for a in as_sections(reference)], seed=seed, device=device)
+
+
+def check_labels(refs: Sequence[AnnData], labels: Sequence[str]) -> None:
+    """Every label must be carried by at least one reference section (any subset may
+    carry it: the classifier learns from the cells that have it)."""
+    for lab in labels:
+        if not any(lab in r.obs.columns for r in refs):
+            have = sorted(reference_labels(refs))
+            raise BrainAtlasInputError(
+                f"no reference section has obs['{lab}'] labels (they have: "
+                f"{', '.join(have) or 'no label columns'})"
+            )
+
+
+def reference_labels(refs: Sequence[AnnData]) -> dict[str, list[str]]:
+    """``{label column: names of the reference sections carrying it}`` over every
+    section (text / categorical obs columns; ``section`` and transfer outputs left out)."""
+    from ..layers import label_columns
+    from .sections import section_names
+
+    out: dict[str, list[str]] = {}
+    for a, name in zip(refs, section_names(refs)):
+        for c in label_columns(a):
+            if not c.endswith(("_transfer", "_transfer_uncertainty")):
+                out.setdefault(c, []).append(name)
+    return out
+
+
+def model_reference_labels(model_dir) -> tuple[dict[str, list[str]], list[str]]:
+    """The label columns (``{label: sections}``) and genes (their spelling) of the
+    reference files beside a model folder (``embed``'s ``<section>.h5ad``), read without
+    their expression; ``({}, [])`` when the files are not there."""
+    import json
+
+    import anndata as ad
+
+    folder = Path(model_dir)
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BrainAtlasInputError(f"{folder} is not a model folder (no config.json)") from exc
+    names = [str(n) for n in cfg.get("section_names", [])]
+    files = [folder.parent / f"{n}.h5ad" for n in names]
+    if not names or not all(f.is_file() for f in files):
+        return {}, []
+    labels: dict[str, list[str]] = {}
+    genes: dict[str, None] = {}
+    for f, name in zip(files, names):
+        a = ad.read_h5ad(f, backed="r")
+        try:
+            obs = AnnData(obs=a.obs.copy())
+            genes.update(dict.fromkeys(map(str, a.var_names)))
+        finally:
+            a.file.close()
+        for c in reference_labels([obs]):
+            labels.setdefault(c, []).append(name)
+    return labels, list(genes)
 
 
 def _untrained(model) -> bool:
@@ -206,6 +275,9 @@ def label_transfer(
     require_genes(queries, "label transfer")
     offset = 0
     if model is None:
+        if reference is not None:
+            reference = as_sections(reference)
+            check_labels(reference, labels)  # before training, not after
         model, reference = _reference_model(reference, seed, device), None
     if _untrained(model):
         if reference is not None:
@@ -215,9 +287,8 @@ def label_transfer(
         train_fusemap(model, epochs, progress=progress, cancel=cancel, extra=epochs)
         offset = 2 * int(epochs)
     model, refs = load_reference(model, reference, device=device)
-    for lab in labels:
-        if not all(lab in r.obs.columns for r in refs):
-            raise BrainAtlasInputError(f"the reference sections have no obs['{lab}'] labels")
+    check_labels(refs, labels)
+    warnings = overlap_warnings(model, queries)
     report(
         progress,
         0,
@@ -246,7 +317,7 @@ def label_transfer(
         seed=seed,
         cancel=cancel,
     )
-    return Transferred(list(out), labels, mapping, model, refs)
+    return Transferred(list(out), labels, mapping, model, refs, warnings)
 
 
 def write_transfer(result: Transferred, out, *, inputs: Iterable = ()) -> Path:
