@@ -69,4 +69,14 @@ def test_csv_with_text_columns_loads_as_labels(qtbot, sections_dock, error_notif
     assert "No genes" not in widget.status.text()
     widget.color_by_gene("Slc17a7")
     assert widget._color["source"] == "gene"
+    # a colour bar for the gene; the Annotation box no longer claims cell_type
+    assert widget.colour_bar.isVisible() and widget.colour_bar.title.text() == "Slc17a7"
+    lo, hi = widget.colour_bar.limits
+    assert lo < hi and widget.colour_bar.low.text() == f"{lo:.3g}"
+    assert widget.annotation_combo.currentText() == "(none)"
+    assert not widget.legend.isVisible()
+    save_shot(viewer.screenshot(canvas_only=False, flash=False), "csv_gene_colour_bar")
+    widget.color_by_annotation("region")  # back to labels: legend, no colour bar
+    assert not widget.colour_bar.isVisible() and widget.legend.isVisible()
+    assert widget.gene_edit.text() == ""
     assert not error_notifications

@@ -27,6 +27,8 @@ __all__ = [
     "joint_clusters",
     "joint_umap",
     "load_atlas",
+    "map_and_impute",
+    "model_labels",
     "process_ahba",
     "read_layer_data",
     "register_batch",
@@ -142,17 +144,42 @@ def annotate(
     )
 
 
-def impute(mapping, adatas, gene: str, *, progress=None, cancel=None) -> list[np.ndarray]:
-    """Imputed values of ``gene`` for each mapped query section, read through the query
-    mapping (``workflows.impute_sections`` takes a model, not a mapping)."""
-    from ..annotate import impute_genes
+def model_labels(model_dir: str, *, progress=None, cancel=None):
+    """The label columns (``{label: sections}``) and genes of the reference files beside
+    a model folder (``workflows.transfer.model_reference_labels``)."""
+    from ..workflows.transfer import model_reference_labels
 
-    out = []
-    for i, ad in enumerate(adatas):
-        check_cancel(cancel)
-        out.append(impute_genes(mapping, ad, [gene])[gene].to_numpy())
-        report(progress, i + 1, len(adatas))
-    return out
+    return model_reference_labels(model_dir)
+
+
+def impute(mapped, gene: str, *, progress=None, cancel=None):
+    """Imputed ``gene`` for query sections already mapped (``workflows.impute_mapped``:
+    the query mapping of a transfer, or of :func:`map_and_impute`). Returns its
+    ``Imputed``."""
+    from ..workflows.impute import impute_mapped
+
+    return impute_mapped(mapped, [gene], progress=progress, cancel=cancel)
+
+
+def map_and_impute(refs, queries, gene: str, *, model_dir, epochs, progress=None, cancel=None):
+    """Imputation with no transfer first: map the queries onto the model folder (or a
+    FuseMap trained on the reference sections) with ``workflows.map_queries``, then
+    impute ``gene``. Returns ``(Mapped, Imputed)``."""
+    from ..workflows.impute import impute_mapped
+    from ..workflows.transfer import map_queries
+
+    mapped = map_queries(
+        queries,
+        model=model_dir or None,
+        reference=refs or None,
+        epochs=int(epochs),
+        seed=0,
+        device="cpu",
+        what="impute",
+        progress=progress,
+        cancel=cancel,
+    )
+    return mapped, impute_mapped(mapped, [gene], cancel=cancel)
 
 
 # ---------------------------------------------------------------------- domains

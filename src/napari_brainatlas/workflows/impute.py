@@ -11,6 +11,8 @@
   reference cells in the shared embedding that measured the gene; needs the embedded
   reference sections), "decoder" (``max(z_C E^T, 0)``), "auto" (knn where the reference
   is at hand, else decoder); see :mod:`napari_brainatlas.annotate.impute`.
+* :func:`impute_mapped` - the same for query sections already mapped (the Annotate
+  dock after a transfer or a mapping: the query mapping is reused).
 * :func:`write_imputed` - the sections as one .h5ad, atomically.
 
 ``progress(done, total, info)``: one call per query-mapping epoch. Inputs are never
@@ -27,14 +29,14 @@ import numpy as np
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
-from ..jobs import ProgressFn, check_cancel
+from ..jobs import ProgressFn, check_cancel, report
 from .embed import load_fusemap, train_fusemap
 from .genes import gene_spelling, model_genes, overlap_warnings
 from .outputs import check_output_file
 from .sections import as_sections, require_genes
 from .transfer import combine_sections, load_reference, map_onto
 
-__all__ = ["Imputed", "impute_sections", "write_imputed"]
+__all__ = ["Imputed", "impute_mapped", "impute_sections", "write_imputed"]
 
 
 @dataclass
@@ -148,6 +150,38 @@ def impute_sections(
         a.uns["imputed_genes"] = list(names)
         outs.append(a)
     return Imputed(outs, names, str(used), overlap_warnings(model, sections))
+
+
+def impute_mapped(
+    mapped, genes: str | Sequence[str], *, method: str = "auto", progress=None, cancel=None
+) -> Imputed:
+    """Impute ``genes`` for query sections already mapped (a
+    :class:`~napari_brainatlas.workflows.transfer.Mapped`, from ``map_queries`` or a
+    transfer): no mapping again. The kNN search sees the reference cells through each
+    query's own encoder (``view='query'``) where the reference counts are at hand."""
+    from ..annotate import IMPUTED_PREFIX, impute_genes
+
+    genes = _parse_genes(genes)
+    known = model_genes(mapped.model)
+    missing = [g for g in genes if g.upper() not in known]
+    if missing:
+        raise BrainAtlasInputError(
+            f"gene(s) not in the model's gene embedding: {', '.join(missing[:5])}"
+        )
+    spelled = gene_spelling(genes, mapped.reference or [], mapped.sections)
+    names = [spelled[g.upper()] for g in genes]
+    outs, used = [], method
+    for i, a in enumerate(mapped.sections):
+        check_cancel(cancel)
+        a = a.copy()
+        df = impute_genes(mapped.mapping, i, [g.upper() for g in genes], method=method)
+        used = df.attrs.get("method", method)
+        for g, name in zip(genes, names):
+            a.obs[IMPUTED_PREFIX + name] = df[g.upper()].to_numpy(np.float32)
+        a.uns["imputed_genes"] = list(names)
+        outs.append(a)
+        report(progress, i + 1, len(mapped.sections), message=f"imputed {', '.join(names)}")
+    return Imputed(outs, names, str(used), list(mapped.warnings))
 
 
 def write_imputed(result: Imputed, out, *, inputs: Iterable = ()) -> Path:

@@ -16,6 +16,12 @@
     the caller chose), or no model and the ``reference`` sections (a FuseMap with
     default options): it is trained first (``epochs`` per phase), as the Annotate dock
     does.
+  Any subset of the reference sections may carry a label (the classifier learns from
+  the cells that have it); labels are checked before any training or mapping.
+* :func:`map_queries` - the mapping alone (:class:`Mapped`), for imputation without a
+  transfer; :func:`transfer_onto` - labels onto queries already mapped.
+* :func:`reference_labels` / :func:`model_reference_labels` - the label columns a
+  reference offers (for the Annotate dock's list).
 * :func:`write_transfer` - the query sections as one .h5ad (several are concatenated with
   ``obs['section']``), atomically.
 * :func:`load_reference` - the model and its embedded reference sections (shared with
@@ -43,15 +49,18 @@ from .outputs import check_output_file
 from .sections import as_sections, require_genes
 
 __all__ = [
+    "Mapped",
     "Transferred",
     "check_labels",
     "combine_sections",
     "load_reference",
     "map_onto",
+    "map_queries",
     "model_reference_labels",
     "reference_files",
     "reference_labels",
     "label_transfer",
+    "transfer_onto",
     "write_transfer",
 ]
 
@@ -242,37 +251,40 @@ def _untrained(model) -> bool:
     return not isinstance(model, (str, Path)) and not getattr(model, "is_trained", True)
 
 
-def label_transfer(
+@dataclass
+class Mapped:
+    """Query sections mapped onto a frozen FuseMap: embedded copies of the queries, the
+    :class:`~napari_brainatlas.annotate.QueryMapping`, the model, the embedded
+    reference, and ``warnings`` for the user (a query sharing few genes with the model)."""
+
+    sections: list[AnnData]
+    mapping: object  # QueryMapping
+    model: object  # FuseMap
+    reference: list[AnnData]
+    warnings: list[str] = field(default_factory=list)
+
+
+def map_queries(
     query,
     *,
     model=None,
     reference=None,
-    labels: Sequence[str] = ("celltype", "region"),
-    method: str = "mlp",
-    hierarchy: dict | None = None,
-    smooth_regions: bool = True,
+    labels: Sequence[str] = (),
     epochs: int = 15,
     seed: int = 0,
     device: str = "auto",
+    what: str = "transfer",
     progress: ProgressFn | None = None,
     cancel=None,
-) -> Transferred:
-    """Map ``query`` onto the reference and transfer ``labels`` (see the module doc).
-
-    ``epochs``: query-mapping epochs (and training epochs per phase without a model);
-    ``method``: "mlp" or "knn"; ``hierarchy``: label -> main-level column (default the
-    engine's ``{'celltype': 'celltype_main'}``); ``smooth_regions``: spatial vote on
-    labels read from the tissue embedding.
-    """
-    from ..annotate import transfer_labels
-
-    labels = [labels] if isinstance(labels, str) else [x for x in labels if x]
-    if not labels:
-        raise BrainAtlasInputError("give at least one label column to transfer")
+) -> Mapped:
+    """Map ``query`` (AnnData or paths) onto a reference (see the module doc for the
+    kinds of reference); ``labels`` are checked against the reference before any
+    training or mapping. ``epochs``: query-mapping epochs (and training epochs per
+    phase when a model is trained first)."""
     if epochs < 0:
         raise BrainAtlasInputError("epochs must be 0 or more")
     queries = as_sections(query)
-    require_genes(queries, "label transfer")
+    require_genes(queries, "label transfer" if labels else "mapping")
     offset = 0
     if model is None:
         if reference is not None:
@@ -289,12 +301,12 @@ def label_transfer(
     model, refs = load_reference(model, reference, device=device)
     check_labels(refs, labels)
     warnings = overlap_warnings(model, queries)
+    head = f"{what}: {len(queries)} query section(s) onto {model.n_sections} reference section(s)"
     report(
         progress,
         0,
         offset + int(epochs),
-        message=f"transfer: {len(queries)} query section(s) onto {model.n_sections} "
-        f"reference section(s), labels {', '.join(labels)}",
+        message=head + (f", labels {', '.join(labels)}" if labels else ""),
     )
     mapping = map_onto(
         model,
@@ -307,9 +319,76 @@ def label_transfer(
         offset=offset,
     )
     check_cancel(cancel)
+    return Mapped(mapping.write_embeddings(copy=True), mapping, model, refs, warnings)
+
+
+def label_transfer(
+    query,
+    *,
+    model=None,
+    reference=None,
+    labels: Sequence[str] = ("celltype", "region"),
+    method: str = "mlp",
+    hierarchy: dict | None = None,
+    smooth_regions: bool = True,
+    epochs: int = 15,
+    seed: int = 0,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> Transferred:
+    """Map ``query`` onto the reference (:func:`map_queries`) and transfer ``labels``
+    (see the module doc).
+
+    ``epochs``: query-mapping epochs (and training epochs per phase without a model);
+    ``method``: "mlp" or "knn"; ``hierarchy``: label -> main-level column (default the
+    engine's ``{'celltype': 'celltype_main'}``); ``smooth_regions``: spatial vote on
+    labels read from the tissue embedding. A label need only be carried by some of the
+    reference sections.
+    """
+    labels = [labels] if isinstance(labels, str) else [x for x in labels if x]
+    if not labels:
+        raise BrainAtlasInputError("give at least one label column to transfer")
+    mapped = map_queries(
+        query,
+        model=model,
+        reference=reference,
+        labels=labels,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        progress=progress,
+        cancel=cancel,
+    )
+    return transfer_onto(
+        mapped,
+        labels,
+        method=method,
+        hierarchy=hierarchy,
+        smooth_regions=smooth_regions,
+        seed=seed,
+        cancel=cancel,
+    )
+
+
+def transfer_onto(
+    mapped: Mapped,
+    labels: Sequence[str],
+    *,
+    method: str = "mlp",
+    hierarchy: dict | None = None,
+    smooth_regions: bool = True,
+    seed: int = 0,
+    cancel=None,
+) -> Transferred:
+    """Transfer ``labels`` onto query sections already mapped (:func:`map_queries`)."""
+    from ..annotate import transfer_labels
+
+    labels = list(labels)
+    check_labels(mapped.reference, labels)
     out = transfer_labels(
-        refs,
-        mapping.write_embeddings(copy=True),
+        mapped.reference,
+        mapped.sections,
         labels=labels,
         method=method,
         hierarchy=hierarchy,
@@ -317,7 +396,10 @@ def label_transfer(
         seed=seed,
         cancel=cancel,
     )
-    return Transferred(list(out), labels, mapping, model, refs, warnings)
+    check_cancel(cancel)
+    return Transferred(
+        list(out), labels, mapped.mapping, mapped.model, mapped.reference, list(mapped.warnings)
+    )
 
 
 def write_transfer(result: Transferred, out, *, inputs: Iterable = ()) -> Path:
