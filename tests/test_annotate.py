@@ -552,14 +552,16 @@ def test_cli_transfer_and_impute(trained, tmp_path, capsys):
     )
     assert rc == 0, err
     b = ad.read_h5ad(imp)
-    assert {"imputed_GAD1", "imputed_SLC17A7"} <= set(b.obs.columns)
+    # gene symbols keep the data's spelling (the engine matches them upper-cased)
+    assert {"imputed_Gad1", "imputed_Slc17a7"} <= set(b.obs.columns)
+    assert "imputed_GAD1" not in b.obs
     side = measured_vs_imputed(b, "GAD1")
     assert np.isfinite(side.attrs["pearson_r"])
     # the default (auto) used the embedded reference files beside the model: kNN; by hand
     refs = [ad.read_h5ad(tmp_path / "run" / f"{n}.h5ad") for n in m.section_names]
     knn = impute_genes(m, a, ["GAD1"], method="knn", reference=refs)["GAD1"].to_numpy()
     np.testing.assert_allclose(
-        b.obs["imputed_GAD1"].to_numpy(), knn, rtol=1e-5, atol=1e-6, equal_nan=True
+        b.obs["imputed_Gad1"].to_numpy(), knn, rtol=1e-5, atol=1e-6, equal_nan=True
     )
     rc, err = _cli(
         capsys,
@@ -576,7 +578,7 @@ def test_cli_transfer_and_impute(trained, tmp_path, capsys):
         tmp_path / "dec.h5ad",
     )
     assert rc == 0, err
-    dec = ad.read_h5ad(tmp_path / "dec.h5ad").obs["imputed_GAD1"].to_numpy()
+    dec = ad.read_h5ad(tmp_path / "dec.h5ad").obs["imputed_Gad1"].to_numpy()
     np.testing.assert_allclose(
         dec,
         impute_genes(m, a, ["GAD1"], method="decoder")["GAD1"].to_numpy(),

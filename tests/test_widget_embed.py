@@ -71,8 +71,22 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     ca = np.asarray(a.face_color)[a.features[col].to_numpy() == shared[0]][0]
     cb = np.asarray(b.face_color)[b.features[col].to_numpy() == shared[0]][0]
     assert np.allclose(ca, cb)
-    w.umap_button.click()
-    assert w.wait_for_workers(600_000)
+    # UMAP in a worker: the click returns at once and the GUI thread keeps handling
+    # events (timer ticks) while UMAP computes (issue 23: it froze the window for 48 s)
+    from qtpy.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(w.busy))
+    timer.start()
+    try:
+        w.umap_button.click()
+        assert w.busy and not w.umap_button.isEnabled()
+        assert w.wait_for_workers(600_000)
+    finally:
+        timer.stop()
+    assert sum(ticks) >= 3, f"{sum(ticks)} timer ticks while UMAP ran"
     um = viewer.layers["FuseMap UMAP (tissue)"]
     assert len(um.data) == sum(ly.metadata["adata"].n_obs for ly in layers)
     viewer.reset_view()

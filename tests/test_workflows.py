@@ -239,7 +239,7 @@ def test_transfer_from_a_model_folder(tmp_path, tiny, embedded):
     assert "X_fusemap_cell" in a.obsm and len(out.summary()) == 2
     path = write_transfer(out, tmp_path / "annotated.h5ad")
     assert "region_transfer" in ad.read_h5ad(path).obs
-    with pytest.raises(BrainAtlasInputError, match="no obs\\['nolabel'\\]"):
+    with pytest.raises(BrainAtlasInputError, match="no reference section has obs\\['nolabel'\\]"):
         label_transfer(query, model=run / "model", labels=["nolabel"], epochs=1)
     with pytest.raises(BrainAtlasInputError, match="not a model folder"):
         label_transfer(query, model=tmp_path / "nowhere", epochs=1)
@@ -266,14 +266,17 @@ def test_impute(tmp_path, tiny, embedded):
     from napari_brainatlas.workflows import impute_sections, write_imputed
 
     res, _rec, run, _files = embedded
-    gene = "SLC17A7"
+    gene = "Slc17a7"  # as the demo data spells it; asked for in any case
     knn = impute_sections(res.sections[0], model=run / "model", genes=gene.lower())
-    dec = impute_sections(res.sections[0], model=run / "model", genes=[gene], method="decoder")
+    dec = impute_sections(
+        res.sections[0], model=run / "model", genes=[gene.upper()], method="decoder"
+    )
     assert knn.method == "knn" and dec.method == "decoder"
     for r in (knn, dec):
+        assert r.genes == [gene] and f"imputed_{gene.upper()}" not in r.sections[0].obs
         v = r.sections[0].obs[f"imputed_{gene}"].to_numpy()
         assert v.dtype == np.float32 and np.isfinite(v).any()
-    assert "imputed_SLC17A7" not in res.sections[0].obs  # input untouched
+    assert f"imputed_{gene}" not in res.sections[0].obs  # input untouched
     mapped = impute_sections(tiny[2], model=run / "model", genes=[gene], epochs=1)
     assert "X_fusemap_cell" in mapped.sections[0].obsm
     path = write_imputed(knn, tmp_path / "imp.h5ad")
@@ -496,3 +499,79 @@ def test_register_prints_at_most_five_lines(tmp_path, tiny, capsys):
     assert 3 <= len(lines) <= 5, lines
     assert main([*argv, "--verbose"]) == 0
     assert len(capsys.readouterr().err.splitlines()) > 5  # one line per iteration
+
+
+# ------------------------------------------------------------------ issue 23: flexible references
+def _unlabelled(a):
+    b = a.copy()
+    b.obs = b.obs.drop(columns=["celltype", "celltype_main"])
+    return b
+
+
+def test_transfer_from_a_mixed_label_reference(tiny):
+    """One labelled and one unlabelled reference section: the classifier learns from the
+    cells that carry the label; the label check comes before any training."""
+    from napari_brainatlas.fusemap import FuseMap
+    from napari_brainatlas.workflows import label_transfer
+    from napari_brainatlas.workflows.transfer import reference_labels
+
+    refs = [tiny[0].copy(), _unlabelled(tiny[1])]
+    names = [r.uns["napari_brainatlas"]["section"] for r in refs]
+    assert reference_labels(refs)["celltype"] == [names[0]]
+    assert set(reference_labels(refs)["region"]) == set(names)
+    with pytest.raises(BrainAtlasInputError, match="no reference section has obs\\['nolabel'\\]"):
+        label_transfer(tiny[2], reference=refs, labels=["nolabel"], epochs=1)
+    model = FuseMap(refs, device="cpu", **SMALL)
+    out = label_transfer(tiny[2], model=model, labels=["celltype", "region"], epochs=1)
+    a = out.sections[0]
+    assert a.obs["celltype_transfer"].notna().all()
+    record = a.uns["label_transfer"]
+    assert record["celltype"]["labelled_sections"] == [names[0]]
+    assert record["celltype"]["n_reference_cells"] == refs[0].n_obs
+    assert len(record["region"]["labelled_sections"]) == 2
+    assert any("learnt from" in line for line in out.summary())
+    assert out.warnings == []  # the demo panels share 16+ genes
+
+
+def test_model_folder_lists_its_reference_labels(tmp_path, tiny, embedded):
+    from napari_brainatlas.workflows.transfer import model_reference_labels
+
+    res, _rec, run, _files = embedded
+    labels, genes = model_reference_labels(run / "model")
+    assert {"celltype", "region"} <= set(labels)
+    assert labels["celltype"] == res.names
+    assert "Slc17a7" in genes  # the data's spelling
+    with pytest.raises(BrainAtlasInputError, match="not a model folder"):
+        model_reference_labels(tmp_path)
+
+
+def test_impute_without_a_model_or_a_transfer(tiny):
+    """Imputation straight from reference sections (a FuseMap trained on them first),
+    the query mapped on the way; the gene keeps the data's spelling."""
+    from napari_brainatlas.fusemap import FuseMap
+    from napari_brainatlas.workflows import impute_sections
+
+    refs = [tiny[0].copy(), _unlabelled(tiny[1])]
+    model = FuseMap(refs, device="cpu", **SMALL)
+    rec = Recorder()
+    out = impute_sections(tiny[2], model=model, genes="GAD1", epochs=1, progress=rec)
+    assert out.genes == ["Gad1"] and model.is_trained
+    v = out.sections[0].obs["imputed_Gad1"].to_numpy()
+    assert np.isfinite(v).all() and "X_fusemap_cell" in out.sections[0].obsm
+    assert {i.get("stage") for d, _t, i in rec.calls if d > 0} == {"train", "map query"}
+    with pytest.raises(BrainAtlasInputError, match="model folder or reference sections"):
+        impute_sections(tiny[2], model=None, genes="Gad1")
+
+
+def test_few_shared_genes_are_warned_about(tiny, embedded):
+    from napari_brainatlas.workflows import impute_sections, label_transfer
+    from napari_brainatlas.workflows.genes import gene_overlap
+
+    res, _rec, run, _files = embedded
+    few = tiny[2][:, ["Slc17a7", "Gad1", "Mbp"]].copy()
+    (o,) = gene_overlap(res.model, [few])
+    assert (o.shared, o.genes) == (3, 3)
+    out = label_transfer(few, model=run / "model", labels=["region"], epochs=1)
+    assert len(out.warnings) == 1 and "shares only 3 of its 3 genes" in out.warnings[0]
+    imp = impute_sections(few, model=run / "model", genes=["Gad1"], epochs=1)
+    assert "shares only 3" in imp.warnings[0]

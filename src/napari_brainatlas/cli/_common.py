@@ -23,7 +23,15 @@ from contextlib import contextmanager
 
 from .._errors import BrainAtlasInputError, Cancelled
 
-__all__ = ["PROG", "Parser", "Progress", "add_verbose", "run", "torch_threads"]
+__all__ = [
+    "PROG",
+    "Parser",
+    "Progress",
+    "add_genes_option",
+    "add_verbose",
+    "run",
+    "torch_threads",
+]
 
 PROG = "napari-brainatlas"
 
@@ -38,6 +46,21 @@ class Parser(argparse.ArgumentParser):
 
 def add_verbose(parser) -> None:
     parser.add_argument("--verbose", action="store_true", help="print a line per iteration / epoch")
+
+
+def add_genes_option(parser) -> None:
+    """``--genes-from-columns [COLS]``: which numeric columns of a csv / tsv cell table are
+    genes (no value: all of them but per-cell measures such as Z or area)."""
+    parser.add_argument(
+        "--genes-from-columns",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="COLS",
+        help="csv / tsv cell tables: read numeric columns as genes (all; A,B,C; or a block "
+        "FIRST:LAST). Default: they stay cell values (obs) and genes come only from a "
+        "counts table in the same folder",
+    )
 
 
 def run(args) -> int:

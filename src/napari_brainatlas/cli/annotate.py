@@ -15,7 +15,7 @@ section per model section in model order; by default the ``<section>.h5ad`` file
 ``transfer`` writes the query with ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']``,
 ``obs['<label>_transfer']`` and ``obs['<label>_transfer_uncertainty']`` (several query
 sections are concatenated, with ``obs['section']``); ``impute`` writes one obs column
-per gene, ``obs['imputed_<GENE>']`` (see :mod:`napari_brainatlas.workflows.transfer`
+per gene, ``obs['imputed_<Gene>']``, spelled as the data spells the gene (see :mod:`napari_brainatlas.workflows.transfer`
 and :mod:`napari_brainatlas.workflows.impute`).
 """
 
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from .._errors import BrainAtlasInputError
-from ._common import Progress, add_verbose, torch_threads
+from ._common import Progress, add_genes_option, add_verbose, torch_threads
 
 __all__ = ["add_parser", "parse_hierarchy", "run_impute", "run_transfer"]
 
@@ -36,6 +36,7 @@ def _common_options(p, epochs_help: str) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--pixel-size", type=float, default=None, help="um per coordinate unit")
+    add_genes_option(p)
     p.add_argument("--out", type=Path, required=True, help="output .h5ad")
     add_verbose(p)
 
@@ -84,7 +85,7 @@ def _add_impute(sub) -> None:
         "impute",
         help="impute genes from the FuseMap embedding",
         description="Impute genes (any gene of the model's gene embedding) for every cell, "
-        "written as obs['imputed_<GENE>']: the mean of the 50 nearest reference "
+        "written as obs['imputed_<Gene>'] (the data's spelling): the mean of the 50 nearest reference "
         "cells in the shared embedding that measured the gene (when the embedded "
         "reference files are at hand), else max(z_C E^T, 0).",
     )
@@ -145,7 +146,7 @@ def run_transfer(args) -> int:
     hierarchy = parse_hierarchy(args.hierarchy)
     if args.epochs < 0:
         raise BrainAtlasInputError("--epochs must be 0 or more")
-    queries = read_paths(args.query, args.pixel_size)
+    queries = read_paths(args.query, args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:
         result = wf.label_transfer(
             queries,
@@ -161,7 +162,7 @@ def run_transfer(args) -> int:
             progress=bar,
         )
     wf.write_transfer(result, out, inputs=inputs)
-    for line in result.summary():
+    for line in result.summary() + [f"warning: {w}" for w in result.warnings]:
         print(line, file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -173,7 +174,7 @@ def run_impute(args) -> int:
     from ..workflows.sections import read_paths
 
     out = check_output_file(args.out, ".h5ad", [args.data])
-    sections = read_paths([args.data], args.pixel_size)
+    sections = read_paths([args.data], args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:
         result = wf.impute_sections(
             sections,
@@ -188,4 +189,6 @@ def run_impute(args) -> int:
         )
     wf.write_imputed(result, out, inputs=[args.data])
     print(result.summary(where=str(out)), file=sys.stderr)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 0

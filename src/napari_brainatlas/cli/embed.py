@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import Progress, add_verbose, torch_threads
+from ._common import Progress, add_genes_option, add_verbose, torch_threads
 
 __all__ = ["add_parser", "run"]
 
@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--pixel-size", type=float, default=None, help="um per coordinate unit")
     p.add_argument("--section-key", default=None, help="obs column splitting sections")
+    add_genes_option(p)
     add_verbose(p)
     p.set_defaults(func=run)
 
@@ -73,7 +74,12 @@ def run(args) -> int:
     from ..workflows.sections import read_paths
 
     out = check_output_folder(args.out)
-    sections = read_paths(args.inputs, args.pixel_size, section_key=args.section_key)
+    sections = read_paths(
+        args.inputs,
+        args.pixel_size,
+        section_key=args.section_key,
+        genes=args.genes_from_columns,
+    )
     with torch_threads(args.threads), Progress(text=bar_text("embed"), verbose=args.verbose) as bar:
         result = wf.embed_sections(
             sections, epochs=args.epochs, device=args.device, seed=args.seed, progress=bar

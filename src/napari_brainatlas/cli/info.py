@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._common import add_genes_option
+
 __all__ = ["add_parser", "run"]
 
 
@@ -12,6 +14,7 @@ def add_parser(sub) -> None:
     )
     q.add_argument("--pixel-size", type=float, default=None, help="um per coordinate unit")
     q.add_argument("--section-key", default=None, help="obs column splitting sections")
+    add_genes_option(q)
     q.set_defaults(func=run)
 
 
@@ -19,7 +22,9 @@ def run(args) -> int:
     from ..workflows.sections import describe_file
 
     for path in args.files:
-        info = describe_file(path, args.pixel_size, section_key=args.section_key)
+        info = describe_file(
+            path, args.pixel_size, section_key=args.section_key, genes=args.genes_from_columns
+        )
         for line in info.lines():
             print(line)
     return 0

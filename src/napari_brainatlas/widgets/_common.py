@@ -13,11 +13,12 @@ import numpy as np
 from anndata import AnnData
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QLinearGradient, QPainter, QPixmap
-from qtpy.QtWidgets import QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QGridLayout, QLabel, QListWidget, QListWidgetItem, QWidget
 
 from ..colors import colormap_lut
 
 __all__ = [
+    "ColourBar",
     "SectionChecklist",
     "find_layer",
     "gradient_icon",
@@ -102,6 +103,54 @@ def gradient_icon(cmap: str, w: int = 80, h: int = 14) -> QIcon:
     painter.fillRect(0, 0, w, h, grad)
     painter.end()
     return QIcon(pm)
+
+
+class ColourBar(QWidget):
+    """The colour bar of a continuous colouring: its name, the colormap strip, and the
+    values at both ends (and the middle). Hidden while nothing continuous is shown."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 2, 0, 2)
+        grid.setVerticalSpacing(1)
+        self.title = QLabel("")
+        self.strip = QLabel()
+        self.strip.setFixedHeight(14)
+        self.strip.setMinimumWidth(60)
+        self.strip.setScaledContents(True)  # the strip fills the dock's width
+        self.low, self.mid, self.high = QLabel(""), QLabel(""), QLabel("")
+        self.mid.setAlignment(Qt.AlignHCenter)
+        self.high.setAlignment(Qt.AlignRight)
+        grid.addWidget(self.title, 0, 0, 1, 3)
+        grid.addWidget(self.strip, 1, 0, 1, 3)
+        grid.addWidget(self.low, 2, 0)
+        grid.addWidget(self.mid, 2, 1)
+        grid.addWidget(self.high, 2, 2)
+        self.cmap = ""
+        self.limits: tuple[float, float] | None = None
+        self.setVisible(False)
+
+    def show_range(self, name: str, cmap: str, low: float, high: float) -> None:
+        """Show ``name`` coloured through ``cmap`` from ``low`` to ``high``."""
+        self.cmap, self.limits = str(cmap), (float(low), float(high))
+        self.title.setText(str(name))
+        self.strip.setPixmap(gradient_icon(cmap, 256, 14).pixmap(256, 14))
+        self.low.setText(f"{low:.3g}")
+        self.mid.setText(f"{(low + high) / 2:.3g}")
+        self.high.setText(f"{high:.3g}")
+        self.setToolTip(f"{name}: {low:.4g} (left) to {high:.4g} (right), {cmap}")
+        self.setVisible(True)
+
+    def clear(self) -> None:
+        self.cmap, self.limits = "", None
+        self.setVisible(False)
+
+    def text(self) -> str:
+        """``name: low to high`` (empty when hidden)."""
+        if self.limits is None:
+            return ""
+        return f"{self.title.text()}: {self.low.text()} to {self.high.text()}"
 
 
 # ---------------------------------------------------------------------- checklist

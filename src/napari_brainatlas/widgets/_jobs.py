@@ -27,6 +27,8 @@ __all__ = [
     "joint_clusters",
     "joint_umap",
     "load_atlas",
+    "map_and_impute",
+    "model_labels",
     "process_ahba",
     "read_layer_data",
     "register_batch",
@@ -39,10 +41,12 @@ BACKED_BYTES = 2 * 2**30
 
 
 # ---------------------------------------------------------------------- sections
-def _read(path: str, pixel_size_um: float | None) -> list:
+def _read(path: str, pixel_size_um: float | None, genes=None) -> list:
     """The sections of ``path``: the workflows' one way to read and name them; a very
     large .h5ad is opened backed (its expression stays on disk), which
-    ``workflows.read_paths`` (in memory) does not offer."""
+    ``workflows.read_paths`` (in memory) does not offer. ``genes``: csv / tsv cell
+    tables' numeric columns read as genes (``True``), else they stay obs columns."""
+    from ..io.readers import CSV_SUFFIXES
     from ..workflows import read_paths
 
     p = Path(path)
@@ -50,10 +54,13 @@ def _read(path: str, pixel_size_um: float | None) -> list:
         from ..io import read_sections
 
         return read_sections(path, pixel_size_um=pixel_size_um, backed=True)
-    return read_paths(path, pixel_size_um)
+    table = p.is_dir() or p.name.lower().endswith(CSV_SUFFIXES)
+    return read_paths(path, pixel_size_um, genes=genes if table else None)
 
 
-def read_layer_data(path: str, pixel_size_um: float | None, *, progress=None, cancel=None):
+def read_layer_data(
+    path: str, pixel_size_um: float | None, *, genes=None, progress=None, cancel=None
+):
     """Open: read every section of ``path`` and build its layer data (level of detail
     for large sections). Input errors name the file."""
     from ..layers import section_layer_data
@@ -61,7 +68,7 @@ def read_layer_data(path: str, pixel_size_um: float | None, *, progress=None, ca
 
     name = Path(path).name
     try:
-        sections = _read(path, pixel_size_um)
+        sections = _read(path, pixel_size_um, genes)
     except BrainAtlasInputError as exc:
         text = str(exc).strip().splitlines()
         msg = text[0] if text else "cannot be read"
@@ -137,17 +144,42 @@ def annotate(
     )
 
 
-def impute(mapping, adatas, gene: str, *, progress=None, cancel=None) -> list[np.ndarray]:
-    """Imputed values of ``gene`` for each mapped query section, read through the query
-    mapping (``workflows.impute_sections`` takes a model, not a mapping)."""
-    from ..annotate import impute_genes
+def model_labels(model_dir: str, *, progress=None, cancel=None):
+    """The label columns (``{label: sections}``) and genes of the reference files beside
+    a model folder (``workflows.transfer.model_reference_labels``)."""
+    from ..workflows.transfer import model_reference_labels
 
-    out = []
-    for i, ad in enumerate(adatas):
-        check_cancel(cancel)
-        out.append(impute_genes(mapping, ad, [gene])[gene].to_numpy())
-        report(progress, i + 1, len(adatas))
-    return out
+    return model_reference_labels(model_dir)
+
+
+def impute(mapped, gene: str, *, progress=None, cancel=None):
+    """Imputed ``gene`` for query sections already mapped (``workflows.impute_mapped``:
+    the query mapping of a transfer, or of :func:`map_and_impute`). Returns its
+    ``Imputed``."""
+    from ..workflows.impute import impute_mapped
+
+    return impute_mapped(mapped, [gene], progress=progress, cancel=cancel)
+
+
+def map_and_impute(refs, queries, gene: str, *, model_dir, epochs, progress=None, cancel=None):
+    """Imputation with no transfer first: map the queries onto the model folder (or a
+    FuseMap trained on the reference sections) with ``workflows.map_queries``, then
+    impute ``gene``. Returns ``(Mapped, Imputed)``."""
+    from ..workflows.impute import impute_mapped
+    from ..workflows.transfer import map_queries
+
+    mapped = map_queries(
+        queries,
+        model=model_dir or None,
+        reference=refs or None,
+        epochs=int(epochs),
+        seed=0,
+        device="cpu",
+        what="impute",
+        progress=progress,
+        cancel=cancel,
+    )
+    return mapped, impute_mapped(mapped, [gene], cancel=cancel)
 
 
 # ---------------------------------------------------------------------- domains

@@ -30,10 +30,30 @@ from ._base import DockBase
 from ._common import find_layer
 from ._notify import show_error
 
-__all__ = ["AHBAWidget"]
+__all__ = ["sample_point_size", "AHBAWidget"]
 
 POINTS_NAME = "AHBA samples"
 IMAGE_NAME = "AHBA parcels"
+
+
+#: on-screen size of a sample point in pixels (min, max): never a screen-filling disc
+#: when zoomed in, never invisible when zoomed out
+CANVAS_SIZE_LIMITS = (3, 18)
+
+
+def sample_point_size(xyz) -> float:
+    """Diameter (mm) for the sample points: 0.8 x the median distance between
+    neighbouring samples, within 0.2-3 mm (a tissue sample is a few mm across). On the
+    3,702 samples of the six donors (abagen's corrected MNI coordinates) the median
+    neighbour distance is 2.6 mm, so points are 2.1 mm: neighbours do not merge."""
+    from scipy.spatial import cKDTree
+
+    xyz = np.asarray(xyz, float)
+    if len(xyz) < 2:
+        return 3.0
+    d, _ = cKDTree(xyz).query(xyz, k=2)
+    gap = float(np.median(d[:, 1]))
+    return float(np.clip(0.8 * gap, 0.2, 3.0)) if np.isfinite(gap) and gap > 0 else 3.0
 
 
 class AHBAWidget(DockBase):
@@ -240,14 +260,22 @@ class AHBAWidget(DockBase):
             gene: vals,
         }
         pts = self._layer(POINTS_NAME)
+        size = sample_point_size(xyz)
         if pts is None:
             pts = self.viewer.add_points(
-                xyz, name=POINTS_NAME, size=3.0, face_color=colors, features=feats, border_width=0
+                xyz,
+                name=POINTS_NAME,
+                size=size,
+                face_color=colors,
+                features=feats,
+                border_width=0,
+                canvas_size_limits=CANVAS_SIZE_LIMITS,
             )
         else:
             pts.data = xyz
             pts.features = feats
             pts.face_color = colors
+            pts.size = size
         pts.metadata["ahba_gene"] = gene
         painted = None
         if res.parcellation is not None:

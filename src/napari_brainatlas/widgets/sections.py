@@ -38,7 +38,7 @@ from ..io.backed import gene_values
 from ..layers import GREY, HOVER_KEY, label_columns, numeric_columns, tile_offsets
 from . import _jobs
 from ._base import DockBase
-from ._common import gradient_icon, is_section_layer, paint, swatch
+from ._common import ColourBar, is_section_layer, paint, swatch
 from ._notify import show_error
 
 __all__ = ["COLORMAPS", "SectionsWidget"]
@@ -46,6 +46,19 @@ __all__ = ["COLORMAPS", "SectionsWidget"]
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "gray", "Reds", "Blues")
 NONE_ITEM = "(none)"
 TABLE_COLUMNS = ("show", "section", "cells", "genes", "source")
+
+
+def _numeric_columns_kept(result) -> list[str]:
+    """Numeric columns a cell table kept as cell values in sections read without genes."""
+    out: dict[str, None] = {}
+    for _, kwargs, _ in result:
+        ad = (kwargs.get("metadata") or {}).get("adata")
+        if ad is None or ad.n_vars:
+            continue
+        meta = ad.uns.get("napari_brainatlas", {})
+        if isinstance(meta, dict):
+            out.update(dict.fromkeys(meta.get("numeric_columns", [])))
+    return list(out)
 
 
 class SectionsWidget(DockBase):
@@ -118,6 +131,14 @@ class SectionsWidget(DockBase):
             "file (Visium scale factors, osmFISH sizes) or uses 1"
         )
         form.addRow("Pixel size (um):", self.pixel_size)
+        self.genes_check = QCheckBox("Numeric columns are genes (csv tables)")
+        self.genes_check.setToolTip(
+            "A csv / tsv cell table's numeric columns beside x/y are read as genes "
+            "(all but per-cell measures such as Z or area). Unticked they stay cell "
+            "values (colour by them under Annotation); text columns are always labels. "
+            "A folder with a counts table takes its genes from there."
+        )
+        form.addRow(self.genes_check)
         self.tile_check = QCheckBox("Lay sections out side by side")
         self.tile_check.setChecked(True)
         self.tile_check.toggled.connect(self._retile)
@@ -184,6 +205,8 @@ class SectionsWidget(DockBase):
         self.legend.setMinimumHeight(80)
         self.legend.setSelectionMode(QAbstractItemView.NoSelection)
         form.addRow(self.legend)
+        self.colour_bar = ColourBar()
+        form.addRow(self.colour_bar)
         return box
 
     def _select_box(self) -> QGroupBox:
@@ -241,6 +264,7 @@ class SectionsWidget(DockBase):
             _jobs.read_layer_data,
             path,
             self.pixel_size.value() or None,
+            genes=True if self.genes_check.isChecked() else None,
             on_done=self._on_loaded,
             what=f"reading {name}",
             error_prefix=f"cannot open {name}: ",
@@ -274,7 +298,15 @@ class SectionsWidget(DockBase):
             self._reapply()
         self.viewer.reset_view()
         n = sum(len(d) for d, _, _ in result)
-        self.set_status(f"loaded {len(names)} section(s), {n:,} cells: {', '.join(names)}")
+        msg = f"loaded {len(names)} section(s), {n:,} cells: {', '.join(names)}"
+        numbers = _numeric_columns_kept(result)
+        if numbers:
+            msg += (
+                f". No genes: {len(numbers)} numeric column(s) kept as cell values "
+                f"({', '.join(numbers[:4])}{', ...' if len(numbers) > 4 else ''}); tick "
+                "'Numeric columns are genes' and load again to read them as genes"
+            )
+        self.set_status(msg)
 
     # ------------------------------------------------------------------ layers
     def _track(self, layer) -> bool:
@@ -303,6 +335,7 @@ class SectionsWidget(DockBase):
             if not self._layers:
                 self._color = {}
                 self.legend.clear()
+                self.colour_bar.clear()
             self._refresh()
 
     def _labels_union(self) -> list[str]:
@@ -430,6 +463,7 @@ class SectionsWidget(DockBase):
             ad = ly.metadata["adata"]
             values[id(ly)] = gene_values(ad, found) if found in ad.var_names else None
         self._color = {"key": found, "source": "gene", "kind": "continuous", "values": values}
+        self._show_in_annotation(NONE_ITEM)  # the panel says what the cells show
         self._recolor_continuous(auto=True)
 
     def color_by_annotation(self, column: str) -> None:
@@ -437,9 +471,8 @@ class SectionsWidget(DockBase):
         through the colormap."""
         if not self._layers:
             return
-        i = self.annotation_combo.findText(column)
-        if i >= 0 and self.annotation_combo.currentIndex() != i:
-            self.annotation_combo.setCurrentIndex(i)
+        self._show_in_annotation(column)
+        self.gene_edit.clear()
         is_label = any(column in label_columns(ly.metadata["adata"]) for ly in self._layers)
         if not is_label:
             values = {}
@@ -480,7 +513,9 @@ class SectionsWidget(DockBase):
             "categories": categories,
         }
         self._set_continuous_enabled(False)
+        self.colour_bar.clear()
         self.legend.clear()
+        self.legend.setVisible(True)
         for cat in categories:
             item = QListWidgetItem(swatch(legend[cat]), f"{cat}  ({counts.get(cat, 0):,})")
             item.setData(Qt.UserRole, cat)
@@ -489,6 +524,14 @@ class SectionsWidget(DockBase):
         if missing:
             msg += f"; no {column} in {', '.join(missing)} (grey)"
         self.set_status(msg)
+
+    def _show_in_annotation(self, text: str) -> None:
+        """Set the Annotation box to ``text`` without recolouring."""
+        i = self.annotation_combo.findText(text)
+        if i >= 0 and self.annotation_combo.currentIndex() != i:
+            self.annotation_combo.blockSignals(True)
+            self.annotation_combo.setCurrentIndex(i)
+            self.annotation_combo.blockSignals(False)
 
     def _recolor_continuous(self, auto: bool = False) -> None:
         c = self._color
@@ -523,10 +566,9 @@ class SectionsWidget(DockBase):
             paint(ly, rgba)
         self._set_continuous_enabled(True)
         self.legend.clear()
+        self.legend.setVisible(False)
         lo, hi = c["clim"]
-        item = QListWidgetItem(gradient_icon(cmap), f"{c['key']}: {lo:.3g} to {hi:.3g}")
-        item.setData(Qt.UserRole, c["key"])
-        self.legend.addItem(item)
+        self.colour_bar.show_range(c["key"], cmap, lo, hi)
         what = "gene" if c["source"] == "gene" else "annotation"
         msg = f"coloured by {what} {c['key']} ({cmap}, {lo:.3g} to {hi:.3g})"
         if missing:
@@ -552,6 +594,8 @@ class SectionsWidget(DockBase):
             paint(ly, rgba)
         self._color = {}
         self.legend.clear()
+        self.legend.setVisible(True)
+        self.colour_bar.clear()
         self._set_continuous_enabled(False)
         self.set_status("default colours")
 
@@ -576,7 +620,10 @@ class SectionsWidget(DockBase):
         layer.features = feats
 
     def legend_categories(self) -> list[str]:
-        """The categories (or the gene / column) the legend shows, in order."""
+        """The categories the legend shows, in order (or the gene / column the colour
+        bar shows)."""
+        if self.colour_bar.limits is not None:
+            return [self.colour_bar.title.text()]
         return [self.legend.item(i).data(Qt.UserRole) for i in range(self.legend.count())]
 
     # ------------------------------------------------------------------ select

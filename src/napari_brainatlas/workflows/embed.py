@@ -27,7 +27,7 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, report
 from ._progress import raise_if_cancelled, relay
 from .outputs import check_output_folder, write_sections
-from .sections import as_sections, section_names
+from .sections import as_sections, require_genes, section_names
 
 __all__ = ["Embedded", "embed_sections", "load_fusemap", "train_fusemap", "write_embedding"]
 
@@ -110,6 +110,7 @@ def embed_sections(
     sections = as_sections(sections)
     if not sections:
         raise BrainAtlasInputError("no sections to embed")
+    require_genes(sections, "embedding")
     rank, world, device = _device(device)
     progress = progress if rank == 0 else None
     names = list(names) if names is not None else section_names(sections)

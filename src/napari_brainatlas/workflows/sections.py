@@ -30,7 +30,9 @@ __all__ = [
     "FileInfo",
     "as_sections",
     "describe_file",
+    "numeric_columns_note",
     "read_paths",
+    "require_genes",
     "section_name",
     "section_names",
     "select_section",
@@ -80,20 +82,24 @@ def read_paths(
     pixel_size_um: float | None = None,
     *,
     section_key: str | None = None,
+    genes=None,
 ) -> list[AnnData]:
     """Every section of every path, in memory, with unique names (see the module doc).
 
     ``pixel_size_um``: micrometres per coordinate unit (default: from the file, else 1);
     ``section_key``: the obs column splitting a multi-section file (default: the first
-    of :data:`napari_brainatlas.io.SECTION_KEYS` present). Raises one
+    of :data:`napari_brainatlas.io.SECTION_KEYS` present); ``genes``: which numeric
+    columns of a csv / tsv cell table are genes (``True``, names, ``"FIRST:LAST"``;
+    default none: they stay obs columns; see :mod:`napari_brainatlas.io.tables`). Raises one
     :class:`BrainAtlasInputError` for a missing or unreadable path, or when no path
     holds a section.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     sections = []
+    kw = {"genes": genes} if genes is not None else {}
     for p in paths:
-        for a in read_sections(p, pixel_size_um=pixel_size_um, section_key=section_key):
+        for a in read_sections(p, pixel_size_um=pixel_size_um, section_key=section_key, **kw):
             sections.append(a.to_memory() if getattr(a, "isbacked", False) else a)
     if not sections:
         raise BrainAtlasInputError("no sections found in the input")
@@ -115,6 +121,23 @@ def as_sections(items, pixel_size_um: float | None = None) -> list[AnnData]:
     return read_paths(items, pixel_size_um)
 
 
+def require_genes(sections: Sequence[AnnData], what: str) -> None:
+    """One clear error when a section has no genes (a cell table read without
+    ``genes``: its numeric columns are cell values)."""
+    names = section_names(sections)
+    for a, name in zip(sections, names):
+        if a.n_vars == 0:
+            meta = a.uns.get("napari_brainatlas", {})
+            numbers = meta.get("numeric_columns", []) if isinstance(meta, dict) else []
+            hint = (
+                f"; its numeric columns ({', '.join(list(numbers)[:4])}) are cell values "
+                "unless read with --genes-from-columns (genes=)"
+                if numbers
+                else ""
+            )
+            raise BrainAtlasInputError(f"{what} needs genes, but section {name!r} has none{hint}")
+
+
 def select_section(sections: Sequence[AnnData], name: str | None = None, source="") -> AnnData:
     """The section called ``name``; without a name, the only section there is."""
     names = section_names(sections)
@@ -128,6 +151,16 @@ def select_section(sections: Sequence[AnnData], name: str | None = None, source=
             f"there are {len(sections)} sections{where}; choose one by name ({', '.join(names)})"
         )
     return sections[0]
+
+
+def numeric_columns_note(columns: Sequence[str]) -> str:
+    """The line saying a cell table's numeric columns were kept as cell values."""
+    cols = list(columns)
+    shown = ", ".join(cols[:6]) + (f", ... ({len(cols)} in all)" if len(cols) > 6 else "")
+    return (
+        f"no genes: {len(cols)} numeric column(s) kept as cell values ({shown}); "
+        "to read them as genes use --genes-from-columns (all, A,B,C or FIRST:LAST)"
+    )
 
 
 @dataclass
@@ -152,14 +185,21 @@ class FileInfo:
                 f"{s['extent_um'][0]:.0f} x {s['extent_um'][1]:.0f} um, "
                 f"counts={s['counts']}, labels: {', '.join(s['labels']) or '-'}"
             )
+            if not s["n_genes"] and s.get("numeric_obs"):
+                out.append("    " + numeric_columns_note(s["numeric_obs"]))
         return out
 
 
 def describe_file(
-    path: str | Path, pixel_size_um: float | None = None, *, section_key: str | None = None
+    path: str | Path,
+    pixel_size_um: float | None = None,
+    *,
+    section_key: str | None = None,
+    genes=None,
 ) -> FileInfo:
     """Read ``path`` and summarise it (cells, genes, extent in um, label columns)."""
-    secs = read_sections(path, pixel_size_um=pixel_size_um, section_key=section_key)
+    kw = {"genes": genes} if genes is not None else {}
+    secs = read_sections(path, pixel_size_um=pixel_size_um, section_key=section_key, **kw)
     meta = secs[0].uns["napari_brainatlas"]
     info = FileInfo(str(path), meta["format"], meta["coords_from"], meta["pixel_size_um"])
     for i, s in enumerate(secs):
@@ -173,6 +213,7 @@ def describe_file(
                 "extent_um": tuple(float(v) for v in xy.max(0) - xy.min(0)),
                 "counts": "counts" in s.layers,
                 "labels": labels,
+                "numeric_obs": list(s.uns["napari_brainatlas"].get("numeric_columns", [])),
             }
         )
     return info
