@@ -1,6 +1,7 @@
 """Validation sections cut from the real CCFv3 (50 um): deterministic, truth consistent,
 uneven density, per-section panels and capture, reference vs query keys."""
 
+import anndata
 import numpy as np
 import pytest
 
@@ -111,8 +112,12 @@ def test_uneven_density_panels_and_capture(ccf50):
     assert x[iso & (div == "Isocortex")].mean() > 3 * x[iso & (div != "Isocortex")].mean()
 
 
-def test_reference_and_query_keys(ccf50, pair):
+def test_reference_and_query_keys(ccf50, pair, tmp_path):
     ref, qry = pair
+    for a, name in ((ref[0], "r.h5ad"), (qry[0], "q.h5ad")):  # writable as .h5ad
+        a.write_h5ad(tmp_path / name)
+    back = anndata.read_h5ad(tmp_path / "r.h5ad")
+    assert np.allclose(back.uns["demo_truth"]["affine"], ref[0].uns["demo_truth"]["affine"])
     for r in ref:
         assert np.array_equal(r.obsm["ccf_coords"], r.obsm["ccf_coords_true"])
         assert np.array_equal(r.obs["ccf_id"].to_numpy(), r.obs["ccf_id_true"].to_numpy())

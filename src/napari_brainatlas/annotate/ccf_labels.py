@@ -119,7 +119,7 @@ def _fit_level(refs, atlas, lv, embedding, kw, cancel):
     return MLPLabelClassifier(**kw).fit(Z, y, cancel=cancel), len(y)
 
 
-def _predict(clf, q: AnnData, embedding, smooth, smooth_k):
+def _predict(clf, q: AnnData, embedding, smooth_k):
     """(labels, uncertainty, has_embedding) of one query section (unthresholded)."""
     z = _embedding(q, embedding, "query")
     ok = np.isfinite(z).all(1)
@@ -129,7 +129,7 @@ def _predict(clf, q: AnnData, embedding, smooth, smooth_k):
         p = clf.predict_proba(z[ok])
         lab[ok] = clf.classes_[p.argmax(1)]
         unc[ok] = 1.0 - p.max(1)
-        if smooth and ok.sum() > 1 and "spatial" in q.obsm:
+        if smooth_k > 1 and ok.sum() > 1 and "spatial" in q.obsm:
             xy = np.asarray(q.obsm["spatial"], float)[ok, :2]
             ls, us = smooth_labels(xy, lab[ok].astype(str), k=smooth_k, weights=1.0 - unc[ok])
             lab[ok], unc[ok] = ls, us
@@ -145,7 +145,6 @@ def transfer_ccf_labels(
     embedding: str = TISSUE_KEY,
     min_confidence: float = 0.5,
     min_counts: float = 10,
-    smooth: bool = True,
     smooth_k: int = 30,
     seed: int = 0,
     max_epochs: int = 200,
@@ -166,8 +165,8 @@ def transfer_ccf_labels(
     min_confidence : cells whose certainty ``1 - uncertainty`` is below this are
         "unassigned".
     min_counts : cells with fewer total counts are "unassigned" (uncertainty 1).
-    smooth, smooth_k : spatial vote of the ``smooth_k`` nearest cells, weighted by
-        certainty, before the threshold.
+    smooth_k : spatial vote of the ``smooth_k`` nearest cells, weighted by certainty,
+        before the threshold (0: no smoothing, the classifier's own ``1 - max p``).
     progress : ``progress(done, total, info)`` after each level; cancel : ``cancel() ->
         bool``, polled between epochs (:class:`napari_brainatlas.Cancelled` when it says so).
 
@@ -191,7 +190,7 @@ def transfer_ccf_labels(
         cats = [str(c) for c in clf.classes_] + [UNASSIGNED]
         n_assigned = n_all = 0
         for q in qry:
-            lab, unc, ok = _predict(clf, q, embedding, smooth, smooth_k)
+            lab, unc, ok = _predict(clf, q, embedding, smooth_k)
             few = _total_counts(q) < float(min_counts)
             unc[few | ~ok] = 1.0
             lab[few | ~ok | (1.0 - unc < float(min_confidence))] = UNASSIGNED
@@ -205,7 +204,6 @@ def transfer_ccf_labels(
             "embedding": embedding,
             "min_confidence": float(min_confidence),
             "min_counts": float(min_counts),
-            "smoothed": bool(smooth),
             "smooth_k": int(smooth_k),
             "n_reference_cells": int(n_ref),
             "classes": len(clf.classes_),

@@ -382,7 +382,11 @@ def make_ccf_section(atlas, spec: SectionSpec, model: CCFExpressionModel) -> Ann
     truth = dict(a.uns["demo_truth"])
     truth.update(
         atlas=atlas.name,
-        spec={k: v for k, v in asdict(spec).items() if k != "extra"},
+        spec={
+            k: (np.asarray(v, dtype=float) if isinstance(v, tuple) else v)
+            for k, v in asdict(spec).items()
+            if k != "extra"
+        },
         capture=capture,
         expression_seed=model.seed,
     )

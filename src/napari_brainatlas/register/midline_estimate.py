@@ -54,6 +54,8 @@ COARSE_CELLS = 700
 FINE_CELLS = 2500
 #: the midline points sit at these fractions of the cells' extent along the line
 ENDS = (0.1, 0.9)
+#: spacing of the atlas voxels that :func:`label_geometry` reads (um)
+GEOMETRY_STEP_UM = 100.0
 
 
 @dataclass
@@ -88,7 +90,7 @@ def label_geometry(atlas, level="division", slab_um: float = 400.0) -> dict:
     ``names`` (the labels), per label ``dv`` mean DV um, ``medial`` mean
     ``|ML - midline|`` / half width, ``count`` voxels, and ``slabs``: for slabs of
     ``|ML - midline|`` ``slab_um`` wide, each label's (AP, DV) centroid and voxel count
-    (the sagittal direction fit). Voxels are read every 50 um."""
+    (the sagittal direction fit). Voxels are read every ``GEOMETRY_STEP_UM``."""
     from .ccf_levels import ccf_level_labels, parse_level
 
     lv = parse_level(level)
@@ -98,13 +100,22 @@ def label_geometry(atlas, level="division", slab_um: float = 400.0) -> dict:
     import pandas as pd
 
     ann = np.asarray(atlas.annotation)
-    step = max(1, int(round(50.0 / atlas.resolution_um)))
+    step = max(1, int(round(GEOMETRY_STEP_UM / atlas.resolution_um)))
     sub = ann[::step, ::step, ::step]
     idx = np.argwhere(sub > 0)
-    lab = ccf_level_labels(atlas, sub[tuple(idx.T)], lv)
-    ok = lab != ""
-    idx, lab = idx[ok], lab[ok]
-    code, names = pd.factorize(lab)
+    # labels through the unique ids (hashing ints; strings only for the few unique ids)
+    id_code, uniq = pd.factorize(sub[tuple(idx.T)])
+    lab_code, names = pd.factorize(ccf_level_labels(atlas, np.asarray(uniq), lv))
+    names = np.asarray(names, dtype=str)
+    empty = np.flatnonzero(names == "")
+    code = lab_code[id_code]
+    if len(empty):
+        ok = code != empty[0]
+        idx, code = idx[ok], code[ok]
+        keep = np.flatnonzero(names != "")
+        remap = np.full(len(names), -1)
+        remap[keep] = np.arange(len(keep))
+        code, names = remap[code], names[keep]
     um = (idx + 0.5) * step * atlas.resolution_um  # (AP, DV, ML)
     K = len(names)
     half = float(atlas.midline_ml_um)
@@ -170,6 +181,24 @@ def _prep(xy, labels, weights, atlas, level):
     if np.sum(w > 0) < 20:
         return xy, None, w, None  # too few labelled cells: shape only
     return xy, codes, w, geom
+
+
+def _symmetry_codes(labels, n: int):
+    """Integer codes (-1 ignored) and weights of labels for the symmetry test."""
+    import pandas as pd
+
+    lab = np.asarray(labels)
+    if len(lab) != n:
+        raise BrainAtlasInputError("symmetry_labels must have one value per cell")
+    if np.issubdtype(lab.dtype, np.integer):
+        codes = lab.astype(np.int64)
+    else:
+        s = pd.Series(lab).astype(str)
+        codes, _ = pd.factorize(s.where(~s.isin(["", "unassigned", "nan", "None"])))
+    codes = np.asarray(codes, dtype=np.int64)
+    if np.sum(codes >= 0) < 20:
+        return None, np.ones(n)
+    return codes, (codes >= 0).astype(float)
 
 
 def _spacing(xy: np.ndarray, rng) -> float:
@@ -354,7 +383,7 @@ def _edge_candidate(xy, chain, spacing, size):
         n2 = -n2
     # the line sits at the outer edge of the band cells (a low quantile of the depth)
     o = m + np.quantile((pts - m) @ n2, 0.05) * n2
-    bins = max(int(L / max(2.0 * spacing, 1e-9)), 4)
+    bins = max(int(L / max(3.0 * spacing, 1e-9)), 4)
     occ = np.unique(np.clip((t[sel] / L * bins).astype(int), 0, bins - 1))
     return {"u": u2, "n": n2, "o": o, "length": L, "coverage": len(occ) / bins}
 
@@ -388,7 +417,7 @@ def _cut_edge(xy, div, w, g, spacing):
     best = cands[0]
     second = cands[1]["score"] if len(cands) > 1 else 0.0
     margin = (best["score"] - second) / max(best["score"], 1e-12)
-    conf = float(np.clip(best["coverage"] / 0.9, 0, 1) * np.clip(margin / 0.3, 0, 1))
+    conf = float(np.clip(best["coverage"] / 0.7, 0, 1) * np.clip(margin / 0.3, 0, 1))
     if div is not None:
         conf *= float(np.clip(best["medial"] / 0.4, 0, 1))
     det = {
@@ -451,6 +480,7 @@ def estimate_midline(
     plane: str = "coronal",
     hemisphere: str = "both",
     weights=None,
+    symmetry_labels=None,
     seed: int = 0,
 ) -> MidlineEstimate:
     """Estimate a section's midline (see the module docstring).
@@ -468,6 +498,10 @@ def estimate_midline(
     level : the label level (:mod:`.ccf_levels`: "division", "fine", a depth, ...).
     plane : "coronal" or "sagittal"; hemisphere : "both", "left" or "right" (coronal).
     weights : (n,) certainty of each cell's label (e.g. ``1 - uncertainty``).
+    symmetry_labels : (n,) labels of any level (strings or integer codes; "",
+        "unassigned" and negative codes ignored) used instead of ``labels`` for the
+        mirror-symmetry test of full coronal sections only (it compares labels, it needs
+        no atlas): e.g. finer transferred labels next to division-level ``labels``.
 
     Returns a :class:`MidlineEstimate` (``midline`` dorsal point first).
     """
@@ -492,7 +526,11 @@ def estimate_midline(
         o = xy.mean(0)
         method = "dv_axis"
     elif hemisphere == "both":
-        u, o, conf, det = _symmetry(xy, codes, w, rng, spacing)
+        if symmetry_labels is not None:
+            sc, sw = _symmetry_codes(symmetry_labels, len(xy))
+            u, o, conf, det = _symmetry(xy, sc, sw, rng, spacing)
+        else:
+            u, o, conf, det = _symmetry(xy, codes, w, rng, spacing)
         method = "symmetry"
     else:
         u, o, conf, det = _cut_edge(xy, codes, w, geom, spacing)
