@@ -4,10 +4,11 @@
 ``midline`` (section um, a dorsal point then a ventral one) and a confidence in [0, 1]:
 
 * **full coronal sections** (``hemisphere="both"``): the mirror-symmetry axis of the
-  cells. Every axis (angle, offset) on a grid, then a finer grid around the best, is
-  scored by reflecting a subsample of the cells across it: each reflected cell scores
-  ``exp(-(d / r)^2)`` for the distance ``d`` to its nearest cell, and with region labels
-  weighs 1 when that cell has the same label and ``LABEL_MISMATCH`` when not (labels
+  cells. The section is put on a grid (a smooth tissue image and each tissue pixel's
+  majority label); every axis (angle every 2 deg, offsets across the middle 60 % of the
+  section), then a finer grid around the best, is scored by reflecting a subsample of
+  the labelled cells across it: a reflected cell scores the tissue image where it lands,
+  in full when the label there is its own and ``LABEL_MISMATCH`` of it when not (labels
   tell the left-right axis from the dorsoventral one, which an elliptic outline has as
   well). Confidence: the best score, and its margin over the best axis more than
   ``DISTINCT_DEG`` away.
@@ -15,23 +16,24 @@
   Runs of nearly collinear edges of the cells' convex hull are candidates; each is
   refitted to the cells along it and scored by its length, how densely cells line it
   (a hull edge that bridges a concavity has none in its middle), and with labels by
-  how well the cells' distance from it follows their divisions' distance from the
+  how well the cells' distance from it follows their labels' mean distance from the
   atlas midline (a torn edge is straight too, but not medial).
 * **sagittal sections**: a dorsoventral line through the cells' centre. Its direction
-  comes from the labels: the centroids of the major divisions in the section are
-  matched (orthogonal Procrustes, reflection allowed) to the divisions' centroids in
+  comes from the labels: the centroids of the labels in the section are matched
+  (orthogonal Procrustes with scale, reflection allowed) to the labels' centroids in
   atlas slabs at several distances from the midline; the best slab's fit gives the DV
   direction. Without labels the sweep of ``register_section`` has to find it, so the
   confidence is 0.
 
 Which end is dorsal: the cells' positions along the line are correlated with the mean
-DV depth of their divisions in the atlas. Without labels (or with fewer than two
-divisions) the end where the tissue is wider is taken as dorsal, with half the
-confidence.
+DV depth of their labels in the atlas. Without labels (or with fewer than two) the end
+where the tissue is wider is taken as dorsal, with half the confidence.
 
-Region labels come as division codes (``cell_div``, :func:`.metrics.label_division_index`
-or :func:`.ccf_levels.level_divisions`; -1 = ignored) with optional per-cell weights
-(certainty of a transferred label). Plain Python, no Qt.
+Labels are those of :mod:`.ccf_levels` at a given level (major divisions by default,
+e.g. ``obs['ccf_division_transfer']`` of :mod:`napari_brainatlas.annotate.ccf_labels`;
+"unassigned" is ignored) or integer major-division codes (-1 ignored), with optional
+per-cell weights (the certainty of a transferred label). Where each label lies in the
+atlas is read once per atlas and level (:func:`label_geometry`). Plain Python, no Qt.
 """
 
 from __future__ import annotations
