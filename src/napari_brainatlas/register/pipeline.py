@@ -48,6 +48,10 @@ def register_section(
     hemisphere : "both", "left" or "right" (coronal hemisections; the midline is the cut edge).
     midline : (2, 2) or (4,) section um, a dorsal then a ventral point on the midline
         (for sagittal sections: any dorsal -> ventral line). None: rotation sweep only.
+        "auto": estimated from the cells and their region labels
+        (:func:`.midline_estimate.estimate_midline`: the mirror-symmetry axis of a full
+        coronal section, the cut edge of a hemisection, the labels' dorsoventral axis
+        of a sagittal one; ``metrics['midline_confidence']``).
     landmarks : extra user pairs, (k, 4) ``x_s, y_s, x_atlas, y_atlas`` rows or
         ``{"section": (k,2), "atlas": (k,2), "weights": (k,)}``.
     settings : :class:`~.settings.RegistrationSettings` (default: its defaults), the
@@ -65,7 +69,8 @@ def register_section(
     **options : fields of ``settings`` set for this call (``dataclasses.replace``):
         ``angles_deg``, ``mirrored``, ``refine_position``, ``plane_search``,
         ``search_um``, ``max_angle_deg``, ``nonlinear``, ``label_warp``, ``area_refine``,
-        ``landmark_weight``, ``region_key``, ``spatial_key``, and ``max_iter``, ``tol``,
+        ``landmark_weight``, ``region_key``, ``label_weights``, ``spatial_key``, and
+        ``max_iter``, ``tol``,
         ``sweep`` (the outline fit's ICP limits and rotation sweep); see
         :class:`~.settings.RegistrationSettings`. ``refine_position`` searches the plane
         near the given one; with region labels ``plane_search="joint"`` (default) fits
@@ -73,6 +78,17 @@ def register_section(
         alternates label proposals with label fits (about 3x faster, less accurate: see
         benchmarks/registration/RESULTS_registration.md). An unknown option raises
         :class:`BrainAtlasInputError` naming it.
+
+    Region labels (``obs[region_key]``, any CCF depth: acronyms, cortical layers) are
+    read as major divisions; "unassigned" cells are ignored, and with an
+    ``obs[region_key + '_uncertainty']`` column (transferred labels,
+    :func:`napari_brainatlas.annotate.ccf_labels.transfer_ccf_labels`) each cell weighs
+    by its certainty. With labels, ``position_um=None`` and ``midline="auto"`` the
+    section needs no clicks: the position is scanned along the whole axis, then the
+    plane (position and cutting angles) searched with the labels. An automatic position
+    keeps the scan's best candidates in ``result.candidates``; the confidence drops
+    when the runner-up scores close to the best, and never exceeds
+    ``ConfidenceSettings.outline_position_max`` when the outline alone chose it.
 
     Returns a :class:`RegistrationResult`. Raises :class:`BrainAtlasInputError` for
     bad input and :class:`~napari_brainatlas.Cancelled` when cancelled.

@@ -30,6 +30,7 @@ __all__ = [
     "composition_vectors",
     "locate_section",
     "refine_plane",
+    "scan_candidates",
     "scan_positions",
     "series_positions",
 ]
@@ -288,5 +289,51 @@ def locate_section(sec, given: float | None) -> Position:
         return (ag if ag is not None else -best.score), None
 
     scan = scan_positions(score_at, sec.atlas, sec.plane, sec.hemisphere, cancel=sec.cancel)
-    sec.notes.append(f"position scanned: best {scan['position_um']:.0f} um")
+    by = "labels" if sec.labelled else "outline"
+    fold = float(sec.atlas.midline_ml_um) if sec.plane == "sagittal" else None
+    cands, margin = scan_candidates(
+        scan["scores"], s.confidence.candidate_apart_um, s.confidence.n_candidates, by, fold
+    )
+    sec.scan = {"candidates": cands, "margin": margin, "by": by}
+    sec.notes.append(
+        f"position scanned ({by}): best {scan['position_um']:.0f} um; candidates "
+        + ", ".join(f"{c['position_um']:.0f}" for c in cands)
+        + f" um; margin {margin:.3f}"
+    )
     return Position(scan["position_um"], s.angles_deg, True, True)
+
+
+def scan_candidates(
+    scores, apart_um: float, n: int, by: str, fold_um: float | None = None
+) -> tuple[list, float]:
+    """The best ``n`` positions of a scan (``scores`` (k, 2) rows of position, score,
+    higher better), each at least ``apart_um`` from the better ones, as
+    ``[{"position_um", "score"}]`` best first, and the margin of the best over the
+    runner-up: ``by="outline"`` (score = -outline cost) (runner-up cost - best cost) /
+    best cost, ``by="labels"`` (score = label agreement) the difference. The margin is
+    large (1.0) when there is no runner-up. ``fold_um`` (sagittal: the midline): positions
+    mirrored across it are the same place (neither the outline nor the labels tell the
+    two hemispheres apart), so a runner-up must be ``apart_um`` from the best's mirror
+    image too."""
+    sc = np.asarray(scores, dtype=float).reshape(-1, 2)
+
+    def dist(p, q):
+        d = abs(p - q)
+        return d if fold_um is None else min(d, abs(p - (2 * fold_um - q)))
+
+    order = np.argsort(-sc[:, 1], kind="stable")
+    picked: list = []
+    for i in order:
+        p, v = float(sc[i, 0]), float(sc[i, 1])
+        if all(dist(p, q["position_um"]) >= apart_um for q in picked):
+            picked.append({"position_um": p, "score": v})
+        if len(picked) >= max(n, 2):
+            break
+    if len(picked) < 2:
+        return picked[:n], 1.0
+    b, r = picked[0]["score"], picked[1]["score"]
+    if by == "outline":
+        margin = (r - b) / min(b, -1e-12)  # scores are -cost: (cost_r - cost_b) / cost_b
+    else:
+        margin = b - r
+    return picked[:n], float(max(margin, 0.0))

@@ -36,6 +36,10 @@ class RegistrationResult:
         of each (e.g. "anchors similarity", then "anchors affine"): the fit's model
         changes there; converged (see :class:`~.icp.ICPResult`), iterations.
     confidence : in [0, 1]; metrics : see :func:`.metrics.registration_metrics`.
+    candidates : with an automatic position, the scan's best positions (each at least
+        ``ConfidenceSettings.candidate_apart_um`` from the better ones), best first:
+        ``{"position_um", "score", "by"}`` (score: label agreement, or minus the outline
+        cost); ``metrics['position_margin']`` is the best one's margin.
     """
 
     atlas: str
@@ -61,6 +65,7 @@ class RegistrationResult:
     start: str = ""
     notes: list = field(default_factory=list)
     cost_stages: list = field(default_factory=list)
+    candidates: list = field(default_factory=list)
 
     # ---------------------------------------------------------------- mapping
     @property
@@ -117,12 +122,13 @@ class RegistrationResult:
         d = self.to_dict()
         d["warp"] = json.dumps(d["warp"])  # ragged: kept as a JSON string
         d["notes"] = json.dumps(d["notes"])
+        d["candidates"] = json.dumps(d["candidates"])
         return _h5able(d)
 
     @classmethod
     def from_uns(cls, d: dict) -> RegistrationResult:
         d = dict(d)
-        for k in ("warp", "notes"):
+        for k in ("warp", "notes", "candidates"):
             if isinstance(d.get(k), str):
                 d[k] = json.loads(d[k])
         return cls.from_dict(d)
@@ -192,6 +198,9 @@ def make_result(sec, plane, fin, metrics: dict, confidence: float) -> Registrati
         position_estimated=plane.estimated,
         start=best.start,
         notes=sec.notes,
+        candidates=[]
+        if sec.scan is None
+        else [{**c, "by": sec.scan["by"]} for c in sec.scan["candidates"]],
         cost_stages=[str(x) for x in getattr(best.icp, "stages", [])],
     )
 

@@ -59,6 +59,11 @@ def score(sec, plane, fin) -> tuple[dict, float]:
             sec.atlas, tmpl.slice, mapped, sec.cell_div, sec.plane
         )
     m["rotation_deg"] = decompose(A)["rotation_deg"]
+    if sec.scan is not None:
+        m["position_margin"] = float(sec.scan["margin"])
+        m["position_outline_only"] = sec.scan["by"] == "outline"
+    if sec.midline_estimate is not None:
+        m["midline_confidence"] = float(sec.midline_estimate.confidence)
     return m, confidence_score(m, sec.settings.confidence)
 
 
@@ -70,7 +75,12 @@ def confidence_score(metrics: dict, settings: ConfidenceSettings | None = None) 
     midline's agreement with the template's (angle under 8 deg, offset under 3% of the
     size), with region labels, label agreement (1 above 0.85, 0 at 0.45), and with the
     label refit, its restart spread (0.5 at ``settings.spread_half_um``,
-    :class:`~.settings.ConfidenceSettings`).
+    :class:`~.settings.ConfidenceSettings`). An automatic position (``position_margin``,
+    the scan's margin of the best position over the runner-up at least
+    ``candidate_apart_um`` away) scales it by ``ramp(margin, 0, outline_margin_full)``
+    and caps it at ``outline_position_max`` when the outline alone chose the position
+    (``position_outline_only``), by ``ramp(margin, 0, label_margin_full)`` when labels
+    did (off at 0).
     """
     st = ConfidenceSettings() if settings is None else settings
 
@@ -86,6 +96,12 @@ def confidence_score(metrics: dict, settings: ConfidenceSettings | None = None) 
         c *= ramp(metrics["label_agreement"], 0.45, 0.85)
     if metrics.get("fit_spread_um") is not None and np.isfinite(metrics["fit_spread_um"]):
         c *= 1.0 / (1.0 + (metrics["fit_spread_um"] / st.spread_half_um) ** 2)
+    if "position_margin" in metrics:
+        margin = float(metrics["position_margin"])
+        if metrics.get("position_outline_only"):
+            c = min(c * ramp(margin, 0.0, st.outline_margin_full), st.outline_position_max)
+        elif st.label_margin_full > 0:
+            c *= ramp(margin, 0.0, st.label_margin_full)
     return float(np.clip(c, 0.0, 1.0))
 
 

@@ -20,7 +20,7 @@ from .._errors import BrainAtlasInputError
 from .affine import apply_affine
 from .anchors import validate_midline
 from .boundary import MIN_CELLS, section_outline
-from .metrics import division_index, label_division_index
+from .metrics import division_index
 from .outline_fit import SectionShape, fit_to_template
 from .settings import RegistrationSettings
 from .template import Template, template_for
@@ -28,6 +28,7 @@ from .template import Template, template_for
 __all__ = [
     "Section",
     "cell_divisions",
+    "cell_labels",
     "load_atlas",
     "prepare_section",
     "progress_protocol",
@@ -53,6 +54,15 @@ class Section:
     progress: object = None  # progress(done, total, info) or None
     cancel: object = None  # cancel() -> bool or None
     notes: list = field(default_factory=list)
+    #: (n,) certainty of each cell's label in [0, 1] (transferred labels: 1 -
+    #: uncertainty), 0 where ``cell_div`` is -1; None: every labelled cell counts fully
+    cell_weight: np.ndarray | None = None
+    #: the automatic midline (:class:`.midline_estimate.MidlineEstimate`) when
+    #: ``midline="auto"``
+    midline_estimate: object = None
+    #: the position scan of an automatic position: ``candidates`` (best first, list of
+    #: {"position_um", "score"}), ``margin``, ``by`` ("labels" or "outline")
+    scan: dict | None = None
 
     def __post_init__(self):
         n = len(self.xy)
@@ -87,13 +97,25 @@ class Section:
         sub = self._rank
         ids = tmpl.slice.labels_at(apply_affine(A, self.xy[sub]))
         tdiv, _ = division_index(self.atlas, ids)
-        return float(np.mean(tdiv == self.cell_div[sub]))
+        if self.cell_weight is None:
+            return float(np.mean(tdiv == self.cell_div[sub]))
+        w = self.cell_weight[sub]  # certainty-weighted, unassigned cells left out
+        return float(np.sum(w * (tdiv == self.cell_div[sub])) / max(np.sum(w), 1e-12))
 
     def label_sample(self, n_max: int, seed: int) -> np.ndarray:
-        """Sorted indices of at most ``n_max`` labelled cells (a seeded random subsample)."""
+        """Sorted indices of at most ``n_max`` labelled cells (a seeded random subsample;
+        with ``cell_weight``, drawn with probability proportional to the certainty, so
+        that uncertain labels weigh less in every label fit)."""
         ok = np.flatnonzero(self.cell_div >= 0)
+        if self.cell_weight is not None:
+            ok = ok[self.cell_weight[ok] > 0]
         if len(ok) > n_max:
-            ok = np.sort(np.random.default_rng(seed).choice(ok, n_max, replace=False))
+            rng = np.random.default_rng(seed)
+            p = None
+            if self.cell_weight is not None:
+                p = self.cell_weight[ok] / self.cell_weight[ok].sum()
+                n_max = min(n_max, int(np.sum(p > 0)))
+            ok = np.sort(rng.choice(ok, n_max, replace=False, p=p))
         return ok
 
     def fit_outline(
@@ -145,11 +167,17 @@ def prepare_section(
     if plane == "sagittal" and hemisphere != "both":
         hemisphere = "both"  # a sagittal slice lies in one hemisphere already
     xy = section_xy(adata, settings.spatial_key)
-    mid = None
-    if midline is not None:
+    cell_div, cell_w = cell_labels(adata, atlas, settings.region_key, settings.label_weights)
+    mid, estimate = None, None
+    if isinstance(midline, str) and midline.lower() == "auto":
+        estimate = _auto_midline(xy, cell_div, cell_w, atlas, plane, hemisphere)
+        mid = validate_midline(estimate.midline, xy)
+    elif midline is not None:
         mid = validate_midline(midline, xy)
     elif hemisphere != "both":
-        raise BrainAtlasInputError("a hemisection needs its cut edge as the midline (two points)")
+        raise BrainAtlasInputError(
+            "a hemisection needs its cut edge as the midline (two points, or 'auto')"
+        )
     given = _given_position(atlas, plane, position_um)
     # the searches (plane, label starts, positions) stay between the atlas's first and
     # last planes with tissue
@@ -163,14 +191,37 @@ def prepare_section(
         landmarks=parse_landmarks(landmarks, settings.landmark_weight),
         outline=section_outline(xy),
         midline=mid,
-        cell_div=cell_divisions(adata, atlas, settings.region_key),
+        cell_div=cell_div,
         bounds=(max(lo, t_lo), min(hi, t_hi)),
         name=section_name(adata, name),
         settings=settings,
         progress=progress_protocol(progress),
         cancel=cancel,
+        cell_weight=cell_w,
+        midline_estimate=estimate,
     )
+    if estimate is not None:
+        sec.notes.append(
+            f"midline estimated ({estimate.method}, dorsal end from {estimate.dorsal_from}, "
+            f"confidence {estimate.confidence:.2f})"
+        )
     return sec, given
+
+
+def _auto_midline(xy, cell_div, cell_w, atlas, plane, hemisphere):
+    """The automatic midline (:func:`.midline_estimate.estimate_midline`) from the cells
+    and their labels' major divisions (certainty-weighted; shape only without labels)."""
+    from .midline_estimate import estimate_midline
+
+    labels = None if cell_div is None else np.asarray(cell_div, dtype=np.int64)
+    return estimate_midline(
+        xy,
+        labels,
+        atlas if labels is not None else None,
+        plane=plane,
+        hemisphere=hemisphere,
+        weights=cell_w if labels is not None else None,
+    )
 
 
 def _given_position(atlas, plane: str, position_um) -> float | None:
@@ -252,16 +303,53 @@ def parse_landmarks(landmarks, weight: float):
 
 def cell_divisions(adata, atlas, region_key) -> np.ndarray | None:
     """Major-division index of each cell's region label (-1 unknown); None when the
-    labels are missing or fewer than half of them name a division."""
+    labels are missing or fewer than half of them name a division ("unassigned",
+    empty and missing labels left out of that count)."""
+    return cell_labels(adata, atlas, region_key, False)[0]
+
+
+#: labels that mean "no label" (a transfer's unassigned cells, empty cells)
+NO_LABEL = ("unassigned", "", "nan", "None")
+#: labelled cells (at least) for the labels to drive the registration
+MIN_LABELLED = 20
+
+
+def cell_labels(adata, atlas, region_key, weights: bool = True) -> tuple:
+    """(cell_div, cell_weight) of the cells' region labels.
+
+    ``cell_div`` (n,) major-division index of each label (:func:`.ccf_levels.level_divisions`:
+    acronyms at any depth, cortical layer labels "L2/3"... -> Isocortex), -1 for
+    "unassigned" and unknown labels; None when the column is missing, fewer than half of
+    the labelled cells name a division, or fewer than ``MIN_LABELLED`` do.
+    ``cell_weight`` (n,): with ``weights`` and an ``obs[region_key + '_uncertainty']``
+    column (a transfer's, :mod:`napari_brainatlas.annotate.ccf_labels`), the certainty
+    ``1 - uncertainty`` (0 where ``cell_div`` is -1); else None (every label counts fully)."""
     if region_key is None or region_key not in adata.obs:
-        return None
+        return None, None
     import pandas as pd
 
-    cat = pd.Categorical(adata.obs[region_key])
-    div_cat = label_division_index(atlas, np.asarray(cat.categories).astype(str))
+    from .ccf_levels import level_divisions
+
+    cat = pd.Categorical(adata.obs[region_key].astype(str))
+    names = np.asarray(cat.categories).astype(str)
+    div_cat = level_divisions(atlas, names) if len(names) else np.zeros(0, np.int64)
     codes = np.asarray(cat.codes)
     div = np.where(codes >= 0, div_cat[np.clip(codes, 0, None)] if len(div_cat) else -1, -1)
-    return div if np.mean(div >= 0) >= 0.5 else None
+    has = codes >= 0
+    if len(names):
+        has &= ~np.isin(names[np.clip(codes, 0, None)], NO_LABEL)
+    named = div >= 0
+    if named.sum() < MIN_LABELLED or named.sum() < 0.5 * max(has.sum(), 1):
+        return None, None
+    ukey = f"{region_key}_uncertainty"
+    if not weights or ukey not in adata.obs:
+        return div.astype(np.int64), None
+    u = pd.to_numeric(adata.obs[ukey], errors="coerce").to_numpy(dtype=float)
+    w = np.clip(1.0 - np.nan_to_num(u, nan=1.0), 0.0, 1.0)
+    w = np.where(named, w, 0.0)
+    if np.sum(w > 0) < MIN_LABELLED:
+        return None, None
+    return div.astype(np.int64), w
 
 
 def section_name(adata, name: str | None) -> str:

@@ -318,6 +318,21 @@ class ConfidenceSettings:
 
     #: restart spread (um) of the in-plane fit at which its factor is 0.5
     spread_half_um: float = 22.0
+    #: candidate positions of a scan closer than this (um) to a better one are the same
+    #: place; the best farther one is the runner-up the margin is measured against
+    candidate_apart_um: float = 300.0
+    #: candidates kept in the result
+    n_candidates: int = 3
+    #: outline-only automatic position: the confidence is multiplied by
+    #: ``ramp(margin, 0, outline_margin_full)``, margin = (runner-up cost - best cost) /
+    #: best cost of the outline fits of the scan ...
+    outline_margin_full: float = 0.5
+    #: ... and never exceeds this: the outline alone cannot vouch for the position
+    outline_position_max: float = 0.6
+    #: label-guided automatic position: multiplied by ``ramp(margin, 0,
+    #: label_margin_full)``, margin = best - runner-up label agreement of the scan
+    #: (0: off)
+    label_margin_full: float = 0.0
 
 
 #: option names of ``register_section`` that set a nested field
@@ -364,8 +379,11 @@ class RegistrationSettings:
     area_refine: bool = False
     #: weight of each user landmark pair
     landmark_weight: float = 5.0
-    #: obs column with region labels (None: none)
+    #: obs column with region labels (None: none); "unassigned" labels are ignored
     region_key: str | None = "region"
+    #: weight each cell's label by its certainty, ``1 - obs[region_key +
+    #: '_uncertainty']``, when that column is there (transferred labels)
+    label_weights: bool = True
     #: obsm key of the (n, 2) cell coordinates, um
     spatial_key: str = "spatial"
     outline: OutlineFitSettings = OutlineFitSettings()
