@@ -8,6 +8,13 @@
   cell error against the demo truth in um, CCF structure agreement, confidence) and
   ``<out>/qc.png``; returns a :class:`DemoRun`. ``progress(done, total, info)`` after
   each step with one line for a log in ``info['message']``.
+  With ``from_reference=True`` only the first two full sections are registered from
+  their clicks; a FuseMap trained on them is written to ``<out>/reference/model`` (with
+  the registered, embedded sections beside it, :func:`make_demo_reference`) and the
+  other sections are placed from that reference with no clicks
+  (:func:`.register_reference.register_from_reference`).
+* :func:`make_demo_reference` - a registered demo reference: sections registered from
+  their clicks, FuseMap trained on them, ``<folder>/model`` + ``<folder>/<section>.h5ad``.
 * :func:`qc_figure` - the QC picture (cells by a label, a gene, and in atlas space).
 * :func:`display_available` - whether a window can open.
 * :func:`run_demo_pipeline` - the former ``napari_brainatlas.pipeline`` entry point
@@ -30,6 +37,7 @@ from ..jobs import ProgressFn, check_cancel, report
 __all__ = [
     "DemoRun",
     "display_available",
+    "make_demo_reference",
     "qc_figure",
     "run_demo",
     "run_demo_pipeline",
@@ -212,7 +220,99 @@ def _register_demo(sections, atlas, out: Path, step, cancel):
     return done, numbers
 
 
-def run_demo(out, *, seed: int = 0, progress: ProgressFn | None = None, cancel=None) -> DemoRun:
+#: demo sections registered by clicks to form the reference of the from-reference demo
+REFERENCE_SECTIONS = ("S1_full_AP2600", "S3_full_AP4800")
+
+
+def make_demo_reference(
+    sections,
+    atlas,
+    folder,
+    *,
+    names: tuple = REFERENCE_SECTIONS,
+    epochs: int = 4,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> dict:
+    """A registered reference for the demo: the sections named ``names`` registered
+    from their (true) midline clicks, a small FuseMap trained on them (``epochs`` per
+    phase), written as ``folder/model`` and ``folder/<section>.h5ad`` (registered and
+    embedded, what ``--from-reference`` reads). Returns ``{"model": path, "reference":
+    [paths], "numbers": {section: errors against the truth}}``."""
+    from ..fusemap import FuseMap
+    from .embed import Embedded, train_fusemap, write_embedding
+    from .register import register_one
+    from .sections import section_names
+
+    picked = [(a, n) for a, n in zip(sections, section_names(sections)) if n in names]
+    if len(picked) < 2:
+        raise ValueError(f"the demo reference needs the sections {', '.join(names)}")
+    regs, numbers = [], {}
+    for a, _ in picked:
+        check_cancel(cancel)
+        reg = register_one(a, atlas, cancel=cancel, **_truth_options(a))
+        numbers[reg.name], _ = _error_report(reg)
+        regs.append(reg)
+    net = {"n_latent": 16, "n_hidden": 64, "disc_hidden": 32}
+    model = FuseMap([r.adata for r in regs], seed=seed, **net)
+    train_fusemap(model, epochs, progress=progress, cancel=cancel)
+    emb = Embedded(model, model.write_embeddings(copy=True), [r.name for r in regs])
+    folder = Path(folder)
+    paths = write_embedding(emb, folder)
+    return {"model": folder / "model", "reference": paths, "numbers": numbers}
+
+
+def _register_demo_from_reference(sections, atlas, out: Path, step, cancel):
+    """The from-reference demo: two sections by clicks form the reference, the others
+    are placed from it with no clicks (the user states the plane and hemisphere)."""
+    from ..io import atomic_write_text
+    from .register_reference import register_from_reference
+    from .sections import section_names
+
+    names = section_names(sections)
+    ref = make_demo_reference(sections, atlas, out / "reference", cancel=cancel)
+    numbers = dict(ref["numbers"])
+    step(f"reference: {', '.join(REFERENCE_SECTIONS)} registered by clicks, FuseMap trained")
+    done = {n: None for n in names}
+    for p in ref["reference"]:
+        from anndata import read_h5ad
+
+        a = read_h5ad(p)
+        done[Path(p).stem] = a
+    rest = [a for a, n in zip(sections, names) if n not in REFERENCE_SECTIONS]
+    by_hemi: dict = {}
+    for a in rest:
+        by_hemi.setdefault(a.uns.get("demo_truth", {}).get("hemisphere", "both"), []).append(a)
+    for hemi, group in by_hemi.items():
+        res = register_from_reference(
+            group,
+            atlas,
+            ref["model"],
+            plane="coronal",
+            hemisphere=hemi,
+            map_epochs=4,
+            cancel=cancel,
+        )
+        for reg in res.registered:
+            numbers[reg.name], line = _error_report(reg)
+            step(line + " (from the reference, no clicks)")
+            done[reg.name] = reg.adata
+        for name, why in res.failed.items():
+            step(f"{name}: not registered from the reference: {why}")
+    out_sections = [done[n] if done[n] is not None else a for a, n in zip(sections, names)]
+    atomic_write_text(json.dumps(numbers, indent=1), out / "registration_report.json")
+    return out_sections, numbers
+
+
+def run_demo(
+    out,
+    *,
+    seed: int = 0,
+    from_reference: bool = False,
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> DemoRun:
     """Run the main job headless on the demo (see the module docstring)."""
     from ..atlas import make_demo_atlas
     from ..io import write_h5ad
@@ -238,7 +338,11 @@ def run_demo(out, *, seed: int = 0, progress: ProgressFn | None = None, cancel=N
         )
     )
     atlas = make_demo_atlas()
-    sections, run.report = _register_demo(sections, atlas, out, step, cancel)
+    if from_reference:
+        counter["total"] += 1
+        sections, run.report = _register_demo_from_reference(sections, atlas, out, step, cancel)
+    else:
+        sections, run.report = _register_demo(sections, atlas, out, step, cancel)
     for s, name in zip(sections, section_names(sections)):
         run.results.append(write_h5ad(s, out / "results" / f"{name}.h5ad"))
     step(f"wrote {len(run.results)} result files to {out / 'results'}")
