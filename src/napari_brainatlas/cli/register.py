@@ -4,6 +4,23 @@
         --plane coronal|sagittal (--position-um P | --auto-position)
         [--hemisphere left|right|both] --midline X1,Y1,X2,Y2 --out OUT.h5ad
 
+    napari-brainatlas register QUERY.h5ad [QUERY2 ...] --atlas NAME|PATH [--ontology FILE]
+        --plane coronal|sagittal --from-reference MODEL_DIR [--reference REF.h5ad ...]
+        [--label-depth division|fine|layer|N] [--hemisphere ...] [--midline ...]
+        [--position-um P] --out OUT.h5ad|FOLDER
+
+With ``--from-reference`` (issue 22) no clicks are needed: the queries are mapped onto
+the FuseMap model trained on registered reference sections (``--reference``, default the
+``<section>.h5ad`` files ``embed`` wrote beside MODEL_DIR), CCF labels are transferred
+to every cell (``obs['ccf_division_transfer']`` and ``obs['ccf_division_transfer_uncertainty']``,
+with ``--label-depth`` also ``obs['ccf_<depth>_transfer']`` and its uncertainty,
+written beside the CCF keys) and drive the placement: the midline is estimated and the
+position scanned, then position and cutting angles searched with the labels.
+``--midline`` and ``--position-um`` are optional there and kept as constraints when
+given. Several queries (or a multi-section file) need an output folder: one
+``<section>.h5ad`` each and ``summary.csv`` (confidence, plane, candidate positions;
+doubtful sections first). One line per section is printed, least confident first.
+
 Prints the plane found, the fit (iterations, final cost, scale, confidence) and the
 metrics; writes the section with obsm['ccf_coords'], obs['ccf_id'], obs['ccf_acronym'] and
 uns['ccf_registration'] to OUT.h5ad (atomically; the input is never touched), and with
@@ -21,11 +38,12 @@ section and writes section,position_um rows to a .csv.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .._errors import BrainAtlasInputError
 from ._common import Progress, add_verbose
 
-__all__ = ["add_parser", "parse_midline", "run", "run_series"]
+__all__ = ["add_parser", "parse_midline", "run", "run_from_reference", "run_series"]
 
 
 def parse_midline(text: str):
@@ -47,7 +65,11 @@ def _add_register(sub) -> None:
         help="register a section to the Allen CCFv3 (or demo) atlas: CCF coordinates per cell",
         description="Register a section to the Allen CCFv3 (or the demo atlas).",
     )
-    p.add_argument("section", help="section file (.h5ad, .loom, .csv or a folder)")
+    p.add_argument(
+        "section",
+        nargs="+",
+        help="section file (.h5ad, .loom, .csv or a folder); several with --from-reference",
+    )
     p.add_argument(
         "--atlas", required=True, help="'demo', a BrainGlobe atlas name, or an annotation .nrrd"
     )
@@ -57,7 +79,7 @@ def _add_register(sub) -> None:
         help="structure tree .csv or structure graph .json (with an .nrrd)",
     )
     p.add_argument("--plane", required=True, choices=("coronal", "sagittal"))
-    g = p.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--position-um", type=float, help="AP (coronal) or ML (sagittal) position, um")
     g.add_argument(
         "--auto-position", action="store_true", help="estimate the position from the atlas"
@@ -65,11 +87,35 @@ def _add_register(sub) -> None:
     p.add_argument("--hemisphere", default="both", choices=("both", "left", "right"))
     p.add_argument(
         "--midline",
-        required=True,
+        default=None,
         help="x1,y1,x2,y2: a dorsal then a ventral point on the midline (section um); "
-        "for a hemisection, on the cut edge",
+        "for a hemisection, on the cut edge (optional with --from-reference: estimated)",
     )
-    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--out", required=True, help="output .h5ad (or a folder, several sections)")
+    r = p.add_argument_group("from a registered reference (no clicks)")
+    r.add_argument(
+        "--from-reference",
+        default=None,
+        metavar="MODEL_DIR",
+        help="FuseMap model folder trained on registered reference sections: CCF labels "
+        "transferred from them place the sections; --midline and --position-um optional",
+    )
+    r.add_argument(
+        "--reference",
+        nargs="+",
+        default=None,
+        metavar="REF.h5ad",
+        help="the registered, embedded reference sections (default: the .h5ad files beside "
+        "MODEL_DIR, as embed writes them)",
+    )
+    r.add_argument(
+        "--label-depth",
+        default="division",
+        help="also transfer labels at this level: division (default: divisions only), fine, "
+        "layer, field, nucleus, subdivision or an ontology depth N",
+    )
+    r.add_argument("--map-epochs", type=int, default=15, help="query-mapping epochs")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda (the query mapping)")
     p.add_argument("--section-name", default=None, help="which section of a multi-section file")
     p.add_argument(
         "--pixel-size", type=float, default=None, help="um per coordinate unit of the input"
@@ -159,6 +205,23 @@ def _iteration(done, total, info, elapsed_s) -> str:
 
 
 def run(args) -> int:
+    if args.from_reference:
+        return run_from_reference(args)
+    if len(args.section) != 1:
+        raise BrainAtlasInputError("register one section at a time (or use --from-reference)")
+    if args.midline is None:
+        raise BrainAtlasInputError("--midline is needed (or --from-reference, which estimates it)")
+    if args.position_um is None and not args.auto_position:
+        raise BrainAtlasInputError(
+            "give --position-um or --auto-position (or --from-reference, which estimates it)"
+        )
+    if args.reference:
+        raise BrainAtlasInputError("--reference goes with --from-reference")
+    args.section = args.section[0]
+    return _run_one(args)
+
+
+def _run_one(args) -> int:
     from ..workflows import register as wf
     from ..workflows.outputs import check_output_file
     from ..workflows.sections import read_paths, select_section
@@ -197,6 +260,71 @@ def run(args) -> int:
     if reg.warning():
         print(f"warning: {reg.warning()}", file=sys.stderr)
     return 0
+
+
+def _stage_text(done, total, info, elapsed_s) -> str:
+    stage = info.get("stage", "")
+    what = info.get("section") or info.get("labels") or ""
+    return f"register from reference: {stage} {done}/{total} {what}".rstrip()
+
+
+def run_from_reference(args) -> int:
+    """``register --from-reference``: no clicks (see the module docstring)."""
+    from ..workflows import register as wf
+    from ..workflows.outputs import check_output_file, check_output_folder
+    from ..workflows.register_reference import register_from_reference, write_from_reference
+    from ..workflows.sections import read_paths, select_section
+
+    if args.quicknii or args.json:
+        raise BrainAtlasInputError(
+            "--quicknii and --json go with one section without --from-reference"
+        )
+    out = Path(args.out)
+    if out.suffix.lower() == ".h5ad":
+        check_output_file(out, ".h5ad", args.section)
+    else:
+        check_output_folder(out)
+    atlas = wf.load_atlas(args.atlas, args.ontology)
+    sections = read_paths(args.section, args.pixel_size)
+    if args.section_name:
+        sections = [select_section(sections, args.section_name, source=", ".join(args.section))]
+    if out.suffix.lower() == ".h5ad" and len(sections) != 1:
+        raise BrainAtlasInputError(
+            f"{len(sections)} sections need an output folder, not one .h5ad file"
+        )
+    opts = {
+        "plane": args.plane,
+        "hemisphere": args.hemisphere,
+        "plane_search": args.plane_search or "joint",
+        "nonlinear": bool(args.nonlinear),
+        "mirrored": {"auto": None, "yes": True, "no": False}[args.mirrored or "auto"],
+    }
+    if args.midline is not None:
+        opts["midline"] = parse_midline(args.midline)
+    if args.position_um is not None:
+        opts["position_um"] = args.position_um
+    with Progress(text=_stage_text, verbose=args.verbose, quiet=args.quiet) as bar:
+        res = register_from_reference(
+            sections,
+            atlas,
+            args.from_reference,
+            reference=args.reference,
+            label_depth=args.label_depth,
+            map_epochs=args.map_epochs,
+            device=args.device,
+            progress=bar,
+            **opts,
+        )
+    inputs = list(args.section) + list(args.reference or [])
+    paths = write_from_reference(res, out, inputs=inputs)
+    for line in res.summary():
+        print(line)
+    print(f"wrote {len(paths)} file(s) to {out}")
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if res.doubtful():
+        print(f"check: {', '.join(res.doubtful())}", file=sys.stderr)
+    return 0 if res.registered else 2
 
 
 def run_series(args) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 
 __all__ = [
@@ -232,6 +233,7 @@ def make_demo_reference(
     names: tuple = REFERENCE_SECTIONS,
     epochs: int = 4,
     seed: int = 0,
+    by_truth: bool = False,
     progress: ProgressFn | None = None,
     cancel=None,
 ) -> dict:
@@ -239,7 +241,8 @@ def make_demo_reference(
     from their (true) midline clicks, a small FuseMap trained on them (``epochs`` per
     phase), written as ``folder/model`` and ``folder/<section>.h5ad`` (registered and
     embedded, what ``--from-reference`` reads). Returns ``{"model": path, "reference":
-    [paths], "numbers": {section: errors against the truth}}``."""
+    [paths], "numbers": {section: errors against the truth}}``. ``by_truth``: the
+    sections carry their true CCF keys instead of a registration (quick; for tests)."""
     from ..fusemap import FuseMap
     from .embed import Embedded, train_fusemap, write_embedding
     from .register import register_one
@@ -247,17 +250,25 @@ def make_demo_reference(
 
     picked = [(a, n) for a, n in zip(sections, section_names(sections)) if n in names]
     if len(picked) < 2:
-        raise ValueError(f"the demo reference needs the sections {', '.join(names)}")
+        raise BrainAtlasInputError(f"the demo reference needs the sections {', '.join(names)}")
     regs, numbers = [], {}
-    for a, _ in picked:
+    for a, name in picked:
         check_cancel(cancel)
+        if by_truth:
+            r = a.copy()
+            ids = np.asarray(r.obs["ccf_id_true"], dtype=np.int64)
+            r.obsm["ccf_coords"] = np.asarray(r.obsm["ccf_coords_true"], float)
+            r.obs["ccf_id"] = ids
+            r.obs["ccf_acronym"] = atlas.ontology.acronyms(ids)
+            regs.append((r, name))
+            continue
         reg = register_one(a, atlas, cancel=cancel, **_truth_options(a))
         numbers[reg.name], _ = _error_report(reg)
-        regs.append(reg)
+        regs.append((reg.adata, reg.name))
     net = {"n_latent": 16, "n_hidden": 64, "disc_hidden": 32}
-    model = FuseMap([r.adata for r in regs], seed=seed, **net)
+    model = FuseMap([r for r, _ in regs], seed=seed, **net)
     train_fusemap(model, epochs, progress=progress, cancel=cancel)
-    emb = Embedded(model, model.write_embeddings(copy=True), [r.name for r in regs])
+    emb = Embedded(model, model.write_embeddings(copy=True), [n for _, n in regs])
     folder = Path(folder)
     paths = write_embedding(emb, folder)
     return {"model": folder / "model", "reference": paths, "numbers": numbers}
