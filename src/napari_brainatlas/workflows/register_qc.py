@@ -125,7 +125,8 @@ def compare_columns(adata, max_categories: int = 500) -> list[str]:
     at most ``max_categories`` values (preferred names first)."""
     out = []
     for c in adata.obs.columns:
-        if str(c) in _NOT_LABELS or str(c).startswith("ccf_") and not str(c).endswith("_true"):
+        own = str(c).endswith(("_true", "_transfer"))  # truth, transferred CCF labels
+        if str(c) in _NOT_LABELS or str(c).startswith("ccf_") and not own:
             continue
         s = adata.obs[c]
         kind = "C" if isinstance(s.dtype, pd.CategoricalDtype) else s.dtype.kind

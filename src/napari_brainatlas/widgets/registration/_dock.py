@@ -43,6 +43,7 @@ from .._base import DockBase, snapshot
 from .._common import section_layers
 from .._notify import one_line, show_error
 from ._batch import BatchMixin
+from ._from_reference import FromReferenceMixin
 from ._overlays import Overlays
 from ._qc_panel import QCMixin
 from .session import FLIPS, RegisterOptions, RegistrationSession
@@ -135,7 +136,7 @@ def _spin(lo, hi, step, value, decimals=1, suffix="", tip="") -> QDoubleSpinBox:
     return w
 
 
-class RegistrationWidget(QCMixin, BatchMixin, DockBase):
+class RegistrationWidget(QCMixin, BatchMixin, FromReferenceMixin, DockBase):
     """Dock widget: register a section to an atlas slice, check it and write it back."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -181,6 +182,7 @@ class RegistrationWidget(QCMixin, BatchMixin, DockBase):
             self._register_box(),
             self._check_box(),
             self._batch_box(),
+            self._from_reference_box(),
         ):
             root.addWidget(box)
         self.set_status("Load an atlas, pick a section, draw its midline, Register.")
