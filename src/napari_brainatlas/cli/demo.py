@@ -17,6 +17,13 @@ def add_parser(sub) -> None:
     )
     q.add_argument("--out", type=Path, default=Path("demo_out"), help="results folder")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--from-reference",
+        action="store_true",
+        help="headless: register two sections by their clicks, train FuseMap on them "
+        "(<out>/reference/model) and place the other sections from that reference with "
+        "no clicks",
+    )
     q.set_defaults(func=run_demo)
 
     q = sub.add_parser("demo-data", help="write the demo atlas and demo sections as files")
@@ -30,15 +37,17 @@ def add_parser(sub) -> None:
 def run_demo(args) -> int:
     from ..workflows import demo
 
-    if args.headless or not demo.display_available():
-        if not args.headless:
+    if args.headless or args.from_reference or not demo.display_available():
+        if not args.headless and not args.from_reference:
             print("no display found: running the demo headless", file=sys.stderr)
 
         def log(done, total, info):  # the demo's steps are its log: one line each
             if info.get("message"):
                 print(info["message"], flush=True)
 
-        res = demo.run_demo(args.out, seed=args.seed, progress=log)
+        res = demo.run_demo(
+            args.out, seed=args.seed, from_reference=args.from_reference, progress=log
+        )
         print(f"results in {res.out}")
         return 0
     from ..widgets.launch import launch_demo_viewer
