@@ -106,6 +106,15 @@ def test_register_modules_hold_no_tuning_globals():
         "_CACHE",  # atlas-slice cache
         "_CACHE_LOCK",
         "_DIV_CACHE",  # ontology -> division table cache
+        # ccf_levels: the ontology's vocabulary (level names, layer and field names,
+        # the thalamic nuclei's depth), a regex and the label-table cache
+        "LEVELS",
+        "LAYER_LABELS",
+        "HIPPOCAMPAL_FIELDS",
+        "NUCLEUS_DEPTH",
+        "_LAYER_RE",
+        "_TABLES",
+        "_GEOM",  # midline_estimate: where each label lies in the atlas (cache)
     }
     found = {}
     for f in sorted(REGISTER.glob("*.py")):

@@ -8,10 +8,10 @@
   majority label); every axis (angle every 2 deg, offsets across the middle 60 % of the
   section), then a finer grid around the best, is scored by reflecting a subsample of
   the labelled cells across it: a reflected cell scores the tissue image where it lands,
-  in full when the label there is its own and ``LABEL_MISMATCH`` of it when not (labels
+  in full when the label there is its own and ``label_mismatch`` of it when not (labels
   tell the left-right axis from the dorsoventral one, which an elliptic outline has as
   well). Confidence: the best score, and its margin over the best axis more than
-  ``DISTINCT_DEG`` away.
+  ``distinct_deg`` away (:class:`~.settings.MidlineSettings`).
 * **coronal hemisections** (``hemisphere`` "left" / "right"): the straight cut edge.
   Runs of nearly collinear edges of the cells' convex hull are candidates; each is
   refitted to the cells along it and scored by its length, how densely cells line it
@@ -44,20 +44,9 @@ import numpy as np
 from scipy.spatial import ConvexHull, cKDTree
 
 from .._errors import BrainAtlasInputError
+from .settings import MidlineSettings
 
 __all__ = ["MidlineEstimate", "estimate_midline", "label_geometry", "midline_error"]
-
-#: weight of a reflected cell whose nearest cell has another label
-LABEL_MISMATCH = 0.25
-#: the confidence margin compares the best axis with the best one at least this far off
-DISTINCT_DEG = 20.0
-#: cells used by the coarse / fine symmetry search
-COARSE_CELLS = 700
-FINE_CELLS = 2500
-#: the midline points sit at these fractions of the cells' extent along the line
-ENDS = (0.1, 0.9)
-#: spacing of the atlas voxels that :func:`label_geometry` reads (um)
-GEOMETRY_STEP_UM = 100.0
 
 
 @dataclass
@@ -87,22 +76,22 @@ class MidlineEstimate:
 _GEOM: dict = {}
 
 
-def label_geometry(atlas, level="division", slab_um: float = 400.0) -> dict:
+def label_geometry(atlas, level="division", slab_um: float = 400.0, step_um: float = 100.0) -> dict:
     """Where the labels of ``level`` (:mod:`.ccf_levels`) lie in the atlas (cached):
     ``names`` (the labels), per label ``dv`` mean DV um, ``medial`` mean
     ``|ML - midline|`` / half width, ``count`` voxels, and ``slabs``: for slabs of
     ``|ML - midline|`` ``slab_um`` wide, each label's (AP, DV) centroid and voxel count
-    (the sagittal direction fit). Voxels are read every ``GEOMETRY_STEP_UM``."""
+    (the sagittal direction fit). Voxels are read every ``step_um``."""
     from .ccf_levels import ccf_level_labels, parse_level
 
     lv = parse_level(level)
-    key = (id(atlas.annotation), id(atlas.ontology), lv, float(slab_um))
+    key = (id(atlas.annotation), id(atlas.ontology), lv, float(slab_um), float(step_um))
     if key in _GEOM:
         return _GEOM[key]
     import pandas as pd
 
     ann = np.asarray(atlas.annotation)
-    step = max(1, int(round(GEOMETRY_STEP_UM / atlas.resolution_um)))
+    step = max(1, int(round(step_um / atlas.resolution_um)))
     sub = ann[::step, ::step, ::step]
     idx = np.argwhere(sub > 0)
     # labels through the unique ids (hashing ints; strings only for the few unique ids)
@@ -147,7 +136,7 @@ def label_geometry(atlas, level="division", slab_um: float = 400.0) -> dict:
 
 
 # ---------------------------------------------------------------------- helpers
-def _prep(xy, labels, weights, atlas, level):
+def _prep(xy, labels, weights, atlas, level, step_um: float = 100.0):
     """Coordinates, label codes into ``label_geometry(atlas, level)`` (-1 ignored) or
     None, weights (0 for ignored cells), and the geometry (or None)."""
     xy = np.asarray(xy, dtype=float)
@@ -173,7 +162,7 @@ def _prep(xy, labels, weights, atlas, level):
         names = np.array(list(major_divisions(atlas)[0]) + [""], dtype=object)
         lab = names[np.where(lab >= 0, lab, len(names) - 1)]
         level = "division"
-    geom = label_geometry(atlas, level)
+    geom = label_geometry(atlas, level, step_um=step_um)
     import pandas as pd
 
     cats, uniq = pd.factorize(pd.Series(lab).astype(str))
@@ -232,8 +221,8 @@ def _orient(u, xy, div, w, g):
     return (u if w_lo >= w_hi else -u), "shape", 0.5
 
 
-def _ends(xy, u, o, band):
-    """Dorsal and ventral points on the line (o, u) at ``ENDS`` of the cells near it."""
+def _ends(xy, u, o, band, ends=(0.1, 0.9)):
+    """Dorsal and ventral points on the line (o, u) at ``ends`` of the cells near it."""
     nrm = np.array([-u[1], u[0]])
     d = np.abs((xy - o) @ nrm)
     near = d <= band
@@ -241,7 +230,7 @@ def _ends(xy, u, o, band):
         near = d <= np.quantile(d, 0.1)
     t = (xy[near] - o) @ u
     t0, t1 = np.min(t), np.max(t)
-    a, b = t0 + ENDS[0] * (t1 - t0), t0 + ENDS[1] * (t1 - t0)
+    a, b = t0 + ends[0] * (t1 - t0), t0 + ends[1] * (t1 - t0)
     return np.array([o + a * u, o + b * u])
 
 
@@ -250,9 +239,10 @@ class _Raster:
     """The section on a grid: a smooth tissue image and, with labels, each tissue
     pixel's label (the majority of its cells, or of the nearest labelled pixel)."""
 
-    def __init__(self, xy, labels, w, pixel):
+    def __init__(self, xy, labels, w, pixel, mismatch: float = 0.25):
         from scipy import ndimage as ndi
 
+        self.mismatch = float(mismatch)
         self.pix = float(pixel)
         self.lo = xy.min(0) - 3 * pixel
         shape = (np.ceil((xy.max(0) - self.lo) / pixel).astype(int) + 4)[::-1]  # (H, W)
@@ -283,7 +273,7 @@ class _Raster:
         g = np.where(inside, self.tissue[r, c], 0.0)
         if self.labels is not None and lab is not None:
             match = (self.labels[r, c] == lab).astype(float)
-            g = g * (LABEL_MISMATCH + (1.0 - LABEL_MISMATCH) * match)
+            g = g * (self.mismatch + (1.0 - self.mismatch) * match)
         return g
 
 
@@ -301,18 +291,18 @@ def _sym_scores(ras, q, qlab, c, thetas, offs):
     return out
 
 
-def _symmetry(xy, labels, w, rng, spacing):
+def _symmetry(xy, labels, w, rng, spacing, st: MidlineSettings):
     c = xy.mean(0)
     ext = np.ptp(xy, axis=0)
     size = float(np.sqrt(np.prod(ext) + 1e-12))
-    ras = _Raster(xy, labels, w, max(1.5 * spacing, float(ext.max()) / 150.0))
+    ras = _Raster(xy, labels, w, max(1.5 * spacing, float(ext.max()) / 150.0), st.label_mismatch)
     pool = np.flatnonzero(w > 0) if labels is not None else np.arange(len(xy))
 
     def sample(k):
         i = rng.choice(pool, min(k, len(pool)), replace=False)
         return xy[i], (None if labels is None else labels[i])
 
-    q, ql = sample(COARSE_CELLS)
+    q, ql = sample(st.coarse_cells)
     th = np.deg2rad(np.arange(0.0, 180.0, 2.0))
     off = np.linspace(-0.3, 0.3, 41) * size
     S = _sym_scores(ras, q, ql, c, th, off)
@@ -320,8 +310,9 @@ def _symmetry(xy, labels, w, rng, spacing):
     best_c = float(S[i, j])
     # the best axis well away from the winner (angles modulo 180)
     dth = np.abs(((np.rad2deg(th) - np.rad2deg(th[i])) + 90.0) % 180.0 - 90.0)
-    other = float(S[dth >= DISTINCT_DEG].max()) if np.any(dth >= DISTINCT_DEG) else 0.0
-    q, ql = sample(FINE_CELLS)
+    far = dth >= st.distinct_deg
+    other = float(S[far].max()) if np.any(far) else 0.0
+    q, ql = sample(st.fine_cells)
     th_f = th[i] + np.deg2rad(np.arange(-3.0, 3.01, 0.25))
     off_f = off[j] + np.linspace(-0.02, 0.02, 21) * size
     S2 = _sym_scores(ras, q, ql, c, th_f, off_f)
@@ -484,6 +475,7 @@ def estimate_midline(
     weights=None,
     symmetry_labels=None,
     seed: int = 0,
+    settings: MidlineSettings | None = None,
 ) -> MidlineEstimate:
     """Estimate a section's midline (see the module docstring).
 
@@ -504,6 +496,7 @@ def estimate_midline(
         "unassigned" and negative codes ignored) used instead of ``labels`` for the
         mirror-symmetry test of full coronal sections only (it compares labels, it needs
         no atlas): e.g. finer transferred labels next to division-level ``labels``.
+    settings : :class:`~.settings.MidlineSettings` (default its defaults).
 
     Returns a :class:`MidlineEstimate` (``midline`` dorsal point first).
     """
@@ -513,7 +506,8 @@ def estimate_midline(
         raise BrainAtlasInputError(
             f"hemisphere must be 'both', 'left' or 'right', not {hemisphere!r}"
         )
-    xy, codes, w, geom = _prep(xy, labels, weights, atlas, level)
+    st = MidlineSettings() if settings is None else settings
+    xy, codes, w, geom = _prep(xy, labels, weights, atlas, level, st.geometry_step_um)
     rng = np.random.default_rng(seed)
     spacing = _spacing(xy, rng)
     size = float(np.ptp(xy, axis=0).max())
@@ -530,9 +524,9 @@ def estimate_midline(
     elif hemisphere == "both":
         if symmetry_labels is not None:
             sc, sw = _symmetry_codes(symmetry_labels, len(xy))
-            u, o, conf, det = _symmetry(xy, sc, sw, rng, spacing)
+            u, o, conf, det = _symmetry(xy, sc, sw, rng, spacing, st)
         else:
-            u, o, conf, det = _symmetry(xy, codes, w, rng, spacing)
+            u, o, conf, det = _symmetry(xy, codes, w, rng, spacing, st)
         method = "symmetry"
     else:
         u, o, conf, det = _cut_edge(xy, codes, w, geom, spacing)
@@ -542,7 +536,7 @@ def estimate_midline(
         conf *= 0.5
     elif plane != "sagittal":
         conf *= 0.5 + 0.5 * strength
-    mid = _ends(xy, u, o, band=max(3.0 * spacing, 0.03 * size))
+    mid = _ends(xy, u, o, band=max(3.0 * spacing, 0.03 * size), ends=st.ends)
     det = {
         k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
         for k, v in det.items()

@@ -170,7 +170,7 @@ def prepare_section(
     cell_div, cell_w = cell_labels(adata, atlas, settings.region_key, settings.label_weights)
     mid, estimate = None, None
     if isinstance(midline, str) and midline.lower() == "auto":
-        estimate = _auto_midline(xy, cell_div, cell_w, atlas, plane, hemisphere)
+        estimate = _auto_midline(xy, cell_div, cell_w, atlas, plane, hemisphere, settings.midline)
         mid = validate_midline(estimate.midline, xy)
     elif midline is not None:
         mid = validate_midline(midline, xy)
@@ -208,7 +208,7 @@ def prepare_section(
     return sec, given
 
 
-def _auto_midline(xy, cell_div, cell_w, atlas, plane, hemisphere):
+def _auto_midline(xy, cell_div, cell_w, atlas, plane, hemisphere, settings):
     """The automatic midline (:func:`.midline_estimate.estimate_midline`) from the cells
     and their labels' major divisions (certainty-weighted; shape only without labels)."""
     from .midline_estimate import estimate_midline
@@ -221,6 +221,7 @@ def _auto_midline(xy, cell_div, cell_w, atlas, plane, hemisphere):
         plane=plane,
         hemisphere=hemisphere,
         weights=cell_w if labels is not None else None,
+        settings=settings,
     )
 
 
@@ -308,19 +309,13 @@ def cell_divisions(adata, atlas, region_key) -> np.ndarray | None:
     return cell_labels(adata, atlas, region_key, False)[0]
 
 
-#: labels that mean "no label" (a transfer's unassigned cells, empty cells)
-NO_LABEL = ("unassigned", "", "nan", "None")
-#: labelled cells (at least) for the labels to drive the registration
-MIN_LABELLED = 20
-
-
-def cell_labels(adata, atlas, region_key, weights: bool = True) -> tuple:
+def cell_labels(adata, atlas, region_key, weights: bool = True, min_labelled: int = 20) -> tuple:
     """(cell_div, cell_weight) of the cells' region labels.
 
     ``cell_div`` (n,) major-division index of each label (:func:`.ccf_levels.level_divisions`:
     acronyms at any depth, cortical layer labels "L2/3"... -> Isocortex), -1 for
     "unassigned" and unknown labels; None when the column is missing, fewer than half of
-    the labelled cells name a division, or fewer than ``MIN_LABELLED`` do.
+    the labelled cells name a division, or fewer than ``min_labelled`` do.
     ``cell_weight`` (n,): with ``weights`` and an ``obs[region_key + '_uncertainty']``
     column (a transfer's, :mod:`napari_brainatlas.annotate.ccf_labels`), the certainty
     ``1 - uncertainty`` (0 where ``cell_div`` is -1); else None (every label counts fully)."""
@@ -337,9 +332,10 @@ def cell_labels(adata, atlas, region_key, weights: bool = True) -> tuple:
     div = np.where(codes >= 0, div_cat[np.clip(codes, 0, None)] if len(div_cat) else -1, -1)
     has = codes >= 0
     if len(names):
-        has &= ~np.isin(names[np.clip(codes, 0, None)], NO_LABEL)
+        no_label = ("unassigned", "", "nan", "None")  # a transfer's unassigned cells...
+        has &= ~np.isin(names[np.clip(codes, 0, None)], no_label)
     named = div >= 0
-    if named.sum() < MIN_LABELLED or named.sum() < 0.5 * max(has.sum(), 1):
+    if named.sum() < min_labelled or named.sum() < 0.5 * max(has.sum(), 1):
         return None, None
     ukey = f"{region_key}_uncertainty"
     if not weights or ukey not in adata.obs:
@@ -347,7 +343,7 @@ def cell_labels(adata, atlas, region_key, weights: bool = True) -> tuple:
     u = pd.to_numeric(adata.obs[ukey], errors="coerce").to_numpy(dtype=float)
     w = np.clip(1.0 - np.nan_to_num(u, nan=1.0), 0.0, 1.0)
     w = np.where(named, w, 0.0)
-    if np.sum(w > 0) < MIN_LABELLED:
+    if np.sum(w > 0) < min_labelled:
         return None, None
     return div.astype(np.int64), w
 

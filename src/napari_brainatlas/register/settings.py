@@ -33,6 +33,7 @@ __all__ = [
     "LabelFitSettings",
     "LabelStartSettings",
     "LabelWarpSettings",
+    "MidlineSettings",
     "OutlineFitSettings",
     "PlaneSearchSettings",
     "ProposalSettings",
@@ -335,6 +336,24 @@ class ConfidenceSettings:
     label_margin_full: float = 0.0
 
 
+@dataclass(frozen=True)
+class MidlineSettings:
+    """The automatic midline (:func:`.midline_estimate.estimate_midline`)."""
+
+    #: weight of a reflected cell whose nearest cell has another label
+    label_mismatch: float = 0.25
+    #: the confidence margin compares the best axis with the best one at least this
+    #: far off (deg)
+    distinct_deg: float = 20.0
+    #: cells used by the coarse / fine symmetry search
+    coarse_cells: int = 700
+    fine_cells: int = 2500
+    #: the midline points sit at these fractions of the cells' extent along the line
+    ends: tuple = (0.1, 0.9)
+    #: spacing of the atlas voxels where each label lies is read (um)
+    geometry_step_um: float = 100.0
+
+
 #: option names of ``register_section`` that set a nested field
 OPTION_FIELDS = {
     "max_iter": ("outline", "icp", "max_iter"),
@@ -394,6 +413,7 @@ class RegistrationSettings:
     quick: QuickSearchSettings = QuickSearchSettings()
     finish: FinishSettings = FinishSettings()
     confidence: ConfidenceSettings = ConfidenceSettings()
+    midline: MidlineSettings = MidlineSettings()
 
     def __post_init__(self):
         if self.plane_search not in ("joint", "quick"):
