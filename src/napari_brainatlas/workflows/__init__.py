@@ -19,6 +19,8 @@ Modules (imported on first use, so ``import napari_brainatlas.workflows`` is che
 =============  ================================================================
 sections       read paths into sections, name sections (``read_paths``, ...)
 register       one section, many, an ordered series (``register_one``, ...)
+register_reference  sections placed from a registered reference, no clicks
+               (``register_from_reference``, ``write_from_reference``)
 embed          FuseMap embedding, the model folder (``embed_sections``, ...)
 transfer       label transfer onto query sections (``label_transfer``, ...)
 impute         genes a section never measured (``impute_sections``)
@@ -62,6 +64,7 @@ __all__ = [
     "prepare_domains",
     "read_paths",
     "reference_files",
+    "register_from_reference",
     "register_many",
     "register_one",
     "run_demo",
@@ -75,6 +78,7 @@ __all__ = [
     "write_cellformer",
     "write_domains",
     "write_embedding",
+    "write_from_reference",
     "write_imputed",
     "write_registered",
     "write_series",
@@ -107,6 +111,7 @@ _WHERE = {
         "write_registered",
         "write_series",
     ),
+    "register_reference": ("register_from_reference", "write_from_reference"),
     "sections": (
         "as_sections",
         "describe_file",
