@@ -1,4 +1,4 @@
-"""Benchmark draft (issue 22): register new sections with no clicks from a registered
+"""Benchmark (issue 22): register new sections with no clicks from a registered
 reference, side by side with the outline-only automatic position and the true-label
 ceiling.
 
@@ -12,21 +12,28 @@ and capture shifts, and no labels, midline or position.
 
 Pipeline: FuseMap on the reference (small network and few epochs, stated in the
 report), every query mapped onto it (``annotate.map_query``), CCF labels transferred at
-the division and the fine level (``annotate.ccf_labels.transfer_ccf_labels``), the
-midline estimated (``register.midline_estimate``), and then today's public
-``register_section`` / ``apply_registration``. Methods, per query section:
+the division and the fine level (``annotate.ccf_labels.transfer_ccf_labels``), then the
+public ``register_section``. Methods, per query section:
 
-* **A, from reference (no clicks)**: ``region_key='ccf_division_transfer'``, the
-  estimated midline, ``position_um=None`` (the label-guided scan of the whole axis),
+* **A, from reference (no clicks)**: what ``register --from-reference`` runs:
+  ``region_key='ccf_division_transfer'`` (each cell weighted by its certainty, the
+  ``_uncertainty`` column; 'unassigned' ignored), ``midline="auto"`` (estimated by the
+  engine from the labels), ``position_um=None`` (the position scanned along the whole
+  axis, then position and cutting angles searched with the labels),
   ``refine_position=True``;
 * **B, outline only, automatic position**: no labels, ``position_um=None``, the true
-  midline (today's product: the user clicks it);
+  midline (today's product without labels: the user clicks it);
 * **C, true labels (the ceiling)**: the true major divisions as ``region_key``, the true
   midline, ``position_um=None``, ``refine_position=True``;
 * with ``--diagnostics`` also **A'**: transferred labels with the true midline (what
   the midline estimate costs) and **A-start**: transferred labels, estimated midline,
   the coarse position from the reference (``estimate_position``) with ``search_um``
   600 instead of the scan.
+
+The queries are split into a dev half and a test half (alternating blocks of the four
+kinds, :func:`part_of`): the confidence threshold under which a section is flagged for
+review is chosen on the dev half (:func:`choose_flag`: best recall of the failures at
+<= 15 % false alarms) and the figures are reported on the test half.
 
 The user states the plane and, for coronal hemisections, the hemisphere (typed
 options, not clicks). A left-right mirrored placement is not told apart from the
@@ -38,10 +45,14 @@ Per section: median / p95 3D cell error (um), within the hard target (median <= 
 p95 <= 150 um), share of cells in the right major division and fine structure
 (``register.ccf_levels`` "fine": cortical layer, hippocampal field, thalamic nucleus,
 else the division's subdivision) at their mapped CCF position, position error,
-reported confidence, time. Run from the repository root:
+reported confidence, time. Run from the repository root (the two halves can run at
+once in two processes; the first builds the embedding cache the second reads):
 
-    PYTHONPATH=src python benchmarks/registration/from_reference.py            # 40 queries, 25 um
-    PYTHONPATH=src python benchmarks/registration/from_reference.py --quick    # 8 queries, 50 um
+    ARGS="--res 50 --cache /tmp/frcache --out benchmarks/registration/RESULTS_from_reference.md"
+    PYTHONPATH=src python benchmarks/registration/from_reference.py $ARGS --part dev
+    PYTHONPATH=src python benchmarks/registration/from_reference.py $ARGS --part test
+    PYTHONPATH=src python benchmarks/registration/from_reference.py $ARGS --combine
+    PYTHONPATH=src python benchmarks/registration/from_reference.py --quick   # 8 queries, one run
 
 The figures are printed and written to RESULTS_from_reference.md (and a JSON dump).
 """
