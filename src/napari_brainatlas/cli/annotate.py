@@ -138,7 +138,7 @@ def run_transfer(args) -> int:
     from ..workflows.outputs import check_output_file
     from ..workflows.sections import read_paths
 
-    inputs = list(args.query) + list(args.reference or [])
+    inputs = [*args.query, *(args.reference or []), args.model]
     out = check_output_file(args.out, ".h5ad", inputs)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if not labels:
@@ -173,7 +173,8 @@ def run_impute(args) -> int:
     from ..workflows.outputs import check_output_file
     from ..workflows.sections import read_paths
 
-    out = check_output_file(args.out, ".h5ad", [args.data])
+    inputs = [args.data, args.model, *(args.reference or [])]
+    out = check_output_file(args.out, ".h5ad", inputs)
     sections = read_paths([args.data], args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:
         result = wf.impute_sections(
@@ -187,7 +188,7 @@ def run_impute(args) -> int:
             device=args.device,
             progress=bar,
         )
-    wf.write_imputed(result, out, inputs=[args.data])
+    wf.write_imputed(result, out, inputs=inputs)
     print(result.summary(where=str(out)), file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -84,12 +84,14 @@ def _epoch_text(done, total, info, elapsed_s) -> str:
 
 def run(args) -> int:
     from ..workflows import domains as wf
-    from ..workflows.outputs import check_output_folder
-    from ..workflows.sections import read_paths
+    from ..workflows.outputs import check_output_folder, check_run_folder
+    from ..workflows.sections import read_paths, section_names
 
     wf.check_options(alpha=args.alpha, epochs=args.epochs, n_domains=args.n_domains)
-    out = check_output_folder(args.out)
+    reads = [*args.inputs, *(p for p in (args.connectome, args.ontology) if p and p != "demo")]
+    out = check_output_folder(args.out, reads)
     sections = read_paths(args.inputs)
+    check_run_folder(out, section_names(sections), reads, wf.MODEL_FOLDER)
     prepared = wf.prepare_domains(
         sections,
         args.connectome,
@@ -114,7 +116,7 @@ def run(args) -> int:
             seed=args.seed,
             progress=bar,
         )
-    for path in wf.write_domains(result, out, inputs=args.inputs):
+    for path in wf.write_domains(result, out, inputs=reads):
         print(f"wrote {path}")
     print(f"alpha {args.alpha:g}: {result.n_domains} domains; model in {out / wf.MODEL_FOLDER}")
     return 0

@@ -70,20 +70,23 @@ def bar_text(tag: str, width: int = 30):
 
 def run(args) -> int:
     from ..workflows import embed as wf
-    from ..workflows.outputs import check_output_folder
-    from ..workflows.sections import read_paths
+    from ..workflows.outputs import check_output_folder, check_run_folder
+    from ..workflows.sections import read_paths, section_names
 
-    out = check_output_folder(args.out)
+    out = check_output_folder(args.out, args.inputs)
     sections = read_paths(
         args.inputs,
         args.pixel_size,
         section_key=args.section_key,
         genes=args.genes_from_columns,
     )
+    check_run_folder(out, section_names(sections), args.inputs)
     with torch_threads(args.threads), Progress(text=bar_text("embed"), verbose=args.verbose) as bar:
         result = wf.embed_sections(
             sections, epochs=args.epochs, device=args.device, seed=args.seed, progress=bar
         )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     for path in wf.write_embedding(result, out, inputs=args.inputs):
         print(f"wrote {path}", file=sys.stderr)
     if result.is_main:

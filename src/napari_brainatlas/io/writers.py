@@ -10,7 +10,27 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 
-__all__ = ["atomic_write_text", "write_h5ad"]
+__all__ = ["atomic_write_text", "publish_mode", "write_h5ad"]
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path) -> None:
+    """Give a temporary file (mode 0600 from ``mkstemp``) the mode any new file of the
+    user gets (0666 less the umask) before it is renamed into place."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _check_not_input(adata: AnnData | None, out: Path) -> None:
@@ -38,6 +58,7 @@ def write_h5ad(adata: AnnData, path: str | Path) -> Path:
         if getattr(adata, "isbacked", False):
             adata = adata.to_memory()
         adata.write_h5ad(tmp)
+        publish_mode(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -53,6 +74,7 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        publish_mode(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -108,14 +108,16 @@ def ahba_expression(
     return AhbaTable(table, res)
 
 
-def write_ahba(result: AhbaTable, out, *, report_path=None) -> list[Path]:
-    """Write the table to ``out`` (.csv) and, with ``report_path``, the report as JSON."""
+def write_ahba(result: AhbaTable, out, *, report_path=None, inputs=()) -> list[Path]:
+    """Write the table to ``out`` (.csv) and, with ``report_path``, the report as JSON;
+    never over one of ``inputs``."""
     from ..io import atomic_write_text
 
-    paths = [
-        atomic_write_text(result.table.to_csv(float_format="%.6g"), check_output_file(out, ".csv"))
-    ]
-    if report_path is not None:
+    inputs = list(inputs)
+    out = check_output_file(out, ".csv", inputs)
+    report = check_output_file(report_path, None, inputs) if report_path is not None else None
+    paths = [atomic_write_text(result.table.to_csv(float_format="%.6g"), out)]
+    if report is not None:
         text = json.dumps(result.result.report, indent=1, default=str)
-        paths.append(atomic_write_text(text, check_output_file(report_path, None)))
+        paths.append(atomic_write_text(text, report))
     return paths

@@ -38,6 +38,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
+from ..io.writers import publish_mode
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import relay
 from .outputs import check_output_file
@@ -318,6 +319,7 @@ def write_ccf_cells(
         check_cancel(cancel)
         sep = "\t" if name.endswith(".tsv") else ","
         _write_rows(cells.table, tmp, sep, name.endswith(".gz"), chunk, tick)
+        publish_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

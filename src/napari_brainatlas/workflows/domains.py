@@ -29,7 +29,8 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn
 from ._progress import relay
-from .outputs import check_output_folder, write_sections
+from .checks import check_expression
+from .outputs import check_run_folder, write_sections
 from .sections import as_sections, section_names
 
 __all__ = [
@@ -121,6 +122,7 @@ def prepare_domains(
     sections = as_sections(sections)
     if not sections:
         raise BrainAtlasInputError("no sections given")
+    check_expression(sections, section_names(sections), "SpaCon")
     if isinstance(connectome, (str, Path)):
         connectome = load_connectome(connectome, p_max=p_max)
     onto = _ontology(ontology, sections, midline_ml_um)
@@ -207,8 +209,9 @@ def find_domains(
 
 def write_domains(result: Domains, out, *, inputs=()) -> list[Path]:
     """Write ``out/<section>.h5ad`` per section and the model to ``out/spacon_model``."""
-    out = check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = list(inputs)
+    out = check_run_folder(out, result.names, inputs, MODEL_FOLDER)
+    out.mkdir(exist_ok=True)
     paths = write_sections(result.sections, result.names, out, inputs)
     result.model.save(out / MODEL_FOLDER)
     return paths

@@ -18,7 +18,7 @@ The input sections are never modified.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from anndata import AnnData
@@ -26,7 +26,8 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, report
 from ._progress import raise_if_cancelled, relay
-from .outputs import check_output_folder, write_sections
+from .checks import check_expression, check_shared_genes, finite_results
+from .outputs import check_run_folder, write_sections
 from .sections import as_sections, require_genes, section_names
 
 __all__ = ["Embedded", "embed_sections", "load_fusemap", "train_fusemap", "write_embedding"]
@@ -40,6 +41,8 @@ class Embedded:
     sections: list[AnnData]
     names: list[str]
     is_main: bool = True  # False on torchrun ranks other than 0: nothing to write
+    #: per section, the cells kept flagged without an embedding (too few counts)
+    notes: list[str] = field(default_factory=list)
 
     def header(self) -> str:
         n = sum(a.n_obs for a in self.model.adatas)
@@ -111,9 +114,11 @@ def embed_sections(
     if not sections:
         raise BrainAtlasInputError("no sections to embed")
     require_genes(sections, "embedding")
+    names = list(names) if names is not None else section_names(sections)
+    check_expression(sections, names, "FuseMap")
+    check_shared_genes(sections, names)
     rank, world, device = _device(device)
     progress = progress if rank == 0 else None
-    names = list(names) if names is not None else section_names(sections)
     model = FuseMap(
         sections, section_names=names, device=device, seed=seed, **(model_options or {})
     )
@@ -122,6 +127,7 @@ def embed_sections(
     report(progress, 0, 2 * int(epochs), message=header)
     train_fusemap(model, epochs, progress=progress, cancel=cancel)
     result.sections = model.write_embeddings(copy=True)
+    result.notes = finite_results(result.sections, result.names)
     return result
 
 
@@ -132,9 +138,10 @@ def write_embedding(result: Embedded, out, *, inputs: Iterable = ()) -> list[Pat
     """
     if not result.is_main:
         return []
-    out = check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
     inputs = list(inputs)
+    out = check_run_folder(out, result.names, inputs, "model")
+    out.mkdir(exist_ok=True)
+    finite_results(result.sections, result.names)
     paths = write_sections(result.sections, result.names, out, inputs)
     result.model.save(out / "model")
     return paths

@@ -43,10 +43,11 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import raise_if_cancelled, relay
+from .checks import check_expression, finite_results, restore_missing
 from .embed import load_fusemap, train_fusemap
 from .genes import overlap_warnings
 from .outputs import check_output_file
-from .sections import as_sections, require_genes
+from .sections import as_sections, require_genes, section_names
 
 __all__ = [
     "Mapped",
@@ -111,7 +112,7 @@ def load_reference(model, reference=None, *, device: str = "auto", required: boo
         raise BrainAtlasInputError(
             "the reference sections hold no FuseMap embedding (obsm['X_fusemap_cell'])"
         )
-    return model, refs
+    return model, restore_missing(refs)
 
 
 def map_onto(model, queries, refs, *, epochs, seed, progress=None, cancel=None, offset=0):
@@ -285,6 +286,7 @@ def map_queries(
         raise BrainAtlasInputError("epochs must be 0 or more")
     queries = as_sections(query)
     require_genes(queries, "label transfer" if labels else "mapping")
+    check_expression(queries, section_names(queries), "mapping onto the model")
     offset = 0
     if model is None:
         if reference is not None:
@@ -397,8 +399,10 @@ def transfer_onto(
         cancel=cancel,
     )
     check_cancel(cancel)
+    out = list(out)
+    notes = finite_results(out, section_names(out))
     return Transferred(
-        list(out), labels, mapped.mapping, mapped.model, mapped.reference, list(mapped.warnings)
+        out, labels, mapped.mapping, mapped.model, mapped.reference, list(mapped.warnings) + notes
     )
 
 
@@ -406,4 +410,6 @@ def write_transfer(result: Transferred, out, *, inputs: Iterable = ()) -> Path:
     """Write the annotated query sections to ``out`` (.h5ad) as one AnnData."""
     from ..io import write_h5ad
 
-    return write_h5ad(result.combined(), check_output_file(out, ".h5ad", inputs))
+    out = check_output_file(out, ".h5ad", inputs)
+    finite_results(result.sections, section_names(result.sections))
+    return write_h5ad(result.combined(), out)
