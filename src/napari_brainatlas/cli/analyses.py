@@ -142,6 +142,11 @@ def run_modules(args) -> int:
 
     reads = [args.model, *(args.score or [])]
     out = check_output_folder(args.out, reads, ["modules.csv", "modules.json", "gene_umap.png"])
+    if args.score:
+        from ..workflows.sections import read_paths, section_names
+
+        names = section_names(read_paths(args.score))
+        check_output_folder(out, reads, [f"{n}.h5ad" for n in names])
     text = lambda d, t, i, s: f"gene modules: {i.get('phase', '')} {d}/{t}, {s:.0f} s"  # noqa: E731
     with Progress("modules", text=text, verbose=args.verbose) as bar:
         result = wf.find_modules(

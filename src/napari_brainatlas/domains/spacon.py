@@ -739,6 +739,10 @@ def leiden_domains(
     n = len(z)
     if n == 0:
         return np.zeros(0, np.int64)
+    if z.ndim != 2 or not np.isfinite(z).all():
+        raise BrainAtlasInputError(
+            "leiden_domains needs a finite (n, d) embedding (NaN or inf found)"
+        )
     rng = np.random.default_rng(seed)
     sub = (
         np.arange(n)

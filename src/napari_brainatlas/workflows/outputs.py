@@ -117,10 +117,10 @@ def check_output_file(path, suffix: str | None = ".h5ad", inputs: Iterable = ())
     if path is None or str(path).strip() == "":
         raise BrainAtlasInputError("the output path is empty")
     out = Path(os.path.expanduser(str(path)))
-    if suffix is not None and not out.name.lower().endswith(suffix):
-        raise BrainAtlasInputError(f"the output must be a {suffix} file, not {out.name}")
     if out.is_dir():
         raise BrainAtlasInputError(f"the output {out} is a folder, not a file")
+    if suffix is not None and not out.name.lower().endswith(suffix):
+        raise BrainAtlasInputError(f"the output must be a {suffix} file, not {out.name}")
     inputs = list(inputs)
     _refuse_input(out, files_read(inputs))
     for p in inputs:
