@@ -288,8 +288,8 @@ def cases(P: dict[str, Path]) -> list[Case]:  # noqa: PLR0915 - one list, read t
     add("register-out-folder", r(s["s3"], "--out", root), ("folder",))
     add(
         "register-out-missing-folder",
-        r(s["s3"], "--out", root / "nowhere" / "o.h5ad"),
-        ("nowhere",),
+        r(s["s3"], "--out", P["a_file"] / "nowhere" / "o.h5ad"),
+        ("plain.txt",),
     )
     add("register-out-under-file", r(s["s3"], "--out", P["a_file"] / "o.h5ad"), ("plain.txt",))
     add(
@@ -686,6 +686,68 @@ def cases(P: dict[str, Path]) -> list[Case]:  # noqa: PLR0915 - one list, read t
                 s["onto"],
             ],
             ("input",),
+        )
+    # --- real public files (read-only, never copied): ../shared/data
+    merfish = SHARED / "spacexr_merfish_hypothalamus" / "query_merfish"
+    slideseq = SHARED / "spacexr_slideseq_cerebellum" / "query_slideseq"
+    visium = SHARED / "squidpy_visium_mini" / "test_data.h5ad"
+    if merfish.exists() and slideseq.exists() and visium.exists():
+        real = [merfish, slideseq, visium]
+
+        def add_real(id_, argv, words, outputs=()):
+            add(id_, argv, words, outputs)
+            C[-1].inputs += real
+
+        add_real(
+            "real-register-pixel-absurd",
+            [*r(str(merfish)), "--pixel-size", "1e9", "--out", out / "m.h5ad"],
+            ("pixel size",),
+            [out / "m.h5ad"],
+        )
+        add_real(
+            "real-cellformer-device",
+            ["cellformer", slideseq, "--out", out / "cf", "--device", "tpu0", "--epochs", "1"],
+            ("device",),
+            [out / "cf"],
+        )
+        add_real(
+            "real-panel-over-model-file",
+            [
+                "panel",
+                "--model",
+                P["model"],
+                "--size",
+                "5",
+                "--data",
+                merfish,
+                "--out",
+                P["model"] / "genes.csv",
+            ],
+            ("model",),
+        )
+        add_real(
+            "real-proximity-no-such-column",
+            ["proximity", visium, "--celltype", "nosuchcolumn", "--out", out / "p.csv"],
+            ("nosuchcolumn",),
+            [out / "p.csv"],
+        )
+        add_real(
+            "real-impute-unknown-gene",
+            [
+                "impute",
+                "--model",
+                P["model"],
+                "--data",
+                visium,
+                "--genes",
+                "NOSUCHGENE",
+                "--out",
+                out / "v.h5ad",
+                "--epochs",
+                "1",
+            ],
+            ("NOSUCHGENE",),
+            [out / "v.h5ad"],
         )
     # --- good runs on low-count cells: exit 0, nothing non-finite written
     add(

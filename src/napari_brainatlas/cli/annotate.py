@@ -162,7 +162,8 @@ def run_transfer(args) -> int:
             progress=bar,
         )
     wf.write_transfer(result, out, inputs=inputs)
-    for line in result.summary() + [f"warning: {w}" for w in result.warnings]:
+    notes = [f"note: {n}" for n in result.notes]
+    for line in result.summary() + [f"warning: {w}" for w in result.warnings] + notes:
         print(line, file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -192,4 +193,6 @@ def run_impute(args) -> int:
     print(result.summary(where=str(out)), file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for n in result.notes:
+        print(f"note: {n}", file=sys.stderr)
     return 0

@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..colors import categorical_colors, continuous_colors
+from ..workflows.checks import LOW_COUNTS_KEY
 from . import _jobs
 from ._base import DockBase, snapshot
 from ._common import (
@@ -391,7 +392,9 @@ class AnnotateWidget(DockBase):
             return
         labels = list(result.labels)
         new_cols = [
-            c for c in outs[0].obs.columns if c.endswith(("_transfer", "_transfer_uncertainty"))
+            c
+            for c in outs[0].obs.columns
+            if c.endswith(("_transfer", "_transfer_uncertainty")) or c == LOW_COUNTS_KEY
         ]
         for ly, out in zip(layers, outs):
             ad = ly.metadata["adata"]

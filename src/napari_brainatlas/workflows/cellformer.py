@@ -85,7 +85,7 @@ def write_cellformer(result: CellFormerRun, out, *, inputs: Iterable = ()) -> li
     """Write ``out/model/`` and ``out/<section>.h5ad``; returns the section files."""
     inputs = list(inputs)
     out = check_run_folder(out, result.names, inputs, "model")
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     paths = write_sections(result.sections, result.names, out, inputs)
     result.model.save(out / "model")
     return paths

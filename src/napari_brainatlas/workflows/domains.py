@@ -211,7 +211,7 @@ def write_domains(result: Domains, out, *, inputs=()) -> list[Path]:
     """Write ``out/<section>.h5ad`` per section and the model to ``out/spacon_model``."""
     inputs = list(inputs)
     out = check_run_folder(out, result.names, inputs, MODEL_FOLDER)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     paths = write_sections(result.sections, result.names, out, inputs)
     result.model.save(out / MODEL_FOLDER)
     return paths

@@ -140,7 +140,7 @@ def write_embedding(result: Embedded, out, *, inputs: Iterable = ()) -> list[Pat
         return []
     inputs = list(inputs)
     out = check_run_folder(out, result.names, inputs, "model")
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     finite_results(result.sections, result.names)
     paths = write_sections(result.sections, result.names, out, inputs)
     result.model.save(out / "model")

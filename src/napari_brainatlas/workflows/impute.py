@@ -50,6 +50,8 @@ class Imputed:
     genes: list[str]
     method: str
     warnings: list[str] = field(default_factory=list)
+    #: per section, the cells kept flagged without an embedding (too few counts)
+    notes: list[str] = field(default_factory=list)
 
     def combined(self) -> AnnData:
         return combine_sections(self.sections)
@@ -151,7 +153,7 @@ def impute_sections(
         a.uns["imputed_genes"] = list(names)
         outs.append(a)
     notes = finite_results(outs, section_names(outs))
-    return Imputed(outs, names, str(used), overlap_warnings(model, sections) + notes)
+    return Imputed(outs, names, str(used), overlap_warnings(model, sections), notes)
 
 
 def impute_mapped(
@@ -184,7 +186,7 @@ def impute_mapped(
         outs.append(a)
         report(progress, i + 1, len(mapped.sections), message=f"imputed {', '.join(names)}")
     notes = finite_results(outs, section_names(outs))
-    return Imputed(outs, names, str(used), list(mapped.warnings) + notes)
+    return Imputed(outs, names, str(used), list(mapped.warnings), notes)
 
 
 def write_imputed(result: Imputed, out, *, inputs: Iterable = ()) -> Path:

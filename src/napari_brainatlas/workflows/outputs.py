@@ -10,7 +10,8 @@ workflows' ``write_*`` functions check again):
   folder, a model folder's own files and the reference sections it points to
   (``<model>/../<section>.h5ad``, see :func:`files_read`), compared after resolving
   symbolic links and relative parts, and by inode (a hard link is the same file);
-* the folder the output goes into must exist, be a folder and be writable;
+* the folder the output goes into must be a writable folder, or be missing with its
+  nearest existing parent a writable folder (it is then created when writing);
 * a file output may not be an existing folder, a folder output not an existing file;
 * two outputs of one run may not be the same file (:func:`check_distinct`).
 """
@@ -96,14 +97,22 @@ def _refuse_input(out: Path, reads: Sequence[Path]) -> None:
             model = next((p for p in Path(f).parents if _is_model_folder(p)), None)
             where = f" of the model folder {model}" if model is not None else ""
             raise BrainAtlasInputError(
-                f"refusing to overwrite {out.name}: it is an input file{where} this run "
-                "reads; choose another output path"
+                f"refusing to overwrite the input file {out.name}{where}: this run reads it; "
+                "choose another output path"
             )
 
 
 def _check_folder_writable(folder: Path, what: str) -> None:
+    """``folder`` is a writable folder, or does not exist yet and its nearest existing
+    parent is a writable folder (the writers create it)."""
     if not folder.exists():
-        raise BrainAtlasInputError(f"the {what} {folder} does not exist; create it first")
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is None or not parent.is_dir():
+            where = f" ({parent} is a file)" if parent is not None else ""
+            raise BrainAtlasInputError(f"the {what} {folder} cannot be created{where}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise BrainAtlasInputError(f"the {what} {folder} cannot be created in {parent}")
+        return
     if not folder.is_dir():
         raise BrainAtlasInputError(f"the {what} {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -202,5 +211,5 @@ def write_sections(
 ) -> list[Path]:
     """Write ``folder/<name>.h5ad`` per section (atomically); refuses input files."""
     folder = check_output_folder(folder, inputs, [f"{n}.h5ad" for n in names])
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     return [write_h5ad(a, folder / f"{n}.h5ad") for a, n in zip(sections, names)]

@@ -158,6 +158,8 @@ class Transferred:
     model: object  # FuseMap
     reference: list[AnnData]
     warnings: list[str] = field(default_factory=list)
+    #: per section, the cells kept flagged without an embedding (too few counts)
+    notes: list[str] = field(default_factory=list)
 
     def combined(self) -> AnnData:
         return combine_sections(self.sections)
@@ -402,7 +404,7 @@ def transfer_onto(
     out = list(out)
     notes = finite_results(out, section_names(out))
     return Transferred(
-        out, labels, mapped.mapping, mapped.model, mapped.reference, list(mapped.warnings) + notes
+        out, labels, mapped.mapping, mapped.model, mapped.reference, list(mapped.warnings), notes
     )
 
 
