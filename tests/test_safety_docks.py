@@ -63,8 +63,8 @@ def test_corrupt_model_folder_one_notification(
     qtbot, make_napari_viewer, small_run, error_notifications, tmp_path
 ):
     run, query = small_run
-    broken = tmp_path / "model"
-    shutil.copytree(run / "model", broken)
+    shutil.copytree(run, tmp_path / "run")  # the model and the reference files beside it
+    broken = tmp_path / "run" / "model"
     data = (broken / "weights.pt").read_bytes()
     (broken / "weights.pt").write_bytes(data[: len(data) // 2])
     viewer, w = _dock(make_napari_viewer, [query])
@@ -75,7 +75,7 @@ def test_corrupt_model_folder_one_notification(
     qtbot.waitUntil(lambda: not w.busy, timeout=180000)
     assert len(error_notifications) == 1, [n.message for n in error_notifications]
     assert "weights.pt" in str(error_notifications[0].message)
-    ad = w.query_layers[0].metadata["adata"]
+    ad = viewer.layers[0].metadata["adata"]
     assert "celltype_transfer" not in ad.obs  # nothing half-written into the layer
     # the viewer and the dock stay usable: the intact model works next
     w.model_edit.setText(str(run / "model"))
