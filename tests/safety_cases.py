@@ -147,6 +147,10 @@ def build(root: Path) -> dict[str, Path]:
     if "counts" in a.layers:
         a.layers["counts"] = X.copy()
     P["low_counts"] = _write(a, bad / "low_counts.h5ad")
+    r = _section(P["registered"])
+    a.obsm["ccf_coords"] = r.obsm["ccf_coords"]
+    a.obs["ccf_id"], a.obs["ccf_acronym"] = r.obs["ccf_id"], r.obs["ccf_acronym"]
+    P["low_counts_registered"] = _write(a, bad / "low_counts_registered.h5ad")
     # a FuseMap run on S1 and a section with low-count cells (the model points to
     # run/<S1>.h5ad and run/<S3>.h5ad; its low-count cells must come out flagged, finite)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -222,7 +226,8 @@ def case_ids() -> list[str]:
     """The case ids (for pytest's parametrize), without building the files."""
     keys = ["root", "s1", "s2", "s3", "nrrd", "onto", "model", "ref1", "registered", "a_file"]
     keys += ["one_point", "on_line", "negative", "nan_x", "no_shared", "dup_cells"]
-    keys += ["registered_nan_x", "low_counts", "onto_text_id", "symlink_s1", "hardlink_s1"]
+    keys += ["registered_nan_x", "low_counts", "low_counts_registered", "onto_text_id"]
+    keys += ["symlink_s1", "hardlink_s1"]
     keys += [f"model_{k}" for k in _MODEL_BREAKERS]
     fake = Path("/nonexistent-corpus")
     return [c.id for c in cases({k: fake / k for k in keys})]
@@ -750,6 +755,18 @@ def cases(P: dict[str, Path]) -> list[Case]:  # noqa: PLR0915 - one list, read t
             [out / "v.h5ad"],
         )
     # --- good runs on low-count cells: exit 0, nothing non-finite written
+    add(
+        "cellformer-low-counts",
+        ["cellformer", s["low_counts"], "--out", out / "low_cf", "--epochs", "1"],
+        (),
+        rc=0,
+    )
+    add(
+        "domains-low-counts",
+        ["domains", s["low_counts_registered"], "--out", out / "low_dom", *dom],
+        (),
+        rc=0,
+    )
     add(
         "transfer-low-counts",
         [

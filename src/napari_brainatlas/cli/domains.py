@@ -91,7 +91,6 @@ def run(args) -> int:
     reads = [*args.inputs, *(p for p in (args.connectome, args.ontology) if p and p != "demo")]
     out = check_output_folder(args.out, reads)
     sections = read_paths(args.inputs)
-    check_run_folder(out, section_names(sections), reads, wf.MODEL_FOLDER)
     prepared = wf.prepare_domains(
         sections,
         args.connectome,
@@ -102,6 +101,7 @@ def run(args) -> int:
         per_region=args.per_region,
         seed=args.seed,
     )
+    check_run_folder(out, section_names(sections), reads, wf.MODEL_FOLDER)  # before training
     for line in prepared.summary():
         print(line, flush=True)
     stdout = Progress(text=_epoch_text, verbose=args.verbose, stream=lambda: sys.stdout)

@@ -138,9 +138,13 @@ class EmbedWidget(DockBase):
         for ly, ad in zip(self._layers, embedded):
             if ly in self.viewer.layers:
                 ly.metadata["adata"] = ad
+        notes = getattr(result, "notes", [])
+        flagged = (
+            f"; {len(notes)} section(s) with low-count cells flagged ({notes[0]})" if notes else ""
+        )
         self.set_status(
             "FuseMap done: obsm['X_fusemap_cell'] and "
-            f"obsm['X_fusemap_tissue'] written for {len(embedded)} sections"
+            f"obsm['X_fusemap_tissue'] written for {len(embedded)} sections{flagged}"
         )
         show_info("FuseMap done")
 
