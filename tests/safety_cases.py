@@ -800,6 +800,8 @@ def cases(P: dict[str, Path]) -> list[Case]:  # noqa: PLR0915 - one list, read t
         (),
         rc=0,
     )
+    add("demo-data-out-is-file", ["demo-data", "--out", P["a_file"]], ("plain.txt",))
+    add("demo-out-is-file", ["demo", "--headless", "--out", P["a_file"]], ("plain.txt",))
     # --- usage errors and readers
     add(
         "usage-unknown-option",
