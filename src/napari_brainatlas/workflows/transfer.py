@@ -171,12 +171,24 @@ class Transferred:
 
         out = []
         record = self.sections[0].uns.get("label_transfer", {}) if self.sections else {}
+        from .checks import LOW_COUNTS_KEY, UNASSIGNED
+
+        low = np.concatenate(
+            [
+                a.obs[LOW_COUNTS_KEY].to_numpy(bool)
+                if LOW_COUNTS_KEY in a.obs
+                else np.zeros(a.n_obs, bool)
+                for a in self.sections
+            ]
+        )
         for lab in self.labels:
             pred = np.concatenate([a.obs[f"{lab}_transfer"].astype(str) for a in self.sections])
             u = np.concatenate([a.obs[f"{lab}_transfer_uncertainty"] for a in self.sections])
-            line = (
-                f"{lab}: {len(set(pred.tolist()))} classes, mean uncertainty {float(u.mean()):.3f}"
-            )
+            pred, u = pred[~low], u[~low]  # low-count cells are not predictions
+            mean = f"{float(u.mean()):.3f}" if len(u) else "-"
+            line = f"{lab}: {len(set(pred.tolist()))} classes, mean uncertainty {mean}"
+            if low.any():
+                line += f" ({int(low.sum())} low-count cells '{UNASSIGNED}', left out)"
             learnt = (record.get(lab) or {}).get("labelled_sections")
             if learnt and len(learnt) < len(self.reference):
                 line += f" (learnt from {', '.join(learnt)})"
