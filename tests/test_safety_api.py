@@ -80,8 +80,9 @@ def test_output_guard(tmp_path):
         (tmp_path / "sub").mkdir(exist_ok=True)
         with pytest.raises(BrainAtlasInputError, match="input"):
             check_output_file(tmp_path / out, ".h5ad", [src])
-    with pytest.raises(BrainAtlasInputError, match="does not exist"):
-        check_output_file(tmp_path / "nowhere" / "o.h5ad", ".h5ad", [src])
+    check_output_file(tmp_path / "new" / "o.h5ad", ".h5ad", [src])  # made when writing
+    with pytest.raises(BrainAtlasInputError, match="cannot be created"):
+        check_output_file(src / "nowhere" / "o.h5ad", ".h5ad", [])
     with pytest.raises(BrainAtlasInputError, match="not a folder"):
         check_output_folder(src)
     # a model folder: its files and the reference sections it names are inputs
