@@ -756,6 +756,27 @@ def cases(P: dict[str, Path]) -> list[Case]:  # noqa: PLR0915 - one list, read t
         )
     # --- good runs on low-count cells: exit 0, nothing non-finite written
     add(
+        "register-good-run",
+        r(
+            s["s3"],
+            "--out",
+            out / "good" / "r.h5ad",
+            "--json",
+            out / "good" / "r.json",
+            "--quicknii",
+            out / "good" / "q.json",
+            "--quiet",
+        ),
+        (),
+        rc=0,
+    )
+    add(
+        "export-good-run",
+        ["export-ccf", s["registered"], "--out", out / "good_cells.csv"],
+        (),
+        rc=0,
+    )
+    add(
         "cellformer-low-counts",
         ["cellformer", s["low_counts"], "--out", out / "low_cf", "--epochs", "1"],
         (),
@@ -891,7 +912,7 @@ def run_case(case: Case) -> Outcome:
     temps = [
         str(f)
         for f in Path(case.inputs[0]).parents[2].rglob("*")
-        if f.name.startswith(".") and (f.name.endswith(".tmp") or ".tmp" in f.name)
+        if f.name.startswith(".") and any(t in f.name for t in (".tmp", ".saving-", ".old-"))
     ]
     root = Path(case.inputs[0]).parents[2]
     return Outcome(
