@@ -16,7 +16,10 @@ section per model section in model order; by default the ``<section>.h5ad`` file
 ``obs['<label>_transfer']`` and ``obs['<label>_transfer_uncertainty']`` (several query
 sections are concatenated, with ``obs['section']``); ``impute`` writes one obs column
 per gene, ``obs['imputed_<Gene>']``, spelled as the data spells the gene (see :mod:`napari_brainatlas.workflows.transfer`
-and :mod:`napari_brainatlas.workflows.impute`).
+and :mod:`napari_brainatlas.workflows.impute`). Query cells the mapping cannot embed (too
+few counts) are kept, flagged in ``obs['fusemap_low_counts']``, labelled ``'unassigned'``
+with uncertainty 1 and imputed as 0; the summary leaves them out and a ``note:`` line says
+how many. Nothing written holds NaN or inf.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@
 
 Writes ``DIR/model/`` (the model folder, see :meth:`FuseMap.save`) and one
 ``DIR/<section>.h5ad`` per section holding ``obsm['X_fusemap_cell']`` and
-``obsm['X_fusemap_tissue']``. Input files are only read. Under torchrun (``WORLD_SIZE``
+``obsm['X_fusemap_tissue']``. Input files are only read. Cells FuseMap cannot embed (too
+few counts) are kept with zero rows and ``obs['fusemap_low_counts']``; a ``note:`` line
+says how many per section. ``--out`` is checked before training (see
+:mod:`napari_brainatlas.workflows.outputs`). Under torchrun (``WORLD_SIZE``
 > 1) every rank trains its shard and rank 0 writes the results.
 """
 
