@@ -339,9 +339,11 @@ def case_ahba(work: Path) -> dict:
 
 def worker(case: str, work: Path, dest: Path) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import napari_brainatlas
+
     result = globals()[f"case_{case}"](work)
     with open(dest, "wb") as fh:
-        pickle.dump(result, fh)
+        pickle.dump({"source": napari_brainatlas.__file__, "result": result}, fh)
 
 
 # ----------------------------------------------------------------------- comparing
@@ -442,7 +444,9 @@ def main(argv=None) -> int:
             ]
             subprocess.run(cmd, env=env, check=True, cwd=str(REPO))
             with open(dest, "rb") as fh:
-                results[side] = pickle.load(fh)
+                got = pickle.load(fh)
+            results[side] = got["result"]
+            print(f"{case} {side}: {got['source']}", flush=True)
         diffs: list[str] = []
         _diff(results["base"], results["new"], case, args.tol, diffs)
         n = _count(results["base"])
