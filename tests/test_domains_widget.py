@@ -66,6 +66,12 @@ def test_train_then_alpha_recolours(qtbot, domains_dock, error_notifications):
         assert "spacon_domain" in ad.obs and ad.obsm["X_spacon"].shape == (ad.n_obs, 16)
         assert "spacon_domain" in ly.features.columns
         assert len(np.unique(np.array(ly.face_color), axis=0)) >= 2
+    # a legend: one row per domain with its cells and the CCF region most lie in
+    rows = [w.legend.item(i).text() for i in range(w.legend.count())]
+    assert len(rows) == len(set(w.labels)) and all(" in " in r for r in rows), rows
+    assert sum(int(r.split(": ")[1].split(" cells")[0].replace(",", "")) for r in rows) == sum(
+        ly.metadata["adata"].n_obs for ly in layers
+    )
     weights = {k: v.clone() for k, v in w.model.net.state_dict().items()}
     labels_half = w.labels.copy()
     w.set_alpha(1.0)  # re-mix + re-cluster, no retraining

@@ -139,6 +139,7 @@ def test_unit_warning_and_fitted_scale(reg_dock, qtbot, demo_two, warnings_seen)
     assert len(units) == 1, warnings_seen
     assert "0.2 um" in units[0] and sec.name in units[0]
     assert "pixel size of about 0.2" in widget.status.text()
+    _shot(viewer, widget, "registration_unit_warning")
     # picking it again warns no more
     widget.section_combo.setCurrentText("")
     widget.section_combo.setCurrentText(sec.name)
@@ -149,6 +150,7 @@ def test_unit_warning_and_fitted_scale(reg_dock, qtbot, demo_two, warnings_seen)
     scale = [w for w in warnings_seen if "fitted scale" in w]
     assert len(scale) == 1 and "pixel size of about 0.2" in scale[0], warnings_seen
     assert "implausible" in widget.metrics_label.text()
+    _shot(viewer, widget, "registration_unit_warning_fitted")
 
 
 # ---------------------------------------------------------------------- batch
@@ -263,7 +265,7 @@ def test_flip_angles_and_start_pose(reg_dock, qtbot, demo_two, error_notificatio
         t2["position_um"],
         "left",
         (0, 0),
-        StartPose(-t2["rotation_deg"], 1.0),
+        StartPose(widget.rotation_spin.value(), 1.0),  # the spin box's 0.1 deg steps
     )
     assert np.allclose(np.asarray(prev.data)[:, ::-1], xy @ M[:2, :2].T + M[:2, 2])
     assert "start pose preview" in widget.status.text()

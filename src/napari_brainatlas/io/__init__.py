@@ -44,12 +44,16 @@ def read_sections(
     pixel_size_um: float | None = None,
     section_key: str | None = None,
     backed: bool = False,
+    genes=None,
 ):
     """Every section in ``path``: a SpatialData ``.zarr`` store
     (:func:`~napari_brainatlas.io.spatialdata.read_spatialdata`, one section per annotated
     points/shapes element) or a file / csv folder
     (:func:`~napari_brainatlas.io.readers.read_sections`: .h5ad, .loom, .csv, folder).
-    ``section_key`` and ``backed`` apply to files."""
+    ``section_key`` and ``backed`` apply to files, ``genes`` to csv / tsv cell tables
+    (which numeric columns are genes, see :mod:`.tables`)."""
     if is_spatialdata_store(path):
         return read_spatialdata(path, pixel_size_um=pixel_size_um)
-    return read_files(path, pixel_size_um=pixel_size_um, section_key=section_key, backed=backed)
+    return read_files(
+        path, pixel_size_um=pixel_size_um, section_key=section_key, backed=backed, genes=genes
+    )

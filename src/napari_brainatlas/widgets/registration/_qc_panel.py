@@ -303,6 +303,8 @@ class QCMixin:
             if landed is not None and onto is not None:
                 feats["landed region"] = onto.acronyms(landed)
         self.overlays.draw_cells(sec, mapped, rgba, pd.DataFrame(feats))
+        agree_view = agreement is not None and self.color_combo.currentText() == "agreement"
+        self.overlays.set_template_tone(self._atlas_cmap, neutral=agree_view)
         ly = self.overlays.get(f"{sec.name} in atlas")
         if ly is not None:
             ly.visible = not self.checker_button.isChecked()
