@@ -152,6 +152,13 @@ class JobProgressBar(QProgressBar):
         self.setToolTip(text)
         return text
 
+    def text(self) -> str:  # noqa: D401 - Qt's virtual
+        """The text drawn: Qt gives none for a busy bar; this one shows its format
+        (``starting · 12 s``) over the moving bar."""
+        if self.minimum() == self.maximum() == 0:
+            return self.format()
+        return super().text()
+
     def _starting(self, now: float) -> str:
         return f"starting · {format_duration(now - self._t0)}"
 
@@ -208,7 +215,10 @@ class JobProgressBar(QProgressBar):
 
     def stop_clock(self) -> None:
         """No job left: the text stays as it is."""
-        self._clock.stop()
+        try:
+            self._clock.stop()
+        except RuntimeError:  # the dock was closed while its job ran
+            pass
 
     def halt(self, text: str) -> None:
         """The job ended early (cancelled, failed): the bar stays where it was."""

@@ -15,6 +15,7 @@ import numpy as np
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -38,6 +39,10 @@ from ._common import SectionChecklist, is_registered_section, paint, set_feature
 __all__ = ["DomainsWidget", "is_registered_section"]
 
 DOMAIN_KEY = "spacon_domain"
+
+
+#: neighbours of the Domains dock's spatial vote (benchmarks/domains/alpha_coherence.py)
+SMOOTH_K = 30
 
 
 class DomainsWidget(DockBase):
@@ -143,6 +148,14 @@ class DomainsWidget(DockBase):
         self.resolution.setKeyboardTracking(False)
         self.resolution.valueChanged.connect(lambda _: self.recluster())
         form.addRow("Leiden resolution:", self.resolution)
+        self.smooth_check = QCheckBox(f"smooth domains (vote of {SMOOTH_K} neighbours)")
+        self.smooth_check.setChecked(True)
+        self.smooth_check.setToolTip(
+            "Each cell takes the domain most of its nearest cells have: contiguous domains "
+            "instead of salt and pepper (the clusters alone are, at every alpha)"
+        )
+        self.smooth_check.toggled.connect(lambda _: self.recluster())
+        form.addRow(self.smooth_check)
         self.legend = QListWidget()  # domain colour, cells, the CCF region most of them are in
         self.legend.setMinimumHeight(80)
         self.legend.setSelectionMode(QAbstractItemView.NoSelection)
@@ -213,6 +226,7 @@ class DomainsWidget(DockBase):
             epochs=epochs,
             alpha=self.alpha,
             resolution=float(self.resolution.value()),
+            smooth_k=self.smooth_k,
             on_done=self._on_trained,
             on_progress=self._on_progress,
             what="training",
@@ -240,6 +254,11 @@ class DomainsWidget(DockBase):
         if not self.alpha_slider.isSliderDown():
             self.recluster()
 
+    @property
+    def smooth_k(self) -> int:
+        """Neighbours of the spatial vote on the domains (0: none)."""
+        return SMOOTH_K if self.smooth_check.isChecked() else 0
+
     def _on_alpha_released(self) -> None:
         self.recluster()
 
@@ -264,6 +283,7 @@ class DomainsWidget(DockBase):
             self.model,
             alpha,
             resolution=float(self.resolution.value()),
+            smooth_k=self.smooth_k,
             on_done=self._on_domains,
             on_end=self._on_domains_finished,
             what="clustering",

@@ -87,6 +87,20 @@ def cell_colors(mode: str, *, agreement=None, own=None, landed_ids=None, ontolog
     return np.tile(ONE_COLOR, (n, 1))
 
 
+def _spread_ratio(section_yx: np.ndarray, mapped_xy) -> float:
+    """How much larger the mapped cells spread than the section's (the fit's scale),
+    in [0.02, 50]; 1 when either has no spread."""
+    a = np.asarray(section_yx, float).reshape(-1, section_yx.shape[-1] if section_yx.ndim else 2)
+    b = np.asarray(mapped_xy, float).reshape(-1, 2)
+    if len(a) < 2 or len(b) < 2:
+        return 1.0
+    sa = float(np.sqrt(np.prod(np.std(a[:, -2:], axis=0))))
+    sb = float(np.sqrt(np.prod(np.std(b, axis=0))))
+    if not (sa > 0 and sb > 0 and np.isfinite(sa) and np.isfinite(sb)):
+        return 1.0
+    return float(np.clip(sb / sa, 0.02, 50.0))
+
+
 def grey_colormap(colormap: dict) -> dict:
     """A label colormap in greys of the same lightness (0.3-0.7), alpha kept."""
     out = {}
@@ -346,9 +360,12 @@ class Overlays:
     def draw_cells(self, section_layer, mapped_xy, rgba, features: pd.DataFrame) -> None:
         """The section's cells mapped into atlas space (``mapped_xy`` atlas-slice um),
         coloured ``rgba``, with hover ``features``; the outline and the landmarks on
-        top of them."""
+        top of them. The cells keep their size relative to the tissue: the section's
+        point size times the fit's scale (a section in the wrong units would otherwise
+        cover the template with discs)."""
         sz = section_layer.size
         size = 0.7 * float(np.mean(sz)) if np.size(sz) else 10.0
+        size *= _spread_ratio(np.asarray(section_layer.data, float), mapped_xy)
         name = section_layer.name
         self.replace_points(
             f"{name} in atlas",
