@@ -9,8 +9,9 @@
   updating line on a terminal; elsewhere (a log, a pipe) a line at the end of a run of
   known length and at most one line every ``every_s`` seconds; every unit on a line with
   ``--verbose``. A report with ``done == 0`` and ``info['message']`` (a header) is always
-  printed as a line, once the first unit is done or the run ends well: a run that fails
-  before its first unit prints its one error line only.
+  printed as a line, once the first unit is done or the run ends well (a run that fails
+  before its first unit prints its one error line only), and so is ``info['stopped']``
+  (why early stopping ended a training).
 * :func:`torch_threads` - ``--threads``: torch's CPU threads for the duration of a run.
 """
 
@@ -129,7 +130,7 @@ def _default_text(label: str, done: int, total, info: dict) -> str:
     values = ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
         for k, v in info.items()
-        if k != "message" and isinstance(v, (int, float, str))
+        if k not in ("message", "stopped") and isinstance(v, (int, float, str))
     )
     msg = info.get("message", "")
     return " ".join(x for x in (label, count, values, msg) if x)
@@ -213,6 +214,10 @@ class Progress:
             self._line(text)
         else:
             self._pending = text if total else None
+        if info.get("stopped"):  # early stopping ended a training phase: say why
+            if self._pending:
+                self._line(self._pending)
+            self._line(str(info["stopped"]))
 
     def _flush_headers(self) -> None:
         headers, self._headers = self._headers, []

@@ -34,7 +34,7 @@ __all__ = ["add_parser", "parse_hierarchy", "run_impute", "run_transfer"]
 
 
 def _common_options(p, epochs_help: str) -> None:
-    p.add_argument("--epochs", type=int, default=15, help=epochs_help)
+    p.add_argument("--epochs", type=int, default=None, help=epochs_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -79,7 +79,7 @@ def _add_transfer(sub) -> None:
         help="label:main pairs, comma-separated ('' for none)",
     )
     p.add_argument("--no-smooth", action="store_true", help="no spatial smoothing of region labels")
-    _common_options(p, "query mapping epochs (default 15)")
+    _common_options(p, "query mapping epochs (default: FuseMap's, FuseMapSettings.epochs)")
     p.set_defaults(func=run_transfer)
 
 
@@ -147,7 +147,7 @@ def run_transfer(args) -> int:
     if not labels:
         raise BrainAtlasInputError("--labels needs at least one label column")
     hierarchy = parse_hierarchy(args.hierarchy)
-    if args.epochs < 0:
+    if args.epochs is not None and args.epochs < 0:
         raise BrainAtlasInputError("--epochs must be 0 or more")
     queries = read_paths(args.query, args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:

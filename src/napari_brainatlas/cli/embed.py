@@ -37,7 +37,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
-        "--epochs", type=int, default=15, help="maximum epochs per training phase (default 15)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="maximum epochs per training phase (default: FuseMapSettings.epochs)",
     )
     p.add_argument(
         "--device",

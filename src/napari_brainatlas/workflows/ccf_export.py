@@ -160,14 +160,18 @@ def _registered_rows(ad: AnnData, name: str) -> np.ndarray:
     return rows
 
 
-def _recorded_atlas(sections: Sequence[AnnData]) -> str | None:
-    """The atlas the sections were registered to (``uns['ccf_registration']``)."""
+def _recorded_atlas(sections: Sequence[AnnData], *, files: bool = False):
+    """The name of the atlas the sections were registered to
+    (``uns['ccf_registration']``); ``files``: ``(spec, ontology)`` that open it (its
+    files when the record keeps them). None without a record."""
+    from ..register.result import record_atlas_spec
+
     for s in sections:
         reg = s.uns.get("ccf_registration")
         if isinstance(reg, dict):
             for v in reg.values():
                 if isinstance(v, dict) and v.get("atlas"):
-                    return str(v["atlas"])
+                    return record_atlas_spec(v) if files else str(v["atlas"])
     return None
 
 
@@ -264,8 +268,11 @@ def _atlas_info(atlas, sections, units) -> tuple[str | None, float | None]:
         )
     from .register import load_atlas
 
+    onto = None
+    if atlas is None:
+        spec, onto = _recorded_atlas(sections, files=True)
     try:
-        opened = load_atlas(spec)
+        opened = load_atlas(spec, onto)
     except BrainAtlasInputError as exc:
         if atlas is not None:
             raise

@@ -30,7 +30,15 @@ from .checks import check_expression, check_shared_genes, finite_results
 from .outputs import check_run_folder, write_sections
 from .sections import as_sections, require_genes, section_names
 
-__all__ = ["Embedded", "embed_sections", "load_fusemap", "train_fusemap", "write_embedding"]
+__all__ = [
+    "Embedded",
+    "default_epochs",
+    "embed_sections",
+    "load_fusemap",
+    "resolve_epochs",
+    "train_fusemap",
+    "write_embedding",
+]
 
 
 @dataclass
@@ -52,6 +60,23 @@ class Embedded:
         )
 
 
+def default_epochs() -> int:
+    """The one default number of epochs (training epochs per phase, query-mapping
+    epochs) of the docks, the CLI and the workflows: ``FuseMapSettings().epochs``
+    (importing the settings does not import torch)."""
+    from ..fusemap.settings import FuseMapSettings
+
+    return int(FuseMapSettings().epochs)
+
+
+def resolve_epochs(epochs: int | None) -> int:
+    """``epochs``, or :func:`default_epochs` for None; one input error below 0."""
+    n = default_epochs() if epochs is None else int(epochs)
+    if n < 0:
+        raise BrainAtlasInputError("epochs must be 0 or more")
+    return n
+
+
 def load_fusemap(path, device: str = "auto", sections=None):
     """The FuseMap saved in the model folder ``path`` (``embed``'s ``<out>/model``)."""
     from ..fusemap import FuseMap
@@ -62,12 +87,12 @@ def load_fusemap(path, device: str = "auto", sections=None):
     return FuseMap.load(p, sections=sections, device=device)
 
 
-def train_fusemap(model, epochs: int, *, progress=None, cancel=None, offset: int = 0, extra=0):
-    """Train ``model`` for at most ``epochs`` per phase; raises Cancelled when cancelled."""
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+def train_fusemap(model, epochs, *, progress=None, cancel=None, offset: int = 0, extra=0):
+    """Train ``model`` for at most ``epochs`` per phase (None: :func:`default_epochs`);
+    raises Cancelled when cancelled."""
+    epochs = resolve_epochs(epochs)
     model.train(
-        max_epochs=int(epochs),
+        epochs=int(epochs),
         progress=relay(progress, "loss", offset=offset, extra=extra, stage="train"),
         cancel=cancel,
     )
@@ -90,7 +115,7 @@ def _device(device: str) -> tuple[int, int, str]:
 def embed_sections(
     sections,
     *,
-    epochs: int = 15,
+    epochs: int | None = None,
     device: str = "auto",
     seed: int = 0,
     names: Sequence[str] | None = None,
@@ -101,15 +126,15 @@ def embed_sections(
     """Train FuseMap on ``sections`` (AnnData or paths) and embed them (see the module
     docstring).
 
-    ``epochs``: at most this many epochs in each of the two training phases;
+    ``epochs``: at most this many epochs in each of the two training phases (None:
+    :func:`default_epochs`);
     ``model_options``: more :class:`FuseMap` options (``n_latent``, ...). Progress:
     ``progress(0, total, {"message": header})`` once the model is built, then one call
     per epoch.
     """
     from ..fusemap import FuseMap
 
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+    epochs = resolve_epochs(epochs)
     sections = as_sections(sections)
     if not sections:
         raise BrainAtlasInputError("no sections to embed")

@@ -31,7 +31,7 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 from .checks import finite_results, restore_missing
-from .embed import load_fusemap, train_fusemap
+from .embed import load_fusemap, resolve_epochs, train_fusemap
 from .genes import gene_spelling, model_genes, overlap_warnings
 from .outputs import check_output_file
 from .sections import as_sections, require_genes, section_names
@@ -104,7 +104,7 @@ def impute_sections(
     genes: str | Sequence[str],
     method: str = "auto",
     reference=None,
-    epochs: int = 15,
+    epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: ProgressFn | None = None,
@@ -115,6 +115,7 @@ def impute_sections(
     from ..fusemap import CELL_KEY
 
     genes = _parse_genes(genes)
+    epochs = resolve_epochs(epochs)
     if method not in ("auto", "knn", "decoder"):
         raise BrainAtlasInputError(f"method must be auto, knn or decoder, not {method!r}")
     sections = as_sections(sections)

@@ -44,7 +44,7 @@ from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import raise_if_cancelled, relay
 from .checks import check_expression, finite_results, restore_missing
-from .embed import load_fusemap, train_fusemap
+from .embed import load_fusemap, resolve_epochs, train_fusemap
 from .genes import overlap_warnings
 from .outputs import check_output_file
 from .sections import as_sections, require_genes, section_names
@@ -119,8 +119,7 @@ def map_onto(model, queries, refs, *, epochs, seed, progress=None, cancel=None, 
     """The one call of the query mapping: ``queries`` onto the frozen ``model``."""
     from ..annotate import map_query
 
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+    epochs = resolve_epochs(epochs)
     mapping = map_query(
         model,
         queries,
@@ -285,7 +284,7 @@ def map_queries(
     model=None,
     reference=None,
     labels: Sequence[str] = (),
-    epochs: int = 15,
+    epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
     what: str = "transfer",
@@ -295,9 +294,9 @@ def map_queries(
     """Map ``query`` (AnnData or paths) onto a reference (see the module doc for the
     kinds of reference); ``labels`` are checked against the reference before any
     training or mapping. ``epochs``: query-mapping epochs (and training epochs per
-    phase when a model is trained first)."""
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+    phase when a model is trained first); None: the one default,
+    :func:`~.embed.default_epochs`."""
+    epochs = resolve_epochs(epochs)
     queries = as_sections(query)
     require_genes(queries, "label transfer" if labels else "mapping")
     check_expression(queries, section_names(queries), "mapping onto the model")
@@ -347,7 +346,7 @@ def label_transfer(
     method: str = "mlp",
     hierarchy: dict | None = None,
     smooth_regions: bool = True,
-    epochs: int = 15,
+    epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: ProgressFn | None = None,

@@ -75,6 +75,17 @@ class _CostPlot(QWidget):
         self.ax.set_xlabel("iteration", color="#dddddd", fontsize=7, labelpad=1)
         self.ax.set_ylabel("cost um", color="#dddddd", fontsize=7, labelpad=1)
         (self.line,) = self.ax.plot([], [], color="#ffcc33", lw=1.2)
+        self._empty = self.ax.text(  # no fit yet: a word, not axes around nothing
+            0.5,
+            0.5,
+            "cost per iteration of the fit",
+            color="#aaaaaa",
+            fontsize=7,
+            ha="center",
+            va="center",
+            transform=self.ax.transAxes,
+        )
+        self.ax.tick_params(labelbottom=False, labelleft=False)
         self._marks = []
         self.canvas = FigureCanvasQTAgg(fig)
         self.canvas.setMinimumHeight(90)
@@ -100,6 +111,8 @@ class _CostPlot(QWidget):
             for i in range(1, len(y)):
                 if self.stages[i] != self.stages[i - 1]:
                     self._marks.append(self.ax.axvline(i - 0.5, color="#888888", lw=0.6))
+        self._empty.set_visible(not len(y))
+        self.ax.tick_params(labelbottom=bool(len(y)), labelleft=bool(len(y)))
         if len(y):
             lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
             pad = max(hi - lo, 1e-6) * 0.08
