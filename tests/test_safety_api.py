@@ -125,3 +125,23 @@ def test_finite_results_flags_and_restores():
     assert (
         np.isnan(b.obsm["X_fusemap_cell"][1]).all() and np.isfinite(a.obsm["X_fusemap_cell"]).all()
     )
+
+
+def test_hierarchy_must_name_columns_the_reference_has():
+    from napari_brainatlas.workflows.transfer import check_labels
+
+    ref = ad.AnnData(np.ones((4, 2), np.float32))
+    ref.obs["celltype"] = ["a", "b", "a", "b"]
+    ref.obs["celltype_main"] = ["x", "x", "y", "y"]
+    check_labels([ref], ["celltype"], {"celltype": "celltype_main"})  # fine
+    with pytest.raises(BrainAtlasInputError, match="obs\\['missing'\\]"):
+        check_labels([ref], ["celltype"], {"celltype": "missing"})
+    with pytest.raises(BrainAtlasInputError, match="not among the labels"):
+        check_labels([ref], ["celltype"], {"region": "celltype_main"})
+
+
+def test_domains_top_k_below_one():
+    from napari_brainatlas.workflows.domains import prepare_domains
+
+    with pytest.raises(BrainAtlasInputError, match="top_k must be at least 1"):
+        prepare_domains([], "demo", top_k=0)

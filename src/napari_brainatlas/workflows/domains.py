@@ -119,6 +119,9 @@ def prepare_domains(
     """
     from ..domains import load_connectome, prepare
 
+    for name, value in (("top_k", top_k), ("per_region", per_region)):
+        if int(value) < 1:
+            raise BrainAtlasInputError(f"{name} must be at least 1, not {value}")
     sections = as_sections(sections)
     if not sections:
         raise BrainAtlasInputError("no sections given")

@@ -204,9 +204,24 @@ def _reference_model(reference, seed, device):
     return FuseMap([a.copy() for a in as_sections(reference)], seed=seed, device=device)
 
 
-def check_labels(refs: Sequence[AnnData], labels: Sequence[str]) -> None:
+def check_labels(
+    refs: Sequence[AnnData], labels: Sequence[str], hierarchy: dict | None = None
+) -> None:
     """Every label must be carried by at least one reference section (any subset may
-    carry it: the classifier learns from the cells that have it)."""
+    carry it: the classifier learns from the cells that have it); a ``hierarchy`` the
+    user gives (label -> main-level column) must name transferred labels and main-level
+    columns some reference section carries."""
+    for lab, main in (hierarchy or {}).items():
+        if lab not in labels:
+            raise BrainAtlasInputError(
+                f"the hierarchy gives a main level for '{lab}', which is not among the "
+                f"labels transferred ({', '.join(labels)})"
+            )
+        if not any(main in r.obs.columns for r in refs):
+            raise BrainAtlasInputError(
+                f"the hierarchy names obs['{main}'] as the main level of '{lab}', but no "
+                "reference section has that column"
+            )
     for lab in labels:
         if not any(lab in r.obs.columns for r in refs):
             have = sorted(reference_labels(refs))
@@ -284,6 +299,7 @@ def map_queries(
     model=None,
     reference=None,
     labels: Sequence[str] = (),
+    hierarchy: dict | None = None,
     epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -292,8 +308,8 @@ def map_queries(
     cancel=None,
 ) -> Mapped:
     """Map ``query`` (AnnData or paths) onto a reference (see the module doc for the
-    kinds of reference); ``labels`` are checked against the reference before any
-    training or mapping. ``epochs``: query-mapping epochs (and training epochs per
+    kinds of reference); ``labels`` (and a ``hierarchy`` label -> main-level column)
+    are checked against the reference before any training or mapping. ``epochs``: query-mapping epochs (and training epochs per
     phase when a model is trained first); None: the one default,
     :func:`~.embed.default_epochs`."""
     epochs = resolve_epochs(epochs)
@@ -304,7 +320,7 @@ def map_queries(
     if model is None:
         if reference is not None:
             reference = as_sections(reference)
-            check_labels(reference, labels)  # before training, not after
+            check_labels(reference, labels, hierarchy)  # before training, not after
         model, reference = _reference_model(reference, seed, device), None
     if _untrained(model):
         if reference is not None:
@@ -314,7 +330,7 @@ def map_queries(
         train_fusemap(model, epochs, progress=progress, cancel=cancel, extra=epochs)
         offset = 2 * int(epochs)
     model, refs = load_reference(model, reference, device=device)
-    check_labels(refs, labels)
+    check_labels(refs, labels, hierarchy)
     warnings = overlap_warnings(model, queries)
     head = f"{what}: {len(queries)} query section(s) onto {model.n_sections} reference section(s)"
     report(
@@ -369,6 +385,7 @@ def label_transfer(
         model=model,
         reference=reference,
         labels=labels,
+        hierarchy=hierarchy,
         epochs=epochs,
         seed=seed,
         device=device,
@@ -400,7 +417,7 @@ def transfer_onto(
     from ..annotate import transfer_labels
 
     labels = list(labels)
-    check_labels(mapped.reference, labels)
+    check_labels(mapped.reference, labels, hierarchy)
     out = transfer_labels(
         mapped.reference,
         mapped.sections,

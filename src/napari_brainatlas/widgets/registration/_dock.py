@@ -997,8 +997,11 @@ class RegistrationWidget(QCMixin, BatchMixin, DockBase):
         mid = self.midline_xy_safe()
         if mid is not None:
             self.session.set_clicks(name, midline=mid)
+        sec = self.section_layer(name)
+        adata = sec.metadata.get("adata") if sec is not None else None
+        source = (adata.uns.get("napari_brainatlas", {}) or {}).get("source") if adata else None
         try:
-            out = self.session.save(name, Path(path))
+            out = self.session.save(name, Path(path), inputs=[source] if source else ())
         except Exception as exc:  # noqa: BLE001 - one notification
             show_error(one_line(exc, "cannot save: "))
             return None
