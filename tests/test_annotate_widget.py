@@ -263,3 +263,49 @@ def test_few_shared_genes_warn(qtbot, make_napari_viewer, model_run):
     warns = [n.message for n in seen if n.severity == NotificationSeverity.WARNING]
     assert any("shares only 3 of its 3 genes" in m for m in warns), [n.message for n in seen]
     assert "Warning: section" in w.status.text()
+
+
+def test_one_epochs_default_and_early_stopping_said(
+    qtbot, make_napari_viewer, model_run, error_notifications
+):
+    """Annotate, Embed and the CLI start from one default number of epochs (the
+    settings'); a mapping that early stopping ends says so in the status line and the
+    progress bar, which moved (a busy bar with the time) before the first epoch."""
+    import torch
+
+    from napari_brainatlas.cli import build_parser
+    from napari_brainatlas.fusemap.settings import FuseMapSettings
+    from napari_brainatlas.widgets.embed import EmbedWidget
+
+    torch.set_num_threads(1)
+    default = FuseMapSettings().epochs
+    run, secs, _names = model_run
+    viewer, w = _dock_with(make_napari_viewer, [secs[2]])
+    assert w.epochs.value() == default
+    assert EmbedWidget(viewer).epochs.value() == default
+    for argv in (
+        ["embed", "x.h5ad", "--out", "o"],
+        ["transfer", "--model", "m", "--query", "q.h5ad", "--labels", "region", "--out", "o"],
+        ["impute", "--model", "m", "--data", "d.h5ad", "--genes", "Gad1", "--out", "o"],
+    ):
+        assert build_parser().parse_args(argv).epochs is None  # the workflows' default
+    w.reference_list.set_ticked([])
+    w.query_list.set_ticked([w.query_list.item(0).text()])
+    w.model_edit.setText(str(run / "model"))
+    w._inspect_model()
+    assert w.wait_for_workers()
+    w.set_labels(["region"])
+    w.epochs.setValue(40)  # room for the validation loss to flatten on this small query
+    bars = []
+    w.job_progress.connect(lambda d, n, info: bars.append((d, w.progress.text())))
+    qtbot.mouseClick(w.run_button, _left())
+    assert w.progress.maximum() == 0 and w.progress.text().startswith("starting")
+    qtbot.waitUntil(lambda: not w.busy, timeout=180000)
+    assert not error_notifications, [n.message for n in error_notifications]
+    done = [d for d, _t in bars if d > 0]
+    assert done and "ETA" in next(t for d, t in bars if d > 0)
+    last = max(done)
+    assert last < 40, "the demo mapping ran all 40 epochs"
+    said = f"query mapping stopped at epoch {last} of 40: validation loss flat"
+    assert said in w.status.text(), w.status.text()
+    assert "(early stopping)" in w.progress.text()

@@ -239,3 +239,71 @@ def test_depth_asked_while_building_waits_and_the_latest_wins(qtbot, empty_dock)
     ids = w.session.regions(2)
     assert sorted(m.structure_id for m in w.meshes) == ids
     assert w.region_combo.count() == len(ids) + 1 and "at depth 2" in w.status.text()
+
+
+def test_sections_of_an_nrrd_atlas_reopen_it(
+    qtbot, make_napari_viewer, error_notifications, tmp_path
+):
+    """Sections registered to an atlas read from an .nrrd file, with its ontology in
+    another folder (not found beside it): the record keeps both files, and the 3D dock
+    reopens that atlas from them (a record of the file's stem alone could not). A record
+    written before the files were kept still reads (its name, nothing more)."""
+    from napari.layers import Layer
+
+    from napari_brainatlas.atlas import Atlas, make_demo_atlas
+    from napari_brainatlas.demo import make_demo_sections
+    from napari_brainatlas.demo.files import write_atlas_files
+    from napari_brainatlas.layers import section_layer_data
+    from napari_brainatlas.register import RegistrationResult
+    from napari_brainatlas.widgets.atlas3d import CELLS_LAYER, Atlas3DWidget
+
+    files = write_atlas_files(make_demo_atlas(), tmp_path / "atlas")
+    onto = tmp_path / "trees" / "my_tree.csv"
+    onto.parent.mkdir()
+    files["ontology"].replace(onto)
+    atlas = Atlas.load(files["annotation"], ontology=onto)
+    assert atlas.name == "annotation_50um"
+    secs = make_demo_sections(seed=0, n_sections=2, cells_per_mm2=40)
+    from napari_brainatlas.workflows.register import register_many
+
+    opts = [
+        {
+            "plane": s.uns["demo_truth"]["plane"],
+            "position_um": s.uns["demo_truth"]["position_um"],
+            "hemisphere": s.uns["demo_truth"]["hemisphere"],
+            "midline": np.asarray(s.uns["demo_truth"]["midline"]),
+        }
+        for s in secs
+    ]
+    done = [r.adata for r in register_many(secs, atlas, opts)]
+    rec = next(iter(done[0].uns["ccf_registration"].values()))
+    assert rec["atlas"] == "annotation_50um"
+    assert rec["atlas_source"] == str(files["annotation"].resolve())
+    assert rec["atlas_ontology"] == str(onto.resolve())
+    res = RegistrationResult.from_uns(rec)
+    assert res.atlas_spec() == (str(files["annotation"].resolve()), str(onto.resolve()))
+    old = {k: v for k, v in rec.items() if k not in ("atlas_source", "atlas_ontology")}
+    assert RegistrationResult.from_uns(old).atlas_spec() == ("annotation_50um", None)
+
+    viewer = make_napari_viewer(show=True)
+    for s in done:
+        viewer.add_layer(Layer.create(*section_layer_data(s)))
+    w = Atlas3DWidget(viewer)
+    viewer.window.add_dock_widget(w, name="3D atlas", area="right")
+    try:
+        w.refresh()
+        _settle(qtbot, w)
+        _settle(qtbot, w)
+        assert not error_notifications, [n.message for n in error_notifications]
+        opened = w.session.atlas
+        assert opened is not None and opened.name == "annotation_50um"
+        assert opened.spec() == (str(files["annotation"].resolve()), str(onto.resolve()))
+        assert np.array_equal(opened.annotation, atlas.annotation)
+        assert viewer.layers[CELLS_LAYER].data.shape[0] == sum(s.n_obs for s in done)
+        first = opened
+        w.refresh()  # the same atlas again: kept, not read again
+        _settle(qtbot, w)
+        assert w.session.atlas is first
+    finally:
+        w.wait_for_workers()
+        w.close()

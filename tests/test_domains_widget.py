@@ -66,6 +66,12 @@ def test_train_then_alpha_recolours(qtbot, domains_dock, error_notifications):
         assert "spacon_domain" in ad.obs and ad.obsm["X_spacon"].shape == (ad.n_obs, 16)
         assert "spacon_domain" in ly.features.columns
         assert len(np.unique(np.array(ly.face_color), axis=0)) >= 2
+    # a legend: one row per domain with its cells and the CCF region most lie in
+    rows = [w.legend.item(i).text() for i in range(w.legend.count())]
+    assert len(rows) == len(set(w.labels)) and all(" in " in r for r in rows), rows
+    assert sum(int(r.split(": ")[1].split(" cells")[0].replace(",", "")) for r in rows) == sum(
+        ly.metadata["adata"].n_obs for ly in layers
+    )
     weights = {k: v.clone() for k, v in w.model.net.state_dict().items()}
     labels_half = w.labels.copy()
     w.set_alpha(1.0)  # re-mix + re-cluster, no retraining
@@ -115,3 +121,38 @@ def _left():
     from qtpy.QtCore import Qt
 
     return Qt.LeftButton
+
+
+def _coherence(layers, k: int = 10) -> float:
+    """Fraction of cells whose domain is the majority of their k nearest cells."""
+    from scipy.spatial import cKDTree
+
+    agree = total = 0
+    for ly in layers:
+        ad = ly.metadata["adata"]
+        lab = ad.obs["spacon_domain"].astype(str).to_numpy()
+        codes, inv = np.unique(lab, return_inverse=True)
+        xy = np.asarray(ad.obsm["spatial"], float)
+        _, idx = cKDTree(xy).query(xy, k=k + 1)
+        counts = np.zeros((len(xy), len(codes)), np.int32)
+        np.add.at(counts, (np.repeat(np.arange(len(xy)), k), inv[idx[:, 1:]].ravel()), 1)
+        agree += int((counts.argmax(1) == inv).sum())
+        total += len(xy)
+    return agree / total
+
+
+def test_smoothed_domains_are_contiguous(qtbot, domains_dock, error_notifications):
+    """Issue 23: the domains were salt and pepper at the default alpha. The dock's
+    spatial vote (on by default) gives contiguous domains; unticked, the raw clusters."""
+    _viewer, w = domains_dock
+    assert w.smooth_check.isChecked() and w.smooth_k > 1
+    w.epochs.setValue(3)
+    qtbot.mouseClick(w.train_button, _left())
+    qtbot.waitUntil(lambda: w.labels is not None and not w.busy, timeout=120000)
+    assert not error_notifications, [n.message for n in error_notifications]
+    smooth = _coherence(w.trained_layers)
+    shown = w.labels
+    w.smooth_check.setChecked(False)  # re-clusters without the vote, no retraining
+    qtbot.waitUntil(lambda: w.labels is not shown and not w.busy, timeout=60000)
+    raw = _coherence(w.trained_layers)
+    assert smooth > raw + 0.1, (smooth, raw)

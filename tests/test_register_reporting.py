@@ -97,3 +97,24 @@ def test_nonlinear_reports_its_own_metrics(ccf_case):
     assert m["boundary_median_um"] < ml["boundary_median_um"]  # the warp's own figure
     assert m["boundary_median_um"] != m["affine_boundary_median_um"]
     assert "affine_dice" not in ml
+
+
+def test_cli_progress_prints_why_training_stopped(capsys):
+    """An epoch record saying early stopping ended a training phase (``info['stopped']``,
+    as FuseMap and the query mapping write it) is printed as its own line by the CLI's
+    progress, after the epoch's line, also without --verbose."""
+    import sys
+
+    from napari_brainatlas.cli._common import Progress
+    from napari_brainatlas.models import early_stop_text
+
+    said = early_stop_text("query mapping", 7, 15, 3)
+    assert said == (
+        "query mapping stopped at epoch 7 of 15: validation loss flat for 3 epochs (early stopping)"
+    )
+    with Progress("map", stream=lambda: sys.stderr) as bar:
+        for e in range(1, 8):
+            bar(e, 15, {"val_loss": 1.0 / e, **({"stopped": said} if e == 7 else {})})
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == said and lines[-2].startswith("map 7/15")
+    assert len(lines) == 2 and said not in lines[-2]

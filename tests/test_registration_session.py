@@ -283,3 +283,20 @@ def test_session_imports_no_qt_and_no_napari():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_state_file_never_over_a_file_the_session_reads(tmp_path, atlas):
+    """The state JSON may not replace the section's source, the atlas or its ontology
+    (issue 28): one input error, the file unchanged."""
+    ses = RegistrationSession()
+    onto = tmp_path / "onto.json"
+    onto.write_text("{}")
+    src = tmp_path / "cells.json"
+    src.write_text("[]")
+    ses.set_atlas(atlas.name, atlas.version, None, str(onto))
+    ses.fitted("s1", _result())
+    for target in (onto, src):
+        with pytest.raises(BrainAtlasInputError, match="input|reads"):
+            ses.save("s1", target, inputs=[str(src)])
+    assert onto.read_text() == "{}" and src.read_text() == "[]"
+    assert ses.save("s1", tmp_path / "ok.json", inputs=[str(src)]).exists()

@@ -300,3 +300,36 @@ def test_every_dock_in_the_demo_viewer(make_napari_viewer, qtbot):
         img = viewer.screenshot(canvas_only=False, flash=False)
         save_shot(img, f"dock_{title.split(' ')[0].lower()}")
         assert img.shape[0] > 300 and img.shape[1] > 600
+
+
+def _slow_start(*, progress=None, cancel=None):
+    """A job whose first unit takes a while (as FuseMap's setup and first epoch)."""
+    for i in range(3):
+        for _ in range(30 if i == 0 else 50):
+            check_cancel(cancel)
+            time.sleep(0.05)
+        report(progress, i + 1, 3)
+    return 3
+
+
+def test_progress_bar_moves_before_the_first_unit_and_counts_down(dock, qtbot):
+    """Issue 23: the bar sat at 0 with no time for the first 20 s. Now it is a moving
+    busy bar with the time elapsed until the first unit, then the ETA counts down every
+    second between reports."""
+    import re
+
+    dock.start_job(_slow_start, what="training", unit="epochs", total=3)
+    bar = dock.progress
+    assert bar.maximum() == 0 and bar.text() == "starting ..."  # busy: it moves, with text
+    qtbot.waitUntil(lambda: bar.text().startswith("starting · "), timeout=5000)
+    qtbot.waitUntil(lambda: bar.value() == 1, timeout=10000)
+    first = bar.text()
+    assert first.startswith("1/3 epochs · ") and "ETA" in first
+
+    def eta(text):
+        return float(re.search(r"ETA ([0-9.]+) s", text).group(1))
+
+    qtbot.waitUntil(lambda: bar.text() != first and bar.value() == 1, timeout=3000)
+    assert eta(bar.text()) < eta(first)  # counted down without a new report
+    assert dock.wait_for_workers(30000)
+    assert bar.text().startswith("3/3 epochs · ") and not bar.running

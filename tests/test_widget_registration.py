@@ -399,13 +399,17 @@ def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notif
     assert not error_notifications, [n.message for n in error_notifications]
     res = widget.result
     assert any(n.startswith("quick plane search") for n in res.notes)
+    # the midline as the dock holds it (drawn in world coordinates and read back, so a
+    # few 1e-5 um off the true one: the fit is compared with the same clicks)
+    midline = widget.midline_xy()
+    assert np.allclose(midline, truth["midline"], atol=1e-2)
     ref = register_section(
         sec.metadata["adata"],
         widget.atlas,
         "coronal",
         widget.position_um,
         truth["hemisphere"],
-        midline=truth["midline"],
+        midline=midline,
         refine_position=True,
         plane_search="quick",
         max_iter=int(widget.max_iter_spin.value()),

@@ -94,6 +94,10 @@ def test_wrong_position_shows_in_the_agreement_view(reg_dock, qtbot, demo_two, e
     cells = viewer.layers[f"{sec.name} in atlas"]
     verdict = cells.features["agreement"].to_numpy()
     assert np.mean(verdict == "disagree") > 0.3
+    # the agree / disagree colours read against a grey template, with their key
+    grey = viewer.layers["template"].colormap.color_dict
+    assert all(np.allclose(c[0], c[:3]) for k, c in grey.items() if k and c[3] > 0)
+    assert widget.agreement_key.isVisible() and "disagrees" in widget.agreement_key.text()
     # hover on a disagreeing cell: its id, own label, landed region, verdict
     i = int(np.flatnonzero(verdict == "disagree")[0])
     status = cells.get_status(np.asarray(cells.data)[i], world=False)
@@ -122,6 +126,9 @@ def test_wrong_position_shows_in_the_agreement_view(reg_dock, qtbot, demo_two, e
     assert ct.mode == "consistency" and "celltype" in cells.features.columns
     widget.set_compare_column(None)
     assert widget.agreement() is None and widget.color_combo.currentText() == "one colour"
+    colours = viewer.layers["template"].colormap.color_dict  # atlas colours again
+    assert any(not np.allclose(c[0], c[:3]) for k, c in colours.items() if k and c[3] > 0)
+    assert not widget.agreement_key.isVisible()
     assert not error_notifications, [str(n.message) for n in error_notifications]
 
 
@@ -139,6 +146,7 @@ def test_unit_warning_and_fitted_scale(reg_dock, qtbot, demo_two, warnings_seen)
     assert len(units) == 1, warnings_seen
     assert "0.2 um" in units[0] and sec.name in units[0]
     assert "pixel size of about 0.2" in widget.status.text()
+    _shot(viewer, widget, "registration_unit_warning")
     # picking it again warns no more
     widget.section_combo.setCurrentText("")
     widget.section_combo.setCurrentText(sec.name)
@@ -149,6 +157,10 @@ def test_unit_warning_and_fitted_scale(reg_dock, qtbot, demo_two, warnings_seen)
     scale = [w for w in warnings_seen if "fitted scale" in w]
     assert len(scale) == 1 and "pixel size of about 0.2" in scale[0], warnings_seen
     assert "implausible" in widget.metrics_label.text()
+    # the cells over the template keep their size relative to the tissue (scale 0.2)
+    over = viewer.layers[f"{sec.name} in atlas"]
+    assert np.mean(over.size) < 0.3 * np.mean(sec.size)
+    _shot(viewer, widget, "registration_unit_warning_fitted")
 
 
 # ---------------------------------------------------------------------- batch
@@ -263,7 +275,7 @@ def test_flip_angles_and_start_pose(reg_dock, qtbot, demo_two, error_notificatio
         t2["position_um"],
         "left",
         (0, 0),
-        StartPose(-t2["rotation_deg"], 1.0),
+        StartPose(widget.rotation_spin.value(), 1.0),  # the spin box's 0.1 deg steps
     )
     assert np.allclose(np.asarray(prev.data)[:, ::-1], xy @ M[:2, :2].T + M[:2, 2])
     assert "start pose preview" in widget.status.text()

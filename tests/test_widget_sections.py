@@ -230,7 +230,7 @@ def test_demo_viewer_coloured_by_region(qtbot, make_napari_viewer):
     qtbot.wait(100)
     from napari_brainatlas.widgets.launch import _narrow
 
-    _narrow(viewer, viewer.window._dock_widgets["Sections"], 420)
+    _narrow(viewer, viewer.window.dock_widgets["Sections"].parent(), 420)  # the QDockWidget
     qtbot.wait(200)
     viewer.reset_view()
     img = viewer.screenshot(canvas_only=False, flash=False)

@@ -363,7 +363,7 @@ def test_ahba(tmp_path):
         progress=rec,
     )
     assert list(res.table["region"]) == ["ctxL", "ctxR", "thalR"]
-    assert res.summary() == "3 parcels x 8 genes"
+    assert res.summary() == "3 parcels x 8 genes (1 parcels without samples not written)"
     assert rec.calls and all(t == 100 and 0 <= d <= 100 for d, t, _i in rec.calls)
     out, rep = tmp_path / "expr.csv", tmp_path / "rep.json"
     assert write_ahba(res, out, report_path=rep) == [out, rep]

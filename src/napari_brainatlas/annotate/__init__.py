@@ -3,7 +3,8 @@
 * :func:`map_query` - query sections onto a frozen trained FuseMap (new encoders, new
   gene rows for unseen genes) -> :class:`QueryMapping` (a trainable model of the shared
   protocol, :mod:`napari_brainatlas.models`; options :class:`QueryMappingSettings`).
-* :func:`transfer_labels` - obs['<label>_transfer'] and ['<label>_transfer_uncertainty'].
+* :func:`transfer_labels` - obs['<label>_transfer'] and ['<label>_transfer_uncertainty']
+  (options :class:`TransferSettings`).
 * :func:`impute_genes`, :func:`measured_vs_imputed` - any gene on demand: kNN average of
   reference cells in the shared embedding, or the decoder max(z_C E^T, 0).
 * :meth:`QueryMapping.save` / :meth:`QueryMapping.load` - a mapping as a folder.
@@ -14,7 +15,7 @@ from .impute import IMPUTED_PREFIX, impute_genes, measured_vs_imputed
 from .query import QueryMapping, map_query
 from .settings import QueryMappingSettings
 from .smoothing import smooth_labels
-from .transfer import transfer_labels
+from .transfer import TransferSettings, transfer_labels
 
 __all__ = [
     "IMPUTED_PREFIX",
@@ -23,6 +24,7 @@ __all__ = [
     "MLPLabelClassifier",
     "QueryMapping",
     "QueryMappingSettings",
+    "TransferSettings",
     "impute_genes",
     "map_query",
     "measured_vs_imputed",

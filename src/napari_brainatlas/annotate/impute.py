@@ -298,49 +298,15 @@ def impute_genes(
         raise BrainAtlasInputError(
             f"the cell embedding has {Z.shape[-1]} dimensions but the gene embedding {E.shape[1]}"
         )
-    R = None
     if space not in ("joint", "cell"):
         raise BrainAtlasInputError(f"space must be 'joint' or 'cell', not {space!r}")
     if view not in ("auto", "query", "reference"):
         raise BrainAtlasInputError(f"view must be 'auto', 'query' or 'reference', not {view!r}")
     if weights not in ("distance", "uniform"):
         raise BrainAtlasInputError(f"weights must be 'distance' or 'uniform', not {weights!r}")
-    Zk = Z
-    used_view = "reference"
-    if method != "decoder" and view != "reference":
-        Zt = _tissue_or_none(model, section) if space == "joint" else None
-        R = _panel_reference(model, section, reference, joint=Zt is not None)
-        if R is not None:
-            used_view = "query"
-            if Zt is not None:
-                Zk = np.hstack([Z, Zt])
-        elif view == "query":
-            raise BrainAtlasInputError(
-                "view='query' needs a query section of a query mapping and the reference "
-                "sections' integer counts"
-            )
-    if (
-        R is None
-        and method != "decoder"
-        and (reference is not None or not isinstance(model, pd.DataFrame))
-    ):
-        own = None
-        if (
-            not hasattr(model, "query_names")
-            and hasattr(model, "section_names")
-            and not isinstance(section, AnnData)
-        ):
-            names = list(model.section_names)
-            own = names[int(section)] if isinstance(section, (int, np.integer)) else str(section)
-        R = None
-        if space == "joint":
-            Zt = _tissue_or_none(model, section)
-            if Zt is not None:
-                R = _reference_expression(model, reference, exclude=own, joint=True)
-                if R is not None:
-                    Zk = np.hstack([Z, Zt])
-        if R is None:
-            R = _reference_expression(model, reference, exclude=own)
+    R, Zk, used_view = None, Z, "reference"
+    if method != "decoder":
+        R, Zk, used_view = _knn_reference(model, section, reference, Z, space, view)
     if method == "knn" and R is None:
         raise BrainAtlasInputError(
             "kNN imputation needs the reference sections' expression: a model holding its "
@@ -364,6 +330,51 @@ def impute_genes(
         df.attrs["view"] = used_view
         df.attrs["weights"] = weights
         return df
+    return _decoder_frame(E, Z, index, genes, chunk)
+
+
+def _knn_reference(model, section, reference, Z: np.ndarray, space: str, view: str):
+    """The kNN search's reference cells and the section's search coordinates:
+    ``(R, Zk, view used)``, R None when no reference expression is at hand. First the
+    query view (:func:`_panel_reference`, unless ``view="reference"``), else the
+    reference embedding (:func:`_reference_expression`; the section's own cells left
+    out when the FuseMap holds it); ``Zk`` is [z_C, z_T] where the joint space is used."""
+    Zk, used_view, R = Z, "reference", None
+    if view != "reference":
+        Zt = _tissue_or_none(model, section) if space == "joint" else None
+        R = _panel_reference(model, section, reference, joint=Zt is not None)
+        if R is not None:
+            used_view = "query"
+            if Zt is not None:
+                Zk = np.hstack([Z, Zt])
+        elif view == "query":
+            raise BrainAtlasInputError(
+                "view='query' needs a query section of a query mapping and the reference "
+                "sections' integer counts"
+            )
+    if R is None and (reference is not None or not isinstance(model, pd.DataFrame)):
+        own = None
+        if (
+            not hasattr(model, "query_names")
+            and hasattr(model, "section_names")
+            and not isinstance(section, AnnData)
+        ):
+            names = list(model.section_names)
+            own = names[int(section)] if isinstance(section, (int, np.integer)) else str(section)
+        if space == "joint":
+            Zt = _tissue_or_none(model, section)
+            if Zt is not None:
+                R = _reference_expression(model, reference, exclude=own, joint=True)
+                if R is not None:
+                    Zk = np.hstack([Z, Zt])
+        if R is None:
+            R = _reference_expression(model, reference, exclude=own)
+    return R, Zk, used_view
+
+
+def _decoder_frame(E: pd.DataFrame, Z: np.ndarray, index, genes: list[str], chunk: int):
+    """The decoder estimate ``max(z_C E^T, 0)`` in chunks of cells (NaN where a cell has
+    no embedding)."""
     Eg = E.loc[genes].to_numpy(np.float32)
     out = np.full((len(Z), len(genes)), np.nan, np.float32)
     ok = np.isfinite(Z).all(1)

@@ -81,6 +81,7 @@ from ..models import (
     WEIGHTS,
     ModelFolder,
     TrainableModel,
+    early_stop_text,
     load_state,
     resolve_settings,
     save_state,
@@ -387,15 +388,17 @@ class QueryMapping(TrainableModel):
                 )
                 if self._lambda is not None:
                     rec["lambda"] = self._lambda
+                improved = val < best - 1e-6
+                best, bad = (val, 0) if improved else (best, bad + 1)
+                if not improved and bad >= self.settings.patience and ep + 1 < n_epochs:
+                    rec["stopped"] = early_stop_text(
+                        "query mapping", ep + 1, n_epochs, self.settings.patience
+                    )
                 self.history.append(rec)
                 if progress is not None:
                     progress(ep + 1, n_epochs, dict(rec))
-                if val < best - 1e-6:
-                    best, bad = val, 0
-                else:
-                    bad += 1
-                    if bad >= self.settings.patience:
-                        break
+                if "stopped" in rec:
+                    break
         finally:
             module.eval()
             # the trained new gene rows go into the copied module's embedding (frozen)

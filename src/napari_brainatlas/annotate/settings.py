@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import BrainAtlasInputError
+from ..fusemap.settings import FuseMapSettings
 from ..models import coerce_fields
 
 __all__ = ["QueryMappingSettings"]
@@ -24,7 +25,8 @@ class QueryMappingSettings:
     """Attributes
     ----------
     epochs : default of ``train(epochs=None)``: at most this many epochs (an epoch passes
-        every training cell of the largest query section once, and every anchor cell).
+        every training cell of the largest query section once, and every anchor cell);
+        FuseMap's ``FuseMapSettings.epochs``, the one default of docks, CLI and workflows.
     adversarial : True: use the adversarial term when reference embeddings are
         available; False: never; "auto" (default): only when the reference anchor cannot
         be used (no reference counts at hand); see :mod:`~napari_brainatlas.annotate.query`.
@@ -38,7 +40,7 @@ class QueryMappingSettings:
     anchor : weight of the reference-anchor loss (5.0; 0 = off, the paper).
     """
 
-    epochs: int = 15
+    epochs: int = FuseMapSettings.epochs
     adversarial: bool | str = "auto"
     batch_size: int | None = None
     lr: float | None = None

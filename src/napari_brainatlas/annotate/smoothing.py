@@ -5,7 +5,26 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .._errors import BrainAtlasInputError
+
 __all__ = ["smooth_labels"]
+
+
+def _check_inputs(xy, labels, k, weights) -> None:
+    """One :class:`BrainAtlasInputError` for inputs the vote cannot use."""
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise BrainAtlasInputError("smooth_labels needs (n, 2) cell positions")
+    if len(labels) != len(xy) or (weights is not None and len(weights) != len(xy)):
+        raise BrainAtlasInputError(
+            f"smooth_labels: {len(xy)} positions but {len(labels)} labels"
+            + ("" if weights is None else f" and {len(weights)} weights")
+        )
+    if not np.isfinite(xy).all():
+        raise BrainAtlasInputError("smooth_labels: some cell positions are NaN or infinite")
+    if weights is not None and not np.isfinite(np.asarray(weights, dtype=float)).all():
+        raise BrainAtlasInputError("smooth_labels: some weights are NaN or infinite")
+    if int(k) < 1:
+        raise BrainAtlasInputError(f"smooth_labels: k must be at least 1, not {k}")
 
 
 def smooth_labels(
@@ -18,6 +37,7 @@ def smooth_labels(
     """
     xy = np.asarray(xy_um, dtype=float)
     labels = np.asarray(labels).astype(str)
+    _check_inputs(xy, labels, k, weights)
     if len(xy) == 0:
         return labels, np.zeros(0, np.float32)
     classes, y = np.unique(labels, return_inverse=True)

@@ -27,7 +27,9 @@ embedding get NaN. ``uns['label_transfer']`` records what was done.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -35,10 +37,11 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 from ..fusemap import CELL_KEY, TISSUE_KEY
+from ..models import resolve_settings
 from .classifier import KNNLabelClassifier, MLPLabelClassifier
 from .smoothing import smooth_labels
 
-__all__ = ["DEFAULT_EMBEDDING", "DEFAULT_HIERARCHY", "transfer_labels"]
+__all__ = ["DEFAULT_EMBEDDING", "DEFAULT_HIERARCHY", "TransferSettings", "transfer_labels"]
 
 DEFAULT_EMBEDDING = {"celltype": CELL_KEY, "region": TISSUE_KEY}
 DEFAULT_HIERARCHY = {"celltype": "celltype_main"}
@@ -106,29 +109,12 @@ def _fit_predict(method, kw, Zr, yr, Zq, cancel):
     return clf, p
 
 
-def transfer_labels(
-    reference_sections,
-    query_sections,
-    labels=("celltype", "region"),
-    embedding: dict | None = None,
-    method: str = "mlp",
-    hierarchy: dict | None = None,
-    smooth_regions: bool = True,
-    smooth_k: int = 30,
-    seed: int = 0,
-    max_epochs: int = 200,
-    knn_k: int = 15,
-    hierarchy_mode: str = "flat",
-    class_balance: str | dict | None = None,
-    progress: Callable | None = None,
-    cancel: Callable | None = None,
-) -> list[AnnData]:
-    """Transfer ``labels`` from the reference to copies of the query sections.
+@dataclass(frozen=True)
+class TransferSettings:
+    """Options of :func:`transfer_labels` (the defaults are its defaults).
 
-    Parameters
+    Attributes
     ----------
-    reference_sections, query_sections : AnnData or lists (see the module docstring).
-    labels : obs columns of the reference to transfer.
     embedding : label -> obsm key (default cell types from ``X_fusemap_cell``, regions
         from ``X_fusemap_tissue``; a label not listed uses ``X_fusemap_tissue`` when its
         name contains "region", else ``X_fusemap_cell``).
@@ -142,7 +128,9 @@ def transfer_labels(
         class. On the annotation benchmark's embeddings nested was worse for the sub
         labels (demo cell type 0.653 vs 0.734 accuracy, osmFISH ClusterName with main =
         its first word 0.472 vs 0.491) and no better at the main level (demo 0.728).
-    smooth_regions : smooth labels read from the tissue embedding by a spatial vote.
+    smooth_regions : smooth labels read from the tissue embedding by a spatial vote over
+        ``smooth_k`` (30) neighbours.
+    max_epochs : the MLP's epochs at most (200); knn_k : the kNN vote's neighbours (15).
     class_balance : the MLP's class weights, "balanced" (inverse class frequency), "sqrt"
         (its square root) or "none"; one for every label, or a dict label -> value.
         Default: "sqrt" for labels read from the cell embedding, "balanced" for labels
@@ -152,7 +140,75 @@ def transfer_labels(
         0.414 -> 0.404) but lowered region accuracy (demo 0.805 -> 0.779, osmFISH 0.546 ->
         0.533): cell-type panels have many classes (18-32) with a long tail whose full
         inverse-frequency weights make the rare types over-predicted.
+    """
+
+    embedding: dict | None = None
+    method: str = "mlp"
+    hierarchy: dict | None = None
+    hierarchy_mode: str = "flat"
+    smooth_regions: bool = True
+    smooth_k: int = 30
+    max_epochs: int = 200
+    knn_k: int = 15
+    class_balance: str | dict | None = None
+
+    def __post_init__(self):
+        if self.hierarchy_mode not in ("flat", "nested"):
+            raise BrainAtlasInputError(
+                f"hierarchy_mode must be 'flat' or 'nested', not {self.hierarchy_mode!r}"
+            )
+        if self.method not in ("mlp", "knn"):
+            raise BrainAtlasInputError(f"method must be 'mlp' or 'knn', not {self.method!r}")
+        cb = self.class_balance
+        for v in ([cb] if isinstance(cb, str) else []) + list(self.balances.values()):
+            if v not in ("balanced", "sqrt", "none"):
+                raise BrainAtlasInputError(
+                    f"class_balance must be 'balanced', 'sqrt' or 'none', not {v!r}"
+                )
+
+    @property
+    def balances(self) -> dict:
+        """The per-label class weights given as a dict (else empty)."""
+        return self.class_balance if isinstance(self.class_balance, dict) else {}
+
+    def embedding_key(self, label: str) -> str:
+        emb = dict(DEFAULT_EMBEDDING)
+        emb.update(self.embedding or {})
+        return emb.get(label, TISSUE_KEY if "region" in label.lower() else CELL_KEY)
+
+    def main_column(self, label: str):
+        hier = DEFAULT_HIERARCHY if self.hierarchy is None else dict(self.hierarchy)
+        return hier.get(label)
+
+    def balance_of(self, label: str, key: str) -> str:
+        if isinstance(self.class_balance, str):
+            return self.class_balance
+        return self.balances.get(label, "balanced" if key == TISSUE_KEY else "sqrt")
+
+
+def transfer_labels(
+    reference_sections,
+    query_sections,
+    labels=("celltype", "region"),
+    settings: TransferSettings | None = None,
+    *,
+    seed: int = 0,
+    progress: Callable | None = None,
+    cancel: Callable | None = None,
+    **options,
+) -> list[AnnData]:
+    """Transfer ``labels`` from the reference to copies of the query sections.
+
+    Parameters
+    ----------
+    reference_sections, query_sections : AnnData or lists (see the module docstring).
+    labels : obs columns of the reference to transfer.
+    settings : :class:`TransferSettings`; ``**options`` its fields as keywords
+        (``method="knn", hierarchy_mode="nested", smooth_regions=False, max_epochs=60,
+        class_balance="sqrt"`` ...), applied to ``settings`` (default ``TransferSettings()``).
+    seed : the classifiers' seed.
     progress : ``progress(i, n, label)`` after each label.
+    cancel : ``cancel()`` polled between labels (and by the MLP while it trains).
     """
     ref = _as_list(reference_sections)
     qry = [a.copy() for a in _as_list(query_sections)]
@@ -161,132 +217,140 @@ def transfer_labels(
     labels = list(labels)
     if not labels:
         raise BrainAtlasInputError("give at least one label column to transfer")
-    if hierarchy_mode not in ("flat", "nested"):
-        raise BrainAtlasInputError(
-            f"hierarchy_mode must be 'flat' or 'nested', not {hierarchy_mode!r}"
-        )
-    if method not in ("mlp", "knn"):
-        raise BrainAtlasInputError(f"method must be 'mlp' or 'knn', not {method!r}")
-    balances = class_balance if isinstance(class_balance, dict) else {}
-    for v in ([class_balance] if isinstance(class_balance, str) else []) + list(balances.values()):
-        if v not in ("balanced", "sqrt", "none"):
-            raise BrainAtlasInputError(
-                f"class_balance must be 'balanced', 'sqrt' or 'none', not {v!r}"
-            )
-    emb = dict(DEFAULT_EMBEDDING)
-    emb.update(embedding or {})
-    hier = DEFAULT_HIERARCHY if hierarchy is None else dict(hierarchy)
-    kw = {"seed": seed, "max_epochs": max_epochs, "k": knn_k}
-    mlp_kw = {k: v for k, v in kw.items() if k != "k"}
-    sizes = [a.n_obs for a in qry]
-    splits = np.cumsum(sizes)[:-1]
+    s = resolve_settings(TransferSettings, settings, options, "label transfer")
     record = {}
     for li, lab in enumerate(labels):
         if cancel is not None and cancel():
             break
-        key = emb.get(lab, TISSUE_KEY if "region" in lab.lower() else CELL_KEY)
-        Zr = _stack(ref, key, "reference")
-        Zq = _stack(qry, key, "query")
-        yr = _labels(ref, lab)
-        okr = np.isfinite(Zr).all(1)
-        okq = np.isfinite(Zq).all(1)
-        Zr, yr = Zr[okr], yr[okr]
-        labelled = [str(_name(a, i)) for i, a in enumerate(ref) if lab in a.obs.columns]
-        main_col = hier.get(lab)
-        use_h = bool(main_col) and any(main_col in a.obs.columns for a in ref)
-        pred = np.full(len(Zq), None, dtype=object)
-        unc = np.full(len(Zq), np.nan, np.float32)
-        balance = (
-            class_balance
-            if isinstance(class_balance, str)
-            else balances.get(lab, "balanced" if key == TISSUE_KEY else "sqrt")
-        )
-        k_mlp = dict(mlp_kw, balance=balance) if method == "mlp" else kw
-        if use_h and hierarchy_mode == "flat":
-            ym = _labels(ref, main_col)[okr]
-            clf, p = _fit_predict(method, k_mlp, Zr, yr, Zq[okq], cancel)
-            main_of = _main_of(yr, ym)
-            fine_main = np.array([main_of.get(str(c)) for c in clf.classes_], dtype=object)
-            main_pred = np.full(len(Zq), None, dtype=object)
-            main_unc = np.full(len(Zq), np.nan, np.float32)
-            if len(p):
-                best = p.argmax(1)
-                pred[okq] = clf.classes_[best]
-                unc[okq] = 1.0 - p.max(1)
-                mains = fine_main[best]
-                pm = np.array(
-                    [
-                        p[i, fine_main == m].sum() if m is not None else p[i, best[i]]
-                        for i, m in enumerate(mains)
-                    ],
-                    np.float32,
-                )
-                main_pred[okq] = mains
-                main_unc[okq] = np.clip(1.0 - pm, 0.0, 1.0)
-            if main_col not in labels:
-                _write(qry, splits, main_col, main_pred, main_unc)
-        elif use_h:
-            ym = _labels(ref, main_col)[okr]
-            clf_m, pm = _fit_predict(method, k_mlp, Zr, ym, Zq[okq], cancel)
-            main = clf_m.classes_[pm.argmax(1)] if len(pm) else np.array([], dtype=object)
-            pmax = pm.max(1) if len(pm) else np.zeros(0, np.float32)
-            sub = np.empty(len(main), dtype=object)
-            psub = np.ones(len(main), np.float32)
-            for m in clf_m.classes_:
-                selq = main == m
-                if not selq.any():
-                    continue
-                selr = np.array([v == m for v in ym]) & np.array([v is not None for v in yr])
-                if not selr.any():
-                    sub[selq] = None
-                    continue
-                clf_s, ps = _fit_predict(method, k_mlp, Zr[selr], yr[selr], Zq[okq][selq], cancel)
-                sub[selq] = clf_s.classes_[ps.argmax(1)]
-                psub[selq] = ps.max(1)
-            main_pred = np.full(len(Zq), None, dtype=object)
-            main_unc = np.full(len(Zq), np.nan, np.float32)
-            main_pred[okq] = main
-            main_unc[okq] = 1.0 - pmax
-            pred[okq] = sub
-            unc[okq] = 1.0 - pmax * psub
-            if main_col not in labels:
-                _write(qry, splits, main_col, main_pred, main_unc)
-        else:
-            clf, p = _fit_predict(method, k_mlp, Zr, yr, Zq[okq], cancel)
-            if len(p):
-                pred[okq] = clf.classes_[p.argmax(1)]
-                unc[okq] = 1.0 - p.max(1)
-        smoothed = False
-        if smooth_regions and key == TISSUE_KEY:
-            smoothed = True
-            for i, (a, sl) in enumerate(zip(qry, _slices(sizes))):
-                ok = okq[sl]
-                if ok.sum() == 0 or "spatial" not in a.obsm:
-                    continue
-                xy = np.asarray(a.obsm["spatial"], float)[:, :2][ok]
-                lab_s, unc_s = smooth_labels(
-                    xy, pred[sl][ok].astype(str), k=smooth_k, weights=1.0 - unc[sl][ok]
-                )
-                idx = np.flatnonzero(ok) + sl.start
-                pred[idx] = lab_s
-                unc[idx] = unc_s
-        np.clip(unc, 0.0, 1.0, out=unc)
-        _write(qry, splits, lab, pred, unc)
-        record[lab] = {
-            "embedding": key,
-            "method": method,
-            "smoothed": smoothed,
-            "class_balance": balance if method == "mlp" else None,
-            "hierarchy": main_col if use_h else None,
-            "hierarchy_mode": hierarchy_mode if use_h else None,
-            "n_reference_cells": int(sum(v is not None for v in yr)),
-            "labelled_sections": labelled,
-        }
+        record[lab] = _transfer_label(ref, qry, lab, labels, s, seed, cancel)
         if progress is not None:
             progress(li + 1, len(labels), lab)
     for a in qry:
         a.uns["label_transfer"] = record
     return qry
+
+
+def _transfer_label(ref, qry, lab: str, labels, s: TransferSettings, seed: int, cancel) -> dict:
+    """Predict ``lab`` for every query cell (and its main level under a hierarchy), write
+    the columns into ``qry``; returns what ``uns['label_transfer'][lab]`` records."""
+    key = s.embedding_key(lab)
+    Zr = _stack(ref, key, "reference")
+    Zq = _stack(qry, key, "query")
+    yr = _labels(ref, lab)
+    okr = np.isfinite(Zr).all(1)
+    okq = np.isfinite(Zq).all(1)
+    Zr, yr = Zr[okr], yr[okr]
+    labelled = [str(_name(a, i)) for i, a in enumerate(ref) if lab in a.obs.columns]
+    main_col = s.main_column(lab)
+    use_h = bool(main_col) and any(main_col in a.obs.columns for a in ref)
+    pred = np.full(len(Zq), None, dtype=object)
+    unc = np.full(len(Zq), np.nan, np.float32)
+    balance = s.balance_of(lab, key)
+    if s.method == "mlp":
+        kw = {"seed": seed, "max_epochs": s.max_epochs, "balance": balance}
+    else:
+        kw = {"seed": seed, "max_epochs": s.max_epochs, "k": s.knn_k}
+    fit = functools.partial(_fit_predict, s.method, kw, cancel=cancel)
+    sizes = [a.n_obs for a in qry]
+    splits = np.cumsum(sizes)[:-1]
+    if use_h:
+        ym = _labels(ref, main_col)[okr]
+        if s.hierarchy_mode == "flat":
+            main_pred, main_unc = _predict_flat(fit, Zr, yr, ym, Zq, okq, pred, unc)
+        else:
+            main_pred, main_unc = _predict_nested(fit, Zr, yr, ym, Zq, okq, pred, unc)
+        if main_col not in labels:
+            _write(qry, splits, main_col, main_pred, main_unc)
+    else:
+        clf, p = fit(Zr, yr, Zq[okq])
+        if len(p):
+            pred[okq] = clf.classes_[p.argmax(1)]
+            unc[okq] = 1.0 - p.max(1)
+    smoothed = bool(s.smooth_regions and key == TISSUE_KEY)
+    if smoothed:
+        _smooth(qry, sizes, okq, pred, unc, s.smooth_k)
+    np.clip(unc, 0.0, 1.0, out=unc)
+    _write(qry, splits, lab, pred, unc)
+    return {
+        "embedding": key,
+        "method": s.method,
+        "smoothed": smoothed,
+        "class_balance": balance if s.method == "mlp" else None,
+        "hierarchy": main_col if use_h else None,
+        "hierarchy_mode": s.hierarchy_mode if use_h else None,
+        "n_reference_cells": int(sum(v is not None for v in yr)),
+        "labelled_sections": labelled,
+    }
+
+
+def _predict_flat(fit, Zr, yr, ym, Zq, okq, pred, unc):
+    """Flat hierarchy: one classifier over the sub labels (written into ``pred`` /
+    ``unc``); the main label is the predicted sub label's main class, its uncertainty
+    ``1 - the summed p of that class's sub labels``. Returns (main_pred, main_unc)."""
+    clf, p = fit(Zr, yr, Zq[okq])
+    main_of = _main_of(yr, ym)
+    fine_main = np.array([main_of.get(str(c)) for c in clf.classes_], dtype=object)
+    main_pred = np.full(len(Zq), None, dtype=object)
+    main_unc = np.full(len(Zq), np.nan, np.float32)
+    if len(p):
+        best = p.argmax(1)
+        pred[okq] = clf.classes_[best]
+        unc[okq] = 1.0 - p.max(1)
+        mains = fine_main[best]
+        pm = np.array(
+            [
+                p[i, fine_main == m].sum() if m is not None else p[i, best[i]]
+                for i, m in enumerate(mains)
+            ],
+            np.float32,
+        )
+        main_pred[okq] = mains
+        main_unc[okq] = np.clip(1.0 - pm, 0.0, 1.0)
+    return main_pred, main_unc
+
+
+def _predict_nested(fit, Zr, yr, ym, Zq, okq, pred, unc):
+    """Nested hierarchy (the paper): the main level first, then the sub level by a
+    classifier trained inside each predicted main class; the sub label's uncertainty is
+    ``1 - p(main) p(sub | main)`` (written into ``pred`` / ``unc``). Returns (main_pred,
+    main_unc)."""
+    clf_m, pm = fit(Zr, ym, Zq[okq])
+    main = clf_m.classes_[pm.argmax(1)] if len(pm) else np.array([], dtype=object)
+    pmax = pm.max(1) if len(pm) else np.zeros(0, np.float32)
+    sub = np.empty(len(main), dtype=object)
+    psub = np.ones(len(main), np.float32)
+    for m in clf_m.classes_:
+        selq = main == m
+        if not selq.any():
+            continue
+        selr = np.array([v == m for v in ym]) & np.array([v is not None for v in yr])
+        if not selr.any():
+            sub[selq] = None
+            continue
+        clf_s, ps = fit(Zr[selr], yr[selr], Zq[okq][selq])
+        sub[selq] = clf_s.classes_[ps.argmax(1)]
+        psub[selq] = ps.max(1)
+    main_pred = np.full(len(Zq), None, dtype=object)
+    main_unc = np.full(len(Zq), np.nan, np.float32)
+    main_pred[okq] = main
+    main_unc[okq] = 1.0 - pmax
+    pred[okq] = sub
+    unc[okq] = 1.0 - pmax * psub
+    return main_pred, main_unc
+
+
+def _smooth(qry, sizes, okq, pred, unc, k: int) -> None:
+    """Spatial vote over ``k`` neighbours within each query section (weights ``1 -
+    uncertainty``), in place; sections without ``obsm['spatial']`` stay as they are."""
+    for a, sl in zip(qry, _slices(sizes)):
+        ok = okq[sl]
+        if ok.sum() == 0 or "spatial" not in a.obsm:
+            continue
+        xy = np.asarray(a.obsm["spatial"], float)[:, :2][ok]
+        lab_s, unc_s = smooth_labels(xy, pred[sl][ok].astype(str), k=k, weights=1.0 - unc[sl][ok])
+        idx = np.flatnonzero(ok) + sl.start
+        pred[idx] = lab_s
+        unc[idx] = unc_s
 
 
 def _name(a: AnnData, i: int) -> str:

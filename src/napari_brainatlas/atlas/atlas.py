@@ -107,6 +107,9 @@ class Atlas:
     resolution_um : isotropic voxel size in micrometres.
     ontology : :class:`Ontology` covering the ids in ``annotation``.
     name, version : what the atlas is called and which release, saved with results.
+    source : where it came from: ``"generated"`` (demo), ``"brainglobe"``, or the
+        absolute path of the annotation file (then ``ontology_source`` is the path of its
+        ontology file); :meth:`spec` gives what :meth:`load` reopens it from.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Atlas:
         name: str = "atlas",
         version: str = "",
         source: str = "",
+        ontology_source: str = "",
     ):
         annotation = np.asarray(annotation)
         if annotation.ndim != 3:
@@ -129,6 +133,7 @@ class Atlas:
         self.name = name
         self.version = version
         self.source = source
+        self.ontology_source = ontology_source
 
     def __repr__(self) -> str:
         return (
@@ -263,6 +268,14 @@ class Atlas:
         )
 
     # ------------------------------------------------------------------ loading
+    def spec(self) -> tuple[str, str]:
+        """``(spec, ontology)`` that :meth:`load` reopens this atlas from: the annotation
+        file and its ontology file (absolute paths) for an atlas read from files, else
+        ``(name, "")`` (``"demo"``, a BrainGlobe name)."""
+        if self.source and self.source not in ("generated", "brainglobe"):
+            return str(self.source), str(self.ontology_source or "")
+        return str(self.name), ""
+
     @classmethod
     def load(cls, spec: str | Path, ontology: str | Path | None = None) -> Atlas:
         """Open an atlas by spec: ``"demo"``, a path to an Allen ``.nrrd`` annotation (with
@@ -287,7 +300,15 @@ class Atlas:
             ontology = _find_ontology_beside(path)
         onto = Ontology.from_file(ontology)
         vol, res = _read_nrrd_cached(str(path.resolve()), path.stat().st_mtime)
-        return cls(vol, res, onto, name=path.stem, version=_file_version(path), source=str(path))
+        return cls(
+            vol,
+            res,
+            onto,
+            name=path.stem,
+            version=_file_version(path),
+            source=str(path.resolve()),
+            ontology_source=str(Path(ontology).resolve()),
+        )
 
     @classmethod
     def from_brainglobe(cls, name: str) -> Atlas:

@@ -25,6 +25,19 @@ def _hex_to_rgb(hex_triplet: str) -> tuple[int, int, int]:
     return tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
 
 
+def _int_column(values: pd.Series, what: str) -> pd.Series:
+    """``values`` as int64; one clear error naming the first value that is no integer."""
+    num = pd.to_numeric(values, errors="coerce")
+    bad = num.isna() | (np.isfinite(num) & (num != np.round(num)))
+    if bad.any():
+        first = values[bad].iloc[0]
+        raise BrainAtlasInputError(
+            f"ontology structure {what}s must be integers; {int(bad.sum())} are not "
+            f"(first: {first!r})"
+        )
+    return num.astype(np.int64)
+
+
 class Ontology:
     """A tree of brain structures.
 
@@ -41,8 +54,8 @@ class Ontology:
         if missing:
             raise BrainAtlasInputError(f"ontology lacks columns {sorted(missing)}")
         t = table.loc[:, ["id", "acronym", "name", "parent", "color"]].copy()
-        t["id"] = t["id"].astype(np.int64)
-        t["parent"] = t["parent"].fillna(-1).astype(np.int64)
+        t["id"] = _int_column(t["id"], "id")
+        t["parent"] = _int_column(t["parent"].fillna(-1), "parent")
         t["acronym"] = t["acronym"].astype(str)
         t["name"] = t["name"].astype(str)
         t["color"] = t["color"].fillna("C8C8C8").astype(str)

@@ -9,15 +9,21 @@
   updating line on a terminal; elsewhere (a log, a pipe) a line at the end of a run of
   known length and at most one line every ``every_s`` seconds; every unit on a line with
   ``--verbose``. A report with ``done == 0`` and ``info['message']`` (a header) is always
-  printed as a line.
+  printed as a line, once the first unit is done or the run ends well (a run that fails
+  before its first unit prints its one error line only), and so is ``info['stopped']``
+  (why early stopping ended a training).
 * :func:`torch_threads` - ``--threads``: torch's CPU threads for the duration of a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -29,6 +35,7 @@ __all__ = [
     "Progress",
     "add_genes_option",
     "add_verbose",
+    "check_common_options",
     "run",
     "torch_threads",
 ]
@@ -63,11 +70,47 @@ def add_genes_option(parser) -> None:
     )
 
 
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def check_common_options(args) -> None:
+    """The options several subcommands share, checked before anything is read:
+    ``--threads`` at least 1, ``--epochs`` not negative, ``--device`` a known device."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise BrainAtlasInputError(f"--threads must be at least 1, not {threads}")
+    epochs = getattr(args, "epochs", None)
+    if isinstance(epochs, int) and epochs < 0:
+        raise BrainAtlasInputError(f"--epochs must be 0 or more, not {epochs}")
+    device = getattr(args, "device", None)
+    if device is not None and not _DEVICE.match(str(device)):
+        raise BrainAtlasInputError(f"unknown --device {device!r} (use auto, cpu or cuda)")
+
+
+def _terminate(signum, frame):  # SIGTERM ends a run as Ctrl-C does: temporary files go
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
-    """Run ``args.func(args)``; one line on stderr and an exit code for what went wrong."""
+    """Run ``args.func(args)``; one line on stderr and an exit code for what went wrong.
+
+    Warnings of the libraries (anndata's name warnings, ...) are held back: a run that
+    fails prints its one error line only; a run that succeeds prints each distinct
+    warning as one ``warning:`` line at the end. SIGTERM is handled like Ctrl-C, so the
+    atomic writers remove their temporary files.
+    """
     name = f"{PROG} {getattr(args, 'command', '')}".strip()
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings(record=True) as caught:
+            check_common_options(args)
+            code = int(args.func(args) or 0)
+        shown = [w for w in caught if not issubclass(w.category, DeprecationWarning)]
+        for text in dict.fromkeys(" ".join(str(w.message).split())[:300] for w in shown):
+            print(f"{name}: warning: {text}", file=sys.stderr)
+        return code
     except BrainAtlasInputError as exc:
         print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -77,6 +120,9 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def _default_text(label: str, done: int, total, info: dict) -> str:
@@ -84,7 +130,7 @@ def _default_text(label: str, done: int, total, info: dict) -> str:
     values = ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
         for k, v in info.items()
-        if k != "message" and isinstance(v, (int, float, str))
+        if k not in ("message", "stopped") and isinstance(v, (int, float, str))
     )
     msg = info.get("message", "")
     return " ".join(x for x in (label, count, values, msg) if x)
@@ -118,6 +164,7 @@ class Progress:
         self.t0 = self._last = time.monotonic()
         self._pending: str | None = None  # last unit not printed
         self._open = False  # an updating line is on the terminal
+        self._headers: list[str] = []  # held until the first unit (or a good end)
 
     @property
     def stream(self):
@@ -149,8 +196,9 @@ class Progress:
     def __call__(self, done: int, total, info: dict | None = None) -> None:
         info = dict(info or {})
         if done == 0 and info.get("message"):
-            self._line(str(info["message"]))
+            self._headers.append(str(info["message"]))
             return
+        self._flush_headers()
         if self.quiet:
             return
         text = self.text(done, total, info, self.elapsed())
@@ -166,10 +214,20 @@ class Progress:
             self._line(text)
         else:
             self._pending = text if total else None
+        if info.get("stopped"):  # early stopping ended a training phase: say why
+            if self._pending:
+                self._line(self._pending)
+            self._line(str(info["stopped"]))
+
+    def _flush_headers(self) -> None:
+        headers, self._headers = self._headers, []
+        for h in headers:
+            self._line(h)
 
     def close(self) -> None:
         """End the updating line; off a terminal, print the last unit of a run of known
         length that stopped early (not yet printed)."""
+        self._flush_headers()
         if self._pending and self._tty():
             self._draw(self._pending)
         if self._open:
@@ -182,7 +240,10 @@ class Progress:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:  # the error line is all the user sees
+            self._headers.clear()
+            self._pending = None
         self.close()
 
 

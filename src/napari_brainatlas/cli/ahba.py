@@ -96,12 +96,23 @@ def _step_text(done, total, info, elapsed_s) -> str:
 
 def run(args) -> int:
     from ..workflows import ahba as wf
-    from ..workflows.outputs import check_output_file
+    from ..workflows.outputs import check_distinct, check_output_file
 
     donors = list(args.donors)
     if not donors and not args.fetch:
         raise BrainAtlasInputError("give AHBA donor folders or --fetch DONOR")
-    out = check_output_file(args.out, ".csv")
+    reads = [
+        *donors,
+        *(
+            p
+            for p in (args.probes_reannotated, args.atlas, args.atlas_info, args.corrected_mni)
+            if p
+        ),
+    ]
+    out = check_output_file(args.out, ".csv", reads)
+    if args.report:
+        check_output_file(args.report, None, reads)
+    check_distinct(out, args.report)
     if args.fetch:
         with Progress(text=_download_text, verbose=args.verbose) as bar:
             donors += wf.fetch_donors(args.fetch, args.data_dir, timeout=args.timeout, progress=bar)
@@ -116,7 +127,7 @@ def run(args) -> int:
             tolerance=args.tolerance,
             progress=bar,
         )
-    wf.write_ahba(result, out, report_path=args.report)
+    wf.write_ahba(result, out, report_path=args.report, inputs=reads)
     for line in result.lines():
         print(line)
     print(result.summary(where=str(out)))

@@ -140,7 +140,13 @@ def run_modules(args) -> int:
     from ..workflows import analyses as wf
     from ..workflows.outputs import check_output_folder
 
-    out = check_output_folder(args.out)
+    reads = [args.model, *(args.score or [])]
+    out = check_output_folder(args.out, reads, ["modules.csv", "modules.json", "gene_umap.png"])
+    if args.score:
+        from ..workflows.sections import read_paths, section_names
+
+        names = section_names(read_paths(args.score))
+        check_output_folder(out, reads, [f"{n}.h5ad" for n in names])
     text = lambda d, t, i, s: f"gene modules: {i.get('phase', '')} {d}/{t}, {s:.0f} s"  # noqa: E731
     with Progress("modules", text=text, verbose=args.verbose) as bar:
         result = wf.find_modules(
@@ -165,7 +171,8 @@ def run_panel(args) -> int:
     from ..workflows import analyses as wf
     from ..workflows.outputs import check_output_file
 
-    out = check_output_file(args.out, ".csv", args.data or [])
+    reads = [args.model, *(args.data or [])]
+    out = check_output_file(args.out, ".csv", reads)
     panel = wf.design_panel(
         args.model,
         args.size,
@@ -175,7 +182,7 @@ def run_panel(args) -> int:
         method=args.method,
         seed=args.seed,
     )
-    wf.write_panel(panel, out, inputs=args.data or [])
+    wf.write_panel(panel, out, inputs=reads)
     for line in panel.lines():
         print(line)
     print(f"wrote {out}", file=sys.stderr)
@@ -185,9 +192,13 @@ def run_panel(args) -> int:
 def run_proximity(args) -> int:
     from ..analyses import ProximitySettings
     from ..workflows import analyses as wf
-    from ..workflows.outputs import check_output_file
+    from ..workflows.outputs import check_output_file, check_output_folder
 
     out = check_output_file(args.out, ".csv", args.inputs)
+    if args.heatmaps is not None:
+        check_output_folder(args.heatmaps, args.inputs)
+    if args.threads is not None and args.threads < 1:
+        raise BrainAtlasInputError(f"--threads must be at least 1, not {args.threads}")
     settings = ProximitySettings(
         radius_um=args.radius_um,
         shift_um=args.shift_um,

@@ -16,7 +16,10 @@ section per model section in model order; by default the ``<section>.h5ad`` file
 ``obs['<label>_transfer']`` and ``obs['<label>_transfer_uncertainty']`` (several query
 sections are concatenated, with ``obs['section']``); ``impute`` writes one obs column
 per gene, ``obs['imputed_<Gene>']``, spelled as the data spells the gene (see :mod:`napari_brainatlas.workflows.transfer`
-and :mod:`napari_brainatlas.workflows.impute`).
+and :mod:`napari_brainatlas.workflows.impute`). Query cells the mapping cannot embed (too
+few counts) are kept, flagged in ``obs['fusemap_low_counts']``, labelled ``'unassigned'``
+with uncertainty 1 and imputed as 0; the summary leaves them out and a ``note:`` line says
+how many. Nothing written holds NaN or inf.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ __all__ = ["add_parser", "parse_hierarchy", "run_impute", "run_transfer"]
 
 
 def _common_options(p, epochs_help: str) -> None:
-    p.add_argument("--epochs", type=int, default=15, help=epochs_help)
+    p.add_argument("--epochs", type=int, default=None, help=epochs_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -76,7 +79,7 @@ def _add_transfer(sub) -> None:
         help="label:main pairs, comma-separated ('' for none)",
     )
     p.add_argument("--no-smooth", action="store_true", help="no spatial smoothing of region labels")
-    _common_options(p, "query mapping epochs (default 15)")
+    _common_options(p, "query mapping epochs (default: FuseMap's, FuseMapSettings.epochs)")
     p.set_defaults(func=run_transfer)
 
 
@@ -138,13 +141,13 @@ def run_transfer(args) -> int:
     from ..workflows.outputs import check_output_file
     from ..workflows.sections import read_paths
 
-    inputs = list(args.query) + list(args.reference or [])
+    inputs = [*args.query, *(args.reference or []), args.model]
     out = check_output_file(args.out, ".h5ad", inputs)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if not labels:
         raise BrainAtlasInputError("--labels needs at least one label column")
     hierarchy = parse_hierarchy(args.hierarchy)
-    if args.epochs < 0:
+    if args.epochs is not None and args.epochs < 0:
         raise BrainAtlasInputError("--epochs must be 0 or more")
     queries = read_paths(args.query, args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:
@@ -162,7 +165,8 @@ def run_transfer(args) -> int:
             progress=bar,
         )
     wf.write_transfer(result, out, inputs=inputs)
-    for line in result.summary() + [f"warning: {w}" for w in result.warnings]:
+    notes = [f"note: {n}" for n in result.notes]
+    for line in result.summary() + [f"warning: {w}" for w in result.warnings] + notes:
         print(line, file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -173,7 +177,8 @@ def run_impute(args) -> int:
     from ..workflows.outputs import check_output_file
     from ..workflows.sections import read_paths
 
-    out = check_output_file(args.out, ".h5ad", [args.data])
+    inputs = [args.data, args.model, *(args.reference or [])]
+    out = check_output_file(args.out, ".h5ad", inputs)
     sections = read_paths([args.data], args.pixel_size, genes=args.genes_from_columns)
     with torch_threads(args.threads), Progress(text=_map_text, verbose=args.verbose) as bar:
         result = wf.impute_sections(
@@ -187,8 +192,10 @@ def run_impute(args) -> int:
             device=args.device,
             progress=bar,
         )
-    wf.write_imputed(result, out, inputs=[args.data])
+    wf.write_imputed(result, out, inputs=inputs)
     print(result.summary(where=str(out)), file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for n in result.notes:
+        print(f"note: {n}", file=sys.stderr)
     return 0

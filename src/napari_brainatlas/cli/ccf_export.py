@@ -71,7 +71,8 @@ def run(args) -> int:
     from ..workflows.register import load_atlas
     from ..workflows.sections import read_paths
 
-    check_export(args.out, format=args.format, units=args.units, inputs=args.inputs)
+    reads = [*args.inputs, *(p for p in (args.atlas, args.ontology) if p and Path(p).exists())]
+    check_export(args.out, format=args.format, units=args.units, inputs=reads)
     atlas = args.atlas
     if args.ontology and atlas is None:
         raise BrainAtlasInputError("--ontology goes with --atlas (an annotation .nrrd)")
@@ -87,7 +88,7 @@ def run(args) -> int:
             units=args.units,
             atlas=atlas,
             extra_obs=extra,
-            inputs=args.inputs,
+            inputs=reads,
             progress=bar,
         )
     for line in cells.lines():

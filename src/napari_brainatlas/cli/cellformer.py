@@ -39,11 +39,12 @@ def _epoch_text(done, total, info, elapsed_s) -> str:
 
 def run(args) -> int:
     from ..workflows import cellformer as wf
-    from ..workflows.outputs import check_output_folder
-    from ..workflows.sections import read_paths
+    from ..workflows.outputs import check_output_folder, check_run_folder
+    from ..workflows.sections import read_paths, section_names
 
-    out = check_output_folder(args.out)
+    out = check_output_folder(args.out, args.inputs)
     sections = read_paths(args.inputs)
+    check_run_folder(out, section_names(sections), args.inputs)
     with Progress(text=_epoch_text, verbose=args.verbose) as bar:
         result = wf.train_cellformer(
             sections,

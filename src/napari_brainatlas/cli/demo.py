@@ -36,8 +36,10 @@ def add_parser(sub) -> None:
 
 def run_demo(args) -> int:
     from ..workflows import demo
+    from ..workflows.outputs import check_output_folder
 
     if args.headless or args.from_reference or not demo.display_available():
+        check_output_folder(args.out)
         if not args.headless and not args.from_reference:
             print("no display found: running the demo headless", file=sys.stderr)
 
@@ -58,7 +60,9 @@ def run_demo(args) -> int:
 
 def run_demo_data(args) -> int:
     from ..workflows.demo import write_demo_files
+    from ..workflows.outputs import check_output_folder
 
+    check_output_folder(args.out)
     files = write_demo_files(
         args.out, seed=args.seed, n_sections=args.n_sections, cells_per_mm2=args.cells_per_mm2
     )

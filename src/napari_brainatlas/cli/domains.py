@@ -84,11 +84,12 @@ def _epoch_text(done, total, info, elapsed_s) -> str:
 
 def run(args) -> int:
     from ..workflows import domains as wf
-    from ..workflows.outputs import check_output_folder
-    from ..workflows.sections import read_paths
+    from ..workflows.outputs import check_output_folder, check_run_folder
+    from ..workflows.sections import read_paths, section_names
 
     wf.check_options(alpha=args.alpha, epochs=args.epochs, n_domains=args.n_domains)
-    out = check_output_folder(args.out)
+    reads = [*args.inputs, *(p for p in (args.connectome, args.ontology) if p and p != "demo")]
+    out = check_output_folder(args.out, reads)
     sections = read_paths(args.inputs)
     prepared = wf.prepare_domains(
         sections,
@@ -100,6 +101,7 @@ def run(args) -> int:
         per_region=args.per_region,
         seed=args.seed,
     )
+    check_run_folder(out, section_names(sections), reads, wf.MODEL_FOLDER)  # before training
     for line in prepared.summary():
         print(line, flush=True)
     stdout = Progress(text=_epoch_text, verbose=args.verbose, stream=lambda: sys.stdout)
@@ -114,7 +116,7 @@ def run(args) -> int:
             seed=args.seed,
             progress=bar,
         )
-    for path in wf.write_domains(result, out, inputs=args.inputs):
+    for path in wf.write_domains(result, out, inputs=reads):
         print(f"wrote {path}")
     print(f"alpha {args.alpha:g}: {result.n_domains} domains; model in {out / wf.MODEL_FOLDER}")
     return 0

@@ -5,7 +5,10 @@
 
 Writes ``DIR/model/`` (the model folder, see :meth:`FuseMap.save`) and one
 ``DIR/<section>.h5ad`` per section holding ``obsm['X_fusemap_cell']`` and
-``obsm['X_fusemap_tissue']``. Input files are only read. Under torchrun (``WORLD_SIZE``
+``obsm['X_fusemap_tissue']``. Input files are only read. Cells FuseMap cannot embed (too
+few counts) are kept with zero rows and ``obs['fusemap_low_counts']``; a ``note:`` line
+says how many per section. ``--out`` is checked before training (see
+:mod:`napari_brainatlas.workflows.outputs`). Under torchrun (``WORLD_SIZE``
 > 1) every rank trains its shard and rank 0 writes the results.
 """
 
@@ -34,7 +37,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
-        "--epochs", type=int, default=15, help="maximum epochs per training phase (default 15)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="maximum epochs per training phase (default: FuseMapSettings.epochs)",
     )
     p.add_argument(
         "--device",
@@ -70,20 +76,23 @@ def bar_text(tag: str, width: int = 30):
 
 def run(args) -> int:
     from ..workflows import embed as wf
-    from ..workflows.outputs import check_output_folder
-    from ..workflows.sections import read_paths
+    from ..workflows.outputs import check_output_folder, check_run_folder
+    from ..workflows.sections import read_paths, section_names
 
-    out = check_output_folder(args.out)
+    out = check_output_folder(args.out, args.inputs)
     sections = read_paths(
         args.inputs,
         args.pixel_size,
         section_key=args.section_key,
         genes=args.genes_from_columns,
     )
+    check_run_folder(out, section_names(sections), args.inputs)
     with torch_threads(args.threads), Progress(text=bar_text("embed"), verbose=args.verbose) as bar:
         result = wf.embed_sections(
             sections, epochs=args.epochs, device=args.device, seed=args.seed, progress=bar
         )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     for path in wf.write_embedding(result, out, inputs=args.inputs):
         print(f"wrote {path}", file=sys.stderr)
     if result.is_main:

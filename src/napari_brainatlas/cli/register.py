@@ -223,12 +223,16 @@ def run(args) -> int:
 
 def _run_one(args) -> int:
     from ..workflows import register as wf
-    from ..workflows.outputs import check_output_file
+    from ..workflows.outputs import check_distinct, check_output_file
     from ..workflows.sections import read_paths, select_section
 
     midline = parse_midline(args.midline)
-    out = check_output_file(args.out, ".h5ad", [args.section])
-    qn = check_output_file(args.quicknii, ".json", [args.section]) if args.quicknii else None
+    inputs = _read_files(args.section, args.atlas, args.ontology)
+    out = check_output_file(args.out, ".h5ad", inputs)
+    qn = check_output_file(args.quicknii, ".json", inputs) if args.quicknii else None
+    if args.json:
+        check_output_file(args.json, None, inputs)
+    check_distinct(out, qn, args.json)
     atlas = wf.load_atlas(args.atlas, args.ontology)
     sections = read_paths([args.section], args.pixel_size)
     adata = select_section(sections, args.section_name, source=args.section)
@@ -248,7 +252,7 @@ def _run_one(args) -> int:
             nonlinear=bool(args.nonlinear),
             mirrored=mirrored,
         )
-    paths = wf.write_registered(reg, out, record=args.json, inputs=[args.section])
+    paths = wf.write_registered(reg, out, record=args.json, inputs=inputs)
     for line in reg.summary():
         print(line)
     print("wrote " + " and the record ".join(str(p) for p in paths))
@@ -280,10 +284,12 @@ def run_from_reference(args) -> int:
             "--quicknii and --json go with one section without --from-reference"
         )
     out = Path(args.out)
+    inputs = _read_files(*args.section, *(args.reference or []), args.atlas, args.ontology)
+    inputs.append(args.from_reference)  # the model folder and the reference beside it
     if out.suffix.lower() == ".h5ad":
-        check_output_file(out, ".h5ad", args.section)
+        check_output_file(out, ".h5ad", inputs)
     else:
-        check_output_folder(out)
+        check_output_folder(out, inputs)
     atlas = wf.load_atlas(args.atlas, args.ontology)
     sections = read_paths(args.section, args.pixel_size)
     if args.section_name:
@@ -315,7 +321,6 @@ def run_from_reference(args) -> int:
             progress=bar,
             **opts,
         )
-    inputs = list(args.section) + list(args.reference or [])
     paths = write_from_reference(res, out, inputs=inputs)
     for line in res.summary():
         print(line)
@@ -327,10 +332,21 @@ def run_from_reference(args) -> int:
     return 0 if res.registered else 2
 
 
+def _read_files(*paths) -> list:
+    """The paths a run reads (an atlas given by name is no file)."""
+    from pathlib import Path
+
+    return [p for p in paths if p is not None and Path(p).exists()]
+
+
 def run_series(args) -> int:
     from ..workflows import register as wf
+    from ..workflows.outputs import check_output_file
     from ..workflows.sections import read_paths
 
+    inputs = _read_files(*args.sections, args.atlas, args.ontology)
+    if args.out:
+        check_output_file(args.out, None, inputs)
     placement = wf.place_series(
         read_paths(args.sections),
         first_um=args.first_um,
@@ -344,5 +360,5 @@ def run_series(args) -> int:
     for line in placement.lines():
         print(line)
     if args.out:
-        print(f"wrote {wf.write_series(placement, args.out)}")
+        print(f"wrote {wf.write_series(placement, args.out, inputs=inputs)}")
     return 0

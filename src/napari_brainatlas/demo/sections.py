@@ -83,6 +83,77 @@ def _transform(rng, mirrored: bool) -> tuple[np.ndarray, float, float]:
     return M, theta, scale
 
 
+def _sample_cells(rng, sl, cells_per_mm2: float) -> np.ndarray:
+    """Cell positions (n, 2) atlas slice um, uniform inside the slice's tissue; n is
+    Poisson with mean area x density (at least 10)."""
+    res = sl.resolution_um
+    rr, cc = np.nonzero(sl.labels)
+    area_mm2 = rr.size * (res / 1000) ** 2
+    n = max(int(rng.poisson(area_mm2 * cells_per_mm2)), 10)
+    pick = rng.integers(0, rr.size, n)
+    return np.column_stack([cc[pick] + rng.random(n), rr[pick] + rng.random(n)]) * res
+
+
+def _cell_types(rng, fine: np.ndarray) -> np.ndarray:
+    """A cell type per cell, drawn from its fine region's composition."""
+    ctype = np.empty(len(fine), dtype=object)
+    for reg in np.unique(fine):
+        sel = np.flatnonzero(fine == reg)
+        comp = COMPOSITION.get(reg, COMPOSITION["TH"])
+        names = list(comp)
+        p = np.array([comp[t] for t in names], float)
+        ctype[sel] = np.array(names, dtype=object)[rng.choice(len(names), sel.size, p=p / p.sum())]
+    return ctype
+
+
+def _panel_counts(rng, model: ExpressionModel, atlas: Atlas, ctype, major, ccf):
+    """The section's gene panel (the core genes and a random part of the rest) and its
+    counts with the section's batch effect; returns (panel, counts, capture)."""
+    types = list(CELL_TYPES)
+    genes = np.array(model.genes)
+    tidx = np.array([types.index(t) for t in ctype])
+    ap01 = ccf[:, 0] / atlas.shape_um[0]
+    dv01 = ccf[:, 1] / atlas.shape_um[1]
+    core = set(CORE_GENES)
+    rest = [g for g in genes if g not in core]
+    chosen = rng.random(len(rest)) < PANEL_FRACTION
+    panel = [g for g in genes if g in core or (g in rest and chosen[rest.index(g)])]
+    gi = np.array([model.gidx[g] for g in panel])
+    capture = rng.uniform(0.5, 1.6)
+    gene_batch = np.exp(rng.normal(0, 0.5, len(panel)))
+    size = np.exp(rng.normal(0, 0.3, len(ctype)))
+    mean = np.exp(model.log_mean(tidx, major, ap01, dv01)[:, gi])
+    mean *= (capture * size)[:, None] * gene_batch[None, :]
+    return panel, sample_counts(rng, mean), capture
+
+
+def _section_frame(rng, sl, xy_atlas: np.ndarray, hemi: str, mirrored: bool) -> dict:
+    """Into the section's own frame: rotation, tissue scale, mirror, offset, pixels.
+    Returns the cells' section um ``xy``, ``pixel_size``, ``rotation_deg``, ``scale``,
+    ``affine`` (section um -> atlas slice um) and ``midline`` (section um)."""
+    res = sl.resolution_um
+    M, theta, scale = _transform(rng, mirrored)
+    centre = xy_atlas.mean(axis=0)
+    offset = rng.uniform(1000, 6000, 2)
+    xy_sec_um = (xy_atlas - centre) @ M.T + offset
+    pixel_size = float(rng.choice([0.108, 0.5, 1.0, 2.0]))
+    fwd = np.eye(3)
+    fwd[:2, :2] = M
+    fwd[:2, 2] = offset - M @ centre
+    mid_x = sl.midline_x_um
+    col = int(mid_x // res) - (1 if hemi == "left" else 0)
+    rows = np.flatnonzero(sl.labels[:, min(max(col, 0), sl.shape[1] - 1)])
+    mid_atlas = np.array([[mid_x, rows.min() * res], [mid_x, (rows.max() + 1) * res]])
+    return {
+        "xy": xy_sec_um,
+        "pixel_size": pixel_size,
+        "rotation_deg": float(theta),
+        "scale": float(scale),
+        "affine": np.linalg.inv(fwd),
+        "midline": (mid_atlas - centre) @ M.T + offset,
+    }
+
+
 def make_demo_sections(
     seed: int = 0,
     n_sections: int = 4,
@@ -102,68 +173,25 @@ def make_demo_sections(
     atlas = atlas or make_demo_atlas()
     rng = np.random.default_rng(seed)
     model = ExpressionModel(seed)
-    genes = np.array(model.genes)
-    types = list(CELL_TYPES)
     specs = [DEFAULT_SECTIONS[i % len(DEFAULT_SECTIONS)] for i in range(n_sections)]
     out = []
     for k, (name, ap, hemi, mirrored) in enumerate(specs):
         if k >= len(DEFAULT_SECTIONS):
             name = f"{name}_{k}"
         sl = atlas.slice("coronal", ap, hemisphere=hemi)
-        res = sl.resolution_um
-        rr, cc = np.nonzero(sl.labels)
-        area_mm2 = rr.size * (res / 1000) ** 2
-        n = max(int(rng.poisson(area_mm2 * cells_per_mm2)), 10)
-        pick = rng.integers(0, rr.size, n)
-        xy_atlas = np.column_stack([cc[pick] + rng.random(n), rr[pick] + rng.random(n)]) * res
+        xy_atlas = _sample_cells(rng, sl, cells_per_mm2)
         ids = sl.labels_at(xy_atlas)
         fine = atlas.ontology.acronyms(ids)
         major = _major_division(atlas, ids)
-        # cell types from the fine region's composition
-        ctype = np.empty(n, dtype=object)
-        for reg in np.unique(fine):
-            sel = np.flatnonzero(fine == reg)
-            comp = COMPOSITION.get(reg, COMPOSITION["TH"])
-            names = list(comp)
-            p = np.array([comp[t] for t in names], float)
-            ctype[sel] = np.array(names, dtype=object)[
-                rng.choice(len(names), sel.size, p=p / p.sum())
-            ]
-        tidx = np.array([types.index(t) for t in ctype])
+        ctype = _cell_types(rng, fine)
         ccf = sl.to_3d(xy_atlas)
-        ap01 = ccf[:, 0] / atlas.shape_um[0]
-        dv01 = ccf[:, 1] / atlas.shape_um[1]
-        # panel and batch effect of this section
-        core = set(CORE_GENES)
-        rest = [g for g in genes if g not in core]
-        chosen = rng.random(len(rest)) < PANEL_FRACTION
-        panel = [g for g in genes if g in core or (g in rest and chosen[rest.index(g)])]
-        gi = np.array([model.gidx[g] for g in panel])
-        capture = rng.uniform(0.5, 1.6)
-        gene_batch = np.exp(rng.normal(0, 0.5, len(panel)))
-        size = np.exp(rng.normal(0, 0.3, n))
-        mean = np.exp(model.log_mean(tidx, major, ap01, dv01)[:, gi])
-        mean *= (capture * size)[:, None] * gene_batch[None, :]
-        counts = sample_counts(rng, mean)
-        # into the section's own frame: rotation, tissue scale, mirror, offset, pixels
-        M, theta, scale = _transform(rng, mirrored)
-        centre = xy_atlas.mean(axis=0)
-        offset = rng.uniform(1000, 6000, 2)
-        xy_sec_um = (xy_atlas - centre) @ M.T + offset
-        pixel_size = float(rng.choice([0.108, 0.5, 1.0, 2.0]))
-        fwd = np.eye(3)
-        fwd[:2, :2] = M
-        fwd[:2, 2] = offset - M @ centre
-        affine = np.linalg.inv(fwd)  # section um -> atlas slice um
-        mid_x = sl.midline_x_um
-        col = int(mid_x // res) - (1 if hemi == "left" else 0)
-        rows = np.flatnonzero(sl.labels[:, min(max(col, 0), sl.shape[1] - 1)])
-        mid_atlas = np.array([[mid_x, rows.min() * res], [mid_x, (rows.max() + 1) * res]])
-        midline = (mid_atlas - centre) @ M.T + offset
+        panel, counts, capture = _panel_counts(rng, model, atlas, ctype, major, ccf)
+        frame = _section_frame(rng, sl, xy_atlas, hemi, mirrored)
+        pixel_size = frame["pixel_size"]
         obs = pd.DataFrame(
             {
-                "x": xy_sec_um[:, 0] / pixel_size,
-                "y": xy_sec_um[:, 1] / pixel_size,
+                "x": frame["xy"][:, 0] / pixel_size,
+                "y": frame["xy"][:, 1] / pixel_size,
                 "celltype": pd.Categorical(ctype.astype(str)),
                 "celltype_main": pd.Categorical([CELL_TYPES[t][0] for t in ctype]),
                 "region": pd.Categorical(major),
@@ -171,7 +199,7 @@ def make_demo_sections(
                 "ccf_id_true": ids.astype(np.int64),
                 "ccf_acronym_true": pd.Categorical(fine),
             },
-            index=[f"{name}_c{i}" for i in range(n)],
+            index=[f"{name}_c{i}" for i in range(len(ids))],
         )
         adata = AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index(panel)))
         adata.obsm["ccf_coords_true"] = ccf
@@ -181,12 +209,12 @@ def make_demo_sections(
             "plane": "coronal",
             "position_um": float(ap),
             "hemisphere": hemi,
-            "rotation_deg": float(theta),
-            "scale": float(scale),
+            "rotation_deg": frame["rotation_deg"],
+            "scale": frame["scale"],
             "mirrored": bool(mirrored),
             "pixel_size_um": pixel_size,
-            "affine": affine,
-            "midline": midline,
+            "affine": frame["affine"],
+            "midline": frame["midline"],
             "capture": float(capture),
             "seed": int(seed),
         }

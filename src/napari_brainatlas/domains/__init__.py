@@ -7,7 +7,8 @@
 - :mod:`.model`: :class:`GATLayer` (edge-index scatter attention), :class:`SpaConNet`;
 - :mod:`.spacon`: :func:`prepare`, :class:`SpaConModel` (the shared model protocol:
   ``train`` with neighbour-sampled mini-batches, ``save`` / ``load``; ``mix(alpha)``,
-  ``domains(alpha)`` without retraining; options :class:`SpaConSettings`),
+  ``domains(alpha)`` without retraining; options :class:`SpaConSettings`; input options
+  :class:`SpaConPrepareSettings`),
   :func:`leiden_domains`, :func:`write_results`; :func:`train` (deprecated free function);
 - :mod:`.predict`: cross-validated ridge prediction of W rows from region expression;
 - :mod:`.cli`: ``napari-brainatlas domains``.
@@ -23,7 +24,7 @@ from .connectome import (
 )
 from .model import GATLayer, SpaConNet, mix_weight
 from .predict import predict_connectivity, ridge_cv_r2
-from .settings import SpaConSettings
+from .settings import SpaConPrepareSettings, SpaConSettings
 from .spacon import (
     SpaCon,
     SpaConData,
@@ -43,6 +44,7 @@ __all__ = [
     "SpaConData",
     "SpaConModel",
     "SpaConNet",
+    "SpaConPrepareSettings",
     "SpaConSettings",
     "TrainingCancelled",
     "demo_connectome",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .._errors import BrainAtlasInputError
 from ..models import coerce_fields
 
-__all__ = ["SpaConSettings"]
+__all__ = ["SpaConPrepareSettings", "SpaConSettings"]
 
 
 def _maybe_int(v):
@@ -56,3 +56,35 @@ class SpaConSettings:
             raise BrainAtlasInputError("hidden, latent, heads and batch_size must be >= 1")
         if self.epochs < 1:
             raise BrainAtlasInputError("epochs must be at least 1")
+
+
+@dataclass(frozen=True)
+class SpaConPrepareSettings:
+    """How :func:`~napari_brainatlas.domains.prepare_arrays` builds SpaCon's input.
+
+    Attributes
+    ----------
+    n_pcs : principal components of the standardised expression kept as features (30).
+    k_spatial : neighbours of a cell in the spatial kNN graph (8).
+    top_k, per_region : the connectivity graph links a cell to cells of its region's
+        ``top_k`` most connected regions, ``per_region`` cells in each (4, 3).
+    center_sections : subtract each section's mean expression first (False).
+    """
+
+    n_pcs: int = 30
+    k_spatial: int = 8
+    top_k: int = 4
+    per_region: int = 3
+    center_sections: bool = False
+
+    def __post_init__(self):
+        coerce_fields(
+            self,
+            {
+                "n_pcs": int,
+                "k_spatial": int,
+                "top_k": int,
+                "per_region": int,
+                "center_sections": bool,
+            },
+        )

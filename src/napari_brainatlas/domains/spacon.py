@@ -57,7 +57,7 @@ from ..models import (
 from .connectome import Connectome, map_cells
 from .graphs import Graph, connectivity_graph, spatial_graph
 from .model import SpaConNet, mix_weight
-from .settings import SpaConSettings
+from .settings import SpaConPrepareSettings, SpaConSettings
 
 __all__ = [
     "SpaCon",
@@ -130,6 +130,42 @@ def _pca(Z: np.ndarray, n_pcs: int) -> np.ndarray:
     return (Z @ top.astype(np.float32)).astype(np.float32)
 
 
+def _region_expression(
+    expr: np.ndarray, region: np.ndarray, connectome: Connectome, genes
+) -> tuple[pd.DataFrame | None, pd.Series | None]:
+    """Mean log-normalised expression of every connectome region with cells (both
+    hemispheres pooled) and its number of cells; (None, None) when no cell has a region."""
+    ok = region >= 0
+    if not ok.any():
+        return None, None
+    codes, inv = np.unique(region[ok], return_inverse=True)
+    sums = np.zeros((codes.size, expr.shape[1]), np.float64)
+    np.add.at(sums, inv, expr[ok])
+    cnt = np.bincount(inv)
+    names = [connectome.regions[c] for c in codes]
+    reg_df = pd.DataFrame(
+        sums / cnt[:, None], index=names, columns=list(genes) if genes is not None else None
+    )
+    return reg_df, pd.Series(cnt, index=names)
+
+
+def _features(expr: np.ndarray, sec: np.ndarray, s: SpaConPrepareSettings) -> np.ndarray:
+    """Node features: expression (centred per section when asked) standardised per gene,
+    clipped to +-10, projected on its first ``n_pcs`` principal components, scaled to
+    unit overall standard deviation."""
+    Z = expr.copy()
+    if s.center_sections:
+        for i in np.unique(sec):
+            m = sec == i
+            Z[m] -= Z[m].mean(0)
+    mu, sd = Z.mean(0), Z.std(0)
+    sd[sd < 1e-6] = 1.0
+    Z = np.clip((Z - mu) / sd, -10, 10)
+    feats = _pca(Z, s.n_pcs)
+    feats /= max(float(feats.std()), 1e-6)
+    return feats.astype(np.float32)
+
+
 def prepare_arrays(
     expr: np.ndarray,
     coords: np.ndarray,
@@ -138,60 +174,41 @@ def prepare_arrays(
     connectome: Connectome,
     section_index: np.ndarray | None = None,
     *,
-    n_pcs: int = 30,
-    k_spatial: int = 8,
-    top_k: int = 4,
-    per_region: int = 3,
-    center_sections: bool = False,
+    settings: SpaConPrepareSettings | None = None,
     seed: int = 0,
     genes=None,
     sections=None,
+    **options,
 ) -> SpaConData:
-    """:class:`SpaConData` from arrays: ``expr`` (n, G) log-normalised expression."""
+    """:class:`SpaConData` from arrays: ``expr`` (n, G) log-normalised expression.
+
+    settings : :class:`~napari_brainatlas.domains.SpaConPrepareSettings` (features and
+        graphs); ``**options`` its fields as keywords (``n_pcs=6, k_spatial=5``).
+    seed : the connectivity graph's sampling.
+    """
+    s = resolve_settings(SpaConPrepareSettings, settings, options, "SpaCon preparation")
     expr = np.asarray(expr, dtype=np.float32)
     n = len(expr)
     sec = np.zeros(n, np.int64) if section_index is None else np.asarray(section_index)
     region = np.asarray(region, np.int64)
     hemi = np.asarray(hemi, np.int64)
-    # region means of the log-normalised expression (both hemispheres pooled)
-    ok = region >= 0
-    reg_df = None
-    reg_n = None
-    if ok.any():
-        codes, inv = np.unique(region[ok], return_inverse=True)
-        sums = np.zeros((codes.size, expr.shape[1]), np.float64)
-        np.add.at(sums, inv, expr[ok])
-        cnt = np.bincount(inv)
-        names = [connectome.regions[c] for c in codes]
-        reg_df = pd.DataFrame(
-            sums / cnt[:, None], index=names, columns=list(genes) if genes is not None else None
-        )
-        reg_n = pd.Series(cnt, index=names)
-    Z = expr.copy()
-    if center_sections:
-        for s in np.unique(sec):
-            m = sec == s
-            Z[m] -= Z[m].mean(0)
-    mu, sd = Z.mean(0), Z.std(0)
-    sd[sd < 1e-6] = 1.0
-    Z = np.clip((Z - mu) / sd, -10, 10)
-    feats = _pca(Z, n_pcs)
-    feats /= max(float(feats.std()), 1e-6)
-    sgraph = spatial_graph(coords, k=k_spatial)
+    reg_df, reg_n = _region_expression(expr, region, connectome, genes)
+    feats = _features(expr, sec, s)
+    sgraph = spatial_graph(coords, k=s.k_spatial)
     cgraph = connectivity_graph(
         region,
         hemi,
         connectome.w_ipsi,
         connectome.w_contra,
-        top_k=top_k,
-        per_region=per_region,
+        top_k=s.top_k,
+        per_region=s.per_region,
         seed=seed,
     )
     notes = []
-    if not ok.any():
+    if reg_df is None:
         notes.append("no cell maps to a connectome region: the connectivity graph is empty")
     return SpaConData(
-        feats.astype(np.float32),
+        feats,
         region,
         hemi,
         np.asarray(coords, float),
@@ -615,23 +632,20 @@ def embed(net: SpaConNet, data: SpaConData, chunk: int = 20_000) -> tuple[np.nda
 
 def train(
     data: SpaConData,
+    settings: SpaConSettings | None = None,
     *,
-    epochs: int = 30,
-    batch_size: int = 1024,
-    lr: float = 2e-3,
-    hidden: int = 64,
-    latent: int = 16,
-    heads: int = 2,
     seed: int = 0,
-    steps_per_epoch: int | None = None,
     progress=None,
     cancel=None,
     log=None,
-    num_threads: int | None = None,
+    **options,
 ) -> SpaConModel:
     """Deprecated (kept for one release): ``SpaConModel(data, seed=..., **options)
     .train(epochs, progress=..., cancel=...)``, which this calls.
 
+    ``settings`` / ``**options``: :class:`SpaConSettings` and its fields as keywords
+    (``epochs=30, batch_size=1024, lr=2e-3, hidden=64, latent=16, heads=2,
+    steps_per_epoch=None, num_threads=None``, the old keywords of this function).
     ``progress(epoch, n_epochs, loss)`` (the old signature: the epoch's mean loss as a
     float) after every epoch; ``log(line)`` gets "epoch e/n: loss x (s s)";
     ``cancel()`` polled every step raises :class:`TrainingCancelled` (=
@@ -644,20 +658,7 @@ def train(
         DeprecationWarning,
         stacklevel=2,
     )
-    if epochs < 1:
-        raise BrainAtlasInputError("epochs must be at least 1")
-    model = SpaConModel(
-        data,
-        seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        hidden=hidden,
-        latent=latent,
-        heads=heads,
-        steps_per_epoch=steps_per_epoch,
-        num_threads=num_threads,
-    )
+    model = SpaConModel(data, settings=settings, seed=seed, **options)
 
     def new_progress(done, total, info):
         if progress is not None:
@@ -665,7 +666,7 @@ def train(
         if log is not None:
             log(info["message"])
 
-    model.train(epochs, progress=new_progress, cancel=cancel)
+    model.train(model.settings.epochs, progress=new_progress, cancel=cancel)
     return model
 
 
@@ -739,6 +740,10 @@ def leiden_domains(
     n = len(z)
     if n == 0:
         return np.zeros(0, np.int64)
+    if z.ndim != 2 or not np.isfinite(z).all():
+        raise BrainAtlasInputError(
+            "leiden_domains needs a finite (n, d) embedding (NaN or inf found)"
+        )
     rng = np.random.default_rng(seed)
     sub = (
         np.arange(n)

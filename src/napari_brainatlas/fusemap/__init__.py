@@ -12,13 +12,21 @@ Public API:
 * :mod:`.distributed` - multi-process (torchrun) training helpers.
 """
 
-from ._balance import balance_weights, leiden_labels
-from ._graph import delaunay_edges, normalized_adjacency
-from ._module import Discriminator, FuseMapModule, SectionEncoder
-from .data import PreparedSection, clean_gene_names, preprocess_section, spatial_graph
-from .fusemap import CELL_KEY, TISSUE_KEY, FuseMap, resolve_device
-from .settings import FuseMapSettings
-from .synthetic import make_synthetic_sections
+import importlib
+
+#: where each public name lives; imported on first use (PEP 562), so that
+#: ``from napari_brainatlas.fusemap.settings import FuseMapSettings`` (the docks' and the
+#: CLI's defaults) does not import torch
+_WHERE = {
+    "_balance": ("balance_weights", "leiden_labels"),
+    "_graph": ("delaunay_edges", "normalized_adjacency"),
+    "_module": ("Discriminator", "FuseMapModule", "SectionEncoder"),
+    "data": ("PreparedSection", "clean_gene_names", "preprocess_section", "spatial_graph"),
+    "fusemap": ("CELL_KEY", "TISSUE_KEY", "FuseMap", "resolve_device"),
+    "settings": ("FuseMapSettings",),
+    "synthetic": ("make_synthetic_sections",),
+}
+_MODULE_OF = {name: mod for mod, names in _WHERE.items() for name in names}
 
 __all__ = [
     "CELL_KEY",
@@ -39,3 +47,16 @@ __all__ = [
     "resolve_device",
     "spatial_graph",
 ]
+
+
+def __getattr__(name: str):
+    mod = _MODULE_OF.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -71,6 +71,7 @@ from ..models import (
     WEIGHTS,
     ModelFolder,
     TrainableModel,
+    early_stop_text,
     load_state,
     resolve_settings,
     save_state,
@@ -501,15 +502,15 @@ class FuseMap(TrainableModel):
             )
             if self.lambda_adv is not None:
                 rec["lambda"] = self.lambda_adv
+            improved = val < best - 1e-6
+            best, bad = (val, 0) if improved else (best, bad + 1)
+            if not improved and bad >= patience and ep + 1 < n_epochs:
+                rec["stopped"] = early_stop_text(phase, ep + 1, n_epochs, patience)
             self.history.append(rec)
             if progress is not None:
                 progress(epoch0 + ep + 1, total_epochs, dict(rec))
-            if val < best - 1e-6:
-                best, bad = val, 0
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
+            if "stopped" in rec:
+                break
         return epoch0 + n_epochs
 
     def _next_seeds(self, shards, ptr, rng, B) -> list[np.ndarray]:

@@ -3,6 +3,7 @@ for SpatialData ``.zarr`` stores, :mod:`napari_brainatlas.io.spatialdata`)."""
 
 from pathlib import Path
 
+from .._errors import BrainAtlasInputError
 from .backed import gene_values
 from .readers import (
     SECTION_KEYS,
@@ -44,12 +45,21 @@ def read_sections(
     pixel_size_um: float | None = None,
     section_key: str | None = None,
     backed: bool = False,
+    genes=None,
 ):
     """Every section in ``path``: a SpatialData ``.zarr`` store
     (:func:`~napari_brainatlas.io.spatialdata.read_spatialdata`, one section per annotated
     points/shapes element) or a file / csv folder
     (:func:`~napari_brainatlas.io.readers.read_sections`: .h5ad, .loom, .csv, folder).
-    ``section_key`` and ``backed`` apply to files."""
+    ``section_key``, ``backed`` and ``genes`` (which numeric columns of a csv / tsv cell
+    table are genes) apply to files."""
     if is_spatialdata_store(path):
+        if genes is not None:
+            raise BrainAtlasInputError(
+                "genes= picks gene columns of csv / tsv cell tables; a SpatialData store "
+                "keeps its genes in its tables"
+            )
         return read_spatialdata(path, pixel_size_um=pixel_size_um)
-    return read_files(path, pixel_size_um=pixel_size_um, section_key=section_key, backed=backed)
+    return read_files(
+        path, pixel_size_um=pixel_size_um, section_key=section_key, backed=backed, genes=genes
+    )

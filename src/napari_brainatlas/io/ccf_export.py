@@ -42,6 +42,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
+from .writers import publish_mode
 
 __all__ = ["ORIENTATION", "ccf_table", "write_ccf_table"]
 
@@ -142,6 +143,7 @@ def write_ccf_table(
     os.close(fd)
     try:
         table.to_csv(tmp, sep=sep, index=False, float_format="%.6g")
+        publish_mode(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import BrainAtlasInputError
+from .writers import publish_mode
 
 __all__ = [
     "CCF_SHAPE_UM",
@@ -216,6 +217,7 @@ def _atomic_bytes(data: bytes, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        publish_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -105,6 +105,10 @@ def _short(exc: Exception) -> str:
 
 
 # --------------------------------------------------------------------- normalise
+#: the range of pixel sizes (um per coordinate unit) accepted: a nanometre to a centimetre
+MIN_PIXEL_UM, MAX_PIXEL_UM = 1e-3, 1e4
+
+
 def normalise_section(
     adata: AnnData,
     *,
@@ -125,11 +129,20 @@ def normalise_section(
     pixel_size_um = float(pixel_size_um)
     if not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
         raise BrainAtlasInputError(f"pixel size must be a positive number, not {pixel_size_um}")
+    if not MIN_PIXEL_UM <= pixel_size_um <= MAX_PIXEL_UM:
+        raise BrainAtlasInputError(
+            f"pixel size {pixel_size_um:g} um per coordinate unit is absurd (expected "
+            f"{MIN_PIXEL_UM:g} to {MAX_PIXEL_UM:g} um)"
+        )
     adata.obsm["spatial"] = np.asarray(coords, dtype=np.float64)[:, :2] * pixel_size_um
     adata.uns.pop("pixel_size_um", None)  # consumed: obsm['spatial'] is in um from now on
     adata.obs_names = adata.obs_names.astype(str)
     if not adata.obs_names.is_unique:
-        adata.obs_names_make_unique()
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()
+        raise BrainAtlasInputError(
+            f"{source}: {len(dup)} duplicate cell names ({', '.join(map(str, dup[:3]))}); "
+            "cell names must be unique within a section"
+        )
     adata.var_names = adata.var_names.astype(str)
     X = adata.X
     if X is not None and not sp.issparse(X) and not getattr(adata, "isbacked", False):

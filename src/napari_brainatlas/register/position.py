@@ -244,6 +244,10 @@ def series_positions(labels_per_section, first_um: float, last_um: float) -> np.
     Returns (sections,) positions: first + (last - first) * cumulative cosine distance
     of neighbouring composition vectors / total. Equal spacing if all distances are 0.
     """
+    if not (np.isfinite(first_um) and np.isfinite(last_um)):
+        raise BrainAtlasInputError(
+            f"the first and last positions must be finite numbers, not {first_um} and {last_um}"
+        )
     comp, _ = composition_vectors(labels_per_section)
     if len(comp) < 2:
         raise BrainAtlasInputError("an ordered series needs at least two sections")

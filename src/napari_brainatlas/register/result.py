@@ -15,7 +15,7 @@ from .nonlinear import apply_warp
 from .section import load_atlas, section_xy
 from .slices import atlas_slice
 
-__all__ = ["RegistrationResult", "apply_registration", "make_result"]
+__all__ = ["RegistrationResult", "apply_registration", "make_result", "record_atlas_spec"]
 
 
 @dataclass
@@ -25,6 +25,9 @@ class RegistrationResult:
     Attributes
     ----------
     atlas, atlas_version : atlas name and version it was registered to.
+    atlas_source, atlas_ontology : the files an atlas read from files came from
+        (absolute paths; empty for the demo and BrainGlobe atlases, and in records
+        written before they were kept): :meth:`atlas_spec` reopens the atlas.
     plane : "coronal" or "sagittal"; position_um : AP (coronal) or ML (sagittal) um.
     hemisphere : "both", "left" or "right"; angles_deg : (a_x, a_y) cutting angles.
     midline : (2, 2) section um, dorsal then ventral (empty if none was given).
@@ -66,6 +69,14 @@ class RegistrationResult:
     notes: list = field(default_factory=list)
     cost_stages: list = field(default_factory=list)
     candidates: list = field(default_factory=list)
+    atlas_source: str = ""
+    atlas_ontology: str = ""
+
+    def atlas_spec(self) -> tuple[str, str | None]:
+        """``(spec, ontology)`` for ``Atlas.load(spec, ontology)``: the recorded files
+        when there are, else the atlas name (``"demo"``, a BrainGlobe name; records of
+        an .nrrd atlas written before the files were kept name only the file's stem)."""
+        return record_atlas_spec(self.to_dict())
 
     # ---------------------------------------------------------------- mapping
     @property
@@ -134,6 +145,16 @@ class RegistrationResult:
         return cls.from_dict(d)
 
 
+def record_atlas_spec(record) -> tuple[str, str | None]:
+    """``(spec, ontology)`` of a registration record (a dict as in
+    ``uns['ccf_registration'][section]`` or a state file's result): ``atlas_source``
+    and ``atlas_ontology`` when the record has them, else ``(atlas, None)``."""
+    source = str(record.get("atlas_source", "") or "")
+    if source:
+        return source, (str(record.get("atlas_ontology", "") or "") or None)
+    return str(record.get("atlas", "")), None
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -169,9 +190,12 @@ def make_result(sec, plane, fin, metrics: dict, confidence: float) -> Registrati
     found, the finish and the score)."""
     A, best = fin.affine, fin.best
     mirrored = bool(best.mirrored) if plane.affine is None else bool(np.linalg.det(A[:2, :2]) < 0)
+    source, onto = sec.atlas.spec() if hasattr(sec.atlas, "spec") else ("", "")
     return RegistrationResult(
         atlas=sec.atlas.name,
         atlas_version=sec.atlas.version,
+        atlas_source=source if source != sec.atlas.name else "",
+        atlas_ontology=onto,
         plane=sec.plane,
         position_um=float(plane.position_um),
         hemisphere=sec.hemisphere,

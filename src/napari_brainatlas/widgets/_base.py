@@ -35,7 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from qtpy.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, QObject, QThread, Signal
+from qtpy.QtCore import (
+    QCoreApplication,
+    QElapsedTimer,
+    QEventLoop,
+    QObject,
+    QThread,
+    QTimer,
+    Signal,
+)
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from .._errors import BrainAtlasInputError, Cancelled
@@ -83,50 +91,95 @@ def format_duration(seconds: float) -> str:
 
 
 class JobProgressBar(QProgressBar):
-    """A progress bar whose text is ``done/total unit · time per unit · ETA``."""
+    """A progress bar whose text is ``done/total unit · time per unit · ETA``.
+
+    From the start of a job it moves: a busy bar with the time elapsed (``starting ·
+    12 s``) until the first unit is done, then the units with the time per unit and an
+    ETA, which counts down every second between reports (a clock, ``TICK_MS``).
+    """
+
+    #: how often the text is refreshed while a job runs (ms)
+    TICK_MS = 1000
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._t0 = time.monotonic()
+        self._t0 = self._t_last = time.monotonic()
         self._unit = ""
         self._what = ""
+        self._done, self._total = 0, None
+        self._clock = QTimer(self)
+        self._clock.setInterval(self.TICK_MS)
+        self._clock.timeout.connect(self._tick)
         self.setRange(0, 1)
         self.setValue(0)
         self.setFormat("")
         self.setTextVisible(True)
 
+    @property
+    def running(self) -> bool:
+        """True between :meth:`begin` and :meth:`finish` / :meth:`halt`."""
+        return self._clock.isActive()
+
     def begin(self, total: int | None = None, unit: str = "", what: str = "") -> None:
-        """A new job: the clock starts; unknown ``total`` shows a busy bar."""
-        self._t0 = time.monotonic()
+        """A new job: the clock starts; a busy (moving) bar until the first unit."""
+        self._t0 = self._t_last = time.monotonic()
         self._unit = unit
         self._what = what
-        if total:
-            self.setRange(0, int(total))
-        else:
-            self.setRange(0, 0)  # busy indicator until the first report
+        self._done, self._total = 0, (int(total) if total else None)
+        self.setRange(0, 0)  # busy indicator until the first unit is done
         self.setValue(0)
         self.setFormat("starting ...")
+        self._clock.start()
 
     def report(self, done: int, total: int | None) -> str:
         """Show ``done`` of ``total`` units; returns the text shown."""
         done = max(int(done), 0)
-        if total is None or total <= 0:
-            total = max(self.maximum(), done, 1)
-        total = max(int(total), done)
+        if total is not None and total > 0:
+            self._total = int(total)
+        now = time.monotonic()
+        if done == 0:  # a header before the first unit: keep the busy bar moving
+            self._done, self._t_last = 0, now
+            text = self._starting(now)
+            self.setFormat(text)
+            return text
+        total = max(self._total or max(self.maximum(), 1), done)
         if self.maximum() != total or self.minimum() != 0:
             self.setRange(0, total)
         self.setValue(done)
-        text = self.describe(done, total, time.monotonic() - self._t0)
+        self._done, self._total, self._t_last = done, total, now
+        text = self.describe(done, total, now - self._t0)
         self.setFormat(text)
         self.setToolTip(text)
         return text
 
-    def describe(self, done: int, total: int, elapsed: float) -> str:
-        """``3/15 epochs · 1.2 s/epoch · ETA 14 s`` (percent: ``45 % · ETA 6.6 s``)."""
+    def text(self) -> str:  # noqa: D401 - Qt's virtual
+        """The text drawn: Qt gives none for a busy bar; this one shows its format
+        (``starting · 12 s``) over the moving bar."""
+        if self.minimum() == self.maximum() == 0:
+            return self.format()
+        return super().text()
+
+    def _starting(self, now: float) -> str:
+        return f"starting · {format_duration(now - self._t0)}"
+
+    def _tick(self) -> None:
+        """Every second while a job runs: the elapsed time, the ETA counted down."""
+        now = time.monotonic()
+        if self._done == 0:
+            self.setFormat(self._starting(now))
+            return
+        total = max(self._total or self._done, self._done)
+        since = now - self._t_last
+        self.setFormat(self.describe(self._done, total, self._t_last - self._t0, since))
+
+    def describe(self, done: int, total: int, elapsed: float, since: float = 0.0) -> str:
+        """``3/15 epochs · 1.2 s/epoch · ETA 14 s`` (percent: ``45 % · ETA 6.6 s``);
+        ``since``: seconds since that report (the ETA less that, at least 0)."""
         if self._unit == "%":
             text = f"{round(100 * done / max(total, 1))} %"
             if 0 < done < total:
-                text += f" · ETA {format_duration(elapsed / done * (total - done))}"
+                eta = max(elapsed / done * (total - done) - since, 0.0)
+                text += f" · ETA {format_duration(eta)}"
             return text
         unit = f" {self._unit}" if self._unit else ""
         text = f"{done}/{total}{unit}"
@@ -135,13 +188,15 @@ class JobProgressBar(QProgressBar):
             name = self._unit.rstrip("s") if self._unit else "unit"
             text += f" · {format_duration(per)}/{name}"
             if total > done:
-                text += f" · ETA {format_duration(per * (total - done))}"
+                text += f" · ETA {format_duration(max(per * (total - done) - since, 0.0))}"
             else:
                 text += f" · {format_duration(elapsed)}"
         return text
 
-    def finish(self) -> None:
-        """The job returned: the bar full."""
+    def finish(self, stopped_early: bool = False) -> None:
+        """The job returned: the bar full (``stopped_early``: said so, with the units
+        done, when early stopping ended a training before its last epoch)."""
+        self._clock.stop()
         top = max(self.maximum(), 1)
         if self.minimum() != 0 or self.maximum() != top:
             self.setRange(0, top)
@@ -150,14 +205,24 @@ class JobProgressBar(QProgressBar):
         unit = f" {self._unit}" if self._unit else ""
         if self._unit == "%":
             text = f"100 % · {format_duration(elapsed)}"
+        elif self._unit and stopped_early:
+            text = f"{self._done}/{top}{unit} (early stopping) · {format_duration(elapsed)}"
         elif self._unit:
             text = f"{top}/{top}{unit} · {format_duration(elapsed)}"
         else:
             text = f"{self._what or 'job'} done · {format_duration(elapsed)}"
         self.setFormat(text)
 
+    def stop_clock(self) -> None:
+        """No job left: the text stays as it is."""
+        try:
+            self._clock.stop()
+        except RuntimeError:  # the dock was closed while its job ran
+            pass
+
     def halt(self, text: str) -> None:
         """The job ended early (cancelled, failed): the bar stays where it was."""
+        self._clock.stop()
         if self.maximum() == 0:
             self.setRange(0, 1)
         self.setFormat(text)
@@ -204,6 +269,8 @@ class Job:
     worker: object = None
     ended: bool = False
     prefixes: tuple = ("", "")
+    #: what the engine said when early stopping ended a training (``info['stopped']``)
+    stopped: list = field(default_factory=list)
 
     def cancelled(self) -> bool:
         return self.event.is_set()
@@ -367,6 +434,10 @@ class DockBase(QWidget):
             self.set_status(str(message))
         if job.on_progress is not None:
             job.on_progress(done, total, info)
+        stopped = info.get("stopped") if isinstance(info, dict) else None
+        if stopped:  # early stopping: said in the status line, and again at the end
+            job.stopped.append(str(stopped))
+            self.set_status(str(stopped))
         self.job_progress.emit(int(done), total, info)
 
     def _dock_returned(self, job: Job, out: _Outcome) -> None:
@@ -378,13 +449,15 @@ class DockBase(QWidget):
                 if job.cancelled():  # an engine that stops early and returns
                     self.progress.halt("cancelled")
                 else:
-                    self.progress.finish()
+                    self.progress.finish(stopped_early=bool(job.stopped))
             try:
                 if job.on_done is not None:
                     job.on_done(out.value)
             except Exception as exc:  # noqa: BLE001 - same handling as in the worker
                 out = _failure(exc, *job.prefixes)
             else:
+                if job.stopped:  # why the training ended before its last epoch
+                    self.set_status(f"{self.status.text()} ({'; '.join(job.stopped)})")
                 self.job_ended.emit(job.what, "done")
                 return
         if out.kind == "cancelled":
@@ -403,6 +476,8 @@ class DockBase(QWidget):
     def _dock_finished(self, job: Job) -> None:
         if job in self._jobs:
             self._jobs.remove(job)
+        if not self._jobs:
+            self.progress.stop_clock()
         self._dock_sync_buttons()
         if job.on_end is not None:
             job.on_end()

@@ -184,7 +184,17 @@ def map_and_impute(refs, queries, gene: str, *, model_dir, epochs, progress=None
 
 # ---------------------------------------------------------------------- domains
 def train_domains(
-    adatas, connectome, ontology, *, p_max, epochs, alpha, resolution, progress, cancel
+    adatas,
+    connectome,
+    ontology,
+    *,
+    p_max,
+    epochs,
+    alpha,
+    resolution,
+    smooth_k=0,
+    progress,
+    cancel,
 ):
     """SpaCon: map the connectome, build the graphs, train and cluster at ``alpha``
     (``workflows.prepare_domains`` + ``find_domains``). Returns ``(prepared, domains)``."""
@@ -197,17 +207,20 @@ def train_domains(
         alpha=float(alpha),
         epochs=int(epochs),
         resolution=float(resolution),
+        smooth_k=int(smooth_k),
         progress=progress,
         cancel=cancel,
     )
     return prepared, found
 
 
-def cluster_domains(prepared, model, alpha, *, resolution, progress=None, cancel=None):
+def cluster_domains(prepared, model, alpha, *, resolution, smooth_k=0, progress=None, cancel=None):
     """Domains again at ``alpha`` without retraining (``workflows.assign_domains``)."""
     from ..workflows import assign_domains
 
-    return assign_domains(prepared, model, alpha=float(alpha), resolution=float(resolution))
+    return assign_domains(
+        prepared, model, alpha=float(alpha), resolution=float(resolution), smooth_k=int(smooth_k)
+    )
 
 
 # ---------------------------------------------------------------------- AHBA

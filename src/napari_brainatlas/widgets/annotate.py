@@ -47,6 +47,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..colors import categorical_colors, continuous_colors
+from ..workflows.checks import LOW_COUNTS_KEY
+from ..workflows.embed import default_epochs
 from . import _jobs
 from ._base import DockBase, snapshot
 from ._common import (
@@ -66,8 +68,6 @@ IMPUTED = "imputed "
 EMBEDDING_KEYS = ("X_fusemap_cell", "X_fusemap_tissue")
 #: labels ticked by default when the reference offers them (visible ticks)
 DEFAULT_LABELS = ("celltype", "region")
-#: query-mapping epochs (the workflows' default: ``label_transfer(epochs=15)``)
-DEFAULT_EPOCHS = 15
 
 
 def _default_reference(layer, i: int, n: int) -> bool:
@@ -154,7 +154,7 @@ class AnnotateWidget(DockBase):
         form.addRow("Classifier:", self.method)
         self.epochs = QSpinBox()
         self.epochs.setRange(0, 1000)
-        self.epochs.setValue(DEFAULT_EPOCHS)
+        self.epochs.setValue(default_epochs())  # the one default (FuseMapSettings)
         self.epochs.setToolTip(
             "Query-mapping epochs (and training epochs per phase when no model folder is "
             "given); training stops early when the validation loss is flat"
@@ -391,7 +391,9 @@ class AnnotateWidget(DockBase):
             return
         labels = list(result.labels)
         new_cols = [
-            c for c in outs[0].obs.columns if c.endswith(("_transfer", "_transfer_uncertainty"))
+            c
+            for c in outs[0].obs.columns
+            if c.endswith(("_transfer", "_transfer_uncertainty")) or c == LOW_COUNTS_KEY
         ]
         for ly, out in zip(layers, outs):
             ad = ly.metadata["adata"]

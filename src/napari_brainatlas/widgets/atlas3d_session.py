@@ -97,21 +97,40 @@ class Atlas3DSession:
         self.highlight = None
         self._focus_cache.clear()
 
-    def default_atlas_name(self) -> str:
-        """The atlas the sections were registered to (``uns['ccf_registration']``)."""
+    def recorded_atlas(self) -> tuple[str, str | None]:
+        """``(spec, ontology)`` of the atlas the sections were registered to
+        (``uns['ccf_registration']``): the annotation and ontology files of an atlas
+        read from files, else its name (records written before the files were kept
+        name only the file's stem); ``("demo", None)`` without a record."""
+        from ..register.result import record_atlas_spec
+
         for s in self.sections:
             reg = s.uns.get("ccf_registration")
             if isinstance(reg, dict):
                 for v in reg.values():
                     if isinstance(v, dict) and v.get("atlas"):
-                        return str(v["atlas"])
-        return "demo"
+                        return record_atlas_spec(v)
+        return "demo", None
+
+    def default_atlas_name(self) -> str:
+        """What opens the sections' atlas: a path for an atlas read from a file, else
+        its name (see :meth:`recorded_atlas`)."""
+        return self.recorded_atlas()[0]
+
+    def is_open(self, spec: str) -> bool:
+        """True when the atlas open is the one ``spec`` (a name or a path) names."""
+        a = self.atlas
+        return a is not None and str(spec) in (a.name, a.spec()[0])
 
     def load_atlas(self, name: str | None = None):
-        """Open the sections' atlas by name (``'demo'``, a BrainGlobe name or a path)."""
+        """Open the sections' atlas (``name``: ``'demo'``, a BrainGlobe name or a path;
+        None: the recorded one, with its recorded ontology file)."""
         from ..atlas import Atlas
 
-        self.atlas = Atlas.load(name or self.default_atlas_name())
+        spec, onto = self.recorded_atlas()
+        if name is not None and str(name) != spec:
+            spec, onto = str(name), None
+        self.atlas = Atlas.load(spec, ontology=onto) if onto else Atlas.load(spec)
         self._focus_cache.clear()
         return self.atlas
 
@@ -142,7 +161,7 @@ class Atlas3DSession:
         ``color_by`` is a gene."""
         if not self.sections:
             raise BrainAtlasInputError("no registered section is open")
-        if atlas is not None and (self.atlas is None or self.atlas.name != atlas):
+        if atlas is not None and not self.is_open(atlas):
             report(progress, 0, 3, message=f"opening the atlas {atlas} ...")
             self.load_atlas(atlas)
         check_cancel(cancel)

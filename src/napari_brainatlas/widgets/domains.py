@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -21,6 +23,8 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSlider,
     QSpinBox,
@@ -30,11 +34,15 @@ from qtpy.QtWidgets import (
 from ..colors import categorical_colors
 from . import _jobs
 from ._base import DockBase, snapshot
-from ._common import SectionChecklist, is_registered_section, paint, set_feature_columns
+from ._common import SectionChecklist, is_registered_section, paint, set_feature_columns, swatch
 
 __all__ = ["DomainsWidget", "is_registered_section"]
 
 DOMAIN_KEY = "spacon_domain"
+
+
+#: neighbours of the Domains dock's spatial vote (benchmarks/domains/alpha_coherence.py)
+SMOOTH_K = 30
 
 
 class DomainsWidget(DockBase):
@@ -140,6 +148,19 @@ class DomainsWidget(DockBase):
         self.resolution.setKeyboardTracking(False)
         self.resolution.valueChanged.connect(lambda _: self.recluster())
         form.addRow("Leiden resolution:", self.resolution)
+        self.smooth_check = QCheckBox(f"smooth domains (vote of {SMOOTH_K} neighbours)")
+        self.smooth_check.setChecked(True)
+        self.smooth_check.setToolTip(
+            "Each cell takes the domain most of its nearest cells have: contiguous domains "
+            "instead of salt and pepper (the clusters alone are, at every alpha)"
+        )
+        self.smooth_check.toggled.connect(lambda _: self.recluster())
+        form.addRow(self.smooth_check)
+        self.legend = QListWidget()  # domain colour, cells, the CCF region most of them are in
+        self.legend.setMinimumHeight(80)
+        self.legend.setSelectionMode(QAbstractItemView.NoSelection)
+        self.legend.setToolTip("Each domain: its colour, its cells, the CCF region most lie in")
+        form.addRow(self.legend)
         root.addWidget(box)
 
         self.set_status("Register sections, then train.")
@@ -205,6 +226,7 @@ class DomainsWidget(DockBase):
             epochs=epochs,
             alpha=self.alpha,
             resolution=float(self.resolution.value()),
+            smooth_k=self.smooth_k,
             on_done=self._on_trained,
             on_progress=self._on_progress,
             what="training",
@@ -232,6 +254,11 @@ class DomainsWidget(DockBase):
         if not self.alpha_slider.isSliderDown():
             self.recluster()
 
+    @property
+    def smooth_k(self) -> int:
+        """Neighbours of the spatial vote on the domains (0: none)."""
+        return SMOOTH_K if self.smooth_check.isChecked() else 0
+
     def _on_alpha_released(self) -> None:
         self.recluster()
 
@@ -256,6 +283,7 @@ class DomainsWidget(DockBase):
             self.model,
             alpha,
             resolution=float(self.resolution.value()),
+            smooth_k=self.smooth_k,
             on_done=self._on_domains,
             on_end=self._on_domains_finished,
             what="clustering",
@@ -267,6 +295,26 @@ class DomainsWidget(DockBase):
         if self._pending_alpha is not None:
             a, self._pending_alpha = self._pending_alpha, None
             self.recluster(a)
+
+    def _fill_legend(self, layers, cats: list[str]) -> None:
+        """One row per domain: its colour, its cells and the CCF region (``ccf_acronym``)
+        most of them lie in."""
+        import pandas as pd
+
+        obs = pd.concat(
+            [ly.metadata["adata"].obs.reindex(columns=[DOMAIN_KEY, "ccf_acronym"]) for ly in layers]
+        )
+        dom = obs[DOMAIN_KEY].astype(str)
+        rgba = categorical_colors(np.asarray(cats, dtype=object), categories=cats)[0]
+        self.legend.clear()
+        for c, colour in zip(cats, rgba):
+            inside = obs.loc[(dom == c).to_numpy(), "ccf_acronym"].dropna().astype(str)
+            where = ""
+            if len(inside):
+                top = inside.value_counts()
+                where = f", {100 * top.iloc[0] / len(inside):.0f}% in {top.index[0]}"
+            text = f"domain {c}: {int((dom == c).sum()):,} cells{where}"
+            self.legend.addItem(QListWidgetItem(swatch(colour), text))
 
     def _on_domains(self, found) -> None:
         """GUI thread: the domains into the trained sections, their layers recoloured."""
@@ -285,6 +333,7 @@ class DomainsWidget(DockBase):
             vals = ad.obs[DOMAIN_KEY].astype(str).to_numpy()
             set_feature_columns(ly, {DOMAIN_KEY: ad.obs[DOMAIN_KEY].to_numpy()})
             paint(ly, categorical_colors(vals, categories=cats)[0])
+        self._fill_legend(layers, cats)
         self.set_status(
             f"alpha {found.alpha:.2f}: {len(cats)} domains over {len(layers)} section(s)"
         )

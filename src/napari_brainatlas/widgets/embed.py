@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..workflows.embed import default_epochs
 from . import _jobs
 from ._base import DockBase, snapshot
 from ._common import SectionChecklist, paint, set_feature_columns
@@ -54,7 +55,8 @@ class EmbedWidget(DockBase):
         lay.addWidget(refresh)
 
         params = QGroupBox("Training")
-        self.epochs = QSpinBox(minimum=1, maximum=200, value=5)
+        # the one default of the docks, the CLI and the workflows (FuseMapSettings)
+        self.epochs = QSpinBox(minimum=1, maximum=200, value=default_epochs())
         self.n_latent = QSpinBox(minimum=2, maximum=256, value=64)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
@@ -138,9 +140,13 @@ class EmbedWidget(DockBase):
         for ly, ad in zip(self._layers, embedded):
             if ly in self.viewer.layers:
                 ly.metadata["adata"] = ad
+        notes = getattr(result, "notes", [])
+        flagged = (
+            f"; {len(notes)} section(s) with low-count cells flagged ({notes[0]})" if notes else ""
+        )
         self.set_status(
             "FuseMap done: obsm['X_fusemap_cell'] and "
-            f"obsm['X_fusemap_tissue'] written for {len(embedded)} sections"
+            f"obsm['X_fusemap_tissue'] written for {len(embedded)} sections{flagged}"
         )
         show_info("FuseMap done")
 

@@ -59,6 +59,9 @@ class AhbaTable:
 
     def summary(self, where="") -> str:
         shape = f"{self.table.shape[0]} parcels x {self.table.shape[1] - 1} genes"
+        n_empty = self.table.shape[0] - finite_table(self.table).shape[0]
+        if n_empty:
+            shape += f" ({n_empty} parcels without samples not written)"
         return shape + (f" -> {where}" if where else "")
 
 
@@ -108,14 +111,30 @@ def ahba_expression(
     return AhbaTable(table, res)
 
 
-def write_ahba(result: AhbaTable, out, *, report_path=None) -> list[Path]:
-    """Write the table to ``out`` (.csv) and, with ``report_path``, the report as JSON."""
+def finite_table(table):
+    """The table as written: parcels without samples (all values NaN, listed in the
+    report's aggregation step) left out, no NaN / inf written; one error if a parcel
+    with samples still holds a non-finite value."""
+    import numpy as np
+
+    values = table.drop(columns="region", errors="ignore").to_numpy(dtype=float)
+    empty = ~np.isfinite(values).any(axis=1)
+    kept = table.loc[~empty]
+    if not np.isfinite(values[~empty]).all():
+        raise BrainAtlasInputError("the AHBA table holds NaN values for parcels with samples")
+    return kept
+
+
+def write_ahba(result: AhbaTable, out, *, report_path=None, inputs=()) -> list[Path]:
+    """Write the table to ``out`` (.csv) and, with ``report_path``, the report as JSON;
+    never over one of ``inputs``."""
     from ..io import atomic_write_text
 
-    paths = [
-        atomic_write_text(result.table.to_csv(float_format="%.6g"), check_output_file(out, ".csv"))
-    ]
-    if report_path is not None:
+    inputs = list(inputs)
+    out = check_output_file(out, ".csv", inputs)
+    report = check_output_file(report_path, None, inputs) if report_path is not None else None
+    paths = [atomic_write_text(finite_table(result.table).to_csv(float_format="%.6g"), out)]
+    if report is not None:
         text = json.dumps(result.result.report, indent=1, default=str)
-        paths.append(atomic_write_text(text, check_output_file(report_path, None)))
+        paths.append(atomic_write_text(text, report))
     return paths

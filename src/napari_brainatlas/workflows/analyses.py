@@ -304,7 +304,8 @@ def write_proximity(result: Proximity, out, *, heatmaps=None, inputs: Iterable =
     path = check_output_file(out, ".csv", inputs)
     written = [atomic_write_text(result.result.table.to_csv(index=False), path)]
     if heatmaps is not None:
-        folder = check_output_folder(heatmaps)
+        folder = check_output_folder(heatmaps, inputs)
+        folder.mkdir(exist_ok=True)
         for i, region in enumerate(result.result.regions):
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(region))
             written.append(

@@ -38,6 +38,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
+from ..io.writers import publish_mode
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import relay
 from .outputs import check_output_file
@@ -159,14 +160,18 @@ def _registered_rows(ad: AnnData, name: str) -> np.ndarray:
     return rows
 
 
-def _recorded_atlas(sections: Sequence[AnnData]) -> str | None:
-    """The atlas the sections were registered to (``uns['ccf_registration']``)."""
+def _recorded_atlas(sections: Sequence[AnnData], *, files: bool = False):
+    """The name of the atlas the sections were registered to
+    (``uns['ccf_registration']``); ``files``: ``(spec, ontology)`` that open it (its
+    files when the record keeps them). None without a record."""
+    from ..register.result import record_atlas_spec
+
     for s in sections:
         reg = s.uns.get("ccf_registration")
         if isinstance(reg, dict):
             for v in reg.values():
                 if isinstance(v, dict) and v.get("atlas"):
-                    return str(v["atlas"])
+                    return record_atlas_spec(v) if files else str(v["atlas"])
     return None
 
 
@@ -263,8 +268,11 @@ def _atlas_info(atlas, sections, units) -> tuple[str | None, float | None]:
         )
     from .register import load_atlas
 
+    onto = None
+    if atlas is None:
+        spec, onto = _recorded_atlas(sections, files=True)
     try:
-        opened = load_atlas(spec)
+        opened = load_atlas(spec, onto)
     except BrainAtlasInputError as exc:
         if atlas is not None:
             raise
@@ -318,6 +326,7 @@ def write_ccf_cells(
         check_cancel(cancel)
         sep = "\t" if name.endswith(".tsv") else ","
         _write_rows(cells.table, tmp, sep, name.endswith(".gz"), chunk, tick)
+        publish_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

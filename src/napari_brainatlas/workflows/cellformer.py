@@ -21,7 +21,8 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn
 from ._progress import raise_if_cancelled, relay
-from .outputs import check_output_folder, write_sections
+from .checks import check_expression
+from .outputs import check_run_folder, write_sections
 from .sections import as_sections, section_names
 
 __all__ = ["CellFormerRun", "train_cellformer", "write_cellformer"]
@@ -65,6 +66,7 @@ def train_cellformer(
     if epochs < 1:
         raise BrainAtlasInputError("epochs must be at least 1")
     sections = as_sections(sections)
+    check_expression(sections, section_names(sections), "CellFormer")
     model = CellFormer(
         sections, max_genes=max_genes, device=device, seed=seed, **(model_options or {})
     )
@@ -81,7 +83,8 @@ def train_cellformer(
 
 def write_cellformer(result: CellFormerRun, out, *, inputs: Iterable = ()) -> list[Path]:
     """Write ``out/model/`` and ``out/<section>.h5ad``; returns the section files."""
-    out = check_output_folder(out)
+    inputs = list(inputs)
+    out = check_run_folder(out, result.names, inputs, "model")
     out.mkdir(parents=True, exist_ok=True)
     paths = write_sections(result.sections, result.names, out, inputs)
     result.model.save(out / "model")

@@ -18,7 +18,7 @@ The input sections are never modified.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from anndata import AnnData
@@ -26,10 +26,19 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, report
 from ._progress import raise_if_cancelled, relay
-from .outputs import check_output_folder, write_sections
+from .checks import check_expression, check_shared_genes, finite_results
+from .outputs import check_run_folder, write_sections
 from .sections import as_sections, require_genes, section_names
 
-__all__ = ["Embedded", "embed_sections", "load_fusemap", "train_fusemap", "write_embedding"]
+__all__ = [
+    "Embedded",
+    "default_epochs",
+    "embed_sections",
+    "load_fusemap",
+    "resolve_epochs",
+    "train_fusemap",
+    "write_embedding",
+]
 
 
 @dataclass
@@ -40,6 +49,8 @@ class Embedded:
     sections: list[AnnData]
     names: list[str]
     is_main: bool = True  # False on torchrun ranks other than 0: nothing to write
+    #: per section, the cells kept flagged without an embedding (too few counts)
+    notes: list[str] = field(default_factory=list)
 
     def header(self) -> str:
         n = sum(a.n_obs for a in self.model.adatas)
@@ -47,6 +58,23 @@ class Embedded:
             f"embed: {len(self.model.adatas)} section(s), {n} cells, "
             f"{len(self.model.module.genes)} genes, device {self.model.device}"
         )
+
+
+def default_epochs() -> int:
+    """The one default number of epochs (training epochs per phase, query-mapping
+    epochs) of the docks, the CLI and the workflows: ``FuseMapSettings().epochs``
+    (importing the settings does not import torch)."""
+    from ..fusemap.settings import FuseMapSettings
+
+    return int(FuseMapSettings().epochs)
+
+
+def resolve_epochs(epochs: int | None) -> int:
+    """``epochs``, or :func:`default_epochs` for None; one input error below 0."""
+    n = default_epochs() if epochs is None else int(epochs)
+    if n < 0:
+        raise BrainAtlasInputError("epochs must be 0 or more")
+    return n
 
 
 def load_fusemap(path, device: str = "auto", sections=None):
@@ -59,12 +87,12 @@ def load_fusemap(path, device: str = "auto", sections=None):
     return FuseMap.load(p, sections=sections, device=device)
 
 
-def train_fusemap(model, epochs: int, *, progress=None, cancel=None, offset: int = 0, extra=0):
-    """Train ``model`` for at most ``epochs`` per phase; raises Cancelled when cancelled."""
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+def train_fusemap(model, epochs, *, progress=None, cancel=None, offset: int = 0, extra=0):
+    """Train ``model`` for at most ``epochs`` per phase (None: :func:`default_epochs`);
+    raises Cancelled when cancelled."""
+    epochs = resolve_epochs(epochs)
     model.train(
-        max_epochs=int(epochs),
+        epochs=int(epochs),
         progress=relay(progress, "loss", offset=offset, extra=extra, stage="train"),
         cancel=cancel,
     )
@@ -87,7 +115,7 @@ def _device(device: str) -> tuple[int, int, str]:
 def embed_sections(
     sections,
     *,
-    epochs: int = 15,
+    epochs: int | None = None,
     device: str = "auto",
     seed: int = 0,
     names: Sequence[str] | None = None,
@@ -98,22 +126,24 @@ def embed_sections(
     """Train FuseMap on ``sections`` (AnnData or paths) and embed them (see the module
     docstring).
 
-    ``epochs``: at most this many epochs in each of the two training phases;
+    ``epochs``: at most this many epochs in each of the two training phases (None:
+    :func:`default_epochs`);
     ``model_options``: more :class:`FuseMap` options (``n_latent``, ...). Progress:
     ``progress(0, total, {"message": header})`` once the model is built, then one call
     per epoch.
     """
     from ..fusemap import FuseMap
 
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+    epochs = resolve_epochs(epochs)
     sections = as_sections(sections)
     if not sections:
         raise BrainAtlasInputError("no sections to embed")
     require_genes(sections, "embedding")
+    names = list(names) if names is not None else section_names(sections)
+    check_expression(sections, names, "FuseMap")
+    check_shared_genes(sections, names)
     rank, world, device = _device(device)
     progress = progress if rank == 0 else None
-    names = list(names) if names is not None else section_names(sections)
     model = FuseMap(
         sections, section_names=names, device=device, seed=seed, **(model_options or {})
     )
@@ -122,6 +152,7 @@ def embed_sections(
     report(progress, 0, 2 * int(epochs), message=header)
     train_fusemap(model, epochs, progress=progress, cancel=cancel)
     result.sections = model.write_embeddings(copy=True)
+    result.notes = finite_results(result.sections, result.names)
     return result
 
 
@@ -132,9 +163,10 @@ def write_embedding(result: Embedded, out, *, inputs: Iterable = ()) -> list[Pat
     """
     if not result.is_main:
         return []
-    out = check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
     inputs = list(inputs)
+    out = check_run_folder(out, result.names, inputs, "model")
+    out.mkdir(parents=True, exist_ok=True)
+    finite_results(result.sections, result.names)
     paths = write_sections(result.sections, result.names, out, inputs)
     result.model.save(out / "model")
     return paths

@@ -30,10 +30,11 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
-from .embed import load_fusemap, train_fusemap
+from .checks import finite_results, restore_missing
+from .embed import load_fusemap, resolve_epochs, train_fusemap
 from .genes import gene_spelling, model_genes, overlap_warnings
 from .outputs import check_output_file
-from .sections import as_sections, require_genes
+from .sections import as_sections, require_genes, section_names
 from .transfer import combine_sections, load_reference, map_onto
 
 __all__ = ["Imputed", "impute_mapped", "impute_sections", "write_imputed"]
@@ -49,6 +50,8 @@ class Imputed:
     genes: list[str]
     method: str
     warnings: list[str] = field(default_factory=list)
+    #: per section, the cells kept flagged without an embedding (too few counts)
+    notes: list[str] = field(default_factory=list)
 
     def combined(self) -> AnnData:
         return combine_sections(self.sections)
@@ -101,7 +104,7 @@ def impute_sections(
     genes: str | Sequence[str],
     method: str = "auto",
     reference=None,
-    epochs: int = 15,
+    epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: ProgressFn | None = None,
@@ -112,6 +115,7 @@ def impute_sections(
     from ..fusemap import CELL_KEY
 
     genes = _parse_genes(genes)
+    epochs = resolve_epochs(epochs)
     if method not in ("auto", "knn", "decoder"):
         raise BrainAtlasInputError(f"method must be auto, knn or decoder, not {method!r}")
     sections = as_sections(sections)
@@ -137,7 +141,7 @@ def impute_sections(
     outs, used = [], method
     for a in sections:
         check_cancel(cancel)
-        a = a.copy()
+        a = restore_missing([a.copy()])[0]
         if CELL_KEY not in a.obsm or not np.isfinite(np.asarray(a.obsm[CELL_KEY])).any():
             mapping = map_onto(
                 model, [a], refs, epochs=epochs, seed=seed, progress=progress, cancel=cancel
@@ -149,7 +153,8 @@ def impute_sections(
             a.obs[IMPUTED_PREFIX + name] = df[g.upper()].to_numpy(np.float32)
         a.uns["imputed_genes"] = list(names)
         outs.append(a)
-    return Imputed(outs, names, str(used), overlap_warnings(model, sections))
+    notes = finite_results(outs, section_names(outs))
+    return Imputed(outs, names, str(used), overlap_warnings(model, sections), notes)
 
 
 def impute_mapped(
@@ -181,11 +186,14 @@ def impute_mapped(
         a.uns["imputed_genes"] = list(names)
         outs.append(a)
         report(progress, i + 1, len(mapped.sections), message=f"imputed {', '.join(names)}")
-    return Imputed(outs, names, str(used), list(mapped.warnings))
+    notes = finite_results(outs, section_names(outs))
+    return Imputed(outs, names, str(used), list(mapped.warnings), notes)
 
 
 def write_imputed(result: Imputed, out, *, inputs: Iterable = ()) -> Path:
     """Write the imputed sections to ``out`` (.h5ad) as one AnnData."""
     from ..io import write_h5ad
 
-    return write_h5ad(result.combined(), check_output_file(out, ".h5ad", inputs))
+    out = check_output_file(out, ".h5ad", inputs)
+    finite_results(result.sections, section_names(result.sections))
+    return write_h5ad(result.combined(), out)

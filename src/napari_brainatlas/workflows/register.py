@@ -34,7 +34,7 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import relay
-from .outputs import check_output_file
+from .outputs import check_distinct, check_output_file
 from .sections import as_sections, section_name, section_names, select_section
 
 __all__ = [
@@ -144,8 +144,10 @@ def _register_section(adata, atlas, name, region_key, progress, cancel, options)
     ``options['start_pose']`` the engine fits the posed cells (and, without a midline,
     starts from the midline the pose implies) and the result is composed back."""
     from ..register import apply_registration, register_section
+    from .checks import check_spread
     from .register_pose import StartPose, compose_result, pose_midline, with_pose
 
+    check_spread(adata.obsm["spatial"], f"section {name!r}")
     options = dict(options)
     pose = StartPose.coerce(options.pop("start_pose", None))
     fit_on, P = adata, None
@@ -236,6 +238,7 @@ def write_registered(reg: Registered, out, *, record=None, inputs=()) -> list[Pa
     registration record as JSON there. Returns the paths written."""
     from ..io import atomic_write_text, write_h5ad
 
+    check_distinct(out, record)
     paths = [write_h5ad(reg.adata, check_output_file(out, ".h5ad", inputs))]
     if record is not None:
         paths.append(
@@ -429,8 +432,9 @@ def interpolate_series(
     return SeriesPlan(list(names), pos, ang, is_known, spacing)
 
 
-def write_series(placement: SeriesPlacement, out) -> Path:
-    """Write ``section,position_um`` rows to ``out`` (a .csv), atomically."""
+def write_series(placement: SeriesPlacement, out, *, inputs=()) -> Path:
+    """Write ``section,position_um`` rows to ``out`` (a .csv), atomically; never over
+    one of ``inputs``."""
     from ..io import atomic_write_text
 
-    return atomic_write_text(placement.csv_text(), check_output_file(out, None))
+    return atomic_write_text(placement.csv_text(), check_output_file(out, None, inputs))

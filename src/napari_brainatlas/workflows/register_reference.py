@@ -298,7 +298,7 @@ def write_from_reference(
         from ..io import write_h5ad
 
         return [write_h5ad(regs[0].adata, check_output_file(target, ".h5ad", inputs))]
-    folder = check_output_folder(target)
+    folder = check_output_folder(target, inputs, [r.name for r in regs])
     paths = write_sections([r.adata for r in regs], [r.name for r in regs], folder, inputs)
     if summary:
         paths.append(atomic_write_text(result.csv_text(), folder / "summary.csv"))

@@ -43,10 +43,11 @@ from anndata import AnnData
 from .._errors import BrainAtlasInputError
 from ..jobs import ProgressFn, check_cancel, report
 from ._progress import raise_if_cancelled, relay
-from .embed import load_fusemap, train_fusemap
+from .checks import check_expression, finite_results, restore_missing
+from .embed import load_fusemap, resolve_epochs, train_fusemap
 from .genes import overlap_warnings
 from .outputs import check_output_file
-from .sections import as_sections, require_genes
+from .sections import as_sections, require_genes, section_names
 
 __all__ = [
     "Mapped",
@@ -111,15 +112,14 @@ def load_reference(model, reference=None, *, device: str = "auto", required: boo
         raise BrainAtlasInputError(
             "the reference sections hold no FuseMap embedding (obsm['X_fusemap_cell'])"
         )
-    return model, refs
+    return model, restore_missing(refs)
 
 
 def map_onto(model, queries, refs, *, epochs, seed, progress=None, cancel=None, offset=0):
     """The one call of the query mapping: ``queries`` onto the frozen ``model``."""
     from ..annotate import map_query
 
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+    epochs = resolve_epochs(epochs)
     mapping = map_query(
         model,
         queries,
@@ -157,6 +157,8 @@ class Transferred:
     model: object  # FuseMap
     reference: list[AnnData]
     warnings: list[str] = field(default_factory=list)
+    #: per section, the cells kept flagged without an embedding (too few counts)
+    notes: list[str] = field(default_factory=list)
 
     def combined(self) -> AnnData:
         return combine_sections(self.sections)
@@ -168,12 +170,24 @@ class Transferred:
 
         out = []
         record = self.sections[0].uns.get("label_transfer", {}) if self.sections else {}
+        from .checks import LOW_COUNTS_KEY, UNASSIGNED
+
+        low = np.concatenate(
+            [
+                a.obs[LOW_COUNTS_KEY].to_numpy(bool)
+                if LOW_COUNTS_KEY in a.obs
+                else np.zeros(a.n_obs, bool)
+                for a in self.sections
+            ]
+        )
         for lab in self.labels:
             pred = np.concatenate([a.obs[f"{lab}_transfer"].astype(str) for a in self.sections])
             u = np.concatenate([a.obs[f"{lab}_transfer_uncertainty"] for a in self.sections])
-            line = (
-                f"{lab}: {len(set(pred.tolist()))} classes, mean uncertainty {float(u.mean()):.3f}"
-            )
+            pred, u = pred[~low], u[~low]  # low-count cells are not predictions
+            mean = f"{float(u.mean()):.3f}" if len(u) else "-"
+            line = f"{lab}: {len(set(pred.tolist()))} classes, mean uncertainty {mean}"
+            if low.any():
+                line += f" ({int(low.sum())} low-count cells '{UNASSIGNED}', left out)"
             learnt = (record.get(lab) or {}).get("labelled_sections")
             if learnt and len(learnt) < len(self.reference):
                 line += f" (learnt from {', '.join(learnt)})"
@@ -190,9 +204,24 @@ def _reference_model(reference, seed, device):
     return FuseMap([a.copy() for a in as_sections(reference)], seed=seed, device=device)
 
 
-def check_labels(refs: Sequence[AnnData], labels: Sequence[str]) -> None:
+def check_labels(
+    refs: Sequence[AnnData], labels: Sequence[str], hierarchy: dict | None = None
+) -> None:
     """Every label must be carried by at least one reference section (any subset may
-    carry it: the classifier learns from the cells that have it)."""
+    carry it: the classifier learns from the cells that have it); a ``hierarchy`` the
+    user gives (label -> main-level column) must name transferred labels and main-level
+    columns some reference section carries."""
+    for lab, main in (hierarchy or {}).items():
+        if lab not in labels:
+            raise BrainAtlasInputError(
+                f"the hierarchy gives a main level for '{lab}', which is not among the "
+                f"labels transferred ({', '.join(labels)})"
+            )
+        if not any(main in r.obs.columns for r in refs):
+            raise BrainAtlasInputError(
+                f"the hierarchy names obs['{main}'] as the main level of '{lab}', but no "
+                "reference section has that column"
+            )
     for lab in labels:
         if not any(lab in r.obs.columns for r in refs):
             have = sorted(reference_labels(refs))
@@ -270,7 +299,8 @@ def map_queries(
     model=None,
     reference=None,
     labels: Sequence[str] = (),
-    epochs: int = 15,
+    hierarchy: dict | None = None,
+    epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
     what: str = "transfer",
@@ -278,18 +308,19 @@ def map_queries(
     cancel=None,
 ) -> Mapped:
     """Map ``query`` (AnnData or paths) onto a reference (see the module doc for the
-    kinds of reference); ``labels`` are checked against the reference before any
-    training or mapping. ``epochs``: query-mapping epochs (and training epochs per
-    phase when a model is trained first)."""
-    if epochs < 0:
-        raise BrainAtlasInputError("epochs must be 0 or more")
+    kinds of reference); ``labels`` (and a ``hierarchy`` label -> main-level column)
+    are checked against the reference before any training or mapping. ``epochs``: query-mapping epochs (and training epochs per
+    phase when a model is trained first); None: the one default,
+    :func:`~.embed.default_epochs`."""
+    epochs = resolve_epochs(epochs)
     queries = as_sections(query)
     require_genes(queries, "label transfer" if labels else "mapping")
+    check_expression(queries, section_names(queries), "mapping onto the model")
     offset = 0
     if model is None:
         if reference is not None:
             reference = as_sections(reference)
-            check_labels(reference, labels)  # before training, not after
+            check_labels(reference, labels, hierarchy)  # before training, not after
         model, reference = _reference_model(reference, seed, device), None
     if _untrained(model):
         if reference is not None:
@@ -299,7 +330,7 @@ def map_queries(
         train_fusemap(model, epochs, progress=progress, cancel=cancel, extra=epochs)
         offset = 2 * int(epochs)
     model, refs = load_reference(model, reference, device=device)
-    check_labels(refs, labels)
+    check_labels(refs, labels, hierarchy)
     warnings = overlap_warnings(model, queries)
     head = f"{what}: {len(queries)} query section(s) onto {model.n_sections} reference section(s)"
     report(
@@ -331,7 +362,7 @@ def label_transfer(
     method: str = "mlp",
     hierarchy: dict | None = None,
     smooth_regions: bool = True,
-    epochs: int = 15,
+    epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: ProgressFn | None = None,
@@ -354,6 +385,7 @@ def label_transfer(
         model=model,
         reference=reference,
         labels=labels,
+        hierarchy=hierarchy,
         epochs=epochs,
         seed=seed,
         device=device,
@@ -385,7 +417,7 @@ def transfer_onto(
     from ..annotate import transfer_labels
 
     labels = list(labels)
-    check_labels(mapped.reference, labels)
+    check_labels(mapped.reference, labels, hierarchy)
     out = transfer_labels(
         mapped.reference,
         mapped.sections,
@@ -397,8 +429,10 @@ def transfer_onto(
         cancel=cancel,
     )
     check_cancel(cancel)
+    out = list(out)
+    notes = finite_results(out, section_names(out))
     return Transferred(
-        list(out), labels, mapped.mapping, mapped.model, mapped.reference, list(mapped.warnings)
+        out, labels, mapped.mapping, mapped.model, mapped.reference, list(mapped.warnings), notes
     )
 
 
@@ -406,4 +440,6 @@ def write_transfer(result: Transferred, out, *, inputs: Iterable = ()) -> Path:
     """Write the annotated query sections to ``out`` (.h5ad) as one AnnData."""
     from ..io import write_h5ad
 
-    return write_h5ad(result.combined(), check_output_file(out, ".h5ad", inputs))
+    out = check_output_file(out, ".h5ad", inputs)
+    finite_results(result.sections, section_names(result.sections))
+    return write_h5ad(result.combined(), out)

@@ -76,6 +76,17 @@ class _CostPlot(QWidget):
         self.ax.set_xlabel("iteration", color="#dddddd", fontsize=7, labelpad=1)
         self.ax.set_ylabel("cost um", color="#dddddd", fontsize=7, labelpad=1)
         (self.line,) = self.ax.plot([], [], color="#ffcc33", lw=1.2)
+        self._empty = self.ax.text(  # no fit yet: a word, not axes around nothing
+            0.5,
+            0.5,
+            "cost per iteration of the fit",
+            color="#aaaaaa",
+            fontsize=7,
+            ha="center",
+            va="center",
+            transform=self.ax.transAxes,
+        )
+        self.ax.tick_params(labelbottom=False, labelleft=False)
         self._marks = []
         self.canvas = FigureCanvasQTAgg(fig)
         self.canvas.setMinimumHeight(90)
@@ -101,6 +112,8 @@ class _CostPlot(QWidget):
             for i in range(1, len(y)):
                 if self.stages[i] != self.stages[i - 1]:
                     self._marks.append(self.ax.axvline(i - 0.5, color="#888888", lw=0.6))
+        self._empty.set_visible(not len(y))
+        self.ax.tick_params(labelbottom=bool(len(y)), labelleft=bool(len(y)))
         if len(y):
             lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
             pad = max(hi - lo, 1e-6) * 0.08
@@ -986,8 +999,11 @@ class RegistrationWidget(QCMixin, BatchMixin, FromReferenceMixin, DockBase):
         mid = self.midline_xy_safe()
         if mid is not None:
             self.session.set_clicks(name, midline=mid)
+        sec = self.section_layer(name)
+        adata = sec.metadata.get("adata") if sec is not None else None
+        source = (adata.uns.get("napari_brainatlas", {}) or {}).get("source") if adata else None
         try:
-            out = self.session.save(name, Path(path))
+            out = self.session.save(name, Path(path), inputs=[source] if source else ())
         except Exception as exc:  # noqa: BLE001 - one notification
             show_error(one_line(exc, "cannot save: "))
             return None

@@ -87,6 +87,33 @@ def cell_colors(mode: str, *, agreement=None, own=None, landed_ids=None, ontolog
     return np.tile(ONE_COLOR, (n, 1))
 
 
+def _spread_ratio(section_yx: np.ndarray, mapped_xy) -> float:
+    """How much larger the mapped cells spread than the section's (the fit's scale),
+    in [0.02, 50]; 1 when either has no spread."""
+    a = np.asarray(section_yx, float).reshape(-1, section_yx.shape[-1] if section_yx.ndim else 2)
+    b = np.asarray(mapped_xy, float).reshape(-1, 2)
+    if len(a) < 2 or len(b) < 2:
+        return 1.0
+    sa = float(np.sqrt(np.prod(np.std(a[:, -2:], axis=0))))
+    sb = float(np.sqrt(np.prod(np.std(b, axis=0))))
+    if not (sa > 0 and sb > 0 and np.isfinite(sa) and np.isfinite(sb)):
+        return 1.0
+    return float(np.clip(sb / sa, 0.02, 50.0))
+
+
+def grey_colormap(colormap: dict) -> dict:
+    """A label colormap in greys of the same lightness (0.3-0.7), alpha kept."""
+    out = {}
+    for k, v in colormap.items():
+        c = np.asarray(v, np.float32)
+        if k is None or len(c) < 4 or c[3] == 0:
+            out[k] = c
+            continue
+        g = 0.3 + 0.4 * float(0.3 * c[0] + 0.59 * c[1] + 0.11 * c[2])
+        out[k] = np.array([g, g, g, c[3]], np.float32)
+    return out
+
+
 def _label_colors(vals: np.ndarray, ontology) -> np.ndarray:
     """Atlas colours when every label is an atlas acronym, else categorical colours."""
     from ...colors import categorical_colors
@@ -108,6 +135,8 @@ class Overlays:
     def __init__(self, viewer):
         self.viewer = viewer
         self._offset: tuple[float, float] | None = None
+        self._grey_cmap, self._grey_key = None, None
+        self._tone = None  # (neutral, id of the colormap) the template is drawn in
 
     # ------------------------------------------------------------------ layers
     def get(self, name: str):
@@ -247,6 +276,8 @@ class Overlays:
         if ly is None:
             ly = self.viewer.add_labels(data, name=name, scale=(res, res), translate=off, **kwargs)
             ly.editable = False
+            if name == TEMPLATE:
+                self._tone = None
         else:
             ly.data = data
             ly.scale = (res, res)
@@ -278,6 +309,24 @@ class Overlays:
             blending="translucent",
         )
         self._follow_offset(off)
+
+    def set_template_tone(self, colormap, neutral: bool) -> None:
+        """The template in greys (``neutral``: each region keeps its lightness, so
+        the agree / disagree colours of the cells read against it), else in atlas
+        colours."""
+        ly = self.get(TEMPLATE)
+        if ly is None or not colormap:
+            return
+        if neutral:
+            key = id(colormap)
+            if self._grey_key != key:
+                self._grey_cmap, self._grey_key = grey_colormap(colormap), key
+            want = self._grey_cmap
+        else:
+            want = colormap
+        if self._tone != (neutral, id(want)):
+            ly.colormap = want
+            self._tone = (neutral, id(want))
 
     def set_outline(self, outline: np.ndarray) -> None:
         ly = self.get(OUTLINE)
@@ -311,9 +360,12 @@ class Overlays:
     def draw_cells(self, section_layer, mapped_xy, rgba, features: pd.DataFrame) -> None:
         """The section's cells mapped into atlas space (``mapped_xy`` atlas-slice um),
         coloured ``rgba``, with hover ``features``; the outline and the landmarks on
-        top of them."""
+        top of them. The cells keep their size relative to the tissue: the section's
+        point size times the fit's scale (a section in the wrong units would otherwise
+        cover the template with discs)."""
         sz = section_layer.size
         size = 0.7 * float(np.mean(sz)) if np.size(sz) else 10.0
+        size *= _spread_ratio(np.asarray(section_layer.data, float), mapped_xy)
         name = section_layer.name
         self.replace_points(
             f"{name} in atlas",

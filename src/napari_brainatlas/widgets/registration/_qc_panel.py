@@ -37,12 +37,22 @@ from qtpy.QtWidgets import (
 )
 
 from .._notify import show_error
-from ._overlays import CHECKER, COLOR_MODES, cell_colors
+from ._overlays import AGREEMENT_COLORS, CHECKER, COLOR_MODES, cell_colors
 
 __all__ = ["NO_COLUMN", "QCMixin"]
 
 NO_COLUMN = "(none)"
 AGREEMENT_COLUMNS = ("label", "cells", "agree", "landed mostly in")
+
+
+def agreement_key_html() -> str:
+    """The colour key of the agreement view (rich text for a QLabel)."""
+
+    def dot(code: int, word: str) -> str:
+        r, g, b = (int(round(255 * v)) for v in AGREEMENT_COLORS[code][:3])
+        return f"<span style='color:#{r:02x}{g:02x}{b:02x}'>&#9679;</span> {word}"
+
+    return "&nbsp;&nbsp;".join((dot(1, "agrees"), dot(0, "disagrees"), dot(-1, "no label")))
 
 
 def _hrow(*widgets) -> QHBoxLayout:
@@ -77,6 +87,13 @@ class QCMixin:
         self.color_combo.currentTextChanged.connect(lambda _: self._redraw_cells())
         form.addRow("Level:", self.level_combo)
         form.addRow("Colour by:", self.color_combo)
+        self.agreement_key = QLabel(agreement_key_html())
+        self.agreement_key.setToolTip(
+            "A cell agrees when its own label matches the CCF region it landed in (the "
+            "template is grey meanwhile)"
+        )
+        self.agreement_key.setVisible(False)
+        form.addRow(self.agreement_key)
         self.blink_button = QPushButton("Blink")
         self.blink_button.setCheckable(True)
         self.blink_button.setToolTip("Show and hide the cells over the template")
@@ -303,6 +320,9 @@ class QCMixin:
             if landed is not None and onto is not None:
                 feats["landed region"] = onto.acronyms(landed)
         self.overlays.draw_cells(sec, mapped, rgba, pd.DataFrame(feats))
+        agree_view = agreement is not None and self.color_combo.currentText() == "agreement"
+        self.overlays.set_template_tone(self._atlas_cmap, neutral=agree_view)
+        self.agreement_key.setVisible(agree_view)
         ly = self.overlays.get(f"{sec.name} in atlas")
         if ly is not None:
             ly.visible = not self.checker_button.isChecked()

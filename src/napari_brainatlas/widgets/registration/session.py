@@ -338,13 +338,20 @@ class RegistrationSession:
         folder = default_state_dir() / safe_name(self.atlas_name or "atlas")
         return folder / f"{safe_name(name)}.registration.json"
 
-    def save(self, name: str, path) -> Path:
-        """Write section ``name``'s state as JSON to ``path`` (atomically)."""
+    def save(self, name: str, path, inputs=()) -> Path:
+        """Write section ``name``'s state as JSON to ``path`` (atomically). ``path`` may
+        not be any file the session reads: ``inputs`` (e.g. the section's source file),
+        the atlas and its ontology."""
         from ...io import atomic_write_text
+        from ...workflows.outputs import check_output_file
 
         st = self._states.get(name)
         if st is None or st.result is None:
             raise BrainAtlasInputError("nothing to save: register the section first")
+        reads = [p for p in (*inputs, self.atlas_spec, self.ontology) if p]
+        path = check_output_file(
+            path, suffix=".json", inputs=[p for p in reads if Path(str(p)).exists()]
+        )
         res = st.result
         doc = {
             "napari_brainatlas_registration": STATE_VERSION,
