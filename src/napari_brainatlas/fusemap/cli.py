@@ -5,7 +5,9 @@
 
 Writes ``DIR/model/`` (the model folder, see :meth:`FuseMap.save`) and one
 ``DIR/<section>.h5ad`` per section holding ``obsm['X_fusemap_cell']`` and
-``obsm['X_fusemap_tissue']``. Input files are only read. Under torchrun (``WORLD_SIZE``
+``obsm['X_fusemap_tissue']``, and ends with a one-line quality summary on stderr
+(per section: mixing and reconstruction R^2, :func:`.quality.quality_summary`). Input
+files are only read. Under torchrun (``WORLD_SIZE``
 > 1) every rank trains its shard and rank 0 writes the results.
 """
 
@@ -145,4 +147,7 @@ def run(args) -> int:
         write_h5ad(a, target)
         print(f"wrote {target}", file=sys.stderr)
     print(f"model folder {out / 'model'}", file=sys.stderr)
+    from .quality import quality_summary
+
+    print(quality_summary(model), file=sys.stderr)
     return 0
