@@ -70,7 +70,7 @@ from ._balance import balance_weights
 from ._graph import spatial_graph
 from ._module import FuseMapModule
 from ._preprocess import PreparedSection, preprocess_section
-from ._training import SectionData, forward_section, infer_latent
+from ._training import SectionData, cross_panel_loss, forward_section, infer_latent
 
 __all__ = ["FuseMap", "resolve_device"]
 
@@ -167,6 +167,8 @@ def _check_config(cfg: dict) -> None:
         raise BrainAtlasInputError("adv_cells must be 'seeds' or 'block'")
     if cfg.get("noise_schedule", "pretrain") not in ("pretrain", "constant"):
         raise BrainAtlasInputError("noise_schedule must be 'pretrain' or 'constant'")
+    if float(cfg.get("panel_anchor", 0.0)) < 0:
+        raise BrainAtlasInputError("panel_anchor must be 0 or more")
     if cfg.get("recon_from", "tissue") not in ("tissue", "cell", "both"):
         raise BrainAtlasInputError("recon_from must be 'tissue', 'cell' or 'both'")
 
@@ -242,6 +244,11 @@ class FuseMap:
         (MERFISH), iLISI 0.542 -> 0.565 / 0.950 -> 0.937
         (benchmarks/embedding/NOTES.md). Models saved without this key load
         as "tissue" (how they were trained).
+    panel_anchor : weight of the cross-panel agreement of the section encoders (0 =
+        off, the paper): each section's seed cells are read through every other
+        section's panel (shared genes measured, the others from the decoder) and that
+        section's encoder is asked to place them where their own encoder does (MSE to
+        the detached z_C; ``_training.cross_panel_loss``).
     device : "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"...
     seed : seeds every random choice; training on CPU is deterministic for a seed (on
         the same machine and thread count).
@@ -272,6 +279,7 @@ class FuseMap:
         sample_latent: bool = True,
         weight_average: float = 0.99,
         recon_from: str = "both",
+        panel_anchor: float = 0.0,
         device: str = "auto",
         seed: int = 0,
     ):
@@ -302,6 +310,7 @@ class FuseMap:
             "sample_latent": bool(sample_latent),
             "weight_average": float(weight_average),
             "recon_from": str(recon_from),
+            "panel_anchor": float(panel_anchor),
             "seed": int(seed),
         }
         _check_config(self.config)
@@ -404,6 +413,11 @@ class FuseMap:
             "kl": float(torch.stack([o["kl"] for o in outs]).mean().detach()),
         }
         adversarial = self.n_sections > 1
+        w_panel = float(self.config.get("panel_anchor", 0.0))
+        if w_panel > 0 and adversarial:
+            cache = self.__dict__.setdefault("_panel_cache", {})
+            pl = cross_panel_loss(m, outs, [sd.name for sd in self.data], dev, cache)
+            logs["panel"] = float(pl.detach())
         if adversarial:
             kc, ic, kt, it = (
                 ("zc_all", "zc_idx", "zt_all", "zt_idx")
@@ -459,6 +473,8 @@ class FuseMap:
                 a, c = D.allreduce_sum([float(ae.detach()), float(adv.detach())])
                 self.lambda_adv = float(self.config["adv_ratio"] * a / max(abs(c), 1e-8))
             loss = ae - self.lambda_adv * adv
+            if w_panel > 0:
+                loss = loss + w_panel * pl
             logs["adv"] = float(adv.detach())
         else:
             loss = ae
@@ -828,6 +844,7 @@ class FuseMap:
             "sample_latent",
             "weight_average",
             "recon_from",
+            "panel_anchor",
             "seed",
         )
         self.config = {k: cfg[k] for k in keys if k in cfg}
