@@ -386,7 +386,9 @@ class QueryMapping:
                 )
             qdata = []
             for a, n in zip(query_sections, names):
-                pr = preprocess_section(a, n)
+                pr = preprocess_section(
+                    a, n, min_cell_counts=reference.config.get("min_cell_counts", 5)
+                )
                 if list(pr.genes) != list(meta["panels"][n]):
                     raise BrainAtlasInputError(
                         f"query section {n!r} does not have the genes it was mapped with"
@@ -623,7 +625,8 @@ def _map_query(
     B = int(batch_size or cfg.get("batch_size", 64))
     lr = float(lr or cfg.get("lr", 1e-3))
     names = _query_names(query_sections, section_names, set(model.module.section_names))
-    prepared = [preprocess_section(a, n) for a, n in zip(query_sections, names)]
+    mc = cfg.get("min_cell_counts", 5)
+    prepared = [preprocess_section(a, n, min_cell_counts=mc) for a, n in zip(query_sections, names)]
 
     ref_lat = reference_latents(model, reference_sections) if adversarial or anchor > 0 else None
     anchors = (

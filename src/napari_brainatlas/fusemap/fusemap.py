@@ -249,6 +249,8 @@ class FuseMap:
         section's panel (shared genes measured, the others from the decoder) and that
         section's encoder is asked to place them where their own encoder does (MSE to
         the detached z_C; ``_training.cross_panel_loss``).
+    min_cell_counts : cells with at most this many counts (integer input) are dropped and
+        get NaN embeddings (5, the paper); 0 keeps every cell with a count.
     device : "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"...
     seed : seeds every random choice; training on CPU is deterministic for a seed (on
         the same machine and thread count).
@@ -280,6 +282,7 @@ class FuseMap:
         weight_average: float = 0.99,
         recon_from: str = "both",
         panel_anchor: float = 0.0,
+        min_cell_counts: float = 5,
         device: str = "auto",
         seed: int = 0,
     ):
@@ -311,6 +314,7 @@ class FuseMap:
             "weight_average": float(weight_average),
             "recon_from": str(recon_from),
             "panel_anchor": float(panel_anchor),
+            "min_cell_counts": float(min_cell_counts),
             "seed": int(seed),
         }
         _check_config(self.config)
@@ -338,7 +342,8 @@ class FuseMap:
         self.adatas = sections
         self.section_names = names
         self.prepared: list[PreparedSection] = [
-            preprocess_section(a, n) for a, n in zip(sections, names)
+            preprocess_section(a, n, min_cell_counts=self.config.get("min_cell_counts", 5))
+            for a, n in zip(sections, names)
         ]
         rng = np.random.default_rng(self.config["seed"])
         self.data: list[SectionData] = []
@@ -845,6 +850,7 @@ class FuseMap:
             "weight_average",
             "recon_from",
             "panel_anchor",
+            "min_cell_counts",
             "seed",
         )
         self.config = {k: cfg[k] for k in keys if k in cfg}
