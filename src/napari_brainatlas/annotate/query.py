@@ -507,6 +507,37 @@ def _anchor_sets(
     return out
 
 
+def _hold_out_anchors(anchors, seed: int, frac: float = 0.1, max_cells: int = 2000):
+    """Split each section's anchor cells into (training, validation) sets."""
+    rng = np.random.default_rng(seed + 7)
+    train, val = [], []
+    for a in anchors:
+        if a is None or len(a[1]) < 20:
+            train.append(a)
+            val.append(None)
+            continue
+        Xa, Za = a
+        perm = rng.permutation(len(Za))
+        n_val = int(min(max(round(frac * len(Za)), 1), max_cells))
+        tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        train.append((Xa[tr], Za[tr]))
+        val.append((Xa[va], Za[va]))
+    return train, val
+
+
+@torch.no_grad()
+def _anchor_val_loss(module, names, anchors_val, dev) -> float:
+    """Mean over query sections of the anchor MSE of the held-out anchor cells (eval)."""
+    losses = []
+    for n, a in zip(names, anchors_val):
+        if a is None:
+            continue
+        Xa, Za = a
+        mu, _ = module.encode(n, torch.from_numpy(rows_dense(Xa, np.arange(len(Za)))).to(dev))
+        losses.append(float(F.mse_loss(mu, torch.from_numpy(Za).to(dev))))
+    return float(np.mean(losses)) if losses else 0.0
+
+
 def _freeze_copy(model: FuseMap):
     ref_state = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
     module = copy.deepcopy(model.module)
@@ -536,6 +567,7 @@ def map_query(
     init: str = "reference",
     min_steps: int = 0,
     anchor: float = 5.0,
+    validate_anchor: bool = False,
     progress: Callable | None = None,
     cancel: Callable | None = None,
 ) -> QueryMapping:
@@ -558,6 +590,10 @@ def map_query(
         most genes) or "random" (the paper).
     anchor : weight of the reference-anchor loss (0 = off, the paper); see the module
         docstring.
+    validate_anchor : hold out 10 % of the anchor cells (at most 2,000 per section) and
+        early-stop on the objective that is trained, validation AE loss + ``anchor`` x
+        their anchor loss (False: the validation AE loss of the query cells alone, which
+        stops while the anchor term still improves).
     min_steps : at least this many steps per epoch.
     progress : ``progress(epoch, epochs, losses)`` after every epoch.
     cancel : ``cancel() -> bool`` polled before every step.
@@ -581,6 +617,7 @@ def map_query(
             init=init,
             min_steps=min_steps,
             anchor=anchor,
+            validate_anchor=validate_anchor,
             progress=progress,
             cancel=cancel,
         )
@@ -602,8 +639,9 @@ def _map_query(
     init,
     min_steps,
     anchor,
-    progress,
-    cancel,
+    validate_anchor=False,
+    progress=None,
+    cancel=None,
 ) -> QueryMapping:
     if not isinstance(model, FuseMap):
         raise BrainAtlasInputError("map_query needs a trained FuseMap model")
@@ -635,6 +673,9 @@ def _map_query(
         else None
     )
     has_anchor = bool(anchors) and any(a is not None for a in anchors)
+    anchors_val = None
+    if has_anchor and validate_anchor:
+        anchors, anchors_val = _hold_out_anchors(anchors, seed)
     want_adv = (not has_anchor) if adversarial == "auto" else bool(adversarial)
     use_adv = want_adv and ref_lat is not None and len(ref_lat[0]) > 0
 
@@ -819,6 +860,8 @@ def _map_query(
                     tot += float(a) * len(idx[i : i + 1024])
                     cnt += len(idx[i : i + 1024])
         val = tot / max(cnt, 1)
+        if anchors_val is not None:
+            val += float(anchor) * _anchor_val_loss(module, names, anchors_val, dev)
         sched.step(val)
         rec = dict(
             phase="query", epoch=ep + 1, val_loss=val, lr=opt_ae.param_groups[0]["lr"], **acc
