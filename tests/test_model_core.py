@@ -356,3 +356,17 @@ def test_recon_from_is_checked_saved_and_trains(sections, tmp_path):
     (tmp_path / "fm" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BrainAtlasInputError):
         FuseMap.load(tmp_path / "fm", sections)
+
+
+def test_low_count_cells_embedded_by_default_and_panel_anchor_logged(sections):
+    a = sections[0].copy()
+    a.X[0] = 0
+    a.X[0, :3] = 1  # 3 counts: embedded by default, dropped with the paper's <= 5 rule
+    a.layers["counts"] = a.X.copy()
+    m = FuseMap([a, sections[1]], seed=0, **TINY)
+    assert np.isfinite(m.get_latent_representation("cell", section=0)[0]).all()
+    paper = FuseMap([a, sections[1]], seed=0, min_cell_counts=5, panel_anchor=0, **TINY)
+    assert np.isnan(paper.get_latent_representation("cell", section=0)[0]).all()
+    hist = FuseMap([a, sections[1]], seed=0, min_steps=3, **TINY).train(max_epochs=1)
+    assert all(np.isfinite(h["panel"]) for h in hist)  # the cross-panel anchor term
+    assert "panel" not in paper.train(max_epochs=1, pretrain_epochs=1, final_epochs=0)[0]

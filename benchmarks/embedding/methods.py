@@ -98,7 +98,7 @@ def _impute_frames(model_or_mapping, split, sections, index_of) -> dict:
     return out
 
 
-def fusemap_joint(split, seed: int, cfg: dict | None = None, epochs: int = 15) -> dict:
+def fusemap_joint(split, seed: int, cfg: dict | None = None, epochs: int | None = None) -> dict:
     import torch
 
     from napari_brainatlas.fusemap import FuseMap
@@ -108,7 +108,7 @@ def fusemap_joint(split, seed: int, cfg: dict | None = None, epochs: int = 15) -
     secs = [a.copy() for a in split.sections]
     with torch.random.fork_rng(devices=[]):
         m = FuseMap(secs, seed=seed, **cfg)
-        m.train(max_epochs=epochs)
+        m.train(**({} if epochs is None else {"max_epochs": epochs}))  # default: the API's
     t_train = time.time() - t0
     emb = m.get_latent_representation("cell")
     adatas = m.write_embeddings(copy=True)
@@ -139,7 +139,11 @@ def _fusemap_info(m, t_train) -> dict:
 
 
 def fusemap_chain(
-    split, seed: int, cfg: dict | None = None, epochs: int = 15, query_kw: dict | None = None
+    split,
+    seed: int,
+    cfg: dict | None = None,
+    epochs: int | None = None,
+    query_kw: dict | None = None,
 ) -> dict:
     import torch
 
@@ -153,10 +157,9 @@ def fusemap_chain(
     qrys = [split.sections[q].copy() for q in split.query]
     with torch.random.fork_rng(devices=[]):
         m = FuseMap(refs, seed=seed, **cfg)
-        m.train(max_epochs=epochs)
+        m.train(**({} if epochs is None else {"max_epochs": epochs}))
         t_train = time.time() - t0
-        q_epochs = query_kw.pop("epochs", epochs)
-        mapping = map_query(m, qrys, epochs=q_epochs, seed=seed, **query_kw)
+        mapping = map_query(m, qrys, seed=seed, **query_kw)  # map_query's defaults
     emb = [None] * len(split.sections)
     for r, z in zip(split.reference, m.get_latent_representation("cell")):
         emb[r] = z

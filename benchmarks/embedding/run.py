@@ -137,7 +137,11 @@ def run_quality(args, log) -> None:
             if not set(names) & set(todo):
                 continue
             try:
-                results.update(zip(names, call()))
+                c0 = time.process_time()
+                res_n = call()
+                for r in res_n:
+                    r["cpu_s"] = time.process_time() - c0  # shared by scVI and scANVI
+                results.update(zip(names, res_n))
             except Exception as exc:  # a failing method is recorded, the run goes on
                 log(f"   {'/'.join(names)} FAILED: {type(exc).__name__}: {exc}")
                 for nm in names:
@@ -158,6 +162,7 @@ def run_quality(args, log) -> None:
                     method=m,
                     variant=args.variant if m in FUSEMAP else "-",
                     seconds=res["seconds"],
+                    cpu_s=res.get("cpu_s"),
                     load=os.getloadavg()[0],
                     **met,
                     info=res.get("info", {}),
@@ -284,7 +289,23 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def scale_child(n_cells, steps, threads, seed, profile_out=None):
+def _torch_dropout(module) -> int:
+    """Put torch's own nn.Dropout back in place of FuseMap's Dropout (the 'before' of the
+    speed comparison); returns how many were replaced."""
+    import torch.nn as nn
+
+    from napari_brainatlas.fusemap._module import Dropout
+
+    n = 0
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Dropout):
+                setattr(parent, name, nn.Dropout(child.p))
+                n += 1
+    return n
+
+
+def scale_child(n_cells, steps, threads, seed, profile_out=None, torch_dropout=False):
     import torch
 
     torch.set_num_threads(threads)
@@ -303,6 +324,8 @@ def scale_child(n_cells, steps, threads, seed, profile_out=None):
     t = time.time()
     m = FuseMap(secs, seed=seed)
     t_setup = time.time() - t
+    if torch_dropout:
+        _torch_dropout(m.module)
     del secs
     count = {"n": 0}
     marks = {}
@@ -334,6 +357,7 @@ def scale_child(n_cells, steps, threads, seed, profile_out=None):
                 steps=steps,
                 sec_per_step=dt / steps,
                 cells_per_s=cps,
+                dropout="torch" if torch_dropout else "fusemap",
                 epoch_s_est=n_train / cps,
                 setup_s=t_setup,
                 peak_rss_mb=_peak_rss_mb(),
@@ -343,21 +367,15 @@ def scale_child(n_cells, steps, threads, seed, profile_out=None):
     )
 
 
-def run_scaling(sizes, steps, threads, seed, log, src=None):
+def run_scaling(sizes, steps, threads, seed, log, src=None, compare=False):
+    """Each size in a fresh process; ``compare``: the dropout before (torch's) and after
+    (FuseMap's), alternating in fresh processes, twice each."""
     rows = []
-    for n in sizes:
-        cmd = [
-            sys.executable,
-            str(Path(__file__)),
-            "--scale-child",
-            str(n),
-            "--steps",
-            str(steps),
-            "--threads",
-            str(threads),
-            "--seed",
-            str(seed),
-        ]
+    plan = [(n, d) for n in sizes for d in ((True, False, True, False) if compare else (False,))]
+    for n, tdrop in plan:
+        cmd = [sys.executable, str(Path(__file__)), "--scale-child", str(n), "--steps"]
+        cmd += [str(steps), "--threads", str(threads), "--seed", str(seed)]
+        cmd += ["--torch-dropout"] if tdrop else []
         env = dict(os.environ, PYTHONPATH=str(src or ROOT / "src"), PYTHONWARNINGS="ignore")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
@@ -366,7 +384,8 @@ def run_scaling(sizes, steps, threads, seed, log, src=None):
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         log(
-            f"[scale] {n:>8d} cells: {r['sec_per_step']:.3f} s/step, {r['cells_per_s']:.0f} "
+            f"[scale] {n:>8d} cells, dropout {r['dropout']}: {r['sec_per_step']:.3f} s/step, "
+            f"{r['cells_per_s']:.0f} "
             f"seed cells/s (est. epoch {r['epoch_s_est']:.0f} s), setup {r['setup_s']:.1f} s, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB"
         )
@@ -383,7 +402,9 @@ def main(argv=None):
     ap.add_argument("--variant", default="default", help="name of the FuseMap configuration")
     ap.add_argument("--fm-cfg", default=None, help="FuseMap options as JSON")
     ap.add_argument("--query-kw", default=None, help="map_query options as JSON")
-    ap.add_argument("--epochs", type=int, default=15, help="FuseMap max epochs per phase")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="FuseMap max epochs per phase (default: the API's)"
+    )
     ap.add_argument("--scvi-epochs", type=int, default=100, help="scVI epochs (fixed)")
     ap.add_argument("--shard", default="0/1", help="k/n: this process runs every n-th job")
     ap.add_argument("--threads", type=int, default=1)
@@ -394,14 +415,23 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20, help="timed steps per size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", type=int, default=None, help="cProfile N-cell training steps")
+    ap.add_argument("--compare-dropout", action="store_true", help="--scale: before/after")
     ap.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--torch-dropout", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cmd = "PYTHONPATH=src python benchmarks/embedding/run.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     if args.scale_child:
-        scale_child(args.scale_child, args.steps, args.threads, args.seed, args.profile_out)
+        scale_child(
+            args.scale_child,
+            args.steps,
+            args.threads,
+            args.seed,
+            args.profile_out,
+            torch_dropout=args.torch_dropout,
+        )
         return 0
     if args.report is not None:
         print(
@@ -418,7 +448,7 @@ def main(argv=None):
     t0 = time.time()
     if args.scale:
         sizes = [int(s) for s in args.sizes.split(",") if s]
-        run_scaling(sizes, args.steps, args.threads, args.seed, print)
+        run_scaling(sizes, args.steps, args.threads, args.seed, print, compare=args.compare_dropout)
     else:
         run_quality(args, lambda s: print(s, flush=True))
     print(f"total {(time.time() - t0) / 60:.1f} min; command: {cmd.strip()}")

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
-        "--epochs", type=int, default=15, help="maximum epochs per training phase (default 15)"
+        "--epochs", type=int, default=3, help="maximum epochs per training phase (default 3)"
     )
     p.add_argument(
         "--device",
