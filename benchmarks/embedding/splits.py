@@ -57,7 +57,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def _find_data() -> Path:
-    """../shared/data of the checkout (also from a worktree nested deeper)."""
+    """$NAPARI_BRAINATLAS_DATA, else ../shared/data of the checkout (also from a worktree
+    nested deeper)."""
+    import os
+
+    if os.environ.get("NAPARI_BRAINATLAS_DATA"):
+        return Path(os.environ["NAPARI_BRAINATLAS_DATA"])
     for p in HERE.parents:
         if (p / "shared" / "data").is_dir():
             return p / "shared" / "data"
