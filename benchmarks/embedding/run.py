@@ -277,6 +277,61 @@ def report(rows: list[dict], variant: str, half: str | None = None) -> str:
     return "\n".join(L)
 
 
+def targets(rows: list[dict], variant: str, half: str | None = "test") -> str:
+    """The issue's targets, per set and over all sets (per split: seed means)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df = df[((df.variant == "-") | (df.variant == variant)) & df.knn_acc.notna()]
+    if half:
+        df = df[df.half == half]
+    per = df.groupby(["set", "method", "split"]).mean(numeric_only=True).reset_index()
+
+    def col(d, m, k):
+        return d[d.method == m].set_index("split")[k]
+
+    def win(a, b):
+        j = a.dropna().index.intersection(b.dropna().index)
+        if not len(j):
+            return float("nan"), 0
+        return float(((a[j] > b[j]) + 0.5 * (a[j] == b[j])).mean()), len(j)
+
+    def verdict(ok):
+        return "met" if ok else "MISSED"
+
+    L = [
+        "| set | joint > Harmony kNN (>= 80 %) | joint > Harmony iLISI (>= 80 %) | "
+        "joint - scANVI kNN, mean (>= -0.02) | chain MLP > PCA kNN (>= 80 %) | "
+        "chain MLP > Harmony kNN (>= 80 %) | imputation R joint / chain vs best kNN "
+        "baseline (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups = [(s, per[per.set == s]) for s in ("osmFISH", "MERFISH", "SlideSeq", "demo")]
+    groups.append(("all sets", per.assign(split=per.set + "#" + per.split.astype(str))))
+    for name, d in groups:
+        if d.empty:
+            continue
+        cells = []
+        for key in ("knn_acc", "ilisi"):
+            w, n = win(col(d, "fusemap_joint", key), col(d, "harmony", key))
+            cells.append(f"{100 * w:.0f} % of {n} {verdict(w >= 0.8)}")
+        diff = (col(d, "fusemap_joint", "knn_acc") - col(d, "scanvi", "knn_acc")).mean()
+        cells.append(f"{diff:+.3f} {verdict(diff >= -0.02)}")
+        for b in ("pca", "harmony"):
+            w, n = win(col(d, "fusemap_chain", "pred_acc"), col(d, b, "knn_acc"))
+            cells.append(f"{100 * w:.0f} % of {n} {verdict(w >= 0.8)}")
+        base = {
+            b: col(d, b, "impute_r").mean() for b in ("pca", "harmony", "scvi", "scanvi", "ingest")
+        }
+        best = max(base, key=lambda k: base[k] if np.isfinite(base[k]) else -1)
+        rj = col(d, "fusemap_joint", "impute_r").mean()
+        rc = col(d, "fusemap_chain", "impute_r").mean()
+        ok = rj > base[best] and rc > base[best]
+        cells.append(f"{rj:.3f} / {rc:.3f} vs {best} {base[best]:.3f} {verdict(ok)}")
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
 # ----------------------------------------------------------------------------- speed
 def _peak_rss_mb():
     """Peak RSS of this process since exec (VmHWM)."""
@@ -434,9 +489,10 @@ def main(argv=None):
         )
         return 0
     if args.report is not None:
-        print(
-            report(load_rows(args.report), args.variant, None if args.half == "all" else args.half)
-        )
+        rows = load_rows(args.report)
+        half = None if args.half == "all" else args.half
+        print(report(rows, args.variant, half))
+        print(targets(rows, args.variant, half))
         return 0
     if args.profile:
         import pstats
