@@ -117,7 +117,7 @@ def run_quality(args, log) -> None:
         ]
         if not todo:
             continue
-        split = S.make_split(name, i)
+        split = S.cap_cells(S.make_split(name, i), args.max_cells)
         log(f"{S.describe(split)} seed {seed}: {','.join(todo)}")
         results = {}
         calls = [
@@ -169,6 +169,8 @@ def run_quality(args, log) -> None:
                     fm_cfg=fm_cfg if m in FUSEMAP else None,
                     query_kw=q_kw if m == "fusemap_chain" else None,
                     epochs=args.epochs if m in FUSEMAP else None,
+                    max_cells=args.max_cells,
+                    n_cells=split.info["n_cells"],
                 )
                 fh.write(json.dumps(_jsonable(row)) + "\n")
                 log(
@@ -459,6 +461,9 @@ def main(argv=None):
     ap.add_argument("--query-kw", default=None, help="map_query options as JSON")
     ap.add_argument(
         "--epochs", type=int, default=None, help="FuseMap max epochs per phase (default: the API's)"
+    )
+    ap.add_argument(
+        "--max-cells", type=int, default=None, help="cap every section at this many cells"
     )
     ap.add_argument("--scvi-epochs", type=int, default=100, help="scVI epochs (fixed)")
     ap.add_argument("--shard", default="0/1", help="k/n: this process runs every n-th job")

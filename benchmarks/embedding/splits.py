@@ -521,6 +521,24 @@ def make_split(set_name: str, index: int, family_seed: int = 0) -> Split:
     return Split(spec, sections, truth, list(genes), panels, info)
 
 
+def cap_cells(split: Split, max_cells: int | None) -> Split:
+    """The split with every section cut to at most ``max_cells`` cells (a uniform random
+    subset, deterministic for the split; the same cells for every method). Used to fit a
+    run into the time there is; None or a larger cap returns the split unchanged."""
+    if not max_cells or all(a.n_obs <= max_cells for a in split.sections):
+        return split
+    rng = _rng(split.spec.set, split.spec.index, 0, f"cap{max_cells}")
+    sections, truth = [], []
+    for a, t in zip(split.sections, split.truth):
+        keep = np.arange(a.n_obs)
+        if a.n_obs > max_cells:
+            keep = np.sort(rng.choice(a.n_obs, max_cells, replace=False))
+        sections.append(a[keep].copy())
+        truth.append(t[keep])
+    info = dict(split.info, n_cells=[a.n_obs for a in sections], max_cells=int(max_cells))
+    return Split(split.spec, sections, truth, split.truth_genes, split.panels, info)
+
+
 def describe(split: Split) -> str:
     """One line: the split's cut, panels, shifts and dropout."""
     s = split.spec
