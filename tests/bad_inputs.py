@@ -58,10 +58,13 @@ def make_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     p = folder / "zero_cells.h5ad"
     a.write_h5ad(p)
     out["zero_cells"] = (p, "zero cells")
-    p = folder / "nonnumeric.csv"
-    pd.DataFrame(
-        {"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0], "GeneA": ["hi", "lo", "mid"]},
-        index=["c1", "c2", "c3"],
-    ).to_csv(p)
-    out["non_numeric"] = (p, "not numeric")
+    # a counts table (genes x cells) beside the coordinates, one count typed as text
+    p = folder / "nonnumeric"
+    p.mkdir()
+    cells = ["c1", "c2", "c3"]
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0]}, index=cells).to_csv(p / "coords.csv")
+    pd.DataFrame([[1, 2, 3], [4, "hi", 6]], index=["GeneA", "GeneB"], columns=cells).to_csv(
+        p / "counts.csv"
+    )
+    out["non_numeric"] = (p, "gene 'GeneB' of cell 'c2' holds 'hi'")
     return out

@@ -512,7 +512,7 @@ def _main_with_ahba(argv):
     """The console script with its ``ahba`` subcommand."""
     from napari_brainatlas import cli
 
-    assert "napari_brainatlas.ahba.cli" in cli.SUBCOMMAND_MODULES
+    assert "napari_brainatlas.cli.ahba" in cli.SUBCOMMAND_MODULES
     return cli.main(argv)
 
 

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from ._shots import save_shot
 from .test_ahba import make_ahba_fixture
 
 pytestmark = pytest.mark.gui
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.gui
 def dock(make_napari_viewer):
     from napari_brainatlas.widgets.ahba import AHBAWidget
 
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     widget = AHBAWidget(viewer)
     viewer.window.add_dock_widget(widget, name="AHBA", area="right")
     yield viewer, widget
@@ -65,6 +66,21 @@ def test_widget_process_and_show_gene(dock, qtbot, tmp_path, error_notifications
     gb = np.asarray(widget.result.samples[:, "GB"].X).ravel()
     lo, hi = int(np.argmin(gb)), int(np.argmax(gb))
     assert not np.allclose(pts.face_color[lo], pts.face_color[hi])
+    # points sized by the samples' spacing and capped on screen: no screen-filling discs
+    from scipy.spatial import cKDTree
+
+    from napari_brainatlas.widgets.ahba import CANVAS_SIZE_LIMITS
+
+    gap = np.median(cKDTree(pts.data).query(pts.data, k=2)[0][:, 1])
+    assert np.all(pts.size <= gap) and tuple(pts.canvas_size_limits) == CANVAS_SIZE_LIMITS
+    viewer.reset_view()
+    save_shot(viewer.screenshot(canvas_only=False, flash=False), "ahba_fixture")
+    img.visible = False  # the samples alone, framed in 3D: small discs, not the canvas
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    img.visible = True
+    bg = shot[0, 0, :3].astype(int)
+    covered = (np.abs(shot[..., :3].astype(int) - bg).sum(-1) > 30).mean()
+    assert 0 < covered < 0.05, f"10 samples cover {covered:.1%} of the canvas"
 
 
 def test_widget_bad_input_is_one_notification(dock, qtbot, tmp_path, error_notifications):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_brainatlas import BrainAtlasInputError
+from napari_brainatlas import BrainAtlasInputError, Cancelled
 from napari_brainatlas.cellformer import LATENT_KEY, CellFormer, tokenize
 
 from ._data import OSMFISH, shared
@@ -101,9 +101,10 @@ def test_train_demo_sections_different_panels(demo, tmp_path):
     # save / load as a folder gives the same embeddings
     m.save(tmp_path / "cf")
     assert {p.name for p in (tmp_path / "cf").iterdir()} == {
-        "model.pt",
+        "weights.pt",
         "config.json",
-        "genes.json",
+        "history.json",
+        "genes.csv",
     }
     m2 = CellFormer.load(tmp_path / "cf", demo)
     np.testing.assert_allclose(m2.get_latent_representation(write=False), z, atol=1e-5)
@@ -113,7 +114,7 @@ def test_train_demo_sections_different_panels(demo, tmp_path):
     import json
 
     meta = json.loads((tmp_path / "cf" / "config.json").read_text())
-    meta["version"] = 1
+    meta["format_version"] = 1
     (tmp_path / "cf" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(BrainAtlasInputError, match="format 1"):
         CellFormer.load(tmp_path / "cf", demo)
@@ -138,8 +139,9 @@ def test_train_real_osmfish_loss_decreases():
 def test_cancel_and_bad_input(demo, tmp_path):
     m = CellFormer(demo[:1], seed=0, d_model=16, n_heads=2)
     calls = []
-    m.train(epochs=5, cancel=lambda: len(calls) > 2 or calls.append(1))
-    assert m.cancelled and len(m.history) <= 1
+    with pytest.raises(Cancelled):
+        m.train(epochs=5, cancel=lambda: len(calls) > 2 or calls.append(1))
+    assert m.cancelled and len(m.history) <= 1 and not m.is_trained
     with pytest.raises(BrainAtlasInputError, match="pooling"):
         CellFormer(demo, pooling="max")
     with pytest.raises(BrainAtlasInputError, match="multiple of n_heads"):
@@ -157,7 +159,7 @@ def test_cli_cellformer(tmp_path, capsys):
     from napari_brainatlas.demo import write_demo_data
 
     files = write_demo_data(tmp_path / "d", seed=0, n_sections=2, cells_per_mm2=40)
-    assert "napari_brainatlas.cellformer.cli" in cli.SUBCOMMAND_MODULES
+    assert "napari_brainatlas.cli.cellformer" in cli.SUBCOMMAND_MODULES
     code = cli.main(
         [
             "cellformer",
@@ -169,7 +171,7 @@ def test_cli_cellformer(tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert (tmp_path / "out" / "model" / "model.pt").exists()
+    assert (tmp_path / "out" / "model" / "weights.pt").exists()
     import anndata as ad
 
     outs = sorted((tmp_path / "out").glob("*.h5ad"))

@@ -13,7 +13,7 @@ def test_quality_summary_per_section_values_and_line():
     torch.set_num_threads(1)
     secs = make_synthetic_sections(n_sections=2, n_cells=[150, 120], n_genes=20, n_shared=10)
     m = FuseMap(secs, seed=0, **TINY)
-    m.train(max_epochs=1)
+    m.train(epochs=1)
     rows = section_quality(m, max_cells=100)
     assert [r["section"] for r in rows] == m.section_names
     for r in rows:

@@ -20,7 +20,7 @@ def one_thread():
 def _parser():
     import argparse
 
-    from napari_brainatlas.fusemap.cli import add_parser
+    from napari_brainatlas.cli.embed import add_parser
 
     p = argparse.ArgumentParser(prog="napari-brainatlas")
     add_parser(p.add_subparsers(dest="command"))

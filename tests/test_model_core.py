@@ -97,10 +97,11 @@ def test_train_save_load_round_trip_and_outputs(sections, tmp_path):
     z = m.get_latent_representation("cell")
     zt = m.get_latent_representation("tissue")
     m.save(tmp_path / "fm")
-    for f in ("weights.pt", "config.json", "genes.csv", "panels.json"):
+    for f in ("weights.pt", "config.json", "history.json", "genes.csv", "panels.csv"):
         assert (tmp_path / "fm" / f).exists()
-    panels = json.loads((tmp_path / "fm" / "panels.json").read_text())
-    assert list(panels) == m.section_names
+    panels = pd.read_csv(tmp_path / "fm" / "panels.csv")
+    assert list(pd.unique(panels["section"])) == m.section_names
+    assert json.loads((tmp_path / "fm" / "config.json").read_text())["model"] == "FuseMap"
     state = torch.load(tmp_path / "fm" / "weights.pt", weights_only=True)
     assert "gene_embedding" in state
     m2 = FuseMap.load(tmp_path / "fm", sections=[a.copy() for a in sections])
@@ -115,12 +116,13 @@ def test_train_save_load_round_trip_and_outputs(sections, tmp_path):
     assert m3.gene_embedding().shape == m.gene_embedding().shape
     with pytest.raises(BrainAtlasInputError):
         m3.get_latent_representation()
-    # write back: default into the given objects, copy=True leaves them alone
+    # write back: by default (copy=True) the given objects are left alone; copy=False
+    # writes into them (the default before the shared model protocol)
     fresh = [a.copy() for a in sections]
     m4 = FuseMap.load(tmp_path / "fm", sections=fresh)
-    out = m4.write_embeddings(copy=True)
-    assert CELL_KEY not in fresh[0].obsm and out[0].obsm[CELL_KEY].shape == (220, 8)
     out = m4.write_embeddings()
+    assert CELL_KEY not in fresh[0].obsm and out[0].obsm[CELL_KEY].shape == (220, 8)
+    out = m4.write_embeddings(copy=False)
     assert out[1] is fresh[1] and fresh[1].obsm[TISSUE_KEY].shape == (160, 8)
     imp = m.impute("syn0")
     assert imp.shape == (220, len(m.module.genes)) and (imp.to_numpy() >= 0).all()
@@ -352,7 +354,7 @@ def test_recon_from_is_checked_saved_and_trains(sections, tmp_path):
     back = FuseMap.load(tmp_path / "fm", sections)
     assert back.config["recon_from"] == "cell"
     cfg = json.loads((tmp_path / "fm" / "config.json").read_text())
-    cfg["recon_from"] = "gene"
+    cfg["settings"]["recon_from"] = "gene"
     (tmp_path / "fm" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BrainAtlasInputError):
         FuseMap.load(tmp_path / "fm", sections)
@@ -369,6 +371,48 @@ def test_low_count_cells_embedded_by_default_and_panel_anchor_logged(sections):
         [a, sections[1]], seed=0, min_cell_counts=5, panel_anchor=0, min_steps=3, **TINY
     )
     assert np.isnan(paper.get_latent_representation("cell", section=0)[0]).all()
-    hist = FuseMap([a, sections[1]], seed=0, min_steps=3, **TINY).train(max_epochs=1)
+    hist = FuseMap([a, sections[1]], seed=0, min_steps=3, **TINY).train(epochs=1)
     assert all(np.isfinite(h["panel"]) for h in hist)  # the cross-panel anchor term
-    assert "panel" not in paper.train(max_epochs=1, pretrain_epochs=1, final_epochs=0)[0]
+    assert "panel" not in paper.train(epochs=1, pretrain_epochs=1, final_epochs=0)[0]
+
+
+def test_issue26_defaults_agree_and_older_folders_keep_their_options(sections, tmp_path):
+    """One epochs default (FuseMapSettings) for the API, `embed` and the Embed dock; a
+    folder written before panel_anchor / min_cell_counts existed loads with what it was
+    trained with (0, 5)."""
+    import argparse
+    import ast
+    from pathlib import Path
+
+    from napari_brainatlas.annotate.settings import QueryMappingSettings
+    from napari_brainatlas.cli.embed import add_parser
+    from napari_brainatlas.fusemap import FuseMapSettings
+
+    s = FuseMapSettings()
+    assert (s.epochs, s.panel_anchor, s.min_cell_counts) == (3, 1.0, 0.0)
+    q = QueryMappingSettings()
+    assert (q.min_steps, q.validate_anchor) == (60, False)
+    with pytest.raises(BrainAtlasInputError, match="panel_anchor"):
+        FuseMapSettings(panel_anchor=-1)
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers())
+    assert p.parse_args(["embed", "x.h5ad", "--out", "o"]).epochs is None  # -> settings
+    # the dock's constant (not imported from the engine, so the dock loads without torch)
+    src = Path(__file__).resolve().parents[1] / "src/napari_brainatlas/widgets/embed.py"
+    tree = ast.parse(src.read_text())
+    consts = {
+        t.id: n.value.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
+    assert consts["DEFAULT_EPOCHS"] == s.epochs
+    m = FuseMap(sections, seed=0, **TINY)
+    m.save(tmp_path / "fm")
+    cfg = json.loads((tmp_path / "fm" / "config.json").read_text())
+    for k in ("panel_anchor", "min_cell_counts"):
+        del cfg["settings"][k]
+    (tmp_path / "fm" / "config.json").write_text(json.dumps(cfg))
+    old = FuseMap.load(tmp_path / "fm", sections)
+    assert (old.settings.panel_anchor, old.settings.min_cell_counts) == (0.0, 5.0)

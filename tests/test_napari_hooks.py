@@ -41,8 +41,10 @@ def test_manifest_discovered_and_valid():
     (reader,) = mf.contributions.readers
     assert reader.accepts_directories
     assert {"*.h5ad", "*.loom", "*.csv"} <= set(reader.filename_patterns)
-    (writer,) = mf.contributions.writers
-    assert ".h5ad" in writer.filename_extensions and writer.layer_types == ["points+"]
+    writers = {w.filename_extensions[0]: w for w in mf.contributions.writers}
+    assert set(writers) == {".h5ad", ".zarr"}  # AnnData and SpatialData
+    assert all(w.layer_types == ["points+"] for w in writers.values())
+    assert "*.zarr" in reader.filename_patterns
     assert {s.display_name for s in mf.contributions.sample_data} >= {"Demo sections"}
     assert "Sections" in {w.display_name for w in mf.contributions.widgets}
     # every command resolves to a Python object

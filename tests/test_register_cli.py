@@ -8,9 +8,9 @@ import pytest
 
 from napari_brainatlas import BrainAtlasInputError
 from napari_brainatlas.atlas import make_demo_atlas
+from napari_brainatlas.cli.register import add_parser, parse_midline
 from napari_brainatlas.io import write_h5ad
 from napari_brainatlas.register import RegistrationResult, sample_section
-from napari_brainatlas.register.cli import add_parser, parse_midline
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +277,28 @@ def test_cli_quick_plane_search(section_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _parse(_argv(path, truth, out, **{"--plane-search": "fast"}))
     assert exc.value.code == 2
+
+
+def test_cli_quicknii_and_stage_lines(section_file, tmp_path, capsys):
+    """--quicknii writes the QuickNII / VisuAlign series beside the .h5ad; --verbose
+    lines name the fit's stage (a new start or the affine stage explains a jump in the
+    cost); the summary gives the fitted scale."""
+    from napari_brainatlas.io.quicknii import read_quicknii
+
+    path, truth = section_file
+    qn = tmp_path / "series.json"
+    args = _parse(
+        _argv(path, truth, tmp_path / "o.h5ad", **{"--quicknii": str(qn), "--verbose": True})
+    )
+    assert args.func(args) == 0
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
+    assert "similarity)" in text and "affine)" in text
+    assert "scale" in cap.out and "QuickNII" in cap.out
+    doc = read_quicknii(qn)
+    assert doc["target"] == "demo" and len(doc["slices"]) == 1
+    assert (tmp_path / doc["slices"][0]["filename"]).exists()
+    bad = _parse(_argv(path, truth, tmp_path / "p.h5ad", **{"--quicknii": str(tmp_path / "x.txt")}))
+    with pytest.raises(BrainAtlasInputError, match=".json"):
+        bad.func(bad)
+    assert not (tmp_path / "p.h5ad").exists()  # refused before any work

@@ -284,15 +284,16 @@ def test_no_midline_with_position_refinement_on_a_demo_section(atlas, demo_secti
 def test_label_fit_recovers_a_perturbed_affine(atlas):
     """The label fit (cells pulled into their own region + outline) undoes a small
     rotation / shift / scale of the true section -> atlas affine."""
-    from napari_brainatlas.register.api import _cell_divisions
     from napari_brainatlas.register.labelfit import label_cost, label_fit, make_label_template
+    from napari_brainatlas.register.section import cell_divisions
+    from napari_brainatlas.register.settings import LabelFitSettings
 
     a = sample_section(atlas, "coronal", 4400.0, "both", n_cells=6000, rotation_deg=25.0, seed=11)
     tr = a.uns["demo_truth"]
     xy = a.obsm["spatial"]
     sl = atlas_slice(atlas, "coronal", tr["position_um"], "both")
     lt = make_label_template(atlas, sl)
-    div = _cell_divisions(a, atlas, "region")
+    div = cell_divisions(a, atlas, "region")
     A_true = np.asarray(tr["affine"])
     c = xy.mean(0)
     P = compose(
@@ -307,10 +308,11 @@ def test_label_fit_recovers_a_perturbed_affine(atlas):
             np.median(np.linalg.norm(apply_affine(A, xy) - a.obsm["slice_xy_true"], axis=1))
         )
 
-    from napari_brainatlas.register.core import make_template
+    from napari_brainatlas.register.template import make_template
 
     outline = section_outline(xy)
-    A1, info = label_fit(A0, xy, div, lt, outline.points, make_template(sl).tree, n_iter=60)
+    tree = make_template(sl).tree
+    A1, info = label_fit(A0, xy, div, lt, outline.points, tree, LabelFitSettings(n_iter=60))
     assert err(A0) > 100.0
     assert err(A1) < 0.6 * err(A0), (err(A0), err(A1))
     assert info["inside"] > 0.9
@@ -318,9 +320,9 @@ def test_label_fit_recovers_a_perturbed_affine(atlas):
 
 
 def test_label_chamfer_starts_find_the_section_without_an_outline_fit(atlas):
-    from napari_brainatlas.register.api import _cell_divisions
-    from napari_brainatlas.register.core import make_template
     from napari_brainatlas.register.labelfit import label_chamfer_starts, make_label_template
+    from napari_brainatlas.register.section import cell_divisions
+    from napari_brainatlas.register.template import make_template
 
     a = sample_section(
         atlas, "coronal", 5200.0, "left", n_cells=5000, rotation_deg=-70.0, scale=1.2, seed=12
@@ -330,7 +332,7 @@ def test_label_chamfer_starts_find_the_section_without_an_outline_fit(atlas):
     sl = atlas_slice(atlas, "coronal", tr["position_um"], "left")
     tmpl = make_template(sl)
     lt = make_label_template(atlas, sl)
-    div = _cell_divisions(a, atlas, "region")
+    div = cell_divisions(a, atlas, "region")
     fs = MidlineFrame(tr["midline"][0], tr["midline"][1])
     outline = section_outline(xy)
     scale = np.sqrt(tmpl.outline.area_um2 / outline.area_um2)

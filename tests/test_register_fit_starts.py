@@ -9,9 +9,10 @@ from napari_brainatlas.atlas import Atlas
 from napari_brainatlas.register import register_section, sample_section
 from napari_brainatlas.register.affine import apply_affine
 from napari_brainatlas.register.anchors import validate_midline
-from napari_brainatlas.register.api import _template_for
 from napari_brainatlas.register.boundary import section_outline
-from napari_brainatlas.register.core import fit_to_template
+from napari_brainatlas.register.outline_fit import SectionShape, fit_to_template
+from napari_brainatlas.register.settings import OutlineFitSettings
+from napari_brainatlas.register.template import template_for
 
 from ._data import CCF50, ONTO_CSV, shared
 
@@ -26,19 +27,19 @@ def _fit_inputs(atlas, **kw):
     tr = a.uns["demo_truth"]
     xy = a.obsm["spatial"]
     outline = section_outline(xy)
-    tmpl = _template_for(
+    tmpl = template_for(
         atlas, tr["plane"], tr["position_um"], tr["hemisphere"], (0.0, 0.0), outline
     )
-    return a, xy, outline, tmpl, validate_midline(tr["midline"], xy)
+    return a, SectionShape(xy, outline, validate_midline(tr["midline"], xy)), outline, tmpl
 
 
 def test_clean_section_skips_the_chamfer_search_and_loses_nothing(ccf50):
-    _, xy, outline, tmpl, mid = _fit_inputs(
+    _, sec, outline, tmpl = _fit_inputs(
         ccf50, plane="coronal", position_um=7000.0, rotation_deg=35.0
     )
-    best, fits = fit_to_template(xy, outline, tmpl, mid)
+    best, fits = fit_to_template(sec, tmpl)
     assert not any("chamfer" in f.start for f in fits)
-    best_all, fits_all = fit_to_template(xy, outline, tmpl, mid, chamfer_always=True)
+    best_all, fits_all = fit_to_template(sec, tmpl, OutlineFitSettings(chamfer_always=True))
     assert any("chamfer" in f.start for f in fits_all)
     # the same placement of the outline either way (within a template pixel)
     d = np.abs(
@@ -48,22 +49,22 @@ def test_clean_section_skips_the_chamfer_search_and_loses_nothing(ccf50):
 
 
 def test_torn_section_still_gets_the_chamfer_starts(ccf50):
-    _, xy, outline, tmpl, mid = _fit_inputs(
+    _, sec, outline, tmpl = _fit_inputs(
         ccf50, plane="sagittal", position_um=4000.0, rotation_deg=120.0, tear_fraction=0.15
     )
-    best, fits = fit_to_template(xy, outline, tmpl, mid)
+    best, fits = fit_to_template(sec, tmpl)
     assert any("chamfer" in f.start for f in fits)
     assert "chamfer" in best.start  # and here it is the start that wins
 
 
 def test_converged_starts_are_finished_once(ccf50):
-    _, xy, outline, tmpl, mid = _fit_inputs(
+    _, sec, outline, tmpl = _fit_inputs(
         ccf50, plane="coronal", position_um=7000.0, rotation_deg=35.0
     )
     # with a ranking (region labels) the near-best starts are finished too, each with a
     # free and a held affine stage; the anchor and moment starts converge to one
     # solution here, so only one of them is finished
-    _, fits = fit_to_template(xy, outline, tmpl, mid, rank=lambda A: 0.0)
+    _, fits = fit_to_template(sec, tmpl, rank=lambda A: 0.0)
     finished = [f.start for f in fits if f.icp.model_stage == "affine"]
     assert len(finished) == 2 and finished[1] == finished[0] + "+prior"
 
@@ -101,14 +102,14 @@ def test_reused_fits_give_the_same_sweep_as_a_refit(ccf50, tear, swept):
     """``reuse``: the fits of an "auto" call, completed by the rotation sweep where it
     lacks one, are the fits a fresh "always" call makes (register_section's path when
     the labels disagree with the outline fit)."""
-    _, xy, outline, tmpl, mid = _fit_inputs(
+    _, sec, outline, tmpl = _fit_inputs(
         ccf50, plane="sagittal", position_um=4000.0, rotation_deg=35.0, tear_fraction=tear
     )
-    _, fits_auto = fit_to_template(xy, outline, tmpl, mid, sweep="auto")
+    _, fits_auto = fit_to_template(sec, tmpl, sweep="auto")
     # the intact section fits well without the sweep; 30 % torn away, "auto" sweeps
     assert any(f.start.startswith("rotation") for f in fits_auto) == swept
-    _, fits_ref = fit_to_template(xy, outline, tmpl, mid, sweep="always")
-    _, fits_re = fit_to_template(xy, outline, tmpl, mid, sweep="always", reuse=fits_auto)
+    _, fits_ref = fit_to_template(sec, tmpl, sweep="always")
+    _, fits_re = fit_to_template(sec, tmpl, sweep="always", reuse=fits_auto)
     assert any(f.start.startswith("rotation") for f in fits_re)
     assert sorted(f.start for f in fits_re) == sorted(f.start for f in fits_ref)
 

@@ -2,6 +2,8 @@
 label template, the reverse label term, the polynomial label warp, the restart spread
 and its confidence factor, and the pivot of the joint plane search."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -9,11 +11,8 @@ from scipy import ndimage as ndi
 from napari_brainatlas.atlas import Atlas
 from napari_brainatlas.register import register_section, sample_section
 from napari_brainatlas.register.affine import apply_affine
-from napari_brainatlas.register.api import SPREAD_HALF_UM, _cell_divisions, confidence_score
 from napari_brainatlas.register.boundary import section_outline
-from napari_brainatlas.register.core import make_template
 from napari_brainatlas.register.labelfit import (
-    REVERSE_TRIM_Q,
     fit_spread,
     label_fit,
     label_warp,
@@ -22,7 +21,11 @@ from napari_brainatlas.register.labelfit import (
 )
 from napari_brainatlas.register.metrics import division_index
 from napari_brainatlas.register.nonlinear import apply_warp
+from napari_brainatlas.register.scoring import confidence_score
+from napari_brainatlas.register.section import cell_divisions
+from napari_brainatlas.register.settings import LabelFitSettings, RegistrationSettings
 from napari_brainatlas.register.slices import atlas_slice
+from napari_brainatlas.register.template import make_template
 
 from ._data import CCF50, ONTO_CSV, shared
 
@@ -76,7 +79,7 @@ def test_reverse_term_prefers_the_true_fit(ccf50):
     xy = a.obsm["spatial"]
     sl = atlas_slice(ccf50, "sagittal", tr["position_um"])
     lt = make_label_template(ccf50, sl)
-    div = _cell_divisions(a, ccf50, "region")
+    div = cell_divisions(a, ccf50, "region")
     A = np.asarray(tr["affine"])
     groups = lt.groups(div)
     shifted = A.copy()
@@ -86,8 +89,9 @@ def test_reverse_term_prefers_the_true_fit(ccf50):
     )
     tree = make_template(sl).tree
     outline = section_outline(xy)
-    A_f, _ = label_fit(shifted, xy, div, lt, outline.points, tree, n_iter=40)
-    A_r, info = label_fit(shifted, xy, div, lt, outline.points, tree, n_iter=40, reverse_weight=0.5)
+    A_f, _ = label_fit(shifted, xy, div, lt, outline.points, tree, LabelFitSettings(n_iter=40))
+    both = LabelFitSettings(n_iter=40, reverse_weight=0.5)
+    A_r, info = label_fit(shifted, xy, div, lt, outline.points, tree, both)
     assert np.isfinite(info["reverse"])
     e0, ef, er = (_err(apply_affine(M, xy), a) for M in (shifted, A_f, A_r))
     assert er < 0.5 * e0, (e0, er)
@@ -115,7 +119,7 @@ def test_label_warp_follows_a_smooth_tissue_warp(ccf50):
         )
         tr = a.uns["demo_truth"]
         xy = a.obsm["spatial"]
-        div = _cell_divisions(a, ccf50, "region")
+        div = cell_divisions(a, ccf50, "region")
         outline = section_outline(xy)
         A, _ = label_fit(
             np.asarray(tr["affine"]),
@@ -124,11 +128,17 @@ def test_label_warp_follows_a_smooth_tissue_warp(ccf50):
             lt,
             outline.points,
             tmpl.tree,
-            n_iter=40,
-            reverse_weight=0.5,
+            LabelFitSettings(n_iter=40, reverse_weight=0.5),
         )
         stages, info = label_warp(
-            A, xy, div, lt, outline.points, tmpl.tree, tmpl.size_um, reverse_weight=0.5
+            A,
+            xy,
+            div,
+            lt,
+            outline.points,
+            tmpl.tree,
+            tmpl.size_um,
+            fit=LabelFitSettings(reverse_weight=0.5),
         )
         e_aff = _err(apply_affine(A, xy), a)
         e_w = _err(apply_warp(stages, apply_affine(A, xy)), a)
@@ -145,7 +155,7 @@ def test_fit_spread_and_its_confidence_factor(ccf50):
     tr = a.uns["demo_truth"]
     xy = a.obsm["spatial"]
     sl = atlas_slice(ccf50, "coronal", tr["position_um"], "both")
-    div = _cell_divisions(a, ccf50, "region")
+    div = cell_divisions(a, ccf50, "region")
     lt, tree, pts = (
         make_label_template(ccf50, sl),
         make_template(sl).tree,
@@ -158,32 +168,24 @@ def test_fit_spread_and_its_confidence_factor(ccf50):
         lt,
         pts,
         tree,
-        n_iter=40,
-        reverse_weight=0.5,
+        LabelFitSettings(n_iter=40, reverse_weight=0.5),
     )
+    settings = RegistrationSettings()
+    restarts = settings.spread_labels()  # the registration's restarts
+    own = replace(restarts, reverse_trim_q=settings.labels.reverse_trim_q)
     # a converged fit restarted where it is, under its own cost, stays there
-    s0 = fit_spread(
-        A,
-        xy[:2000],
-        div[:2000],
-        lt,
-        pts,
-        tree,
-        delta_um=0.0,
-        reverse_weight=0.5,
-        reverse_trim_q=REVERSE_TRIM_Q,
-    )
+    s0 = fit_spread(A, xy[:2000], div[:2000], lt, pts, tree, own, delta_um=0.0)
     assert 0.0 <= s0 < 5.0, s0
-    # by default the restarts use the calibrated reverse trim, which also measures how
-    # far the fit moves when the torn-tissue trim is relaxed: a few um on intact tissue
-    s0c = fit_spread(A, xy[:2000], div[:2000], lt, pts, tree, delta_um=0.0, reverse_weight=0.5)
+    # the registration's restarts use the calibrated reverse trim, which also measures
+    # how far the fit moves when the torn-tissue trim is relaxed: a few um on intact tissue
+    s0c = fit_spread(A, xy[:2000], div[:2000], lt, pts, tree, restarts, delta_um=0.0)
     assert 0.0 <= s0c < 12.0, s0c
-    s = fit_spread(A, xy[:2000], div[:2000], lt, pts, tree, reverse_weight=0.5)
+    s = fit_spread(A, xy[:2000], div[:2000], lt, pts, tree, restarts)
     assert s0c <= s < 100.0, s  # restarts 100 um off come back at least part of the way
     good = {"dice": 0.95, "boundary_inlier_fraction": 0.95, "label_agreement": 0.95}
     assert confidence_score(good) == pytest.approx(1.0)
     assert confidence_score(good | {"fit_spread_um": 2.0}) > 0.95
-    half = SPREAD_HALF_UM
+    half = settings.confidence.spread_half_um
     assert confidence_score(good | {"fit_spread_um": half}) == pytest.approx(0.5)
     assert confidence_score(good | {"fit_spread_um": 2.5 * half}) < 0.2
 

@@ -8,11 +8,12 @@ from napari_brainatlas import BrainAtlasInputError
 from napari_brainatlas.atlas import Atlas
 from napari_brainatlas.register import register_section, sample_section
 from napari_brainatlas.register.affine import apply_affine, compose, rotation
-from napari_brainatlas.register.api import _cell_divisions
 from napari_brainatlas.register.boundary import section_outline
-from napari_brainatlas.register.core import make_template
 from napari_brainatlas.register.labelfit import label_fit, make_label_template
+from napari_brainatlas.register.section import cell_divisions
+from napari_brainatlas.register.settings import LabelFitSettings
 from napari_brainatlas.register.slices import atlas_slice
+from napari_brainatlas.register.template import make_template
 
 from ._data import CCF50, ONTO_CSV, shared
 
@@ -42,7 +43,7 @@ def test_accelerated_label_fit_reaches_the_plain_fit_in_fewer_steps(ccf50, plane
     sl = atlas_slice(ccf50, plane, tr["position_um"], hemi)
     lt = make_label_template(ccf50, sl)
     tree = make_template(sl).tree
-    div = _cell_divisions(a, ccf50, "region")
+    div = cell_divisions(a, ccf50, "region")
     outline = section_outline(xy)
     A = np.asarray(tr["affine"])
     start = compose(rotation(np.deg2rad(4.0), apply_affine(A, xy).mean(0)), A)
@@ -56,10 +57,7 @@ def test_accelerated_label_fit_reaches_the_plain_fit_in_fewer_steps(ccf50, plane
             lt,
             outline.points,
             tree,
-            n_iter=400,
-            tol_um=0.01,
-            reverse_weight=0.5,
-            accelerate=acc,
+            LabelFitSettings(n_iter=400, tol_um=0.01, reverse_weight=0.5, accelerate=acc),
         )
         assert info["iterations"] < 400  # converged
         out[acc] = (M, info)

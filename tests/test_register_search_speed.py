@@ -3,13 +3,16 @@ slices by integer indexing, coarse slices, cropped search templates, the one-gat
 label lookup and the coarse-to-fine search. Each must give what the slower original
 gives (or, for the coarse slice, sample the same plane)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from napari_brainatlas.atlas import Atlas
-from napari_brainatlas.register.core import make_template
 from napari_brainatlas.register.labelfit import make_label_template
+from napari_brainatlas.register.settings import RegistrationSettings
 from napari_brainatlas.register.slices import _oblique, atlas_slice, coarse_slice
+from napari_brainatlas.register.template import make_template
 
 from ._data import CCF50, ONTO_CSV, shared
 
@@ -105,10 +108,10 @@ def test_one_gather_lookup_matches_per_division_lookup(ccf50):
         assert np.isclose(d[i], np.linalg.norm(exp - xy[i]))
 
 
-def test_coarse_to_fine_plane_search_option(ccf50, monkeypatch):
+def test_coarse_to_fine_plane_search_option(ccf50):
     """The coarse-to-fine option of the joint search (off by default) still finds a
     tilted, offset plane and says how many of its planes were coarse."""
-    from napari_brainatlas.register import api, register_section, sample_section
+    from napari_brainatlas.register import register_section, sample_section
 
     a = sample_section(
         ccf50,
@@ -123,8 +126,27 @@ def test_coarse_to_fine_plane_search_option(ccf50, monkeypatch):
         seed=2,
     )
     tr = a.uns["demo_truth"]
-    monkeypatch.setattr(api, "COARSE_FACTOR", 2)
-    res = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
+    s = RegistrationSettings()
+    assert s.search.coarse_factor == 1  # off by default
+    s = replace(s, search=replace(s.search, coarse_factor=2))
+    coarse = []
+
+    def progress(done, total, info):
+        if info["stage"] == "plane_search":
+            coarse.append(info["coarse"])
+
+    res = register_section(
+        a,
+        ccf50,
+        "coronal",
+        7120.0,
+        "both",
+        tr["midline"],
+        settings=s,
+        refine_position=True,
+        progress=progress,
+    )
+    assert any(coarse) and not all(coarse)  # coarse planes, then full resolution
     assert abs(res.position_um - 7000.0) <= 75.0
     assert abs(res.angles_deg[0] - 3.0) <= 1.0 and abs(res.angles_deg[1] + 2.0) <= 1.0
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)

@@ -3,14 +3,16 @@ the vertex of the parabolas through the final plane and its neighbours) and the
 coarse-to-fine angle grid of the label-agreement plane proposals (real Allen CCFv3,
 50 um)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from napari_brainatlas.atlas import Atlas
-from napari_brainatlas.register import api
-from napari_brainatlas.register.labelfit import _quadratic_step
+from napari_brainatlas.register.joint_search import _quadratic_step
 from napari_brainatlas.register.metrics import label_division_index
 from napari_brainatlas.register.position import refine_plane
+from napari_brainatlas.register.settings import ProposalSettings, RegistrationSettings
 from napari_brainatlas.register.slices import atlas_slice
 from napari_brainatlas.register.synthetic import sample_section
 
@@ -20,6 +22,17 @@ from ._data import CCF50, ONTO_CSV, shared
 @pytest.fixture(scope="module")
 def ccf50():
     return Atlas.load(shared(CCF50), ontology=shared(ONTO_CSV))
+
+
+def _search_events():
+    """A progress callback collecting the info of each candidate plane of the search."""
+    seen = []
+
+    def progress(done, total, info):
+        if info["stage"] == "plane_search":
+            seen.append(info)
+
+    return seen, progress
 
 
 def _evaluator(f):
@@ -91,7 +104,14 @@ def test_coarse_angle_grid_proposes_the_same_plane_as_the_full_grid(
     given = pos + 100.0
     sl = atlas_slice(ccf50, plane, given, hemi)
     full = refine_plane(
-        ccf50, plane, given, xy, cell_div, sl.centre_um, search_um=150.0, max_cells=1500
+        ccf50,
+        plane,
+        given,
+        xy,
+        cell_div,
+        sl.centre_um,
+        150.0,
+        settings=ProposalSettings(max_cells=1500),
     )
     coarse = refine_plane(
         ccf50,
@@ -100,9 +120,8 @@ def test_coarse_angle_grid_proposes_the_same_plane_as_the_full_grid(
         xy,
         cell_div,
         sl.centre_um,
-        search_um=150.0,
-        max_cells=1500,
-        coarse_factor=2,
+        150.0,
+        settings=ProposalSettings(max_cells=1500, coarse_factor=2),
     )
     assert coarse["position_um"] == full["position_um"]
     assert coarse["angles_deg"] == full["angles_deg"]
@@ -112,7 +131,7 @@ def test_coarse_angle_grid_proposes_the_same_plane_as_the_full_grid(
     assert np.abs(np.subtract(coarse["angles_deg"], angles)).max() <= 1.0
 
 
-def test_search_with_the_quadratic_finish_finds_a_tilted_offset_plane(ccf50, monkeypatch):
+def test_search_with_the_quadratic_finish_finds_a_tilted_offset_plane(ccf50):
     """The default search (one level of steps, then the quadratic finish) finds a
     tilted plane given 120 um off, and the finish never lowers the plane score."""
     from napari_brainatlas.register import register_section
@@ -130,32 +149,29 @@ def test_search_with_the_quadratic_finish_finds_a_tilted_offset_plane(ccf50, mon
         seed=5,
     )
     tr = a.uns["demo_truth"]
-    assert api.SEARCH_QUAD_FINISH and len(api.SEARCH_STEPS) == 1
+    s = RegistrationSettings()
+    assert s.search.quadratic_finish and len(s.search.steps) == 1
     res = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
     assert abs(res.position_um - 7000.0) <= 30.0
     assert abs(res.angles_deg[0] - 2.5) <= 1.0 and abs(res.angles_deg[1] + 1.5) <= 1.0
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
     assert np.median(err) < 60.0
-    monkeypatch.setattr(api, "SEARCH_QUAD_FINISH", False)
-    off = register_section(a, ccf50, "coronal", 7120.0, "both", tr["midline"], refine_position=True)
+    no_finish = replace(s, search=replace(s.search, quadratic_finish=False))
+    off = register_section(
+        a, ccf50, "coronal", 7120.0, "both", tr["midline"], settings=no_finish, refine_position=True
+    )
     assert res.metrics["plane_score"] >= off.metrics["plane_score"] - 1e-9
     assert res.metrics["plane_evals"] >= off.metrics["plane_evals"]
 
 
-def test_sagittal_sections_search_with_the_finer_level(ccf50, monkeypatch):
+def test_sagittal_sections_search_with_the_finer_level(ccf50):
     """Sagittal sections span most of the brain's length, so their search keeps the
-    finer (12.5 um, 0.4 deg) level (``api.SEARCH_STEPS_SAGITTAL``); coronal ones use
-    ``api.SEARCH_STEPS``."""
-    from napari_brainatlas.register import labelfit, register_section
+    finer (12.5 um, 0.4 deg) level (``PlaneSearchSettings.steps_sagittal``); coronal
+    ones use ``PlaneSearchSettings.steps``. The progress callback says at which step
+    each polled plane was tried."""
+    from napari_brainatlas.register import register_section
 
-    seen = []
-    orig = labelfit.search_plane
-
-    def spy(*args, **kw):
-        seen.append(tuple(kw["steps"]))
-        return orig(*args, **kw)
-
-    monkeypatch.setattr(labelfit, "search_plane", spy)
+    seen, progress = _search_events()
     a = sample_section(
         ccf50,
         "sagittal",
@@ -170,10 +186,12 @@ def test_sagittal_sections_search_with_the_finer_level(ccf50, monkeypatch):
     )
     tr = a.uns["demo_truth"]
     res = register_section(
-        a, ccf50, "sagittal", 3700.0, "both", tr["midline"], refine_position=True
+        a, ccf50, "sagittal", 3700.0, "both", tr["midline"], refine_position=True, progress=progress
     )
-    assert seen == [tuple(api.SEARCH_STEPS_SAGITTAL)]
-    assert api.SEARCH_STEPS_SAGITTAL[-1][1] < api.SEARCH_STEPS[-1][1]
+    s = RegistrationSettings().search
+    polled = {i["step"] for i in seen if i["move"] in ("depth", "a_x", "a_y")}
+    assert polled == set(s.steps_sagittal) and s.steps_for("sagittal") == s.steps_sagittal
+    assert s.steps_sagittal[-1][1] < s.steps[-1][1] and s.steps_for("coronal") == s.steps
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
     assert np.median(err) < 60.0
     assert abs(res.position_um - 3600.0) <= 50.0
@@ -215,27 +233,15 @@ def test_tissue_range_of_the_real_annotation(ccf50):
     assert ccf50.position_range_um("coronal") == (0.0, 13200.0)
 
 
-def test_hemisections_also_poll_the_tilt_about_the_midline(ccf50, monkeypatch):
+def test_hemisections_also_poll_the_tilt_about_the_midline(ccf50):
     """Coronal hemisections poll the left-right tilt about the slice's midline (the
     depth at the midline kept) besides the tilt about the section's centre: the search
     asks for planes whose position (the depth at the slice centre) equals that of a
     polled plane while the left-right tilt differs by one step. Whole coronal sections
     (whose centre is near the midline anyway) do not."""
-    from napari_brainatlas.register import labelfit, register_section
+    from napari_brainatlas.register import register_section
 
-    seen, flags = [], []
-    orig = labelfit.search_plane
-
-    def spy(template_at, *args, **kw):
-        flags.append(kw["midline_tilt"])
-
-        def rec(p, a):
-            seen.append((round(float(p), 3), round(float(a[0]), 3), round(float(a[1]), 3)))
-            return template_at(p, a)
-
-        return orig(rec, *args, **kw)
-
-    monkeypatch.setattr(labelfit, "search_plane", spy)
+    events, progress = _search_events()
     a = sample_section(
         ccf50,
         "coronal",
@@ -247,17 +253,31 @@ def test_hemisections_also_poll_the_tilt_about_the_midline(ccf50, monkeypatch):
         scale=1.1,
         seed=4,
     )
+    mid = a.uns["demo_truth"]["midline"]
     res = register_section(
-        a, ccf50, "coronal", 6080.0, "left", a.uns["demo_truth"]["midline"], refine_position=True
+        a, ccf50, "coronal", 6080.0, "left", mid, refine_position=True, progress=progress
     )
-    da = api.SEARCH_STEPS[-1][1]
-    s = set(seen)
+    settings = RegistrationSettings().search
+    da = settings.steps[-1][1]
+    s = {
+        (round(i["position_um"], 3), round(i["angles_deg"][0], 3), round(i["angles_deg"][1], 3))
+        for i in events
+    }
     pairs = [(p, a0, a1) for p, a0, a1 in s if (p, round(a0 + da, 3), a1) in s]
-    assert api.HEMI_MIDLINE_TILT and flags == [True] and pairs
+    tilts = [i for i in events if i["move"] == "midline_tilt"]
+    assert settings.hemi_midline_tilt and tilts and pairs
     err = np.linalg.norm(res.to_ccf(a.obsm["spatial"], ccf50) - a.obsm["ccf_coords_true"], axis=1)
     assert np.median(err) < 60.0
     b = sample_section(ccf50, "coronal", 6000.0, "both", n_cells=8000, rotation_deg=25.0, seed=4)
+    events.clear()
     register_section(
-        b, ccf50, "coronal", 6080.0, "both", b.uns["demo_truth"]["midline"], refine_position=True
+        b,
+        ccf50,
+        "coronal",
+        6080.0,
+        "both",
+        b.uns["demo_truth"]["midline"],
+        refine_position=True,
+        progress=progress,
     )
-    assert flags == [True, False]
+    assert events and not [i for i in events if i["move"] == "midline_tilt"]

@@ -2,23 +2,28 @@
 
 A section torn along a chord lacks part of the slice: the template's division edges
 and outline there have no cells near them. The reverse pairs of the label fit are
-trimmed at ``labelfit.REVERSE_TRIM_Q`` and the plane score averages the outline
-distances over the lowest ``labelfit.SCORE_TRIM_Q`` only, so that the torn-away part
+trimmed at ``LabelFitSettings.reverse_trim_q`` and the plane score averages the outline
+distances over the lowest ``LabelFitSettings.score_trim_q`` only, so that the torn-away part
 does not pull the fit into the gap. The section below is one of the benchmark's
 held-out hard sections (generator seed 1, case 25): an anterior left hemisection with
 11 % of the tissue torn away and 10 % of its labels wrong.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from napari_brainatlas.atlas import Atlas
-from napari_brainatlas.register import api, labelfit
+from napari_brainatlas.register import register_section
 from napari_brainatlas.register.affine import apply_affine
 from napari_brainatlas.register.boundary import section_outline
 from napari_brainatlas.register.labelfit import _trimmed_mean, label_fit, make_label_template
+from napari_brainatlas.register.section import cell_divisions
+from napari_brainatlas.register.settings import RegistrationSettings
 from napari_brainatlas.register.slices import atlas_slice
 from napari_brainatlas.register.synthetic import sample_section
+from napari_brainatlas.register.template import template_for
 
 from ._data import CCF25, ONTO_CSV, shared
 
@@ -81,7 +86,7 @@ def test_label_fit_of_torn_tissue_stays_at_the_truth(ccf25, torn):
     xy = a.obsm["spatial"]
     true3 = a.obsm["ccf_coords_true"]
     outline = section_outline(xy)
-    tmpl = api._template_for(
+    tmpl = template_for(
         ccf25,
         tr["plane"],
         float(tr["position_um"]),
@@ -89,69 +94,53 @@ def test_label_fit_of_torn_tissue_stays_at_the_truth(ccf25, torn):
         tuple(float(v) for v in tr["angles_deg"]),
         outline,
     )
-    div = api._cell_divisions(a, ccf25, "region")
+    div = cell_divisions(a, ccf25, "region")
     ok = np.flatnonzero(div >= 0)
     ok = np.sort(np.random.default_rng(1).choice(ok, 4000, replace=False))
     lt = make_label_template(ccf25, tmpl.slice)
     A_true = np.asarray(tr["affine"], dtype=float)
+    labels = RegistrationSettings().labels  # the registration's label terms
+    fit = replace(labels, n_iter=40, tol_um=0.2)
 
     def fitted_error(**kw):
-        A, _ = label_fit(
-            A_true,
-            xy[ok],
-            div[ok],
-            lt,
-            outline.points,
-            tmpl.tree,
-            n_iter=40,
-            reverse_weight=api.REVERSE_WEIGHT,
-            tol_um=0.2,
-            **kw,
-        )
+        A, _ = label_fit(A_true, xy[ok], div[ok], lt, outline.points, tmpl.tree, replace(fit, **kw))
         return float(np.median(np.linalg.norm(sl.to_3d(apply_affine(A, xy)) - true3, axis=1)))
 
     start = float(np.median(np.linalg.norm(sl.to_3d(apply_affine(A_true, xy)) - true3, axis=1)))
     assert start < 5.0
     # the default trim keeps the fit where it started ...
-    assert labelfit.REVERSE_TRIM_Q <= 0.75
+    assert labels.reverse_trim_q <= 0.75
     assert fitted_error() < 15.0
     # ... the earlier 0.85 let the template edges of the torn-away part pull it away
     assert fitted_error(reverse_trim_q=0.85) > 40.0
 
 
-def test_registration_of_a_torn_hemisection_tries_label_starts(ccf25, torn, monkeypatch):
-    """Hemisections always get the global label starts (``api.LABEL_STARTS_HEMI``),
-    whatever the outline fit's label agreement."""
+def test_registration_of_a_torn_hemisection_tries_label_starts(ccf25, torn):
+    """Hemisections always get the global label starts
+    (``LabelStartSettings.hemisections``), whatever the outline fit's label agreement;
+    the progress callback reports each position they are tried at."""
     a, _ = torn
     tr = a.uns["demo_truth"]
-    calls = []
-    orig = api._label_starts
 
-    def spy(*args, **kw):
-        calls.append(1)
-        return orig(*args, **kw)
+    def run(settings=None):
+        seen = []
+        res = register_section(
+            a,
+            ccf25,
+            tr["plane"],
+            float(tr["position_um"]) + 80.0,
+            tr["hemisphere"],
+            tr["midline"],
+            settings=settings,
+            refine_position=True,
+            progress=lambda done, total, info: seen.append(info["stage"]),
+        )
+        return res, seen
 
-    monkeypatch.setattr(api, "_label_starts", spy)
-    res = api.register_section(
-        a,
-        ccf25,
-        tr["plane"],
-        float(tr["position_um"]) + 80.0,
-        tr["hemisphere"],
-        tr["midline"],
-        refine_position=True,
-    )
-    assert calls == [1]
+    res, seen = run()
+    assert seen.count("label_starts") >= 2  # the given plane's fits, then each position
     assert np.isfinite(res.confidence)
-    monkeypatch.setattr(api, "LABEL_STARTS_HEMI", False)
-    calls.clear()
-    api.register_section(
-        a,
-        ccf25,
-        tr["plane"],
-        float(tr["position_um"]) + 80.0,
-        tr["hemisphere"],
-        tr["midline"],
-        refine_position=True,
-    )
-    assert calls == []  # this outline fit's labels agree well enough: no starts
+    s = RegistrationSettings()
+    _, seen = run(replace(s, starts=replace(s.starts, hemisections=False)))
+    assert "label_starts" not in seen  # this outline fit's labels agree well enough: no starts
+    assert "plane_search" in seen

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from ._shots import save_shot
+
 pytest.importorskip("napari")
 from qtpy.QtCore import Qt  # noqa: E402
 
@@ -26,7 +28,7 @@ def embed_dock(make_napari_viewer):
 
 
 def _wait_trained(qtbot, w):
-    qtbot.waitUntil(lambda: w._worker is None, timeout=240_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=600_000)
 
 
 def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
@@ -44,7 +46,7 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     w.epochs.setValue(1)
     w.n_latent.setValue(8)
     seen = []
-    w._bridge.progressed.connect(lambda e, n, s: seen.append((e, n)))
+    w.job_progress.connect(lambda e, n, info: seen.append((e, n)))
     w.train_button.click()
     _wait_trained(qtbot, w)
     assert not error_notifications, [n.message for n in error_notifications]
@@ -57,6 +59,7 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     before = np.asarray(layers[0].face_color).copy()
     w.which.setCurrentText("tissue")
     w.cluster_button.click()
+    assert w.wait_for_workers(600_000)
     col = "fusemap_tissue_leiden"
     lab = layers[0].features[col].to_numpy()
     assert len(set(lab)) > 1 and col in layers[0].metadata["adata"].obs
@@ -68,24 +71,41 @@ def test_train_then_clusters_and_umap(qtbot, embed_dock, error_notifications):
     ca = np.asarray(a.face_color)[a.features[col].to_numpy() == shared[0]][0]
     cb = np.asarray(b.face_color)[b.features[col].to_numpy() == shared[0]][0]
     assert np.allclose(ca, cb)
-    w.umap_button.click()
+    # UMAP in a worker: the click returns at once and the GUI thread keeps handling
+    # events (timer ticks) while UMAP computes (issue 23: it froze the window for 48 s)
+    from qtpy.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(w.busy))
+    timer.start()
+    try:
+        w.umap_button.click()
+        assert w.busy and not w.umap_button.isEnabled()
+        assert w.wait_for_workers(600_000)
+    finally:
+        timer.stop()
+    assert sum(ticks) >= 3, f"{sum(ticks)} timer ticks while UMAP ran"
     um = viewer.layers["FuseMap UMAP (tissue)"]
     assert len(um.data) == sum(ly.metadata["adata"].n_obs for ly in layers)
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert len(np.unique(shot.reshape(-1, shot.shape[-1]), axis=0)) > 10
+    save_shot(viewer.screenshot(canvas_only=False, flash=False), "embed_demo")
 
 
 def test_cancel_keeps_viewer_usable(qtbot, embed_dock):
     _viewer, w = embed_dock
     w.epochs.setValue(50)
     w.n_latent.setValue(8)
-    w._bridge.progressed.connect(lambda *a: w.cancel())  # cancel at the first epoch
+    w.job_progress.connect(lambda *a: w.cancel())  # cancel at the first epoch
     worker = w.train()
     assert worker is not None
     _wait_trained(qtbot, w)
-    assert w.model is not None and w.model.cancelled
-    assert "cancelled" in w.status.text()
+    # one protocol (napari_brainatlas.Cancelled): nothing is written, a quiet status
+    assert w.model is None and w.status.text() == "embedding cancelled"
+    assert not any("X_fusemap_cell" in ly.metadata["adata"].obsm for ly in w.chosen_layers())
     assert w.train_button.isEnabled()
 
 

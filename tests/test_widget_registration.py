@@ -2,6 +2,7 @@
 section cut from the real Allen CCFv3 (50 um).
 
 Run under a display: ``xvfb-run -a python -m pytest tests/test_widget_registration.py``.
+The flows of issue 23 are in test_widget_registration_qc.py.
 """
 
 from __future__ import annotations
@@ -18,80 +19,35 @@ pytest.importorskip("pytestqt")
 
 from napari_brainatlas.register import apply_registration, register_section
 
-from ._shots import save_shot
+from ._regdock import add_sections as _add_sections
+from ._regdock import click_midline as _click_midline
+from ._regdock import demo_two_sections, open_reg_dock
+from ._regdock import left as _left
+from ._regdock import load_atlas as _load_atlas
+from ._regdock import run as _run
+from ._regdock import shot as _shot
 
 pytestmark = pytest.mark.gui
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _left():
-    from qtpy.QtCore import Qt
-
-    return Qt.LeftButton
-
-
 @pytest.fixture(scope="module")
 def demo_two():
-    from napari_brainatlas.demo import make_demo_sections
-
-    return make_demo_sections(seed=0, n_sections=2, cells_per_mm2=100)
+    return demo_two_sections()
 
 
 @pytest.fixture
-def reg_dock(make_napari_viewer, qtbot):
-    from napari_brainatlas.widgets.registration import RegistrationWidget
-
-    viewer = make_napari_viewer(show=True)
-    widget = RegistrationWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Registration", area="right")
-    viewer.window._qt_window.resize(1600, 1000)
-    yield viewer, widget
-    widget.cancel()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
-
-
-def _add_sections(viewer, sections, offsets=None):
-    from napari.layers import Layer
-
-    from napari_brainatlas.layers import section_layer_data, tile_offsets
-
-    offsets = offsets or tile_offsets(sections)
-    layers = []
-    for s, off in zip(sections, offsets):
-        data, kw, lt = section_layer_data(s, name=s.uns.get("section"), translate=off)
-        layers.append(viewer.add_layer(Layer.create(data, kw, lt)))
-    return layers
-
-
-def _load_atlas(qtbot, widget, spec="demo", ontology=""):
-    widget.atlas_edit.setText(str(spec))
-    widget.ontology_edit.setText(str(ontology))
-    qtbot.mouseClick(widget.load_atlas_button, _left())
-    qtbot.waitUntil(lambda: widget.atlas is not None and not widget.busy, timeout=60000)
-
-
-def _click_midline(widget, layer, midline_xy):
-    """The user's two clicks: the true midline as world (y, x) = data + translate."""
-    qtb = widget.midline_button
-    qtb.click()
-    mid = widget.midline_layer()
-    assert mid is not None and mid.name == f"{layer.name} midline"
-    world = np.asarray(midline_xy, float)[:, ::-1] + np.asarray(layer.translate)[-2:]
-    mid.data = world
-    return mid
-
-
-def _run(qtbot, widget, button):
-    n = len(widget._results)
-    before = widget.result
-    qtbot.mouseClick(button, _left())
-    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
-    return widget.result is not before or len(widget._results) != n
+def reg_dock(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    yield from open_reg_dock(make_napari_viewer, qtbot, tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------------- demo flow
-def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
+def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_brainatlas.widgets.registration._overlays import AGREEMENT_COLORS
+
     viewer, widget = reg_dock
     sections = [s.copy() for s in demo_two]
     layers = _add_sections(viewer, sections)
@@ -99,10 +55,13 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     _load_atlas(qtbot, widget)
     assert "template" in viewer.layers and "template outline" in viewer.layers
     tmpl = viewer.layers["template"]
+    # Load atlas frames the sections and the template
+    x0 = min(float(np.asarray(ly.translate)[-1]) for ly in layers)
+    x1 = float(tmpl.translate[-1] + tmpl.data.shape[1] * tmpl.scale[-1])
+    assert x0 < viewer.camera.center[-1] < x1
     # hover text: the features table carries the acronym and name of every label
     feats = tmpl.features
     assert {"index", "acronym", "name"} <= set(feats.columns)
-    # region name in the status bar when hovering a labelled pixel
     rows, cols = np.nonzero(np.asarray(tmpl.data) > 0)
     rc = np.array([rows[len(rows) // 2], cols[len(cols) // 2]])
     lid = int(np.asarray(tmpl.data)[rc[0], rc[1]])
@@ -117,12 +76,11 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     widget.hemi_combo.setCurrentText(truth["hemisphere"])
     widget.set_position(truth["position_um"])
     assert widget.position_spin.value() == int(truth["position_um"])
-    assert tmpl.data.shape == widget._slice.labels.shape
+    assert tmpl.data.shape == widget.current_slice.labels.shape
+    n_layers = len(viewer.layers)
 
     xy = np.asarray(sections[1].obsm["spatial"])
-    # the true midline, then Register
-    mid = _click_midline(widget, sec, truth["midline"])
-    assert f"{sec.name} midline line" in viewer.layers
+    _click_midline(widget, sec, truth["midline"])
     assert np.allclose(widget.midline_xy(), truth["midline"])
     n_err = len(error_notifications)
     assert _run(qtbot, widget, widget.register_button)
@@ -130,8 +88,8 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     assert res is not None and len(error_notifications) == n_err
     assert res.confidence > 0.5 and res.converged
     assert len(widget.cost_plot.values) >= 1
-    assert widget.progress_bar.value() == res.iterations
-    assert "Dice" in widget.metrics_label.text()
+    assert widget.progress.value() == res.iterations
+    assert "Dice" in widget.metrics_label.text() and "scale" in widget.metrics_label.text()
 
     # the engine with the same input gives the same fit
     ref = register_section(
@@ -145,22 +103,42 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     )
     assert np.allclose(res.affine, ref.affine, atol=1e-6)
 
+    # few layers, named per section: the section's midline, landmarks, cells in atlas
+    new = [ly.name for ly in viewer.layers][n_layers - 2 :]
+    assert sorted(new) == sorted(
+        ["template", "template outline"]
+        + [f"{sec.name} {w}" for w in ("midline", "landmarks", "in atlas")]
+    ), new
     # anchors: four on the section, four on the template, numbered, colour-matched
-    a_s = viewer.layers[f"{sec.name} anchors (section)"]
-    a_a = viewer.layers[f"{sec.name} anchors (atlas)"]
-    assert len(a_s.data) == len(a_a.data) == 4
-    assert list(a_s.text.values) == ["1", "2", "3", "4"]
-    assert np.allclose(a_s.face_color, a_a.face_color)
-    assert np.allclose(widget._to_section_xy(a_s), res.anchors_section)
-    assert np.allclose(widget._to_atlas_xy(a_a), res.anchors_atlas)
+    lm = viewer.layers[f"{sec.name} landmarks"]
+    f = lm.features
+    a_s = np.flatnonzero((f["kind"] == "anchor") & (f["side"] == "section"))
+    a_a = np.flatnonzero((f["kind"] == "anchor") & (f["side"] == "atlas"))
+    assert len(a_s) == len(a_a) == 4
+    assert list(f["label"].iloc[a_s]) == ["1", "2", "3", "4"]
+    assert np.allclose(lm.face_color[a_s], lm.face_color[a_a])
+    ov = widget.overlays
+    assert np.allclose(ov.world_to_section(ov.world(lm)[a_s], sec), res.anchors_section)
+    assert np.allclose(ov.world_to_atlas(ov.world(lm)[a_a]), res.anchors_atlas)
+    # markers small next to the atlas slice
+    assert lm.size.max() <= 0.015 * widget.current_slice.extent_um[0] + 1e-6
+    # cells in atlas: where the fit puts them, coloured by agreement with their own
+    # 'region' labels (not by the region they land in), the outline on top
     cells = viewer.layers[f"{sec.name} in atlas"]
     assert np.allclose(np.asarray(cells.data)[:, ::-1], res.transform(xy))
+    assert widget.compare_column == "region" and widget.color_combo.currentText() == "agreement"
+    allowed = np.array(list(AGREEMENT_COLORS.values()))
+    fc = np.asarray(cells.face_color)
+    assert np.all(np.isclose(fc[:, None, :], allowed[None]).all(axis=2).any(axis=1))
+    assert {"cell_id", "region", "landed region", "agreement"} <= set(cells.features.columns)
+    names = [ly.name for ly in viewer.layers]
+    assert names.index("template outline") > names.index(cells.name)
     _shot(viewer, widget, "registration_demo", docs=True)
 
-    # bad midlines: identical points, points outside the tissue, one point -> one
-    # notification each, no traceback, the fit kept
-    for bad in ([xy[0], xy[0]], xy.max(0) + [[5e4, 5e4], [6e4, 7e4]], [xy[0]]):
-        mid.data = np.asarray(bad, float).reshape(-1, 2)[:, ::-1] + np.asarray(sec.translate)
+    # bad midlines: identical points, points outside the tissue -> one notification
+    # each, no traceback, the fit kept
+    for bad in ([xy[0], xy[0] + 1e-9], xy.max(0) + [[5e4, 5e4], [6e4, 7e4]]):
+        widget.set_midline(np.asarray(bad, float))
         n0 = len(error_notifications)
         qtbot.mouseClick(widget.register_button, _left())
         qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
@@ -169,24 +147,19 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
         assert widget.result is res
     assert widget.register_button.isEnabled()
     n_err = len(error_notifications)
-    mid = _click_midline(widget, sec, truth["midline"])
+    widget.set_midline(truth["midline"])
 
-    # colour toggle: own labels vs atlas regions
-    c_atlas = np.asarray(cells.face_color).copy()
-    widget.own_labels_check.setChecked(True)
-    c_own = np.asarray(viewer.layers[f"{sec.name} in atlas"].face_color)
-    assert c_own.shape == c_atlas.shape and not np.allclose(c_own, c_atlas)
-    widget.own_labels_check.setChecked(False)
+    # colour by the landed region on request only
+    widget.color_combo.setCurrentText("landed region")
+    assert not np.allclose(np.asarray(cells.face_color), fc)
+    widget.color_combo.setCurrentText("agreement")
 
     # blink toggles the cells' visibility with a timer
     seen = set()
     widget.blink_button.setChecked(True)
-    qtbot.waitUntil(
-        lambda: seen.add(viewer.layers[f"{sec.name} in atlas"].visible) or len(seen) == 2,
-        timeout=5000,
-    )
+    qtbot.waitUntil(lambda: seen.add(cells.visible) or len(seen) == 2, timeout=5000)
     widget.blink_button.setChecked(False)
-    assert viewer.layers[f"{sec.name} in atlas"].visible
+    assert cells.visible
 
     # accept: written keys equal the engine's for the same input
     out = widget.accept()
@@ -198,18 +171,31 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     assert (got.obs["ccf_acronym"].to_numpy() == ref_out.obs["ccf_acronym"].to_numpy()).all()
     assert sec.name in got.uns["ccf_registration"]
     assert "ccf_acronym" in sec.features.columns
-    assert any(r[1] == "accepted" for r in widget.batch_rows())
+    row = {r[0]: r for r in widget.batch_rows()}[sec.name]
+    assert row[1] == "accepted" and row[2].endswith("%")
 
-    # save / load beside the data (here tmp_path)
-    p = widget.save_state(tmp_path / "s2.registration.json")
-    doc = json.loads(Path(p).read_text())
+    # Save state: a file dialog opening in the user's registrations folder (never beside
+    # the data); the file carries the atlas name and version
+    asked = {}
+
+    def save_dialog(parent, caption, start, filters):
+        asked["start"] = start
+        return str(tmp_path / "chosen.registration.json"), filters
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_dialog)
+    qtbot.mouseClick(widget.save_button, _left())
+    start = Path(asked["start"])
+    assert start.parent == tmp_path / "user_states" / "demo"
+    assert start.name == f"{sec.name}.registration.json"
+    p = tmp_path / "chosen.registration.json"
+    doc = json.loads(p.read_text())
     assert doc["atlas"] == "demo" and doc["atlas_version"] == widget.atlas.version
     assert np.allclose(doc["result"]["affine"], res.affine)
 
     # drag one anchor (the atlas side) and Re-fit: the fit changes
-    moved = np.asarray(a_a.data).copy()
-    moved[2] += [0.0, 400.0]
-    a_a.data = moved
+    moved = np.asarray(lm.data).copy()
+    moved[a_a[2]] += [0.0, 400.0]
+    lm.data = moved
     pairs = widget.landmark_pairs()
     assert pairs.shape == (1, 4)
     assert _run(qtbot, widget, widget.refit_button)
@@ -233,39 +219,39 @@ def test_demo_flow(reg_dock, qtbot, demo_two, error_notifications, tmp_path):
     assert "ccf_coords" in sec.metadata["adata"].obsm
     assert widget.undo()
     assert widget.result is res and "ccf_coords" not in sec.metadata["adata"].obsm
-    # load the saved state back
-    assert widget.load_state(p) is not None
+    # Load state through its dialog
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(p), ""))
+    qtbot.mouseClick(widget.load_button, _left())
     assert np.allclose(widget.result.affine, res.affine)
+    assert widget.session.state(sec.name).status == "loaded"
     # reset: no registration at all
     widget.reset()
     assert widget.result is None and "ccf_coords" not in sec.metadata["adata"].obsm
     assert f"{sec.name} in atlas" not in viewer.layers
 
-    # register the rest (both sections now, the first without a midline layer)
-    widget.set_position(sections[0].uns["demo_truth"]["position_um"])
+    # register the rest: the first section has no midline -> skipped with the reason,
+    # not stretched; asked to, it is fitted by the rotation sweep
+    widget.section_combo.setCurrentText(layers[0].name)
     widget.hemi_combo.setCurrentText("both")
+    widget.set_position(sections[0].uns["demo_truth"]["position_um"])
+    widget.section_combo.setCurrentText(sec.name)
+    widget.hemi_combo.setCurrentText(truth["hemisphere"])
+    qtbot.mouseClick(widget.batch_button, _left())
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
+    rows = {r[0]: r for r in widget.batch_rows()}
+    assert rows[layers[0].name][1].startswith("skipped: no midline"), rows
+    assert rows[sec.name][1] == "fitted"
+    assert widget.session.result(layers[0].name) is None
+    widget.no_midline_check.setChecked(True)
     qtbot.mouseClick(widget.batch_button, _left())
     qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
     rows = {r[0]: r for r in widget.batch_rows()}
     assert rows[layers[0].name][1] == "fitted", rows
     assert float(rows[layers[0].name][4]) >= 0.0
+    # the table fits its width: no horizontal scrolling
+    qtbot.wait(50)
+    assert widget.batch_table.horizontalScrollBar().maximum() == 0
     assert not error_notifications[n_err:], [str(n.message) for n in error_notifications]
-
-
-def _shot(viewer, widget, name, docs=False):
-    from qtpy.QtWidgets import QApplication
-
-    viewer.reset_view()
-    QApplication.processEvents()
-    img = viewer.screenshot(canvas_only=False, flash=False)
-    save_shot(img, name, docs_name=name if docs else None)
-    canvas = viewer.screenshot(canvas_only=True, flash=False)
-    rgb = canvas[..., :3].reshape(-1, 3).astype(int)
-    bg = np.median(canvas[[0, 0, -1, -1], [0, -1, 0, -1], :3], axis=0).astype(int)
-    fg = np.abs(rgb - bg).sum(axis=1) > 30
-    assert fg.mean() > 0.02, f"{name}: canvas looks empty"
-    assert len({tuple(c) for c in (rgb[fg] // 16)}) >= 5
-    return img
 
 
 # ---------------------------------------------------------------------- UI stays live
@@ -304,7 +290,8 @@ def test_cancel_keeps_ui_alive_and_state(reg_dock, qtbot, demo_two, error_notifi
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
     timer.stop()
     assert widget.result is first
-    assert "registration cancelled" in infos
+    assert "registration cancelled" in widget.status.text()
+    assert not infos, infos  # quiet: the status line says it, no notification
     assert not error_notifications
     assert widget.register_button.isEnabled()
 
@@ -336,10 +323,16 @@ def test_ccf50_section(reg_dock, qtbot, error_notifications):
     sec = layers[0]
     _load_atlas(qtbot, widget, ann, onto)
     assert widget.atlas.name == "annotation_50"
+    assert widget.level == "major divisions"
     truth = a.uns["demo_truth"]
     widget.set_position(truth["position_um"])
     tmpl = viewer.layers["template"]
     assert len(np.unique(np.asarray(tmpl.data))) > 50  # the real CCF's many structures
+    # the outline is drawn at the major divisions, not at the finest level
+    from napari_brainatlas.workflows.register_qc import outline_image
+
+    finest = outline_image(widget.current_slice.labels, widget.atlas.ontology, "finest")
+    assert 0 < np.asarray(viewer.layers["template outline"].data).sum() < 0.6 * finest.sum()
     _click_midline(widget, sec, truth["midline"])
     assert _run(qtbot, widget, widget.register_button)
     res = widget.result
@@ -367,7 +360,7 @@ def test_ccf50_section(reg_dock, qtbot, error_notifications):
 
 def _demo_section_ready(viewer, widget, qtbot, adata, offset_um):
     """A demo section added and chosen, the demo atlas loaded, its hemisphere set, the
-    slider ``offset_um`` off its true position and the true midline clicked."""
+    slider ``offset_um`` off its true position and the true midline drawn."""
     sec = _add_sections(viewer, [adata.copy()])[0]
     truth = sec.metadata["adata"].uns["demo_truth"]
     _load_atlas(qtbot, widget)
@@ -401,7 +394,7 @@ def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notif
     qtbot.mouseClick(widget.refine_check, _left())
     assert widget.refine_check.isChecked() and widget.quick_check.isEnabled()
     qtbot.mouseClick(widget.quick_check, _left())
-    assert widget._common_kwargs()["plane_search"] == "quick"
+    assert widget.options().kwargs()["plane_search"] == "quick"
     assert _run(qtbot, widget, widget.register_button)
     assert not error_notifications, [n.message for n in error_notifications]
     res = widget.result
@@ -423,4 +416,4 @@ def test_quick_plane_search_from_the_dock(reg_dock, qtbot, demo_two, error_notif
     # unticking 'refine position' turns the choice off again
     qtbot.mouseClick(widget.refine_check, _left())
     assert not widget.quick_check.isEnabled()
-    assert widget._common_kwargs()["plane_search"] == "joint"
+    assert widget.options().kwargs()["plane_search"] == "joint"

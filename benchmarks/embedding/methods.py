@@ -108,7 +108,7 @@ def fusemap_joint(split, seed: int, cfg: dict | None = None, epochs: int | None 
     secs = [a.copy() for a in split.sections]
     with torch.random.fork_rng(devices=[]):
         m = FuseMap(secs, seed=seed, **cfg)
-        m.train(**({} if epochs is None else {"max_epochs": epochs}))  # default: the API's
+        m.train(epochs=epochs)  # None: the API default (FuseMapSettings.epochs)
     t_train = time.time() - t0
     emb = m.get_latent_representation("cell")
     adatas = m.write_embeddings(copy=True)
@@ -157,7 +157,7 @@ def fusemap_chain(
     qrys = [split.sections[q].copy() for q in split.query]
     with torch.random.fork_rng(devices=[]):
         m = FuseMap(refs, seed=seed, **cfg)
-        m.train(**({} if epochs is None else {"max_epochs": epochs}))
+        m.train(epochs=epochs)
         t_train = time.time() - t0
         mapping = map_query(m, qrys, seed=seed, **query_kw)  # map_query's defaults
     emb = [None] * len(split.sections)

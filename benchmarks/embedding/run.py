@@ -236,7 +236,12 @@ def report(rows: list[dict], variant: str, half: str | None = None) -> str:
                 v = v.dropna()
                 cells.append(f"{v.mean():.3f} +- {v.std(ddof=0):.3f}" if len(v) else "-")
             L.append(f"| {names[m]} | " + " | ".join(cells) + f" | {dm.seconds.mean():.0f} |")
-        L += ["", "Win rate of FuseMap per split (seed means compared; ties count half):", ""]
+        L += [
+            "",
+            "Win rate of FuseMap per split (seed means compared; ties count half; number of "
+            "splits), and the ratio of the means (FuseMap / baseline):",
+            "",
+        ]
         L.append("| FuseMap | metric | vs PCA | vs Harmony | vs scVI | vs scANVI | vs ingest |")
         L.append("|---|---|---|---|---|---|---|")
         per = d.groupby(["method", "split"]).mean(numeric_only=True)
@@ -272,7 +277,8 @@ def report(rows: list[dict], variant: str, half: str | None = None) -> str:
                         cells.append("-")
                         continue
                     w = ((a[ok] > c[ok]) + 0.5 * (a[ok] == c[ok])).mean()
-                    cells.append(f"{100 * w:.0f} % ({ok.sum()})")
+                    ratio = a[ok].mean() / c[ok].mean() if c[ok].mean() else float("nan")
+                    cells.append(f"{100 * w:.0f} % ({ok.sum()}), {ratio:.2f}x")
                 label = key if key == bkey else f"{key} vs their {bkey}"
                 L.append(f"| {names[fm].split(' (')[0]} | {label} | " + " | ".join(cells) + " |")
         L.append("")
@@ -399,7 +405,12 @@ def scale_child(n_cells, steps, threads, seed, profile_out=None, torch_dropout=F
         import cProfile
 
         marks["prof"] = cProfile.Profile()
-    m.train(max_epochs=1, cancel=cancel)
+    from napari_brainatlas import Cancelled
+
+    try:
+        m.train(epochs=1, cancel=cancel)
+    except Cancelled:  # the timed steps are done
+        pass
     dt = time.time() - marks["t0"]
     if profile_out:
         marks["prof"].disable()

@@ -36,7 +36,19 @@ divisions, AP and angle estimate errors, time. Run from the repository root:
     PYTHONPATH=src python benchmarks/registration/run.py            # full (~10 min)
     PYTHONPATH=src python benchmarks/registration/run.py --quick    # a few minutes
 
-The figures are printed and written to benchmarks/registration/RESULTS_registration.md.
+The figures are printed and written to benchmarks/registration/RESULTS_registration.md
+(decisions and the history of the settings: NOTES.md).
+
+Settings compared side by side (``--variant``, repeatable): each section is registered
+once per variant, one after the other in this process (cold atlas-slice cache each), so
+the times compare under the same load; rows and a summary per variant are printed (no
+report). A variant is ``NAME=VALUE[:NAME=VALUE...]``, NAME a dotted field of
+:class:`~napari_brainatlas.register.settings.RegistrationSettings` (``default``: none);
+tuples are written ``25,0.75`` and tuples of them ``50,1.5/25,0.75``::
+
+    PYTHONPATH=src python benchmarks/registration/run.py --sets hard --seed 1 \
+        --variant default --variant labels.accelerate=1 \
+        --variant search.steps=50,1.5/25,0.75:search.fit_iters=20 --dump /tmp/v.json
 """
 
 from __future__ import annotations
@@ -65,9 +77,10 @@ from napari_brainatlas.register import slices as _slices
 from napari_brainatlas.register.affine import apply_affine
 from napari_brainatlas.register.boundary import section_outline
 from napari_brainatlas.register.metrics import division_index
+from napari_brainatlas.register.settings import RegistrationSettings, replace_field
 from napari_brainatlas.register.slices import atlas_slice
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("NAPARI_BRAINATLAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ANN = DATA / "ccfv3_annotation" / "annotation_25.nrrd"
 ONTO = DATA / "ccfv3_ontology" / "structure_tree_safe_2017.csv"
 
@@ -143,9 +156,8 @@ def score(ccf_pred: np.ndarray, adata, atlas) -> dict:
 # ---------------------------------------------------------------------- ours
 def cold_start():
     """Empty the atlas-slice cache (and the label templates it holds), so that no
-    method (or variant in compare_settings.py) is timed on slices another one cut for
-    the same section."""
-    _slices._CACHE.clear()
+    method (or ``--variant``) is timed on slices another one cut for the same section."""
+    _slices.clear_cache()
 
 
 def run_ours(
@@ -156,10 +168,11 @@ def run_ours(
     nonlinear: bool = False,
     area: bool = False,
     plane_search: str = "joint",
+    settings: RegistrationSettings | None = None,
 ) -> dict:
     """Our registration of one section; ``hard``: with the plane search
     (``refine_position=True``; ``plane_search`` "joint" or "quick"), else at the given
-    plane."""
+    plane; ``settings``: the rest of the settings (default: the defaults)."""
     cold_start()
     tr = adata.uns["demo_truth"]
     t = time.perf_counter()
@@ -170,6 +183,7 @@ def run_ours(
         case["given_position_um"],
         tr["hemisphere"],
         tr["midline"],
+        settings=settings,
         mirrored=None,
         refine_position=hard,
         nonlinear=nonlinear,
@@ -214,7 +228,7 @@ def _sitk_affine(sl, xy, outline, tr) -> dict:
     import SimpleITK as sitk
 
     from napari_brainatlas.register.anchors import MidlineFrame
-    from napari_brainatlas.register.core import _frame_from, _frame_to, make_template
+    from napari_brainatlas.register.template import make_template
 
     tmpl = make_template(sl)
     # start: midline pre-rotation (true mirror), area scale, centroid alignment
@@ -229,7 +243,7 @@ def _sitk_affine(sl, xy, outline, tr) -> dict:
     C = np.eye(3)
     C[:2, :2] *= s
     C[:2, 2] = c_t - s * c_s
-    A0 = _frame_from(tmpl.frame) @ C @ _frame_to(fs)
+    A0 = tmpl.frame.from_canonical_matrix() @ C @ fs.to_canonical_matrix()
     # images: 50 um-ish pixels in both frames
     fixed = _image(outline.mask, outline.origin_um, outline.pixel_um)
     moving = _image(tmpl.outline.mask, (0.0, 0.0), res_t)
@@ -459,6 +473,13 @@ def main(argv=None) -> int:
         "--dump", default=None, help="also write the per-section rows (ours) as JSON here"
     )
     ap.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="NAME=VALUE[:NAME=VALUE...] settings of a variant (repeatable; 'default': the "
+        "defaults): each section is registered with every variant, side by side",
+    )
+    ap.add_argument(
         "--speed-only",
         action="store_true",
         help="only the speed test (6 100k-cell coronal sections, one core); prints it",
@@ -488,6 +509,8 @@ def main(argv=None) -> int:
             f"load average {os.getloadavg()[0]:.1f}\ncommand: {cmd}"
         )
         return 0
+    if args.variant:
+        return run_variants(args, atlas)
     results = {}
     sets = [v.strip() for v in args.sets.split(",")]
     only = None if args.cases is None else {int(v) for v in args.cases.split(",")}
@@ -630,6 +653,87 @@ def main(argv=None) -> int:
     Path(args.out).write_text(md)
     print(md)
     print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- variants
+def parse_variant(spec: str) -> RegistrationSettings:
+    """``NAME=VALUE[:NAME=VALUE...]`` (dotted fields of RegistrationSettings; "default"
+    or "" for none) -> the settings, each value parsed after the field's current type."""
+    s = RegistrationSettings()
+    for item in spec.split(":"):
+        if not item.strip() or item.strip() == "default":
+            continue
+        name, _, text = item.partition("=")
+        cur = s
+        for part in name.strip().split("."):
+            cur = getattr(cur, part, None)
+        s = replace_field(s, name.strip(), _parse_value(text.strip(), cur))
+    return s
+
+
+def _parse_value(text: str, cur):
+    if text == "None":
+        return None
+    if isinstance(cur, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(cur, tuple):
+        if "/" in text or (cur and isinstance(cur[0], tuple)):
+            return tuple(tuple(float(x) for x in st.split(",")) for st in text.split("/"))
+        return tuple(float(x) for x in text.split(","))
+    if isinstance(cur, int):
+        return int(text)
+    if isinstance(cur, float) or cur is None:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
+
+
+def run_variants(args, atlas) -> int:
+    """Every section of the chosen sets with every ``--variant``, side by side; prints
+    the rows and a summary per variant (``--dump``: the rows as JSON)."""
+    variants = [(v, parse_variant(v)) for v in args.variant]
+    only = None if args.cases is None else {int(v) for v in args.cases.split(",")}
+    out = {}
+    for name in [v.strip() for v in args.sets.split(",")]:
+        hard = name == "hard"
+        res = {vi: {} for vi in range(len(variants))}
+        for i, case in enumerate(make_cases(args.n, hard, args.seed, args.max_cells)):
+            if only is not None and i not in only:
+                continue
+            a = sample_section(atlas, name=f"{name}{i}", **case["sample"])
+            scramble_labels(a, 0.10, seed=i)
+            line = f"{name} {i:2d} {case['sample']['plane'][:3]} {a.n_obs:6d} |"
+            for vi, (_, s) in enumerate(variants):
+                o = run_ours(a, atlas, case, hard, settings=s)
+                res[vi][i] = o
+                line += f" med {o['median_um']:6.1f} p95 {o['p95_um']:6.1f} t {o['time_s']:5.2f}"
+                line += f" c {o['confidence']:.2f}"
+                if hard:
+                    ev = o["metrics"].get("plane_evals", 0)
+                    line += (
+                        f" ev {ev:3.0f} ap {o['ap_error_um']:4.0f} ang {o['angle_error_deg']:4.1f}"
+                    )
+                line += " |"
+            print(line, flush=True)
+        mt, pt = (60.0, 150.0) if hard else (10.0, 25.0)
+        for vi, (spec, _) in enumerate(variants):
+            rows = list(res[vi].values())
+            med = np.array([o["median_um"] for o in rows])
+            p95 = np.array([o["p95_um"] for o in rows])
+            t = np.array([o["time_s"] for o in rows])
+            print(
+                f"{name} [{spec or 'default'}]: n {len(med)} median {np.median(med):.1f} p95 "
+                f"{np.median(p95):.1f} within {np.mean((med <= mt) & (p95 <= pt)):.2f} worst "
+                f"{med.max():.1f} time median {np.median(t):.2f} mean {t.mean():.2f} s"
+            )
+        out[name] = {variants[vi][0] or "default": r for vi, r in res.items()}
+    if args.dump:
+        import json
+
+        Path(args.dump).write_text(json.dumps(out, default=float))
     return 0
 
 

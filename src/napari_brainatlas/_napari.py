@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .io import SUFFIXES, read_sections, write_h5ad
+from .io import SUFFIXES, is_spatialdata_store, read_sections, write_h5ad
 from .layers import atlas_layer_data, layer_to_anndata, section_layer_data, tile_offsets
 
 __all__ = [
@@ -16,17 +16,21 @@ __all__ = [
     "make_demo_sample",
     "read_path",
     "write_sections",
+    "write_spatialdata_layers",
 ]
 
 
 def _readable(path: Path) -> bool:
+    if is_spatialdata_store(path):
+        return True
     if path.is_dir():
         return any(path.glob("*.csv")) or any(path.glob("*.tsv"))
     return path.name.lower().endswith(SUFFIXES)
 
 
 def get_reader(path) -> Callable | None:
-    """The reader for ``path`` (a .h5ad, .loom, .csv/.tsv or a folder of csv files), or
+    """The reader for ``path`` (a .h5ad, .loom, .csv/.tsv, a folder of csv files or a
+    SpatialData .zarr store), or
     ``None`` when this plugin cannot read it."""
     if isinstance(path, (list, tuple)):
         if not path or not all(_readable(Path(p)) for p in path):
@@ -65,6 +69,25 @@ def write_sections(path: str, layer_data: list[tuple]) -> list[str]:
         )
         written.append(str(write_h5ad(adata, target)))
     return written
+
+
+def write_spatialdata_layers(path: str, layer_data: list[tuple]) -> list[str]:
+    """Save the cells of one or more Points layers as one SpatialData store (``.zarr``):
+    one element + annotating table per layer (see
+    :func:`napari_brainatlas.io.spatialdata.write_spatialdata`)."""
+    from .io import write_spatialdata
+
+    out = Path(path)
+    if not out.name.lower().endswith(".zarr"):
+        out = out.with_name(out.name + ".zarr")
+    sections = []
+    for data, meta, _ in layer_data:
+        ad = layer_to_anndata(data, meta)
+        info = dict(ad.uns["napari_brainatlas"])
+        info["section"] = str(meta.get("name") or info.get("section") or "section")
+        ad.uns["napari_brainatlas"] = info
+        sections.append(ad)
+    return [str(write_spatialdata(sections, out))]
 
 
 def _safe(name: str) -> str:

@@ -1,13 +1,30 @@
 """Colours for cells, computed as RGBA arrays (no napari): categorical palettes with a
 legend and continuous colormaps with contrast limits. Assigning such an array to a
-Points layer's ``face_color`` is the fast path (no per-point colour parsing)."""
+Points layer's ``face_color`` is the fast path (no per-point colour parsing).
+
+Categorical colours follow the scverse convention (scanpy, squidpy, napari-spatialdata):
+``adata.uns['<key>_colors']`` lists one colour per category of ``obs[key]``, in the
+categories' order (for a non-categorical column: its sorted values, as scanpy makes the
+categories; for a boolean one: ``'False'``, ``'True'``). :func:`uns_colors` reads them
+(what scanpy will use: a list at least as long as the categories, each a matplotlib
+colour) and :func:`write_uns_colors` writes what was shown, so scanpy's and squidpy's
+plots and ours agree whichever draws first."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["PALETTE", "categorical_colors", "colormap_lut", "continuous_colors"]
+__all__ = [
+    "PALETTE",
+    "categorical_colors",
+    "colormap_lut",
+    "continuous_colors",
+    "scanpy_categories",
+    "to_hex",
+    "uns_colors",
+    "write_uns_colors",
+]
 
 # 20 distinct colours (tab20-like ordering, dark first) then golden-angle hues
 PALETTE = (
@@ -105,3 +122,59 @@ def continuous_colors(
     out = lut[idx.astype(np.int32)]
     out[~finite] = (0.6, 0.6, 0.6, 1.0)
     return out, (float(lo), float(hi))
+
+
+# ---------------------------------------------------------------------- scverse colours
+def scanpy_categories(values) -> list[str]:
+    """The categories, in order, that scanpy gives ``values`` (an obs column): a
+    categorical's own (used or not), ``['False', 'True']`` for booleans, else the sorted
+    distinct values (``pd.Categorical``'s order), as strings."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return [str(c) for c in s.cat.categories]
+    if s.dtype == bool:
+        return [str(c) for c in pd.Categorical(s.astype(str)).categories]
+    return [str(c) for c in pd.Categorical(s.dropna()).categories]
+
+
+def to_hex(rgba) -> str:
+    """``'#rrggbb'`` of an RGB(A) float colour (alpha dropped, as scanpy writes them)."""
+    rgb = np.clip(np.asarray(rgba, dtype=float)[:3], 0.0, 1.0)
+    return "#" + "".join(f"{int(round(v * 255)):02x}" for v in rgb)
+
+
+def uns_colors(adata, key: str) -> dict[str, np.ndarray] | None:
+    """``{category: rgba}`` from ``adata.uns['<key>_colors']``, or None when it is absent
+    or scanpy would not use it (fewer colours than categories, or one that is not a
+    colour)."""
+    from matplotlib.colors import is_color_like, to_rgba
+
+    raw = adata.uns.get(f"{key}_colors") if key in adata.obs.columns else None
+    if raw is None or isinstance(raw, (str, bytes)):
+        return None
+    raw = list(np.ravel(np.asarray(raw, dtype=object)))
+    cats = scanpy_categories(adata.obs[key])
+    if len(raw) < len(cats) or not all(is_color_like(c) for c in raw[: len(cats)]):
+        return None
+    return {c: np.asarray(to_rgba(v), dtype=np.float32) for c, v in zip(cats, raw)}
+
+
+def write_uns_colors(adata, key: str, legend: dict) -> bool:
+    """Write ``adata.uns['<key>_colors']`` (hex, in :func:`scanpy_categories` order) from
+    ``legend`` (``{category: rgb(a)}``); categories not in it keep their valid colour
+    from ``uns`` or get the palette's. Returns True when ``uns`` changed (never for a view
+    or a column that is not in ``obs``)."""
+    if key not in adata.obs.columns or getattr(adata, "is_view", False):
+        return False
+    cats = scanpy_categories(adata.obs[key])
+    if not cats:
+        return False
+    known = dict(uns_colors(adata, key) or {})
+    known.update({str(k): v for k, v in legend.items()})
+    _, full = categorical_colors(np.asarray(cats, dtype=object), categories=cats, colors=known)
+    new = [to_hex(full[c]) for c in cats]
+    old = adata.uns.get(f"{key}_colors")
+    if old is not None and list(np.ravel(np.asarray(old, dtype=object)))[: len(new)] == new:
+        return False
+    adata.uns[f"{key}_colors"] = new
+    return True

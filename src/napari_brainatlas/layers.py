@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .colors import categorical_colors, continuous_colors
+from .colors import categorical_colors, continuous_colors, uns_colors, write_uns_colors
 from .io.backed import gene_values
 
 __all__ = [
@@ -23,9 +23,11 @@ __all__ = [
     "cell_size_um",
     "color_values",
     "default_color_by",
+    "label_colors_across",
     "label_columns",
     "layer_to_anndata",
     "numeric_columns",
+    "present_values",
     "section_features",
     "section_layer_data",
     "tile_offsets",
@@ -234,14 +236,20 @@ def color_values(
 ):
     """Colours for one section by ``key`` (an obs column or a gene; ``None``: total
     expression). Returns ``(kind, rgba, extra)``: kind ``'categorical'`` with the legend,
-    ``'continuous'`` with the contrast limits, or ``'missing'`` (all grey, key absent)."""
+    ``'continuous'`` with the contrast limits, or ``'missing'`` (all grey, key absent).
+
+    Labels follow the scverse convention (:mod:`napari_brainatlas.colors`): the colours
+    in ``uns['<key>_colors']`` are used (``colors`` overrides single categories), and the
+    colours shown are written back there in category order."""
     if key is None:
         rgba, lim = continuous_colors(np.log1p(_total_expression(adata)), clim=clim, cmap=cmap)
         return "continuous", rgba, lim
     if key in adata.obs.columns:
         s = adata.obs[key]
         if key in label_columns(adata) or s.dtype.kind not in "iuf":
-            rgba, legend = _label_colors(s, categories, colors)
+            fixed = {**(uns_colors(adata, key) or {}), **(colors or {})}
+            rgba, legend = _label_colors(s, categories, fixed or None)
+            write_uns_colors(adata, key, legend)
             return "categorical", rgba, legend
         rgba, lim = continuous_colors(s.to_numpy(dtype=float), clim=clim, cmap=cmap)
         return "continuous", rgba, lim
@@ -249,6 +257,51 @@ def color_values(
         rgba, lim = continuous_colors(gene_values(adata, key), clim=clim, cmap=cmap)
         return "continuous", rgba, lim
     return "missing", np.tile(GREY, (adata.n_obs, 1)), None
+
+
+def present_values(s: pd.Series) -> list[str]:
+    """The distinct non-missing values of a column, as strings (for a categorical: its
+    used categories, from the codes, without scanning a million values)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes = s.cat.codes.to_numpy()
+        used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(s.cat.categories)))
+        return [str(c) for c in np.asarray(s.cat.categories)[used]]
+    return [str(v) for v in s.dropna().unique()]
+
+
+def label_colors_across(
+    sections: list[AnnData], key: str, *, colors: dict | None = None, write: bool = True
+) -> tuple[list[np.ndarray | None], dict[str, np.ndarray]]:
+    """One legend for label ``key`` over several sections, and each section's RGBA.
+
+    The categories are the union of the sections' values, sorted. A category's colour is
+    ``colors[c]`` if given, else the first section's ``uns['<key>_colors']`` colour for it
+    (scanpy's, or one shown before), else the palette's. With ``write`` every section's
+    ``uns['<key>_colors']`` is set to the legend's colours in its own category order.
+    Sections without ``key`` get ``None``."""
+    cats: set[str] = set()
+    fixed: dict[str, np.ndarray] = {}
+    for ad in sections:
+        if key in ad.obs.columns:
+            cats.update(present_values(ad.obs[key]))
+            for c, v in (uns_colors(ad, key) or {}).items():
+                fixed.setdefault(c, v)
+    fixed.update(colors or {})
+    categories = sorted(cats)
+    legend: dict[str, np.ndarray] = {}
+    out: list[np.ndarray | None] = []
+    for ad in sections:
+        if key not in ad.obs.columns:
+            out.append(None)
+            continue
+        rgba, leg = _label_colors(ad.obs[key], categories, fixed or None)
+        legend.update(leg)
+        if write:
+            write_uns_colors(ad, key, leg)
+        out.append(rgba)
+    if not legend and categories:
+        _, legend = categorical_colors(np.asarray(categories, object), categories, fixed)
+    return out, {c: legend[c] for c in categories if c in legend}
 
 
 def section_layer_data(

@@ -1,7 +1,8 @@
 """Annotation: label transfer from a reference onto query sections, and imputation.
 
 * :func:`map_query` - query sections onto a frozen trained FuseMap (new encoders, new
-  gene rows for unseen genes) -> :class:`QueryMapping`.
+  gene rows for unseen genes) -> :class:`QueryMapping` (a trainable model of the shared
+  protocol, :mod:`napari_brainatlas.models`; options :class:`QueryMappingSettings`).
 * :func:`transfer_labels` - obs['<label>_transfer'] and ['<label>_transfer_uncertainty'].
 * :func:`impute_genes`, :func:`measured_vs_imputed` - any gene on demand: kNN average of
   reference cells in the shared embedding, or the decoder max(z_C E^T, 0).
@@ -11,6 +12,7 @@
 from .classifier import HierarchicalLabelClassifier, KNNLabelClassifier, MLPLabelClassifier
 from .impute import IMPUTED_PREFIX, impute_genes, measured_vs_imputed
 from .query import QueryMapping, map_query
+from .settings import QueryMappingSettings
 from .smoothing import smooth_labels
 from .transfer import transfer_labels
 
@@ -20,6 +22,7 @@ __all__ = [
     "KNNLabelClassifier",
     "MLPLabelClassifier",
     "QueryMapping",
+    "QueryMappingSettings",
     "impute_genes",
     "map_query",
     "measured_vs_imputed",

@@ -44,7 +44,8 @@ from ..fusemap import CELL_KEY, TISSUE_KEY, preprocess_section, spatial_graph
 
 __all__ = ["IMPUTED_PREFIX", "gene_embedding_of", "impute_genes", "measured_vs_imputed"]
 
-#: obs column prefix of imputed genes written by the CLI / widget: obs['imputed_<GENE>']
+#: obs column prefix of imputed genes written by the CLI / widget: obs['imputed_<Gene>'],
+#: the gene spelled as the user's data spells it
 IMPUTED_PREFIX = "imputed_"
 
 
@@ -176,7 +177,7 @@ def _panel_reference(model, section, reference, joint: bool) -> _RefExpr | None:
     (:func:`~napari_brainatlas.annotate.panel.encode_through_panel`); with ``joint`` the
     tissue part is the same one-hop aggregation over the reference section's spatial
     graph as the query's z_T. None when the reference counts are not available."""
-    from ..fusemap._preprocess import is_integer_matrix
+    from ..fusemap.data import is_integer_matrix
     from .panel import encode_through_panel
 
     if not hasattr(model, "query_names") or isinstance(section, AnnData):
@@ -408,10 +409,14 @@ def measured_vs_imputed(section: AnnData, gene: str, model=None) -> pd.DataFrame
     """
     g = str(gene).strip().upper()
     measured = measured_values(section, g)
+    # imputed columns keep the data's spelling (obs['imputed_Gad1']): matched in any case
+    column = next(
+        (c for c in section.obs.columns if str(c).upper() == (IMPUTED_PREFIX + g).upper()), None
+    )
     if model is not None:
         imputed = impute_genes(model, section, [g])[g].to_numpy()
-    elif IMPUTED_PREFIX + g in section.obs:
-        imputed = section.obs[IMPUTED_PREFIX + g].to_numpy(np.float32)
+    elif column is not None:
+        imputed = section.obs[column].to_numpy(np.float32)
     else:
         raise BrainAtlasInputError(f"no imputed values of {g}: give a model or impute it first")
     df = pd.DataFrame({"measured": measured, "imputed": imputed}, index=section.obs_names)

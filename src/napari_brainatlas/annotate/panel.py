@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..fusemap._training import rows_dense
+from ..fusemap.data import as_float32_matrix, clean_gene_names, normalize_log_scale, rows_dense
 
 __all__ = ["counts_through_panel", "encode_through_panel"]
 
@@ -17,12 +17,10 @@ def counts_through_panel(adata: AnnData, rows: np.ndarray, genes: list[str]) -> 
     """Counts (``layers['counts']`` or ``X``) of cells ``rows`` of ``adata`` for the
     upper-case ``genes`` of another panel, in that order: float32 (len(rows), len(genes)),
     0 for genes ``adata`` does not measure."""
-    from ..fusemap._preprocess import _as_csr_or_dense, clean_gene_names
-
     names, cols = clean_gene_names(adata.var_names)
     pos = dict(zip(names, cols))
     src = adata.layers.get("counts", adata.X)
-    M = _as_csr_or_dense(src[rows] if not hasattr(src, "tocsr") else src.tocsr()[rows])
+    M = as_float32_matrix(src[rows] if not hasattr(src, "tocsr") else src.tocsr()[rows])
     out = np.zeros((len(rows), len(genes)), np.float32)
     for j, g in enumerate(genes):
         if g in pos:
@@ -40,8 +38,6 @@ def encode_through_panel(
     as for the reference anchor) and go through the query encoder (means, eval mode).
     Returns float32 (len(rows), n_latent); cells with no count in the query's panel are
     NaN."""
-    from ..fusemap._preprocess import normalize_log_scale
-
     name = mapping.query_names[mapping._index(section)]
     genes = mapping.module.section_genes[name]
     X = counts_through_panel(adata, rows, genes)

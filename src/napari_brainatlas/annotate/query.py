@@ -54,7 +54,6 @@ by cell instead. ``adversarial=True`` keeps both; without reference counts (no a
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -66,15 +65,35 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
-from .._errors import BrainAtlasInputError
-from ..fusemap import CELL_KEY, TISSUE_KEY, FuseMap, preprocess_section, spatial_graph
-from ..fusemap._training import gather_subgraph, rows_dense, to_torch_sparse
+from .._errors import BrainAtlasInputError, Cancelled
+from ..fusemap import CELL_KEY, TISSUE_KEY, FuseMap
+from ..fusemap.data import (
+    clean_gene_names,
+    gather_subgraph,
+    is_integer_matrix,
+    normalize_log_scale,
+    preprocess_section,
+    rows_dense,
+    spatial_graph,
+    to_torch_sparse,
+)
+from ..models import (
+    WEIGHTS,
+    ModelFolder,
+    TrainableModel,
+    load_state,
+    resolve_settings,
+    save_state,
+    settings_from_dict,
+    settings_to_dict,
+)
 from .panel import counts_through_panel
+from .settings import QueryMappingSettings
 
-__all__ = ["QueryMapping", "map_query", "reference_latents"]
+__all__ = ["QueryMapping", "QueryMappingSettings", "map_query", "reference_latents"]
 
-#: version of the folder written by :meth:`QueryMapping.save`
-QUERY_FORMAT_VERSION = 1
+#: format of the folder written by :meth:`QueryMapping.save` (1: before the shared layout)
+QUERY_FORMAT_VERSION = 2
 
 
 def _clean_name(name: str, taken: set[str]) -> str:
@@ -154,18 +173,122 @@ class _StoredQuery:
         self.name, self.p = name, self._P(kept, n_obs)
 
 
-class QueryMapping:
-    """Query sections mapped onto a frozen FuseMap reference (see module docstring).
+class QueryMapping(TrainableModel):
+    """Query sections mapped onto a frozen FuseMap reference (see the module docstring).
+
+    ``QueryMapping(model, query_sections, ...)`` prepares the mapping (query encoders,
+    new gene rows, discriminator heads, anchors); :meth:`train` trains it;
+    :func:`map_query` does both. The model protocol (:mod:`napari_brainatlas.models`):
+    :meth:`train`, :attr:`history`, :attr:`is_trained`, :meth:`save`, :meth:`load`.
+
+    Parameters
+    ----------
+    model : a trained :class:`~napari_brainatlas.fusemap.FuseMap` (also one loaded from a
+        folder, with or without its sections); never modified.
+    query_sections : AnnData or list (``obsm['spatial']``, counts or normalised values);
+        never modified (:meth:`write_embeddings` returns copies).
+    reference_sections : reference AnnData holding ``obsm['X_fusemap_cell']`` and
+        ``obsm['X_fusemap_tissue']`` (one per model section, in order), for the
+        adversarial term and the anchor when the model holds no sections.
+    section_names : names of the query sections (default ``obs['section']`` or
+        ``query{i}``; made unique against the reference's names).
+    settings : :class:`~napari_brainatlas.annotate.QueryMappingSettings`.
+    seed : seeds every random choice of the mapping.
+    **options : settings fields as keywords (``epochs=5, anchor=0``).
 
     Attributes: ``reference`` (the FuseMap, untouched), ``module`` (a copy extended with
     the query encoders and new gene rows), ``query_names``, ``adatas`` (the query
-    AnnData, untouched until :meth:`write_embeddings`), ``new_genes``, ``history``,
-    ``adversarial``, ``frozen`` (names of the frozen tensors).
+    AnnData), ``new_genes``, ``history``, ``adversarial``, ``anchored``, ``frozen``
+    (names of the frozen tensors), ``settings``, ``seed``.
     """
 
+    format_version = QUERY_FORMAT_VERSION
+    accepted_versions = (1, QUERY_FORMAT_VERSION)
+
     def __init__(
-        self, reference: FuseMap, module, names, adatas, qdata, new_genes, ref_state, frozen
+        self,
+        model: FuseMap,
+        query_sections,
+        *,
+        reference_sections=None,
+        section_names: list[str] | None = None,
+        settings: QueryMappingSettings | None = None,
+        seed: int = 0,
+        **options,
     ):
+        self.settings = resolve_settings(QueryMappingSettings, settings, options, "query mapping")
+        self.seed = int(seed)
+        # nothing here draws from torch's global generator outside the seeded fork below;
+        # the fork keeps the caller's generator as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self._setup(model, query_sections, reference_sections, section_names)
+
+    def _setup(self, model, query_sections, reference_sections, section_names) -> None:
+        if not isinstance(model, FuseMap):
+            raise BrainAtlasInputError("map_query needs a trained FuseMap model")
+        if isinstance(query_sections, AnnData):
+            query_sections = [query_sections]
+        query_sections = list(query_sections)
+        if not query_sections:
+            raise BrainAtlasInputError("give at least one query section")
+        if section_names is not None and len(section_names) != len(query_sections):
+            raise BrainAtlasInputError("give one name per query section")
+        s, seed = self.settings, self.seed
+        names = _query_names(query_sections, section_names, set(model.module.section_names))
+        mc = model.settings.min_cell_counts
+        prepared = [
+            preprocess_section(a, n, min_cell_counts=mc) for a, n in zip(query_sections, names)
+        ]
+        ref_lat = (
+            reference_latents(model, reference_sections) if s.adversarial or s.anchor > 0 else None
+        )
+        anchors = (
+            _anchor_sets(model, prepared, ref_lat, reference_sections, seed=seed)
+            if s.anchor > 0 and ref_lat is not None
+            else None
+        )
+        has_anchor = bool(anchors) and any(a is not None for a in anchors)
+        self._anchors_val = None
+        if has_anchor and s.validate_anchor:
+            anchors, self._anchors_val = _hold_out_anchors(anchors, seed)
+        want_adv = (not has_anchor) if s.adversarial == "auto" else bool(s.adversarial)
+        use_adv = want_adv and ref_lat is not None and len(ref_lat[0]) > 0
+        module, ref_state, frozen = _freeze_copy(model)
+        known = set(module.genes)
+        new_genes = [
+            g for g in dict.fromkeys(g for p in prepared for g in p.genes) if g not in known
+        ]
+        if min(len(set(p.genes) & known) for p in prepared) == 0:
+            raise BrainAtlasInputError("a query section shares no gene with the reference model")
+        self._rng = np.random.default_rng(seed)
+        self._gen = torch.Generator().manual_seed(seed)
+        self._n_ref_genes = len(module.genes)
+        dropout = float(model.settings.dropout)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for p in prepared:
+                enc = module.add_section(p.name, p.genes, dropout=dropout)
+                if s.init == "reference":
+                    _warm_start(enc, p.genes, module, model.section_names)
+            heads = _adversarial_heads(module, len(ref_lat[0]) + len(prepared)) if use_adv else []
+        qdata = []
+        for p in prepared:
+            perm = self._rng.permutation(p.n_cells)
+            n_val = round(s.val_fraction * p.n_cells) if p.n_cells > 10 else 0
+            A = spatial_graph(p.coords)
+            qdata.append(_QData(p.name, p, A, np.sort(perm[n_val:]), np.sort(perm[:n_val])))
+        self._assemble(model, module, names, query_sections, qdata, new_genes, ref_state, frozen)
+        self.adversarial, self.anchored = use_adv, has_anchor
+        self._ref_lat, self._anchors, self._disc_heads = ref_lat, anchors, heads
+        if reference_sections is not None:
+            self.reference_sections = (
+                [reference_sections]
+                if isinstance(reference_sections, AnnData)
+                else list(reference_sections)
+            )
+
+    def _assemble(self, reference, module, names, adatas, qdata, new_genes, ref_state, frozen):
         self.reference = reference
         self.module = module
         self.query_names = names
@@ -174,17 +297,260 @@ class QueryMapping:
         self.new_genes = new_genes
         self._ref_state = ref_state
         self.frozen = frozen
-        self.history: list[dict] = []
+        self.history = []
+        self.is_trained = False
         self.adversarial = False
         self.anchored = False
         self.reference_sections: list[AnnData] | None = None
         self.cancelled = False
+        self._lambda: float | None = None
         self._cache: dict | None = None
         self._obs_names: list | None = None
+        self._disc_heads: list = []
 
     @property
     def device(self):
         return self.reference.device
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        epochs: int | None = None,
+        *,
+        progress: Callable | None = None,
+        cancel: Callable | None = None,
+    ) -> list[dict]:
+        """Train the query encoders (and the new gene rows) against the frozen reference.
+
+        epochs : at most this many epochs (default ``settings.epochs``); early stopping
+            after ``settings.patience`` epochs without a better validation loss.
+        progress : ``progress(done, total, info)`` after every epoch (``info``: phase,
+            epoch, val_loss, lr, ae, anchor / disc / adv where used, lambda).
+        cancel : ``cancel() -> bool`` polled before every step; True raises
+            :class:`~napari_brainatlas.Cancelled`. The mapping then holds the query
+            encoders and new gene rows reached (usable for embeddings), ``history`` the
+            finished epochs, ``cancelled`` True, ``is_trained`` what it was before.
+
+        Returns :attr:`history`. A later call goes on from the weights reached.
+        """
+        if not hasattr(self, "_rng"):
+            raise BrainAtlasInputError(
+                "a loaded query mapping cannot be trained further: map the query again"
+            )
+        n_epochs = int(self.settings.epochs if epochs is None else epochs)
+        self.cancelled = False
+        was_trained = self.is_trained
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + len(self.history))
+            self._train_epochs(n_epochs, progress, cancel)
+        if self.cancelled:
+            self.is_trained = was_trained
+            raise Cancelled("query mapping cancelled")
+        self.is_trained = True
+        return self.history
+
+    def _train_epochs(self, n_epochs: int, progress, cancel) -> None:
+        module, cfg = self.module, self.reference.settings
+        B = int(self.settings.batch_size or cfg.batch_size)
+        lr = float(self.settings.lr or cfg.lr)
+        n_ref = self._n_ref_genes
+        self._E_ref = module.gene_embedding.detach()[:n_ref].clone()
+        self._E_new = nn.Parameter(module.gene_embedding.detach()[n_ref:].clone())
+        enc_params = [p for n in self.query_names for p in module.encoders[n].parameters()]
+        for p in enc_params:
+            p.requires_grad_(True)
+        ae_params = enc_params + ([self._E_new] if len(self.new_genes) else [])
+        opt_ae = torch.optim.RMSprop(ae_params, lr=lr)
+        opt_d = None
+        if self.adversarial:
+            disc_params = [p for h in self._disc_heads for p in h.parameters()]
+            opt_d = torch.optim.RMSprop(disc_params, lr=lr)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt_ae, mode="min", factor=0.5, patience=2
+        )
+        n_epoch_cells = max(len(q.train) for q in self._q)
+        if self.anchored:
+            n_epoch_cells = max(
+                n_epoch_cells, max(len(a[1]) for a in self._anchors if a is not None)
+            )
+        n_steps = max(1, self.settings.min_steps, math.ceil(n_epoch_cells / B))
+        best, bad, e0 = math.inf, 0, len(self.history)
+        module.eval()  # reference encoders: running BN statistics, no dropout
+        try:
+            for ep in range(n_epochs):
+                acc = self._epoch(B, n_steps, opt_ae, opt_d, cancel)
+                if acc is None:
+                    break
+                module.eval()
+                val = self._validate()
+                sched.step(val)
+                rec = dict(
+                    phase="query",
+                    epoch=e0 + ep + 1,
+                    val_loss=val,
+                    lr=opt_ae.param_groups[0]["lr"],
+                    **acc,
+                )
+                if self._lambda is not None:
+                    rec["lambda"] = self._lambda
+                self.history.append(rec)
+                if progress is not None:
+                    progress(ep + 1, n_epochs, dict(rec))
+                if val < best - 1e-6:
+                    best, bad = val, 0
+                else:
+                    bad += 1
+                    if bad >= self.settings.patience:
+                        break
+        finally:
+            module.eval()
+            # the trained new gene rows go into the copied module's embedding (frozen)
+            module.gene_embedding = nn.Parameter(
+                self._embedding_rows().detach().clone(), requires_grad=False
+            )
+            for p in enc_params:
+                p.requires_grad_(False)
+            self._cache = None
+
+    def _embedding_rows(self):
+        if len(self.new_genes):
+            return torch.cat([self._E_ref, self._E_new], 0)
+        return self._E_ref
+
+    def _epoch(self, B, n_steps, opt_ae, opt_d, cancel) -> dict | None:
+        """One epoch of steps; the mean of each logged loss, or None when cancelled."""
+        module, rng = self.module, self._rng
+        for n in self.query_names:
+            module.encoders[n].train()
+        for d in (module.disc_cell, module.disc_tissue):
+            d.train()  # dropout only; the frozen trunks have no buffers
+        shards = [rng.permutation(q.train) for q in self._q]
+        ptr = [0] * len(self._q)
+        acc: dict[str, float] = {}
+        for _ in range(n_steps):
+            if cancel is not None and cancel():
+                self.cancelled = True
+                return None
+            seeds = []
+            for v, q in enumerate(self._q):
+                if ptr[v] + B > len(shards[v]):
+                    shards[v] = rng.permutation(q.train)
+                    ptr[v] = 0
+                seeds.append(np.unique(shards[v][ptr[v] : ptr[v] + B]))
+                ptr[v] += B
+            for k, v in self._step(seeds, B, opt_ae, opt_d).items():
+                acc[k] = acc.get(k, 0.0) + v / n_steps
+        return acc
+
+    def _step(self, seeds_per_section, B, opt_ae, opt_d) -> dict:
+        """One optimisation step: AE (+ anchor) loss, then the adversarial min-max."""
+        dev, rng = self.device, self._rng
+        aes, zcs, zts, ys = [], [], [], []
+        n_ref_sections = len(self._ref_lat[0]) if self.adversarial else 0
+        for v, (q, seeds) in enumerate(zip(self._q, seeds_per_section)):
+            a, zc, zt = self._forward(q, seeds, True)
+            aes.append(a)
+            zcs.append(zc)
+            zts.append(zt)
+            if self.adversarial:
+                ys.append(torch.full((len(seeds),), n_ref_sections + v, dtype=torch.long))
+        ae = torch.stack(aes).mean()
+        logs = {"ae": float(ae.detach())}
+        if self.anchored:
+            anc = []
+            for v, q in enumerate(self._q):
+                if self._anchors[v] is None:
+                    continue
+                Xa, Za = self._anchors[v]
+                pick = np.sort(rng.choice(len(Za), min(B, len(Za)), replace=False))
+                x = torch.from_numpy(rows_dense(Xa, pick)).to(dev)
+                mu_a, _ = self.module.encode(q.name, x)
+                anc.append(F.mse_loss(mu_a, torch.from_numpy(Za[pick]).to(dev)))
+            anc_loss = torch.stack(anc).mean()
+            logs["anchor"] = float(anc_loss.detach())
+            ae = ae + float(self.settings.anchor) * anc_loss
+        if self.adversarial:
+            loss = self._adversarial_loss(ae, zcs, zts, ys, B, opt_d, logs)
+        else:
+            loss = ae
+        opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_ae.step()
+        return logs
+
+    def _adversarial_loss(self, ae, zcs, zts, ys, B, opt_d, logs):
+        """One step of the new discriminator heads on reference vs query cells, then the
+        query encoders' loss ``AE - lambda * CE``."""
+        dev, rng = self.device, self._rng
+        rzc, rzt, ry = [], [], []
+        for r, (c, t) in enumerate(zip(*self._ref_lat)):
+            pick = rng.choice(len(c), min(B, len(c)), replace=False)
+            rzc.append(torch.from_numpy(c[pick]))
+            rzt.append(torch.from_numpy(t[pick]))
+            ry.append(torch.full((len(pick),), r, dtype=torch.long))
+        qzc, qzt = torch.cat(zcs), torch.cat(zts)
+        yq = torch.cat(ys).to(dev)
+        y_all = torch.cat(ry + [torch.cat(ys)]).to(dev)
+        zc_all = torch.cat([torch.cat(rzc).to(dev), qzc.detach()])
+        zt_all = torch.cat([torch.cat(rzt).to(dev), qzt.detach()])
+        d_loss = self._ce(self._disc_logits(0, zc_all), y_all) + self._ce(
+            self._disc_logits(1, zt_all), y_all
+        )
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        adv = self._ce(self._disc_logits(0, qzc), yq) + self._ce(self._disc_logits(1, qzt), yq)
+        if self._lambda is None:
+            ratio = self.reference.settings.adv_ratio
+            self._lambda = float(ratio * float(ae.detach()) / max(abs(float(adv.detach())), 1e-8))
+        logs.update(disc=float(d_loss.detach()), adv=float(adv.detach()))
+        return ae - self._lambda * adv
+
+    def _ce(self, logits, y):
+        if self.reference.settings.softmax_ce:
+            logits = torch.softmax(logits, 1)
+        return F.cross_entropy(logits, y)
+
+    def _disc_logits(self, which: int, z):
+        disc = (self.module.disc_cell, self.module.disc_tissue)[which]
+        return self._disc_heads[which](disc.net[:-1](z))
+
+    def _forward(self, q: _QData, seeds, sample: bool):
+        """AE loss (reconstruction from ``A z_T`` through the frozen known gene rows + KL)
+        of seed cells, with their z_C means and z_T."""
+        dev, module = self.device, self.module
+        seeds = np.sort(seeds)
+        n2, A1, A0, s1, s2 = gather_subgraph(q.A, seeds)
+        x2 = torch.from_numpy(rows_dense(q.p.X, n2)).to(dev)
+        mu, std = module.encode(q.name, x2)
+        z = mu + std * torch.randn(mu.shape, generator=self._gen).to(dev) if sample else mu
+        A1t = to_torch_sparse(A1, dev)
+        h = torch.sparse.mm(to_torch_sparse(A0, dev), torch.sparse.mm(A1t, z))
+        E = self._embedding_rows().index_select(0, module.gene_rows(q.name))
+        xhat = torch.relu(h @ E.t())
+        s2t = torch.from_numpy(s2).to(dev)
+        recon = F.mse_loss(xhat, x2.index_select(0, s2t))
+        mu_s, std_s = mu.index_select(0, s2t), std.index_select(0, s2t)
+        kl = (0.5 * (mu_s.pow(2) + std_s.pow(2) - 1.0) - torch.log(std_s)).sum(1).mean()
+        kl = kl / x2.shape[1]
+        zt = torch.sparse.mm(A1t, mu).index_select(0, torch.from_numpy(s1).to(dev))
+        return recon + kl, mu_s, zt
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        tot, cnt = 0.0, 0
+        for q in self._q:
+            idx = q.val if len(q.val) else q.train
+            for i in range(0, len(idx), 1024):
+                a, _, _ = self._forward(q, idx[i : i + 1024], False)
+                tot += float(a) * len(idx[i : i + 1024])
+                cnt += len(idx[i : i + 1024])
+        val = tot / max(cnt, 1)
+        if getattr(self, "_anchors_val", None) is not None:
+            val += self.settings.anchor * _anchor_val_loss(
+                self.module, self.query_names, self._anchors_val, self.device
+            )
+        return val
 
     # ------------------------------------------------------------------ checks
     def frozen_unchanged(self) -> bool:
@@ -243,8 +609,10 @@ class QueryMapping:
         return out if section is None else out[self._index(section)]
 
     def write_embeddings(self, copy: bool = True) -> list[AnnData]:
-        """Query sections with ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']`` (copies by
-        default; ``copy=False`` writes into the given objects)."""
+        """Query sections with ``obsm['X_fusemap_cell' / 'X_fusemap_tissue']`` and
+        ``uns['fusemap_query']``: new AnnData objects by default (``copy=True``, as every
+        model; the given sections are left alone); ``copy=False`` writes into the given
+        objects and returns them."""
         if not self.adatas:
             raise BrainAtlasInputError(
                 "this mapping was loaded without its query sections: give them to "
@@ -283,45 +651,23 @@ class QueryMapping:
         return pd.Index(self._obs_names[i])
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path: str | Path, overwrite: bool = True) -> Path:
-        """Write the mapping as a folder:
+    def _write_files(self, folder: Path) -> dict:
+        """The mapping folder (the shared model layout):
 
-        * ``reference/`` - the reference model (:meth:`FuseMap.save`);
+        * ``reference/`` - the reference model's folder (:meth:`FuseMap.save` layout);
         * ``weights.pt`` - the state_dict of the extended module (reference tensors, query
           encoders, gene embedding with the new rows);
-        * ``query.json`` - query section names, gene panels, new genes, adversarial flag,
-          history, format version;
         * ``genes.csv`` - the gene embedding (reference and new genes);
+        * ``panels.csv`` - the query sections' gene panels (section, gene);
         * ``latent.npz`` - the query embeddings (z_C, z_T of the kept cells, the kept
-          masks) and ``obs_names.json``, so a mapping loaded without its query sections
-          still gives embeddings and imputation.
-
-        Load with :meth:`load` (weights through ``torch.load(weights_only=True)``)."""
-        out = Path(path)
-        if out.exists() and not out.is_dir():
-            raise BrainAtlasInputError(f"{out} exists and is not a folder")
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise BrainAtlasInputError(f"{out} is not empty")
-        out.mkdir(parents=True, exist_ok=True)
-        ref = self.reference
-        ref_dir = ref.save(out / "reference", overwrite=True) if hasattr(ref, "save") else None
-        if ref_dir is None:
-            raise BrainAtlasInputError("the reference model cannot be saved")
-        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        torch.save(state, out / "weights.pt")
-        meta = {
-            "format_version": QUERY_FORMAT_VERSION,
-            "model": "FuseMapQueryMapping",
-            "query_names": list(self.query_names),
-            "panels": {n: list(self.module.section_genes[n]) for n in self.query_names},
-            "genes": list(self.module.genes),
-            "new_genes": list(self.new_genes),
-            "adversarial": bool(self.adversarial),
-            "cancelled": bool(self.cancelled),
-        }
-        (out / "query.json").write_text(json.dumps(meta, indent=1))
-        (out / "history.json").write_text(json.dumps(self.history, indent=1, default=float))
-        self.gene_embedding().to_csv(out / "genes.csv")
+          masks) and ``obs_names.csv`` (section, obs_name), so a mapping loaded without
+          its query sections still gives embeddings and imputation;
+        * ``config.json`` (settings, seed, names, new genes, flags), ``history.json``."""
+        self.reference.write_folder(folder / "reference")
+        save_state(self.module, folder / WEIGHTS)
+        self.gene_embedding().to_csv(folder / "genes.csv")
+        rows = [(n, g) for n in self.query_names for g in self.module.section_genes[n]]
+        pd.DataFrame(rows, columns=["section", "gene"]).to_csv(folder / "panels.csv", index=False)
         lat = self._latent()
         arrays = {}
         for i, q in enumerate(self._q):
@@ -329,10 +675,21 @@ class QueryMapping:
             arrays[f"tissue_{i}"] = lat["tissue"][i]
             arrays[f"kept_{i}"] = np.asarray(q.p.kept)
             arrays[f"n_obs_{i}"] = np.asarray(q.p.n_obs)
-        np.savez_compressed(out / "latent.npz", **arrays)
-        names = [list(map(str, self.obs_names(i))) for i in range(len(self.query_names))]
-        (out / "obs_names.json").write_text(json.dumps(names))
-        return out
+        np.savez_compressed(folder / "latent.npz", **arrays)
+        obs = [(n, str(o)) for i, n in enumerate(self.query_names) for o in self.obs_names(i)]
+        pd.DataFrame(obs, columns=["section", "obs_name"]).to_csv(
+            folder / "obs_names.csv", index=False
+        )
+        return {
+            "settings": settings_to_dict(self.settings),
+            "seed": self.seed,
+            "query_names": list(self.query_names),
+            "new_genes": list(self.new_genes),
+            "adversarial": bool(self.adversarial),
+            "anchored": bool(self.anchored),
+            "cancelled": bool(self.cancelled),
+            "is_trained": self.is_trained,
+        }
 
     @classmethod
     def load(
@@ -342,73 +699,103 @@ class QueryMapping:
         reference_sections: list[AnnData] | None = None,
         device: str = "auto",
     ) -> QueryMapping:
-        """Load a folder written by :meth:`save`.
+        """Load a folder written by :meth:`save` (or by an older version, format 1).
 
         query_sections : the same query sections (same order); they are preprocessed again
             and their genes checked against the saved panels; then :meth:`write_embeddings`
             works. Without them the saved embeddings are used (``write_embeddings`` then
             needs the sections).
         reference_sections : passed to :meth:`FuseMap.load` for the reference model.
+
+        A loaded mapping gives embeddings and imputation; it is not trained further.
         """
-        p = Path(path)
-        try:
-            meta = json.loads((p / "query.json").read_text())
-            state = torch.load(p / "weights.pt", map_location="cpu", weights_only=True)
-            npz = np.load(p / "latent.npz", allow_pickle=False)
-            obs_names = json.loads((p / "obs_names.json").read_text())
-        except (OSError, ValueError, KeyError) as exc:
-            raise BrainAtlasInputError(f"cannot read query mapping folder {p}: {exc}") from exc
+        return super().load(
+            path,
+            query_sections=query_sections,
+            reference_sections=reference_sections,
+            device=device,
+        )
+
+    @classmethod
+    def _legacy_config(cls, folder: ModelFolder) -> dict | None:
+        """Format 1: query.json (names, panels, genes, flags), obs_names.json."""
+        if folder.has("config.json") or not folder.has("query.json"):
+            return None
+        meta = folder.json("query.json")
         if meta.get("model") != "FuseMapQueryMapping":
-            raise BrainAtlasInputError(f"{p} is not a query mapping folder")
-        reference = FuseMap.load(p / "reference", sections=reference_sections, device=device)
+            raise folder.error("query.json", "does not describe a query mapping")
+        missing = [k for k in ("query_names", "panels", "genes", "new_genes") if k not in meta]
+        if missing:
+            raise folder.error("query.json", f"lacks the key {missing[0]!r}")
+        names = [str(n) for n in meta["query_names"]]
+        if set(names) - set(meta["panels"]):
+            raise folder.error("query.json", "has no panel for a query section")
+        return {
+            **meta,
+            "format_version": 1,
+            "settings": {},
+            "seed": 0,
+            "is_trained": not meta.get("cancelled", False),
+            "_panels": {n: list(meta["panels"][n]) for n in names},
+            "_obs_names": folder.json("obs_names.json", list),
+        }
+
+    @classmethod
+    def _from_folder(
+        cls, folder, cfg, query_sections=None, reference_sections=None, device="auto"
+    ) -> QueryMapping:
+        for k in ("seed", "query_names", "new_genes"):
+            if k not in cfg:
+                raise folder.error("config.json", f"lacks the key {k!r}")
+        # options added after a folder was written: what it was trained with
+        values = {"min_steps": 0, "validate_anchor": False, **cfg["settings"]}
+        settings = settings_from_dict(QueryMappingSettings, values, folder)
+        names = [str(n) for n in cfg["query_names"]]
+        legacy = "_panels" in cfg
+        if legacy:
+            panels, genes = cfg["_panels"], [str(g) for g in cfg["genes"]]
+            obs_names = cfg["_obs_names"]
+            history = folder.history() if folder.has("history.json") else []
+        else:
+            panels, genes, obs_names = _read_query_tables(folder, names)
+            history = folder.history()
+        state = folder.weights()
+        npz = _read_latent(folder, len(names), obs_names)
+        reference = FuseMap.load(
+            folder.path / "reference", sections=reference_sections, device=device
+        )
         module, ref_state, frozen = _freeze_copy(reference)
-        names = list(meta["query_names"])
-        dropout = float(reference.config.get("dropout", 0.2))
+        dropout = float(reference.settings.dropout)
         for n in names:
-            module.add_section(n, meta["panels"][n], dropout=dropout)
-        if list(module.genes) != list(meta["genes"]):
-            raise BrainAtlasInputError(f"{p}: gene list does not match the saved weights")
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise BrainAtlasInputError(f"{p}: weights do not fit the saved panels") from exc
+            module.add_section(n, panels[n], dropout=dropout)
+        if list(module.genes) != genes:
+            raise folder.error(
+                "genes.csv" if not legacy else "query.json",
+                "does not list the genes of the reference and the query panels",
+            )
+        load_state(module, state, folder)
         for prm in module.parameters():
             prm.requires_grad_(False)
         module.eval()
         if query_sections is not None:
-            if isinstance(query_sections, AnnData):
-                query_sections = [query_sections]
-            query_sections = list(query_sections)
-            if len(query_sections) != len(names):
-                raise BrainAtlasInputError(
-                    f"the mapping has {len(names)} query sections but "
-                    f"{len(query_sections)} were given"
-                )
-            qdata = []
-            for a, n in zip(query_sections, names):
-                pr = preprocess_section(
-                    a, n, min_cell_counts=reference.config.get("min_cell_counts", 5)
-                )
-                if list(pr.genes) != list(meta["panels"][n]):
-                    raise BrainAtlasInputError(
-                        f"query section {n!r} does not have the genes it was mapped with"
-                    )
-                empty = np.zeros(0, np.int64)
-                qdata.append(_QData(n, pr, spatial_graph(pr.coords), empty, empty))
-            adatas = query_sections
+            mc = reference.settings.min_cell_counts
+            adatas, qdata = _attach_queries(query_sections, names, panels, mc)
         else:
             qdata = [
                 _StoredQuery(n, np.asarray(npz[f"kept_{i}"]), int(npz[f"n_obs_{i}"]))
                 for i, n in enumerate(names)
             ]
             adatas = []
-        self = cls(
-            reference, module, names, adatas, qdata, list(meta["new_genes"]), ref_state, frozen
+        self = cls.__new__(cls)
+        self.settings, self.seed = settings, int(cfg["seed"])
+        self._assemble(
+            reference, module, names, adatas, qdata, list(cfg["new_genes"]), ref_state, frozen
         )
-        self.adversarial = bool(meta.get("adversarial", False))
-        self.cancelled = bool(meta.get("cancelled", False))
-        hist = p / "history.json"
-        self.history = json.loads(hist.read_text()) if hist.exists() else []
+        self.adversarial = bool(cfg.get("adversarial", False))
+        self.anchored = bool(cfg.get("anchored", False))
+        self.cancelled = bool(cfg.get("cancelled", False))
+        self.is_trained = bool(cfg.get("is_trained", True))
+        self.history = history
         self._obs_names = obs_names
         if query_sections is None:
             self._cache = {
@@ -416,6 +803,68 @@ class QueryMapping:
                 "tissue": [np.asarray(npz[f"tissue_{i}"], np.float32) for i in range(len(names))],
             }
         return self
+
+
+def _read_query_tables(folder: ModelFolder, names: list[str]):
+    """Genes (genes.csv), query panels (panels.csv) and cell names (obs_names.csv)."""
+    emb = folder.csv("genes.csv", keep_default_na=False, dtype={0: str})
+    genes = [str(g) for g in emb.iloc[:, 0]]
+    pan = folder.csv("panels.csv", dtype=str, keep_default_na=False)
+    if list(pan.columns) != ["section", "gene"]:
+        raise folder.error("panels.csv", "does not have the columns section, gene")
+    panels = {n: list(g["gene"]) for n, g in pan.groupby("section", sort=False)}
+    if set(names) - set(panels):
+        raise folder.error("panels.csv", "has no panel for a query section")
+    obs = folder.csv("obs_names.csv", dtype=str, keep_default_na=False)
+    if list(obs.columns) != ["section", "obs_name"]:
+        raise folder.error("obs_names.csv", "does not have the columns section, obs_name")
+    by = {n: list(g["obs_name"]) for n, g in obs.groupby("section", sort=False)}
+    return panels, genes, [by.get(n, []) for n in names]
+
+
+def _read_latent(folder: ModelFolder, n: int, obs_names) -> dict:
+    keys = [f"{k}_{i}" for i in range(n) for k in ("cell", "tissue", "kept", "n_obs")]
+    npz = folder.npz("latent.npz", keys)
+    for i in range(n):
+        if i >= len(obs_names) or int(npz[f"n_obs_{i}"]) != len(obs_names[i]):
+            raise folder.error("latent.npz", "does not match the saved cell names")
+    return npz
+
+
+def _attach_queries(query_sections, names, panels, min_cell_counts: float = 5):
+    """The query sections given to ``QueryMapping.load``, preprocessed again and checked
+    against the saved panels."""
+    if isinstance(query_sections, AnnData):
+        query_sections = [query_sections]
+    query_sections = list(query_sections)
+    if len(query_sections) != len(names):
+        raise BrainAtlasInputError(
+            f"the mapping has {len(names)} query sections but {len(query_sections)} were given"
+        )
+    qdata = []
+    for a, n in zip(query_sections, names):
+        pr = preprocess_section(a, n, min_cell_counts=min_cell_counts)
+        if list(pr.genes) != list(panels[n]):
+            raise BrainAtlasInputError(
+                f"query section {n!r} does not have the genes it was mapped with"
+            )
+        empty = np.zeros(0, np.int64)
+        qdata.append(_QData(n, pr, spatial_graph(pr.coords), empty, empty))
+    return query_sections, qdata
+
+
+def _adversarial_heads(module, n_all: int) -> list:
+    """New discriminator heads ``256 -> n_all`` (reference sections + query sections)
+    whose first rows start from the reference heads."""
+    heads = []
+    for disc in (module.disc_cell, module.disc_tissue):
+        last = disc.net[-1]
+        head = nn.Linear(last.in_features, n_all).to(module.gene_embedding.device)
+        with torch.no_grad():
+            head.weight[: last.out_features] = last.weight
+            head.bias[: last.out_features] = last.bias
+        heads.append(head)
+    return heads
 
 
 def _warm_start(enc, genes: list[str], module, ref_names: list[str]) -> str | None:
@@ -460,12 +909,6 @@ def _anchor_sets(
     reads query cells. Reference cells come from the sections the model holds, else from
     ``reference_sections`` (their ``obsm['X_fusemap_cell']`` rows that are finite); only
     integer counts are used, at most ``max_cells`` cells per reference section."""
-    from ..fusemap._preprocess import (
-        clean_gene_names,
-        is_integer_matrix,
-        normalize_log_scale,
-    )
-
     rng = np.random.default_rng(seed)
     srcs = []  # (adata, kept rows, z_C of those rows)
     adatas = getattr(model, "adatas", None) or []
@@ -557,21 +1000,15 @@ def map_query(
     *,
     reference_sections=None,
     section_names: list[str] | None = None,
-    epochs: int = 15,
-    adversarial: bool | str = "auto",
-    batch_size: int | None = None,
-    lr: float | None = None,
-    patience: int = 3,
-    val_fraction: float = 0.15,
+    settings: QueryMappingSettings | None = None,
     seed: int = 0,
-    init: str = "reference",
-    min_steps: int = 60,
-    anchor: float = 5.0,
-    validate_anchor: bool = False,
     progress: Callable | None = None,
     cancel: Callable | None = None,
+    **options,
 ) -> QueryMapping:
-    """Map ``query_sections`` onto the trained ``model`` (see the module docstring).
+    """Map ``query_sections`` onto the trained ``model`` and return the trained
+    :class:`QueryMapping` (see the module docstring): ``QueryMapping(model,
+    query_sections, ...)`` followed by :meth:`QueryMapping.train`.
 
     Parameters
     ----------
@@ -580,312 +1017,25 @@ def map_query(
     query_sections : AnnData or list (``obsm['spatial']``, counts or normalised values).
     reference_sections : reference AnnData holding ``obsm['X_fusemap_cell']`` and
         ``obsm['X_fusemap_tissue']`` (one per model section, in order) for the adversarial
-        term when the model holds no sections.
-    epochs : at most this many epochs (an epoch passes every training cell of the largest
-        query section once).
-    adversarial : True: use the adversarial term when reference embeddings are
-        available; False: never; "auto" (default): only when the reference anchor cannot
-        be used (no reference counts at hand), see the module docstring.
-    init : "reference" (start each query encoder from the reference encoder sharing the
-        most genes) or "random" (the paper).
-    anchor : weight of the reference-anchor loss (0 = off, the paper); see the module
-        docstring.
-    validate_anchor : hold out 10 % of the anchor cells (at most 2,000 per section) and
-        early-stop on the objective that is trained, validation AE loss + ``anchor`` x
-        their anchor loss (False: the validation AE loss of the query cells alone, which
-        stops while the anchor term still improves).
-    min_steps : at least this many steps per epoch (60, as FuseMap's own floor). An epoch
-        is otherwise one pass over the largest query section or anchor set, a handful of
-        steps on small data: a Slide-seq query of 183 + 100 cells trained 15 steps in 3
-        epochs, and its MLP label transfer fell from 0.87 to 0.81 against 75 steps (dev
-        half of the embedding benchmark, issue 26). Was 0 (no floor).
-    progress : ``progress(epoch, epochs, losses)`` after every epoch.
-    cancel : ``cancel() -> bool`` polled before every step.
+        term and the anchor when the model holds no sections.
+    settings : :class:`QueryMappingSettings` (epochs, adversarial, batch_size, lr,
+        patience, val_fraction, init, min_steps, anchor, validate_anchor).
+    seed : seeds the mapping; the caller's torch generator is left as it was.
+    progress : ``progress(done, total, info)`` after every epoch.
+    cancel : ``cancel() -> bool`` polled before every step; True raises
+        :class:`~napari_brainatlas.Cancelled` (the half-trained mapping is dropped; build a
+        :class:`QueryMapping` and call ``train`` to keep it).
+    **options : settings fields as keywords, as before the settings existed
+        (``epochs=5, anchor=0.0, adversarial=True, ...``).
     """
-    # dropout, sampling and shuffles draw from torch's global generator: fork and seed it
-    # so a mapping depends on ``seed`` only, not on what ran before in the process
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _map_query(
-            model,
-            query_sections,
-            reference_sections=reference_sections,
-            section_names=section_names,
-            epochs=epochs,
-            adversarial=adversarial,
-            batch_size=batch_size,
-            lr=lr,
-            patience=patience,
-            val_fraction=val_fraction,
-            seed=seed,
-            init=init,
-            min_steps=min_steps,
-            anchor=anchor,
-            validate_anchor=validate_anchor,
-            progress=progress,
-            cancel=cancel,
-        )
-
-
-def _map_query(
-    model,
-    query_sections,
-    *,
-    reference_sections,
-    section_names,
-    epochs,
-    adversarial,
-    batch_size,
-    lr,
-    patience,
-    val_fraction,
-    seed,
-    init,
-    min_steps,
-    anchor,
-    validate_anchor=False,
-    progress=None,
-    cancel=None,
-) -> QueryMapping:
-    if not isinstance(model, FuseMap):
-        raise BrainAtlasInputError("map_query needs a trained FuseMap model")
-    if not (isinstance(adversarial, (bool, np.bool_)) or adversarial == "auto"):
-        raise BrainAtlasInputError(
-            f"adversarial must be True, False or 'auto', not {adversarial!r}"
-        )
-    if init not in ("reference", "random"):
-        raise BrainAtlasInputError(f"init must be 'reference' or 'random', not {init!r}")
-    if isinstance(query_sections, AnnData):
-        query_sections = [query_sections]
-    query_sections = list(query_sections)
-    if not query_sections:
-        raise BrainAtlasInputError("give at least one query section")
-    if section_names is not None and len(section_names) != len(query_sections):
-        raise BrainAtlasInputError("give one name per query section")
-    cfg = model.config
-    dev = model.device
-    B = int(batch_size or cfg.get("batch_size", 64))
-    lr = float(lr or cfg.get("lr", 1e-3))
-    names = _query_names(query_sections, section_names, set(model.module.section_names))
-    mc = cfg.get("min_cell_counts", 5)
-    prepared = [preprocess_section(a, n, min_cell_counts=mc) for a, n in zip(query_sections, names)]
-
-    ref_lat = reference_latents(model, reference_sections) if adversarial or anchor > 0 else None
-    anchors = (
-        _anchor_sets(model, prepared, ref_lat, reference_sections, seed=seed)
-        if anchor > 0 and ref_lat is not None
-        else None
-    )
-    has_anchor = bool(anchors) and any(a is not None for a in anchors)
-    anchors_val = None
-    if has_anchor and validate_anchor:
-        anchors, anchors_val = _hold_out_anchors(anchors, seed)
-    want_adv = (not has_anchor) if adversarial == "auto" else bool(adversarial)
-    use_adv = want_adv and ref_lat is not None and len(ref_lat[0]) > 0
-
-    module, ref_state, frozen = _freeze_copy(model)
-    n_ref_genes = len(module.genes)
-    known = set(module.genes)
-    new_genes = [g for g in dict.fromkeys(g for p in prepared for g in p.genes) if g not in known]
-    overlap = [len(set(p.genes) & known) for p in prepared]
-    if min(overlap) == 0:
-        raise BrainAtlasInputError("a query section shares no gene with the reference model")
-
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for p in prepared:
-            enc = module.add_section(p.name, p.genes, dropout=float(cfg.get("dropout", 0.2)))
-            if init == "reference":
-                _warm_start(enc, p.genes, module, model.section_names)
-        # new encoders trainable (add_section creates them with requires_grad True)
-        E_ref = module.gene_embedding.detach()[:n_ref_genes].clone()
-        E_new = nn.Parameter(module.gene_embedding.detach()[n_ref_genes:].clone())
-        n_all = len(ref_lat[0]) + len(prepared) if use_adv else 0
-        heads = []
-        if use_adv:
-            for disc in (module.disc_cell, module.disc_tissue):
-                last = disc.net[-1]
-                head = nn.Linear(last.in_features, n_all).to(dev)
-                with torch.no_grad():
-                    head.weight[: last.out_features] = last.weight
-                    head.bias[: last.out_features] = last.bias
-                heads.append(head)
-    enc_params = [p for n in names for p in module.encoders[n].parameters()]
-    for p in enc_params:
-        p.requires_grad_(True)
-    ae_params = enc_params + ([E_new] if len(new_genes) else [])
-    disc_params = [p for h in heads for p in h.parameters()]
-
-    qdata = []
-    for p in prepared:
-        A = spatial_graph(p.coords)
-        perm = rng.permutation(p.n_cells)
-        n_val = round(val_fraction * p.n_cells) if p.n_cells > 10 else 0
-        qdata.append(_QData(p.name, p, A, np.sort(perm[n_val:]), np.sort(perm[:n_val])))
-
     mapping = QueryMapping(
-        model, module, names, query_sections, qdata, new_genes, ref_state, frozen
+        model,
+        query_sections,
+        reference_sections=reference_sections,
+        section_names=section_names,
+        settings=settings,
+        seed=seed,
+        **options,
     )
-    mapping.adversarial = use_adv
-    mapping.reference_sections = (
-        None
-        if reference_sections is None
-        else [reference_sections]
-        if isinstance(reference_sections, AnnData)
-        else list(reference_sections)
-    )
-    mapping.anchored = has_anchor
-
-    def E_full():
-        return torch.cat([E_ref, E_new], 0) if len(new_genes) else E_ref
-
-    def forward(q: _QData, seeds, sample: bool):
-        seeds = np.sort(seeds)
-        n2, A1, A0, s1, s2 = gather_subgraph(q.A, seeds)
-        x2 = torch.from_numpy(rows_dense(q.p.X, n2)).to(dev)
-        mu, std = module.encode(q.name, x2)
-        z = mu + std * torch.randn(mu.shape, generator=gen).to(dev) if sample else mu
-        A1t = to_torch_sparse(A1, dev)
-        h = torch.sparse.mm(to_torch_sparse(A0, dev), torch.sparse.mm(A1t, z))
-        E = E_full().index_select(0, module.gene_rows(q.name))
-        xhat = torch.relu(h @ E.t())
-        s2t = torch.from_numpy(s2).to(dev)
-        recon = F.mse_loss(xhat, x2.index_select(0, s2t))
-        mu_s, std_s = mu.index_select(0, s2t), std.index_select(0, s2t)
-        kl = (0.5 * (mu_s.pow(2) + std_s.pow(2) - 1.0) - torch.log(std_s)).sum(1).mean()
-        kl = kl / x2.shape[1]
-        zt = torch.sparse.mm(A1t, mu).index_select(0, torch.from_numpy(s1).to(dev))
-        return recon + kl, mu_s, zt
-
-    soft = bool(cfg.get("softmax_ce", True))
-
-    def ce(logits, y):
-        if soft:
-            logits = torch.softmax(logits, 1)
-        return F.cross_entropy(logits, y)
-
-    def disc_logits(which: int, z):
-        disc = (module.disc_cell, module.disc_tissue)[which]
-        return heads[which](disc.net[:-1](z))
-
-    opt_ae = torch.optim.RMSprop(ae_params, lr=lr)
-    opt_d = torch.optim.RMSprop(disc_params, lr=lr) if use_adv else None
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_ae, mode="min", factor=0.5, patience=2)
-    lam = None
-    best, bad = math.inf, 0
-    n_epoch_cells = max(len(q.train) for q in qdata)
-    if mapping.anchored:
-        n_epoch_cells = max(n_epoch_cells, max(len(a[1]) for a in anchors if a is not None))
-    n_steps = max(1, int(min_steps), math.ceil(n_epoch_cells / B))
-    module.eval()  # reference encoders: running BN statistics, no dropout
-    for ep in range(int(epochs)):
-        for n in names:
-            module.encoders[n].train()
-        for d in (module.disc_cell, module.disc_tissue):
-            d.train()  # dropout only; the frozen trunks have no buffers
-        shards = [rng.permutation(q.train) for q in qdata]
-        ptr = [0] * len(qdata)
-        acc: dict[str, float] = {}
-        for _ in range(n_steps):
-            if cancel is not None and cancel():
-                mapping.cancelled = True
-                break
-            aes, zcs, zts, ys = [], [], [], []
-            for v, q in enumerate(qdata):
-                sh = shards[v]
-                if ptr[v] + B > len(sh):
-                    shards[v] = sh = rng.permutation(q.train)
-                    ptr[v] = 0
-                seeds = np.unique(sh[ptr[v] : ptr[v] + B])
-                ptr[v] += B
-                a, zc, zt = forward(q, seeds, True)
-                aes.append(a)
-                zcs.append(zc)
-                zts.append(zt)
-                if use_adv:
-                    ys.append(torch.full((len(seeds),), len(ref_lat[0]) + v, dtype=torch.long))
-            ae = torch.stack(aes).mean()
-            logs = {"ae": float(ae.detach())}
-            if mapping.anchored:
-                anc = []
-                for v, q in enumerate(qdata):
-                    if anchors[v] is None:
-                        continue
-                    Xa, Za = anchors[v]
-                    pick = np.sort(rng.choice(len(Za), min(B, len(Za)), replace=False))
-                    mu_a, _ = module.encode(q.name, torch.from_numpy(rows_dense(Xa, pick)).to(dev))
-                    anc.append(F.mse_loss(mu_a, torch.from_numpy(Za[pick]).to(dev)))
-                anc_loss = torch.stack(anc).mean()
-                logs["anchor"] = float(anc_loss.detach())
-                ae = ae + float(anchor) * anc_loss
-            if use_adv:
-                rzc, rzt, ry = [], [], []
-                for r, (c, t) in enumerate(zip(*ref_lat)):
-                    pick = rng.choice(len(c), min(B, len(c)), replace=False)
-                    rzc.append(torch.from_numpy(c[pick]))
-                    rzt.append(torch.from_numpy(t[pick]))
-                    ry.append(torch.full((len(pick),), r, dtype=torch.long))
-                qzc, qzt = torch.cat(zcs), torch.cat(zts)
-                yq = torch.cat(ys).to(dev)
-                y_all = torch.cat(ry + [torch.cat(ys)]).to(dev)
-                zc_all = torch.cat([torch.cat(rzc).to(dev), qzc.detach()])
-                zt_all = torch.cat([torch.cat(rzt).to(dev), qzt.detach()])
-                d_loss = ce(disc_logits(0, zc_all), y_all) + ce(disc_logits(1, zt_all), y_all)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                adv = ce(disc_logits(0, qzc), yq) + ce(disc_logits(1, qzt), yq)
-                if lam is None:
-                    lam = float(
-                        cfg.get("adv_ratio", 0.5)
-                        * float(ae.detach())
-                        / max(abs(float(adv.detach())), 1e-8)
-                    )
-                loss = ae - lam * adv
-                logs.update(disc=float(d_loss.detach()), adv=float(adv.detach()))
-            else:
-                loss = ae
-            opt_ae.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_ae.step()
-            for k, v in logs.items():
-                acc[k] = acc.get(k, 0.0) + v / n_steps
-        if mapping.cancelled:
-            break
-        module.eval()
-        with torch.no_grad():
-            tot, cnt = 0.0, 0
-            for q in qdata:
-                idx = q.val if len(q.val) else q.train
-                for i in range(0, len(idx), 1024):
-                    a, _, _ = forward(q, idx[i : i + 1024], False)
-                    tot += float(a) * len(idx[i : i + 1024])
-                    cnt += len(idx[i : i + 1024])
-        val = tot / max(cnt, 1)
-        if anchors_val is not None:
-            val += float(anchor) * _anchor_val_loss(module, names, anchors_val, dev)
-        sched.step(val)
-        rec = dict(
-            phase="query", epoch=ep + 1, val_loss=val, lr=opt_ae.param_groups[0]["lr"], **acc
-        )
-        if lam is not None:
-            rec["lambda"] = lam
-        mapping.history.append(rec)
-        if progress is not None:
-            progress(ep + 1, int(epochs), dict(rec))
-        if val < best - 1e-6:
-            best, bad = val, 0
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    module.eval()
-    # the trained new gene rows go into the copied module's embedding (still frozen)
-    module.gene_embedding = nn.Parameter(E_full().detach().clone(), requires_grad=False)
-    for p in enc_params:
-        p.requires_grad_(False)
-    mapping._disc_heads = heads
-    mapping._cache = None
+    mapping.train(progress=progress, cancel=cancel)
     return mapping

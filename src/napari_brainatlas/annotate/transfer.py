@@ -13,6 +13,11 @@ class. Region labels (those read from the tissue
 embedding) can be smoothed by a k = 30 spatial vote over ``obsm['spatial']`` weighted by
 ``1 - uncertainty``.
 
+Any subset of the reference sections may carry a label: each classifier learns from the
+reference cells that have the label (a section without the column, or an empty value,
+is unlabelled), and ``uns['label_transfer'][label]['labelled_sections']`` names the
+sections it learnt from.
+
 Written into copies of the query sections: ``obs['<label>_transfer']`` (categorical) and
 ``obs['<label>_transfer_uncertainty']`` (``1 - max p`` in [0, 1]; after a nested hierarchy
 ``1 - p(main) p(sub | main)``; after smoothing ``1 - the winning weighted vote share``);
@@ -63,10 +68,15 @@ def _stack(sections, key: str, what: str) -> np.ndarray:
 
 
 def _labels(sections, col: str) -> np.ndarray:
+    """The reference cells' ``col`` labels (None where a cell has none: an empty value,
+    or a section without the column; any subset of the reference may be labelled)."""
+    if not any(col in a.obs.columns for a in sections):
+        raise BrainAtlasInputError(f"no reference section has obs['{col}'] labels")
     out = []
     for a in sections:
         if col not in a.obs.columns:
-            raise BrainAtlasInputError(f"the reference sections have no obs['{col}'] labels")
+            out.append(np.full(a.n_obs, None, dtype=object))
+            continue
         v = a.obs[col].astype(object).to_numpy()
         out.append(
             np.array(
@@ -181,8 +191,9 @@ def transfer_labels(
         okr = np.isfinite(Zr).all(1)
         okq = np.isfinite(Zq).all(1)
         Zr, yr = Zr[okr], yr[okr]
+        labelled = [str(_name(a, i)) for i, a in enumerate(ref) if lab in a.obs.columns]
         main_col = hier.get(lab)
-        use_h = bool(main_col) and all(main_col in a.obs.columns for a in ref)
+        use_h = bool(main_col) and any(main_col in a.obs.columns for a in ref)
         pred = np.full(len(Zq), None, dtype=object)
         unc = np.full(len(Zq), np.nan, np.float32)
         balance = (
@@ -268,13 +279,21 @@ def transfer_labels(
             "class_balance": balance if method == "mlp" else None,
             "hierarchy": main_col if use_h else None,
             "hierarchy_mode": hierarchy_mode if use_h else None,
-            "n_reference_cells": len(Zr),
+            "n_reference_cells": int(sum(v is not None for v in yr)),
+            "labelled_sections": labelled,
         }
         if progress is not None:
             progress(li + 1, len(labels), lab)
     for a in qry:
         a.uns["label_transfer"] = record
     return qry
+
+
+def _name(a: AnnData, i: int) -> str:
+    meta = a.uns.get("napari_brainatlas", {})
+    if isinstance(meta, dict) and meta.get("section"):
+        return str(meta["section"])
+    return str(a.uns.get("fusemap", {}).get("section_name", f"reference{i}"))
 
 
 def _main_of(fine, main) -> dict:

@@ -2,5 +2,13 @@
 training); no Qt / napari imports. See :mod:`.model`."""
 
 from .model import LATENT_KEY, CellFormer, CellFormerModule, resolve_device, tokenize
+from .settings import CellFormerSettings
 
-__all__ = ["LATENT_KEY", "CellFormer", "CellFormerModule", "resolve_device", "tokenize"]
+__all__ = [
+    "LATENT_KEY",
+    "CellFormer",
+    "CellFormerModule",
+    "CellFormerSettings",
+    "resolve_device",
+    "tokenize",
+]

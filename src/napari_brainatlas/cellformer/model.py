@@ -19,20 +19,22 @@ panels train one model (genes are matched by name).
 
 scvi-tools style::
 
-    model = CellFormer([adata1, adata2])        # or one AnnData
-    model.train(epochs=10)
-    z = model.get_latent_representation()       # (n_cells, d); writes obsm['X_cellformer']
+    model = CellFormer([adata1, adata2])        # or one AnnData; options: CellFormerSettings
+    model.train(epochs=10, progress=progress, cancel=cancel)
+    out = model.write_embeddings()              # copies with obsm['X_cellformer']
+    z = model.get_latent_representation(write=False)   # (n_cells, d)
     model.save("cellformer_model"); CellFormer.load("cellformer_model", adatas)
 """
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -40,12 +42,32 @@ from anndata import AnnData
 from torch import nn
 
 from .._device import resolve_device
-from .._errors import BrainAtlasInputError
+from .._errors import BrainAtlasInputError, Cancelled
+from ..models import (
+    WEIGHTS,
+    ModelFolder,
+    TrainableModel,
+    load_state,
+    resolve_settings,
+    save_state,
+    settings_from_dict,
+    settings_to_dict,
+)
+from .settings import CellFormerSettings
 
-__all__ = ["LATENT_KEY", "CellFormer", "CellFormerModule", "resolve_device", "tokenize"]
+__all__ = [
+    "LATENT_KEY",
+    "CellFormer",
+    "CellFormerModule",
+    "CellFormerSettings",
+    "resolve_device",
+    "tokenize",
+]
 
 LATENT_KEY = "X_cellformer"
-FORMAT_VERSION = 2  # 2: per-gene bins, mean pooling, bilinear cell head with detection
+#: format of the model folder (2: per-gene bins, mean pooling, bilinear cell head with
+#: detection, model.pt + genes.json; 3: the same model in the shared model layout)
+FORMAT_VERSION = 3
 PAD, CLS = 0, 1  # gene token ids; real genes start at 2
 N_SPECIAL = 2
 
@@ -287,48 +309,36 @@ def _section_list(adatas) -> list[AnnData]:
     return out
 
 
-class CellFormer:
+class CellFormer(TrainableModel):
     """Transformer cell encoder over one or several sections (see module docstring).
 
     Parameters
     ----------
     adatas : AnnData or list of AnnData (counts in ``layers['counts']`` or ``X``).
     genes : the vocabulary; default the union of the sections' genes (sorted).
-    max_genes : tokens per cell (the highest-expressed genes), 64.
-    n_bins : expression bins, 16.
-    d_model, n_layers, n_heads, dim_feedforward, dropout : network (64, 2, 4, 128, 0.0).
-    mask_fraction : share of tokens whose bin is masked in training (0.3).
-    batch_size, lr, weight_decay : AdamW training (32, 3e-3, 1e-2; linear warm-up over
-        5 % of the steps, then cosine decay to 5 %).
-    binning : "gene" (per-section per-gene quantile bins) or "cell" (per-cell bins).
-    pooling : cell embedding = "mean" of the gene-token outputs or the "cls" output.
-    loss : "mse" (regress the bin) or "ce" (classify it); cell_loss weighs the head
-        that reconstructs every bin from the cell embedding (1.0).
-    device : "auto" (CUDA when present), "cpu", "cuda".
+    settings : :class:`~napari_brainatlas.cellformer.CellFormerSettings` (tokens,
+        network, training; default ``CellFormerSettings()``).
     seed : seeds the initialisation, batching and masking.
+    device : "auto" (CUDA when present), "cpu", "cuda".
+    **options : settings fields as keywords (``d_model=32, batch_size=128``), applied
+        with :func:`dataclasses.replace`.
+
+    The model protocol (:mod:`napari_brainatlas.models`): :meth:`train`, :attr:`history`,
+    :attr:`is_trained`, :meth:`save`, :meth:`load`.
     """
+
+    format_version = FORMAT_VERSION
+    accepted_versions = (2, FORMAT_VERSION)
 
     def __init__(
         self,
         adatas,
         genes: Sequence[str] | None = None,
-        max_genes: int = 64,
-        n_bins: int = 16,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        dim_feedforward: int = 128,
-        dropout: float = 0.0,
-        mask_fraction: float = 0.3,
-        batch_size: int = 32,
-        lr: float = 3e-3,
-        weight_decay: float = 1e-2,
-        binning: str = "gene",
-        pooling: str = "mean",
-        loss: str = "mse",
-        cell_loss: float = 1.0,
-        device: str = "auto",
+        *,
+        settings: CellFormerSettings | None = None,
         seed: int = 0,
+        device: str = "auto",
+        **options,
     ):
         self.adatas = _section_list(adatas)
         if genes is None:
@@ -340,45 +350,34 @@ class CellFormer:
             raise BrainAtlasInputError("the gene vocabulary has duplicate names")
         if not genes:
             raise BrainAtlasInputError("the sections have no genes")
-        if d_model % n_heads:
-            raise BrainAtlasInputError("d_model must be a multiple of n_heads")
-        if binning not in ("gene", "cell"):
-            raise BrainAtlasInputError("binning must be 'gene' or 'cell'")
-        if pooling not in ("mean", "cls"):
-            raise BrainAtlasInputError("pooling must be 'mean' or 'cls'")
-        if loss not in ("mse", "ce"):
-            raise BrainAtlasInputError("loss must be 'mse' or 'ce'")
-        if not 0 < mask_fraction < 1:
-            raise BrainAtlasInputError("mask_fraction must be between 0 and 1")
+        self.settings = s = resolve_settings(CellFormerSettings, settings, options, "CellFormer")
+        self.seed = int(seed)
         self.genes = genes
         self.vocab = {g: i + N_SPECIAL for i, g in enumerate(genes)}
-        self.config = {
-            "max_genes": int(max_genes),
-            "n_bins": int(n_bins),
-            "d_model": int(d_model),
-            "n_layers": int(n_layers),
-            "n_heads": int(n_heads),
-            "dim_feedforward": int(dim_feedforward),
-            "dropout": float(dropout),
-            "mask_fraction": float(mask_fraction),
-            "batch_size": int(batch_size),
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "binning": str(binning),
-            "pooling": str(pooling),
-            "loss": str(loss),
-            "cell_loss": float(cell_loss),
-            "seed": int(seed),
-        }
         self.device = resolve_device(device)
-        torch.manual_seed(seed)
+        torch.manual_seed(self.seed)
         self.module = CellFormerModule(
-            len(genes), n_bins, d_model, n_layers, n_heads, dim_feedforward, dropout, loss, pooling
+            len(genes),
+            s.n_bins,
+            s.d_model,
+            s.n_layers,
+            s.n_heads,
+            s.dim_feedforward,
+            s.dropout,
+            s.loss,
+            s.pooling,
         ).to(self.device)
-        self.history: list[dict] = []
+        self.history = []
         self.is_trained = False
         self.cancelled = False
         self._tokens: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    @property
+    def config(self) -> dict:
+        """The settings as a plain dict, with ``seed`` (read-only view)."""
+        d = settings_to_dict(self.settings)
+        del d["epochs"]
+        return {**d, "seed": self.seed}
 
     # ------------------------------------------------------------------ data
     def _tokens_of(self, adata: AnnData):
@@ -404,38 +403,37 @@ class CellFormer:
 
     # ------------------------------------------------------------------ training
     def train(
-        self, epochs: int = 10, progress: Callable | None = None, cancel: Callable | None = None
+        self,
+        epochs: int | None = None,
+        *,
+        progress: Callable | None = None,
+        cancel: Callable | None = None,
     ) -> list[dict]:
         """Masked-value training for ``epochs`` passes over all cells.
 
-        progress : ``progress(epoch, epochs, loss)`` after every epoch.
-        cancel : ``cancel() -> bool`` polled before every step; True stops at once
-            (weights reached are kept, ``self.cancelled`` is True).
-        Returns the history (one dict per epoch: epoch, loss, mlm, cell, accuracy).
+        epochs : passes over all cells (default ``settings.epochs``, 10).
+        progress : ``progress(done, total, info)`` after every epoch; ``info`` is the
+            epoch's record (epoch, loss, mlm, cell, accuracy). For one release ``info``
+            also stands for the loss where the old ``progress(epoch, epochs, loss)``
+            callbacks used a number (``float(info)``, ``f"{info:.4f}"``), with a
+            DeprecationWarning.
+        cancel : ``cancel() -> bool`` polled before every step; True raises
+            :class:`~napari_brainatlas.Cancelled`. The model then holds the weights
+            reached, ``history`` the finished epochs, ``cancelled`` True and
+            ``is_trained`` what it was before the call.
+        Returns :attr:`history` (one dict per epoch: epoch, loss, mlm, cell, accuracy).
         """
         if not self.adatas:
             raise BrainAtlasInputError("this model has no sections to train on")
+        epochs = int(self.settings.epochs if epochs is None else epochs)
         cfg = self.config
-        toks = self._all_tokens()
-        G = np.concatenate([t[0] for t in toks])
-        V = np.concatenate([t[1] for t in toks])
-        if not (G != PAD).any():
-            raise BrainAtlasInputError("no cell expresses any gene")
-        n = len(G)
-        # detection targets: every gene of the cell's panel, detected (1) or not (0)
-        n_cols = len(self.genes) + N_SPECIAL
-        DET = sp.vstack([detected(a, self.vocab, n_cols) for a in self.adatas]).tocsr()
-        SEC = np.concatenate([np.full(a.n_obs, i) for i, a in enumerate(self.adatas)])
-        PANEL = np.zeros((len(self.adatas), n_cols), dtype=bool)
-        for i, a in enumerate(self.adatas):
-            ids = [self.vocab[str(x)] for x in a.var_names if str(x) in self.vocab]
-            PANEL[i, ids] = True
-        max_cand = 256
+        arrays = self._training_arrays()
+        n = len(arrays["G"])
         opt = torch.optim.AdamW(
             self.module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
         )
         steps_per_epoch = max(1, math.ceil(n / cfg["batch_size"]))
-        total = max(1, steps_per_epoch * int(epochs))
+        total = max(1, steps_per_epoch * epochs)
         warm = max(1, total // 20)
 
         def lr_at(step: int) -> float:  # linear warm-up, then cosine down to 5 %
@@ -449,87 +447,22 @@ class CellFormer:
         gen = torch.Generator().manual_seed(cfg["seed"] + 7 + len(self.history))
         self.cancelled = False
         e0 = len(self.history)
-        for ep in range(int(epochs)):
+        for ep in range(epochs):
             self.module.train()
             order = rng.permutation(n)
-            sums = {
-                "loss": 0.0,
-                "mlm": 0.0,
-                "cell": 0.0,
-                "correct": 0.0,
-                "masked": 0.0,
-                "batches": 0,
-            }
+            sums = dict.fromkeys(("loss", "mlm", "cell", "correct", "masked", "batches"), 0.0)
             for s in range(steps_per_epoch):
                 if cancel is not None and cancel():
                     self.cancelled = True
-                    break
+                    self.module.eval()
+                    raise Cancelled("CellFormer training cancelled")
                 idx = order[s * cfg["batch_size"] : (s + 1) * cfg["batch_size"]]
                 if idx.size == 0:
                     continue
-                g, v = self._trim(G[idx], V[idx])
-                in_panel = PANEL[SEC[idx]]  # (B, n_cols)
-                cand = np.flatnonzero(in_panel.any(0))
-                if cand.size > max_cand:
-                    cand = np.sort(rng.choice(cand, max_cand, replace=False))
-                det_t = torch.from_numpy(DET[idx][:, cand].toarray().astype(np.float32)).to(
-                    self.device
-                )
-                det_w = torch.from_numpy(in_panel[:, cand].astype(np.float32)).to(self.device)
-                cand_t = torch.from_numpy(cand).to(self.device)
-                g = torch.from_numpy(g).to(self.device)
-                v = torch.from_numpy(v).to(self.device)
-                real = g != PAD
-                mask = (torch.rand(g.shape, generator=gen) < cfg["mask_fraction"]).to(
-                    self.device
-                ) & real
-                # at least one masked token per cell that has tokens
-                first = torch.zeros_like(mask)
-                n_tok = real.sum(1)
-                pick = (
-                    torch.rand(len(g), generator=gen).to(self.device) * n_tok.clamp(min=1)
-                ).long()
-                first[torch.arange(len(g), device=self.device), pick] = True
-                mask = mask | (first & real & (mask.sum(1, keepdim=True) == 0))
-                vin = torch.where(mask, torch.full_like(v, cfg["n_bins"] + 1), v)
-                cls, tok = self.module(g, vin)
-                cemb = self.module.cell_embedding(cls, tok, g)
-                target = (v - 1).clamp(min=0)
-                logits = self.module.mlm_head(tok)
-                cl = self.module.cell_logits(cemb, g)[..., 1:]
-                # which of the panel's genes the cell expresses, from the cell embedding
-                pl = self.module.cell_logits(cemb, cand_t[None].expand(len(idx), -1))[..., 0]
-                det = F.binary_cross_entropy_with_logits(
-                    pl, det_t, weight=det_w, reduction="sum"
-                ) / det_w.sum().clamp(min=1.0)
-                if cfg["loss"] == "ce":
-                    mlm = F.cross_entropy(logits[mask], target[mask])
-                    cell = F.cross_entropy(cl[real], target[real]) + det
-                    pred = logits[mask].argmax(-1)
-                else:  # regression on the bin centre scaled to (0, 1); the MSE is divided
-                    # by 1/12 (the variance of uniform bins), so guessing scores about 1
-                    tv = (target.to(logits.dtype) + 0.5) / cfg["n_bins"]
-                    mlm = 12.0 * F.mse_loss(logits[..., 0][mask], tv[mask])
-                    cell = 12.0 * F.mse_loss(cl[..., 0][real], tv[real]) + det
-                    pred = (
-                        (logits[..., 0][mask] * cfg["n_bins"])
-                        .floor()
-                        .clamp(0, cfg["n_bins"] - 1)
-                        .long()
-                    )
-                loss = mlm + cfg["cell_loss"] * cell
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    sums["correct"] += float((pred == target[mask]).sum())
-                    sums["masked"] += float(mask.sum())
-                sums["loss"] += float(loss.detach())
-                sums["mlm"] += float(mlm.detach())
-                sums["cell"] += float(cell.detach())
+                for k, v in self._step(arrays, idx, opt, rng, gen).items():
+                    sums[k] += v
                 sums["batches"] += 1
+                sched.step()
             nb = max(sums["batches"], 1)
             rec = {
                 "epoch": e0 + ep + 1,
@@ -538,15 +471,87 @@ class CellFormer:
                 "cell": sums["cell"] / nb,
                 "accuracy": sums["correct"] / max(sums["masked"], 1),
             }
-            if sums["batches"]:
-                self.history.append(rec)
-            if progress is not None and sums["batches"]:
-                progress(ep + 1, int(epochs), rec["loss"])
-            if self.cancelled:
-                break
+            self.history.append(rec)
+            if progress is not None:
+                progress(ep + 1, epochs, _EpochInfo(rec))
         self.module.eval()
         self.is_trained = True
         return self.history
+
+    def _training_arrays(self) -> dict:
+        """Tokens of every cell (G, V), detection targets (DET: every gene of the cell's
+        panel, detected or not), section of each cell (SEC) and panels (PANEL)."""
+        toks = self._all_tokens()
+        G = np.concatenate([t[0] for t in toks])
+        V = np.concatenate([t[1] for t in toks])
+        if not (G != PAD).any():
+            raise BrainAtlasInputError("no cell expresses any gene")
+        n_cols = len(self.genes) + N_SPECIAL
+        DET = sp.vstack([detected(a, self.vocab, n_cols) for a in self.adatas]).tocsr()
+        SEC = np.concatenate([np.full(a.n_obs, i) for i, a in enumerate(self.adatas)])
+        PANEL = np.zeros((len(self.adatas), n_cols), dtype=bool)
+        for i, a in enumerate(self.adatas):
+            ids = [self.vocab[str(x)] for x in a.var_names if str(x) in self.vocab]
+            PANEL[i, ids] = True
+        return {"G": G, "V": V, "DET": DET, "SEC": SEC, "PANEL": PANEL}
+
+    def _step(self, arrays: dict, idx: np.ndarray, opt, rng, gen, max_cand: int = 256) -> dict:
+        """One optimisation step on cells ``idx``; the step's sums for the epoch record."""
+        cfg, dev, module = self.config, self.device, self.module
+        g, v = self._trim(arrays["G"][idx], arrays["V"][idx])
+        in_panel = arrays["PANEL"][arrays["SEC"][idx]]  # (B, n_cols)
+        cand = np.flatnonzero(in_panel.any(0))
+        if cand.size > max_cand:
+            cand = np.sort(rng.choice(cand, max_cand, replace=False))
+        det_t = torch.from_numpy(arrays["DET"][idx][:, cand].toarray().astype(np.float32)).to(dev)
+        det_w = torch.from_numpy(in_panel[:, cand].astype(np.float32)).to(dev)
+        cand_t = torch.from_numpy(cand).to(dev)
+        g = torch.from_numpy(g).to(dev)
+        v = torch.from_numpy(v).to(dev)
+        real = g != PAD
+        mask = (torch.rand(g.shape, generator=gen) < cfg["mask_fraction"]).to(dev) & real
+        # at least one masked token per cell that has tokens
+        first = torch.zeros_like(mask)
+        n_tok = real.sum(1)
+        pick = (torch.rand(len(g), generator=gen).to(dev) * n_tok.clamp(min=1)).long()
+        first[torch.arange(len(g), device=dev), pick] = True
+        mask = mask | (first & real & (mask.sum(1, keepdim=True) == 0))
+        vin = torch.where(mask, torch.full_like(v, cfg["n_bins"] + 1), v)
+        cls, tok = module(g, vin)
+        cemb = module.cell_embedding(cls, tok, g)
+        target = (v - 1).clamp(min=0)
+        logits = module.mlm_head(tok)
+        cl = module.cell_logits(cemb, g)[..., 1:]
+        # which of the panel's genes the cell expresses, from the cell embedding
+        pl = module.cell_logits(cemb, cand_t[None].expand(len(idx), -1))[..., 0]
+        det = F.binary_cross_entropy_with_logits(
+            pl, det_t, weight=det_w, reduction="sum"
+        ) / det_w.sum().clamp(min=1.0)
+        if cfg["loss"] == "ce":
+            mlm = F.cross_entropy(logits[mask], target[mask])
+            cell = F.cross_entropy(cl[real], target[real]) + det
+            pred = logits[mask].argmax(-1)
+        else:  # regression on the bin centre scaled to (0, 1); the MSE is divided
+            # by 1/12 (the variance of uniform bins), so guessing scores about 1
+            tv = (target.to(logits.dtype) + 0.5) / cfg["n_bins"]
+            mlm = 12.0 * F.mse_loss(logits[..., 0][mask], tv[mask])
+            cell = 12.0 * F.mse_loss(cl[..., 0][real], tv[real]) + det
+            pred = (logits[..., 0][mask] * cfg["n_bins"]).floor().clamp(0, cfg["n_bins"] - 1)
+            pred = pred.long()
+        loss = mlm + cfg["cell_loss"] * cell
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            correct = float((pred == target[mask]).sum())
+        return {
+            "loss": float(loss.detach()),
+            "mlm": float(mlm.detach()),
+            "cell": float(cell.detach()),
+            "correct": correct,
+            "masked": float(mask.sum()),
+        }
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
@@ -583,61 +588,117 @@ class CellFormer:
                 a.obsm[LATENT_KEY] = z
         return np.concatenate(zs)
 
+    def write_embeddings(self, copy: bool = True) -> list[AnnData]:
+        """The model's sections with ``obsm['X_cellformer']``: new AnnData objects by
+        default (``copy=True``, as every model; the given sections are left alone);
+        ``copy=False`` writes into them (as :meth:`get_latent_representation` does)."""
+        if not self.adatas:
+            raise BrainAtlasInputError("this model has no sections; pass them to load()")
+        out = []
+        for a, (g, v) in zip(self.adatas, self._all_tokens()):
+            b = a.copy() if copy else a
+            b.obsm[LATENT_KEY] = self._embed_tokens(g, v)
+            out.append(b)
+        return out
+
     # ------------------------------------------------------------------ save / load
-    def save(self, path: str | Path, overwrite: bool = True) -> Path:
-        """Write ``model.pt`` (state_dict), ``config.json`` and ``genes.json`` to a folder."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise BrainAtlasInputError(f"{path} exists and is not a folder")
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise BrainAtlasInputError(f"{path} is not empty (use overwrite=True)")
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        torch.save(state, path / "model.pt")
-        meta = {
-            "format": "napari-brainatlas.cellformer",
-            "version": FORMAT_VERSION,
-            "config": self.config,
-            "history": self.history,
+    def _write_files(self, folder: Path) -> dict:
+        """weights.pt (state dict) and genes.csv (the vocabulary, in token order)."""
+        save_state(self.module, folder / WEIGHTS)
+        pd.DataFrame({"gene": self.genes}).to_csv(folder / "genes.csv", index=False)
+        return {
+            "settings": settings_to_dict(self.settings),
+            "seed": self.seed,
             "is_trained": self.is_trained,
         }
-        (path / "config.json").write_text(json.dumps(meta, indent=1))
-        (path / "genes.json").write_text(json.dumps(self.genes))
-        return path
 
     @classmethod
     def load(cls, path: str | Path, adatas=None, device: str = "auto") -> CellFormer:
         """Read a model folder written by :meth:`save` (weights loaded with
-        ``weights_only=True``); ``adatas`` are the sections to embed (optional)."""
-        path = Path(path)
-        files = [path / "model.pt", path / "config.json", path / "genes.json"]
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise BrainAtlasInputError(
-                f"{path} is not a CellFormer model folder (lacks {', '.join(missing)})"
-            )
-        try:
-            meta = json.loads((path / "config.json").read_text())
-            genes = json.loads((path / "genes.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise BrainAtlasInputError(f"cannot read the model in {path}: {exc}") from None
+        ``weights_only=True``; also folders of format 2: model.pt, genes.json);
+        ``adatas`` are the sections to embed (optional)."""
+        return super().load(path, adatas=adatas, device=device)
+
+    @classmethod
+    def _legacy_config(cls, folder: ModelFolder) -> dict | None:
+        """Format 2: config.json {"format", "version", "config", "history"}, model.pt,
+        genes.json."""
+        if folder.has("weights.pt") or not (folder.has("model.pt") or folder.has("genes.json")):
+            return None
+        meta = folder.json("config.json")
         if meta.get("format") != "napari-brainatlas.cellformer":
-            raise BrainAtlasInputError(f"{path} holds no CellFormer model")
-        if int(meta.get("version", 1)) != FORMAT_VERSION:
-            raise BrainAtlasInputError(
-                f"{path} holds a CellFormer model of format {meta.get('version', 1)}; this "
-                f"version reads format {FORMAT_VERSION} (train the model again)"
+            raise folder.error("config.json", "holds no CellFormer model")
+        version = meta.get("version", 1)
+        if version != 2:
+            raise folder.error(
+                "config.json",
+                f"holds a CellFormer model of format {version}; this version reads formats "
+                f"2 and {FORMAT_VERSION} (train the model again)",
             )
-        config = dict(meta["config"])
-        model = cls(adatas if adatas is not None else [], genes=genes, device=device, **config)
-        try:
-            state = torch.load(path / "model.pt", map_location=model.device, weights_only=True)
-            model.module.load_state_dict(state)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types
-            raise BrainAtlasInputError(
-                f"cannot load the weights in {path}: {type(exc).__name__}"
-            ) from None
-        model.module.eval()
-        model.history = list(meta.get("history", []))
-        model.is_trained = bool(meta.get("is_trained", True))
+        if not isinstance(meta.get("config"), dict):
+            raise folder.error("config.json", "lacks the key 'config'")
+        settings = dict(meta["config"])
+        seed = settings.pop("seed", 0)
+        hist = meta.get("history", [])
+        if not isinstance(hist, list) or not all(isinstance(h, dict) for h in hist):
+            raise folder.error("config.json", "holds a broken history")
+        return {
+            "model": cls.__name__,
+            "format_version": 2,
+            "settings": settings,
+            "seed": seed,
+            "is_trained": meta.get("is_trained", True),
+            "_history": hist,
+            "_genes": folder.json("genes.json", list),
+        }
+
+    @classmethod
+    def _from_folder(cls, folder, cfg, adatas=None, device="auto") -> CellFormer:
+        legacy = cfg["format_version"] == 2
+        if "seed" not in cfg:
+            raise folder.error("config.json", "lacks the key 'seed'")
+        settings = settings_from_dict(CellFormerSettings, cfg["settings"], folder)
+        if legacy:
+            genes, history, weights = cfg["_genes"], cfg["_history"], "model.pt"
+        else:
+            table = folder.csv("genes.csv", dtype=str, keep_default_na=False)
+            if list(table.columns) != ["gene"]:
+                raise folder.error("genes.csv", "does not have the one column gene")
+            genes, history, weights = list(table["gene"]), folder.history(), WEIGHTS
+        if not genes or len(set(genes)) != len(genes):
+            raise folder.error("genes.json" if legacy else "genes.csv", "is empty or repeats genes")
+        state = folder.weights(weights)
+        model = cls(
+            adatas if adatas is not None else [],
+            genes=genes,
+            settings=settings,
+            seed=int(cfg["seed"]),
+            device=device,
+        )
+        load_state(model.module, state, folder, weights)
+        model.module.to(model.device).eval()
+        model.history = history
+        model.is_trained = bool(cfg.get("is_trained", True))
         return model
+
+
+class _EpochInfo(dict):
+    """An epoch's record handed to ``progress(done, total, info)``. For one release it
+    also stands for the epoch's loss where the old ``progress(epoch, epochs, loss)``
+    callbacks used a number (``float(info)``, ``f"{info:.4f}"``), with a
+    DeprecationWarning."""
+
+    def _loss(self) -> float:
+        warnings.warn(
+            "CellFormer progress(done, total, info): info is the epoch's record; using it "
+            "as the loss is deprecated, read info['loss']",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return float(self["loss"])
+
+    def __float__(self) -> float:
+        return self._loss()
+
+    def __format__(self, spec: str) -> str:
+        return format(self._loss(), spec) if spec else str(self)

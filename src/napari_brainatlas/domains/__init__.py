@@ -5,9 +5,10 @@
   to matrix regions, hemisphere from the CCF ML coordinate);
 - :mod:`.graphs`: spatial kNN graph and sparsified connectivity graph (edge lists);
 - :mod:`.model`: :class:`GATLayer` (edge-index scatter attention), :class:`SpaConNet`;
-- :mod:`.spacon`: :func:`prepare`, :func:`train` (neighbour-sampled mini-batches),
-  :class:`SpaConModel` (``mix(alpha)``, ``domains(alpha)`` without retraining),
-  :func:`leiden_domains`, :func:`write_results`;
+- :mod:`.spacon`: :func:`prepare`, :class:`SpaConModel` (the shared model protocol:
+  ``train`` with neighbour-sampled mini-batches, ``save`` / ``load``; ``mix(alpha)``,
+  ``domains(alpha)`` without retraining; options :class:`SpaConSettings`),
+  :func:`leiden_domains`, :func:`write_results`; :func:`train` (deprecated free function);
 - :mod:`.predict`: cross-validated ridge prediction of W rows from region expression;
 - :mod:`.cli`: ``napari-brainatlas domains``.
 """
@@ -22,7 +23,9 @@ from .connectome import (
 )
 from .model import GATLayer, SpaConNet, mix_weight
 from .predict import predict_connectivity, ridge_cv_r2
+from .settings import SpaConSettings
 from .spacon import (
+    SpaCon,
     SpaConData,
     SpaConModel,
     TrainingCancelled,
@@ -36,9 +39,11 @@ from .spacon import (
 __all__ = [
     "Connectome",
     "GATLayer",
+    "SpaCon",
     "SpaConData",
     "SpaConModel",
     "SpaConNet",
+    "SpaConSettings",
     "TrainingCancelled",
     "demo_connectome",
     "leiden_domains",

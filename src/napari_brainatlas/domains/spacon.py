@@ -1,9 +1,13 @@
 """SpaCon-style connectivity-aware domains over registered sections.
 
 >>> data = prepare(sections, connectome, ontology)        # features, graphs, regions
->>> model = train(data, epochs=30)                         # both embeddings, stored
+>>> model = SpaConModel(data, seed=0)                      # options: SpaConSettings
+>>> model.train(epochs=30, progress=progress, cancel=cancel)   # both embeddings, stored
 >>> labels = model.domains(alpha=0.5)                      # re-mix + Leiden, no training
->>> write_results(sections, data, model, alpha=0.5, labels=labels)
+>>> out = model.write_embeddings(sections, 0.5, labels)    # copies with the results
+>>> model.save("spacon_model"); SpaConModel.load("spacon_model")
+
+(:func:`train`, the free function of earlier versions, is deprecated.)
 
 What mixes: the encoder over the spatial graph gives ``z_spatial`` (n, L), the encoder
 over the connectivity graph gives ``z_connect`` (n, L); for a given ``alpha`` in [0, 1]
@@ -28,21 +32,38 @@ other cell takes the domain of its nearest prototype (up to 64 clustered cells p
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from anndata import AnnData
 
 from .._errors import BrainAtlasInputError, Cancelled
+from ..jobs import check_cancel, report
+from ..models import (
+    WEIGHTS,
+    ModelFolder,
+    TrainableModel,
+    load_state,
+    resolve_settings,
+    save_state,
+    settings_from_dict,
+    settings_to_dict,
+)
 from .connectome import Connectome, map_cells
 from .graphs import Graph, connectivity_graph, spatial_graph
 from .model import SpaConNet, mix_weight
+from .settings import SpaConSettings
 
 __all__ = [
+    "SpaCon",
     "SpaConData",
     "SpaConModel",
+    "SpaConSettings",
     "TrainingCancelled",
     "leiden_domains",
     "prepare",
@@ -54,6 +75,8 @@ __all__ = [
 
 #: the package's one cancel exception (kept under this name for existing callers)
 TrainingCancelled = Cancelled
+#: format of the folder :meth:`SpaConModel.save` writes (1: spacon_config.json + .npy)
+SPACON_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -282,19 +305,136 @@ class _Sampler:
 
 
 # --------------------------------------------------------------------------- model
-@dataclass
-class SpaConModel:
-    """A trained network with both stored embeddings."""
+class SpaConModel(TrainableModel):
+    """SpaCon's graph attention autoencoder over prepared sections, with both stored
+    embeddings after training (the shared model protocol of :mod:`napari_brainatlas.models`).
 
-    net: SpaConNet
-    z_spatial: np.ndarray
-    z_connect: np.ndarray
-    history: list = field(default_factory=list)
-    epoch_seconds: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)
+    >>> model = SpaConModel(data, seed=0)          # data from :func:`prepare`
+    >>> model.train(epochs=30, progress=progress, cancel=cancel)
+    >>> labels = model.domains(alpha=0.5)           # re-mix + Leiden, no training
+
+    Parameters
+    ----------
+    data : :class:`SpaConData` (features, both graphs); None only for a loaded model.
+    settings : :class:`~napari_brainatlas.domains.SpaConSettings`.
+    seed : seeds the initialisation and the batches.
+    **options : settings fields as keywords (``latent=8, batch_size=256``).
+
+    Attributes: ``net`` (:class:`SpaConNet`, None until the first ``train``),
+    ``z_spatial`` / ``z_connect`` ((n_cells, latent) float32, None until trained),
+    ``history`` (one dict per epoch: epoch, loss, seconds), ``epoch_seconds``,
+    ``config`` (what the results record: epochs, batch size, lr, seed, connectome ...).
+    """
+
+    format_version = SPACON_FORMAT_VERSION
+    accepted_versions = (1, SPACON_FORMAT_VERSION)
+
+    def __init__(
+        self,
+        data: SpaConData | None,
+        *,
+        settings: SpaConSettings | None = None,
+        seed: int = 0,
+        **options,
+    ):
+        self.settings = resolve_settings(SpaConSettings, settings, options, "SpaCon")
+        self.seed = int(seed)
+        self.data = data
+        self.net: SpaConNet | None = None
+        self.z_spatial: np.ndarray | None = None
+        self.z_connect: np.ndarray | None = None
+        self.history = []
+        self.is_trained = False
+        self.cancelled = False
+        self.config: dict = {}
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        """Seconds of every finished epoch."""
+        return [float(h.get("seconds", float("nan"))) for h in self.history]
+
+    # ------------------------------------------------------------------ training
+    def train(self, epochs: int | None = None, *, progress=None, cancel=None) -> list[dict]:
+        """Train with neighbour-sampled mini-batches, then embed every cell.
+
+        epochs : passes over all cells (default ``settings.epochs``; an epoch is capped
+            at ``settings.steps_per_epoch`` steps when set).
+        progress : ``progress(done, total, info)`` after every epoch; ``info``: epoch,
+            loss, seconds and ``message`` ("epoch 3/30: loss 0.8123 (1.20 s)").
+        cancel : ``cancel() -> bool`` polled every step; True raises
+            :class:`~napari_brainatlas.Cancelled`. The model then holds the network
+            weights reached, ``history`` the finished epochs, ``cancelled`` True, and no
+            new embeddings (``z_spatial`` / ``z_connect`` and ``is_trained`` as before).
+
+        Returns :attr:`history`. A later call goes on from the weights reached (a new
+        Adam optimiser) and embeds again.
+        """
+        if self.data is None:
+            raise BrainAtlasInputError("this SpaCon model has no data to train on")
+        n_epochs = int(self.settings.epochs if epochs is None else epochs)
+        if n_epochs < 1:
+            raise BrainAtlasInputError("epochs must be at least 1")
+        old_threads = torch.get_num_threads()
+        if self.settings.num_threads:
+            torch.set_num_threads(int(self.settings.num_threads))
+        self.cancelled = False
+        try:
+            self._train(n_epochs, progress, cancel)
+        except Cancelled:
+            self.cancelled = True
+            raise
+        finally:
+            torch.set_num_threads(old_threads)
+        self.is_trained = True
+        return self.history
+
+    def _train(self, n_epochs: int, progress, cancel) -> None:
+        s, data, e0 = self.settings, self.data, len(self.history)
+        torch.manual_seed(self.seed + e0)
+        rng = np.random.default_rng(self.seed + e0)
+        n = data.n_cells
+        X = torch.from_numpy(data.features)
+        if self.net is None:
+            self.net = SpaConNet(X.shape[1], hidden=s.hidden, latent=s.latent, heads=s.heads)
+        net = self.net
+        opt = torch.optim.Adam(net.parameters(), lr=s.lr, weight_decay=1e-5)
+        ss, sc = _Sampler(data.spatial), _Sampler(data.connect)
+        bs = max(1, min(s.batch_size, n))
+        n_steps = int(np.ceil(n / bs))
+        if s.steps_per_epoch:
+            n_steps = min(n_steps, int(s.steps_per_epoch))
+        for ep in range(n_epochs):
+            t0 = time.perf_counter()
+            net.train()
+            perm = rng.permutation(n)
+            tot = 0.0
+            for st in range(n_steps):
+                check_cancel(cancel)
+                tot += _train_step(net, opt, X, perm[st * bs : (st + 1) * bs], ss, sc)
+            loss, secs = tot / max(n_steps, 1), time.perf_counter() - t0
+            rec = {"epoch": e0 + ep + 1, "loss": loss, "seconds": secs}
+            self.history.append(rec)
+            msg = f"epoch {e0 + ep + 1}/{e0 + n_epochs}: loss {loss:.4f} ({secs:.2f} s)"
+            report(progress, ep + 1, n_epochs, **rec, message=msg)
+        self.z_spatial, self.z_connect = embed(net, data)
+        self.config = {
+            "epochs": e0 + n_epochs,
+            "batch_size": bs,
+            "lr": s.lr,
+            "seed": self.seed,
+            "connectome": data.connectome.source,
+            "n_cells": n,
+            "genes": len(data.genes),
+        }
+
+    # ------------------------------------------------------------------ outputs
+    def _check_embedded(self) -> None:
+        if self.z_spatial is None or self.z_connect is None:
+            raise BrainAtlasInputError("train the SpaCon model first")
 
     def mix(self, alpha: float) -> np.ndarray:
         """``(1 - f) z_spatial + f z_connect`` with ``f = mix_weight(alpha)``."""
+        self._check_embedded()
         f = np.float32(mix_weight(alpha))
         return (1 - f) * self.z_spatial + f * self.z_connect
 
@@ -318,19 +458,142 @@ class SpaConModel:
             max_cluster_cells=max_cluster_cells,
         )
 
-    def save(self, folder) -> None:
-        """Weights (torch.save of the state dict), config JSON, both embeddings (.npy)."""
-        import json
-        from pathlib import Path
+    def write_embeddings(
+        self, sections, alpha: float, labels: np.ndarray | None = None, *, copy: bool = True
+    ) -> list[AnnData]:
+        """The sections (the ones trained on, in order) with ``obsm['X_spacon']`` (the mix
+        at ``alpha``), ``obsm['X_spacon_spatial']``, ``obsm['X_spacon_connect']``,
+        ``uns['spacon']`` and, given ``labels`` (e.g. :meth:`domains`),
+        ``obs['spacon_domain']``. ``copy=True`` (default, as every model) returns new
+        AnnData objects; ``copy=False`` writes into the given ones (as
+        :func:`write_results` does)."""
+        self._check_embedded()
+        sections = [sections] if isinstance(sections, AnnData) else list(sections)
+        if sum(a.n_obs for a in sections) != len(self.z_spatial):
+            raise BrainAtlasInputError("sections changed since the model was trained")
+        out = [a.copy() if copy else a for a in sections]
+        index = np.repeat(np.arange(len(out)), [a.n_obs for a in out])
+        _write_arrays(out, index, self, alpha, labels, self.data)
+        return out
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.net.state_dict(), folder / "spacon_weights.pt")
-        (folder / "spacon_config.json").write_text(
-            json.dumps({"net": self.net.config, **self.config, "history": self.history}, indent=1)
+    # ------------------------------------------------------------------ save / load
+    def _write_files(self, folder: Path) -> dict:
+        """weights.pt (state dict), latent.npz (z_spatial, z_connect)."""
+        self._check_embedded()
+        save_state(self.net, folder / WEIGHTS)
+        np.savez_compressed(
+            folder / "latent.npz", z_spatial=self.z_spatial, z_connect=self.z_connect
         )
-        np.save(folder / "z_spatial.npy", self.z_spatial)
-        np.save(folder / "z_connect.npy", self.z_connect)
+        return {
+            "settings": settings_to_dict(self.settings),
+            "seed": self.seed,
+            "net": dict(self.net.config),
+            "training": dict(self.config, connectome=str(self.config.get("connectome", ""))),
+            "is_trained": self.is_trained,
+        }
+
+    @classmethod
+    def load(cls, path, data: SpaConData | None = None) -> SpaConModel:
+        """Read a folder written by :meth:`save` (or an older ``spacon_model/`` folder:
+        spacon_config.json, spacon_weights.pt, z_*.npy). ``data`` (the same prepared
+        sections) is needed only to train further."""
+        return super().load(path, data=data)
+
+    @classmethod
+    def _legacy_config(cls, folder: ModelFolder) -> dict | None:
+        if folder.has("config.json") or not folder.has("spacon_config.json"):
+            return None
+        old = folder.json("spacon_config.json")
+        if "net" not in old or not isinstance(old["net"], dict):
+            raise folder.error("spacon_config.json", "lacks the key 'net'")
+        net, hist = old["net"], old.get("history", [])
+        if not isinstance(hist, list) or not all(isinstance(h, (int, float)) for h in hist):
+            raise folder.error("spacon_config.json", "holds a broken history")
+        settings = {
+            k: v
+            for k, v in {
+                "hidden": net.get("hidden"),
+                "latent": net.get("latent"),
+                "heads": net.get("heads"),
+                "batch_size": old.get("batch_size"),
+                "lr": old.get("lr"),
+                "epochs": old.get("epochs"),
+            }.items()
+            if v is not None
+        }
+        training = {k: v for k, v in old.items() if k not in ("net", "history")}
+        return {
+            "model": cls.__name__,
+            "format_version": 1,
+            "settings": settings,
+            "seed": old.get("seed", 0),
+            "net": net,
+            "training": training,
+            "_history": [{"epoch": i + 1, "loss": float(v)} for i, v in enumerate(hist)],
+        }
+
+    @classmethod
+    def _from_folder(cls, folder, cfg, data=None) -> SpaConModel:
+        legacy = cfg["format_version"] == 1
+        for k in ("seed", "net", "training"):
+            if k not in cfg:
+                raise folder.error("config.json", f"lacks the key {k!r}")
+        net_cfg = cfg["net"]
+        try:
+            net = SpaConNet(
+                int(net_cfg["in_dim"]),
+                hidden=int(net_cfg["hidden"]),
+                latent=int(net_cfg["latent"]),
+                heads=int(net_cfg["heads"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            name = "spacon_config.json" if legacy else "config.json"
+            raise folder.error(name, "holds a broken network description ('net')") from None
+        weights = "spacon_weights.pt" if legacy else WEIGHTS
+        load_state(net, folder.weights(weights), folder, weights)
+        if legacy:
+            z = {"z_spatial": folder.npy("z_spatial.npy"), "z_connect": folder.npy("z_connect.npy")}
+            history = cfg["_history"]
+        else:
+            z = folder.npz("latent.npz", ["z_spatial", "z_connect"])
+            history = folder.history()
+        zs, zc = (np.asarray(z[k], np.float32) for k in ("z_spatial", "z_connect"))
+        if zs.shape != zc.shape or zs.ndim != 2 or zs.shape[1] != net.config["latent"]:
+            src = "z_*.npy" if legacy else "latent.npz"
+            raise folder.error(src, f"does not hold (cells, {net.config['latent']}) embeddings")
+        self = cls(
+            data,
+            settings=settings_from_dict(SpaConSettings, cfg["settings"], folder),
+            seed=int(cfg["seed"]),
+        )
+        self.net = net.eval()
+        self.z_spatial, self.z_connect = zs, zc
+        self.history = history
+        self.config = dict(cfg["training"])
+        self.is_trained = bool(cfg.get("is_trained", True))
+        return self
+
+
+#: the model's short name
+SpaCon = SpaConModel
+
+
+def _train_step(net: SpaConNet, opt, X, seeds, ss: _Sampler, sc: _Sampler) -> float:
+    """One step: reconstruct the seeds' features from z_spatial, z_connect and a mix of
+    the two at a random alpha per cell."""
+    ns, es, _ = ss.batch(seeds)
+    nc, ec, bc = sc.batch(seeds)
+    zs, zc = net.encode(X[ns], es, seeds.size, X[nc], ec, seeds.size, bc)
+    a = torch.rand(seeds.size, 1)
+    f = (torch.exp(-4 * a) - 1) / (np.exp(-4.0) - 1)
+    zm = (1 - f) * zs + f * zc
+    x = X[seeds]
+    dec = net.decode(torch.cat([zs, zc, zm]))
+    loss = ((dec - x.repeat(3, 1)) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 @torch.no_grad()
@@ -366,102 +629,44 @@ def train(
     log=None,
     num_threads: int | None = None,
 ) -> SpaConModel:
-    """Train the autoencoder with neighbour-sampled mini-batches; returns both embeddings.
+    """Deprecated (kept for one release): ``SpaConModel(data, seed=..., **options)
+    .train(epochs, progress=..., cancel=...)``, which this calls.
 
-    ``progress(epoch, n_epochs, loss)`` after every epoch; ``cancel()`` is polled every
-    step (raise :class:`TrainingCancelled`). ``steps_per_epoch`` caps an epoch (default:
-    one pass over all cells). ``num_threads``: torch threads while training (restored
-    afterwards; 1 is fastest on a busy machine).
+    ``progress(epoch, n_epochs, loss)`` (the old signature: the epoch's mean loss as a
+    float) after every epoch; ``log(line)`` gets "epoch e/n: loss x (s s)";
+    ``cancel()`` polled every step raises :class:`TrainingCancelled` (=
+    :class:`~napari_brainatlas.Cancelled`). Returns the trained :class:`SpaConModel`.
     """
+    warnings.warn(
+        "napari_brainatlas.domains.train(data, ...) is deprecated: use "
+        "SpaConModel(data, seed=..., **options).train(epochs, progress=..., cancel=...) "
+        "(progress(done, total, info) with info['loss'])",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     if epochs < 1:
         raise BrainAtlasInputError("epochs must be at least 1")
-    old_threads = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    try:
-        return _train(
-            data,
-            epochs,
-            batch_size,
-            lr,
-            hidden,
-            latent,
-            heads,
-            seed,
-            steps_per_epoch,
-            progress,
-            cancel,
-            log,
-        )
-    finally:
-        torch.set_num_threads(old_threads)
+    model = SpaConModel(
+        data,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        hidden=hidden,
+        latent=latent,
+        heads=heads,
+        steps_per_epoch=steps_per_epoch,
+        num_threads=num_threads,
+    )
 
-
-def _train(
-    data,
-    epochs,
-    batch_size,
-    lr,
-    hidden,
-    latent,
-    heads,
-    seed,
-    steps_per_epoch,
-    progress,
-    cancel,
-    log,
-) -> SpaConModel:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    n = data.n_cells
-    X = torch.from_numpy(data.features)
-    net = SpaConNet(X.shape[1], hidden=hidden, latent=latent, heads=heads)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
-    ss, sc = _Sampler(data.spatial), _Sampler(data.connect)
-    history, secs = [], []
-    bs = max(1, min(batch_size, n))
-    for ep in range(epochs):
-        t0 = time.perf_counter()
-        net.train()
-        perm = rng.permutation(n)
-        n_steps = int(np.ceil(n / bs))
-        if steps_per_epoch:
-            n_steps = min(n_steps, int(steps_per_epoch))
-        tot = 0.0
-        for st in range(n_steps):
-            if cancel is not None and cancel():
-                raise TrainingCancelled("training cancelled")
-            seeds = perm[st * bs : (st + 1) * bs]
-            ns, es, _ = ss.batch(seeds)
-            nc, ec, bc = sc.batch(seeds)
-            zs, zc = net.encode(X[ns], es, seeds.size, X[nc], ec, seeds.size, bc)
-            a = torch.rand(seeds.size, 1)
-            f = (torch.exp(-4 * a) - 1) / (np.exp(-4.0) - 1)
-            zm = (1 - f) * zs + f * zc
-            x = X[seeds]
-            dec = net.decode(torch.cat([zs, zc, zm]))
-            loss = ((dec - x.repeat(3, 1)) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach())
-        history.append(tot / max(n_steps, 1))
-        secs.append(time.perf_counter() - t0)
+    def new_progress(done, total, info):
         if progress is not None:
-            progress(ep + 1, epochs, history[-1])
+            progress(done, total, info["loss"])
         if log is not None:
-            log(f"epoch {ep + 1}/{epochs}: loss {history[-1]:.4f} ({secs[-1]:.2f} s)")
-    zs, zc = embed(net, data)
-    cfg = {
-        "epochs": epochs,
-        "batch_size": bs,
-        "lr": lr,
-        "seed": seed,
-        "connectome": data.connectome.source,
-        "n_cells": n,
-        "genes": len(data.genes),
-    }
-    return SpaConModel(net, zs, zc, history, secs, cfg)
+            log(info["message"])
+
+    model.train(epochs, progress=new_progress, cancel=cancel)
+    return model
 
 
 # --------------------------------------------------------------------------- clustering
@@ -575,24 +780,41 @@ def write_results(
 ) -> None:
     """Write ``obs['spacon_domain']`` (categorical), ``obsm['X_spacon']`` (the mix at
     ``alpha``), ``obsm['X_spacon_spatial']``, ``obsm['X_spacon_connect']`` and
-    ``uns['spacon']`` into each section (in place)."""
-    z = model.mix(alpha)
-    cats = [str(c) for c in range(int(labels.max()) + 1)] if labels.size else []
+    ``uns['spacon']`` into each section (in place; :meth:`SpaConModel.write_embeddings`
+    returns copies instead)."""
     for i, ad in enumerate(sections):
-        idx = np.flatnonzero(data.section_index == i)
+        if int((data.section_index == i).sum()) != ad.n_obs:
+            raise BrainAtlasInputError("sections changed since the model was trained")
+    _write_arrays(list(sections), data.section_index, model, alpha, labels, data)
+
+
+def _write_arrays(sections, section_index, model, alpha, labels, data=None) -> None:
+    z = model.mix(alpha)
+    cats = None
+    if labels is not None:
+        cats = [str(c) for c in range(int(labels.max()) + 1)] if labels.size else []
+    connectome = data.connectome.source if data is not None else model.config.get("connectome")
+    region = data.region if data is not None else None
+    for i, ad in enumerate(sections):
+        idx = np.flatnonzero(section_index == i)
         if idx.size != ad.n_obs:
             raise BrainAtlasInputError("sections changed since the model was trained")
-        ad.obs["spacon_domain"] = pd.Categorical(labels[idx].astype(str), categories=cats)
+        if cats is not None:
+            ad.obs["spacon_domain"] = pd.Categorical(labels[idx].astype(str), categories=cats)
         ad.obsm["X_spacon"] = z[idx].astype(np.float32)
         ad.obsm["X_spacon_spatial"] = model.z_spatial[idx]
         ad.obsm["X_spacon_connect"] = model.z_connect[idx]
-        ad.uns["spacon"] = {
+        info = {
             "alpha": float(alpha),
             "f": float(mix_weight(alpha)),
             "mix": "X_spacon = (1 - f) * X_spacon_spatial + f * X_spacon_connect, "
             "f = (exp(-4 alpha) - 1) / (exp(-4) - 1)",
-            "connectome": str(data.connectome.source),
-            "n_domains": len(cats),
+            "connectome": str(connectome),
+            "n_domains": len(cats) if cats is not None else None,
             "epochs": int(model.config.get("epochs", 0)),
-            "cells_with_connectivity": int((data.region[idx] >= 0).sum()),
         }
+        if cats is None:
+            del info["n_domains"]
+        if region is not None:
+            info["cells_with_connectivity"] = int((region[idx] >= 0).sum())
+        ad.uns["spacon"] = info

@@ -2,18 +2,22 @@
 
 Public API:
 
-* :class:`FuseMap` - the model (train, embeddings, gene embedding, save / load).
+* :class:`FuseMap` - the model (train, embeddings, gene embedding, save / load; the
+  shared model protocol of :mod:`napari_brainatlas.models`), its options
+  :class:`FuseMapSettings` (a frozen dataclass).
 * :class:`FuseMapModule` - the torch network (encoders ``ModuleDict`` keyed by section,
   ``gene_embedding`` Parameter with ``gene_index``, ``disc_cell`` / ``disc_tissue``).
-* :func:`preprocess_section`, :func:`spatial_graph` - the data steps of method.md.
+* :mod:`.data` - the data steps of method.md (:func:`preprocess_section`,
+  :func:`spatial_graph`, mini-batch helpers), public for the query mapping.
 * :mod:`.distributed` - multi-process (torchrun) training helpers.
 """
 
 from ._balance import balance_weights, leiden_labels
-from ._graph import delaunay_edges, normalized_adjacency, spatial_graph
+from ._graph import delaunay_edges, normalized_adjacency
 from ._module import Discriminator, FuseMapModule, SectionEncoder
-from ._preprocess import PreparedSection, clean_gene_names, preprocess_section
+from .data import PreparedSection, clean_gene_names, preprocess_section, spatial_graph
 from .fusemap import CELL_KEY, TISSUE_KEY, FuseMap, resolve_device
+from .settings import FuseMapSettings
 from .synthetic import make_synthetic_sections
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "Discriminator",
     "FuseMap",
     "FuseMapModule",
+    "FuseMapSettings",
     "PreparedSection",
     "SectionEncoder",
     "balance_weights",

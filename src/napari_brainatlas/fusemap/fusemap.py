@@ -1,14 +1,15 @@
 """FuseMap: joint cell / tissue / gene embedding of spatial transcriptomics sections.
 
-scvi-tools style entry point::
+scvi-tools style entry point (the shared model protocol, :mod:`napari_brainatlas.models`)::
 
-    model = FuseMap(sections)                  # list of AnnData, one per section
-    model.train(max_epochs=15)                 # pretrain, balance weights, final training
-    model.write_embeddings()                   # obsm['X_fusemap_cell' / 'X_fusemap_tissue']
+    model = FuseMap(sections, settings=FuseMapSettings(n_latent=32), seed=0)
+    model.train(epochs=3, progress=progress, cancel=cancel)  # pretrain, balance, final
+    embedded = model.write_embeddings()        # copies with obsm['X_fusemap_cell' / '_tissue']
     genes = model.gene_embedding()             # DataFrame genes x k
     model.save("model_dir"); FuseMap.load("model_dir", sections)
 
-See :mod:`._module` for the network and method.md for the published method.
+See :mod:`._module` for the network, :mod:`.settings` for the options and method.md for
+the published method.
 
 Training, step by step (one step = ``batch_size`` seed cells from every section, the
 smaller sections cycled; an epoch passes every training cell of the largest section, and
@@ -52,9 +53,10 @@ balance-weight formula is ours (the paper gives only the recipe).
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,17 +66,35 @@ import torch.nn.functional as F
 from anndata import AnnData
 
 from .._device import resolve_device
-from .._errors import BrainAtlasInputError
+from .._errors import BrainAtlasInputError, Cancelled
+from ..models import (
+    WEIGHTS,
+    ModelFolder,
+    TrainableModel,
+    load_state,
+    resolve_settings,
+    save_state,
+    settings_from_dict,
+    settings_to_dict,
+)
 from . import distributed as D
 from ._balance import balance_weights
-from ._graph import spatial_graph
 from ._module import FuseMapModule
-from ._preprocess import PreparedSection, preprocess_section
-from ._training import SectionData, cross_panel_loss, forward_section, infer_latent
+from ._training import cross_panel_loss
+from .data import (
+    PreparedSection,
+    SectionData,
+    forward_section,
+    infer_latent,
+    preprocess_section,
+    spatial_graph,
+)
+from .settings import LEGACY_DEFAULTS, FuseMapSettings
 
 __all__ = ["FuseMap", "resolve_device"]
 
-FORMAT_VERSION = 1
+#: format of the model folder :meth:`FuseMap.save` writes (1: before the shared layout)
+FORMAT_VERSION = 2
 CELL_KEY = "X_fusemap_cell"
 TISSUE_KEY = "X_fusemap_tissue"
 
@@ -159,208 +179,102 @@ class _WeightAverage:
         return ctx()
 
 
-def _check_config(cfg: dict) -> None:
-    """One BrainAtlasInputError (a ValueError) for a bad training option."""
-    if not 0.0 <= float(cfg.get("weight_average", 0.0)) < 1.0:
-        raise BrainAtlasInputError("weight_average must be in [0, 1)")
-    if cfg.get("adv_cells", "seeds") not in ("seeds", "block"):
-        raise BrainAtlasInputError("adv_cells must be 'seeds' or 'block'")
-    if cfg.get("noise_schedule", "pretrain") not in ("pretrain", "constant"):
-        raise BrainAtlasInputError("noise_schedule must be 'pretrain' or 'constant'")
-    if float(cfg.get("panel_anchor", 0.0)) < 0:
-        raise BrainAtlasInputError("panel_anchor must be 0 or more")
-    if cfg.get("recon_from", "tissue") not in ("tissue", "cell", "both"):
-        raise BrainAtlasInputError("recon_from must be 'tissue', 'cell' or 'both'")
+@dataclass
+class _PhaseOptim:
+    """The optimisers, LR schedulers and weight average of one training phase."""
+
+    ae: torch.optim.Optimizer
+    disc: torch.optim.Optimizer
+    sched: list
+    avg: _WeightAverage
 
 
-class FuseMap:
+class FuseMap(TrainableModel):
     """FuseMap model over a list of sections.
 
     Parameters
     ----------
     sections : list of AnnData, one per section (``obsm['spatial']`` in um; integer
         counts in ``layers['counts']`` or ``X``; gene panels may differ). The objects are
-        not modified until :meth:`write_embeddings` is called.
+        never modified (:meth:`write_embeddings` returns copies unless ``copy=False``).
     section_names : names (encoder keys); default ``obs['section']`` when it has a
         single value, else ``section{i}``. '.' is replaced by '_'; duplicates get suffixes.
-    n_latent, n_hidden, dropout, disc_hidden : network sizes (64, 512, 0.2, 256).
-    batch_size : seed cells per section per step (64).
-    lr : RMSprop learning rate of encoders, gene embedding and discriminators (1e-3).
-    val_fraction : held-out cells per section for validation (0.15).
-    instance_noise : instance noise on the discriminator inputs, in units of the batch's
-        per-dimension std, annealed linearly to 0 over the pretraining epochs (1.5).
-    softmax_ce : the discriminator loss is the cross-entropy of the softmax probabilities
-        (bounded), as in the published code (True); False: cross-entropy of the logits.
-    adv_ratio : lambda is set at the first step so that lambda * CE = adv_ratio * AE (0.5).
-    adv_objective : "minmax" (published: encoders minimise AE - lambda * CE) or
-        "confusion" (encoders push the discriminators towards uniform predictions; an
-        alternative we tried, not better on the demo).
-    patience : early-stopping patience of (pretraining, final training) = (3, 5).
-    lr_patience : ReduceLROnPlateau patience of (pretraining, final training), factor 0.5
-        (2, 3 as in the published code's defaults).
-    leiden_resolution : resolution of the Leiden clusters of the balance step.
-    max_val_cells : validation uses at most this many held-out cells per section per
-        epoch (a fixed random subset; keeps validation cheap on huge sections).
-    min_steps : at least this many optimisation steps per epoch (60; GLUE-style floor).
-        An epoch is otherwise one pass over the largest section, which is only ~20-30
-        steps on sections of ~2,000 cells, far fewer than the published model gets on
-        atlas-sized sections; the floor lets the adversarial game run long enough
-        (measured: iLISI of z_C 0.19 -> 0.27 on the demo, 0.33 -> 0.46 on osmFISH at
-        3 + 3 epochs, label kNN accuracy unchanged; benchmarks/embedding/NOTES.md).
-        0 = one pass per epoch. Has no effect once the largest section has more than
-        ``min_steps * batch_size`` training cells.
-    adv_cells : cells the discriminators see each step: "block" (default: every
-        training cell the step encodes, the 2-hop neighbourhood for z_C and 1-hop for
-        z_T, as the published code does; ~20x more cells per step, so the adversarial
-        gradient reaches every encoded cell) or "seeds" (the batch's seed cells only).
-        Measured with weight averaging and ``recon_from="both"`` (demo, seed 0, 15 + 15
-        epochs): iLISI of z_C 0.565 -> 0.633, kNN accuracy 0.833 -> 0.816; without
-        weight averaging (192 steps) "block" was not better.
-    noise_schedule : "pretrain" (instance noise annealed to 0 over pretraining, off in
-        final training; default) or "constant" (never annealed: the published code's
-        anneal factor ``1 - (epoch - 1) / 1e10`` stays ~1; worse on the demo).
-    sample_latent : reconstruct from a reparameterised sample of z_C (True, default) or
-        from its mean (False, as the published code; not better on the demo).
-    weight_average : decay of an exponential moving average of the weights over the
-        optimisation steps of each phase (0.99, about the last 100 steps; warm-up
-        ``min(decay, (1 + t) / (10 + t))``); each phase ends with the averaged weights,
-        which validation also uses. 0 = off (the last iterate, as the published code).
-        Why: the adversarial game does not converge step by step - the section-specific
-        encoders move whole sections across the discriminators' boundary after each
-        discriminator update, so the discriminators sit at chance while a fresh
-        classifier still separates the sections of the last iterate; the iterates cycle
-        around a mixed solution and their average is much closer to it (Polyak / EMA
-        averaging of GAN iterates). Measured on the demo at 600 steps: iLISI of z_C
-        0.36 -> 0.46, cross-section kNN accuracy 0.66 -> 0.73
-        (benchmarks/embedding/NOTES.md).
-    recon_from : what the reconstruction term decodes: "both" (default; the mean of the
-        two mean squared errors below), "tissue" (``ReLU(A z_T E_v^T)``, the published
-        code, only) or "cell" (``ReLU(z_C E_v^T)``, the paper's coupled factorisation of
-        z_C and E and the form imputation uses, only). Why "both": with the code's term
-        alone z_C is trained only through 2-hop graph averages of itself, so a cell's own
-        type is weakly constrained; adding the paper's term keeps the tissue term (z_T)
-        and ties each z_C to its own expression. Measured (seed 0, 15 + 15 epochs):
-        cross-section kNN accuracy of z_C 0.742 -> 0.833 (demo), 0.868 -> 0.943
-        (MERFISH), iLISI 0.542 -> 0.565 / 0.950 -> 0.937
-        (benchmarks/embedding/NOTES.md). Models saved without this key load
-        as "tissue" (how they were trained).
-    panel_anchor : weight of the cross-panel agreement of the section encoders (1.0; 0 =
-        off, the paper): each section's seed cells are read through every other
-        section's panel (shared genes measured, the others from the decoder) and that
-        section's encoder is asked to place them where their own encoder does (MSE to
-        the detached z_C; ``_training.cross_panel_loss``). The adversary aligns the
-        sections' distributions, not their cells; with panels sharing 10-20 genes the
-        sections' encoders placed one cell type apart. Measured on the dev half of the
-        embedding benchmark (issue 26; osmFISH split 0, seed 0, 3 + 3 epochs):
-        cross-section kNN accuracy of z_C 0.426 -> 0.459 at equal mixing (iLISI 0.669 /
-        0.674); weight 3 was worse (0.434) (benchmarks/embedding/NOTES.md).
-    min_cell_counts : cells with at most this many counts (integer input) are dropped and
-        get NaN embeddings (0: every cell with a count is embedded; the paper drops cells
-        with <= 5 counts, which left query cells without labels - issue 26).
-    device : "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"...
+    settings : :class:`~napari_brainatlas.fusemap.FuseMapSettings` (network, training
+        and balance options; default ``FuseMapSettings()``).
     seed : seeds every random choice; training on CPU is deterministic for a seed (on
         the same machine and thread count).
+    device : "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"...
+    **options : settings fields as keywords (``n_latent=32, min_steps=0``), applied to
+        ``settings`` with :func:`dataclasses.replace`; an unknown name is a
+        BrainAtlasInputError.
+
+    The model protocol (:mod:`napari_brainatlas.models`): :meth:`train`, :attr:`history`,
+    :attr:`is_trained`, :meth:`save`, :meth:`load`.
     """
+
+    format_version = FORMAT_VERSION
+    accepted_versions = (1, FORMAT_VERSION)
 
     def __init__(
         self,
         sections: list[AnnData],
         section_names: list[str] | None = None,
-        n_latent: int = 64,
-        n_hidden: int = 512,
-        dropout: float = 0.2,
-        disc_hidden: int = 256,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        val_fraction: float = 0.15,
-        instance_noise: float = 1.5,
-        adv_ratio: float = 0.5,
-        softmax_ce: bool = True,
-        adv_objective: str = "minmax",
-        patience: tuple[int, int] = (3, 5),
-        lr_patience: tuple[int, int] = (2, 3),
-        leiden_resolution: float = 1.0,
-        max_val_cells: int = 10000,
-        adv_cells: str = "block",
-        noise_schedule: str = "pretrain",
-        min_steps: int = 60,
-        sample_latent: bool = True,
-        weight_average: float = 0.99,
-        recon_from: str = "both",
-        panel_anchor: float = 1.0,
-        min_cell_counts: float = 0,
-        device: str = "auto",
+        *,
+        settings: FuseMapSettings | None = None,
         seed: int = 0,
+        device: str = "auto",
+        **options,
     ):
         if isinstance(sections, AnnData):
             sections = [sections]
         sections = list(sections)
         if not sections:
             raise BrainAtlasInputError("give at least one section")
-        self.config = {
-            "n_latent": int(n_latent),
-            "n_hidden": int(n_hidden),
-            "dropout": float(dropout),
-            "disc_hidden": int(disc_hidden),
-            "batch_size": int(batch_size),
-            "lr": float(lr),
-            "val_fraction": float(val_fraction),
-            "instance_noise": float(instance_noise),
-            "adv_ratio": float(adv_ratio),
-            "softmax_ce": bool(softmax_ce),
-            "adv_objective": str(adv_objective),
-            "patience": [int(patience[0]), int(patience[1])],
-            "lr_patience": [int(lr_patience[0]), int(lr_patience[1])],
-            "leiden_resolution": float(leiden_resolution),
-            "max_val_cells": int(max_val_cells),
-            "adv_cells": str(adv_cells),
-            "noise_schedule": str(noise_schedule),
-            "min_steps": int(min_steps),
-            "sample_latent": bool(sample_latent),
-            "weight_average": float(weight_average),
-            "recon_from": str(recon_from),
-            "panel_anchor": float(panel_anchor),
-            "min_cell_counts": float(min_cell_counts),
-            "seed": int(seed),
-        }
-        _check_config(self.config)
+        self.settings = resolve_settings(FuseMapSettings, settings, options, "FuseMap")
+        self.seed = int(seed)
         self.device = resolve_device(device)
         self.lambda_adv: float | None = None
-        self.history: list[dict] = []
+        self.history = []
         self.is_trained = False
         self.cancelled = False
         self._anneal, self._burnin = 1.0, 1
         self._latent_cache: dict[str, list[np.ndarray]] = {}
         self._attach(sections, _section_names(sections, section_names))
+        s = self.settings
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config["seed"])
+            torch.manual_seed(self.seed)
             self.module = FuseMapModule(
                 {p.name: p.genes for p in self.prepared},
-                n_latent=n_latent,
-                n_hidden=n_hidden,
-                dropout=dropout,
-                disc_hidden=disc_hidden,
+                n_latent=s.n_latent,
+                n_hidden=s.n_hidden,
+                dropout=s.dropout,
+                disc_hidden=s.disc_hidden,
             ).to(self.device)
         D.broadcast_module(self.module)
+
+    @property
+    def config(self) -> dict:
+        """The settings as a plain dict, with ``seed`` (read-only view)."""
+        return {**settings_to_dict(self.settings), "seed": self.seed}
 
     # ------------------------------------------------------------------ data
     def _attach(self, sections: list[AnnData], names: list[str]) -> None:
         self.adatas = sections
         self.section_names = names
         self.prepared: list[PreparedSection] = [
-            preprocess_section(a, n, min_cell_counts=self.config.get("min_cell_counts", 5))
+            preprocess_section(a, n, min_cell_counts=self.settings.min_cell_counts)
             for a, n in zip(sections, names)
         ]
-        rng = np.random.default_rng(self.config["seed"])
+        rng = np.random.default_rng(self.seed)
         self.data: list[SectionData] = []
         for code, p in enumerate(self.prepared):
             A = spatial_graph(p.coords)
             perm = rng.permutation(p.n_cells)
-            n_val = int(np.rint(self.config["val_fraction"] * p.n_cells))
+            n_val = int(np.rint(self.settings.val_fraction * p.n_cells))
             n_val = min(max(n_val, 1), p.n_cells - 2) if p.n_cells > 3 else 0
             val = np.sort(perm[:n_val])
             train = np.sort(perm[n_val:])
-            mv = self.config["max_val_cells"]
+            mv = self.settings.max_val_cells
             if len(val) > mv:
                 val = np.sort(rng.choice(val, mv, replace=False))
             self.data.append(
@@ -385,14 +299,14 @@ class FuseMap:
         """Instance noise: N(0, (c * anneal * std_batch)^2) per latent dimension, with c =
         ``instance_noise`` and anneal going linearly from 1 to 0 over the pretraining
         epochs (as in the published code: align_noise_coef 1.5, GLUE-style burn-in)."""
-        s = self.config["instance_noise"] * self._anneal
+        s = self.settings.instance_noise * self._anneal
         if s <= 0 or z.shape[0] < 2:
             return z
         sd = z.detach().std(dim=0) + 1e-10
         return z + s * sd * torch.randn_like(z)
 
     def _wce(self, logits, y, w):
-        if self.config.get("softmax_ce", True):
+        if self.settings.softmax_ce:
             # published code: cross-entropy of the softmax probabilities (a bounded loss)
             logits = torch.softmax(logits, dim=1)
         return (F.cross_entropy(logits, y, reduction="none") * w).mean()
@@ -411,9 +325,9 @@ class FuseMap:
 
     def _step(self, seeds_per_section, opt_ae, opt_d) -> dict:
         m, dev = self.module, self.device
-        block = self.config.get("adv_cells", "seeds") == "block"
-        smp = bool(self.config.get("sample_latent", True))
-        rf = self.config.get("recon_from", "tissue")
+        block = self.settings.adv_cells == "block"
+        smp = self.settings.sample_latent
+        rf = self.settings.recon_from
         outs = [
             forward_section(m, sd, s, dev, sample=smp, block=block, recon_from=rf)
             for sd, s in zip(self.data, seeds_per_section)
@@ -424,7 +338,7 @@ class FuseMap:
             "kl": float(torch.stack([o["kl"] for o in outs]).mean().detach()),
         }
         adversarial = self.n_sections > 1
-        w_panel = float(self.config.get("panel_anchor", 0.0))
+        w_panel = self.settings.panel_anchor
         if w_panel > 0 and adversarial:
             cache = self.__dict__.setdefault("_panel_cache", {})
             pl = cross_panel_loss(m, outs, [sd.name for sd in self.data], dev, cache)
@@ -461,17 +375,16 @@ class FuseMap:
             ).to(dev)
             # 1) discriminators minimise the (weighted) cross-entropy
             zcd, ztd = zc.detach(), zt.detach()
-            for _ in range(self.config.get("disc_steps", 1)):
-                d_loss = self._wce(m.disc_cell(self._noise(zcd)), y, wc) + self._wce(
-                    m.disc_tissue(self._noise(ztd)), yt, wt
-                )
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                D.allreduce_grads(self._disc_params())
-                opt_d.step()
+            d_loss = self._wce(m.disc_cell(self._noise(zcd)), y, wc) + self._wce(
+                m.disc_tissue(self._noise(ztd)), yt, wt
+            )
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            D.allreduce_grads(self._disc_params())
+            opt_d.step()
             logs["disc"] = float(d_loss.detach())
             # 2) autoencoders minimise AE - lambda * CE
-            if self.config.get("adv_objective", "minmax") == "confusion":
+            if self.settings.adv_objective == "confusion":
                 adv = -(
                     self._wconf(m.disc_cell(self._noise(zc)), wc)
                     + self._wconf(m.disc_tissue(self._noise(zt)), wt)
@@ -482,7 +395,7 @@ class FuseMap:
                 )
             if self.lambda_adv is None:
                 a, c = D.allreduce_sum([float(ae.detach()), float(adv.detach())])
-                self.lambda_adv = float(self.config["adv_ratio"] * a / max(abs(c), 1e-8))
+                self.lambda_adv = float(self.settings.adv_ratio * a / max(abs(c), 1e-8))
             loss = ae - self.lambda_adv * adv
             if w_panel > 0:
                 loss = loss + w_panel * pl
@@ -501,7 +414,7 @@ class FuseMap:
         rank, world = D.rank_world()
         self.module.eval()
         tot, cnt = 0.0, 0.0
-        bs = max(256, self.config["batch_size"])
+        bs = max(256, self.settings.batch_size)
         for sd in self.data:
             val = sd.val_idx[rank::world]
             for i in range(0, len(val), bs):
@@ -511,7 +424,7 @@ class FuseMap:
                     val[i : i + bs],
                     self.device,
                     sample=False,
-                    recon_from=self.config.get("recon_from", "tissue"),
+                    recon_from=self.settings.recon_from,
                 )
                 k = len(o["seeds"])
                 tot += float(o["recon"] + o["kl"]) * k
@@ -531,7 +444,7 @@ class FuseMap:
         cancel,
         rng,
     ) -> int:
-        lr = self.config["lr"]
+        lr = self.settings.lr
         opt_ae = torch.optim.RMSprop(self._ae_params(), lr=lr)
         opt_d = torch.optim.RMSprop(self._disc_params(), lr=lr)
         sched = [
@@ -539,53 +452,30 @@ class FuseMap:
                 o,
                 mode="min",
                 factor=0.5,
-                patience=self.config["lr_patience"][0 if phase == "pretrain" else 1],
+                patience=self.settings.lr_patience[0 if phase == "pretrain" else 1],
             )
             for o in (opt_ae, opt_d)
         ]
-        B = self.config["batch_size"]
         self.module.train()
-        avg = _WeightAverage(self.module, self.config.get("weight_average", 0.0))
+        opt = _PhaseOptim(
+            opt_ae, opt_d, sched, _WeightAverage(self.module, self.settings.weight_average)
+        )
         try:
             return self._run_epochs(
-                phase,
-                n_epochs,
-                patience,
-                epoch0,
-                total_epochs,
-                progress,
-                cancel,
-                rng,
-                opt_ae,
-                opt_d,
-                sched,
-                B,
-                avg,
+                phase, n_epochs, patience, epoch0, total_epochs, progress, cancel, rng, opt
             )
         finally:
-            avg.apply()
+            opt.avg.apply()
 
     def _run_epochs(
-        self,
-        phase,
-        n_epochs,
-        patience,
-        epoch0,
-        total_epochs,
-        progress,
-        cancel,
-        rng,
-        opt_ae,
-        opt_d,
-        sched,
-        B,
-        avg,
+        self, phase, n_epochs, patience, epoch0, total_epochs, progress, cancel, rng, opt
     ) -> int:
         rank, world = D.rank_world()
+        B = self.settings.batch_size
         best, bad = math.inf, 0
         for ep in range(n_epochs):
             burn = max(self._burnin, 1)
-            if self.config.get("noise_schedule", "pretrain") == "constant":
+            if self.settings.noise_schedule == "constant":
                 self._anneal = 1.0
             else:
                 self._anneal = max(1.0 - (epoch0 + ep) / burn, 0.0) if phase == "pretrain" else 0.0
@@ -594,7 +484,7 @@ class FuseMap:
             n_steps = max(
                 1,
                 math.ceil(n_glob / (B * world)),
-                math.ceil(self.config.get("min_steps", 0) / world),
+                math.ceil(self.settings.min_steps / world),
             )
             ptr = [0] * len(shards)
             acc: dict[str, float] = {}
@@ -602,33 +492,19 @@ class FuseMap:
                 if cancel is not None and cancel():
                     self.cancelled = True
                     return epoch0 + ep
-                seeds = []
-                for v, sh in enumerate(shards):
-                    if len(sh) == 0:
-                        sh = shards[v] = rng.permutation(self.data[v].train_idx)
-                    if ptr[v] + B > len(sh):  # smaller sections are cycled
-                        if ptr[v] < len(sh) and len(sh) >= B:
-                            sel = np.concatenate([sh[ptr[v] :], sh[: B - (len(sh) - ptr[v])]])
-                            ptr[v] = B - (len(sh) - ptr[v])
-                        else:
-                            sel = sh[:B]
-                            ptr[v] = min(B, len(sh))
-                    else:
-                        sel = sh[ptr[v] : ptr[v] + B]
-                        ptr[v] += B
-                    seeds.append(np.unique(sel))
-                for k, v in self._step(seeds, opt_ae, opt_d).items():
+                seeds = self._next_seeds(shards, ptr, rng, B)
+                for k, v in self._step(seeds, opt.ae, opt.disc).items():
                     acc[k] = acc.get(k, 0.0) + v / n_steps
-                avg.update()
-            with avg.swapped():
+                opt.avg.update()
+            with opt.avg.swapped():
                 val = self._validate()
-            for s in sched:
+            for s in opt.sched:
                 s.step(val)
             rec = dict(
                 phase=phase,
                 epoch=epoch0 + ep + 1,
                 val_loss=val,
-                lr=opt_ae.param_groups[0]["lr"],
+                lr=opt.ae.param_groups[0]["lr"],
                 steps=n_steps,
                 **acc,
             )
@@ -645,69 +521,109 @@ class FuseMap:
                     break
         return epoch0 + n_epochs
 
+    def _next_seeds(self, shards, ptr, rng, B) -> list[np.ndarray]:
+        """The next ``B`` seed cells of every section's shard (smaller sections cycled;
+        ``shards`` and ``ptr`` advance in place)."""
+        seeds = []
+        for v, sh in enumerate(shards):
+            if len(sh) == 0:
+                sh = shards[v] = rng.permutation(self.data[v].train_idx)
+            if ptr[v] + B > len(sh):  # smaller sections are cycled
+                if ptr[v] < len(sh) and len(sh) >= B:
+                    sel = np.concatenate([sh[ptr[v] :], sh[: B - (len(sh) - ptr[v])]])
+                    ptr[v] = B - (len(sh) - ptr[v])
+                else:
+                    sel = sh[:B]
+                    ptr[v] = min(B, len(sh))
+            else:
+                sel = sh[ptr[v] : ptr[v] + B]
+                ptr[v] += B
+            seeds.append(np.unique(sel))
+        return seeds
+
     def train(
         self,
-        max_epochs: int = 3,
+        epochs: int | None = None,
+        *,
         progress: Callable | None = None,
         cancel: Callable | None = None,
         pretrain_epochs: int | None = None,
         final_epochs: int | None = None,
         balance: bool = True,
+        max_epochs: int | None = None,
     ) -> list[dict]:
         """Train: (1) pretrain, (2) balance weights, (3) final training.
 
         Parameters
         ----------
-        max_epochs : upper bound of epochs for each of the two training phases (3; an
-            epoch passes every training cell of the largest section once as a seed, and
-            is at least ``min_steps`` steps; smaller sections are cycled). 3 since issue
-            26: on the dev half (osmFISH split 0, seed 0) cross-section kNN accuracy was
-            0.426 at 3, 0.407 at 5 and 0.384 at 15 (early stopped at 18 epochs), mixing
-            above PCA + Harmony at all three; on Slide-seq dev splits 0-1 with the
-            panel anchor kNN 0.782 / 0.809 at 3 vs 0.761 / 0.798 at 15; a third to a
-            fifth of the training time. ``pretrain_epochs`` / ``final_epochs`` override it.
-        progress : ``progress(epoch, n_epochs, losses)`` after every epoch; epochs count
-            over both phases (``n_epochs`` = pretrain + final); ``losses`` holds phase,
-            recon, kl, disc, adv, loss, val_loss, lr, lambda, steps (steps in the epoch).
-        cancel : ``cancel() -> bool`` polled before every step; True stops training at
-            once (the model keeps the weights reached, ``self.cancelled`` is True).
+        epochs : at most this many epochs in each of the two training phases (default
+            ``settings.epochs``, 3); an epoch passes every training cell of the largest
+            section once as a seed and is at least ``min_steps`` steps (smaller sections
+            are cycled). ``pretrain_epochs`` / ``final_epochs`` override it per phase.
+        progress : ``progress(done, total, info)`` after every epoch; epochs count over
+            both phases (``total`` = pretrain + final); ``info`` is the epoch's record:
+            phase, epoch, recon, kl, disc, adv, loss, val_loss, lr, lambda, steps.
+        cancel : ``cancel() -> bool`` polled before every step; True raises
+            :class:`~napari_brainatlas.Cancelled` at once. The model then holds the
+            weights reached (the running phase's weight average applied), ``history``
+            the finished epochs, ``cancelled`` True, and ``is_trained`` what it was
+            before the call (False for a new model).
         balance : compute balance weights between the phases (else weights stay 1).
+        max_epochs : deprecated spelling of ``epochs`` (kept for one release): with it,
+            a cancel does not raise but returns (``cancelled`` True, ``is_trained``
+            True), as before.
 
-        Returns the history (one dict per epoch). Under ``torch.distributed`` each rank
-        must call this with the same arguments and ``cancel`` must answer the same on
-        every rank (see :mod:`.distributed`).
+        Returns :attr:`history` (one dict per epoch). Under ``torch.distributed`` each
+        rank must call this with the same arguments and ``cancel`` must answer the same
+        on every rank (see :mod:`.distributed`).
         """
-        n_pre = int(max_epochs if pretrain_epochs is None else pretrain_epochs)
-        n_fin = int(max_epochs if final_epochs is None else final_epochs)
+        if not getattr(self, "data", None):
+            raise BrainAtlasInputError(
+                "this model was loaded without sections; give sections to FuseMap.load to "
+                "train it further"
+            )
+        legacy = max_epochs is not None
+        if legacy:
+            warnings.warn(
+                "FuseMap.train(max_epochs=...) is deprecated: use train(epochs=...); "
+                "train(epochs=...) raises napari_brainatlas.Cancelled when cancelled",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if epochs is None:
+                epochs = max_epochs
+        if epochs is None:
+            epochs = self.settings.epochs
+        n_pre = int(epochs if pretrain_epochs is None else pretrain_epochs)
+        n_fin = int(epochs if final_epochs is None else final_epochs)
+        was_trained = self.is_trained
+        self._train_phases(n_pre, n_fin, balance, progress, cancel)
+        if self.cancelled and not legacy:
+            self.is_trained = was_trained
+            raise Cancelled("FuseMap training cancelled")
+        self.is_trained = True
+        return self.history
+
+    def _train_phases(self, n_pre: int, n_fin: int, balance: bool, progress, cancel) -> None:
         total = n_pre + n_fin
         self._burnin = n_pre
         rank, _ = D.rank_world()
         self.cancelled = False
         self._latent_cache.clear()
+        patience = self.settings.patience
         devs = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devs):
-            torch.manual_seed(self.config["seed"] * 1000 + 17 + rank)
-            rng = np.random.default_rng(self.config["seed"] + 1)
-            ep = self._run_phase(
-                "pretrain", n_pre, self.config["patience"][0], 0, total, progress, cancel, rng
-            )
+            torch.manual_seed(self.seed * 1000 + 17 + rank)
+            rng = np.random.default_rng(self.seed + 1)
+            ep = self._run_phase("pretrain", n_pre, patience[0], 0, total, progress, cancel, rng)
             if not self.cancelled and n_fin > 0:
                 if balance and self.n_sections > 1:
                     self.compute_balance_weights()
                 self._run_phase(
-                    "final",
-                    n_fin,
-                    self.config["patience"][1],
-                    max(ep, n_pre),
-                    total,
-                    progress,
-                    cancel,
-                    rng,
+                    "final", n_fin, patience[1], max(ep, n_pre), total, progress, cancel, rng
                 )
         self.module.eval()
-        self.is_trained = True
         self._latent_cache.clear()
-        return self.history
 
     def compute_balance_weights(self) -> None:
         """Phase 2: set per-cell adversarial weights from Leiden clusters (see ._balance)."""
@@ -716,7 +632,7 @@ class FuseMap:
             a, b = infer_latent(self.module, sd.name, sd.X, sd.A, self.device)
             zc.append(a)
             zt.append(b)
-        kw = {"resolution": self.config["leiden_resolution"], "seed": self.config["seed"]}
+        kw = {"resolution": self.settings.leiden_resolution, "seed": self.seed}
         wc = balance_weights(zc, **kw)
         wt = balance_weights(zt, **kw)
         for sd, a, b in zip(self.data, wc, wt):
@@ -761,12 +677,14 @@ class FuseMap:
         i = section if isinstance(section, int) else self.section_names.index(str(section))
         return out[i]
 
-    def write_embeddings(self, copy: bool = False) -> list[AnnData]:
-        """Put ``obsm['X_fusemap_cell']`` and ``obsm['X_fusemap_tissue']`` into each section.
+    def write_embeddings(self, copy: bool = True) -> list[AnnData]:
+        """Sections with ``obsm['X_fusemap_cell']`` and ``obsm['X_fusemap_tissue']`` (and
+        ``uns['fusemap']['section_name']``); dropped cells hold NaN rows.
 
-        By default writes into the AnnData objects given to the constructor (in memory;
-        files are never touched) and returns them; ``copy=True`` leaves them alone and
-        returns copies with the embeddings. Dropped cells hold NaN rows.
+        ``copy=True`` (default, as every model): new AnnData objects are returned and the
+        sections given to the constructor are left alone. ``copy=False`` writes into
+        those objects (in memory; files are never touched) and returns them - the
+        default before the shared model protocol.
         """
         cell = self.get_latent_representation("cell")
         tissue = self.get_latent_representation("tissue")
@@ -796,114 +714,143 @@ class FuseMap:
         return pd.DataFrame(x, index=self.adatas[i].obs_names[p.kept], columns=genes)
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path: str | Path, overwrite: bool = True) -> Path:
-        """Write the model folder: weights.pt (state_dict), config.json, genes.csv (gene
-        list + embedding), panels.json (per-section gene panels), history.json."""
-        out = Path(path)
-        if out.exists() and not out.is_dir():
-            raise BrainAtlasInputError(f"{out} exists and is not a folder")
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise BrainAtlasInputError(f"{out} is not empty")
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        torch.save(state, out / "weights.pt")
-        cfg = dict(
-            self.config,
-            format_version=FORMAT_VERSION,
-            model="FuseMap",
-            section_names=self.section_names,
-            lambda_adv=self.lambda_adv,
-            is_trained=self.is_trained,
-            genes=list(self.module.genes),
-        )
-        (out / "config.json").write_text(json.dumps(cfg, indent=1))
-        (out / "panels.json").write_text(json.dumps(self.module.section_genes, indent=1))
-        self.gene_embedding().to_csv(out / "genes.csv")
-        (out / "history.json").write_text(json.dumps(self.history, indent=1, default=float))
-        return out
+    def _write_files(self, folder: Path) -> dict:
+        """weights.pt (state_dict), genes.csv (gene list + embedding, rows in the
+        module's order), panels.csv (section, gene: each section's panel in order)."""
+        save_state(self.module, folder / WEIGHTS)
+        self.gene_embedding().to_csv(folder / "genes.csv")
+        rows = [(n, g) for n in self.section_names for g in self.module.section_genes[n]]
+        pd.DataFrame(rows, columns=["section", "gene"]).to_csv(folder / "panels.csv", index=False)
+        return {
+            "settings": settings_to_dict(self.settings),
+            "seed": self.seed,
+            "section_names": list(self.section_names),
+            "lambda_adv": self.lambda_adv,
+            "is_trained": self.is_trained,
+        }
 
     @classmethod
     def load(
         cls, path: str | Path, sections: list[AnnData] | None = None, device: str = "auto"
     ) -> FuseMap:
         """Load a model folder written by :meth:`save` (weights via
-        ``torch.load(weights_only=True)``). With ``sections`` (the same sections, in the
-        same order) the model can embed them again; without, only the module and the gene
+        ``torch.load(weights_only=True)``; also folders of format 1, written before the
+        shared model layout). With ``sections`` (the same sections, in the same order)
+        the model can embed them again; without, only the module and the gene
         embedding are available."""
-        p = Path(path)
-        try:
-            cfg = json.loads((p / "config.json").read_text())
-            panels = json.loads((p / "panels.json").read_text())
-            state = torch.load(p / "weights.pt", map_location="cpu", weights_only=True)
-        except (OSError, ValueError) as exc:
-            raise BrainAtlasInputError(f"cannot read model folder {p}: {exc}") from exc
+        return super().load(path, sections=sections, device=device)
+
+    @classmethod
+    def _legacy_config(cls, folder: ModelFolder) -> dict | None:
+        """Format 1: flat config.json (settings, genes, section names), panels.json."""
+        if not folder.has("panels.json"):
+            return None
+        cfg = folder.config((1,), ("section_names", "genes"))
+        known = set(settings_to_dict(FuseMapSettings()))
+        values = {**LEGACY_DEFAULTS, **{k: v for k, v in cfg.items() if k in known}}
+        panels = folder.json("panels.json")
+        return {
+            **cfg,
+            "settings": values,
+            "seed": cfg.get("seed", 0),
+            "_panels": panels,
+            "_genes": list(cfg["genes"]),
+        }
+
+    @classmethod
+    def _from_folder(cls, folder, cfg, sections=None, device="auto") -> FuseMap:
+        for k in ("seed", "section_names"):
+            if k not in cfg:
+                raise folder.error("config.json", f"lacks the key {k!r}")
+        # options added after a folder was written: what it was trained with
+        values = {**LEGACY_DEFAULTS, **cfg["settings"]}
+        settings = settings_from_dict(FuseMapSettings, values, folder)
+        names = [str(n) for n in cfg["section_names"]]
+        legacy = "_panels" in cfg  # format 1
+        if legacy:
+            panels, genes = cfg["_panels"], [str(g) for g in cfg["_genes"]]
+            if set(panels) != set(names):
+                raise folder.error("panels.json", "does not list the sections config.json names")
+            history = folder.history() if folder.has("history.json") else []
+        else:
+            genes, panels = _read_gene_tables(folder, names, settings.n_latent)
+            history = folder.history()
+        state = folder.weights()
+        rows = state.get("gene_embedding")
+        if not legacy and rows is not None and rows.shape[0] != len(genes):
+            raise folder.error(
+                "genes.csv", f"lists {len(genes)} genes, weights.pt holds {rows.shape[0]}"
+            )
         self = cls.__new__(cls)
-        keys = (
-            "n_latent",
-            "n_hidden",
-            "dropout",
-            "disc_hidden",
-            "batch_size",
-            "lr",
-            "val_fraction",
-            "instance_noise",
-            "adv_ratio",
-            "softmax_ce",
-            "adv_objective",
-            "patience",
-            "lr_patience",
-            "leiden_resolution",
-            "max_val_cells",
-            "adv_cells",
-            "noise_schedule",
-            "min_steps",
-            "sample_latent",
-            "weight_average",
-            "recon_from",
-            "panel_anchor",
-            "min_cell_counts",
-            "seed",
-        )
-        self.config = {k: cfg[k] for k in keys if k in cfg}
-        _check_config(self.config)
+        self.settings, self.seed = settings, int(cfg["seed"])
         self.device = resolve_device(device)
         self.lambda_adv = cfg.get("lambda_adv")
         self.is_trained = bool(cfg.get("is_trained", True))
         self.cancelled = False
         self._anneal, self._burnin = 1.0, 1
         self._latent_cache = {}
-        hist = p / "history.json"
-        self.history = json.loads(hist.read_text()) if hist.exists() else []
-        names = list(cfg["section_names"])
+        self.history = history
         self.module = FuseMapModule(
-            panels,
-            n_latent=cfg["n_latent"],
-            n_hidden=cfg["n_hidden"],
-            dropout=cfg["dropout"],
-            disc_hidden=cfg["disc_hidden"],
-            genes=cfg["genes"],
+            {n: panels[n] for n in names},
+            n_latent=settings.n_latent,
+            n_hidden=settings.n_hidden,
+            dropout=settings.dropout,
+            disc_hidden=settings.disc_hidden,
+            genes=genes,
         )
-        self.module.load_state_dict(state)
+        load_state(self.module, state, folder)
         self.module.to(self.device).eval()
         self.section_names = names
         self.adatas, self.prepared = [], []
         if sections is not None:
-            if isinstance(sections, AnnData):
-                sections = [sections]
-            if len(sections) != len(names):
-                raise BrainAtlasInputError(
-                    f"the model has {len(names)} sections but {len(sections)} were given"
-                )
-            self._attach(list(sections), names)
-            for pr in self.prepared:
-                if pr.genes != panels[pr.name]:
-                    raise BrainAtlasInputError(
-                        f"section {pr.name!r} does not have the genes the model was trained on"
-                    )
+            self._attach_saved(sections, names, panels)
         return self
+
+    def _attach_saved(self, sections, names, panels) -> None:
+        if isinstance(sections, AnnData):
+            sections = [sections]
+        if len(sections) != len(names):
+            raise BrainAtlasInputError(
+                f"the model has {len(names)} sections but {len(sections)} were given"
+            )
+        self._attach(list(sections), names)
+        for pr in self.prepared:
+            if pr.genes != list(panels[pr.name]):
+                raise BrainAtlasInputError(
+                    f"section {pr.name!r} does not have the genes the model was trained on"
+                )
 
     def __repr__(self) -> str:
         return (
             f"FuseMap({self.n_sections} sections, {len(self.module.genes)} genes, "
-            f"k={self.config['n_latent']}, trained={self.is_trained}, device={self.device})"
+            f"k={self.settings.n_latent}, trained={self.is_trained}, device={self.device})"
         )
+
+
+def _read_gene_tables(
+    folder: ModelFolder, names: list[str], n_latent: int
+) -> tuple[list[str], dict]:
+    """Gene list (genes.csv's first column, in the module's row order; the other columns
+    the gene embedding) and per-section panels (panels.csv) of a model folder."""
+    emb = folder.csv("genes.csv", keep_default_na=False, dtype={0: str})
+    genes = [str(g) for g in emb.iloc[:, 0]]
+    values = emb.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    if values.shape[1] != n_latent:
+        raise folder.error(
+            "genes.csv", f"has {values.shape[1]} embedding columns, config.json says {n_latent}"
+        )
+    if not np.isfinite(values).all() or len(set(genes)) != len(genes):
+        raise folder.error("genes.csv", "is cut short or damaged (empty or repeated entries)")
+    pan = folder.csv("panels.csv", dtype=str, keep_default_na=False)
+    if list(pan.columns) != ["section", "gene"]:
+        raise folder.error("panels.csv", "does not have the columns section, gene")
+    panels = {n: list(g["gene"]) for n, g in pan.groupby("section", sort=False)}
+    missing = [n for n in names if n not in panels]
+    if missing:
+        raise folder.error("panels.csv", f"has no panel for section {missing[0]!r}")
+    if set(panels) != set(names):
+        raise folder.error("panels.csv", "lists sections config.json does not name")
+    unknown = {g for p in panels.values() for g in p} - set(genes)
+    if unknown:
+        raise folder.error("panels.csv", f"names genes genes.csv lacks ({sorted(unknown)[0]})")
+    return genes, panels

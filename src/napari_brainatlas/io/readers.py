@@ -23,11 +23,21 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
-from .coords import COORD_PAIRS, SECTION_KEYS, find_coordinates, is_visium, pixel_size_from_file
+from .coords import SECTION_KEYS, find_coordinates, is_visium, pixel_size_from_file
+from .tables import (
+    CellTable,
+    _first_text,
+    _listing,
+    coord_columns,
+    parse_genes_option,
+    read_table,
+    split_columns,
+)
 from .validate import is_integer_matrix, validate_section
 
 __all__ = [
     "SECTION_KEYS",
+    "CSV_SUFFIXES",
     "SUFFIXES",
     "find_coordinates",
     "normalise_section",
@@ -38,7 +48,9 @@ __all__ = [
 ]
 
 #: file suffixes the readers accept
-SUFFIXES = (".h5ad", ".loom", ".csv", ".csv.gz", ".tsv", ".txt")
+SUFFIXES = (".h5ad", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+#: the cell-table suffixes (csv / tsv, gzipped too)
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
 
 
 def read_sections(
@@ -46,6 +58,7 @@ def read_sections(
     pixel_size_um: float | None = None,
     section_key: str | None = None,
     backed: bool = False,
+    genes=None,
 ) -> list[AnnData]:
     """Read every section in ``path`` (a .h5ad, .loom, counts/coords .csv, or a folder).
 
@@ -57,20 +70,26 @@ def read_sections(
     section_key : obs column that splits a multi-section file; default: the first of
         :data:`SECTION_KEYS` present.
     backed : open .h5ad files backed (expression stays on disk).
+    genes : csv / tsv cell tables only: which numeric columns beside the coordinates are
+        genes (``True``/``"all"``, a list of names, ``"FIRST:LAST"``); default none, they
+        stay obs columns (see :func:`read_csv_sections`). Refused for other formats.
     """
     p = Path(path)
     if not p.exists():
         raise BrainAtlasInputError(f"file not found: {p}")
     name = p.name.lower()
+    table = p.is_dir() or name.endswith(CSV_SUFFIXES)
+    if genes is not None and genes is not False and not table:
+        raise BrainAtlasInputError(
+            f"{p.name}: genes= (--genes-from-columns) applies to csv / tsv cell tables only"
+        )
     try:
-        if p.is_dir():
-            return read_csv_sections(p, pixel_size_um=pixel_size_um)
+        if table:
+            return read_csv_sections(p, pixel_size_um=pixel_size_um, genes=genes)
         if name.endswith(".h5ad"):
             return read_h5ad(p, pixel_size_um=pixel_size_um, section_key=section_key, backed=backed)
         if name.endswith(".loom"):
             return read_loom(p, pixel_size_um=pixel_size_um)
-        if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-            return read_csv_sections(p, pixel_size_um=pixel_size_um)
     except BrainAtlasInputError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -112,6 +131,13 @@ def normalise_section(
     if not adata.obs_names.is_unique:
         adata.obs_names_make_unique()
     adata.var_names = adata.var_names.astype(str)
+    X = adata.X
+    if X is not None and not sp.issparse(X) and not getattr(adata, "isbacked", False):
+        if np.asarray(X).dtype == object:
+            try:
+                adata.X = np.asarray(X, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise BrainAtlasInputError(_not_numeric(adata, source)) from None
     validate_section(adata, source)
     X = adata.X
     if X is not None and not getattr(adata, "isbacked", False):
@@ -121,9 +147,9 @@ def normalise_section(
             integer = is_integer_matrix(X)
             X = X.astype(np.float32) if X.dtype != np.float32 else X
         except (TypeError, ValueError):
-            raise BrainAtlasInputError(f"{source}: expression values are not numeric") from None
+            raise BrainAtlasInputError(_not_numeric(adata, source)) from None
         adata.X = X
-        if integer and "counts" not in adata.layers:
+        if integer and adata.n_vars and "counts" not in adata.layers:
             adata.layers["counts"] = adata.X
     adata.obs["section"] = pd.Categorical([section] * adata.n_obs)
     meta = dict(adata.uns.get("napari_brainatlas", {}))
@@ -136,6 +162,21 @@ def normalise_section(
     )
     adata.uns["napari_brainatlas"] = meta
     return adata
+
+
+def _not_numeric(adata: AnnData, source: str) -> str:
+    """The sentence for a matrix holding text: the first gene with a text value named."""
+    X = adata.X
+    if not sp.issparse(X):
+        df = pd.DataFrame(np.asarray(X, dtype=object), index=adata.obs_names)
+        for j in range(df.shape[1]):
+            where = _first_text(df.iloc[:, j])
+            if where is not None:
+                return (
+                    f"{source}: expression values are not numeric: gene "
+                    f"{adata.var_names[j]!r} of cell {where[0]!r} holds {where[1]!r}"
+                )
+    return f"{source}: expression values are not numeric"
 
 
 # --------------------------------------------------------------------- h5ad
@@ -267,114 +308,183 @@ def _decode(a):
 
 
 # --------------------------------------------------------------------- csv
-def _read_table(path: Path) -> pd.DataFrame:
-    sep = "\t" if path.name.lower().endswith((".tsv", ".txt")) else ","
-    try:
-        return pd.read_csv(path, sep=sep, index_col=0)
-    except Exception as exc:
-        raise BrainAtlasInputError(f"cannot read {path.name}: {_short(exc)}") from exc
+def _csv_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    found = [
+        f for f in sorted(path.iterdir()) if f.is_file() and f.name.lower().endswith(CSV_SUFFIXES)
+    ]
+    return found
 
 
-def _coord_columns(df: pd.DataFrame) -> tuple[str, str] | None:
-    for cx, cy in COORD_PAIRS:
-        if cx in df.columns and cy in df.columns:
-            return cx, cy
+def _counts_partner(coords: CellTable, others: list[CellTable]):
+    """(counts cells x genes, its table) among ``others`` whose cells are the
+    coordinates table's, or None: a genes x cells table (cells are its columns) first,
+    else the widest all-numeric cells x genes table."""
+    ids = set(coords.df.index.astype(str))
+    need = 0.5 * len(ids)
+    for t in others:
+        if t.df.shape[1] > 1 and len(ids & set(t.df.columns.astype(str))) >= need:
+            return t.df.T, t
+    wide = [
+        t
+        for t in others
+        if t.df.shape[1] > 2
+        and len(ids & set(t.df.index.astype(str))) >= need
+        and all(pd.api.types.is_numeric_dtype(d) for d in t.df.dtypes)
+    ]
+    if wide:
+        t = max(wide, key=lambda t: t.df.shape[1])
+        return t.df, t
     return None
 
 
-def read_csv_sections(path: str | Path, pixel_size_um: float | None = None) -> list[AnnData]:
-    """Read counts + coordinates from csv files, as spacexr and many labs publish them.
+def _side_obs(obs: pd.DataFrame, others: list[CellTable]) -> None:
+    """Per-cell side tables (e.g. nUMI.csv, cell_types.csv) with the same cell ids as
+    obs columns; a one-column table is named by its file."""
+    ids = set(obs.index)
+    for t in others:
+        df = t.df
+        if len(ids & set(df.index.astype(str))) < 0.5 * len(ids):
+            continue
+        if df.shape[1] == 1:
+            t = CellTable(t.path, df.set_axis([t.path.name.split(".")[0]], axis=1), t.types)
+        _, extra = split_columns(t, ())
+        extra = extra.reindex(obs.index)
+        for c in extra.columns:
+            if c not in obs.columns:
+                obs[c] = extra[c].to_numpy() if not hasattr(extra[c], "cat") else extra[c].values
 
-    ``path`` is a folder holding a coordinates table (columns x/y, xcoord/ycoord, ...; index
-    = cell ids) and a counts table (genes x cells or cells x genes, matched by cell ids), or
-    a single csv with coordinate columns plus one column per gene. Extra per-cell tables in
-    the folder with the same ids (e.g. nUMI.csv) become obs columns.
+
+def _numeric_counts(counts: pd.DataFrame, file: str) -> pd.DataFrame:
+    """``counts`` as numbers; the first text value named (gene and cell)."""
+    num = counts.apply(pd.to_numeric, errors="coerce")
+    bad = num.isna().to_numpy() & counts.notna().to_numpy()
+    if bad.any():
+        i, j = (int(v[0]) for v in np.nonzero(bad))
+        raise BrainAtlasInputError(
+            f"{file}: expression values are not numeric: gene {counts.columns[j]!r} of cell "
+            f"{counts.index[i]!r} holds {counts.iat[i, j]!r}; correct the value (counts "
+            "tables hold numbers only)"
+        )
+    return num
+
+
+def read_csv_sections(
+    path: str | Path, pixel_size_um: float | None = None, genes=None
+) -> list[AnnData]:
+    """Read cells from csv / tsv files, as spacexr, STARmap PLUS and many labs publish them
+    (see :mod:`napari_brainatlas.io.tables` for what becomes obs and what genes).
+
+    ``path`` is a folder holding a coordinates table (columns x/y, X/Y, xcoord/ycoord,
+    ...; index = cell ids; its other columns become obs) and a counts table (genes x
+    cells or cells x genes, matched by cell ids), or one cell table (a file, or a folder
+    with one table holding coordinates). Per-cell side tables with the same ids (e.g.
+    nUMI.csv, cell_types.csv) become obs columns. In a cell table, text columns become
+    obs and numeric columns become genes only as ``genes`` says (``True``: every
+    numeric column but per-cell measures such as Z or area; a list of column names;
+    ``"FIRST:LAST"``); otherwise they stay numeric obs columns and the section has no
+    genes (``uns['napari_brainatlas']['numeric_columns']`` lists them). Where a counts
+    table is found, genes come from it (``True`` is then satisfied; column names are
+    refused).
     """
     path = Path(path)
-    files = sorted(path.glob("*.csv")) + sorted(path.glob("*.tsv")) if path.is_dir() else [path]
+    files = _csv_files(path)
     if not files:
-        raise BrainAtlasInputError(f"no csv files in {path}")
-    tables = {f: _read_table(f) for f in files}
-    coord_file = None
-    if len(tables) > 1:  # a coordinates table beside a counts table
-        coord_file = next(
-            (f for f, t in tables.items() if _coord_columns(t) and t.shape[1] <= 6), None
-        )
-    if coord_file is None:
-        single = next((f for f, t in tables.items() if _coord_columns(t)), None)
-        if single is None:
-            raise BrainAtlasInputError(
-                f"{path.name}: no cell coordinates found (need x/y or xcoord/ycoord columns)"
-            )
-        t = tables[single]
-        cx, cy = _coord_columns(t)
-        genes = [c for c in t.columns if c not in (cx, cy)]
-        num = t[genes].select_dtypes(include="number")
-        if num.shape[1] != len(genes):
-            raise BrainAtlasInputError(f"{single.name}: expression values are not numeric")
-        adata = AnnData(
-            X=num.to_numpy(),
-            obs=pd.DataFrame(index=t.index.astype(str)),
-            var=pd.DataFrame(index=pd.Index(genes, dtype=str)),
-        )
-        xy = t[[cx, cy]].to_numpy()
-        return [
-            normalise_section(
-                adata,
-                source=str(single),
-                section=single.stem,
-                fmt="csv",
-                pixel_size_um=pixel_size_um,
-                coords=xy,
-                coords_from=f"{single.name} {cx}/{cy}",
-            )
-        ]
-    coords = tables.pop(coord_file)
-    cx, cy = _coord_columns(coords)
-    ids = coords.index.astype(str)
-    idset = set(ids)
-    counts, counts_file, extra = None, None, []
-    for f, t in tables.items():
-        cols_match = len(idset & set(t.columns.astype(str)))
-        rows_match = len(idset & set(t.index.astype(str)))
-        if t.shape[1] > 1 and cols_match >= 0.5 * len(ids) and counts is None:
-            counts, counts_file = t.T, f  # genes x cells
-        elif t.shape[1] > 2 and rows_match >= 0.5 * len(ids) and counts is None:
-            counts, counts_file = t, f
-        elif rows_match >= 0.5 * len(ids):
-            if t.shape[1] == 1:  # a one-column side table (e.g. nUMI.csv) is named by file
-                t = t.set_axis([f.stem], axis=1)
-            extra.append(t)
-    if counts is None:
+        raise BrainAtlasInputError(f"no csv or tsv files in {path}")
+    tables = [read_table(f) for f in files]
+    with_coords = [t for t in tables if coord_columns(t.df)]
+    if not with_coords:
+        cols = tables[0].df.columns
         raise BrainAtlasInputError(
-            f"{path.name}: no counts table whose cells match {coord_file.name}"
+            f"{path.name}: no cell coordinates found (need x/y, X/Y, center_x/center_y or "
+            f"xcoord/ycoord columns; {tables[0].path.name} has {_listing(cols)})"
         )
+    for ct in sorted(with_coords, key=lambda t: t.df.shape[1]):
+        others = [t for t in tables if t is not ct]
+        partner = _counts_partner(ct, others)
+        if partner is not None:
+            if parse_genes_option(genes) not in (None, True):  # names that go unused
+                raise BrainAtlasInputError(
+                    f"{path.name}: the genes come from {partner[1].path.name}; leave out "
+                    "genes= (--genes-from-columns) for this folder"
+                )
+            rest = [t for t in others if t is not partner[1]]
+            return [_counts_section(path, ct, partner, rest, pixel_size_um)]
+    table = with_coords[0]
+    return [_table_section(path, table, tables, pixel_size_um, genes)]
+
+
+def _table_section(path, table: CellTable, tables, pixel_size_um, genes) -> AnnData:
+    """One cell table (+ side tables): genes from its columns as ``genes`` says."""
+    cx, cy = coord_columns(table.df)
+    gene_cols, obs = split_columns(table, (cx, cy), genes)
+    _side_obs(obs, [t for t in tables if t is not table])
+    X = table.df[gene_cols].to_numpy() if gene_cols else np.zeros((len(obs), 0), np.float32)
+    adata = AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(gene_cols, dtype=str)))
+    numbers = [c for c in obs.columns if pd.api.types.is_numeric_dtype(obs[c].dtype)]
+    adata.uns["napari_brainatlas"] = {
+        "genes_from": f"{table.path.name} columns" if gene_cols else "none",
+        "numeric_columns": numbers,
+    }
+    single = path if not path.is_dir() else table.path
+    return normalise_section(
+        adata,
+        source=str(single),
+        section=path.name if path.is_dir() else _stem(path),
+        fmt="csv",
+        pixel_size_um=pixel_size_um,
+        coords=_coords(table, cx, cy),
+        coords_from=f"{table.path.name} {cx}/{cy}",
+    )
+
+
+def _coords(table: CellTable, cx: str, cy: str, rows=None) -> np.ndarray:
+    df = table.df if rows is None else table.df.loc[rows]
+    for c in (cx, cy):
+        if not pd.api.types.is_numeric_dtype(df[c].dtype):
+            where = _first_text(df[c])
+            held = f": row {where[0]!r} holds {where[1]!r}" if where else ""
+            raise BrainAtlasInputError(
+                f"{table.path.name}: coordinate column {c!r} is not numeric{held}"
+            )
+    return df[[cx, cy]].to_numpy(dtype=np.float64)
+
+
+def _counts_section(path, coords: CellTable, partner, others, pixel_size_um) -> AnnData:
+    """A coordinates table + a counts table (+ side tables) as one section."""
+    counts, counts_table = partner
+    cx, cy = coord_columns(coords.df)
     counts.index = counts.index.astype(str)
-    common = [i for i in ids if i in set(counts.index)]
+    ids = coords.df.index
+    inside = set(counts.index)
+    common = [i for i in ids if i in inside]
     if not common:
         raise BrainAtlasInputError(
-            f"{path.name}: no cell is in both {coord_file.name} and {counts_file.name}"
+            f"{path.name}: no cell is in both {coords.path.name} and {counts_table.path.name}"
         )
-    counts = counts.loc[common]
-    num = counts.apply(pd.to_numeric, errors="coerce")
-    if num.isna().to_numpy().any() and not counts.isna().to_numpy().any():
-        raise BrainAtlasInputError(f"{counts_file.name}: expression values are not numeric")
-    obs = pd.DataFrame(index=pd.Index(common))
-    for t in extra:
-        t.index = t.index.astype(str)
-        for c in t.columns:
-            obs[c] = t[c].reindex(obs.index).to_numpy()
-    X = sp.csr_matrix(num.to_numpy())
-    adata = AnnData(X=X, obs=obs, var=pd.DataFrame(index=num.columns.astype(str)))
-    xy = coords.loc[common, [cx, cy]].to_numpy()
-    return [
-        normalise_section(
-            adata,
-            source=str(path),
-            section=path.name if path.is_dir() else path.stem,
-            fmt="csv",
-            pixel_size_um=pixel_size_um,
-            coords=xy,
-            coords_from=f"{coord_file.name} {cx}/{cy}",
-        )
-    ]
+    counts = _numeric_counts(counts.loc[common], counts_table.path.name)
+    _, obs = split_columns(coords, (cx, cy))
+    obs = obs.loc[common]
+    _side_obs(obs, others)
+    X = sp.csr_matrix(counts.to_numpy())
+    adata = AnnData(X=X, obs=obs, var=pd.DataFrame(index=counts.columns.astype(str)))
+    adata.uns["napari_brainatlas"] = {"genes_from": counts_table.path.name}
+    xy = _coords(coords, cx, cy, rows=common)
+    return normalise_section(
+        adata,
+        source=str(path),
+        section=path.name if path.is_dir() else _stem(path),
+        fmt="csv",
+        pixel_size_um=pixel_size_um,
+        coords=xy,
+        coords_from=f"{coords.path.name} {cx}/{cy}",
+    )
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in CSV_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem

@@ -51,6 +51,18 @@ class MidlineFrame:
         ab = np.asarray(ab, dtype=float).reshape(-1, 2)
         return self.o + ab[:, :1] * self.v + ab[:, 1:2] * self.u
 
+    def to_canonical_matrix(self) -> np.ndarray:
+        """(3, 3) affine: input um -> canonical (a, b)."""
+        M = np.eye(3)
+        M[0, :2] = self.v
+        M[1, :2] = self.u
+        M[:2, 2] = -M[:2, :2] @ self.o
+        return M
+
+    def from_canonical_matrix(self) -> np.ndarray:
+        """(3, 3) affine: canonical (a, b) -> input um."""
+        return np.linalg.inv(self.to_canonical_matrix())
+
 
 def validate_midline(midline, points: np.ndarray, mask_contains=None) -> np.ndarray:
     """Check a clicked midline against the section's cells; returns it as (2, 2) float.

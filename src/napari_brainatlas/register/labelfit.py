@@ -20,10 +20,20 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._errors import BrainAtlasInputError
 from .affine import apply_affine, fit_affine
+from .settings import LabelChamferSettings, LabelFitSettings, LabelWarpSettings
 
-__all__ = ["LabelTemplate", "label_cost", "label_fit", "make_label_template"]
+__all__ = [
+    "LabelTemplate",
+    "fit_spread",
+    "label_chamfer_starts",
+    "label_cost",
+    "label_fit",
+    "label_warp",
+    "make_label_template",
+    "plane_score",
+    "reverse_cost",
+]
 
 
 @dataclass
@@ -230,15 +240,7 @@ def label_fit(
     lt: LabelTemplate,
     outline_pts: np.ndarray | None = None,
     tmpl_tree=None,
-    outline_weight: float = 0.5,
-    n_iter: int = 15,
-    trim_q: float | None = None,
-    cap_um: float = 400.0,
-    tol_um: float = 0.5,
-    inside_weight: float = 1.0,
-    reverse_weight: float = 0.0,
-    reverse_trim_q: float | None = None,
-    accelerate: bool | None = None,
+    settings: LabelFitSettings | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Refine the section -> atlas slice affine ``A0`` with region labels.
 
@@ -249,73 +251,111 @@ def label_fit(
     outline_pts, tmpl_tree : section outline points (section um) and a KD-tree of the
         template outline points; given, they are matched too, with ``outline_weight``
         times the total weight of the cells.
-    trim_q : cells beyond this quantile of the distance (and beyond ``cap_um``) are
-        dropped in each step (mislabelled cells, torn or warped tissue); default
-        :data:`TRIM_Q`. ``reverse_trim_q``: the same for the reverse pairs (default
-        :data:`REVERSE_TRIM_Q`): template edges of torn-away tissue have no cells and
-        would pull the fit into the gap.
-    reverse_weight : weight (times the cells' total) of the reverse pull: every edge
-        pixel of each template division draws the nearest mapped cell of that division
-        onto it. A cell inside its region costs nothing in the forward direction, so
-        alone that leaves a plateau of equally good fits (all cells inside) on which the
-        fit stops wherever it entered; the reverse term asks the cells to fill their
-        regions up to the edges, which centres the fit on the plateau.
+    settings : :class:`~.settings.LabelFitSettings` (default: its defaults, a plain
+        label fit without the reverse term). Cells beyond the ``trim_q`` quantile of the
+        distance (and beyond ``cap_um``) are dropped in each step (mislabelled cells,
+        torn or warped tissue); the reverse pairs are trimmed at ``reverse_trim_q``:
+        template edges of torn-away tissue have no cells and would pull the fit into
+        the gap. ``reverse_weight`` (times the cells' total) weighs the reverse pull:
+        every edge pixel of each template division draws the nearest mapped cell of
+        that division onto it. A cell inside its region costs nothing in the forward
+        direction, so alone that leaves a plateau of equally good fits (all cells
+        inside) on which the fit stops wherever it entered; the reverse term asks the
+        cells to fill their regions up to the edges, which centres the fit on the
+        plateau. ``accelerate``: Anderson acceleration of the iteration.
 
     Returns (affine, info) with info = dict(cost_um (mean capped label distance at the
     end), iterations, inside (fraction of labelled cells inside their region),
     distances, reverse (mean capped distance of the template edge pixels to the nearest
-    cell of their division, over the lowest :data:`SCORE_TRIM_Q` of them, see
+    cell of their division, over the lowest ``score_trim_q`` of them, see
     :func:`reverse_cost`; NaN without edges)).
     """
-    trim_q = TRIM_Q if trim_q is None else float(trim_q)
-    reverse_trim_q = REVERSE_TRIM_Q if reverse_trim_q is None else float(reverse_trim_q)
-    accelerate = ACCELERATE if accelerate is None else bool(accelerate)
-    ok = np.flatnonzero(np.asarray(cell_div) >= 0)
-    c = np.asarray(cells, dtype=float)[ok]
-    cd = np.asarray(cell_div)[ok]
-    A = np.asarray(A0, dtype=float).copy()
-    groups = lt.groups(cd)
-    floor = 1.5 * lt.pixel_um
-    use_outline = outline_pts is not None and tmpl_tree is not None and len(outline_pts)
+    st = LabelFitSettings() if settings is None else settings
+    pairs = _LabelPairs(cells, cell_div, lt, outline_pts, tmpl_tree, st)
+    A, it = _fixed_point(pairs, np.asarray(A0, dtype=float).copy(), st)
+    return A, pairs.info(A, it)
 
-    def pairs(A):
+
+class _LabelPairs:
+    """The matched pairs of a label fit at an affine: each labelled cell with the
+    nearest point of its own region, the reverse pairs and the outline pairs."""
+
+    def __init__(self, cells, cell_div, lt, outline_pts, tmpl_tree, st: LabelFitSettings):
+        ok = np.flatnonzero(np.asarray(cell_div) >= 0)
+        self.c = np.asarray(cells, dtype=float)[ok]
+        self.cd = np.asarray(cell_div)[ok]
+        self.lt, self.st = lt, st
+        self.groups = lt.groups(self.cd)
+        self.floor = 1.5 * lt.pixel_um
+        self.outline_pts, self.tree = outline_pts, tmpl_tree
+        self.use_outline = outline_pts is not None and tmpl_tree is not None and len(outline_pts)
+
+    def __call__(self, A):
         """The matched pairs at ``A`` (section points, template points, weights) and
         their weighted mean squared distance (um^2); None when too few cells match."""
+        c, st, lt = self.c, self.st, self.lt
         P = apply_affine(A, c)
-        tgt, d = lt.lookup(P, cd, groups)
+        tgt, d = lt.lookup(P, self.cd, self.groups)
         good = np.isfinite(d)
         if good.sum() < 10:
             return None
-        thr = max(float(np.quantile(d[good], trim_q)), floor)
-        keep = good & (d <= min(thr, cap_um) + 1e-9)
+        thr = max(float(np.quantile(d[good], st.trim_q)), self.floor)
+        keep = good & (d <= min(thr, st.cap_um) + 1e-9)
         src, dst = c[keep], tgt[keep]
-        w = np.where(d[keep] > 0, 1.0, inside_weight)
+        w = np.where(d[keep] > 0, 1.0, st.inside_weight)
         n_fwd = len(w)
-        if reverse_weight > 0 and lt.edges:
-            rs, rd = _reverse_pairs(P, c, groups, lt, reverse_trim_q, cap_um, floor)
+        if st.reverse_weight > 0 and lt.edges:
+            rs, rd = _reverse_pairs(P, c, self.groups, lt, st.reverse_trim_q, st.cap_um, self.floor)
             if len(rs) >= 3:
                 src = np.vstack([src, rs])
                 dst = np.vstack([dst, rd])
-                w = np.concatenate([w, np.full(len(rs), reverse_weight * n_fwd / len(rs))])
-        if use_outline:
-            Q = apply_affine(A, outline_pts)
-            do, j = tmpl_tree.query(Q)
-            thr_o = max(2.5 * float(np.median(do)), floor)
+                w = np.concatenate([w, np.full(len(rs), st.reverse_weight * n_fwd / len(rs))])
+        if self.use_outline:
+            Q = apply_affine(A, self.outline_pts)
+            do, j = self.tree.query(Q)
+            thr_o = max(2.5 * float(np.median(do)), self.floor)
             ko = do <= thr_o
             if ko.sum() >= 3:
-                src = np.vstack([src, outline_pts[ko]])
-                dst = np.vstack([dst, tmpl_tree.data[j[ko]]])
-                w = np.concatenate([w, np.full(int(ko.sum()), outline_weight * n_fwd / ko.sum())])
+                src = np.vstack([src, self.outline_pts[ko]])
+                dst = np.vstack([dst, self.tree.data[j[ko]]])
+                w = np.concatenate(
+                    [w, np.full(int(ko.sum()), st.outline_weight * n_fwd / ko.sum())]
+                )
         if w.sum() <= 0:
             return None
         r2 = ((apply_affine(A, src) - dst) ** 2).sum(1)
         return src, dst, w, float((w * r2).sum() / w.sum())
 
-    # Anderson acceleration (Walker & Ni 2011; for ICP: Pavlov et al. 2018) of the
-    # fixed-point map A -> fit(pairs(A)), in the coordinates of three reference points
-    # (the affine's images of the cells' centre and two points one spread away: six
-    # numbers, all um). An accelerated step is kept only if its pairs fit no worse than
-    # the last accepted ones; else the plain step is taken and the history cleared.
+    def info(self, A, it: int) -> dict:
+        """The fit's record at its end (see :func:`label_fit`)."""
+        st, lt = self.st, self.lt
+        P = apply_affine(A, self.c)
+        _, d = lt.lookup(P, self.cd, self.groups)
+        dd = np.where(np.isfinite(d), np.minimum(d, st.cap_um), st.cap_um)
+        rev = (
+            reverse_cost(P, self.groups, lt, st.score_cap_um, st.score_trim_q)
+            if lt.edges
+            else float("nan")
+        )
+        return {
+            "cost_um": float(dd.mean()),
+            "iterations": it,
+            "inside": float(np.mean(dd == 0)),
+            "distances": dd,
+            "reverse": rev,
+        }
+
+
+def _fixed_point(pairs: _LabelPairs, A: np.ndarray, st: LabelFitSettings):
+    """Iterate A -> fit(pairs(A)) until no cell moves more than ``st.tol_um`` or
+    ``st.n_iter`` steps; returns (A, iterations).
+
+    With ``st.accelerate``: Anderson acceleration (Walker & Ni 2011; for ICP: Pavlov et
+    al. 2018) of the fixed-point map, in the coordinates of three reference points (the
+    affine's images of the cells' centre and two points one spread away: six numbers,
+    all um). An accelerated step is kept only if its pairs fit no worse than the last
+    accepted ones; else the plain step is taken and the history cleared."""
+    c = pairs.c
     ref = None
     if len(c):
         sd = float(max(c.std(0).mean(), 1.0))
@@ -325,11 +365,11 @@ def label_fit(
     e_acc, A_plain = np.inf, None
     cur = pairs(A)
     it = 0
-    for it in range(1, n_iter + 1):
+    for it in range(1, st.n_iter + 1):
         if cur is None:
             break
         src, dst, w, e = cur
-        if accelerate and A_plain is not None and e > e_acc * (1 + 1e-9):
+        if st.accelerate and A_plain is not None and e > e_acc * (1 + 1e-9):
             # the accelerated step fitted worse: take the plain one instead
             A, cur = A_plain, pairs(A_plain)
             hist_x, hist_g = [], []
@@ -340,82 +380,46 @@ def label_fit(
         G = fit_affine(src, dst, w)
         A_plain = None
         A_new = G
-        if accelerate and ref is not None:
-            x = apply_affine(A, ref).ravel()
-            g = apply_affine(G, ref).ravel()
-            hist_x.append(x)
-            hist_g.append(g)
-            if len(hist_x) > ANDERSON_M + 1:
-                hist_x.pop(0)
-                hist_g.pop(0)
-            if len(hist_x) >= 2:
-                F = np.array(hist_g) - np.array(hist_x)  # residuals g - x, oldest first
-                dF = np.diff(F, axis=0).T  # (6, m)
-                dG = np.diff(np.array(hist_g), axis=0).T
-                gam = np.linalg.lstsq(dF, F[-1], rcond=None)[0]
-                xa = g - dG @ gam
-                if np.all(np.isfinite(xa)):
-                    A_new = fit_affine(ref, xa.reshape(3, 2))
-                    A_plain = G
+        if st.accelerate and ref is not None:
+            A_new, A_plain = _anderson_step(A, G, ref, hist_x, hist_g, st.anderson_m)
         move = (
             float(np.abs(apply_affine(A_new, c[:200]) - apply_affine(A, c[:200])).max())
             if len(c)
             else 0.0
         )
         A = A_new
-        if move < tol_um:
+        if move < st.tol_um:
             break
-        if it < n_iter:
+        if it < st.n_iter:
             cur = pairs(A)
         elif A_plain is not None:
             # out of iterations on an accelerated step: keep it only if it fits no worse
             cur = pairs(A)
             if cur is None or cur[3] > e_acc * (1 + 1e-9):
                 A = A_plain
-    P = apply_affine(A, c)
-    _, d = lt.lookup(P, cd, groups)
-    dd = np.where(np.isfinite(d), np.minimum(d, cap_um), cap_um)
-    rev = reverse_cost(P, groups, lt) if lt.edges else float("nan")
-    return A, {
-        "cost_um": float(dd.mean()),
-        "iterations": it,
-        "inside": float(np.mean(dd == 0)),
-        "distances": dd,
-        "reverse": rev,
-    }
+    return A, it
 
 
-#: Anderson acceleration of :func:`label_fit` (``accelerate=None`` takes this) and the
-#: number of earlier steps it combines. Off by default: at a fixed plane it reaches the
-#: same optimum in about half the iterations, but inside the joint plane search it changes
-#: which planes the warm-started candidate fits reach, and it moved sections both ways
-#: (same process: hard seeds 0-3 149 -> 150 of 160 within; held-out coronal hemisections
-#: 33 -> 34 of 40; far-lateral sagittal sections 18 -> 17 of 30, 5 better and 8 worse; a
-#: far-lateral test case 23 -> 143 um) for 10-18 % less time. The quick plane search
-#: (:mod:`.quick_search`) uses it: its fits run from proposals to convergence.
-ACCELERATE = False
-ANDERSON_M = 4
-#: trimming of the label fits (:func:`label_fit`, :func:`label_warp`): forward pairs
-#: (cell -> its region) beyond this quantile of the distances are dropped in each step
-TRIM_Q = 0.85
-#: and reverse pairs (template division edge -> nearest cell of the division) beyond
-#: this quantile. Template edges of torn-away tissue have no cells near them; at 0.85
-#: they pulled the fit into the gap: started from the true affine at the true plane,
-#: the fit drifted to 80-110 um median error on 3 of 40 hard sections (seed 1), none
-#: with 0.7 (median error 19.4 -> 15.8 um over the 40; seed 2: 14.8 -> 13.5 um)
-REVERSE_TRIM_Q = 0.7
-#: :func:`plane_score` averages the outline distances (both directions) and
-#: :func:`reverse_cost` the division-edge distances over this lowest fraction only (1:
-#: all): a torn section's edge has no template outline and the torn-away part of the
-#: template outline no section outline
-SCORE_TRIM_Q = 0.85
-#: :func:`fit_spread` refits with the reverse pairs trimmed at this quantile: the
-#: confidence's spread factor (``api.SPREAD_HALF_UM``) was calibrated with it. Against
-#: a fit made with :data:`REVERSE_TRIM_Q` the spread then also holds how far the fit
-#: moves when the torn-tissue trim is relaxed (a few um on intact tissue). On the
-#: held-out draw (seed 1) the confidence separated the failures better this way (AUC
-#: 0.85) than with the restarts under the fit's own trim (0.79)
-SPREAD_REVERSE_TRIM_Q = 0.85
+def _anderson_step(A, G, ref, hist_x, hist_g, m: int):
+    """The Anderson-accelerated step from the iterate ``A`` and its plain image ``G``
+    (histories updated in place); returns (accelerated affine, plain affine or None
+    when no accelerated step was taken)."""
+    x = apply_affine(A, ref).ravel()
+    g = apply_affine(G, ref).ravel()
+    hist_x.append(x)
+    hist_g.append(g)
+    if len(hist_x) > m + 1:
+        hist_x.pop(0)
+        hist_g.pop(0)
+    if len(hist_x) >= 2:
+        F = np.array(hist_g) - np.array(hist_x)  # residuals g - x, oldest first
+        dF = np.diff(F, axis=0).T  # (6, m)
+        dG = np.diff(np.array(hist_g), axis=0).T
+        gam = np.linalg.lstsq(dF, F[-1], rcond=None)[0]
+        xa = g - dG @ gam
+        if np.all(np.isfinite(xa)):
+            return fit_affine(ref, xa.reshape(3, 2)), G
+    return G, None
 
 
 def _trimmed_mean(d: np.ndarray, q: float) -> float:
@@ -473,19 +477,18 @@ def _reverse_pairs_idx(P, groups, lt, trim_q, cap_um, floor):
     return ci[keep], e[keep]
 
 
-def reverse_cost(P, groups, lt, cap_um: float = 150.0, trim_q: float | None = None) -> float:
-    """Mean distance (capped) of the template's division edge pixels to the nearest
-    mapped cell of their division; divisions the cells lack count the cap. Averaged
-    over the lowest ``trim_q`` fraction (default :data:`SCORE_TRIM_Q`)."""
+def reverse_cost(P, groups, lt, cap_um: float = 150.0, trim_q: float = 0.85) -> float:
+    """Mean distance (capped at ``cap_um``) of the template's division edge pixels to
+    the nearest mapped cell of their division; divisions the cells lack count the cap.
+    Averaged over the lowest ``trim_q`` fraction."""
     _, _, d = _edge_matches(P, groups, lt)
     have = {k for k, sel in groups if len(sel) >= 3}
     n_all = sum(len(e) for e in lt.edges.values())
     if n_all == 0:
         return float("nan")
     n_missing = sum(len(e) for k, e in lt.edges.items() if k not in have)
-    q = SCORE_TRIM_Q if trim_q is None else float(trim_q)
     dd = np.concatenate([np.minimum(d, cap_um), np.full(n_missing, cap_um)])
-    return _trimmed_mean(dd, q)
+    return _trimmed_mean(dd, float(trim_q))
 
 
 def plane_score(
@@ -493,390 +496,42 @@ def plane_score(
     info: dict,
     outline_pts: np.ndarray,
     tmpl,
-    outline_scale_um: float = 0.0,
-    cap_um: float = 150.0,
-    outline_weight: float = 1.0,
-    reverse_weight: float = 0.0,
-    trim_q: float | None = None,
+    settings: LabelFitSettings | None = None,
 ) -> tuple[float, dict]:
     """Joint score of a fitted plane (higher better, um): minus the mean distance of the
-    labelled cells to their own region plus ``outline_weight`` times the outlines' mean
-    symmetric distance, every distance capped at ``cap_um`` (mislabelled cells and torn
-    tissue cost at most the cap). Continuous in the plane, unlike a count of cells
-    inside their region. ``outline_scale_um`` is unused (kept for callers).
+    labelled cells to their own region (with ``reverse_weight`` > 0: the forward and
+    reverse label distances as one symmetric mean) plus ``score_outline_weight`` times
+    the outlines' mean symmetric distance, every distance capped at ``score_cap_um``
+    (mislabelled cells and torn tissue cost at most the cap). Continuous in the plane,
+    unlike a count of cells inside their region. ``info`` is :func:`label_fit`'s.
+    ``settings``: :class:`~.settings.LabelFitSettings` (default: its defaults).
     Returns (score, parts)."""
     from scipy.spatial import cKDTree
 
+    st = LabelFitSettings() if settings is None else settings
+    cap_um = st.score_cap_um
     Q = apply_affine(A, outline_pts)
     d1, _ = tmpl.tree.query(Q)
     d2, _ = cKDTree(Q).query(tmpl.outline.points)
     # torn tissue: the template outline of the missing part has no section outline
     # near it, and the torn edge no template outline: both directions are averaged
-    # over the lowest SCORE_TRIM_Q only
-    q = SCORE_TRIM_Q if trim_q is None else float(trim_q)
+    # over the lowest ``score_trim_q`` only
+    q = float(st.score_trim_q)
     od = 0.5 * (_trimmed_mean(np.minimum(d1, cap_um), q) + _trimmed_mean(np.minimum(d2, cap_um), q))
     ld = float(np.minimum(info["distances"], cap_um).mean())
     rv = float(info.get("reverse", float("nan")))
-    tot = ld + outline_weight * od
-    if reverse_weight > 0 and np.isfinite(rv):
+    tot = ld + st.score_outline_weight * od
+    if st.reverse_weight > 0 and np.isfinite(rv):
         # forward and reverse label distances as one symmetric mean
-        tot = (ld + reverse_weight * rv) / (1.0 + reverse_weight) + outline_weight * od
+        tot = (ld + st.reverse_weight * rv) / (
+            1.0 + st.reverse_weight
+        ) + st.score_outline_weight * od
     return float(-tot), {
         "inside": float(info["inside"]),
         "outline_um": od,
         "label_um": ld,
         "reverse_um": rv,
     }
-
-
-def search_plane(
-    template_at,
-    atlas,
-    cells: np.ndarray,
-    cell_div: np.ndarray,
-    outline_pts: np.ndarray,
-    A0: np.ndarray,
-    position_um: float,
-    angles_deg=(0.0, 0.0),
-    bounds=None,
-    search_um: float = 300.0,
-    max_angle_deg: float = 5.0,
-    steps=((50.0, 1.5), (25.0, 0.75), (12.5, 0.4)),
-    proposals=(),
-    max_evals: int = 60,
-    neighbours: bool = False,
-    label_pixel_um: float | None = None,
-    propose=None,
-    cancel=None,
-    outline_weight: float = 1.0,
-    centre_um=None,
-    reverse_weight: float = 0.0,
-    coarse_template_at=None,
-    coarse_cells: int = 1500,
-    coarse_edges: int = 1000,
-    refine_top: int = 2,
-    fine_levels: int = 1,
-    fit_tol_um: float = 0.5,
-    fit_iters: int = 20,
-    refit_iters: int = 15,
-    refit_min_step_um: float = 0.0,
-    max_edges: int = 2500,
-    quadratic_finish: bool = False,
-    midline_tilt: bool = False,
-) -> dict:
-    """Joint search of the cutting plane (position, two angles) and the in-plane fit.
-
-    Every candidate plane gets its own in-plane fit (:func:`label_fit`, started from the
-    best fit so far and, where the position changes, also from an outline ICP refit to
-    the new slice) and is scored by :func:`plane_score`. The search starts from the best
-    of the given plane, two positions at half ``search_um`` either side and the
-    ``proposals`` ((position, (a_x, a_y)) pairs, e.g. from
-    :func:`.position.refine_plane`), then climbs by a pattern search (the best of the six
-    neighbours along depth and the two angles; the steps halve when none is better;
-    ``propose`` is asked for a plane whenever it stalls), within ``max_evals`` planes.
-
-    The angles turn the plane about the section's own centre (the centroid of the cells
-    as placed by ``A0``), not about the slice centre the positions refer to
-    (``centre_um``, the ``AtlasSlice.centre_um``): an angle step then keeps the section's
-    mean depth, so depth and angles are nearly independent axes (about the slice
-    centre, a far-off section moves in depth with every angle step, and the search has
-    to follow a diagonal ridge).
-
-    Parameters
-    ----------
-    template_at : ``template_at(position_um, angles) -> Template`` (see :mod:`.core`).
-    cells, cell_div : a subsample of the section's cells (section um) and their division
-        index; outline_pts : section outline points (section um).
-    bounds : (lo, hi) of the position axis; the search stays within ``search_um`` of
-        the start's depth at the section centre and within ``max_angle_deg`` on each angle.
-    propose : optional ``propose(affine, position_um, angles) -> (position_um, angles)``
-        (e.g. :func:`.position.refine_plane` on the cells placed by ``affine``); called
-        whenever the pattern search stalls, its plane is tried too (escapes ridges where
-        position and angle trade off).
-    outline_weight : weight of the outline term in :func:`plane_score`.
-    coarse_template_at : optional ``coarse_template_at(position_um, angles) -> Template``
-        on a coarser grid (e.g. 50 um pixels sampled from the 25 um volume). Given, the
-        whole pattern search runs on it with ``coarse_cells`` of the cells (coarse to
-        fine): each candidate then costs a fraction of a full one. After all but the
-        last ``fine_levels`` steps, the ``refine_top`` best coarse planes are refitted at
-        full resolution with all ``cells`` (from their coarse fits) and the search goes
-        on from the best of them at full resolution with the finer steps.
-    fit_tol_um, fit_iters : each candidate's :func:`label_fit` stops when no cell moves
-        more than ``fit_tol_um`` or after ``fit_iters`` iterations (the candidates only
-        need ranking; the caller refits the winner to convergence).
-    refit_iters : ICP iterations of the outline refit tried at a new depth;
-        ``refit_min_step_um``: only for depth steps at least this large (the proposals
-        and the depths around the start always get it).
-    midline_tilt : the poll also tries the left-right tilt about the slice centre's
-        vertical line (the midline of a coronal slice; the depth there is kept) besides
-        the tilt about the section's centre. For a hemisection the two differ by a depth
-        shift of about half its width times the tilt, and its anatomy may pin the
-        depth at the midline better than at its own centre: the search's axes then
-        cross a diagonal ridge, which this extra direction follows.
-    max_edges : template division edge points of the reverse term per candidate.
-    quadratic_finish : after the last level, one step to the vertex of the parabolas
-        through the final plane and its two neighbours on each axis (all already
-        evaluated by the last poll, unless ``max_evals`` stopped it): a sub-step
-        refinement for one or two more candidates, far cheaper than a further level of
-        six-neighbour polls.
-
-    Returns dict(position_um, angles_deg, affine, score, inside, outline_um, evals,
-    neighbours (scores of the final plane's immediate neighbours), start_score).
-    """
-    p0 = float(position_um)
-    lo, hi = bounds if bounds is not None else (-np.inf, np.inf)
-    cache: dict = {}
-    # pivot: the section's centre in the slice (angles turn about it)
-    if centre_um is None:
-        centre_um = template_at(p0, tuple(angles_deg)).slice.centre_um
-    cx, cy = (float(v) for v in centre_um)
-    px_, py_ = apply_affine(np.asarray(A0, dtype=float), np.asarray(cells, dtype=float)).mean(0)
-    ox, oy = px_ - cx, py_ - cy
-
-    def to_q(p, a):  # slice position -> depth at the pivot
-        return p + np.tan(np.deg2rad(a[0])) * ox + np.tan(np.deg2rad(a[1])) * oy
-
-    def to_p(q, a):
-        return q - np.tan(np.deg2rad(a[0])) * ox - np.tan(np.deg2rad(a[1])) * oy
-
-    q0 = to_q(p0, angles_deg)
-
-    def key(q, a):
-        return (round(q, 3), round(a[0], 3), round(a[1], 3))
-
-    cells = np.asarray(cells, dtype=float)
-    cell_div = np.asarray(cell_div)
-    coarse = coarse_template_at is not None
-    if coarse:
-        st = max(1, int(np.ceil(len(cells) / max(coarse_cells, 1))))
-        lv_cells, lv_div, lv_tmpl, lv_tol = (
-            cells[::st],
-            cell_div[::st],
-            coarse_template_at,
-            2 * fit_tol_um,
-        )
-        lv_edges = coarse_edges
-    else:
-        lv_cells, lv_div, lv_tmpl, lv_tol = cells, cell_div, template_at, fit_tol_um
-        lv_edges = max_edges
-
-    def evaluate(q, a, A_init, refit=False):
-        k = key(q, a)
-        if k in cache:
-            return cache[k]
-        if cancel is not None and cancel():
-            from .icp import RegistrationCancelled
-
-            raise RegistrationCancelled("registration cancelled")
-        try:
-            tmpl = lv_tmpl(to_p(q, a), a)
-        except BrainAtlasInputError:
-            # no tissue in this plane (beyond the brain's lateral edge, or its poles):
-            # not a candidate
-            cache[k] = (-np.inf, A_init, {"inside": float("nan"), "outline_um": float("nan")})
-            return cache[k]
-        lt = make_label_template(atlas, tmpl.slice, label_pixel_um, max_edges=lv_edges)
-        inits = [A_init]
-        if refit:
-            # a new depth changes the slice's size and shape: also start from the
-            # outline fitted to this slice (ICP from the warm start)
-            from .icp import icp_affine
-
-            r = icp_affine(
-                outline_pts,
-                tmpl.outline.points,
-                A_init,
-                max_iter=refit_iters,
-                floor_um=2 * tmpl.outline.pixel_um,
-                tgt_tree=tmpl.tree,
-                tgt_normals=tmpl.outline.normals,
-                model="affine",
-                prior_weight=0.01,
-            )
-            inits.append(r.affine)
-        best = None
-        for A1 in inits:
-            A, info = label_fit(
-                A1,
-                lv_cells,
-                lv_div,
-                lt,
-                outline_pts,
-                tmpl.tree,
-                n_iter=fit_iters,
-                reverse_weight=reverse_weight,
-                tol_um=lv_tol,
-            )
-            sc, parts = plane_score(
-                A,
-                info,
-                outline_pts,
-                tmpl,
-                outline_weight=outline_weight,
-                reverse_weight=reverse_weight,
-            )
-            if best is None or sc > best[0]:
-                best = (sc, A, parts)
-        cache[k] = best
-        return cache[k]
-
-    def valid(q, a):
-        p = to_p(q, a)
-        return (
-            abs(q - q0) <= search_um + 1e-6
-            and lo <= p < hi
-            and abs(a[0]) <= max_angle_deg + 1e-6
-            and abs(a[1]) <= max_angle_deg + 1e-6
-        )
-
-    def clip_plane(p, a):
-        a = tuple(float(np.clip(v, -max_angle_deg, max_angle_deg)) for v in a)
-        q = float(np.clip(to_q(p, a), q0 - search_um, q0 + search_um))
-        p = to_p(q, a)
-        if not (lo <= p < hi):
-            p = float(np.clip(p, lo, hi - 1e-6))
-            q = to_q(p, a)
-        return q, a
-
-    cur_q, cur_a = q0, (float(angles_deg[0]), float(angles_deg[1]))
-    cur = evaluate(cur_q, cur_a, A0)
-    start_score = cur[0]
-    # depths around the start, each with its own outline refit: the label term is
-    # weak where few regions are cut (far-lateral sagittal sections)
-    for q in (q0 - 0.5 * search_um, q0 + 0.5 * search_um):
-        if valid(q, cur_a):
-            r = evaluate(q, cur_a, A0, refit=True)
-            if r[0] > cur[0] + 0.01:
-                cur_q, cur = q, r
-    for p, a in proposals:
-        q, a = clip_plane(p, a)
-        r = evaluate(q, a, cur[1], refit=True)
-        if r[0] > cur[0]:
-            cur_q, cur_a, cur = q, a, r
-
-    proposed = set()
-    n_coarse = 0
-    n_coarse_levels = max(len(steps) - max(fine_levels, 1), 0) if coarse else 0
-    for li, (dp, da) in enumerate(steps):
-        if coarse and li == n_coarse_levels:
-            # coarse to fine: the best coarse planes at full resolution (from their
-            # coarse fits); the remaining, finer steps search at full resolution
-            n_coarse = len(cache)
-            ranked = sorted(cache.items(), key=lambda kv: -kv[1][0])[: max(1, refine_top)]
-            cache = {}
-            lv_cells, lv_div, lv_tmpl, lv_tol = cells, cell_div, template_at, fit_tol_um
-            lv_edges = max_edges
-            cur = None
-            for (q, a0, a1), (_, A_c, _) in ranked:
-                r = evaluate(q, (a0, a1), A_c)
-                if cur is None or r[0] > cur[0]:
-                    cur_q, cur_a, cur = q, (a0, a1), r
-            proposed = set()
-        moved = True
-        while moved and len(cache) < max_evals:
-            moved = False
-            # all six neighbours (eight with ``midline_tilt``), then the best of them
-            # (first-improvement wanders off along noisy ridges)
-            step_best = None
-            for dim in range(4 if midline_tilt else 3):
-                for sgn in (1.0, -1.0):
-                    q, a = cur_q, list(cur_a)
-                    if dim == 0:
-                        q = cur_q + sgn * dp
-                    elif dim < 3:
-                        a[dim - 1] += sgn * da
-                    else:  # left-right tilt keeping the depth at the slice centre's x
-                        a[0] += sgn * da
-                        q = to_q(to_p(cur_q, cur_a), a)
-                    a = tuple(a)
-                    if not valid(q, a):
-                        continue
-                    r = evaluate(q, a, cur[1], refit=dim == 0 and dp >= refit_min_step_um)
-                    if r[0] > cur[0] + 0.01 and (step_best is None or r[0] > step_best[2][0]):
-                        step_best = (q, a, r)
-            if step_best is not None:
-                cur_q, cur_a, cur = step_best
-                moved = True
-            if not moved and propose is not None and key(cur_q, cur_a) not in proposed:
-                # stalled: ask for a plane from the cells placed by the current fit
-                proposed.add(key(cur_q, cur_a))
-                q, a = clip_plane(*propose(cur[1], to_p(cur_q, cur_a), cur_a))
-                r = evaluate(q, a, cur[1], refit=True)
-                if r[0] > cur[0] + 0.01:
-                    cur_q, cur_a, cur = q, a, r
-                    moved = True
-    dp, da = steps[-1]
-    if quadratic_finish:
-        cur_q, cur_a, cur = _quadratic_step(evaluate, valid, cur_q, cur_a, cur, dp, da)
-    # the final plane's neighbours at the finest step: how sharp is the optimum?
-    neigh = []
-    for dim in range(3 if neighbours else 0):
-        for sgn in (1.0, -1.0):
-            q, a = cur_q, list(cur_a)
-            if dim == 0:
-                q += sgn * 4 * dp
-            else:
-                a[dim - 1] += sgn * 4 * da
-            if lo <= to_p(q, a) < hi:
-                neigh.append(evaluate(q, tuple(a), cur[1])[0])
-    return {
-        "position_um": float(to_p(cur_q, cur_a)),
-        "angles_deg": (float(cur_a[0]), float(cur_a[1])),
-        "affine": cur[1],
-        "score": float(cur[0]),
-        "inside": cur[2]["inside"],
-        "outline_um": cur[2]["outline_um"],
-        "label_um": cur[2].get("label_um", float("nan")),
-        "evals": len(cache) + n_coarse,
-        "coarse_evals": n_coarse,
-        "pivot_um": (float(px_), float(py_)),
-        "neighbours": neigh,
-        "start_score": float(start_score),
-    }
-
-
-def _quadratic_step(evaluate, valid, cur_q, cur_a, cur, dp, da):
-    """One step from the plane ``(cur_q, cur_a)`` (score ``cur[0]``) to the vertex of
-    the parabola through it and its two neighbours (``dp`` um along depth, ``da`` deg
-    along each angle) on each axis where that parabola opens downwards; the vertex
-    offset is clipped to half a step. The step is taken only if its score is better;
-    else the single axis with the largest predicted gain is tried. Returns the new
-    (q, a, result)."""
-    f0 = cur[0]
-    offs, gains = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
-    for dim, h in enumerate((dp, da, da)):
-        f = []
-        for sgn in (1.0, -1.0):
-            q, a = cur_q, list(cur_a)
-            if dim == 0:
-                q += sgn * h
-            else:
-                a[dim - 1] += sgn * h
-            a = tuple(a)
-            f.append(evaluate(q, a, cur[1])[0] if valid(q, a) else None)
-        fp, fm = f
-        if fp is None or fm is None or not np.isfinite(fp + fm):
-            continue
-        curv = fp + fm - 2.0 * f0  # < 0: opens downwards
-        if curv >= -1e-9:
-            continue
-        t = float(np.clip(0.5 * (fm - fp) / curv, -0.5, 0.5))  # vertex, in steps
-        offs[dim] = t * h
-        gains[dim] = -0.5 * curv * t * t  # predicted gain (score units)
-    tries = []
-    if sum(1 for g in gains if g > 0) > 1:
-        tries.append(offs)
-    if max(gains) > 0:
-        k = int(np.argmax(gains))
-        tries.append([offs[i] if i == k else 0.0 for i in range(3)])
-    for o in tries:
-        q, a = cur_q + o[0], (cur_a[0] + o[1], cur_a[1] + o[2])
-        if not valid(q, a):
-            continue
-        r = evaluate(q, a, cur[1])
-        if r[0] > f0:
-            return q, a, r
-    return cur_q, cur_a, cur
 
 
 def label_chamfer_starts(
@@ -886,25 +541,22 @@ def label_chamfer_starts(
     tmpl,
     fs,
     area_scale: float,
-    n_best: int = 2,
-    rot_deg=(-8, -4, 0, 4, 8),
-    scale_range=(0.75, 1.3),
-    n_scale: int = 9,
-    shift_frac: float = 0.3,
-    n_shift: int = 17,
-    trunc_um: float = 300.0,
-    max_cells: int = 400,
+    settings: LabelChamferSettings | None = None,
 ) -> list:
     """Global similarity starts from the region labels (no outline needed).
 
-    Like :func:`.core.chamfer_starts` but each labelled cell is scored by its distance to
-    its own region in the template (capped at ``trunc_um``): in the midline frames
-    (``fs`` section, ``tmpl.frame`` template) every rotation (``rot_deg`` around the
-    midline), scale (around ``area_scale``) and shift is tried. Returns up to ``n_best``
-    (3, 3) section -> atlas affines, best first, with their costs.
+    Like :func:`.outline_fit.chamfer_starts` but each labelled cell is scored by its
+    distance to its own region in the template (capped at ``trunc_um``): in the midline
+    frames (``fs`` section, ``tmpl.frame`` template) every rotation (``rot_deg`` around
+    the midline), scale (around ``area_scale``) and shift is tried
+    (:class:`~.settings.LabelChamferSettings`, default its defaults). Returns up to
+    ``n_best`` (3, 3) section -> atlas affines, best first, with their costs.
     """
     from .affine import compose
-    from .core import _frame_from, _frame_to
+
+    st = LabelChamferSettings() if settings is None else settings
+    n_best, rot_deg, scale_range, n_scale = st.n_best, st.rot_deg, st.scale_range, st.n_scale
+    shift_frac, n_shift, trunc_um, max_cells = st.shift_frac, st.n_shift, st.trunc_um, st.max_cells
 
     ok = np.flatnonzero(np.asarray(cell_div) >= 0)
     if len(ok) < 20:
@@ -957,14 +609,14 @@ def label_chamfer_starts(
             j = int(np.argmin(tot))
             results.append((float(tot[j]), th, sc, sh[j]))
     results.sort(key=lambda t: t[0])
-    To = _frame_from(tmpl.frame)
+    To = tmpl.frame.from_canonical_matrix()
     out = []
     for cost, th, sc, shv in results[:n_best]:
         cth, sth = np.cos(th), np.sin(th)
         C = np.eye(3)
         C[:2, :2] = sc * np.array([[cth, -sth], [sth, cth]])
         C[:2, 2] = cen_t + shv - C[:2, :2] @ cen_s
-        out.append((compose(To, C, _frame_to(fs)), cost))
+        out.append((compose(To, C, fs.to_canonical_matrix()), cost))
     return out
 
 
@@ -985,26 +637,21 @@ def label_warp(
     outline_pts: np.ndarray | None = None,
     tmpl_tree=None,
     size_um: float = 1.0,
-    degree: int = 2,
-    outline_weight: float = 0.5,
-    n_iter: int = 25,
-    trim_q: float | None = None,
-    cap_um: float = 400.0,
-    ridge: float = 1e-3,
-    tol_um: float = 0.5,
-    max_disp_frac: float = 0.08,
-    n_grid: int = 9,
-    reverse_weight: float = 0.0,
+    warp: LabelWarpSettings | None = None,
+    fit: LabelFitSettings | None = None,
 ) -> tuple[list, dict]:
     """Smooth (polynomial) in-plane warp after the affine ``A``, from the region labels.
 
-    Like :func:`label_fit` with a polynomial of ``degree`` in place of the affine: each
-    labelled cell is pulled into its own region, each outline point onto the template
-    outline (trimmed), and the displacement ``x -> x + sum_k c_k m_k(x)`` (monomials
-    ``m_k`` of the mapped coordinates, scaled by ``size_um``; a small ``ridge`` on the
-    non-affine terms) is solved in closed form; repeated until it settles. Tissue warps
-    (swelling, shear of a soft section, a bent section) are smooth over the section, so
-    a low degree follows them without the freedom to fit label noise.
+    Like :func:`label_fit` with a polynomial of ``warp.degree`` in place of the affine:
+    each labelled cell is pulled into its own region, each outline point onto the
+    template outline (trimmed), and the displacement ``x -> x + sum_k c_k m_k(x)``
+    (monomials ``m_k`` of the mapped coordinates, scaled by ``size_um``; a small
+    ``warp.ridge`` on the non-affine terms) is solved in closed form; repeated until it
+    settles. Tissue warps (swelling, shear of a soft section, a bent section) are smooth
+    over the section, so a low degree follows them without the freedom to fit label
+    noise. ``warp``: :class:`~.settings.LabelWarpSettings`; ``fit``: the trims, caps,
+    weights and tolerance (:class:`~.settings.LabelFitSettings`); both default to their
+    defaults.
 
     Returns (stages, info): ``stages`` is a warp for :func:`.nonlinear.apply_warp` (a
     thin-plate through the displacement at an ``n_grid`` x ``n_grid`` grid over the
@@ -1012,84 +659,114 @@ def label_warp(
     the size, or gained nothing); info = dict(cost_before, cost_after (mean capped label
     distance + ``outline_weight`` x mean outline distance, um), max_disp_um).
     """
-    trim_q = TRIM_Q if trim_q is None else float(trim_q)
+    ws = LabelWarpSettings() if warp is None else warp
+    st = LabelFitSettings() if fit is None else fit
     ok = np.flatnonzero(np.asarray(cell_div) >= 0)
-    c = np.asarray(cells, dtype=float)[ok]
-    cd = np.asarray(cell_div)[ok]
-    if len(c) < 50:
+    if len(ok) < 50:
         return [], {"reason": "too few labelled cells"}
-    groups = lt.groups(cd)
-    P0 = apply_affine(A, c)
-    centre = P0.mean(0)
-    L = float(max(size_um, 1.0))
-    B0 = _poly_basis((P0 - centre) / L, degree)
-    use_outline = outline_pts is not None and tmpl_tree is not None and len(outline_pts) >= 3
-    if use_outline:
-        Q0 = apply_affine(A, outline_pts)
-        Bq = _poly_basis((Q0 - centre) / L, degree)
-    nb = B0.shape[1]
-    Cf = np.zeros((nb, 2))
-    pen = np.zeros(nb)
-    pen[3:] = 1.0  # the affine part (first three monomials) is free
-    floor = 1.5 * lt.pixel_um
-
-    def cost(Cf_):
-        P = P0 + B0 @ Cf_
-        _, d = lt.lookup(P, cd, groups)
-        ld = float(np.where(np.isfinite(d), np.minimum(d, 150.0), 150.0).mean())
-        if reverse_weight > 0 and lt.edges:
-            ld = (ld + reverse_weight * reverse_cost(P, groups, lt)) / (1.0 + reverse_weight)
-        od = 0.0
-        if use_outline:
-            do, _ = tmpl_tree.query(Q0 + Bq @ Cf_)
-            od = float(np.minimum(do, 150.0).mean())
-        return ld + outline_weight * od
-
-    before = cost(Cf)
-    for _ in range(n_iter):
-        P = P0 + B0 @ Cf
-        tgt, d = lt.lookup(P, cd, groups)
-        good = np.isfinite(d)
-        if good.sum() < 10 * nb:
+    pb = _WarpProblem(A, cells, cell_div, ok, lt, outline_pts, tmpl_tree, size_um, ws, st)
+    Cf = np.zeros((pb.B0.shape[1], 2))
+    before = pb.cost(Cf)
+    for _ in range(ws.n_iter):
+        Cn = pb.solve(Cf)
+        if Cn is None:
             break
-        thr = max(float(np.quantile(d[good], trim_q)), floor)
-        keep = good & (d <= min(thr, cap_um) + 1e-9)
+        move = float(np.abs(pb.B0[:200] @ (Cn - Cf)).max())
+        Cf = Cn
+        if move < st.tol_um:
+            break
+    after = pb.cost(Cf)
+    # the grid over the section's mapped extent
+    P0, L = pb.P0, pb.L
+    lo_, hi_ = P0.min(0), P0.max(0)
+    n_grid = ws.n_grid
+    gx, gy = np.meshgrid(np.linspace(lo_[0], hi_[0], n_grid), np.linspace(lo_[1], hi_[1], n_grid))
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    disp = _poly_basis((grid - pb.centre) / L, ws.degree) @ Cf
+    max_disp = float(np.abs(pb.B0 @ Cf).max())
+    info = {"cost_before": before, "cost_after": after, "max_disp_um": max_disp}
+    if not np.isfinite(after) or after >= before or max_disp > ws.max_disp_frac * L:
+        return [], info
+    return [{"ctrl": grid, "disp": disp, "smoothing": 0.0, "scale": L}], info
+
+
+class _WarpProblem:
+    """The terms of :func:`label_warp` over the polynomial coefficients ``Cf``."""
+
+    def __init__(self, A, cells, cell_div, ok, lt, outline_pts, tmpl_tree, size_um, ws, st):
+        self.c = np.asarray(cells, dtype=float)[ok]
+        self.cd = np.asarray(cell_div)[ok]
+        self.lt, self.ws, self.st, self.tree = lt, ws, st, tmpl_tree
+        self.groups = lt.groups(self.cd)
+        self.P0 = apply_affine(A, self.c)
+        self.centre = self.P0.mean(0)
+        self.L = float(max(size_um, 1.0))
+        self.B0 = _poly_basis((self.P0 - self.centre) / self.L, ws.degree)
+        self.use_outline = (
+            outline_pts is not None and tmpl_tree is not None and len(outline_pts) >= 3
+        )
+        if self.use_outline:
+            self.Q0 = apply_affine(A, outline_pts)
+            self.Bq = _poly_basis((self.Q0 - self.centre) / self.L, ws.degree)
+        nb = self.B0.shape[1]
+        self.pen = np.zeros(nb)
+        self.pen[3:] = 1.0  # the affine part (first three monomials) is free
+        self.floor = 1.5 * lt.pixel_um
+
+    def cost(self, Cf_) -> float:
+        """Mean capped label distance (symmetric with the reverse term) + the outline
+        weight x the mean capped outline distance (um)."""
+        st, lt = self.st, self.lt
+        cap = st.score_cap_um
+        P = self.P0 + self.B0 @ Cf_
+        _, d = lt.lookup(P, self.cd, self.groups)
+        ld = float(np.where(np.isfinite(d), np.minimum(d, cap), cap).mean())
+        if st.reverse_weight > 0 and lt.edges:
+            rc = reverse_cost(P, self.groups, lt, cap, st.score_trim_q)
+            ld = (ld + st.reverse_weight * rc) / (1.0 + st.reverse_weight)
+        od = 0.0
+        if self.use_outline:
+            do, _ = self.tree.query(self.Q0 + self.Bq @ Cf_)
+            od = float(np.minimum(do, cap).mean())
+        return ld + st.outline_weight * od
+
+    def solve(self, Cf):
+        """The coefficients fitting the pairs matched at ``Cf`` (None: too few)."""
+        st, lt, B0, P0 = self.st, self.lt, self.B0, self.P0
+        P = P0 + B0 @ Cf
+        tgt, d = lt.lookup(P, self.cd, self.groups)
+        good = np.isfinite(d)
+        if good.sum() < 10 * B0.shape[1]:
+            return None
+        thr = max(float(np.quantile(d[good], st.trim_q)), self.floor)
+        keep = good & (d <= min(thr, st.cap_um) + 1e-9)
         Bs, R = B0[keep], tgt[keep] - P0[keep]
         w = np.ones(len(R))
-        if reverse_weight > 0 and lt.edges:
+        if st.reverse_weight > 0 and lt.edges:
             # reverse pairs: the cells' own index tells their basis rows
-            rs_idx, rd = _reverse_pairs_idx(P, groups, lt, REVERSE_TRIM_Q, cap_um, floor)
+            rs_idx, rd = _reverse_pairs_idx(
+                P, self.groups, lt, st.reverse_trim_q, st.cap_um, self.floor
+            )
             if len(rs_idx) >= 3:
                 n_fwd = len(w)
                 Bs = np.vstack([Bs, B0[rs_idx]])
                 R = np.vstack([R, rd - P0[rs_idx]])
-                w = np.concatenate([w, np.full(len(rs_idx), reverse_weight * n_fwd / len(rs_idx))])
-        if use_outline:
-            Q = Q0 + Bq @ Cf
-            do, j = tmpl_tree.query(Q)
-            thr_o = max(2.5 * float(np.median(do)), floor)
+                w = np.concatenate(
+                    [w, np.full(len(rs_idx), st.reverse_weight * n_fwd / len(rs_idx))]
+                )
+        if self.use_outline:
+            Q = self.Q0 + self.Bq @ Cf
+            do, j = self.tree.query(Q)
+            thr_o = max(2.5 * float(np.median(do)), self.floor)
             ko = do <= thr_o
             if ko.sum() >= 3:
-                Bs = np.vstack([Bs, Bq[ko]])
-                R = np.vstack([R, tmpl_tree.data[j[ko]] - Q0[ko]])
-                w = np.concatenate([w, np.full(int(ko.sum()), outline_weight * len(w) / ko.sum())])
-        G = (Bs * w[:, None]).T @ Bs + np.diag(pen * ridge * w.sum())
-        Cn = np.linalg.solve(G, (Bs * w[:, None]).T @ R)
-        move = float(np.abs(B0[:200] @ (Cn - Cf)).max())
-        Cf = Cn
-        if move < tol_um:
-            break
-    after = cost(Cf)
-    # the grid over the section's mapped extent
-    lo_, hi_ = P0.min(0), P0.max(0)
-    gx, gy = np.meshgrid(np.linspace(lo_[0], hi_[0], n_grid), np.linspace(lo_[1], hi_[1], n_grid))
-    grid = np.column_stack([gx.ravel(), gy.ravel()])
-    disp = _poly_basis((grid - centre) / L, degree) @ Cf
-    max_disp = float(np.abs(B0 @ Cf).max())
-    info = {"cost_before": before, "cost_after": after, "max_disp_um": max_disp}
-    if not np.isfinite(after) or after >= before or max_disp > max_disp_frac * L:
-        return [], info
-    return [{"ctrl": grid, "disp": disp, "smoothing": 0.0, "scale": L}], info
+                Bs = np.vstack([Bs, self.Bq[ko]])
+                R = np.vstack([R, self.tree.data[j[ko]] - self.Q0[ko]])
+                w = np.concatenate(
+                    [w, np.full(int(ko.sum()), st.outline_weight * len(w) / ko.sum())]
+                )
+        G = (Bs * w[:, None]).T @ Bs + np.diag(self.pen * self.ws.ridge * w.sum())
+        return np.linalg.solve(G, (Bs * w[:, None]).T @ R)
 
 
 def fit_spread(
@@ -1099,37 +776,25 @@ def fit_spread(
     lt: LabelTemplate,
     outline_pts: np.ndarray | None = None,
     tmpl_tree=None,
+    fit: LabelFitSettings | None = None,
     delta_um: float = 100.0,
-    reverse_weight: float = 0.0,
-    n_iter: int = 20,
-    reverse_trim_q: float | None = None,
 ) -> float:
     """How well the data pin the in-plane fit: the fit is restarted from ``A`` moved by
-    ``delta_um`` along +-x and +-y and refitted (:func:`label_fit`, same terms, the
-    reverse pairs trimmed at ``reverse_trim_q``, default :data:`SPREAD_REVERSE_TRIM_Q`); returns
-    the RMS distance (um) between the refitted and the original positions of the cells,
-    over the four restarts. A well-constrained fit returns to itself (a few um); where
-    the labels and the outline leave a plateau (few regions cut, warped or torn tissue)
-    the restarts stay where they land, and the spread is about the error one must
-    expect from the fit. The restarts take plain steps (no Anderson acceleration): the
-    confidence's spread scale (``api.SPREAD_HALF_UM``) was calibrated on them."""
+    ``delta_um`` along +-x and +-y and refitted (:func:`label_fit` with ``fit``, default
+    its defaults); returns the RMS distance (um) between the refitted and the original
+    positions of the cells, over the four restarts. A well-constrained fit returns to
+    itself (a few um); where the labels and the outline leave a plateau (few regions
+    cut, warped or torn tissue) the restarts stay where they land, and the spread is
+    about the error one must expect from the fit. The registration's restarts take
+    plain steps (no Anderson acceleration) with the reverse pairs trimmed at
+    ``FinishSettings.spread_reverse_trim_q``: the confidence's spread scale
+    (``ConfidenceSettings.spread_half_um``) was calibrated on them."""
     c = np.asarray(cells, dtype=float)
     P = apply_affine(A, c)
     out = []
     for d in ((delta_um, 0.0), (-delta_um, 0.0), (0.0, delta_um), (0.0, -delta_um)):
         Ap = np.asarray(A, dtype=float).copy()
         Ap[:2, 2] += d
-        Ak, _ = label_fit(
-            Ap,
-            c,
-            cell_div,
-            lt,
-            outline_pts,
-            tmpl_tree,
-            n_iter=n_iter,
-            reverse_weight=reverse_weight,
-            accelerate=False,
-            reverse_trim_q=SPREAD_REVERSE_TRIM_Q if reverse_trim_q is None else reverse_trim_q,
-        )
+        Ak, _ = label_fit(Ap, c, cell_div, lt, outline_pts, tmpl_tree, fit)
         out.append(np.mean(np.sum((apply_affine(Ak, c) - P) ** 2, axis=1)))
     return float(np.sqrt(np.mean(out)))

@@ -108,6 +108,18 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * np.logical_and(a, b).sum() / s) if s > 0 else 1.0
 
 
+def _unwarp(warp: list, xy: np.ndarray, n_iter: int = 4) -> np.ndarray:
+    """Points ``p`` with ``apply_warp(warp, p) = xy`` (fixed-point iteration; the warps
+    are smooth displacements much smaller than their length scale)."""
+    from .nonlinear import apply_warp
+
+    xy = np.asarray(xy, dtype=float)
+    p = xy.copy()
+    for _ in range(n_iter):
+        p = xy - (apply_warp(warp, p) - p)
+    return p
+
+
 def registration_metrics(
     affine: np.ndarray,
     section_outline,
@@ -118,12 +130,16 @@ def registration_metrics(
     cell_xy_atlas: np.ndarray | None = None,
     cell_div: np.ndarray | None = None,
     tol_um: float | None = None,
+    warp: list | None = None,
 ) -> dict:
     """Metrics of a registration.
 
     Parameters
     ----------
     affine : (3, 3) section um -> atlas slice um (the outline's transform).
+    warp : the non-linear stages applied after the affine (:mod:`.nonlinear`): the
+        boundary distances and the Dice are then those of the warped outline (its own
+        numbers, not the affine's).
     section_outline, template_outline : :class:`~.boundary.Outline`.
     template_labels : (H, W) ids of the template slice.
     atlas : needed for the per-division figures.
@@ -141,6 +157,10 @@ def registration_metrics(
     size_t = template_outline.size_um
     tol = float(tol_um) if tol_um is not None else max(0.02 * size_t, 2 * res)
     P = apply_affine(affine, section_outline.points)
+    if warp:
+        from .nonlinear import apply_warp
+
+        P = apply_warp(warp, P)
     d1, _ = cKDTree(template_outline.points).query(P)
     d2, _ = cKDTree(P).query(template_outline.points)
     out = {
@@ -156,9 +176,10 @@ def registration_metrics(
     rr, cc = np.mgrid[0:H, 0:W]
     centres = np.column_stack([(cc.ravel() + 0.5) * res, (rr.ravel() + 0.5) * res])
     inv = np.linalg.inv(affine)
-    smask = section_outline.contains(apply_affine(inv, centres)).reshape(H, W)
+    back = _unwarp(warp, centres) if warp else centres
+    smask = section_outline.contains(apply_affine(inv, back)).reshape(H, W)
     det = abs(np.linalg.det(affine[:2, :2]))
-    s_area_px = section_outline.area_um2 * det / res**2
+    s_area_px = section_outline.area_um2 * det / res**2 if not warp else float(smask.sum())
     inter = float(np.logical_and(smask, tmask).sum())
     out["dice"] = float(2 * inter / max(s_area_px + tmask.sum(), 1e-9))
     sv = np.linalg.svd(affine[:2, :2], compute_uv=False)

@@ -16,12 +16,23 @@ Positions are AP um (coronal) or ML um (sagittal); angles are degrees.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .._errors import BrainAtlasInputError
+from .icp import check_cancel
 from .metrics import division_index
+from .settings import ProposalSettings
 
-__all__ = ["composition_vectors", "refine_plane", "scan_positions", "series_positions"]
+__all__ = [
+    "Position",
+    "composition_vectors",
+    "locate_section",
+    "refine_plane",
+    "scan_positions",
+    "series_positions",
+]
 
 
 def _points_3d(plane: str, x: np.ndarray, y: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -43,12 +54,7 @@ def refine_plane(
     centre_um,
     search_um: float = 300.0,
     max_angle_deg: float = 5.0,
-    position_step_um: float | None = None,
-    angle_step_deg: float = 0.5,
-    max_cells: int = 3000,
-    seed: int = 0,
-    coarse_factor: int = 1,
-    coarse_top: int = 3,
+    settings: ProposalSettings | None = None,
 ) -> dict:
     """Best cutting plane near ``position_um`` from the cells' region labels.
 
@@ -59,26 +65,29 @@ def refine_plane(
         :func:`.metrics.label_division_index`.
     centre_um : (cx, cy) the slice centre the angles turn about (``AtlasSlice.centre_um``).
     search_um, max_angle_deg : half-widths of the search.
-    coarse_factor : > 1: the angle pairs are first scored on a grid ``coarse_factor``
-        times coarser than ``angle_step_deg``; only the neighbourhoods (within one
-        coarse step) of the ``coarse_top`` best coarse pairs are then scored at the full
-        step (about ``coarse_factor**2`` times fewer pairs than the full grid).
+    settings : :class:`~.settings.ProposalSettings` (default its defaults): the depth
+        and angle steps, the cells scored and, with ``coarse_factor`` > 1, the angle
+        pairs first on a grid ``coarse_factor`` times coarser than ``angle_step_deg``;
+        only the neighbourhoods (within one coarse step) of the ``coarse_top`` best
+        coarse pairs are then scored at the full step (about ``coarse_factor**2`` times
+        fewer pairs than the full grid).
 
     Returns dict(position_um, angles_deg (a_x, a_y), agreement, agreement_start).
     """
+    st = ProposalSettings() if settings is None else settings
     ok = np.flatnonzero(np.asarray(cell_div) >= 0)
     if len(ok) < 20:
         raise BrainAtlasInputError(
             "too few cells with a known region label to estimate the cutting plane"
         )
-    rng = np.random.default_rng(seed)
-    if len(ok) > max_cells:
-        ok = rng.choice(ok, max_cells, replace=False)
+    rng = np.random.default_rng(st.seed)
+    if len(ok) > st.max_cells:
+        ok = rng.choice(ok, st.max_cells, replace=False)
     x = xy_atlas[ok, 0]
     y = xy_atlas[ok, 1]
     lab = np.asarray(cell_div)[ok]
     res = atlas.resolution_um
-    step = float(position_step_um or res)
+    step = float(st.position_step_um or res)
     tmax = np.tan(np.deg2rad(max_angle_deg))
     cx, cy = centre_um
     reach = tmax * (np.abs(x - cx).max() + np.abs(y - cy).max())
@@ -91,61 +100,81 @@ def refine_plane(
     div, _ = division_index(atlas, ids)
     match = (div == lab[:, None]).astype(np.float32)  # (cells, depths)
     dps = np.arange(-search_um, search_um + 1e-9, step)
-    angs = np.arange(-max_angle_deg, max_angle_deg + 1e-9, angle_step_deg)
-    tx = np.tan(np.deg2rad(angs))
-    rows = np.arange(len(x))[None, :]
-    centre0 = int(np.argmin(np.abs(angs)))
-    scored: dict = {}
-
-    def pair(ia, ib):
-        # the angle pair (ia, ib): (best total with prior, its position offset, its score,
-        # the score at the given position)
-        if (ia, ib) not in scored:
-            ax, ay = angs[ia], angs[ib]
-            off = tx[ia] * (x - cx) + tx[ib] * (y - cy)  # (cells,)
-            k = np.rint((dps[:, None] + off[None, :] - lo_d) / res).astype(np.int64)
-            np.clip(k, 0, n_d - 1, out=k)
-            sc = match[rows, k].mean(1)  # (positions,)
-            # tie-break towards the starting plane
-            prior = 0.002 * (
-                np.abs(dps) / max(search_um, 1e-9) + (abs(ax) + abs(ay)) / max(max_angle_deg, 1e-9)
-            )
-            tot = sc - prior
-            j = int(np.argmax(tot))
-            scored[(ia, ib)] = (
-                float(tot[j]),
-                float(dps[j]),
-                float(sc[j]),
-                float(sc[np.argmin(np.abs(dps))]),
-            )
-        return scored[(ia, ib)]
-
-    n_a = len(angs)
-    f = max(1, int(coarse_factor))
-    if f > 1:
-        # coarse grid (through the zero angle), then the full step around the best
-        grid = np.unique(np.concatenate([np.arange(centre0, -1, -f), np.arange(centre0, n_a, f)]))
-        for ia in grid:
-            for ib in grid:
-                pair(int(ia), int(ib))
-        top = sorted(scored, key=lambda kk: -scored[kk][0])[: max(1, coarse_top)]
-        for ia0, ib0 in top:
-            for ia in range(max(ia0 - f + 1, 0), min(ia0 + f, n_a)):
-                for ib in range(max(ib0 - f + 1, 0), min(ib0 + f, n_a)):
-                    pair(ia, ib)
-    else:
-        for ia in range(n_a):
-            for ib in range(n_a):
-                pair(ia, ib)
+    angs = np.arange(-max_angle_deg, max_angle_deg + 1e-9, st.angle_step_deg)
+    grid = _AnglePairs(match, x - cx, y - cy, dps, angs, lo_d, res, search_um, max_angle_deg)
+    grid.score_grid(int(st.coarse_factor), st.coarse_top)
+    scored = grid.scored
     kb = max(scored, key=lambda kk: scored[kk][0])
     best = (scored[kb][0], scored[kb][1], float(angs[kb[0]]), float(angs[kb[1]]), scored[kb][2])
-    start = pair(centre0, centre0)[3]
+    start = grid.pair(grid.centre0, grid.centre0)[3]
     return {
         "position_um": float(position_um + best[1]),
         "angles_deg": (best[2], best[3]),
         "agreement": best[4],
         "agreement_start": start,
     }
+
+
+class _AnglePairs:
+    """Scores of the angle pairs of :func:`refine_plane`: for each pair, the position
+    offset whose plane puts most cells in their own division (with a small prior
+    towards the starting plane)."""
+
+    def __init__(self, match, dx, dy, dps, angs, lo_d, res, search_um, max_angle_deg):
+        self.match, self.dx, self.dy = match, dx, dy
+        self.dps, self.angs, self.lo_d, self.res = dps, angs, lo_d, res
+        self.search_um, self.max_angle_deg = search_um, max_angle_deg
+        self.tx = np.tan(np.deg2rad(angs))
+        self.rows = np.arange(len(dx))[None, :]
+        self.n_d = match.shape[1]
+        self.centre0 = int(np.argmin(np.abs(angs)))
+        self.scored: dict = {}
+
+    def pair(self, ia, ib):
+        """(best total with prior, its position offset, its score, the score at the
+        given position) of the angle pair (ia, ib)."""
+        if (ia, ib) not in self.scored:
+            dps, tx = self.dps, self.tx
+            ax, ay = self.angs[ia], self.angs[ib]
+            off = tx[ia] * self.dx + tx[ib] * self.dy  # (cells,)
+            k = np.rint((dps[:, None] + off[None, :] - self.lo_d) / self.res).astype(np.int64)
+            np.clip(k, 0, self.n_d - 1, out=k)
+            sc = self.match[self.rows, k].mean(1)  # (positions,)
+            # tie-break towards the starting plane
+            prior = 0.002 * (
+                np.abs(dps) / max(self.search_um, 1e-9)
+                + (abs(ax) + abs(ay)) / max(self.max_angle_deg, 1e-9)
+            )
+            tot = sc - prior
+            j = int(np.argmax(tot))
+            self.scored[(ia, ib)] = (
+                float(tot[j]),
+                float(dps[j]),
+                float(sc[j]),
+                float(sc[np.argmin(np.abs(dps))]),
+            )
+        return self.scored[(ia, ib)]
+
+    def score_grid(self, f: int, coarse_top: int) -> None:
+        """Every pair (``f`` <= 1), or a grid ``f`` times coarser through the zero angle
+        and then the full step around its ``coarse_top`` best pairs."""
+        n_a = len(self.angs)
+        f = max(1, f)
+        if f <= 1:
+            for ia in range(n_a):
+                for ib in range(n_a):
+                    self.pair(ia, ib)
+            return
+        c0 = self.centre0
+        grid = np.unique(np.concatenate([np.arange(c0, -1, -f), np.arange(c0, n_a, f)]))
+        for ia in grid:
+            for ib in grid:
+                self.pair(int(ia), int(ib))
+        top = sorted(self.scored, key=lambda kk: -self.scored[kk][0])[: max(1, coarse_top)]
+        for ia0, ib0 in top:
+            for ia in range(max(ia0 - f + 1, 0), min(ia0 + f, n_a)):
+                for ib in range(max(ib0 - f + 1, 0), min(ib0 + f, n_a)):
+                    self.pair(ia, ib)
 
 
 def scan_positions(
@@ -180,10 +209,7 @@ def scan_positions(
     scores = []
     best = (-np.inf, None, None)
     for p in pos:
-        if cancel is not None and cancel():
-            from .icp import RegistrationCancelled
-
-            raise RegistrationCancelled("registration cancelled")
+        check_cancel(cancel)
         s, info = fit_at(float(p))
         scores.append((float(p), float(s)))
         if s > best[0]:
@@ -232,3 +258,35 @@ def series_positions(labels_per_section, first_um: float, last_um: float) -> np.
     else:
         frac = cum / cum[-1]
     return first_um + (last_um - first_um) * frac
+
+
+@dataclass
+class Position:
+    """Where the registration starts (the position stage's result): the plane
+    (``position_um``, ``angles_deg``), whether the position was estimated (scanned),
+    and whether the plane is searched next."""
+
+    position_um: float
+    angles_deg: tuple
+    estimated: bool = False
+    search: bool = False
+
+
+def locate_section(sec, given: float | None) -> Position:
+    """The position stage of :func:`~.pipeline.register_section`: the given position,
+    or (``given`` None, "auto") the best of an outline fit at positions along the whole
+    axis (:func:`scan_positions`; scored by label agreement, or without labels by the
+    outline fit), which is then searched like a given one. ``sec``: the
+    :class:`~.section.Section`."""
+    s = sec.settings
+    if given is not None:
+        return Position(given, s.angles_deg, False, bool(s.refine_position))
+
+    def score_at(p):
+        tmpl, best, _ = sec.fit_outline(p, s.angles_deg, sweep="never")
+        ag = sec.agreement(tmpl, best.affine)
+        return (ag if ag is not None else -best.score), None
+
+    scan = scan_positions(score_at, sec.atlas, sec.plane, sec.hemisphere, cancel=sec.cancel)
+    sec.notes.append(f"position scanned: best {scan['position_um']:.0f} um")
+    return Position(scan["position_um"], s.angles_deg, True, True)

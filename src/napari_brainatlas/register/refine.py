@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .affine import apply_affine
+from .icp import check_cancel
 
 __all__ = ["refine_affine_area"]
 
@@ -86,10 +87,7 @@ def refine_affine_area(
     hist = [c0]
     damp = 1e-3
     for _ in range(n_iter):
-        if cancel is not None and cancel():
-            from .icp import RegistrationCancelled
-
-            raise RegistrationCancelled("registration cancelled")
+        check_cancel(cancel)
         tx = _sample(gx, y, res)
         ty = _sample(gy, y, res)
         # parameters act on centred section coordinates: y = L (x - mu) + t'
@@ -103,28 +101,33 @@ def refine_affine_area(
             for k, v in zip((0, 1, 3, 4), (Lc[0, 0], Lc[0, 1], Lc[1, 0], Lc[1, 1])):
                 G[k, k] += lam
                 g[k] += lam * v
-        improved = False
-        for _try in range(6):  # Levenberg-Marquardt: accept only a step that lowers the cost
-            Gd = G + damp * np.diag(np.diag(G) + 1e-12)
-            try:
-                d = np.linalg.solve(Gd, g)
-            except np.linalg.LinAlgError:
-                break
-            L = A[:2, :2] - d[[0, 1, 3, 4]].reshape(2, 2)
-            tprime = A[:2, :2] @ mu + A[:2, 2] - d[[2, 5]]
-            An = np.eye(3)
-            An[:2, :2] = L
-            An[:2, 2] = tprime - L @ mu
-            cn, yn, rn, wn = cost_of(An)
-            if cn < hist[-1]:
-                A, y, r, w = An, yn, rn, wn
-                hist.append(cn)
-                damp = max(damp / 3, 1e-6)
-                improved = True
-                break
-            damp *= 10
-        if not improved:
+        step = _lm_step(A, G, g, mu, damp, hist[-1], cost_of)
+        if step is None:
             break
+        (A, y, r, w), cn, damp = step
+        hist.append(cn)
         if abs(hist[-2] - hist[-1]) <= tol * max(hist[-1], 1e-12):
             break
     return A, hist
+
+
+def _lm_step(A, G, g, mu, damp, c_last, cost_of):
+    """A Levenberg-Marquardt step: the first damping (raised tenfold up to six times)
+    whose step lowers the cost below ``c_last``. Returns ((A, y, r, w), cost, damping)
+    or None when none does."""
+    for _try in range(6):
+        Gd = G + damp * np.diag(np.diag(G) + 1e-12)
+        try:
+            d = np.linalg.solve(Gd, g)
+        except np.linalg.LinAlgError:
+            return None
+        L = A[:2, :2] - d[[0, 1, 3, 4]].reshape(2, 2)
+        tprime = A[:2, :2] @ mu + A[:2, 2] - d[[2, 5]]
+        An = np.eye(3)
+        An[:2, :2] = L
+        An[:2, 2] = tprime - L @ mu
+        cn, yn, rn, wn = cost_of(An)
+        if cn < c_last:
+            return (An, yn, rn, wn), cn, max(damp / 3, 1e-6)
+        damp *= 10
+    return None

@@ -8,6 +8,7 @@ otherwise delegates to ``Atlas.slice``; results are cached per atlas.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -17,6 +18,28 @@ from ..atlas import AtlasSlice
 __all__ = ["atlas_slice"]
 
 _CACHE: OrderedDict[tuple, AtlasSlice] = OrderedDict()
+_CACHE_LOCK = threading.Lock()  # registrations run in worker threads
+
+
+def _cache_get(key):
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+        return hit
+
+
+def _cache_put(key, sl) -> None:
+    with _CACHE_LOCK:
+        _CACHE[key] = sl
+        while len(_CACHE) > 64:
+            _CACHE.popitem(last=False)
+
+
+def clear_cache() -> None:
+    """Empty the slice cache (and the label templates cached on its slices)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 def _keep_hemisphere(labels: np.ndarray, atlas, plane: str, hemisphere: str, res_um: float) -> None:
@@ -66,9 +89,8 @@ def atlas_slice(
         hemisphere,
         a,
     )
-    hit = _CACHE.get(key)
+    hit = _cache_get(key)
     if hit is not None:
-        _CACHE.move_to_end(key)
         return hit
     if (
         plane not in ("coronal", "sagittal")
@@ -102,9 +124,7 @@ def atlas_slice(
             sl = _make_slice(
                 atlas, labels, res, plane, p, hemisphere, a, (W * res / 2.0, H * res / 2.0)
             )
-    _CACHE[key] = sl
-    while len(_CACHE) > 64:
-        _CACHE.popitem(last=False)
+    _cache_put(key, sl)
     return sl
 
 
@@ -155,9 +175,8 @@ def coarse_slice(
         return atlas_slice(atlas, plane, position_um, hemisphere, angles_deg)
     a = tuple(float(v) for v in angles_deg)
     key = (id(atlas.annotation), plane, float(position_um), hemisphere, a, "coarse", f)
-    hit = _CACHE.get(key)
+    hit = _cache_get(key)
     if hit is not None:
-        _CACHE.move_to_end(key)
         return hit
     lo, hi = atlas.position_range_um(plane)
     p = float(position_um)
@@ -205,7 +224,5 @@ def coarse_slice(
         else:
             labels[:, xc < atlas.midline_ml_um] = 0
     sl = _make_slice(atlas, labels, rc, plane, p, hemisphere, a, centre)
-    _CACHE[key] = sl
-    while len(_CACHE) > 64:
-        _CACHE.popitem(last=False)
+    _cache_put(key, sl)
     return sl

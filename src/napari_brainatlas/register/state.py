@@ -1,6 +1,6 @@
 """Registration state files (plain Python, no Qt): one JSON per section, beside its data.
 
-The file holds the :class:`~.api.RegistrationResult` (``result``), the atlas spec it was
+The file holds the :class:`~.result.RegistrationResult` (``result``), the atlas spec it was
 registered to (``atlas_spec``: ``"demo"``, an .nrrd path, a BrainGlobe name, plus the
 ontology path), the atlas name and version, the clicked midline and whether the result
 was accepted. Written atomically (:func:`napari_brainatlas.io.atomic_write_text`).
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .._errors import BrainAtlasInputError
-from .api import RegistrationResult
+from .result import RegistrationResult
 
 __all__ = ["STATE_VERSION", "default_state_path", "load_state", "save_state"]
 

@@ -27,3 +27,10 @@ def show_info(message: str) -> None:
     from napari.utils.notifications import show_info as _show_info
 
     _show_info(str(message).replace("\n", " ")[:500])
+
+
+def show_warning(message: str) -> None:
+    """Show ``message`` as one napari warning notification."""
+    from napari.utils.notifications import show_warning as _show_warning
+
+    _show_warning(str(message).replace("\n", " ")[:500])

@@ -3,18 +3,16 @@
 Choose the registered sections (Points layers whose ``metadata['adata']`` carries
 ``obsm['ccf_coords']`` and ``obs['ccf_id']`` / ``obs['ccf_acronym']``), a connectome
 (an Oh et al. 2014 workbook or the built-in demo one) and train: the graph attention
-autoencoder trains in a napari ``thread_worker`` (progress bar, Cancel). The alpha slider
-then re-mixes the two stored embeddings and re-clusters (Leiden, in a worker) without
-retraining, and every trained section is recoloured by ``obs['spacon_domain']``.
+autoencoder trains as a job of the dock base (:func:`._jobs.train_domains`: progress per
+epoch, Cancel). The alpha slider then re-mixes the two stored embeddings and re-clusters
+(:func:`._jobs.cluster_domains`, also in a worker) without retraining, and every trained
+section is recoloured by ``obs['spacon_domain']``.
 """
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-from anndata import AnnData
-from qtpy.QtCore import QObject, QSize, Qt, Signal
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
@@ -23,94 +21,31 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSlider,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..colors import categorical_colors
-from ._notify import one_line, show_error, show_info
+from . import _jobs
+from ._base import DockBase, snapshot
+from ._common import SectionChecklist, is_registered_section, paint, set_feature_columns
 
 __all__ = ["DomainsWidget", "is_registered_section"]
 
 DOMAIN_KEY = "spacon_domain"
 
 
-def is_registered_section(layer) -> bool:
-    """A Points layer holding an AnnData with CCF coordinates and structure labels."""
-    from napari.layers import Points
-
-    if not isinstance(layer, Points):
-        return False
-    ad = layer.metadata.get("adata")
-    return (
-        isinstance(ad, AnnData)
-        and "ccf_coords" in ad.obsm
-        and ("ccf_id" in ad.obs.columns or "ccf_acronym" in ad.obs.columns)
-    )
-
-
-class _Bridge(QObject):
-    """Carries training progress from the worker thread to the main thread."""
-
-    progressed = Signal(int, int, float)
-
-
-class _Failed:
-    def __init__(self, message: str, cancelled: bool = False):
-        self.message = message
-        self.cancelled = cancelled
-
-
-def _train_job(adatas, connectome_spec, ontology_path, p_max, epochs, seed, bridge, stop):
-    """Worker body (no napari calls): prepare, train; failures come back as values."""
-    from ..atlas import Ontology
-    from ..atlas.demo_atlas import demo_ontology
-    from ..domains import TrainingCancelled, load_connectome, prepare, train
-
-    try:
-        con = load_connectome(connectome_spec, p_max=p_max)
-        onto = Ontology.from_file(ontology_path) if ontology_path else demo_ontology()
-        data = prepare(adatas, con, onto, seed=seed)
-        model = train(
-            data,
-            epochs=epochs,
-            seed=seed,
-            num_threads=1,
-            progress=lambda e, n, loss: bridge.progressed.emit(e, n, float(loss)),
-            cancel=stop.is_set,
-        )
-        return data, model
-    except TrainingCancelled:
-        return _Failed("training cancelled", cancelled=True)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
-        return _Failed(one_line(exc, context="training failed: "))
-
-
-def _domains_job(model, alpha, resolution, seed):
-    try:
-        return alpha, model.domains(alpha, resolution=resolution, seed=seed)
-    except Exception as exc:  # noqa: BLE001
-        return _Failed(one_line(exc, context="clustering failed: "))
-
-
-class DomainsWidget(QWidget):
+class DomainsWidget(DockBase):
     """Dock widget: train SpaCon on registered sections, colour them by domain."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self._train_worker = None
-        self._domain_worker = None
+        super().__init__(napari_viewer, parent)
+        self._clustering = False
         self._pending_alpha: float | None = None
-        self._stop = threading.Event()
-        self._bridge = _Bridge()
-        self._bridge.progressed.connect(self._on_progress)
+        self._layers_training: list = []
+        self.prepared = None
         self.data = None
         self.model = None
         self.trained_layers: list = []
@@ -118,9 +53,7 @@ class DomainsWidget(QWidget):
         self.alpha_shown: float | None = None
         self._build_ui()
         self.setMinimumWidth(320)
-        self.viewer.layers.events.inserted.connect(self._refresh_sections)
-        self.viewer.layers.events.removed.connect(self._refresh_sections)
-        self._refresh_sections()
+        self.viewer.layers.events.removed.connect(self._forget_removed)
 
     def sizeHint(self) -> QSize:
         return QSize(360, 560)
@@ -131,8 +64,7 @@ class DomainsWidget(QWidget):
         root.setContentsMargins(4, 4, 4, 4)
         box = QGroupBox("Registered sections")
         lay = QVBoxLayout(box)
-        self.section_list = QListWidget()
-        self.section_list.setMinimumHeight(80)
+        self.section_list = SectionChecklist(self.viewer, keep=is_registered_section, min_height=80)
         self.section_list.setToolTip(
             "Sections with CCF coordinates (run Register first); ticked ones are trained together"
         )
@@ -183,18 +115,8 @@ class DomainsWidget(QWidget):
         self.epochs.setRange(1, 10000)
         self.epochs.setValue(30)
         form.addRow("Epochs:", self.epochs)
-        row = QHBoxLayout()
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(lambda: self.train())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.train_button)
-        row.addWidget(self.cancel_button)
-        form.addRow(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)
+        self.train_button = self.action_button("Train", self.train)
+        form.addRow(self.run_row(self.train_button))
         form.addRow(self.progress)
         root.addWidget(box)
 
@@ -220,13 +142,9 @@ class DomainsWidget(QWidget):
         form.addRow("Leiden resolution:", self.resolution)
         root.addWidget(box)
 
-        self.status = QLabel("Register sections, then train.")
-        self.status.setWordWrap(True)
+        self.set_status("Register sections, then train.")
         root.addWidget(self.status)
         root.addStretch(1)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
 
     def _choose_connectome(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -244,104 +162,69 @@ class DomainsWidget(QWidget):
 
     # ------------------------------------------------------------------ sections
     def _refresh_sections(self, *_) -> None:
-        checked = {
-            self.section_list.item(i).text(): self.section_list.item(i).checkState()
-            for i in range(self.section_list.count())
-        }
-        self.section_list.clear()
-        for layer in self.viewer.layers:
-            if is_registered_section(layer):
-                item = QListWidgetItem(layer.name)
-                item.setFlags(Qt.ItemIsUserCheckable | Qt.ItemIsEnabled)
-                item.setCheckState(checked.get(layer.name, Qt.Checked))
-                self.section_list.addItem(item)
+        """List the registered sections again (also those registered in place since)."""
+        self.section_list.refresh()
+        self._forget_removed()
+
+    def _forget_removed(self, *_) -> None:
         self.trained_layers = [ly for ly in self.trained_layers if ly in self.viewer.layers]
 
     def registered_layers(self) -> list:
         """Registered section layers, in list order."""
-        return [ly for ly in self.viewer.layers if is_registered_section(ly)]
+        return self.section_list.layers()
 
     def chosen_layers(self) -> list:
-        ticked = {
-            self.section_list.item(i).text()
-            for i in range(self.section_list.count())
-            if self.section_list.item(i).checkState() == Qt.Checked
-        }
-        return [ly for ly in self.registered_layers() if ly.name in ticked]
+        return self.section_list.ticked_layers()
 
     # ------------------------------------------------------------------ training
-    @property
-    def busy(self) -> bool:
-        return self._train_worker is not None or self._domain_worker is not None
-
     @property
     def alpha(self) -> float:
         return self.alpha_slider.value() / 100.0
 
     def train(self):
-        """Train on the ticked sections in a worker; returns the worker (or None)."""
-        from napari.qt.threading import thread_worker
-
-        if self._train_worker is not None:
+        """Train on the ticked sections in a worker (then cluster at the slider's
+        alpha); returns the worker (or None)."""
+        if self.busy:
             return None
         self._refresh_sections()  # sections registered in place since the last listing
         layers = self.chosen_layers()
         if not layers:
-            msg = "no registered sections: register sections to the atlas first"
-            self._set_status(msg)
-            show_error(msg)
+            self.fail("no registered sections: register sections to the atlas first")
             return None
-        spec = self.connectome_edit.text().strip() or "demo"
-        onto = self.ontology_edit.text().strip() or None
-        p_max = self.p_max.value() or None
-        adatas = [ly.metadata["adata"] for ly in layers]
-        self._stop.clear()
+        adatas = [snapshot(ly.metadata["adata"]) for ly in layers]
         self._layers_training = layers
-        self.progress.setValue(0)
-        self.train_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
         n = sum(a.n_obs for a in adatas)
-        self._set_status(f"training on {len(layers)} section(s), {n:,} cells ...")
-        worker = thread_worker(_train_job, start_thread=False)(
-            adatas, spec, onto, p_max, int(self.epochs.value()), 0, self._bridge, self._stop
+        epochs = int(self.epochs.value())
+        self.set_status(f"training on {len(layers)} section(s), {n:,} cells ...")
+        return self.start_job(
+            _jobs.train_domains,
+            adatas,
+            self.connectome_edit.text().strip() or "demo",
+            self.ontology_edit.text().strip() or None,
+            p_max=self.p_max.value() or None,
+            epochs=epochs,
+            alpha=self.alpha,
+            resolution=float(self.resolution.value()),
+            on_done=self._on_trained,
+            on_progress=self._on_progress,
+            what="training",
+            error_prefix="training failed: ",
+            total=epochs,
+            unit="epochs",
         )
-        worker.returned.connect(self._on_trained)
-        worker.finished.connect(self._on_train_finished)
-        self._train_worker = worker
-        worker.start()
-        return worker
 
-    def cancel(self) -> None:
-        """Stop training after the current mini-batch."""
-        self._stop.set()
-        self._set_status("cancelling ...")
-
-    def _on_progress(self, epoch: int, n_epochs: int, loss: float) -> None:
-        self.progress.setValue(round(100 * epoch / max(n_epochs, 1)))
-        self._set_status(f"epoch {epoch}/{n_epochs}, loss {loss:.4f}")
-
-    def _on_train_finished(self) -> None:
-        self._train_worker = None
-        self.train_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+    def _on_progress(self, epoch: int, n_epochs, info: dict) -> None:
+        loss = info.get("loss")
+        text = f", loss {loss:.4f}" if isinstance(loss, float) else ""
+        self.set_status(f"epoch {epoch}/{n_epochs}{text}")
 
     def _on_trained(self, result) -> None:
-        if isinstance(result, _Failed):
-            self._set_status(result.message)
-            if result.cancelled:
-                show_info(result.message)
-            else:
-                show_error(result.message)
-            return
-        self.data, self.model = result
-        self.trained_layers = list(self._layers_training)
-        self.progress.setValue(100)
-        n_conn = int((self.data.region >= 0).sum())
-        self._set_status(
-            f"trained: {self.data.n_cells:,} cells, {n_conn:,} with a "
-            "connectivity row; clustering ..."
-        )
-        self.recluster()
+        self.prepared, found = result
+        self.data, self.model = self.prepared.data, found.model
+        self.trained_layers = [ly for ly in self._layers_training if ly in self.viewer.layers]
+        self._on_domains(found)
+        if self.alpha_shown != self.alpha:  # the slider moved while it trained
+            self.recluster()
 
     # ------------------------------------------------------------------ alpha
     def _on_alpha_changed(self, value: int) -> None:
@@ -359,70 +242,49 @@ class DomainsWidget(QWidget):
     def recluster(self, alpha: float | None = None):
         """Re-mix the stored embeddings at ``alpha`` (default: the slider) and re-cluster
         in a worker; the latest request wins while one is running."""
-        from napari.qt.threading import thread_worker
-
         if self.model is None:
             return None
         alpha = self.alpha if alpha is None else float(alpha)
-        if self._domain_worker is not None:
+        if self._clustering:
             self._pending_alpha = alpha
             return None
-        self._set_status(f"clustering at alpha {alpha:.2f} ...")
-        worker = thread_worker(_domains_job, start_thread=False)(
-            self.model, alpha, float(self.resolution.value()), 0
+        self._clustering = True
+        self.set_status(f"clustering at alpha {alpha:.2f} ...")
+        return self.start_job(
+            _jobs.cluster_domains,
+            self.prepared,
+            self.model,
+            alpha,
+            resolution=float(self.resolution.value()),
+            on_done=self._on_domains,
+            on_end=self._on_domains_finished,
+            what="clustering",
+            show_progress=False,
         )
-        worker.returned.connect(self._on_domains)
-        worker.finished.connect(self._on_domains_finished)
-        self._domain_worker = worker
-        worker.start()
-        return worker
 
     def _on_domains_finished(self) -> None:
-        self._domain_worker = None
+        self._clustering = False
         if self._pending_alpha is not None:
             a, self._pending_alpha = self._pending_alpha, None
             self.recluster(a)
 
-    def _on_domains(self, result) -> None:
-        if isinstance(result, _Failed):
-            self._set_status(result.message)
-            show_error(result.message)
-            return
-        alpha, labels = result
-        self.labels = labels
-        self.alpha_shown = alpha
-        self._apply(alpha, labels)
-
-    def _apply(self, alpha: float, labels: np.ndarray) -> None:
-        """Write the domains into the trained sections and recolour their layers."""
-        from ..domains import write_results
-
+    def _on_domains(self, found) -> None:
+        """GUI thread: the domains into the trained sections, their layers recoloured."""
         layers = [ly for ly in self.trained_layers if ly in self.viewer.layers]
-        if len(layers) != len(self.trained_layers):
-            self._set_status("a trained section was removed: train again")
+        if len(layers) != len(found.sections):
+            self.set_status("a trained section was removed: train again")
             return
-        adatas = [ly.metadata["adata"] for ly in layers]
-        try:
-            write_results(adatas, self.data, self.model, alpha, labels)
-        except Exception as exc:  # noqa: BLE001
-            msg = one_line(exc)
-            self._set_status(msg)
-            show_error(msg)
-            return
-        cats = [str(c) for c in range(int(labels.max()) + 1)]
-        for ly, ad in zip(layers, adatas):
+        self.labels, self.alpha_shown = found.labels, found.alpha
+        cats = [str(c) for c in range(found.n_domains)]
+        for ly, out in zip(layers, found.sections):
+            ad = ly.metadata["adata"]
+            ad.obs[DOMAIN_KEY] = out.obs[DOMAIN_KEY].values
+            for key in [k for k in out.obsm if k.startswith("X_spacon")]:
+                ad.obsm[key] = out.obsm[key]
+            ad.uns["spacon"] = out.uns["spacon"]
             vals = ad.obs[DOMAIN_KEY].astype(str).to_numpy()
-            rgba, _ = categorical_colors(vals, categories=cats)
-            feats = ly.features
-            if len(feats) == len(vals):
-                feats = feats.copy()
-                feats[DOMAIN_KEY] = ad.obs[DOMAIN_KEY].to_numpy()
-                ly.features = feats
-            ly.border_color = rgba
-            ly.face_color = rgba
-        self._set_status(f"alpha {alpha:.2f}: {len(cats)} domains over {len(layers)} section(s)")
-
-    def wait_for_workers(self, msecs: int = 120000) -> None:
-        for w in (self._train_worker, self._domain_worker):
-            if w is not None:
-                w.await_workers(msecs)
+            set_feature_columns(ly, {DOMAIN_KEY: ad.obs[DOMAIN_KEY].to_numpy()})
+            paint(ly, categorical_colors(vals, categories=cats)[0])
+        self.set_status(
+            f"alpha {found.alpha:.2f}: {len(cats)} domains over {len(layers)} section(s)"
+        )

@@ -8,8 +8,13 @@ density-preserving subset when zoomed out, every cell in view when zoomed in. Th
 number of drawn points over all sections stays near a budget, which is what keeps
 software OpenGL (and modest GPUs) interactive.
 
-Two places rely on napari internals (napari 0.9); both are isolated here with a fallback
-to the public behaviour:
+Two places rely on napari internals (napari 0.9), because napari's public API has no
+equivalent yet; both are isolated here with a fallback to the public behaviour, and
+neither goes through the viewer a plugin dock is given (napari's proxy warns about
+private attributes there): they touch only the layer objects this module creates or
+tracks. Everything else here is public API (the overview layer's insertion restores the
+layer selection through ``layers.selection``; :meth:`FastSections.drawn` counts
+``shown``).
 
 * napari's Points slicing ignores ``shown`` for 2D data (``_PointSliceRequest`` returns
   every index when no dimension is sliced). :func:`enable_shown_slicing` swaps the
@@ -25,7 +30,6 @@ to the public behaviour:
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,11 +157,7 @@ def _as_rgba(rgba, n: int) -> np.ndarray:
 
 def set_colors_public(layer, rgba: np.ndarray) -> None:
     """Public napari path: border (the anti-aliased rim) then face, one refresh."""
-    with ExitStack() as stack:
-        stack.enter_context(layer.events.border_color.blocker())
-        border = getattr(layer, "_border", None)
-        if border is not None and hasattr(border, "events"):
-            stack.enter_context(border.events.colors.blocker())
+    with layer.events.border_color.blocker():
         layer.border_color = rgba
     layer.face_color = rgba
 
@@ -527,15 +527,12 @@ class FastSections:
                 metadata={"overview_of": layer.name},
             )
             layers = self.viewer.layers
-            # not made the active layer (that would build its controls, ~0.5 s here)
-            activate = getattr(layers, "_activate_on_insert", None)
-            if activate is not None:
-                layers._activate_on_insert = False
-            try:
-                layers.insert(layers.index(layer), ov)
-            finally:
-                if activate is not None:
-                    layers._activate_on_insert = activate
+            # the overview is not the layer the user works on: the selection stays
+            selected, active = set(layers.selection), layers.selection.active
+            layers.insert(layers.index(layer), ov)
+            layers.selection.clear()
+            layers.selection.update(selected)
+            layers.selection.active = active
             st.overview = ov
         else:
             if not np.allclose(ov.scale, scale * px):
@@ -547,5 +544,6 @@ class FastSections:
             ov.visible = True
 
     def drawn(self) -> int:
-        """Points drawn now over all tracked, visible layers."""
-        return int(sum(len(ly._view_indices) for ly in self.layers if ly.visible))
+        """Points drawn now over all tracked, visible layers (their ``shown`` cells: a
+        tracked layer's slicing honours ``shown``, see :func:`enable_shown_slicing`)."""
+        return int(sum(int(np.count_nonzero(ly.shown)) for ly in self.layers if ly.visible))

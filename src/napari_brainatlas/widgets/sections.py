@@ -1,21 +1,18 @@
 """The Sections dock widget: open sections, list them, colour and select their cells.
 
-Reading runs in a napari ``thread_worker``; layers are added and changed only in the
-main thread (the worker's ``returned`` callback). Every Points layer whose
-``metadata['adata']`` is an AnnData is a section here, whoever added it (this widget, the
-reader, the sample data).
+Reading runs as a job of the dock base (:mod:`._base`: a worker thread, progress per
+section, Cancel); layers are added and changed only in the GUI thread (``on_done``).
+Every Points layer whose ``metadata['adata']`` is an AnnData is a section here, whoever
+added it (this widget, the reader, the sample data).
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from anndata import AnnData
 from qtpy.QtCore import QSize, QStringListModel, Qt
-from qtpy.QtGui import QColor, QIcon, QLinearGradient, QPainter, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -27,7 +24,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
-    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -35,102 +31,42 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
-from ..colors import categorical_colors, colormap_lut, continuous_colors
+from ..colors import categorical_colors, continuous_colors
 from ..io.backed import gene_values
 from ..layers import GREY, HOVER_KEY, label_columns, numeric_columns, tile_offsets
-from ._notify import one_line, show_error
+from . import _jobs
+from ._base import DockBase
+from ._common import ColourBar, is_section_layer, paint, swatch
+from ._notify import show_error
 
 __all__ = ["COLORMAPS", "SectionsWidget"]
 
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "gray", "Reds", "Blues")
 NONE_ITEM = "(none)"
-#: .h5ad files larger than this are opened backed (expression stays on disk)
-BACKED_BYTES = 2 * 2**30
 TABLE_COLUMNS = ("show", "section", "cells", "genes", "source")
 
 
-class _LoadFailed:
-    """What the load worker returns instead of raising (one notification, not two)."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-
-def _read_layer_data(path: str, pixel_size_um: float | None):
-    """Worker body: read every section and build its layer data (no napari calls)."""
-    from ..io import read_sections
-    from ..layers import section_layer_data
-    from .fastpoints import FAST_THRESHOLD, fast_layer_kwargs
-
-    try:
-        big = (
-            str(path).lower().endswith(".h5ad")
-            and Path(path).is_file()
-            and Path(path).stat().st_size > BACKED_BYTES
-        )
-        sections = read_sections(path, pixel_size_um=pixel_size_um, backed=big)
-        out = []
-        for s in sections:
-            data, kwargs, ltype = section_layer_data(s)
-            if len(data) > FAST_THRESHOLD:  # level of detail, built here off the GUI thread
-                data, kwargs = fast_layer_kwargs(data, kwargs)
-            out.append((data, kwargs, ltype))
-        return out
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
-        msg = one_line(exc, context=f"cannot open {Path(path).name}: ")
-        if Path(path).name not in msg:
-            msg = f"{Path(path).name}: {msg}"
-        return _LoadFailed(msg)
+def _numeric_columns_kept(result) -> list[str]:
+    """Numeric columns a cell table kept as cell values in sections read without genes."""
+    out: dict[str, None] = {}
+    for _, kwargs, _ in result:
+        ad = (kwargs.get("metadata") or {}).get("adata")
+        if ad is None or ad.n_vars:
+            continue
+        meta = ad.uns.get("napari_brainatlas", {})
+        if isinstance(meta, dict):
+            out.update(dict.fromkeys(meta.get("numeric_columns", [])))
+    return list(out)
 
 
-def _paint(layer, rgba: np.ndarray) -> None:
-    """Fast path: assign the (n, 4) RGBA array to the layer (face and the anti-aliased
-    rim), no layer rebuild."""
-    from .fastpoints import is_fast, set_colors
-
-    if is_fast(layer):  # large section: colours written directly, one refresh
-        set_colors(layer, rgba)
-        return
-    with ExitStack() as stack:
-        # the border is redrawn with the face: skip its own (slow, full) vispy refresh
-        stack.enter_context(layer.events.border_color.blocker())
-        border = getattr(layer, "_border", None)
-        if border is not None and hasattr(border, "events"):
-            stack.enter_context(border.events.colors.blocker())
-        layer.border_color = rgba
-    layer.face_color = rgba
-
-
-def _swatch(rgba, w: int = 14, h: int = 14) -> QIcon:
-    pm = QPixmap(w, h)
-    c = np.clip(np.asarray(rgba, float) * 255, 0, 255).astype(int)
-    pm.fill(QColor(int(c[0]), int(c[1]), int(c[2]), int(c[3]) if len(c) > 3 else 255))
-    return QIcon(pm)
-
-
-def _gradient(cmap: str, w: int = 80, h: int = 14) -> QIcon:
-    pm = QPixmap(w, h)
-    painter = QPainter(pm)
-    grad = QLinearGradient(0, 0, w, 0)
-    lut = colormap_lut(cmap, 16)
-    for i, c in enumerate(lut):
-        grad.setColorAt(i / (len(lut) - 1), QColor.fromRgbF(*[float(v) for v in c]))
-    painter.fillRect(0, 0, w, h, grad)
-    painter.end()
-    return QIcon(pm)
-
-
-class SectionsWidget(QWidget):
+class SectionsWidget(DockBase):
     """Dock widget listing the loaded sections, with colour-by and select-by controls."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self._layers: list = []
-        self._workers: list = []
         self._updating = False
         # current colouring: key, source ('gene' | 'obs'), kind, clim, cmap, values
         self._color: dict = {}
@@ -152,25 +88,35 @@ class SectionsWidget(QWidget):
         root = QVBoxLayout(self)
         root.setContentsMargins(4, 4, 4, 4)
 
+        for part in (self._open_box(), self._table(), self._colour_box(), self._select_box()):
+            root.addWidget(part)
+        self.set_status("Open a file or folder of sections.")
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self._set_continuous_enabled(False)
+
+    def _open_box(self) -> QGroupBox:
         box = QGroupBox("Open")
         form = QFormLayout(box)
         row = QHBoxLayout()
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText(".h5ad, .loom, .csv or a folder of csv files")
         self.path_edit.returnPressed.connect(self.load)
-        self.load_button = QPushButton("Load")
-        self.load_button.setToolTip("Read the file or folder typed on the left")
-        self.load_button.clicked.connect(lambda: self.load())
+        self.load_button = self.action_button(
+            "Load", self.load, "Read the file or folder typed on the left"
+        )
         row.addWidget(self.path_edit, 1)
         row.addWidget(self.load_button)
         form.addRow(row)
         row = QHBoxLayout()
-        self.open_button = QPushButton("Open...")
-        self.open_button.setToolTip("Choose a .h5ad, .loom or .csv file")
-        self.open_button.clicked.connect(self._choose_file)
-        self.folder_button = QPushButton("Open folder...")
-        self.folder_button.setToolTip("Choose a folder of csv files (coordinates + counts)")
-        self.folder_button.clicked.connect(self._choose_folder)
+        self.open_button = self.action_button(
+            "Open...", self._choose_file, "Choose a .h5ad, .loom or .csv file"
+        )
+        self.folder_button = self.action_button(
+            "Open folder...",
+            self._choose_folder,
+            "Choose a folder of csv files (coordinates + counts)",
+        )
         row.addWidget(self.open_button)
         row.addWidget(self.folder_button)
         form.addRow(row)
@@ -185,12 +131,25 @@ class SectionsWidget(QWidget):
             "file (Visium scale factors, osmFISH sizes) or uses 1"
         )
         form.addRow("Pixel size (um):", self.pixel_size)
+        self.genes_check = QCheckBox("Numeric columns are genes (csv tables)")
+        self.genes_check.setToolTip(
+            "A csv / tsv cell table's numeric columns beside x/y are read as genes "
+            "(all but per-cell measures such as Z or area). Unticked they stay cell "
+            "values (colour by them under Annotation); text columns are always labels. "
+            "A folder with a counts table takes its genes from there."
+        )
+        form.addRow(self.genes_check)
         self.tile_check = QCheckBox("Lay sections out side by side")
         self.tile_check.setChecked(True)
         self.tile_check.toggled.connect(self._retile)
         form.addRow(self.tile_check)
-        root.addWidget(box)
+        row = QHBoxLayout()
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        form.addRow(row)
+        return box
 
+    def _table(self) -> QTableWidget:
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
         self.table.verticalHeader().setVisible(False)
@@ -201,8 +160,9 @@ class SectionsWidget(QWidget):
         hdr.setStretchLastSection(True)
         self.table.setMinimumHeight(90)
         self.table.itemChanged.connect(self._on_item_changed)
-        root.addWidget(self.table)
+        return self.table
 
+    def _colour_box(self) -> QGroupBox:
         box = QGroupBox("Colour cells by")
         form = QFormLayout(box)
         row = QHBoxLayout()
@@ -245,8 +205,11 @@ class SectionsWidget(QWidget):
         self.legend.setMinimumHeight(80)
         self.legend.setSelectionMode(QAbstractItemView.NoSelection)
         form.addRow(self.legend)
-        root.addWidget(box)
+        self.colour_bar = ColourBar()
+        form.addRow(self.colour_bar)
+        return box
 
+    def _select_box(self) -> QGroupBox:
         box = QGroupBox("Select cells")
         form = QFormLayout(box)
         self.select_column = QComboBox()
@@ -262,16 +225,7 @@ class SectionsWidget(QWidget):
         row.addWidget(self.select_button)
         row.addWidget(self.clear_button)
         form.addRow("Value:", row)
-        root.addWidget(box)
-
-        self.status = QLabel("Open a file or folder of sections.")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-        root.addStretch(1)
-        self._set_continuous_enabled(False)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
+        return box
 
     def _set_continuous_enabled(self, on: bool) -> None:
         for w in (self.cmap_combo, self.clim_min, self.clim_max, self.auto_button):
@@ -300,27 +254,22 @@ class SectionsWidget(QWidget):
     def load(self, path: str | None = None):
         """Read ``path`` (default: the path box) in a worker thread; its sections become
         Points layers when it returns. Returns the worker (``None`` if nothing to do)."""
-        from napari.qt.threading import thread_worker
-
         path = str(path or self.path_edit.text()).strip()
         if not path:
             show_error("type or choose a file or folder to open")
             return None
-        px = self.pixel_size.value() or None
-        self._set_status(f"reading {Path(path).name} ...")
-        self.load_button.setEnabled(False)
-        worker = thread_worker(_read_layer_data, start_thread=False)(path, px)
-        worker.returned.connect(self._on_loaded)
-        worker.finished.connect(lambda w=worker: self._on_worker_finished(w))
-        self._workers.append(worker)
-        worker.start()
-        return worker
-
-    def _on_worker_finished(self, worker) -> None:
-        if worker in self._workers:
-            self._workers.remove(worker)
-        if not self._workers:
-            self.load_button.setEnabled(True)
+        name = Path(path).name
+        self.set_status(f"reading {name} ...")
+        return self.start_job(
+            _jobs.read_layer_data,
+            path,
+            self.pixel_size.value() or None,
+            genes=True if self.genes_check.isChecked() else None,
+            on_done=self._on_loaded,
+            what=f"reading {name}",
+            error_prefix=f"cannot open {name}: ",
+            unit="sections",
+        )
 
     @property
     def fast(self):
@@ -331,17 +280,8 @@ class SectionsWidget(QWidget):
             self._fast = FastSections(self.viewer)
         return self._fast
 
-    @property
-    def busy(self) -> bool:
-        """True while a file is being read."""
-        return bool(self._workers)
-
     def _on_loaded(self, result) -> None:
-        """Main thread: add the sections' layers (or report why there are none)."""
-        if isinstance(result, _LoadFailed):
-            self._set_status(result.message)
-            show_error(result.message)
-            return
+        """GUI thread: add the sections' layers."""
         from napari.layers import Layer
 
         from .fastpoints import LOD_KEY, make_fast_layer
@@ -358,21 +298,19 @@ class SectionsWidget(QWidget):
             self._reapply()
         self.viewer.reset_view()
         n = sum(len(d) for d, _, _ in result)
-        self._set_status(f"loaded {len(names)} section(s), {n:,} cells: {', '.join(names)}")
-
-    def wait_for_workers(self, msecs: int = 60000) -> None:
-        """Block until reading finished (for scripts; tests use qtbot.waitUntil)."""
-        for w in list(self._workers):
-            w.await_workers(msecs)
+        msg = f"loaded {len(names)} section(s), {n:,} cells: {', '.join(names)}"
+        numbers = _numeric_columns_kept(result)
+        if numbers:
+            msg += (
+                f". No genes: {len(numbers)} numeric column(s) kept as cell values "
+                f"({', '.join(numbers[:4])}{', ...' if len(numbers) > 4 else ''}); tick "
+                "'Numeric columns are genes' and load again to read them as genes"
+            )
+        self.set_status(msg)
 
     # ------------------------------------------------------------------ layers
-    def _is_section(self, layer) -> bool:
-        from napari.layers import Points
-
-        return isinstance(layer, Points) and isinstance(layer.metadata.get("adata"), AnnData)
-
     def _track(self, layer) -> bool:
-        if not self._is_section(layer) or layer in self._layers:
+        if not is_section_layer(layer) or layer in self._layers:
             return False
         self._layers.append(layer)
         layer.metadata.setdefault(HOVER_KEY, [])
@@ -397,6 +335,7 @@ class SectionsWidget(QWidget):
             if not self._layers:
                 self._color = {}
                 self.legend.clear()
+                self.colour_bar.clear()
             self._refresh()
 
     def _labels_union(self) -> list[str]:
@@ -510,12 +449,12 @@ class SectionsWidget(QWidget):
         if not gene:
             return
         if not self._layers:
-            self._set_status("no sections loaded")
+            self.set_status("no sections loaded")
             return
         found = self._resolve_gene(gene)
         if found is None:
             msg = f"gene {gene!r} is in none of the loaded sections"
-            self._set_status(msg)
+            self.set_status(msg)
             show_error(msg)
             return
         self.gene_edit.setText(found)
@@ -524,6 +463,7 @@ class SectionsWidget(QWidget):
             ad = ly.metadata["adata"]
             values[id(ly)] = gene_values(ad, found) if found in ad.var_names else None
         self._color = {"key": found, "source": "gene", "kind": "continuous", "values": values}
+        self._show_in_annotation(NONE_ITEM)  # the panel says what the cells show
         self._recolor_continuous(auto=True)
 
     def color_by_annotation(self, column: str) -> None:
@@ -531,9 +471,8 @@ class SectionsWidget(QWidget):
         through the colormap."""
         if not self._layers:
             return
-        i = self.annotation_combo.findText(column)
-        if i >= 0 and self.annotation_combo.currentIndex() != i:
-            self.annotation_combo.setCurrentIndex(i)
+        self._show_in_annotation(column)
+        self.gene_edit.clear()
         is_label = any(column in label_columns(ly.metadata["adata"]) for ly in self._layers)
         if not is_label:
             values = {}
@@ -566,7 +505,7 @@ class SectionsWidget(QWidget):
                 rgba = np.tile(GREY, (len(ly.data), 1))
                 missing.append(ly.name)
             self._set_hover(ly, None)
-            _paint(ly, rgba)
+            paint(ly, rgba)
         self._color = {
             "key": column,
             "source": "obs",
@@ -574,15 +513,25 @@ class SectionsWidget(QWidget):
             "categories": categories,
         }
         self._set_continuous_enabled(False)
+        self.colour_bar.clear()
         self.legend.clear()
+        self.legend.setVisible(True)
         for cat in categories:
-            item = QListWidgetItem(_swatch(legend[cat]), f"{cat}  ({counts.get(cat, 0):,})")
+            item = QListWidgetItem(swatch(legend[cat]), f"{cat}  ({counts.get(cat, 0):,})")
             item.setData(Qt.UserRole, cat)
             self.legend.addItem(item)
         msg = f"coloured by {column}: {len(categories)} categories"
         if missing:
             msg += f"; no {column} in {', '.join(missing)} (grey)"
-        self._set_status(msg)
+        self.set_status(msg)
+
+    def _show_in_annotation(self, text: str) -> None:
+        """Set the Annotation box to ``text`` without recolouring."""
+        i = self.annotation_combo.findText(text)
+        if i >= 0 and self.annotation_combo.currentIndex() != i:
+            self.annotation_combo.blockSignals(True)
+            self.annotation_combo.setCurrentIndex(i)
+            self.annotation_combo.blockSignals(False)
 
     def _recolor_continuous(self, auto: bool = False) -> None:
         c = self._color
@@ -614,18 +563,17 @@ class SectionsWidget(QWidget):
                 self._set_hover(ly, c["key"], v)
             else:
                 self._set_hover(ly, None)
-            _paint(ly, rgba)
+            paint(ly, rgba)
         self._set_continuous_enabled(True)
         self.legend.clear()
+        self.legend.setVisible(False)
         lo, hi = c["clim"]
-        item = QListWidgetItem(_gradient(cmap), f"{c['key']}: {lo:.3g} to {hi:.3g}")
-        item.setData(Qt.UserRole, c["key"])
-        self.legend.addItem(item)
+        self.colour_bar.show_range(c["key"], cmap, lo, hi)
         what = "gene" if c["source"] == "gene" else "annotation"
         msg = f"coloured by {what} {c['key']} ({cmap}, {lo:.3g} to {hi:.3g})"
         if missing:
             msg += f"; {c['key']} not measured in {', '.join(missing)} (grey)"
-        self._set_status(msg)
+        self.set_status(msg)
 
     def _reapply(self) -> None:
         """Colour newly added sections like the others (when any section has the key)."""
@@ -643,11 +591,13 @@ class SectionsWidget(QWidget):
         for ly in self._layers:
             _, rgba, _ = color_values(ly.metadata["adata"], ly.metadata.get("color_by"))
             self._set_hover(ly, None)
-            _paint(ly, rgba)
+            paint(ly, rgba)
         self._color = {}
         self.legend.clear()
+        self.legend.setVisible(True)
+        self.colour_bar.clear()
         self._set_continuous_enabled(False)
-        self._set_status("default colours")
+        self.set_status("default colours")
 
     def _set_hover(self, layer, gene: str | None, values=None) -> None:
         """Keep one hover-only feature column: the gene the cells are coloured by."""
@@ -670,7 +620,10 @@ class SectionsWidget(QWidget):
         layer.features = feats
 
     def legend_categories(self) -> list[str]:
-        """The categories (or the gene / column) the legend shows, in order."""
+        """The categories the legend shows, in order (or the gene / column the colour
+        bar shows)."""
+        if self.colour_bar.limits is not None:
+            return [self.colour_bar.title.text()]
         return [self.legend.item(i).data(Qt.UserRole) for i in range(self.legend.count())]
 
     # ------------------------------------------------------------------ select
@@ -707,7 +660,7 @@ class SectionsWidget(QWidget):
                 total += idx.size
         if hit:
             self.viewer.layers.selection.active = hit[0]
-        self._set_status(
+        self.set_status(
             f"selected {total:,} cells with {column} = {value} in {len(hit)} section(s)"
         )
         return total
@@ -715,4 +668,4 @@ class SectionsWidget(QWidget):
     def clear_selection(self) -> None:
         for ly in self._layers:
             ly.selected_data = set()
-        self._set_status("selection cleared")
+        self.set_status("selection cleared")

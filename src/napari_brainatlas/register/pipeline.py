@@ -1,0 +1,92 @@
+"""Register a section to an atlas slice: :func:`register_section`, the method in stages.
+
+>>> res = register_section(adata, atlas, "coronal", 5000.0, "both", midline=[[x1, y1], [x2, y2]])
+>>> out = apply_registration(adata, res, atlas)   # a copy with ccf_coords, ccf_id, ...
+
+``register_section`` never modifies ``adata``. It is plain Python (no Qt), safe to call
+from a worker thread, and reads no module-level setting: everything it uses comes from
+its arguments (a :class:`~.settings.RegistrationSettings` and the keyword options).
+"""
+
+from __future__ import annotations
+
+from .finish import finish
+from .plane_search import given_plane, search_plane
+from .position import locate_section
+from .result import RegistrationResult, make_result
+from .scoring import score
+from .section import prepare_section
+from .settings import RegistrationSettings, settings_with_options
+from .start_fit import start_fit
+
+__all__ = ["register_section"]
+
+
+def register_section(
+    adata,
+    atlas,
+    plane: str = "coronal",
+    position_um: float | str | None = None,
+    hemisphere: str = "both",
+    midline=None,
+    landmarks=None,
+    *,
+    settings: RegistrationSettings | None = None,
+    section_name: str | None = None,
+    progress=None,
+    cancel=None,
+    **options,
+) -> RegistrationResult:
+    """Register one section's cells to the atlas.
+
+    Parameters
+    ----------
+    adata : AnnData with obsm[spatial_key] (n, 2) um in the section's own frame.
+    atlas : :class:`~napari_brainatlas.atlas.Atlas` or an atlas spec for ``Atlas.load``.
+    plane : "coronal" or "sagittal".
+    position_um : AP (coronal) / ML (sagittal) um; None or "auto" scans the whole axis.
+    hemisphere : "both", "left" or "right" (coronal hemisections; the midline is the cut edge).
+    midline : (2, 2) or (4,) section um, a dorsal then a ventral point on the midline
+        (for sagittal sections: any dorsal -> ventral line). None: rotation sweep only.
+    landmarks : extra user pairs, (k, 4) ``x_s, y_s, x_atlas, y_atlas`` rows or
+        ``{"section": (k,2), "atlas": (k,2), "weights": (k,)}``.
+    settings : :class:`~.settings.RegistrationSettings` (default: its defaults), the
+        options and the tuning of every stage.
+    section_name : name of the record (default ``uns['section']`` or the one value of
+        ``obs['section']``).
+    progress : ``progress(done, total, info)`` (:mod:`napari_brainatlas.jobs`) after each
+        ICP iteration (``info`` {"stage": "icp", "cost_um": c}), label start position
+        ("label_starts") and candidate plane of the searches ("plane_search",
+        "quick_search": position_um, angles_deg, score). A ``progress(i, cost_um)``
+        callable of two arguments is still accepted (deprecated; called after each ICP
+        iteration as before).
+    cancel : ``cancel() -> bool``, polled between units; True raises
+        :class:`~napari_brainatlas.Cancelled` (``RegistrationCancelled``).
+    **options : fields of ``settings`` set for this call (``dataclasses.replace``):
+        ``angles_deg``, ``mirrored``, ``refine_position``, ``plane_search``,
+        ``search_um``, ``max_angle_deg``, ``nonlinear``, ``label_warp``, ``area_refine``,
+        ``landmark_weight``, ``region_key``, ``spatial_key``, and ``max_iter``, ``tol``,
+        ``sweep`` (the outline fit's ICP limits and rotation sweep); see
+        :class:`~.settings.RegistrationSettings`. ``refine_position`` searches the plane
+        near the given one; with region labels ``plane_search="joint"`` (default) fits
+        and scores 20-50 candidate planes jointly with the in-plane fit, "quick"
+        alternates label proposals with label fits (about 3x faster, less accurate: see
+        benchmarks/registration/RESULTS_registration.md). An unknown option raises
+        :class:`BrainAtlasInputError` naming it.
+
+    Returns a :class:`RegistrationResult`. Raises :class:`BrainAtlasInputError` for
+    bad input and :class:`~napari_brainatlas.Cancelled` when cancelled.
+    """
+    s = settings_with_options(settings, **options)
+    sec, given = prepare_section(
+        adata, atlas, plane, position_um, hemisphere, midline, landmarks, s,
+        name=section_name, progress=progress, cancel=cancel,
+    )  # fmt: skip
+    pos = locate_section(sec, given)  # the given position, or scanned along the axis
+    found = given_plane(pos)
+    if pos.search:
+        start = start_fit(sec, pos)  # outline fit at the given plane (+ global label starts)
+        found = search_plane(sec, pos, start)  # joint | quick (labels) | outline positions
+    fin = finish(sec, found)  # the affine there; area refine, label refit + warp, thin-plate
+    metrics, confidence = score(sec, found, fin)  # metrics and confidence
+    return make_result(sec, found, fin, metrics, confidence)

@@ -1,0 +1,155 @@
+"""Automatic midline on sections cut from the real CCFv3 (50 um): the symmetry axis of
+full coronal sections, the cut edge of hemisections, the DV axis of sagittal sections."""
+
+import numpy as np
+import pytest
+
+from napari_brainatlas import BrainAtlasInputError
+from napari_brainatlas.atlas import Atlas
+from napari_brainatlas.demo.ccf_sections import CCFExpressionModel, SectionSpec, make_ccf_section
+from napari_brainatlas.register.ccf_levels import ccf_level_labels
+from napari_brainatlas.register.metrics import label_division_index
+from napari_brainatlas.register.midline_estimate import estimate_midline, midline_error
+
+from ._data import CCF50, ONTO_CSV, shared
+
+
+@pytest.fixture(scope="module")
+def ccf50():
+    return Atlas.load(shared(CCF50), ontology=shared(ONTO_CSV))
+
+
+@pytest.fixture(scope="module")
+def sections(ccf50):
+    model = CCFExpressionModel(ccf50, 0)
+    common = {"n_cells": 2500, "scale": 1.2, "shear": 0.03, "warp_um": 40.0, "drop_fraction": 0.05}
+    specs = [
+        SectionSpec(
+            plane="coronal",
+            position_um=5400.0,
+            rotation_deg=70.0,
+            angles_deg=(1.5, -1.0),
+            tear_fraction=0.05,
+            seed=1,
+            name="full_a",
+            **common,
+        ),
+        SectionSpec(
+            plane="coronal",
+            position_um=8600.0,
+            rotation_deg=-140.0,
+            seed=2,
+            name="full_b",
+            **common,
+        ),
+        SectionSpec(
+            plane="coronal",
+            position_um=4200.0,
+            hemisphere="left",
+            rotation_deg=25.0,
+            mirror=True,
+            tear_fraction=0.08,
+            seed=3,
+            name="left",
+            **common,
+        ),
+        SectionSpec(
+            plane="coronal",
+            position_um=7600.0,
+            hemisphere="right",
+            rotation_deg=-95.0,
+            angles_deg=(-2.0, 1.0),
+            seed=4,
+            name="right",
+            **common,
+        ),
+        SectionSpec(
+            plane="sagittal",
+            position_um=3600.0,
+            rotation_deg=160.0,
+            mirror=True,
+            seed=5,
+            name="sag",
+            **common,
+        ),
+    ]
+    return {s.name: make_ccf_section(ccf50, s, model) for s in specs}
+
+
+def _estimate(a, atlas, level="fine", **kw):
+    tr = a.uns["demo_truth"]
+    lab = None if level is None else ccf_level_labels(atlas, a.obs["ccf_id_true"].to_numpy(), level)
+    e = estimate_midline(
+        a.obsm["spatial"],
+        lab,
+        atlas,
+        level=level or "division",
+        plane=tr["plane"],
+        hemisphere=tr["hemisphere"],
+        **kw,
+    )
+    return e, midline_error(e, tr["midline"], tr["plane"])
+
+
+@pytest.mark.parametrize("name", ["full_a", "full_b", "left", "right"])
+def test_coronal_midline_recovered(ccf50, sections, name):
+    e, err = _estimate(sections[name], ccf50)
+    assert err["angle_deg"] < 4.0, err  # direction, dorsal end first
+    assert err["offset_um"] < 120.0, err
+    assert e.method == ("symmetry" if name.startswith("full") else "cut_edge")
+    assert e.dorsal_from == "labels" and 0.5 <= e.confidence <= 1.0
+    assert e.midline.shape == (2, 2) and np.isfinite(e.midline).all()
+
+
+def test_division_labels_and_weights(ccf50, sections):
+    a = sections["right"]
+    div = label_division_index(ccf50, a.obs["ccf_division_true"].astype(str).to_numpy())
+    w = np.random.default_rng(0).uniform(0.3, 1.0, a.n_obs)
+    tr = a.uns["demo_truth"]
+    e = estimate_midline(
+        a.obsm["spatial"], div, ccf50, plane="coronal", hemisphere="right", weights=w
+    )
+    err = midline_error(e, tr["midline"])
+    assert err["angle_deg"] < 4.0 and err["offset_um"] < 120.0
+
+
+def test_sagittal_dv_axis(ccf50, sections):
+    e, err = _estimate(sections["sag"], ccf50)
+    assert e.method == "dv_axis" and err["angle_deg"] < 8.0
+    e0, _ = _estimate(sections["sag"], ccf50, level=None)
+    assert e0.confidence == 0.0  # no labels: the direction is a guess
+
+
+def test_shape_only_hemisection_finds_the_line(ccf50, sections):
+    e, err = _estimate(sections["left"], ccf50, level=None)
+    # without labels the dorsal end is a guess from the shape, the line is still found
+    assert min(err["angle_deg"], 180.0 - err["angle_deg"]) < 4.0
+    assert err["offset_um"] < 120.0
+    assert e.dorsal_from == "shape" and e.confidence <= 0.5
+
+
+def test_bad_input(ccf50):
+    with pytest.raises(BrainAtlasInputError):
+        estimate_midline(np.zeros((5, 2)))
+    xy = np.random.default_rng(0).random((100, 2)) * 1000
+    with pytest.raises(BrainAtlasInputError):
+        estimate_midline(xy, np.zeros(100, dtype=int))  # labels need the atlas
+    with pytest.raises(BrainAtlasInputError):
+        estimate_midline(xy, plane="axial")
+    # unknown labels are ignored: the estimate falls back to the shape
+    e = estimate_midline(xy, np.array(["no such"] * 100), ccf50)
+    assert e.dorsal_from == "shape"
+
+
+def test_symmetry_labels_of_another_level(ccf50, sections):
+    a = sections["full_b"]
+    ids = a.obs["ccf_id_true"].to_numpy()
+    tr = a.uns["demo_truth"]
+    e = estimate_midline(
+        a.obsm["spatial"],
+        ccf_level_labels(ccf50, ids, "division"),
+        ccf50,
+        symmetry_labels=ccf_level_labels(ccf50, ids, 6),
+    )
+    err = midline_error(e, tr["midline"])
+    assert err["angle_deg"] < 4.0 and err["offset_um"] < 120.0 and e.method == "symmetry"
