@@ -87,8 +87,9 @@ def _impute_frames(model_or_mapping, split, sections, index_of) -> dict:
     from napari_brainatlas.annotate import impute_genes
 
     out = {}
-    for v in split.query:
-        genes = [g.upper() for g in _impute_targets(split, v)]
+    known = set(model_or_mapping.module.genes)  # genes with no count anywhere are not
+    for v in split.query:  # in the model: skipped (their R is undefined for every method)
+        genes = [g.upper() for g in _impute_targets(split, v) if g.upper() in known]
         if not genes:
             continue
         df = impute_genes(model_or_mapping, index_of(v), genes)

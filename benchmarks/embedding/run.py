@@ -69,6 +69,8 @@ def _done(path: Path) -> set:
                 r = json.loads(line)
             except ValueError:
                 continue
+            if r.get("error"):  # a failed method is run again
+                continue
             keys.add((r["set"], r["split"], r["seed"], r["method"], r["variant"]))
     return keys
 
