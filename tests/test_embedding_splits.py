@@ -89,3 +89,17 @@ def test_split_deterministic_overlap_and_disjoint_cells(name):
             assert 0.25 < ratio < 4.0
     assert s1.reference and s1.query
     assert splits.make_split(name, 4, family_seed=1).spec != s1.spec
+
+
+@needs_data
+def test_cap_cells_same_subset_every_time_and_truth_aligned():
+    s = splits.make_split("osmFISH", 12)
+    c1, c2 = splits.cap_cells(s, 300), splits.cap_cells(s, 300)
+    assert c1.info["n_cells"] == [min(a.n_obs, 300) for a in s.sections]
+    for a, b, t, full, tf in zip(c1.sections, c2.sections, c1.truth, s.sections, s.truth):
+        assert list(a.obs_names) == list(b.obs_names)
+        assert set(a.obs_names) <= set(full.obs_names)
+        rows = full.obs_names.get_indexer(a.obs_names)
+        np.testing.assert_array_equal(t, tf[rows])  # truth rows follow the cells
+        np.testing.assert_array_equal(a.X, full.X[rows])
+    assert splits.cap_cells(s, None) is s and splits.cap_cells(s, 10**6) is s
