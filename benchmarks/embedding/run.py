@@ -5,8 +5,11 @@ training throughput and memory.
 Quality (one row per set x split x seed x method into a JSONL file; resumable):
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/embedding/run.py --half test \\
-        --seeds 0,1,2 --out benchmarks/embedding/rows_test.jsonl
-    python benchmarks/embedding/run.py --report benchmarks/embedding/rows_test.jsonl
+        --seeds 0,1,2 --out benchmarks/embedding/rows_test.jsonl [--max-cells N]
+    python benchmarks/embedding/run.py --half test --report benchmarks/embedding/rows_test.jsonl
+
+(RESULTS_embedding.md gives the exact commands of the reported run: two processes, one
+per seed, ``--shard k/2``, ``--max-cells 1000``.)
 
 Splits: splits.py (osmFISH, MERFISH + scRNA-seq reference, Slide-seq + snRNA-seq
 reference, demo; dev half = first half of each set's split indices, test half = the
