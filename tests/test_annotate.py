@@ -390,7 +390,10 @@ def test_impute_knn_query_view(trained):
         t = spatial_graph(p.coords) @ np.nan_to_num(z)
         Zj.append(np.hstack([z, t])[ok])
         V.append(np.asarray(p.X[:, p.genes.index(gene)]).ravel()[ok])
-    assert np.mean(own) < 0.5 * np.mean(moved), (own, moved)
+    # 0.53 with the reference at the issue-26 defaults (panel_anchor 1.0; 0.39 without the
+    # panel anchor, min_steps of the mapping 0 or 60 alike): the anchor draws the sections'
+    # cells together, so a shuffled partner is nearer than before
+    assert np.mean(own) < 0.6 * np.mean(moved), (own, moved)
     Zj, V = np.concatenate(Zj), np.concatenate(V)
     zq = np.hstack(
         [mp.get_latent_representation("cell", 0), mp.get_latent_representation("tissue", 0)]
@@ -690,3 +693,15 @@ def test_osmfish_query_with_hidden_genes():
     full.obsm["X_fusemap_cell"] = out.obsm["X_fusemap_cell"]
     side = measured_vs_imputed(full, "SOX10", mp)
     assert side.attrs["pearson_r"] > 0.2
+
+
+def test_validate_anchor_stops_on_the_trained_objective(trained):
+    """validate_anchor=True: the validation loss includes the held-out anchor cells'
+    anchor term (so it is above the query-only validation loss of the same epoch)."""
+    m, q = trained["model"], trained["query"]
+    kw = dict(epochs=1, seed=0, min_steps=2)
+    plain = map_query(m, [q], **kw)
+    held = map_query(m, [q], validate_anchor=True, **kw)
+    assert held.settings.validate_anchor and held.anchored
+    assert np.isfinite(held.history[0]["val_loss"])
+    assert held.history[0]["val_loss"] > plain.history[0]["val_loss"] - 1e-9

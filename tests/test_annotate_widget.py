@@ -63,7 +63,7 @@ def test_transfer_show_and_impute(qtbot, annotate_dock, error_notifications):
     assert set(w.labels()) == {"celltype", "region"}
     w.epochs.setValue(2)
     qtbot.mouseClick(w.run_button, _left())
-    qtbot.waitUntil(lambda: w.mapping is not None and not w.busy, timeout=180000)
+    qtbot.waitUntil(lambda: w.mapping is not None and not w.busy, timeout=600000)
     assert not error_notifications, [n.message for n in error_notifications]
     assert w.progress.value() == w.progress.maximum() > 0
     assert "anchored query mapping" in w.status.text()  # anchor in use: no adversary

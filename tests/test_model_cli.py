@@ -41,6 +41,7 @@ def test_embed_writes_model_and_sections(tmp_path, capsys):
     assert args.func(args) == 0
     err = capsys.readouterr().err
     assert "embed [" in err and "2/2" in err
+    assert "quality: " in err and "mixing" in err and "recon R2" in err  # one-line summary
     assert (out / "model" / "weights.pt").exists() and (out / "model" / "config.json").exists()
     h5 = sorted(out.glob("*.h5ad"))
     assert len(h5) == 2

@@ -358,3 +358,52 @@ def test_recon_from_is_checked_saved_and_trains(sections, tmp_path):
     (tmp_path / "fm" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BrainAtlasInputError):
         FuseMap.load(tmp_path / "fm", sections)
+
+
+def test_low_count_cells_embedded_by_default_and_panel_anchor_logged(sections):
+    a = sections[0].copy()
+    a.X[0] = 0
+    a.X[0, :3] = 1  # 3 counts: embedded by default, dropped with the paper's <= 5 rule
+    a.layers["counts"] = a.X.copy()
+    m = FuseMap([a, sections[1]], seed=0, **TINY)
+    assert np.isfinite(m.get_latent_representation("cell", section=0)[0]).all()
+    paper = FuseMap(
+        [a, sections[1]], seed=0, min_cell_counts=5, panel_anchor=0, min_steps=3, **TINY
+    )
+    assert np.isnan(paper.get_latent_representation("cell", section=0)[0]).all()
+    hist = FuseMap([a, sections[1]], seed=0, min_steps=3, **TINY).train(epochs=1)
+    assert all(np.isfinite(h["panel"]) for h in hist)  # the cross-panel anchor term
+    assert "panel" not in paper.train(epochs=1, pretrain_epochs=1, final_epochs=0)[0]
+
+
+def test_issue26_defaults_agree_and_older_folders_keep_their_options(sections, tmp_path):
+    """One epochs default (FuseMapSettings) for the API, `embed` and the Embed dock; a
+    folder written before panel_anchor / min_cell_counts existed loads with what it was
+    trained with (0, 5)."""
+    import argparse
+
+    from napari_brainatlas.annotate.settings import QueryMappingSettings
+    from napari_brainatlas.cli.embed import add_parser
+    from napari_brainatlas.fusemap import FuseMapSettings
+
+    s = FuseMapSettings()
+    assert (s.epochs, s.panel_anchor, s.min_cell_counts) == (3, 1.0, 0.0)
+    q = QueryMappingSettings()
+    assert (q.min_steps, q.validate_anchor) == (60, False)
+    with pytest.raises(BrainAtlasInputError, match="panel_anchor"):
+        FuseMapSettings(panel_anchor=-1)
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers())
+    assert p.parse_args(["embed", "x.h5ad", "--out", "o"]).epochs is None  # -> settings
+    # the docks read the same default (workflows.embed.default_epochs: FuseMapSettings)
+    from napari_brainatlas.workflows.embed import default_epochs
+
+    assert default_epochs() == s.epochs
+    m = FuseMap(sections, seed=0, **TINY)
+    m.save(tmp_path / "fm")
+    cfg = json.loads((tmp_path / "fm" / "config.json").read_text())
+    for k in ("panel_anchor", "min_cell_counts"):
+        del cfg["settings"][k]
+    (tmp_path / "fm" / "config.json").write_text(json.dumps(cfg))
+    old = FuseMap.load(tmp_path / "fm", sections)
+    assert (old.settings.panel_anchor, old.settings.min_cell_counts) == (0.0, 5.0)

@@ -100,3 +100,17 @@ def test_normalisation_matches_scanpy(sparse):
     M = normalize_log_scale(a.X)
     M = M.toarray() if sp.issparse(M) else M
     np.testing.assert_allclose(M, R, rtol=1e-4, atol=1e-5)
+
+
+def test_dissociated_section_gets_identity_graph():
+    a = make_synthetic_sections(n_sections=1, n_cells=60, seed=5)[0]
+    a.obsm["spatial"] = np.full((a.n_obs, 2), np.nan)
+    p = preprocess_section(a, "sc")
+    assert np.isnan(p.coords).all()
+    A = spatial_graph(p.coords)
+    np.testing.assert_array_equal(A.toarray(), np.eye(p.n_cells, dtype=np.float32))
+    b = a.copy()
+    b.obsm["spatial"] = np.random.default_rng(0).random((a.n_obs, 2))
+    b.obsm["spatial"][3] = np.nan  # some NaN rows among finite ones: an input error
+    with pytest.raises(BrainAtlasInputError):
+        preprocess_section(b, "s")

@@ -1,17 +1,27 @@
-"""FuseMap embedding benchmark: integration quality vs PCA + Harmony, throughput, memory.
+"""FuseMap embedding benchmark (issue 26): FuseMap against PCA + Harmony, scVI, scANVI
+and scanpy ingest on a held-out family of real cross-panel splits; and FuseMap's
+training throughput and memory.
 
-    PYTHONPATH=src python benchmarks/embedding/run.py [--quick] [--epochs N] [--threads T]
+Quality (one row per set x split x seed x method into a JSONL file; resumable):
 
-(a) the demo sections (napari_brainatlas.demo), (b) semi-real sets built from real
-expression: osmFISH (Codeluppi 2018, 6,471 cells x 33 genes, labels ClusterName and
-Region) and MERFISH hypothalamus (Moffitt 2018, 750 cells x 134 genes; labels: Leiden
-clusters of the unsplit data, as it ships without labels), each split at random into
-sections with partly overlapping gene panels and added batch effects (per-section
-per-gene gain ~ lognormal(0, 0.4) and depth factor, Poisson resampled counts).
-Baseline: PCA (30 comps) on the shared genes + Harmony (harmonypy) over sections.
-Throughput / peak memory: synthetic sections at 10k, 100k, 1M cells on CPU, each in
-its own process (training steps timed; peak RSS from getrusage).
-Writes benchmarks/embedding/RESULTS_embedding.md and prints the same figures.
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/embedding/run.py --half test \\
+        --seeds 0,1,2 --out benchmarks/embedding/rows_test.jsonl [--max-cells N]
+    python benchmarks/embedding/run.py --half test --report benchmarks/embedding/rows_test.jsonl
+
+(RESULTS_embedding.md gives the exact commands of the reported run: two processes, one
+per seed, ``--shard k/2``, ``--max-cells 1000``.)
+
+Splits: splits.py (osmFISH, MERFISH + scRNA-seq reference, Slide-seq + snRNA-seq
+reference, demo; dev half = first half of each set's split indices, test half = the
+second). Methods: methods.py. Evaluation (the same for every method): evaluate.py.
+FuseMap runs at the API's defaults (those of ``napari-brainatlas embed`` and of
+``annotate.map_query``) unless ``--fm-cfg`` / ``--query-kw`` give options (dev-half
+experiments; ``--variant`` names them in the rows).
+
+Speed (synthetic sections, each size in its own process):
+
+    PYTHONPATH=src python benchmarks/embedding/run.py --scale [--sizes 10000,100000]
+    PYTHONPATH=src python benchmarks/embedding/run.py --profile 100000
 """
 
 from __future__ import annotations
@@ -31,202 +41,313 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
-DATA = ROOT.parent / "shared" / "data"
 
-from metrics import all_metrics
+BASELINES = ("pca", "harmony", "ingest", "scvi", "scanvi")
+FUSEMAP = ("fusemap_joint", "fusemap_chain")
+METHOD_GROUPS = {
+    "baselines": ("pca", "harmony", "ingest"),
+    "scvi": ("scvi", "scanvi"),
+    "joint": ("fusemap_joint",),
+    "chain": ("fusemap_chain",),
+}
 
 
-# ----------------------------------------------------------------------------- data
-def split_semi_real(adata, n_sections, n_shared, label_cols, seed=0, gain_sd=0.4):
-    import anndata as ad
-    import pandas as pd
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    X = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    genes = np.asarray(adata.var_names)
-    order = rng.permutation(len(genes))
-    shared, rest = order[:n_shared], order[n_shared:]
-    part = rng.integers(0, n_sections, adata.n_obs)
+# ----------------------------------------------------------------------------- quality
+def _parse_list(s: str) -> list[int]:
     out = []
-    for v in range(n_sections):
-        own = rng.choice(rest, size=len(rest) // 2, replace=False)
-        panel = np.sort(np.concatenate([shared, own]))
-        cells = np.flatnonzero(part == v)
-        gain = np.exp(rng.normal(0, gain_sd, len(panel))) * rng.uniform(0.6, 1.4)
-        counts = rng.poisson(X[np.ix_(cells, panel)] * gain[None, :]).astype(np.float32)
-        obs = pd.DataFrame(
-            {c: adata.obs[c].astype(str).to_numpy()[cells] for c in label_cols},
-            index=adata.obs_names[cells],
-        )
-        obs["section"] = f"sec{v}"
-        a = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=genes[panel]))
-        a.layers["counts"] = counts.copy()
-        a.obsm["spatial"] = np.asarray(adata.obsm["spatial"])[cells]
-        out.append(a)
+    for part in s.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
     return out
 
 
-def load_sets(quick):
-    from napari_brainatlas.demo import make_demo_sections
-    from napari_brainatlas.io import read_sections
-
-    sets = {}
-    demo = make_demo_sections(seed=0, cells_per_mm2=100.0 if quick else 250.0)
-    sets["demo"] = dict(sections=demo, cell_label="celltype", tissue_label="region")
-    loom = DATA / "osmfish_codeluppi2018" / "osmFISH_SScortex_mouse_all_cells.loom"
-    if loom.exists():
-        a = read_sections(loom)[0]
-        secs = split_semi_real(a, 3, 15, ["ClusterName", "Region"], seed=1)
-        sets["osmFISH"] = dict(
-            sections=secs, cell_label="ClusterName", tissue_label="Region", exclude="Excluded"
-        )
-    mer = DATA / "spacexr_merfish_hypothalamus" / "query_merfish"
-    if mer.exists():
-        from sklearn.decomposition import PCA
-
-        from napari_brainatlas.fusemap import leiden_labels
-        from napari_brainatlas.fusemap._preprocess import normalize_log_scale
-
-        a = read_sections(mer)[0]
-        Xn = normalize_log_scale(a.layers["counts"])
-        Xn = Xn.toarray() if hasattr(Xn, "toarray") else Xn
-        pcs = PCA(30, random_state=0).fit_transform(Xn)
-        b_labels = leiden_labels(pcs, resolution=0.5, seed=0)
-        a.obs["leiden_unsplit"] = [f"L{c}" for c in b_labels]
-        secs = split_semi_real(a, 2, 40, ["leiden_unsplit"], seed=2)
-        sets["MERFISH"] = dict(sections=secs, cell_label="leiden_unsplit", tissue_label=None)
-    return sets
+def _done(path: Path) -> set:
+    keys = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("error"):  # a failed method is run again
+                continue
+            keys.add((r["set"], r["split"], r["seed"], r["method"], r["variant"]))
+    return keys
 
 
-# ------------------------------------------------------------------------- methods
-def harmony_baseline(sections, seed=0):
-    import anndata as ad
-    import harmonypy
-    import pandas as pd
-    import scanpy as sc
-
-    shared = set(g.upper() for g in sections[0].var_names)
-    for a in sections[1:]:
-        shared &= set(g.upper() for g in a.var_names)
-    shared = sorted(shared)
-    parts = []
-    for i, a in enumerate(sections):
-        b = a.copy()
-        b.var_names = [g.upper() for g in b.var_names]
-        b = b[:, shared].copy()
-        b.X = (b.layers["counts"] if "counts" in b.layers else b.X).copy()
-        b.obs = pd.DataFrame({"batch": str(i)}, index=[f"{i}_{n}" for n in b.obs_names])
-        parts.append(b)
-    c = ad.concat(parts)
-    keep = np.asarray(c.X.sum(1)).ravel() > 0
-    sc.pp.normalize_total(c)
-    sc.pp.log1p(c)
-    sc.pp.scale(c, max_value=10)
-    n_comp = int(min(30, len(shared) - 1, c.n_obs - 1))
-    sc.pp.pca(c, n_comps=n_comp, random_state=seed)
-    pcs = c.obsm["X_pca"]
-    ho = harmonypy.run_harmony(pcs, c.obs, "batch", random_state=seed, verbose=False)
-    Z = np.asarray(ho.Z_corr)
-    if Z.shape[0] != len(pcs):
-        Z = Z.T
-    sizes = [a.n_obs for a in sections]
-    return (
-        np.split(Z, np.cumsum(sizes)[:-1]),
-        np.split(pcs, np.cumsum(sizes)[:-1]),
-        len(shared),
-        keep,
-    )
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return None if not np.isfinite(x) else float(x)
+    return x
 
 
-def evaluate(name, emb_list, sections, label, exclude=None):
-    Z = np.concatenate(emb_list)
-    b = np.concatenate([np.full(len(e), i) for i, e in enumerate(emb_list)])
-    L = np.concatenate([a.obs[label].astype(str).to_numpy() for a in sections])
-    ok = np.isfinite(Z).all(1)
-    if exclude is not None:
-        ok &= L != exclude
-    return all_metrics(Z[ok], b[ok], L[ok])
+def run_quality(args, log) -> None:
+    import methods as M
+    import splits as S
+    import torch
+    from evaluate import evaluate
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    done = _done(out)
+    wanted = []
+    for g in args.methods.split(","):
+        wanted += list(METHOD_GROUPS.get(g, (g,)))
+    fm_cfg = json.loads(args.fm_cfg) if args.fm_cfg else {}
+    q_kw = json.loads(args.query_kw) if args.query_kw else {}
+    jobs = []
+    for name in args.sets.split(","):
+        idx = S.split_indices(name, args.half)  # --splits only picks within the half
+        if args.splits:
+            idx = [i for i in _parse_list(args.splits) if i in idx]
+        for i in idx:
+            for seed in _parse_list(args.seeds):
+                jobs.append((name, i, seed))
+    k, n = (int(x) for x in args.shard.split("/"))
+    jobs = jobs[k::n]
+    for name, i, seed in jobs:
+        todo = [
+            m
+            for m in wanted
+            if (name, i, seed, m, args.variant if m in FUSEMAP else "-") not in done
+        ]
+        if not todo:
+            continue
+        split = S.cap_cells(S.make_split(name, i), args.max_cells)
+        log(f"{S.describe(split)} seed {seed}: {','.join(todo)}")
+        results = {}
+        calls = [
+            (("pca", "harmony"), lambda: M.pca_harmony(split, seed)),
+            (("ingest",), lambda: (M.ingest(split, seed),)),
+            (("scvi", "scanvi"), lambda: M.scvi_scanvi(split, seed, max_epochs=args.scvi_epochs)),
+            (
+                ("fusemap_joint",),
+                lambda: (M.fusemap_joint(split, seed, fm_cfg, epochs=args.epochs),),
+            ),
+            (
+                ("fusemap_chain",),
+                lambda: (M.fusemap_chain(split, seed, fm_cfg, epochs=args.epochs, query_kw=q_kw),),
+            ),
+        ]
+        for names, call in calls:
+            if not set(names) & set(todo):
+                continue
+            try:
+                c0 = time.process_time()
+                res_n = call()
+                for r in res_n:
+                    r["cpu_s"] = time.process_time() - c0  # shared by scVI and scANVI
+                results.update(zip(names, res_n))
+            except Exception as exc:  # a failing method is recorded, the run goes on
+                log(f"   {'/'.join(names)} FAILED: {type(exc).__name__}: {exc}")
+                for nm in names:
+                    results[nm] = {"error": f"{type(exc).__name__}: {exc}"}
+        with out.open("a") as fh:
+            for m in todo:
+                res = results[m]
+                if "error" in res:
+                    met = {"error": res["error"]}
+                    res = dict(res, seconds=float("nan"))
+                else:
+                    met = evaluate(res, split)
+                row = dict(
+                    set=name,
+                    split=i,
+                    half=split.spec.half,
+                    seed=seed,
+                    method=m,
+                    variant=args.variant if m in FUSEMAP else "-",
+                    seconds=res["seconds"],
+                    cpu_s=res.get("cpu_s"),
+                    load=os.getloadavg()[0],
+                    **met,
+                    info=res.get("info", {}),
+                    fm_cfg=fm_cfg if m in FUSEMAP else None,
+                    query_kw=q_kw if m == "fusemap_chain" else None,
+                    epochs=args.epochs if m in FUSEMAP else None,
+                    max_cells=args.max_cells,
+                    n_cells=split.info["n_cells"],
+                )
+                fh.write(json.dumps(_jsonable(row)) + "\n")
+                log(
+                    f"   {m:14s} {res['seconds']:6.0f}s knn {met.get('knn_acc', np.nan):.3f} "
+                    f"pred {met.get('pred_acc', np.nan):.3f} ilisi {met.get('ilisi', np.nan):.3f} "
+                    f"R {met.get('impute_r', np.nan):.3f}"
+                )
 
 
-def run_quality(sets, epochs, seed, log):
-    from napari_brainatlas.fusemap import FuseMap, spatial_graph
-
+# ----------------------------------------------------------------------------- report
+def load_rows(paths) -> list[dict]:
     rows = []
-    for key, s in sets.items():
-        secs = s["sections"]
-        n = sum(a.n_obs for a in secs)
-        t0 = time.time()
-        m = FuseMap([a.copy() for a in secs], seed=seed)
-        z0 = m.get_latent_representation("cell")
-        m._latent_cache.clear()
-        m.train(max_epochs=epochs)
-        t_fm = time.time() - t0
-        zc = m.get_latent_representation("cell")
-        zt = m.get_latent_representation("tissue")
-        h0 = m.history[0]
-        h1 = m.history[-1]
-        t0 = time.time()
-        harm, pcs, n_shared, _ = harmony_baseline(secs, seed)
-        t_h = time.time() - t0
-        lab, ex = s["cell_label"], s.get("exclude")
-        res = {
-            "FuseMap z_C": evaluate(key, zc, secs, lab, ex),
-            "FuseMap untrained": evaluate(key, z0, secs, lab, ex),
-            "PCA shared genes": evaluate(key, pcs, secs, lab, ex),
-            "PCA + Harmony": evaluate(key, harm, secs, lab, ex),
-        }
-        tissue = {}
-        if s.get("tissue_label"):
-            tl = s["tissue_label"]
-            A = [spatial_graph(np.asarray(a.obsm["spatial"])) for a in secs]
-            harm_s = [np.asarray(Ai @ h) for Ai, h in zip(A, harm)]
-            tissue = {
-                "FuseMap z_T": evaluate(key, zt, secs, tl, ex),
-                "PCA + Harmony": evaluate(key, harm, secs, tl, ex),
-                "PCA + Harmony, A-smoothed": evaluate(key, harm_s, secs, tl, ex),
-            }
-        row = dict(
-            set=key,
-            n_cells=n,
-            n_sections=len(secs),
-            n_genes=len(m.module.genes),
-            n_shared=n_shared,
-            epochs_run=len(m.history),
-            fusemap_s=t_fm,
-            harmony_s=t_h,
-            steps=sum(int(h.get("steps", 0)) for h in m.history),
-            min_steps=m.config.get("min_steps", 0),
-            recon_first=h0["recon"],
-            recon_last=h1["recon"],
-            val_first=h0["val_loss"],
-            val_last=h1["val_loss"],
-            cell=res,
-            tissue=tissue,
-            cell_label=lab,
-            tissue_label=s.get("tissue_label"),
-        )
-        rows.append(row)
-        log(
-            f"[{key}] {n} cells, {len(secs)} sections, {n_shared} shared of "
-            f"{len(m.module.genes)} genes; FuseMap {t_fm:.0f}s ({len(m.history)} epochs, "
-            f"recon {h0['recon']:.3f} -> {h1['recon']:.3f}), Harmony {t_h:.1f}s"
-        )
-        for meth, r in res.items():
-            log(f"   cell/{lab:14s} {meth:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
-        for meth, r in tissue.items():
-            log(
-                f"   tissue/{s['tissue_label']:12s} {meth:28s} "
-                + "  ".join(f"{k} {v:.3f}" for k, v in r.items())
-            )
+    for p in paths:
+        for line in Path(p).read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
     return rows
 
 
-# ------------------------------------------------------------------------- scaling
+def report(rows: list[dict], variant: str, half: str | None = None) -> str:
+    """Markdown tables: per set, every method's mean +- sd over splits x seeds, and
+    FuseMap's win rates (per split, seeds averaged) against each baseline."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df = df[(df.variant == "-") | (df.variant == variant)]
+    if half:
+        df = df[df.half == half]
+    L = []
+    metrics = [
+        ("knn_acc", "kNN acc"),
+        ("knn_f1", "kNN macro-F1"),
+        ("pred_acc", "own transfer acc"),
+        ("ilisi", "iLISI"),
+        ("impute_r", "imputation R"),
+    ]
+    order = ["fusemap_joint", "fusemap_chain", "pca", "harmony", "scvi", "scanvi", "ingest"]
+    names = {
+        "fusemap_joint": "FuseMap joint (embed)",
+        "fusemap_chain": "FuseMap reference chain (map_query)",
+        "pca": "PCA shared genes",
+        "harmony": "PCA + Harmony",
+        "scvi": "scVI",
+        "scanvi": "scANVI",
+        "ingest": "scanpy ingest",
+    }
+    for s in ["osmFISH", "MERFISH", "SlideSeq", "demo"]:
+        d = df[df.set == s]
+        if d.empty:
+            continue
+        n_split = d.split.nunique()
+        n_seed = d.seed.nunique()
+        L += [f"### {s}: {n_split} splits x {n_seed} seeds", ""]
+        L.append("| method | " + " | ".join(m[1] for m in metrics) + " | s / run |")
+        L.append("|---|" + "---|" * (len(metrics) + 1))
+        for m in order:
+            dm = d[d.method == m]
+            if dm.empty:
+                continue
+            cells = []
+            for key, _ in metrics:
+                v = dm[key] if key in dm else pd.Series(dtype=float)
+                v = v.dropna()
+                cells.append(f"{v.mean():.3f} +- {v.std(ddof=0):.3f}" if len(v) else "-")
+            L.append(f"| {names[m]} | " + " | ".join(cells) + f" | {dm.seconds.mean():.0f} |")
+        L += [
+            "",
+            "Win rate of FuseMap per split (seed means compared; ties count half; number of "
+            "splits), and the ratio of the means (FuseMap / baseline):",
+            "",
+        ]
+        L.append("| FuseMap | metric | vs PCA | vs Harmony | vs scVI | vs scANVI | vs ingest |")
+        L.append("|---|---|---|---|---|---|---|")
+        per = d.groupby(["method", "split"]).mean(numeric_only=True)
+        for fm, fm_metrics in (
+            (
+                "fusemap_joint",
+                [
+                    ("knn_acc", "knn_acc"),
+                    ("ilisi", "ilisi"),
+                    ("impute_r", "impute_r"),
+                    ("pred_acc", "knn_acc"),
+                ],
+            ),
+            (
+                "fusemap_chain",
+                [("knn_acc", "knn_acc"), ("pred_acc", "knn_acc"), ("impute_r", "impute_r")],
+            ),
+        ):
+            if fm not in per.index.get_level_values(0):
+                continue
+            for key, bkey in fm_metrics:
+                cells = []
+                for b in ("pca", "harmony", "scvi", "scanvi", "ingest"):
+                    if b not in per.index.get_level_values(0) or key not in per:
+                        cells.append("-")
+                        continue
+                    a = per.loc[fm][key]
+                    c = per.loc[b][bkey]
+                    j = a.index.intersection(c.index)
+                    a, c = a[j], c[j]
+                    ok = a.notna() & c.notna()
+                    if not ok.any():
+                        cells.append("-")
+                        continue
+                    w = ((a[ok] > c[ok]) + 0.5 * (a[ok] == c[ok])).mean()
+                    ratio = a[ok].mean() / c[ok].mean() if c[ok].mean() else float("nan")
+                    cells.append(f"{100 * w:.0f} % ({ok.sum()}), {ratio:.2f}x")
+                label = key if key == bkey else f"{key} vs their {bkey}"
+                L.append(f"| {names[fm].split(' (')[0]} | {label} | " + " | ".join(cells) + " |")
+        L.append("")
+    return "\n".join(L)
+
+
+def targets(rows: list[dict], variant: str, half: str | None = "test") -> str:
+    """The issue's targets, per set and over all sets (per split: seed means)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df = df[((df.variant == "-") | (df.variant == variant)) & df.knn_acc.notna()]
+    if half:
+        df = df[df.half == half]
+    per = df.groupby(["set", "method", "split"]).mean(numeric_only=True).reset_index()
+
+    def col(d, m, k):
+        return d[d.method == m].set_index("split")[k]
+
+    def win(a, b):
+        j = a.dropna().index.intersection(b.dropna().index)
+        if not len(j):
+            return float("nan"), 0
+        return float(((a[j] > b[j]) + 0.5 * (a[j] == b[j])).mean()), len(j)
+
+    def verdict(ok):
+        return "met" if ok else "MISSED"
+
+    L = [
+        "| set | joint > Harmony kNN (>= 80 %) | joint > Harmony iLISI (>= 80 %) | "
+        "joint - scANVI kNN, mean (>= -0.02) | chain MLP > PCA kNN (>= 80 %) | "
+        "chain MLP > Harmony kNN (>= 80 %) | imputation R joint / chain vs best kNN "
+        "baseline (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups = [(s, per[per.set == s]) for s in ("osmFISH", "MERFISH", "SlideSeq", "demo")]
+    groups.append(("all sets", per.assign(split=per.set + "#" + per.split.astype(str))))
+    for name, d in groups:
+        if d.empty:
+            continue
+        cells = []
+        for key in ("knn_acc", "ilisi"):
+            w, n = win(col(d, "fusemap_joint", key), col(d, "harmony", key))
+            cells.append(f"{100 * w:.0f} % of {n} {verdict(w >= 0.8)}")
+        diff = (col(d, "fusemap_joint", "knn_acc") - col(d, "scanvi", "knn_acc")).mean()
+        cells.append(f"{diff:+.3f} {verdict(diff >= -0.02)}")
+        for b in ("pca", "harmony"):
+            w, n = win(col(d, "fusemap_chain", "pred_acc"), col(d, b, "knn_acc"))
+            cells.append(f"{100 * w:.0f} % of {n} {verdict(w >= 0.8)}")
+        base = {
+            b: col(d, b, "impute_r").mean() for b in ("pca", "harmony", "scvi", "scanvi", "ingest")
+        }
+        best = max(base, key=lambda k: base[k] if np.isfinite(base[k]) else -1)
+        rj = col(d, "fusemap_joint", "impute_r").mean()
+        rc = col(d, "fusemap_chain", "impute_r").mean()
+        ok = rj > base[best] and rc > base[best]
+        cells.append(f"{rj:.3f} / {rc:.3f} vs {best} {base[best]:.3f} {verdict(ok)}")
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
+# ----------------------------------------------------------------------------- speed
 def _peak_rss_mb():
-    """Peak RSS of this process since exec (VmHWM; ru_maxrss would include the parent's
-    peak inherited through fork)."""
+    """Peak RSS of this process since exec (VmHWM)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -236,14 +357,29 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def scale_child(n_cells, steps, threads, seed):
+def _torch_dropout(module) -> int:
+    """Put torch's own nn.Dropout back in place of FuseMap's Dropout (the 'before' of the
+    speed comparison); returns how many were replaced."""
+    import torch.nn as nn
+
+    from napari_brainatlas.fusemap._module import Dropout
+
+    n = 0
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Dropout):
+                setattr(parent, name, nn.Dropout(child.p))
+                n += 1
+    return n
+
+
+def scale_child(n_cells, steps, threads, seed, profile_out=None, torch_dropout=False):
     import torch
 
     torch.set_num_threads(threads)
     from napari_brainatlas.fusemap import FuseMap, make_synthetic_sections
 
     rss0 = _peak_rss_mb()
-    t = time.time()
     secs = make_synthetic_sections(
         n_sections=4,
         n_cells=n_cells // 4,
@@ -253,10 +389,11 @@ def scale_child(n_cells, steps, threads, seed):
         seed=seed,
         depth=100.0,
     )
-    t_gen = time.time() - t
     t = time.time()
     m = FuseMap(secs, seed=seed)
     t_setup = time.time() - t
+    if torch_dropout:
+        _torch_dropout(m.module)
     del secs
     count = {"n": 0}
     marks = {}
@@ -265,14 +402,27 @@ def scale_child(n_cells, steps, threads, seed):
         count["n"] += 1
         if count["n"] == 3:  # skip warm-up steps
             marks["t0"] = time.time()
+            if profile_out:
+                marks["prof"].enable()
         return count["n"] > steps + 2
 
-    m.train(max_epochs=1, cancel=cancel)
+    if profile_out:
+        import cProfile
+
+        marks["prof"] = cProfile.Profile()
+    from napari_brainatlas import Cancelled
+
+    try:
+        m.train(epochs=1, cancel=cancel)
+    except Cancelled:  # the timed steps are done
+        pass
     dt = time.time() - marks["t0"]
+    if profile_out:
+        marks["prof"].disable()
+        marks["prof"].dump_stats(profile_out)
     seeds_per_step = sum(min(m.config["batch_size"], len(sd.train_idx)) for sd in m.data)
     cps = steps * seeds_per_step / dt
     n_train = sum(len(sd.train_idx) for sd in m.data)
-    rss = _peak_rss_mb()
     print(
         json.dumps(
             dict(
@@ -280,188 +430,105 @@ def scale_child(n_cells, steps, threads, seed):
                 steps=steps,
                 sec_per_step=dt / steps,
                 cells_per_s=cps,
+                dropout="torch" if torch_dropout else "fusemap",
                 epoch_s_est=n_train / cps,
                 setup_s=t_setup,
-                gen_s=t_gen,
-                peak_rss_mb=rss,
+                peak_rss_mb=_peak_rss_mb(),
                 base_rss_mb=rss0,
             )
         )
     )
 
 
-def run_scaling(sizes, steps, threads, seed, log):
+def run_scaling(sizes, steps, threads, seed, log, src=None, compare=False):
+    """Each size in a fresh process; ``compare``: the dropout before (torch's) and after
+    (FuseMap's), alternating in fresh processes, twice each."""
     rows = []
-    for n in sizes:
-        cmd = [
-            sys.executable,
-            str(Path(__file__)),
-            "--scale-child",
-            str(n),
-            "--steps",
-            str(steps),
-            "--threads",
-            str(threads),
-            "--seed",
-            str(seed),
-        ]
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONWARNINGS="ignore")
-        t = time.time()
+    plan = [(n, d) for n in sizes for d in ((True, False, True, False) if compare else (False,))]
+    for n, tdrop in plan:
+        cmd = [sys.executable, str(Path(__file__)), "--scale-child", str(n), "--steps"]
+        cmd += [str(steps), "--threads", str(threads), "--seed", str(seed)]
+        cmd += ["--torch-dropout"] if tdrop else []
+        env = dict(os.environ, PYTHONPATH=str(src or ROOT / "src"), PYTHONWARNINGS="ignore")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
             log(f"[scale {n}] failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["wall_s"] = time.time() - t
         rows.append(r)
         log(
-            f"[scale] {n:>8d} cells: {r['cells_per_s']:.0f} cells/s (est. epoch "
-            f"{r['epoch_s_est']:.0f}s), setup {r['setup_s']:.1f}s, peak RSS "
-            f"{r['peak_rss_mb']:.0f} MB"
+            f"[scale] {n:>8d} cells, dropout {r['dropout']}: {r['sec_per_step']:.3f} s/step, "
+            f"{r['cells_per_s']:.0f} "
+            f"seed cells/s (est. epoch {r['epoch_s_est']:.0f} s), setup {r['setup_s']:.1f} s, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB"
         )
     return rows
 
 
-# ------------------------------------------------------------------------- report
-def write_report(path, cmd, quality, scaling, args, total_s):
-    old = Path(path).read_text() if Path(path).exists() else ""
-    if not quality and "## Throughput" in old and "## " in old.split("## Throughput")[0]:
-        # --skip-quality: keep the quality sections of the last full run, replace the rest
-        head = old.split("## Throughput")[0].rstrip() + "\n\n"
-        L = [head.rstrip("\n")]
-        _scaling_section(L, scaling, cmd)
-        Path(path).write_text("\n".join(L) + "\n")
-        return
-    L = [
-        "# FuseMap embedding benchmark",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        f"Machine: CPU only, {os.cpu_count()} cores, torch threads {args.threads}; total "
-        f"{total_s / 60:.1f} min. Shared machine: wall times include load from other jobs.",
-        "",
-        "Metrics (see benchmarks/embedding/metrics.py): iLISI (kNN-30, rescaled 0-1) and "
-        "batch ASW = section mixing (higher = better mixed); label ASW and cross-section kNN "
-        "accuracy = label conservation (higher = better).",
-        "",
-    ]
-    for r in quality:
-        L += [
-            f"## {r['set']}: {r['n_cells']} cells, {r['n_sections']} sections, "
-            f"{r['n_shared']} shared of {r['n_genes']} genes",
-            "",
-            f"FuseMap: {r['epochs_run']} epochs ({r['steps']} steps, min_steps "
-            f"{r['min_steps']}) in {r['fusemap_s']:.0f} s, train recon MSE "
-            f"{r['recon_first']:.3f} -> {r['recon_last']:.3f}, val loss {r['val_first']:.3f} "
-            f"-> {r['val_last']:.3f}; PCA + Harmony {r['harmony_s']:.1f} s.",
-            "",
-            f"Cell embedding vs `{r['cell_label']}`:",
-            "",
-            "| method | iLISI | batch ASW | label ASW | cross-section kNN acc |",
-            "|---|---|---|---|---|",
-        ]
-        for meth, m in r["cell"].items():
-            L.append(
-                f"| {meth} | {m['iLISI']:.3f} | {m['batch_ASW']:.3f} | "
-                f"{m['label_ASW']:.3f} | {m['cross_kNN_acc']:.3f} |"
-            )
-        if r["tissue"]:
-            L += [
-                "",
-                f"Tissue embedding vs `{r['tissue_label']}`:",
-                "",
-                "| method | iLISI | batch ASW | label ASW | cross-section kNN acc |",
-                "|---|---|---|---|---|",
-            ]
-            for meth, m in r["tissue"].items():
-                L.append(
-                    f"| {meth} | {m['iLISI']:.3f} | {m['batch_ASW']:.3f} | "
-                    f"{m['label_ASW']:.3f} | {m['cross_kNN_acc']:.3f} |"
-                )
-        fm, hm = r["cell"]["FuseMap z_C"], r["cell"]["PCA + Harmony"]
-        mix = fm["iLISI"] > hm["iLISI"]
-        lab = fm["cross_kNN_acc"] > hm["cross_kNN_acc"]
-        L += [
-            "",
-            f"Target (FuseMap z_C beats PCA + Harmony): mixing (iLISI) "
-            f"{'met' if mix else 'MISSED'}, label conservation (cross-section kNN acc) "
-            f"{'met' if lab else 'MISSED'}.",
-            "",
-        ]
-    if not scaling and "## Throughput" in old:
-        # --skip-scale: keep the throughput section of the last run that measured it
-        L += ["", "## Throughput" + old.split("## Throughput", 1)[1].rstrip("\n")]
-    _scaling_section(L, scaling, cmd)
-    Path(path).write_text("\n".join(L) + "\n")
-
-
-def _scaling_section(L, scaling, cmd):
-    if scaling:
-        L += [
-            "",
-            "## Throughput and memory (synthetic, 4 sections, 100 genes/section, CPU)",
-            "",
-            f"Command: `{cmd}`",
-            "",
-            "Peak RSS is VmHWM of a fresh process per size (imports included: "
-            "'after imports' column); throughput = seed cells trained per second "
-            f"over {scaling[0]['steps']} timed steps (after 2 warm-up steps).",
-            "",
-            "| cells | s/step | seed cells/s | est. epoch (s) | setup (s) | "
-            "after imports (MB) | peak RSS (MB) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for s in scaling:
-            L.append(
-                f"| {s['n_cells']:,} | {s['sec_per_step']:.3f} | {s['cells_per_s']:.0f} | "
-                f"{s['epoch_s_est']:.0f} | {s['setup_s']:.1f} | {s['base_rss_mb']:.0f} | "
-                f"{s['peak_rss_mb']:.0f} |"
-            )
-        if len(scaling) >= 2:
-            a, b = scaling[0], scaling[-1]
-            slope = (b["peak_rss_mb"] - a["peak_rss_mb"]) / max(b["n_cells"] - a["n_cells"], 1)
-            L += [
-                "",
-                f"Memory slope between {a['n_cells']:,} and {b['n_cells']:,} cells: "
-                f"{slope * 1e3:.2f} MB per 1,000 cells; per-step cost is constant in the "
-                "section size (2-hop subgraph of 64 seeds per section).",
-            ]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller demo, fewer epochs (<15 min)")
-    ap.add_argument("--epochs", type=int, default=None, help="max epochs per phase")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per scale")
-    ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--skip-quality", action="store_true")
-    ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--out", default=str(HERE / "RESULTS_embedding.md"))
-    ap.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.scale_child:
-        scale_child(args.scale_child, args.steps, args.threads, args.seed)
-        return 0
-    import torch
-
-    torch.set_num_threads(args.threads)
-    epochs = args.epochs or (8 if args.quick else 15)
-    cmd = "PYTHONPATH=src python benchmarks/embedding/run.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:])
+    ap.add_argument("--half", default="dev", choices=["dev", "test", "all"])
+    ap.add_argument("--sets", default="osmFISH,MERFISH,SlideSeq,demo")
+    ap.add_argument("--splits", default=None, help="split indices, e.g. 0-5,8 (default: the half)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default="baselines,scvi,joint,chain")
+    ap.add_argument("--variant", default="default", help="name of the FuseMap configuration")
+    ap.add_argument("--fm-cfg", default=None, help="FuseMap options as JSON")
+    ap.add_argument("--query-kw", default=None, help="map_query options as JSON")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="FuseMap max epochs per phase (default: the API's)"
     )
+    ap.add_argument(
+        "--max-cells", type=int, default=None, help="cap every section at this many cells"
+    )
+    ap.add_argument("--scvi-epochs", type=int, default=100, help="scVI epochs (fixed)")
+    ap.add_argument("--shard", default="0/1", help="k/n: this process runs every n-th job")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(HERE / "rows.jsonl"))
+    ap.add_argument("--report", nargs="*", default=None, help="JSONL files to tabulate")
+    ap.add_argument("--scale", action="store_true", help="throughput and memory")
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", type=int, default=None, help="cProfile N-cell training steps")
+    ap.add_argument("--compare-dropout", action="store_true", help="--scale: before/after")
+    ap.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--torch-dropout", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    cmd = "PYTHONPATH=src python benchmarks/embedding/run.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if args.scale_child:
+        scale_child(
+            args.scale_child,
+            args.steps,
+            args.threads,
+            args.seed,
+            args.profile_out,
+            torch_dropout=args.torch_dropout,
+        )
+        return 0
+    if args.report is not None:
+        rows = load_rows(args.report)
+        half = None if args.half == "all" else args.half
+        print(report(rows, args.variant, half))
+        print(targets(rows, args.variant, half))
+        return 0
+    if args.profile:
+        import pstats
+
+        prof = "/tmp/fusemap_profile.out"
+        scale_child(args.profile, args.steps, args.threads, args.seed, prof)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+        return 0
     t0 = time.time()
-    quality = []
-    if not args.skip_quality:
-        quality = run_quality(load_sets(args.quick), epochs, args.seed, print)
-    scaling = []
-    if not args.skip_scale:
+    if args.scale:
         sizes = [int(s) for s in args.sizes.split(",") if s]
-        scaling = run_scaling(sizes, args.steps, args.threads, args.seed, print)
-    total = time.time() - t0
-    write_report(args.out, cmd.strip(), quality, scaling, args, total)
-    print(f"wrote {args.out}; total {total / 60:.1f} min; reproduce with: {cmd.strip()}")
+        run_scaling(sizes, args.steps, args.threads, args.seed, print, compare=args.compare_dropout)
+    else:
+        run_quality(args, lambda s: print(s, flush=True))
+    print(f"total {(time.time() - t0) / 60:.1f} min; command: {cmd.strip()}")
     return 0
 
 

@@ -237,7 +237,10 @@ class QueryMapping(TrainableModel):
             raise BrainAtlasInputError("give one name per query section")
         s, seed = self.settings, self.seed
         names = _query_names(query_sections, section_names, set(model.module.section_names))
-        prepared = [preprocess_section(a, n) for a, n in zip(query_sections, names)]
+        mc = model.settings.min_cell_counts
+        prepared = [
+            preprocess_section(a, n, min_cell_counts=mc) for a, n in zip(query_sections, names)
+        ]
         ref_lat = (
             reference_latents(model, reference_sections) if s.adversarial or s.anchor > 0 else None
         )
@@ -247,6 +250,9 @@ class QueryMapping(TrainableModel):
             else None
         )
         has_anchor = bool(anchors) and any(a is not None for a in anchors)
+        self._anchors_val = None
+        if has_anchor and s.validate_anchor:
+            anchors, self._anchors_val = _hold_out_anchors(anchors, seed)
         want_adv = (not has_anchor) if s.adversarial == "auto" else bool(s.adversarial)
         use_adv = want_adv and ref_lat is not None and len(ref_lat[0]) > 0
         module, ref_state, frozen = _freeze_copy(model)
@@ -542,7 +548,12 @@ class QueryMapping(TrainableModel):
                 a, _, _ = self._forward(q, idx[i : i + 1024], False)
                 tot += float(a) * len(idx[i : i + 1024])
                 cnt += len(idx[i : i + 1024])
-        return tot / max(cnt, 1)
+        val = tot / max(cnt, 1)
+        if getattr(self, "_anchors_val", None) is not None:
+            val += self.settings.anchor * _anchor_val_loss(
+                self.module, self.query_names, self._anchors_val, self.device
+            )
+        return val
 
     # ------------------------------------------------------------------ checks
     def frozen_unchanged(self) -> bool:
@@ -739,7 +750,9 @@ class QueryMapping(TrainableModel):
         for k in ("seed", "query_names", "new_genes"):
             if k not in cfg:
                 raise folder.error("config.json", f"lacks the key {k!r}")
-        settings = settings_from_dict(QueryMappingSettings, cfg["settings"], folder)
+        # options added after a folder was written: what it was trained with
+        values = {"min_steps": 0, "validate_anchor": False, **cfg["settings"]}
+        settings = settings_from_dict(QueryMappingSettings, values, folder)
         names = [str(n) for n in cfg["query_names"]]
         legacy = "_panels" in cfg
         if legacy:
@@ -768,7 +781,8 @@ class QueryMapping(TrainableModel):
             prm.requires_grad_(False)
         module.eval()
         if query_sections is not None:
-            adatas, qdata = _attach_queries(query_sections, names, panels)
+            mc = reference.settings.min_cell_counts
+            adatas, qdata = _attach_queries(query_sections, names, panels, mc)
         else:
             qdata = [
                 _StoredQuery(n, np.asarray(npz[f"kept_{i}"]), int(npz[f"n_obs_{i}"]))
@@ -820,7 +834,7 @@ def _read_latent(folder: ModelFolder, n: int, obs_names) -> dict:
     return npz
 
 
-def _attach_queries(query_sections, names, panels):
+def _attach_queries(query_sections, names, panels, min_cell_counts: float = 5):
     """The query sections given to ``QueryMapping.load``, preprocessed again and checked
     against the saved panels."""
     if isinstance(query_sections, AnnData):
@@ -832,7 +846,7 @@ def _attach_queries(query_sections, names, panels):
         )
     qdata = []
     for a, n in zip(query_sections, names):
-        pr = preprocess_section(a, n)
+        pr = preprocess_section(a, n, min_cell_counts=min_cell_counts)
         if list(pr.genes) != list(panels[n]):
             raise BrainAtlasInputError(
                 f"query section {n!r} does not have the genes it was mapped with"
@@ -939,6 +953,37 @@ def _anchor_sets(
     return out
 
 
+def _hold_out_anchors(anchors, seed: int, frac: float = 0.1, max_cells: int = 2000):
+    """Split each section's anchor cells into (training, validation) sets."""
+    rng = np.random.default_rng(seed + 7)
+    train, val = [], []
+    for a in anchors:
+        if a is None or len(a[1]) < 20:
+            train.append(a)
+            val.append(None)
+            continue
+        Xa, Za = a
+        perm = rng.permutation(len(Za))
+        n_val = int(min(max(round(frac * len(Za)), 1), max_cells))
+        tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        train.append((Xa[tr], Za[tr]))
+        val.append((Xa[va], Za[va]))
+    return train, val
+
+
+@torch.no_grad()
+def _anchor_val_loss(module, names, anchors_val, dev) -> float:
+    """Mean over query sections of the anchor MSE of the held-out anchor cells (eval)."""
+    losses = []
+    for n, a in zip(names, anchors_val):
+        if a is None:
+            continue
+        Xa, Za = a
+        mu, _ = module.encode(n, torch.from_numpy(rows_dense(Xa, np.arange(len(Za)))).to(dev))
+        losses.append(float(F.mse_loss(mu, torch.from_numpy(Za).to(dev))))
+    return float(np.mean(losses)) if losses else 0.0
+
+
 def _freeze_copy(model: FuseMap):
     ref_state = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
     module = copy.deepcopy(model.module)
@@ -977,7 +1022,7 @@ def map_query(
         ``obsm['X_fusemap_tissue']`` (one per model section, in order) for the adversarial
         term and the anchor when the model holds no sections.
     settings : :class:`QueryMappingSettings` (epochs, adversarial, batch_size, lr,
-        patience, val_fraction, init, min_steps, anchor).
+        patience, val_fraction, init, min_steps, anchor, validate_anchor).
     seed : seeds the mapping; the caller's torch generator is left as it was.
     progress : ``progress(done, total, info)`` after every epoch.
     cancel : ``cancel() -> bool`` polled before every step; True raises

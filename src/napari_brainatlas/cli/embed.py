@@ -5,11 +5,13 @@
 
 Writes ``DIR/model/`` (the model folder, see :meth:`FuseMap.save`) and one
 ``DIR/<section>.h5ad`` per section holding ``obsm['X_fusemap_cell']`` and
-``obsm['X_fusemap_tissue']``. Input files are only read. Cells FuseMap cannot embed (too
-few counts) are kept with zero rows and ``obs['fusemap_low_counts']``; a ``note:`` line
-says how many per section. ``--out`` is checked before training (see
-:mod:`napari_brainatlas.workflows.outputs`). Under torchrun (``WORLD_SIZE``
-> 1) every rank trains its shard and rank 0 writes the results.
+``obsm['X_fusemap_tissue']``, and ends with a one-line quality summary on stderr (per
+section: mixing and reconstruction R^2, :func:`~napari_brainatlas.workflows.embed.
+quality_line`). Input files are only read. Cells FuseMap cannot embed (no counts at
+the default ``min_cell_counts``) are kept with zero rows and
+``obs['fusemap_low_counts']``; a ``note:`` line says how many per section. ``--out``
+is checked before training (see :mod:`napari_brainatlas.workflows.outputs`). Under
+torchrun (``WORLD_SIZE`` > 1) every rank trains its shard and rank 0 writes the results.
 """
 
 from __future__ import annotations
@@ -97,4 +99,5 @@ def run(args) -> int:
         print(f"wrote {path}", file=sys.stderr)
     if result.is_main:
         print(f"model folder {out / 'model'}", file=sys.stderr)
+        print(wf.quality_line(result), file=sys.stderr)
     return 0

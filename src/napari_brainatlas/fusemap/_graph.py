@@ -58,5 +58,11 @@ def normalized_adjacency(A: sp.spmatrix) -> sp.csr_matrix:
 
 
 def spatial_graph(coords: np.ndarray) -> sp.csr_matrix:
-    """Normalised Delaunay adjacency with self loops of the given coordinates."""
-    return normalized_adjacency(delaunay_edges(coords))
+    """Normalised Delaunay adjacency with self loops of the given coordinates; the
+    identity for a dissociated section (coordinates all NaN: no tissue context)."""
+    xy = np.asarray(coords, dtype=np.float64)
+    if len(xy) and np.isnan(xy).all():
+        A = sp.identity(len(xy), format="csr", dtype=np.float32)
+        A.sort_indices()
+        return A
+    return normalized_adjacency(delaunay_edges(xy))

@@ -7,6 +7,10 @@
   ``scanpy.pp.normalize_total`` (median target), ``log1p`` and
   ``scale(zero_center=False, max_value=10)``.
 * Non-integer input is used as is (no filtering, no scaling).
+* A dissociated section (scRNA-seq, snRNA-seq: no tissue coordinates) is given with
+  ``obsm['spatial']`` all NaN; its coordinates stay NaN and its spatial graph is the
+  identity (each cell its own neighbourhood, so z_T = z_C). Some NaN rows among finite
+  ones are an input error.
 
 The caller's AnnData is never modified: the matrices are copied. ``kept`` maps the rows
 of the prepared matrix back to the caller's cells; dropped cells get NaN embeddings when
@@ -41,7 +45,7 @@ class PreparedSection:
     name : section name (key of its encoder).
     X : float32 (n_kept, n_genes) model input; scipy CSR when the input was sparse.
     genes : upper-cased, de-duplicated gene symbols (columns of ``X``).
-    coords : float64 (n_kept, 2) micrometres.
+    coords : float64 (n_kept, 2) micrometres (all NaN for a dissociated section).
     kept : int64 (n_kept,) positions of the kept cells in the caller's AnnData.
     n_obs : number of cells in the caller's AnnData.
     was_counts : True when the input was integer counts (and was normalised).
@@ -146,7 +150,8 @@ def preprocess_section(
     if xy.ndim != 2 or xy.shape[1] < 2 or xy.shape[0] != adata.n_obs:
         raise BrainAtlasInputError(f"section {name!r}: obsm['spatial'] must be an (n, 2) array")
     xy = xy[:, :2]
-    if not np.isfinite(xy).all():
+    finite = np.isfinite(xy).all(axis=1)
+    if not finite.all() and (finite.any() or not np.isnan(xy).all()):
         raise BrainAtlasInputError(f"section {name!r} has NaN or infinite coordinates")
 
     genes, gcols = clean_gene_names(adata.var_names)

@@ -18,7 +18,13 @@ import torch.nn.functional as F
 
 from ._module import FuseMapModule
 
-__all__ = ["SectionData", "forward_section", "gather_subgraph", "infer_latent"]
+__all__ = [
+    "SectionData",
+    "cross_panel_loss",
+    "forward_section",
+    "gather_subgraph",
+    "infer_latent",
+]
 
 
 @dataclass
@@ -125,7 +131,7 @@ def forward_section(
     s1t = torch.from_numpy(s1).to(device)
     zt_mu1 = torch.sparse.mm(A1t, mu) if sample else zt1
     zt_mu = zt_mu1.index_select(0, s1t)
-    out = {"recon": recon, "kl": kl, "zc": mu_s, "zt": zt_mu, "seeds": seeds}
+    out = {"recon": recon, "kl": kl, "zc": mu_s, "zt": zt_mu, "seeds": seeds, "x": x_s}
     if block:
         n1 = np.unique(sd.A[seeds].indices)
         tm = sd.train_mask
@@ -153,3 +159,66 @@ def infer_latent(
     zc = np.concatenate(out, 0) if out else np.zeros((0, module.n_latent), np.float32)
     zt = np.asarray(A @ zc, dtype=np.float32)
     return zc.astype(np.float32), zt
+
+
+def _panel_index(genes_from: list[str], genes_to: list[str], device):
+    """Columns of ``genes_to`` found in ``genes_from`` (source and target positions) and
+    the target positions of the genes ``genes_from`` lacks."""
+    pos = {g: i for i, g in enumerate(genes_from)}
+    dst = [j for j, g in enumerate(genes_to) if g in pos]
+    src = [pos[genes_to[j]] for j in dst]
+    miss = [j for j, g in enumerate(genes_to) if g not in pos]
+    t = lambda v: torch.as_tensor(v, dtype=torch.long, device=device)  # noqa: E731
+    return t(src), t(dst), t(miss), [g for g in genes_to if g not in pos]
+
+
+def cross_panel_loss(
+    module: FuseMapModule, outs: list[dict], names: list[str], device, cache: dict
+) -> torch.Tensor:
+    """Cell-level agreement of the section encoders across panels (``panel_anchor``).
+
+    For every ordered pair of sections (u, v): u's seed cells are read through v's
+    panel - the genes both measure from u's model input, the genes u lacks from the
+    decoder ``max(z_C E_g, 0)`` of u's own (detached) embedding - and v's encoder (eval
+    mode: BatchNorm running statistics, no dropout) is asked to place them at u's
+    posterior mean z_C (detached): mean squared error, averaged over the pairs. The
+    reference-anchor loss of the query mapping (annotate.map_query, ``anchor``) applied
+    between the sections of a joint training, so that one cell type lands in the same
+    place whichever section's encoder reads it; the adversary alone aligns the sections'
+    distributions, not their cells."""
+    losses = []
+    E = module.gene_embedding
+    for u, ou in enumerate(outs):
+        zu = ou["zc"].detach()
+        xu = ou["x"].detach()
+        for v, name_v in enumerate(names):
+            if v == u:
+                continue
+            key = (names[u], name_v)
+            if key not in cache:
+                src, dst, miss, miss_genes = _panel_index(
+                    module.section_genes[names[u]], module.section_genes[name_v], device
+                )
+                rows = torch.as_tensor(
+                    [module.gene_index[g] for g in miss_genes], dtype=torch.long, device=device
+                )
+                cache[key] = (src, dst, miss, rows)
+            src, dst, miss, rows = cache[key]
+            if len(src) == 0:
+                continue
+            x = torch.zeros((len(zu), len(dst) + len(miss)), device=device, dtype=xu.dtype)
+            x[:, dst] = xu.index_select(1, src)
+            if len(miss):
+                with torch.no_grad():
+                    x[:, miss] = torch.relu(zu @ E.index_select(0, rows).t())
+            enc = module.encoders[name_v]
+            was = enc.training
+            enc.eval()
+            try:
+                mu, _ = enc(x)
+            finally:
+                enc.train(was)
+            losses.append(F.mse_loss(mu, zu))
+    if not losses:
+        return torch.zeros((), device=device)
+    return torch.stack(losses).mean()

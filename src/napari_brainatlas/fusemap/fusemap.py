@@ -3,7 +3,7 @@
 scvi-tools style entry point (the shared model protocol, :mod:`napari_brainatlas.models`)::
 
     model = FuseMap(sections, settings=FuseMapSettings(n_latent=32), seed=0)
-    model.train(epochs=15, progress=progress, cancel=cancel)  # pretrain, balance, final
+    model.train(epochs=3, progress=progress, cancel=cancel)  # pretrain, balance, final
     embedded = model.write_embeddings()        # copies with obsm['X_fusemap_cell' / '_tissue']
     genes = model.gene_embedding()             # DataFrame genes x k
     model.save("model_dir"); FuseMap.load("model_dir", sections)
@@ -81,6 +81,7 @@ from ..models import (
 from . import distributed as D
 from ._balance import balance_weights
 from ._module import FuseMapModule
+from ._training import cross_panel_loss
 from .data import (
     PreparedSection,
     SectionData,
@@ -262,7 +263,8 @@ class FuseMap(TrainableModel):
         self.adatas = sections
         self.section_names = names
         self.prepared: list[PreparedSection] = [
-            preprocess_section(a, n) for a, n in zip(sections, names)
+            preprocess_section(a, n, min_cell_counts=self.settings.min_cell_counts)
+            for a, n in zip(sections, names)
         ]
         rng = np.random.default_rng(self.seed)
         self.data: list[SectionData] = []
@@ -337,6 +339,11 @@ class FuseMap(TrainableModel):
             "kl": float(torch.stack([o["kl"] for o in outs]).mean().detach()),
         }
         adversarial = self.n_sections > 1
+        w_panel = self.settings.panel_anchor
+        if w_panel > 0 and adversarial:
+            cache = self.__dict__.setdefault("_panel_cache", {})
+            pl = cross_panel_loss(m, outs, [sd.name for sd in self.data], dev, cache)
+            logs["panel"] = float(pl.detach())
         if adversarial:
             kc, ic, kt, it = (
                 ("zc_all", "zc_idx", "zt_all", "zt_idx")
@@ -391,6 +398,8 @@ class FuseMap(TrainableModel):
                 a, c = D.allreduce_sum([float(ae.detach()), float(adv.detach())])
                 self.lambda_adv = float(self.settings.adv_ratio * a / max(abs(c), 1e-8))
             loss = ae - self.lambda_adv * adv
+            if w_panel > 0:
+                loss = loss + w_panel * pl
             logs["adv"] = float(adv.detach())
         else:
             loss = ae
@@ -549,7 +558,7 @@ class FuseMap(TrainableModel):
         Parameters
         ----------
         epochs : at most this many epochs in each of the two training phases (default
-            ``settings.epochs``, 15); an epoch passes every training cell of the largest
+            ``settings.epochs``, 3); an epoch passes every training cell of the largest
             section once as a seed and is at least ``min_steps`` steps (smaller sections
             are cycled). ``pretrain_epochs`` / ``final_epochs`` override it per phase.
         progress : ``progress(done, total, info)`` after every epoch; epochs count over
@@ -754,7 +763,9 @@ class FuseMap(TrainableModel):
         for k in ("seed", "section_names"):
             if k not in cfg:
                 raise folder.error("config.json", f"lacks the key {k!r}")
-        settings = settings_from_dict(FuseMapSettings, cfg["settings"], folder)
+        # options added after a folder was written: what it was trained with
+        values = {**LEGACY_DEFAULTS, **cfg["settings"]}
+        settings = settings_from_dict(FuseMapSettings, values, folder)
         names = [str(n) for n in cfg["section_names"]]
         legacy = "_panels" in cfg  # format 1
         if legacy:

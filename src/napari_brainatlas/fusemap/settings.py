@@ -69,8 +69,26 @@ class FuseMapSettings:
     recon_from : what the reconstruction term decodes: "both" (default; the mean of the
         two mean squared errors), "tissue" (``ReLU(A z_T E_v^T)``, the published code)
         or "cell" (``ReLU(z_C E_v^T)``, the paper's coupled factorisation).
-    epochs : default of ``FuseMap.train(epochs=None)``: at most this many epochs in each
-        of the two training phases (15).
+    panel_anchor : weight of the cross-panel agreement of the section encoders (1.0; 0 =
+        off, the paper): each section's seed cells are read through every other
+        section's panel (shared genes measured, the others from the decoder) and that
+        section's encoder is asked to place them where their own encoder does (MSE to
+        the detached z_C; ``_training.cross_panel_loss``). The adversary aligns the
+        sections' distributions, not their cells; with panels sharing 10-20 genes the
+        sections' encoders placed one cell type apart. Dev half of the embedding
+        benchmark (issue 26; osmFISH split 0, seed 0, 3 + 3 epochs): cross-section kNN
+        accuracy of z_C 0.426 -> 0.459 at equal mixing (iLISI 0.669 / 0.674); weight 3
+        was worse (0.434).
+    min_cell_counts : cells with at most this many counts (integer input) are dropped and
+        get NaN embeddings (0, default: every cell with a count is embedded; the paper
+        drops cells with <= 5 counts, which left query cells without labels - issue 26).
+        The query mapping preprocesses its query sections with the reference's value.
+    epochs : default of ``FuseMap.train(epochs=None)`` and of ``napari-brainatlas embed``
+        / the Embed dock: at most this many epochs in each of the two training phases
+        (3 since issue 26: on the dev half, osmFISH split 0, seed 0, cross-section kNN
+        accuracy 0.426 at 3, 0.407 at 5 and 0.384 at 15 epochs, mixing above PCA +
+        Harmony at all three; Slide-seq dev splits 0-1 with the panel anchor 0.782 /
+        0.809 at 3 vs 0.761 / 0.798 at 15; a third to a fifth of the training time).
 
     Why each default was chosen, with the measurements: benchmarks/embedding/NOTES.md.
     """
@@ -96,7 +114,9 @@ class FuseMapSettings:
     sample_latent: bool = True
     weight_average: float = 0.99
     recon_from: str = "both"
-    epochs: int = 15
+    panel_anchor: float = 1.0
+    min_cell_counts: float = 0.0
+    epochs: int = 3
 
     def __post_init__(self):
         coerce_fields(
@@ -115,6 +135,8 @@ class FuseMapSettings:
                         "adv_ratio",
                         "leiden_resolution",
                         "weight_average",
+                        "panel_anchor",
+                        "min_cell_counts",
                     ),
                     float,
                 ),
@@ -140,6 +162,10 @@ class FuseMapSettings:
             raise BrainAtlasInputError(
                 "n_latent, n_hidden, disc_hidden and batch_size must be >= 1"
             )
+        if self.panel_anchor < 0:
+            raise BrainAtlasInputError("panel_anchor must be 0 or more")
+        if self.min_cell_counts < 0:
+            raise BrainAtlasInputError("min_cell_counts must be 0 or more")
         if self.epochs < 0:
             raise BrainAtlasInputError("epochs must be 0 or more")
 
@@ -155,4 +181,6 @@ LEGACY_DEFAULTS = {
     "sample_latent": True,
     "weight_average": 0.0,
     "recon_from": "tissue",
+    "panel_anchor": 0.0,
+    "min_cell_counts": 5.0,
 }

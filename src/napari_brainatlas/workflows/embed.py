@@ -9,8 +9,11 @@
 * :func:`write_embedding` - ``<out>/model/`` (the model folder, see
   :meth:`FuseMap.save`) and ``<out>/<section>.h5ad`` per section.
 * :func:`load_fusemap` - a model folder -> FuseMap (one clear error when it is none).
-* :func:`train_fusemap` - the one place a workflow trains a FuseMap (epochs per phase;
-  ``progress(epoch, 2 * epochs, losses)`` with ``losses['phase']`` pretrain / final).
+* :func:`train_fusemap` - the one place a workflow trains a FuseMap (epochs per phase,
+  default the model's ``settings.epochs``; ``progress(epoch, 2 * epochs, losses)`` with
+  ``losses['phase']`` pretrain / final).
+* :func:`quality_line` - the one-line quality summary ``embed`` prints (per section:
+  mixing and reconstruction, :func:`napari_brainatlas.fusemap.quality.quality_summary`).
 
 The input sections are never modified.
 """
@@ -35,6 +38,7 @@ __all__ = [
     "default_epochs",
     "embed_sections",
     "load_fusemap",
+    "quality_line",
     "resolve_epochs",
     "train_fusemap",
     "write_embedding",
@@ -87,7 +91,9 @@ def load_fusemap(path, device: str = "auto", sections=None):
     return FuseMap.load(p, sections=sections, device=device)
 
 
-def train_fusemap(model, epochs, *, progress=None, cancel=None, offset: int = 0, extra=0):
+def train_fusemap(
+    model, epochs: int | None = None, *, progress=None, cancel=None, offset: int = 0, extra=0
+):
     """Train ``model`` for at most ``epochs`` per phase (None: :func:`default_epochs`);
     raises Cancelled when cancelled."""
     epochs = resolve_epochs(epochs)
@@ -147,6 +153,8 @@ def embed_sections(
     model = FuseMap(
         sections, section_names=names, device=device, seed=seed, **(model_options or {})
     )
+    if epochs is None:
+        epochs = model.settings.epochs
     result = Embedded(model, [], list(model.section_names), is_main=rank == 0)
     header = result.header() + (f", {world} processes" if world > 1 else "")
     report(progress, 0, 2 * int(epochs), message=header)
@@ -154,6 +162,17 @@ def embed_sections(
     result.sections = model.write_embeddings(copy=True)
     result.notes = finite_results(result.sections, result.names)
     return result
+
+
+def quality_line(result: Embedded) -> str:
+    """The one-line quality summary of the trained model (per section: mixing of z_C and
+    reconstruction R^2; sections below the thresholds flagged), or "" on ranks other
+    than 0."""
+    if not result.is_main:
+        return ""
+    from ..fusemap.quality import quality_summary
+
+    return quality_summary(result.model)
 
 
 def write_embedding(result: Embedded, out, *, inputs: Iterable = ()) -> list[Path]:
