@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import io as _io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .._errors import BrainAtlasInputError
-from .writers import publish_mode
+from .writers import atomic_write_bytes
 
 __all__ = [
     "CCF_SHAPE_UM",
@@ -207,22 +205,7 @@ def _cells_png(xy, frame: SectionFrame, rgba, path: Path) -> Path:
     img[grow] = img[ri[grow], ci[grow]]
     buf = _io.BytesIO()
     imsave(buf, np.clip(img, 0, 1), format="png")
-    return _atomic_bytes(buf.getvalue(), path)
-
-
-def _atomic_bytes(data: bytes, path: Path) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_bytes(buf.getvalue(), path)
 
 
 def write_quicknii(

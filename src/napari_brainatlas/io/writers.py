@@ -90,12 +90,18 @@ def write_h5ad(adata: AnnData, path: str | Path) -> Path:
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
     """Write text (JSON, CSV ...) atomically."""
+    return atomic_write_bytes(text.encode(), path)
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` (a PNG, text encoded as UTF-8 ...) to ``path`` through a temporary
+    file in the same folder, with the user's umask."""
     out = Path(path)
     _make_parent(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         publish_mode(tmp)
         os.replace(tmp, out)
     finally:
