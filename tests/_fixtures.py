@@ -1,5 +1,6 @@
 """Engine fixtures; import them into a test module (``from ._fixtures import ...``)."""
 
+import numpy as np
 import pytest
 
 
@@ -16,3 +17,21 @@ def demo_atlas():
     from napari_brainatlas.atlas import make_demo_atlas
 
     return make_demo_atlas()
+
+
+def register_demo(sections):
+    """The demo sections registered to the demo atlas the way the headless pipeline
+    does: each with its true plane, position, hemisphere and midline clicks
+    (``uns['demo_truth']``)."""
+    from napari_brainatlas.workflows.register import register_many
+
+    opts = [
+        {
+            "plane": s.uns["demo_truth"]["plane"],
+            "position_um": s.uns["demo_truth"]["position_um"],
+            "hemisphere": s.uns["demo_truth"]["hemisphere"],
+            "midline": np.asarray(s.uns["demo_truth"]["midline"]),
+        }
+        for s in sections
+    ]
+    return [r.adata for r in register_many(sections, "demo", opts)]

@@ -14,27 +14,10 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from ._data import CCF50, ONTO_CSV, shared
+from ._fixtures import register_demo
 from ._shots import save_shot
 
 pytestmark = pytest.mark.gui
-
-
-def register_demo(sections):
-    """The demo sections registered to the demo atlas the way the headless pipeline
-    does: each with its true plane, position, hemisphere and midline clicks
-    (``uns['demo_truth']``)."""
-    from napari_brainatlas.workflows.register import register_many
-
-    opts = [
-        {
-            "plane": s.uns["demo_truth"]["plane"],
-            "position_um": s.uns["demo_truth"]["position_um"],
-            "hemisphere": s.uns["demo_truth"]["hemisphere"],
-            "midline": np.asarray(s.uns["demo_truth"]["midline"]),
-        }
-        for s in sections
-    ]
-    return [r.adata for r in register_many(sections, "demo", opts)]
 
 
 @pytest.fixture(scope="module")

@@ -19,23 +19,7 @@ from spatialdata.transformations import Identity, Scale, get_transformation
 from napari_brainatlas import BrainAtlasInputError
 from napari_brainatlas.io import is_spatialdata_store, read_sections, write_spatialdata
 
-
-def register_demo(sections):
-    """The demo sections registered to the demo atlas the way the headless pipeline
-    does: each with its true plane, position, hemisphere and midline clicks
-    (``uns['demo_truth']``)."""
-    from napari_brainatlas.workflows.register import register_many
-
-    opts = [
-        {
-            "plane": s.uns["demo_truth"]["plane"],
-            "position_um": s.uns["demo_truth"]["position_um"],
-            "hemisphere": s.uns["demo_truth"]["hemisphere"],
-            "midline": np.asarray(s.uns["demo_truth"]["midline"]),
-        }
-        for s in sections
-    ]
-    return [r.adata for r in register_many(sections, "demo", opts)]
+from ._fixtures import register_demo
 
 
 @pytest.fixture(scope="module")
