@@ -64,7 +64,7 @@ def _impute_targets(split, v: int) -> list[str]:
     return [g for g in split.truth_genes if g in ref and g not in own]
 
 
-def _mlp_transfer(ref_adatas, qry_adatas, seed):
+def _mlp_transfer(ref_adatas, qry_adatas, seed, model=None):
     from napari_brainatlas.annotate import transfer_labels
     from napari_brainatlas.fusemap import CELL_KEY
 
@@ -76,6 +76,7 @@ def _mlp_transfer(ref_adatas, qry_adatas, seed):
         hierarchy={},
         smooth_regions=False,
         seed=seed,
+        model=model,  # the panel views (TransferSettings.views, default) where given
     )
     return [
         np.array([None if pd.isna(v) else str(v) for v in a.obs[f"{CELL_LABEL}_transfer"]])
@@ -114,7 +115,7 @@ def fusemap_joint(split, seed: int, cfg: dict | None = None, epochs: int | None 
     emb = m.get_latent_representation("cell")
     adatas = m.write_embeddings(copy=True)
     pred_q = _mlp_transfer(
-        [adatas[r] for r in split.reference], [adatas[q] for q in split.query], seed
+        [adatas[r] for r in split.reference], [adatas[q] for q in split.query], seed, model=m
     )
     pred = {q: p for q, p in zip(split.query, pred_q)}
     imp = _impute_frames(m, split, secs, lambda v: v)
@@ -168,7 +169,7 @@ def fusemap_chain(
         emb[q] = z
     ref_ad = m.write_embeddings(copy=True)
     qry_ad = mapping.write_embeddings(copy=True)
-    pred = dict(zip(split.query, _mlp_transfer(ref_ad, qry_ad, seed)))
+    pred = dict(zip(split.query, _mlp_transfer(ref_ad, qry_ad, seed, model=mapping)))
     pos = {q: i for i, q in enumerate(split.query)}
     imp = _impute_frames(mapping, split, qrys, lambda v: pos[v])
     info = _fusemap_info(m, t_train)

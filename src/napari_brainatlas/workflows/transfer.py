@@ -422,6 +422,7 @@ def transfer_onto(
         mapped.reference,
         mapped.sections,
         labels=labels,
+        model=mapped.mapping,
         method=method,
         hierarchy=hierarchy,
         smooth_regions=smooth_regions,
