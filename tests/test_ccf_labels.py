@@ -29,6 +29,9 @@ from napari_brainatlas.register.metrics import label_division_index
 from ._data import CCF50, ONTO_CSV, shared
 
 
+MAPPINGS: dict = {}
+
+
 @pytest.fixture(scope="module")
 def mapped():
     """3 reference coronal sections around AP 6000-7500 um and a query between them."""
@@ -46,8 +49,10 @@ def mapped():
     fm = FuseMap(ref, n_latent=16, n_hidden=64, disc_hidden=32, min_steps=0, seed=0)
     fm.train(max_epochs=4)
     ref_emb = fm.write_embeddings(copy=True)
-    q = map_query(fm, [secs[3]], epochs=4, seed=0).write_embeddings()[0]
+    mapping = map_query(fm, [secs[3]], epochs=4, seed=0)
+    q = mapping.write_embeddings()[0]
     torch.set_num_threads(n)
+    MAPPINGS["mapped"] = mapping  # for the panel-view test (the value stays a triple)
     return atlas, ref_emb, q
 
 
@@ -136,3 +141,32 @@ def test_position_and_bad_input(mapped):
     del noemb.obsm[TISSUE_KEY]
     with pytest.raises(BrainAtlasInputError):
         transfer_ccf_labels(ref, noemb, atlas)
+
+
+def test_panel_views_with_the_mapping(mapped):
+    """views='panels' with the mapping: the level classifier's probabilities averaged
+    over the reference read through the query's encoder (z_T on the reference's own
+    graph) and the query read through each reference encoder; a valid transfer that
+    beats chance and records the views; 'embedding' (default) or no model reads z_T."""
+    atlas, ref, q = mapped
+    mapping = MAPPINGS["mapped"]
+    out = transfer_ccf_labels(
+        ref, q, atlas, levels=("division", "fine"), model=mapping, views="panels"
+    )[0]
+    plain = transfer_ccf_labels(ref, q, atlas, levels="division")[0]
+    rec = out.uns["ccf_label_transfer"]
+    assert rec["division"]["views"] == "panels" and rec["fine"]["views"] == "panels"
+    assert plain.uns["ccf_label_transfer"]["division"]["views"] == "embedding"
+    truth = ccf_level_labels(atlas, q.obs["ccf_id_true"].to_numpy(), "division")
+    pred = out.obs["ccf_division_transfer"].astype(str).to_numpy()
+    chance = max(np.mean(truth == t) for t in np.unique(truth))
+    assert np.mean(pred == truth) > chance + 0.15
+    u = out.obs["ccf_division_transfer_uncertainty"].to_numpy()
+    assert u.dtype == np.float32 and np.isfinite(u).all() and (u >= 0).all() and (u <= 1).all()
+    assert set(out.obs["ccf_division_transfer"].cat.categories) == set(
+        plain.obs["ccf_division_transfer"].cat.categories
+    )
+    no_model = transfer_ccf_labels(ref, q, atlas, levels="division", views="panels")[0]
+    assert no_model.uns["ccf_label_transfer"]["division"]["views"] == "embedding"
+    with pytest.raises(BrainAtlasInputError, match="views"):
+        transfer_ccf_labels(ref, q, atlas, views="both")

@@ -12,8 +12,9 @@ and capture shifts, and no labels, midline or position.
 
 Pipeline: FuseMap on the reference (small network and few epochs, stated in the
 report), every query mapped onto it (``annotate.map_query``), CCF labels transferred at
-the division and the fine level (``annotate.ccf_labels.transfer_ccf_labels``), then the
-public ``register_section``. Methods, per query section:
+the division and the fine level (``annotate.ccf_labels.transfer_ccf_labels`` with the
+batch's query mapping: the panel views, ``--views``), then the public
+``register_section``. Methods, per query section:
 
 * **A, from reference (no clicks)**: what ``register --from-reference`` runs:
   ``region_key='ccf_division_transfer'`` (each cell weighted by its certainty, the
@@ -115,10 +116,11 @@ def build(args):
     return atlas, ref, qry, time.perf_counter() - t
 
 
-def embed(ref, qry, args) -> tuple[list, list, dict]:
-    """FuseMap on the reference, queries mapped onto it; with ``--cache DIR`` the
-    embedded sections are kept there and reused by a later run with the same data
-    options."""
+def embed_and_transfer(atlas, ref, qry, args) -> tuple[list, list, dict]:
+    """FuseMap on the reference, queries mapped onto it in batches, CCF labels
+    transferred with each batch's mapping (``--views``: the panel views, the product's
+    default, or the embedding alone); with ``--cache DIR`` the labelled sections are kept
+    there and reused by a later run with the same data options (the other half)."""
     import anndata
     import torch
 
@@ -127,9 +129,9 @@ def embed(ref, qry, args) -> tuple[list, list, dict]:
     if cache is not None and (cache / "done.json").exists():
         meta = json.loads((cache / "done.json").read_text())
         ref_emb = [anndata.read_h5ad(cache / f"ref{i}.h5ad") for i in range(len(ref))]
-        q_emb = [anndata.read_h5ad(cache / f"q{i}.h5ad") for i in range(len(qry))]
-        return ref_emb, q_emb, meta["times"]
-    times = {}
+        q_lab = [anndata.read_h5ad(cache / f"q{i}.h5ad") for i in range(len(qry))]
+        return ref_emb, q_lab, meta["times"]
+    times = {"transfer_s": 0.0}
     t = time.perf_counter()
     net = {"n_latent": args.latent, "n_hidden": args.hidden, "disc_hidden": 64}
     model = FuseMap(ref, seed=args.seed, **net)
@@ -137,22 +139,22 @@ def embed(ref, qry, args) -> tuple[list, list, dict]:
     ref_emb = model.write_embeddings(copy=True)
     times["fusemap_train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    q_emb = []
+    q_lab = []
     for b in range(0, len(qry), args.map_batch):
         m = map_query(model, qry[b : b + args.map_batch], epochs=args.map_epochs, seed=args.seed)
-        q_emb += m.write_embeddings()
-    times["map_s"] = time.perf_counter() - t
+        q_lab += transfer(atlas, ref_emb, m.write_embeddings(), m, args, times)
+    times["map_s"] = time.perf_counter() - t - times["transfer_s"]
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         for i, a in enumerate(ref_emb):
             a.write_h5ad(cache / f"ref{i}.h5ad")
-        for i, a in enumerate(q_emb):
+        for i, a in enumerate(q_lab):
             a.write_h5ad(cache / f"q{i}.h5ad")
         (cache / "done.json").write_text(json.dumps({"times": times, "argv": sys.argv[1:]}))
-    return ref_emb, q_emb, times
+    return ref_emb, q_lab, times
 
 
-def transfer(atlas, ref_emb, q_emb, args, times) -> list:
+def transfer(atlas, ref_emb, q_emb, mapping, args, times) -> list:
     t = time.perf_counter()
     out = transfer_ccf_labels(
         ref_emb,
@@ -162,8 +164,10 @@ def transfer(atlas, ref_emb, q_emb, args, times) -> list:
         seed=args.seed,
         min_confidence=args.min_confidence,
         smooth_k=args.smooth_k,
+        model=mapping,
+        views=args.views,
     )
-    times["transfer_s"] = time.perf_counter() - t
+    times["transfer_s"] += time.perf_counter() - t
     return out
 
 
@@ -418,7 +422,8 @@ def report(rows, summ, times, args, total_s, command="", dev=None) -> str:
         f"{args.hidden}, {args.epochs} + {args.epochs} epochs (train {times['fusemap_train_s']:.0f} s); "
         f"query mapping {args.map_epochs} epochs in batches of {args.map_batch} "
         f"({times['map_s']:.0f} s, {times['map_s'] / len(rows):.1f} s a section); "
-        f"transfer {times['transfer_s']:.0f} s."
+        f"CCF label transfer through the {getattr(args, 'views', 'embedding')} "
+        f"({times['transfer_s']:.0f} s)."
     )
     L += ["", f"## Test half ({summ['A']['n']} sections; thresholds chosen on the dev half)", ""]
     L += _table(summ)
@@ -509,6 +514,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-confidence", type=float, default=0.5)
     p.add_argument("--smooth-k", type=int, default=30)
+    p.add_argument(
+        "--views",
+        default="panels",
+        choices=("panels", "embedding"),
+        help="CCF label transfer through the panel views (default) or the embedding",
+    )
     p.add_argument("--only", type=int, default=0, help="register the first N queries only")
     p.add_argument(
         "--part",
@@ -535,8 +546,7 @@ def main(argv=None) -> int:
     print(
         f"generated {len(ref)} reference and {len(qry)} query sections in {t_gen:.1f} s", flush=True
     )
-    ref_emb, q_emb, times = embed(ref, qry, args)
-    qlab = transfer(atlas, ref_emb, q_emb, args, times)
+    ref_emb, qlab, times = embed_and_transfer(atlas, ref, qry, args)
     print(f"embedding / mapping / transfer: {times}", flush=True)
     rows = []
     for i, q in enumerate(qlab[: args.only or None]):

@@ -105,35 +105,76 @@ def _total_counts(a: AnnData) -> np.ndarray:
     return np.asarray(X.sum(1)).ravel().astype(float)
 
 
-def _fit_level(refs, atlas, lv, embedding, kw, cancel):
-    Z, y = [], []
+def _level_rows(refs, atlas, lv, embedding):
+    """Stacked reference embeddings, level labels and the mask of usable rows."""
+    Z, y, ok = [], [], []
     for a in refs:
         z = _embedding(a, embedding, "reference")
         lab = reference_level_labels(a, atlas, lv)
-        ok = np.isfinite(z).all(1) & (lab != "")
-        Z.append(z[ok])
-        y.append(lab[ok])
-    Z, y = np.concatenate(Z), np.concatenate(y)
-    if len(y) == 0:
+        Z.append(z)
+        y.append(lab)
+        ok.append(np.isfinite(z).all(1) & (lab != ""))
+    Z, y, ok = np.concatenate(Z), np.concatenate(y), np.concatenate(ok)
+    if not ok.any():
         raise BrainAtlasInputError("no reference cell lies in a labelled CCF structure")
-    return MLPLabelClassifier(**kw).fit(Z, y, cancel=cancel), len(y)
+    return Z, y, ok
 
 
-def _predict(clf, q: AnnData, embedding, smooth_k):
-    """(labels, uncertainty, has_embedding) of one query section (unthresholded)."""
-    z = _embedding(q, embedding, "query")
-    ok = np.isfinite(z).all(1)
+def _fitter(kw, cancel):
+    """``fit(Z, y, Zq) -> (classifier, p)`` of the level classifier (for the panel views)."""
+
+    def fit(Z, y, Zq):
+        clf = MLPLabelClassifier(**kw).fit(Z, y, cancel=cancel)
+        return clf, (clf.predict_proba(Zq) if len(Zq) else None)
+
+    return fit
+
+
+def _probabilities(clf, qry, embedding, views, fit, level_rows):
+    """Per query section (class probabilities of its cells with an embedding, mask of
+    those cells): the level classifier on the query embedding, or with ``views`` the
+    mean over the panel views (:mod:`.panel_views`)."""
+    Zq = [_embedding(q, embedding, "query") for q in qry]
+    oks = [np.isfinite(z).all(1) for z in Zq]
+    if views is None:
+        return [(clf.predict_proba(z[ok]) if ok.any() else None, ok) for z, ok in zip(Zq, oks)]
+    from .panel_views import panel_probabilities
+
+    Zr, yr, okr = level_rows
+    classes, p = panel_probabilities(
+        views,
+        fit,
+        Zr[okr],
+        yr[okr],
+        okr,
+        np.concatenate(Zq),
+        np.concatenate(oks),
+        [q.n_obs for q in qry],
+        tissue=embedding == TISSUE_KEY,
+    )
+    col = {str(c): i for i, c in enumerate(classes)}
+    order = [col[str(c)] for c in clf.classes_]  # the classifier's class order
+    out, o = [], 0
+    for ok in oks:
+        n = int(ok.sum())
+        out.append((p[o : o + n][:, order] if n else None, ok))
+        o += n
+    return out
+
+
+def _predict(clf, q: AnnData, proba, ok, smooth_k):
+    """(labels, uncertainty) of one query section (unthresholded) from the class
+    probabilities ``proba`` of its cells ``ok``."""
     lab = np.full(q.n_obs, UNASSIGNED, dtype=object)
     unc = np.ones(q.n_obs, np.float32)
     if ok.any():
-        p = clf.predict_proba(z[ok])
-        lab[ok] = clf.classes_[p.argmax(1)]
-        unc[ok] = 1.0 - p.max(1)
+        lab[ok] = clf.classes_[proba.argmax(1)]
+        unc[ok] = 1.0 - proba.max(1)
         if smooth_k > 1 and ok.sum() > 1 and "spatial" in q.obsm:
             xy = np.asarray(q.obsm["spatial"], float)[ok, :2]
             ls, us = smooth_labels(xy, lab[ok].astype(str), k=smooth_k, weights=1.0 - unc[ok])
             lab[ok], unc[ok] = ls, us
-    return lab, np.clip(np.nan_to_num(unc, nan=1.0), 0.0, 1.0).astype(np.float32), ok
+    return lab, np.clip(np.nan_to_num(unc, nan=1.0), 0.0, 1.0).astype(np.float32)
 
 
 def transfer_ccf_labels(
@@ -148,6 +189,8 @@ def transfer_ccf_labels(
     smooth_k: int = 30,
     seed: int = 0,
     max_epochs: int = 200,
+    model=None,
+    views: str = "embedding",
     progress: Callable | None = None,
     cancel: Callable | None = None,
 ) -> list[AnnData]:
@@ -167,6 +210,12 @@ def transfer_ccf_labels(
     min_counts : cells with fewer total counts are "unassigned" (uncertainty 1).
     smooth_k : spatial vote of the ``smooth_k`` nearest cells, weighted by certainty,
         before the threshold (0: no smoothing, the classifier's own ``1 - max p``).
+    model, views : with ``views="panels"`` and the query mapping (or joint FuseMap) as
+        ``model``, the classifier's probabilities are averaged over the panel views
+        (:mod:`~napari_brainatlas.annotate.panel_views`: the reference read through each
+        query's encoder, the query through each reference encoder); "embedding"
+        (default): the embedding alone. ``uns['ccf_label_transfer'][L]['views']`` says
+        which was used.
     progress : ``progress(done, total, info)`` after each level; cancel : ``cancel() ->
         bool``, polled between epochs (:class:`napari_brainatlas.Cancelled` when it says so).
 
@@ -181,16 +230,27 @@ def transfer_ccf_labels(
         raise BrainAtlasInputError("give at least one label level to transfer")
     if not (0.0 <= float(min_confidence) <= 1.0):
         raise BrainAtlasInputError(f"min_confidence must be in [0, 1], not {min_confidence}")
+    if views not in ("panels", "embedding"):
+        raise BrainAtlasInputError(f"views must be 'panels' or 'embedding', not {views!r}")
+    pv = None
+    if views == "panels" and model is not None:
+        from .panel_views import PanelViews
+
+        pv = PanelViews.of(model, refs, qry)
     kw = {"seed": seed, "max_epochs": max_epochs, "balance": "balanced"}
+    fit = _fitter(kw, cancel)
     for i, lv in enumerate(lvs):
         check_cancel(cancel)
-        clf, n_ref = _fit_level(refs, atlas, lv, embedding, kw, cancel)
+        rows = _level_rows(refs, atlas, lv, embedding)
+        clf, _ = fit(rows[0][rows[2]], rows[1][rows[2]], [])
+        n_ref = int(rows[2].sum())
         check_cancel(cancel)
         key = ccf_transfer_key(lv)
         cats = [str(c) for c in clf.classes_] + [UNASSIGNED]
         n_assigned = n_all = 0
-        for q in qry:
-            lab, unc, ok = _predict(clf, q, embedding, smooth_k)
+        probs = _probabilities(clf, qry, embedding, pv, fit, rows)
+        for q, (proba, ok) in zip(qry, probs):
+            lab, unc = _predict(clf, q, proba, ok, smooth_k)
             few = _total_counts(q) < float(min_counts)
             unc[few | ~ok] = 1.0
             lab[few | ~ok | (1.0 - unc < float(min_confidence))] = UNASSIGNED
@@ -202,6 +262,7 @@ def transfer_ccf_labels(
             "level": level_name(lv),
             "atlas": str(getattr(atlas, "name", "")),
             "embedding": embedding,
+            "views": "panels" if pv is not None else "embedding",
             "min_confidence": float(min_confidence),
             "min_counts": float(min_counts),
             "smooth_k": int(smooth_k),

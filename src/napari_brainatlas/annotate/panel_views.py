@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..fusemap import CELL_KEY
+from ..fusemap import CELL_KEY, spatial_graph
 from ..fusemap._preprocess import preprocess_section
 from ..fusemap.data import rows_dense
 
@@ -81,13 +81,21 @@ class _Side:
         self.X = p.X[np.flatnonzero(ok)] if not ok.all() else p.X
         self.genes = list(p.genes)
         self.z = z[ok]
+        self.coords = p.coords[ok]
+        self._graph = None
 
-    def through(self, module, name: str) -> np.ndarray:
-        """(n_obs, n_latent) this section's cells through ``name``'s encoder; NaN rows
-        for cells without an embedding."""
+    def through(self, module, name: str, tissue: bool = False) -> np.ndarray:
+        """(n_obs, n_latent) this section's cells through ``name``'s encoder (z_C, or
+        with ``tissue`` z_T: that z_C averaged over this section's spatial graph, as
+        FuseMap makes z_T); NaN rows for cells without an embedding."""
         out = np.full((self.n_obs, module.n_latent), np.nan, np.float32)
         if len(self.rows):
-            out[self.rows] = read_through_panel(module, self.X, self.genes, self.z, name)
+            z = read_through_panel(module, self.X, self.genes, self.z, name)
+            if tissue:
+                if self._graph is None:
+                    self._graph = spatial_graph(self.coords)
+                z = np.asarray(self._graph @ z, np.float32)
+            out[self.rows] = z
         return out
 
 
@@ -138,20 +146,22 @@ class PanelViews:
             [_Side(n, a, mc) for n, a in zip(qn, query)],
         )
 
-    def reference_through(self, j: int) -> np.ndarray:
+    def reference_through(self, j: int, tissue: bool = False) -> np.ndarray:
         """Every reference cell (the sections stacked) through query ``j``'s encoder."""
-        return np.concatenate([r.through(self.module, self.query[j].name) for r in self.reference])
+        name = self.query[j].name
+        return np.concatenate([r.through(self.module, name, tissue) for r in self.reference])
 
-    def query_through(self, j: int, r: int) -> np.ndarray:
+    def query_through(self, j: int, r: int, tissue: bool = False) -> np.ndarray:
         """Query ``j``'s cells through reference section ``r``'s encoder."""
-        return self.query[j].through(self.module, self.reference[r].name)
+        return self.query[j].through(self.module, self.reference[r].name, tissue)
 
 
-def panel_probabilities(views: PanelViews, fit, Zr, yr, okr, Zq, okq, sizes):
+def panel_probabilities(views: PanelViews, fit, Zr, yr, okr, Zq, okq, sizes, tissue=False):
     """Class probabilities of the query cells ``okq`` (stacked query rows) averaged over
     the two panel views: ``(classes, p)``. ``fit(Z, y, Zq) -> (classifier, p)`` trains a
-    classifier (``classes_``, ``predict_proba``); ``Zr`` / ``yr`` are the reference z_C
-    rows and labels that ``okr`` (a mask over the stacked reference rows) kept."""
+    classifier (``classes_``, ``predict_proba``); ``Zr`` / ``yr`` are the reference rows
+    (z_C, or z_T with ``tissue``) and labels that ``okr`` (a mask over the stacked
+    reference rows) kept."""
     clf0, _ = fit(Zr, yr, Zq[:0])
     classes = np.asarray(clf0.classes_)
     col = {str(c): i for i, c in enumerate(classes)}
@@ -172,13 +182,13 @@ def panel_probabilities(views: PanelViews, fit, Zr, yr, okr, Zq, okq, sizes):
         if not len(zq):
             continue
         # query view: the reference through this query's encoder
-        R = views.reference_through(j)[okr]
+        R = views.reference_through(j, tissue)[okr]
         fine = np.isfinite(R).all(1) & np.array([v is not None for v in yr])
         p_q = aligned(fit(R[fine], yr[fine], zq[:0])[0], zq) if fine.any() else aligned(clf0, zq)
         # reference view: this query through every reference encoder
         p_r = np.zeros_like(p_q)
         for r in range(len(views.reference)):
-            Q = views.query_through(j, r)[ok]
+            Q = views.query_through(j, r, tissue)[ok]
             fin = np.isfinite(Q).all(1)
             p = aligned(clf0, zq)
             if fin.any():
