@@ -168,5 +168,7 @@ def test_panel_views_with_the_mapping(mapped):
     )
     no_model = transfer_ccf_labels(ref, q, atlas, levels="division", views="panels")[0]
     assert no_model.uns["ccf_label_transfer"]["division"]["views"] == "embedding"
+    off = transfer_ccf_labels(ref, q, atlas, levels="division", model=mapping, views="embedding")
+    assert off[0].uns["ccf_label_transfer"]["division"]["views"] == "embedding"
     with pytest.raises(BrainAtlasInputError, match="views"):
         transfer_ccf_labels(ref, q, atlas, views="both")

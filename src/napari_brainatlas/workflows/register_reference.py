@@ -256,7 +256,13 @@ def register_from_reference(
     )
     check_cancel(cancel)
     labelled = transfer_ccf_labels(
-        mapped.reference, mapped.sections, atlas, levels=levels, seed=seed, cancel=cancel
+        mapped.reference,
+        mapped.sections,
+        atlas,
+        levels=levels,
+        seed=seed,
+        model=mapped.mapping,  # the panel views (transfer_ccf_labels' default)
+        cancel=cancel,
     )
     from ..annotate.ccf_labels import ccf_transfer_key
 
