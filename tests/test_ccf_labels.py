@@ -28,7 +28,6 @@ from napari_brainatlas.register.metrics import label_division_index
 
 from ._data import CCF50, ONTO_CSV, shared
 
-
 MAPPINGS: dict = {}
 
 
