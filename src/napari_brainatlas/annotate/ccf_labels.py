@@ -37,6 +37,7 @@ query cells' nearest reference cells in z_T.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -44,12 +45,14 @@ from anndata import AnnData
 
 from .._errors import BrainAtlasInputError
 from ..fusemap import TISSUE_KEY
+from ..models import coerce_fields, resolve_settings
 from ..register.ccf_levels import ccf_level_labels, level_divisions, level_name, parse_level
 from .classifier import MLPLabelClassifier
 from .smoothing import smooth_labels
 
 __all__ = [
     "UNASSIGNED",
+    "CCFTransferSettings",
     "ccf_transfer_key",
     "estimate_position",
     "plane_search_inputs",
@@ -178,22 +181,67 @@ def _predict(clf, q: AnnData, proba, ok, smooth_k):
     return lab, np.clip(np.nan_to_num(unc, nan=1.0), 0.0, 1.0).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class CCFTransferSettings:
+    """Options of :func:`transfer_ccf_labels` (the defaults are its defaults).
+
+    Attributes
+    ----------
+    embedding : obsm key the classifier reads (``X_fusemap_tissue``, z_T).
+    min_confidence : cells whose certainty ``1 - uncertainty`` is below this are
+        "unassigned" (0.5).
+    min_counts : cells with fewer total counts are "unassigned" (uncertainty 1; 10).
+    smooth_k : spatial vote of the ``smooth_k`` nearest cells, weighted by certainty,
+        before the threshold (30; 0: no smoothing, the classifier's own ``1 - max p``).
+    max_epochs : the MLP's epochs at most (200).
+    views : "panels" (default; used when :func:`transfer_ccf_labels` is given the query
+        mapping or joint FuseMap as ``model``): the classifier's probabilities averaged
+        over the panel views (:mod:`~napari_brainatlas.annotate.panel_views`: the
+        reference read through each query's encoder, the query through each reference
+        encoder); "embedding": the embedding alone. Dev half of the from-reference
+        benchmark (issue 22; 20 queries, small model): cells with the right division
+        41 % -> 53 %, right fine structure 8 % -> 11 % ('unassigned' counted wrong).
+    """
+
+    embedding: str = TISSUE_KEY
+    min_confidence: float = 0.5
+    min_counts: float = 10.0
+    smooth_k: int = 30
+    max_epochs: int = 200
+    views: str = "panels"
+
+    def __post_init__(self):
+        coerce_fields(
+            self,
+            {
+                "embedding": str,
+                "min_confidence": float,
+                "min_counts": float,
+                "smooth_k": int,
+                "max_epochs": int,
+                "views": str,
+            },
+        )
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise BrainAtlasInputError(
+                f"min_confidence must be in [0, 1], not {self.min_confidence}"
+            )
+        if self.views not in ("panels", "embedding"):
+            raise BrainAtlasInputError(f"views must be 'panels' or 'embedding', not {self.views!r}")
+
+
 def transfer_ccf_labels(
     reference_sections,
     query_sections,
     atlas,
     *,
     levels=("division",),
-    embedding: str = TISSUE_KEY,
-    min_confidence: float = 0.5,
-    min_counts: float = 10,
-    smooth_k: int = 30,
-    seed: int = 0,
-    max_epochs: int = 200,
+    settings: CCFTransferSettings | None = None,
     model=None,
-    views: str = "panels",
+    seed: int = 0,
     progress: Callable | None = None,
     cancel: Callable | None = None,
+    **options,
 ) -> list[AnnData]:
     """Transfer CCF structure labels from registered references to copies of the queries.
 
@@ -206,20 +254,11 @@ def transfer_ccf_labels(
     levels : one level or several (:func:`~napari_brainatlas.register.ccf_levels.parse_level`):
         "division" (default), "fine", "layer", "field", "nucleus", "subdivision", or an
         ontology depth; each gets its own classifier and columns.
-    min_confidence : cells whose certainty ``1 - uncertainty`` is below this are
-        "unassigned".
-    min_counts : cells with fewer total counts are "unassigned" (uncertainty 1).
-    smooth_k : spatial vote of the ``smooth_k`` nearest cells, weighted by certainty,
-        before the threshold (0: no smoothing, the classifier's own ``1 - max p``).
-    model, views : with ``views="panels"`` and the query mapping (or joint FuseMap) as
-        ``model``, the classifier's probabilities are averaged over the panel views
-        (:mod:`~napari_brainatlas.annotate.panel_views`: the reference read through each
-        query's encoder, the query through each reference encoder; the default);
-        "embedding", or no ``model``: the embedding alone. ``uns['ccf_label_transfer'][L]['views']`` says
-        which was used. Dev half of the from-reference benchmark (issue 22; 20 queries,
-        small model): cells with the right division 41 % -> 53 %, right fine structure
-        8 % -> 11 % (panels, the default, against the embedding alone; 'unassigned'
-        counted wrong).
+    settings : :class:`CCFTransferSettings`; ``**options`` its fields as keywords
+        (``min_confidence=0.6, smooth_k=0, views="embedding"`` ...).
+    model : the query mapping (or joint FuseMap) behind the queries' embeddings: with it
+        the panel views are used (``settings.views``); ``uns['ccf_label_transfer'][L]
+        ['views']`` says which reading was used.
     progress : ``progress(done, total, info)`` after each level; cancel : ``cancel() ->
         bool``, polled between epochs (:class:`napari_brainatlas.Cancelled` when it says so).
 
@@ -232,55 +271,56 @@ def transfer_ccf_labels(
     lvs = [parse_level(v) for v in ([levels] if isinstance(levels, (str, int)) else levels)]
     if not lvs:
         raise BrainAtlasInputError("give at least one label level to transfer")
-    if not (0.0 <= float(min_confidence) <= 1.0):
-        raise BrainAtlasInputError(f"min_confidence must be in [0, 1], not {min_confidence}")
-    if views not in ("panels", "embedding"):
-        raise BrainAtlasInputError(f"views must be 'panels' or 'embedding', not {views!r}")
+    s = resolve_settings(CCFTransferSettings, settings, options, "CCF label transfer")
     pv = None
-    if views == "panels" and model is not None:
+    if s.views == "panels" and model is not None:
         from .panel_views import PanelViews
 
         pv = PanelViews.of(model, refs, qry)
-    kw = {"seed": seed, "max_epochs": max_epochs, "balance": "balanced"}
-    fit = _fitter(kw, cancel)
+    fit = _fitter({"seed": seed, "max_epochs": s.max_epochs, "balance": "balanced"}, cancel)
     for i, lv in enumerate(lvs):
         check_cancel(cancel)
-        rows = _level_rows(refs, atlas, lv, embedding)
-        clf, _ = fit(rows[0][rows[2]], rows[1][rows[2]], [])
-        n_ref = int(rows[2].sum())
-        check_cancel(cancel)
-        key = ccf_transfer_key(lv)
-        cats = [str(c) for c in clf.classes_] + [UNASSIGNED]
-        n_assigned = n_all = 0
-        probs = _probabilities(clf, qry, embedding, pv, fit, rows)
-        for q, (proba, ok) in zip(qry, probs):
-            lab, unc = _predict(clf, q, proba, ok, smooth_k)
-            few = _total_counts(q) < float(min_counts)
-            unc[few | ~ok] = 1.0
-            lab[few | ~ok | (1.0 - unc < float(min_confidence))] = UNASSIGNED
-            q.obs[key] = pd.Categorical(lab.astype(str), categories=cats)
-            q.obs[f"{key}_uncertainty"] = unc
-            n_assigned += int(np.sum(lab != UNASSIGNED))
-            n_all += q.n_obs
-        rec = {
-            "level": level_name(lv),
-            "atlas": str(getattr(atlas, "name", "")),
-            "embedding": embedding,
-            "views": "panels" if pv is not None else "embedding",
-            "min_confidence": float(min_confidence),
-            "min_counts": float(min_counts),
-            "smooth_k": int(smooth_k),
-            "n_reference_cells": int(n_ref),
-            "classes": len(clf.classes_),
-            "reference_test_accuracy": float(clf.test_accuracy_),
-            "fraction_assigned": float(n_assigned / max(n_all, 1)),
-        }
+        rec = _transfer_level(refs, qry, atlas, lv, s, pv, fit, cancel)
         for q in qry:
             d = dict(q.uns.get("ccf_label_transfer", {}))
             d[level_name(lv)] = rec
             q.uns["ccf_label_transfer"] = d
         report(progress, i + 1, len(lvs), level=level_name(lv))
     return qry
+
+
+def _transfer_level(refs, qry, atlas, lv, s: CCFTransferSettings, pv, fit, cancel) -> dict:
+    """Write level ``lv``'s columns into ``qry``; returns its ``uns`` record."""
+    from ..jobs import check_cancel
+
+    rows = _level_rows(refs, atlas, lv, s.embedding)
+    clf, _ = fit(rows[0][rows[2]], rows[1][rows[2]], [])
+    check_cancel(cancel)
+    key = ccf_transfer_key(lv)
+    cats = [str(c) for c in clf.classes_] + [UNASSIGNED]
+    n_assigned = n_all = 0
+    for q, (proba, ok) in zip(qry, _probabilities(clf, qry, s.embedding, pv, fit, rows)):
+        lab, unc = _predict(clf, q, proba, ok, s.smooth_k)
+        few = _total_counts(q) < s.min_counts
+        unc[few | ~ok] = 1.0
+        lab[few | ~ok | (1.0 - unc < s.min_confidence)] = UNASSIGNED
+        q.obs[key] = pd.Categorical(lab.astype(str), categories=cats)
+        q.obs[f"{key}_uncertainty"] = unc
+        n_assigned += int(np.sum(lab != UNASSIGNED))
+        n_all += q.n_obs
+    return {
+        "level": level_name(lv),
+        "atlas": str(getattr(atlas, "name", "")),
+        "embedding": s.embedding,
+        "views": "panels" if pv is not None else "embedding",
+        "min_confidence": s.min_confidence,
+        "min_counts": s.min_counts,
+        "smooth_k": s.smooth_k,
+        "n_reference_cells": int(rows[2].sum()),
+        "classes": len(clf.classes_),
+        "reference_test_accuracy": float(clf.test_accuracy_),
+        "fraction_assigned": float(n_assigned / max(n_all, 1)),
+    }
 
 
 def plane_search_inputs(
