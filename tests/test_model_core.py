@@ -387,7 +387,7 @@ def test_issue26_defaults_agree_and_older_folders_keep_their_options(sections, t
     from napari_brainatlas.fusemap import FuseMapSettings
 
     s = FuseMapSettings()
-    assert (s.epochs, s.panel_anchor, s.min_cell_counts) == (3, 1.0, 0.0)
+    assert (s.epochs, s.panel_anchor, s.min_cell_counts) == (3, 0.0, 0.0)
     q = QueryMappingSettings()
     assert (q.min_steps, q.validate_anchor) == (60, False)
     with pytest.raises(BrainAtlasInputError, match="panel_anchor"):

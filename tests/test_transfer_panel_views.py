@@ -101,3 +101,6 @@ def test_joint_model_matches_sections_by_name(chain):
     stray = qrys[0].copy()
     stray.uns.pop("fusemap_query")
     assert PanelViews.of(mapping, refs, [stray, stray]) is None  # two queries, one known
+    flat = refs[0].copy()
+    del flat.obsm["spatial"]  # a reference the model's preprocessing cannot read
+    assert PanelViews.of(mapping, [flat, *refs[1:]], qrys) is None

@@ -108,25 +108,26 @@ def _sections_joint(m):
     }
 
 
-def run(set_name: str, idx: int, seed: int, max_cells: int) -> dict:
+def run(set_name: str, idx: int, seed: int, max_cells: int, cfg: dict | None = None) -> dict:
     from napari_brainatlas.annotate import map_query
     from napari_brainatlas.fusemap import FuseMap
 
     split = S.cap_cells(S.make_split(set_name, idx), max_cells)
     if split.spec.half != "dev":
         raise SystemExit(f"{set_name}:{idx} is a test split: this experiment is dev-only")
-    row = {"set": set_name, "split": idx, "seed": seed}
+    cfg = dict(cfg or {})
+    row = {"set": set_name, "split": idx, "seed": seed, "fm_cfg": cfg}
     t0 = time.time()
     for name, r in zip(("pca", "harmony"), M.pca_harmony(split, seed)):
         row[name] = E.label_metrics(E.knn_predict(r["emb"], split), split)["acc"]
     with torch.random.fork_rng(devices=[]):
-        m = FuseMap([a.copy() for a in split.sections], seed=seed)
+        m = FuseMap([a.copy() for a in split.sections], seed=seed, **cfg)
         m.train()
     row["joint"] = views(split, m.module, _sections_joint(m))
     refs = [split.sections[r].copy() for r in split.reference]
     qrys = [split.sections[q].copy() for q in split.query]
     with torch.random.fork_rng(devices=[]):
-        mr = FuseMap(refs, seed=seed)
+        mr = FuseMap(refs, seed=seed, **cfg)
         mr.train()
         mp = map_query(mr, qrys, seed=seed)
     own = _sections_joint(mr)
@@ -161,10 +162,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/embedding/dev/panel_views_dev.jsonl")
     ap.add_argument("--max-cells", type=int, default=1000)
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--fm-cfg", default="{}", help="FuseMap options as JSON")
     a = ap.parse_args(argv)
     for job in a.jobs:
         s, i, seed = job.split(":")
-        row = run(s, int(i), int(seed), a.max_cells)
+        row = run(s, int(i), int(seed), a.max_cells, json.loads(a.fm_cfg))
         print(json.dumps(row), flush=True)
         with open(a.out, "a") as fh:
             fh.write(json.dumps(row) + "\n")

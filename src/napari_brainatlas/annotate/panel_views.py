@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from .._errors import BrainAtlasInputError
 from ..fusemap import CELL_KEY, spatial_graph
 from ..fusemap._preprocess import preprocess_section
 from ..fusemap.data import rows_dense
@@ -140,11 +141,14 @@ class PanelViews:
         if not all(CELL_KEY in a.obsm for a in list(reference) + list(query)):
             return None
         mc = float(getattr(ref_model.settings, "min_cell_counts", 0.0))
-        return cls(
-            module,
-            [_Side(n, a, mc) for n, a in zip(rn, reference)],
-            [_Side(n, a, mc) for n, a in zip(qn, query)],
-        )
+        try:
+            return cls(
+                module,
+                [_Side(n, a, mc) for n, a in zip(rn, reference)],
+                [_Side(n, a, mc) for n, a in zip(qn, query)],
+            )
+        except BrainAtlasInputError:  # a section the model's preprocessing cannot read
+            return None
 
     def reference_through(self, j: int, tissue: bool = False) -> np.ndarray:
         """Every reference cell (the sections stacked) through query ``j``'s encoder."""

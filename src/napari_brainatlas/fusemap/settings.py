@@ -69,16 +69,21 @@ class FuseMapSettings:
     recon_from : what the reconstruction term decodes: "both" (default; the mean of the
         two mean squared errors), "tissue" (``ReLU(A z_T E_v^T)``, the published code)
         or "cell" (``ReLU(z_C E_v^T)``, the paper's coupled factorisation).
-    panel_anchor : weight of the cross-panel agreement of the section encoders (1.0; 0 =
-        off, the paper): each section's seed cells are read through every other
+    panel_anchor : weight of the cross-panel agreement of the section encoders (0 = off,
+        the paper, default): each section's seed cells are read through every other
         section's panel (shared genes measured, the others from the decoder) and that
         section's encoder is asked to place them where their own encoder does (MSE to
-        the detached z_C; ``_training.cross_panel_loss``). The adversary aligns the
-        sections' distributions, not their cells; with panels sharing 10-20 genes the
-        sections' encoders placed one cell type apart. Dev half of the embedding
-        benchmark (issue 26; osmFISH split 0, seed 0, 3 + 3 epochs): cross-section kNN
-        accuracy of z_C 0.426 -> 0.459 at equal mixing (iLISI 0.669 / 0.674); weight 3
-        was worse (0.434).
+        the detached z_C; ``_training.cross_panel_loss``). On the dev half of the
+        embedding benchmark (issue 26; osmFISH split 0, seed 0) weight 1 raised the
+        cross-section kNN accuracy of z_C 0.426 -> 0.459 at equal mixing, and it was the
+        default for the first test-half run. It was set back to 0 once label transfer
+        read the panel views (``annotate.panel_views``), which ask the encoders the same
+        question at transfer time: on the dev halves, transferred cell types with the
+        views were as good or better without the anchor (joint MLP 0.511 / 0.587 / 0.883
+        vs 0.478 / 0.600 / 0.817 on osmFISH, MERFISH, Slide-seq split 0) and CCF labels
+        much better (from-reference benchmark, 20 dev queries: right division 71 % vs
+        53 %, 61 % vs 41 % reading the embedding alone); kNN in z_C itself is 0.02-0.03
+        lower without it. benchmarks/embedding/NOTES.md has the rows.
     min_cell_counts : cells with at most this many counts (integer input) are dropped and
         get NaN embeddings (0, default: every cell with a count is embedded; the paper
         drops cells with <= 5 counts, which left query cells without labels - issue 26).
@@ -114,7 +119,7 @@ class FuseMapSettings:
     sample_latent: bool = True
     weight_average: float = 0.99
     recon_from: str = "both"
-    panel_anchor: float = 1.0
+    panel_anchor: float = 0.0
     min_cell_counts: float = 0.0
     epochs: int = 3
 

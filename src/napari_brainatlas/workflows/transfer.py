@@ -186,6 +186,8 @@ class Transferred:
             pred, u = pred[~low], u[~low]  # low-count cells are not predictions
             mean = f"{float(u.mean()):.3f}" if len(u) else "-"
             line = f"{lab}: {len(set(pred.tolist()))} classes, mean uncertainty {mean}"
+            if (record.get(lab) or {}).get("views") == "panels":
+                line += ", read through the panel views"
             if low.any():
                 line += f" ({int(low.sum())} low-count cells '{UNASSIGNED}', left out)"
             learnt = (record.get(lab) or {}).get("labelled_sections")
