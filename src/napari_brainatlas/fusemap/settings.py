@@ -79,8 +79,8 @@ class FuseMapSettings:
         default for the first test-half run. It was set back to 0 once label transfer
         read the panel views (``annotate.panel_views``), which ask the encoders the same
         question at transfer time: on the dev halves, transferred cell types with the
-        views were as good or better without the anchor (joint MLP 0.511 / 0.587 / 0.883
-        vs 0.478 / 0.600 / 0.817 on osmFISH, MERFISH, Slide-seq split 0) and CCF labels
+        views were as good or better without the anchor (joint MLP 0.679 vs 0.646 over 9
+        dev splits of osmFISH, MERFISH and Slide-seq, better on 5) and CCF labels
         much better (from-reference benchmark, 20 dev queries: right division 71 % vs
         53 %, 61 % vs 41 % reading the embedding alone); kNN in z_C itself is 0.02-0.03
         lower without it. benchmarks/embedding/NOTES.md has the rows.
