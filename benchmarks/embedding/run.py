@@ -345,6 +345,44 @@ def targets(rows: list[dict], variant: str, half: str | None = "test") -> str:
     return "\n".join(L)
 
 
+def compare_variants(rows: list[dict], variants: list[str], half: str | None = "test") -> str:
+    """FuseMap's configurations side by side on the split x seed runs they all have:
+    mean of each metric, and the share of runs where each beats the first variant."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df = df[df.method.isin(["fusemap_joint", "fusemap_chain"]) & df.variant.isin(variants)]
+    if half:
+        df = df[df.half == half]
+    if df.empty:
+        return "(no rows for these variants)"
+    key = ["set", "split", "seed", "method"]
+    common = df.groupby(key).variant.nunique()
+    common = common[common == len(variants)].index
+    df = df.set_index(key).loc[common].reset_index()
+    n_runs = len(common) // 2 if len(common) else 0
+    L = [
+        f"Over the {n_runs} split x seed runs every variant has (test half):",
+        "",
+        "| method | metric | " + " | ".join(variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
+    for m in ("fusemap_joint", "fusemap_chain"):
+        d = df[df.method == m]
+        for met in ("knn_acc", "pred_acc", "ilisi", "impute_r"):
+            base = d[d.variant == variants[0]].set_index(key)[met]
+            cells = []
+            for v in variants:
+                x = d[d.variant == v].set_index(key)[met]
+                cell = f"{x.mean():.3f}"
+                if v != variants[0]:
+                    j = x.index.intersection(base.index)
+                    cell += f" (better on {100 * float((x[j] > base[j]).mean()):.0f} %)"
+                cells.append(cell)
+            L.append(f"| {m.replace('fusemap_', 'FuseMap ')} | {met} | " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
 # ----------------------------------------------------------------------------- speed
 def _peak_rss_mb():
     """Peak RSS of this process since exec (VmHWM)."""
@@ -486,6 +524,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(HERE / "rows.jsonl"))
     ap.add_argument("--report", nargs="*", default=None, help="JSONL files to tabulate")
+    ap.add_argument(
+        "--compare", default=None, help="--report: FuseMap variants side by side, e.g. a,b"
+    )
     ap.add_argument("--scale", action="store_true", help="throughput and memory")
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per size")
@@ -512,6 +553,9 @@ def main(argv=None):
     if args.report is not None:
         rows = load_rows(args.report)
         half = None if args.half == "all" else args.half
+        if args.compare:
+            print(compare_variants(rows, args.compare.split(","), half))
+            return 0
         print(report(rows, args.variant, half))
         print(targets(rows, args.variant, half))
         return 0
