@@ -228,7 +228,11 @@ def report(rows: list[dict], variant: str, half: str | None = None) -> str:
             continue
         n_split = d.split.nunique()
         n_seed = d.seed.nunique()
-        L += [f"### {s}: {n_split} splits x {n_seed} seeds", ""]
+        runs = d.groupby(["split", "seed"]).ngroups
+        head = f"{n_split} splits x {n_seed} seeds"
+        if runs != n_split * n_seed:
+            head = f"{n_split} splits, {runs} split x seed runs (seeds {n_seed} at most)"
+        L += [f"### {s}: {head}", ""]
         L.append("| method | " + " | ".join(m[1] for m in metrics) + " | s / run |")
         L.append("|---|" + "---|" * (len(metrics) + 1))
         for m in order:
