@@ -19,10 +19,10 @@ def demo_atlas():
     return make_demo_atlas()
 
 
-def register_demo(sections):
-    """The demo sections registered to the demo atlas the way the headless pipeline
-    does: each with its true plane, position, hemisphere and midline clicks
-    (``uns['demo_truth']``)."""
+def register_demo(sections, atlas="demo"):
+    """The demo sections registered to ``atlas`` (the demo atlas, or the same atlas read
+    from files) the way the headless pipeline does: each with its true plane, position,
+    hemisphere and midline clicks (``uns['demo_truth']``)."""
     from napari_brainatlas.workflows.register import register_many
 
     opts = [
@@ -34,4 +34,4 @@ def register_demo(sections):
         }
         for s in sections
     ]
-    return [r.adata for r in register_many(sections, "demo", opts)]
+    return [r.adata for r in register_many(sections, atlas, opts)]

@@ -247,18 +247,7 @@ def test_sections_of_an_nrrd_atlas_reopen_it(
     atlas = Atlas.load(files["annotation"], ontology=onto)
     assert atlas.name == "annotation_50um"
     secs = make_demo_sections(seed=0, n_sections=2, cells_per_mm2=40)
-    from napari_brainatlas.workflows.register import register_many
-
-    opts = [
-        {
-            "plane": s.uns["demo_truth"]["plane"],
-            "position_um": s.uns["demo_truth"]["position_um"],
-            "hemisphere": s.uns["demo_truth"]["hemisphere"],
-            "midline": np.asarray(s.uns["demo_truth"]["midline"]),
-        }
-        for s in secs
-    ]
-    done = [r.adata for r in register_many(secs, atlas, opts)]
+    done = register_demo(secs, atlas)
     rec = next(iter(done[0].uns["ccf_registration"].values()))
     assert rec["atlas"] == "annotation_50um"
     assert rec["atlas_source"] == str(files["annotation"].resolve())
