@@ -171,3 +171,23 @@ def test_panel_views_with_the_mapping(mapped):
     assert off[0].uns["ccf_label_transfer"]["division"]["views"] == "embedding"
     with pytest.raises(BrainAtlasInputError, match="views"):
         transfer_ccf_labels(ref, q, atlas, views="both")
+
+
+def test_cancel_anywhere_in_the_panel_views_stops(mapped):
+    """A cancel raised at any point of a panel-view transfer (the level classifier or the
+    extra classifiers of the views) ends in Cancelled, never in labels from a classifier
+    that stopped early."""
+    from napari_brainatlas import Cancelled
+
+    atlas, ref, q = mapped
+    mapping = MAPPINGS["mapped"]
+    calls = []
+    kw = {"levels": "division", "model": mapping, "max_epochs": 30}
+    transfer_ccf_labels(ref, q, atlas, cancel=lambda: calls.append(1) and False, **kw)
+    n = len(calls)
+    for k in (1, n // 2, n - 1):
+        seen = []
+        with pytest.raises(Cancelled):
+            transfer_ccf_labels(
+                ref, q, atlas, cancel=lambda: seen.append(1) or len(seen) >= k, **kw
+            )

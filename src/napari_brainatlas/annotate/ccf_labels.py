@@ -299,7 +299,9 @@ def _transfer_level(refs, qry, atlas, lv, s: CCFTransferSettings, pv, fit, cance
     key = ccf_transfer_key(lv)
     cats = [str(c) for c in clf.classes_] + [UNASSIGNED]
     n_assigned = n_all = 0
-    for q, (proba, ok) in zip(qry, _probabilities(clf, qry, s.embedding, pv, fit, rows)):
+    probs = _probabilities(clf, qry, s.embedding, pv, fit, rows)
+    check_cancel(cancel)  # the panel views train more classifiers: a cancel there stops too
+    for q, (proba, ok) in zip(qry, probs):
         lab, unc = _predict(clf, q, proba, ok, s.smooth_k)
         few = _total_counts(q) < s.min_counts
         unc[few | ~ok] = 1.0
