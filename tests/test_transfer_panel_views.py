@@ -86,6 +86,8 @@ def test_transfer_with_the_model_uses_the_panel_views(chain):
     assert nested.uns["label_transfer"]["celltype"]["views"] == "embedding"
     with pytest.raises(BrainAtlasInputError, match="views"):
         transfer_labels(refs, qrys, labels=["celltype"], model=mapping, views="both")
+    with pytest.raises(BrainAtlasInputError, match="model must be"):
+        transfer_labels(refs, qrys, labels=["celltype"], model="model_dir")  # not a model
 
 
 def test_joint_model_matches_sections_by_name(chain):

@@ -112,7 +112,8 @@ class PanelViews:
     """The panel views of one model's reference and query sections (module docstring).
 
     Build with :meth:`of`, which returns None when the sections cannot be matched to the
-    model's encoders (then the transfer reads the embedding alone)."""
+    model's encoders (then the transfer reads the embedding alone) and raises
+    BrainAtlasInputError when ``model`` is not a FuseMap or query mapping."""
 
     def __init__(self, module, reference: list[_Side], query: list[_Side]):
         self.module, self.reference, self.query = module, reference, query
@@ -121,7 +122,10 @@ class PanelViews:
     def of(cls, model, reference: list[AnnData], query: list[AnnData]) -> PanelViews | None:
         module = getattr(model, "module", None)
         if module is None or not hasattr(module, "encoders"):
-            return None
+            raise BrainAtlasInputError(
+                f"model must be the FuseMap or query mapping behind the embeddings, not "
+                f"{type(model).__name__}"
+            )
         mapping = hasattr(model, "query_names")
         ref_model = model.reference if mapping else model
         ref_names = list(getattr(ref_model, "section_names", []))
