@@ -70,6 +70,9 @@ def test_transfer_show_and_impute(qtbot, annotate_dock, error_notifications):
     _save_screenshot(viewer, "annotate_demo")
     q = queries[0]
     ad = q.metadata["adata"]
+    # the status says when the labels were read through FuseMap's panel views
+    assert w.mapped.sections[0].uns["label_transfer"]["celltype"].get("views") == "panels"
+    assert "read through the panel views" in w.status.text()
     for c in (
         "celltype_transfer",
         "celltype_transfer_uncertainty",

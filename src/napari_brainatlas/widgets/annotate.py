@@ -417,9 +417,13 @@ class AnnotateWidget(DockBase):
             if mapping.anchored
             else "reconstruction"
         )
-        learnt = _partly_labelled(outs[0].uns.get("label_transfer", {}), len(result.reference))
+        record = outs[0].uns.get("label_transfer", {})
+        learnt = _partly_labelled(record, len(result.reference))
+        views = [lab for lab, r in record.items() if (r or {}).get("views") == "panels"]
         self.set_status(
-            f"transferred {', '.join(labels)} to {n:,} cells ({how} query mapping)"
+            f"transferred {', '.join(labels)} to {n:,} cells ({how} query mapping"
+            + (", read through the panel views" if views else "")
+            + ")"
             + (f"; {learnt}" if learnt else "")
         )
         self._warn(result.warnings)
