@@ -10,6 +10,7 @@ from napari_brainatlas.demo.ccf_sections import CCFExpressionModel, SectionSpec,
 from napari_brainatlas.register.ccf_levels import ccf_level_labels
 from napari_brainatlas.register.metrics import label_division_index
 from napari_brainatlas.register.midline_estimate import estimate_midline, midline_error
+from napari_brainatlas.register.settings import MidlineSettings, RegistrationSettings
 
 from ._data import CCF50, ONTO_CSV, shared
 
@@ -153,3 +154,96 @@ def test_symmetry_labels_of_another_level(ccf50, sections):
     )
     err = midline_error(e, tr["midline"])
     assert err["angle_deg"] < 4.0 and err["offset_um"] < 120.0 and e.method == "symmetry"
+
+
+@pytest.fixture(scope="module")
+def torn_left(ccf50):
+    """A left hemisection whose ventral part was torn off along a straight line: the
+    torn edge is as straight as the cut, and longer."""
+    spec = SectionSpec(
+        plane="coronal",
+        position_um=4200.0,
+        hemisphere="left",
+        rotation_deg=25.0,
+        seed=3,
+        name="torn",
+        n_cells=2500,
+        scale=1.2,
+        shear=0.03,
+        warp_um=40.0,
+        drop_fraction=0.05,
+    )
+    a = make_ccf_section(ccf50, spec, CCFExpressionModel(ccf50, 0))
+    t = np.asarray(a.uns["demo_truth"]["midline"], float)
+    depth = (a.obsm["spatial"] - t[0]) @ ((t[1] - t[0]) / np.linalg.norm(t[1] - t[0]))
+    b = a[depth <= np.quantile(depth, 0.8)].copy()
+    b.obs["division"] = ccf_level_labels(ccf50, b.obs["ccf_id_true"].to_numpy(), "division")
+    return b
+
+
+def test_a_torn_straight_edge_keeps_the_cut_as_an_alternative(ccf50, torn_left):
+    b = torn_left
+    tr = b.uns["demo_truth"]
+    args = (b.obsm["spatial"], b.obs["division"].to_numpy(), ccf50)
+    e = estimate_midline(*args, plane="coronal", hemisphere="left")
+    # the torn edge wins on the outline alone; the true cut is the runner-up
+    assert midline_error(e, tr["midline"])["angle_deg"] > 45.0
+    assert len(e.alternatives) == 1
+    alt = e.alternatives[0]
+    assert alt.shape == (2, 2) and np.isfinite(alt).all()
+    err = midline_error(alt, tr["midline"])
+    assert err["angle_deg"] < 4.0 and err["offset_um"] < 120.0, err
+    # none kept when asked for none, nor without labels (nothing can tell them apart)
+    none = MidlineSettings(alternative_ratio=1.0)
+    assert (
+        estimate_midline(*args, plane="coronal", hemisphere="left", settings=none).alternatives
+        == []
+    )
+    assert (
+        estimate_midline(b.obsm["spatial"], plane="coronal", hemisphere="left").alternatives == []
+    )
+    with pytest.raises(BrainAtlasInputError):
+        MidlineSettings(alternative_ratio=0.0)
+
+
+def test_register_keeps_the_midline_hypothesis_with_the_better_plane(ccf50, torn_left):
+    from napari_brainatlas.register import register_section
+
+    b = torn_left
+    tr = b.uns["demo_truth"]
+    # no clicks: the position is scanned, the midline estimated (the torn edge first)
+    res = register_section(b, ccf50, "coronal", None, "left", "auto", region_key="division")
+    assert res.metrics["midline_hypotheses"] == 2.0
+    # the runner-up (the true cut) fits the labels better and is kept
+    assert res.metrics["midline_hypothesis_kept"] == 1.0
+    assert res.metrics["midline_hypothesis_gain"] > 5.0  # plane score, um
+    assert midline_error(np.asarray(res.midline), tr["midline"])["angle_deg"] < 4.0
+    assert any("2 hypotheses registered" in n for n in res.notes)
+    assert np.isfinite(res.to_ccf(b.obsm["spatial"], ccf50)).all()
+
+
+def test_symmetry_runner_up_as_an_alternative(ccf50, sections):
+    from napari_brainatlas.register import register_section
+
+    a = sections["full_b"]
+    tr = a.uns["demo_truth"]
+    lab = ccf_level_labels(ccf50, a.obs["ccf_id_true"].to_numpy(), "division")
+    # a clear symmetry axis: no alternative at the default ratio
+    e = estimate_midline(a.obsm["spatial"], lab, ccf50)
+    assert e.alternatives == []
+    # asked for any runner-up: the best axis at least distinct_deg (20) away
+    st = MidlineSettings(symmetry_alternative_ratio=0.05)
+    e2 = estimate_midline(a.obsm["spatial"], lab, ccf50, settings=st)
+    assert np.allclose(e2.midline, e.midline) and len(e2.alternatives) == 1
+    ang = midline_error(e2.alternatives[0], e2.midline)["angle_deg"]
+    assert min(ang, 180.0 - ang) >= 17.0  # 20 deg, refined by up to 3
+    # the registration judges it: the true axis keeps the better plane score
+    b = a.copy()
+    b.obs["division"] = lab
+    res = register_section(
+        b, ccf50, "coronal", 8600.0, "both", "auto", region_key="division",
+        refine_position=True, settings=RegistrationSettings(midline=st),
+    )  # fmt: skip
+    assert res.metrics["midline_hypotheses"] == 2.0
+    assert res.metrics["midline_hypothesis_kept"] == 0.0
+    assert midline_error(np.asarray(res.midline), tr["midline"])["angle_deg"] < 4.0

@@ -60,6 +60,10 @@ class MidlineEstimate:
     method : "symmetry" (full coronal), "cut_edge" (hemisection), "dv_axis" (sagittal).
     dorsal_from : "labels" or "shape" (how the dorsal end was chosen).
     details : scores of the search (plain floats).
+    alternatives : runner-up midlines ((2, 2) section um each, best first) that scored
+        close to this one (hemisections with labels: other straight edges at least
+        ``MidlineSettings.alternative_ratio`` of the best score); ``register_section``
+        registers with each and keeps the best plane.
     """
 
     midline: np.ndarray
@@ -67,6 +71,7 @@ class MidlineEstimate:
     method: str
     dorsal_from: str = "labels"
     details: dict = field(default_factory=dict)
+    alternatives: list = field(default_factory=list)
 
     def tolist(self) -> list:
         return np.asarray(self.midline, float).tolist()
@@ -313,17 +318,29 @@ def _symmetry(xy, labels, w, rng, spacing, st: MidlineSettings):
     far = dth >= st.distinct_deg
     other = float(S[far].max()) if np.any(far) else 0.0
     q, ql = sample(st.fine_cells)
-    th_f = th[i] + np.deg2rad(np.arange(-3.0, 3.01, 0.25))
-    off_f = off[j] + np.linspace(-0.02, 0.02, 21) * size
-    S2 = _sym_scores(ras, q, ql, c, th_f, off_f)
-    i2, j2 = np.unravel_index(np.argmax(S2), S2.shape)
-    theta, s = float(th_f[i2]), float(off_f[j2])
-    u = np.array([np.cos(theta), np.sin(theta)])
-    n = np.array([-u[1], u[0]])
-    o = c + s * n
+
+    def fine(ti, oj):
+        """The axis refined around the coarse one (ti, oj): (u, o, score)."""
+        th_f = th[ti] + np.deg2rad(np.arange(-3.0, 3.01, 0.25))
+        off_f = off[oj] + np.linspace(-0.02, 0.02, 21) * size
+        S2 = _sym_scores(ras, q, ql, c, th_f, off_f)
+        i2, j2 = np.unravel_index(np.argmax(S2), S2.shape)
+        u = np.array([np.cos(th_f[i2]), np.sin(th_f[i2])])
+        return u, c + float(off_f[j2]) * np.array([-u[1], u[0]]), float(S2[i2, j2])
+
+    u, o, sc = fine(i, j)
     margin = (best_c - other) / max(best_c, 1e-12)
     conf = float(np.clip(best_c / 0.6, 0, 1) * np.clip(margin / 0.25, 0, 1))
-    return u, o, conf, {"score": float(S2[i2, j2]), "second": other, "margin": float(margin)}
+    alts = []
+    if labels is not None and np.any(far) and other >= st.symmetry_alternative_ratio * best_c:
+        # the best axis well away from the winner scored close to it (labels read the
+        # left-right axis only roughly): a hypothesis for the registration to judge
+        rows = np.flatnonzero(far)
+        ra, oj = np.unravel_index(np.argmax(S[rows]), (len(rows), S.shape[1]))
+        ua, oa, _ = fine(rows[ra], oj)
+        alts.append((ua, oa))
+    det = {"score": sc, "second": other, "margin": float(margin)}
+    return u, o, conf, det, alts[: st.alternatives]
 
 
 # ---------------------------------------------------------------------- cut edge
@@ -393,7 +410,7 @@ def _medial_corr(xy, div, w, g, o, n):
     return float(np.average(dc * mc, weights=ww) / den) if den > 0 else 0.0
 
 
-def _cut_edge(xy, div, w, g, spacing):
+def _cut_edge(xy, div, w, g, spacing, st: MidlineSettings):
     size = float(np.ptp(xy, axis=0).max())
     cands = []
     for chain in _hull_runs(xy):
@@ -420,7 +437,14 @@ def _cut_edge(xy, div, w, g, spacing):
         "margin": float(margin),
         "candidates": len(cands),
     }
-    return best["u"], best["o"], conf, det
+    # runners-up close to the best: a torn edge can be as straight and as long as the
+    # cut; with labels the registration's plane score tells them apart
+    alts = [
+        (c["u"], c["o"])
+        for c in cands[1:]
+        if div is not None and c["score"] >= st.alternative_ratio * best["score"]
+    ][: st.alternatives]
+    return best["u"], best["o"], conf, det, alts
 
 
 # ---------------------------------------------------------------------- sagittal
@@ -507,6 +531,7 @@ def estimate_midline(
             f"hemisphere must be 'both', 'left' or 'right', not {hemisphere!r}"
         )
     st = MidlineSettings() if settings is None else settings
+    alts: list = []  # runner-up (direction, point) pairs (cut edges)
     xy, codes, w, geom = _prep(xy, labels, weights, atlas, level, st.geometry_step_um)
     rng = np.random.default_rng(seed)
     spacing = _spacing(xy, rng)
@@ -524,24 +549,28 @@ def estimate_midline(
     elif hemisphere == "both":
         if symmetry_labels is not None:
             sc, sw = _symmetry_codes(symmetry_labels, len(xy))
-            u, o, conf, det = _symmetry(xy, sc, sw, rng, spacing, st)
+            u, o, conf, det, alts = _symmetry(xy, sc, sw, rng, spacing, st)
         else:
-            u, o, conf, det = _symmetry(xy, codes, w, rng, spacing, st)
+            u, o, conf, det, alts = _symmetry(xy, codes, w, rng, spacing, st)
         method = "symmetry"
     else:
-        u, o, conf, det = _cut_edge(xy, codes, w, geom, spacing)
+        u, o, conf, det, alts = _cut_edge(xy, codes, w, geom, spacing, st)
         method = "cut_edge"
+    band = max(3.0 * spacing, 0.03 * size)
+    alternatives = [
+        _ends(xy, _orient(ua, xy, codes, w, geom)[0], oa, band, st.ends) for ua, oa in alts
+    ]
     u, how, strength = _orient(u, xy, codes, w, geom)
     if how == "shape":
         conf *= 0.5
     elif plane != "sagittal":
         conf *= 0.5 + 0.5 * strength
-    mid = _ends(xy, u, o, band=max(3.0 * spacing, 0.03 * size), ends=st.ends)
+    mid = _ends(xy, u, o, band=band, ends=st.ends)
     det = {
         k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
         for k, v in det.items()
     }
-    return MidlineEstimate(mid, float(np.clip(conf, 0, 1)), method, how, det)
+    return MidlineEstimate(mid, float(np.clip(conf, 0, 1)), method, how, det, alternatives)
 
 
 def midline_error(estimate, truth, plane: str = "coronal") -> dict:

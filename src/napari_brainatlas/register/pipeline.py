@@ -10,6 +10,9 @@ its arguments (a :class:`~.settings.RegistrationSettings` and the keyword option
 
 from __future__ import annotations
 
+import dataclasses
+
+from .anchors import validate_midline
 from .finish import finish
 from .plane_search import given_plane, search_plane
 from .position import locate_section
@@ -98,6 +101,36 @@ def register_section(
         adata, atlas, plane, position_um, hemisphere, midline, landmarks, s,
         name=section_name, progress=progress, cancel=cancel,
     )  # fmt: skip
+    notes = list(sec.notes)  # those of the preparation (the midline estimate)
+    best = _register(sec, given)
+    # an automatic midline with close runners-up (a torn edge as straight as the cut):
+    # each is registered too and the best plane score is kept
+    alternatives = getattr(sec.midline_estimate, "alternatives", None) or []
+    if alternatives and sec.labelled:
+        tried, kept = [best[2].get("plane_score", float("-inf"))], 0
+        for k, alt in enumerate(alternatives, start=1):
+            other = dataclasses.replace(
+                sec, midline=validate_midline(alt, sec.xy), notes=list(notes), scan=None
+            )
+            res = _register(other, given)
+            tried.append(res[2].get("plane_score", float("-inf")))
+            if tried[-1] > max(tried[:-1]) + s.midline.alternative_gain_um:
+                best, kept = res, k
+        best[0].notes.append(
+            f"midline: {len(tried)} hypotheses registered (plane scores "
+            + ", ".join(f"{t:.1f}" for t in tried)
+            + "); kept "
+            + (f"the estimate's runner-up {kept}" if kept else "the estimate")
+        )
+        best[2]["midline_hypotheses"] = float(len(tried))
+        best[2]["midline_hypothesis_kept"] = float(kept)
+        best[2]["midline_hypothesis_gain"] = float(tried[kept] - tried[0])
+    sec, found, metrics, fin, confidence = best
+    return make_result(sec, found, fin, metrics, confidence)
+
+
+def _register(sec, given) -> tuple:
+    """The stages for one section and midline: (sec, found, metrics, fin, confidence)."""
     pos = locate_section(sec, given)  # the given position, or scanned along the axis
     found = given_plane(pos)
     if pos.search:
@@ -105,4 +138,4 @@ def register_section(
         found = search_plane(sec, pos, start)  # joint | quick (labels) | outline positions
     fin = finish(sec, found)  # the affine there; area refine, label refit + warp, thin-plate
     metrics, confidence = score(sec, found, fin)  # metrics and confidence
-    return make_result(sec, found, fin, metrics, confidence)
+    return sec, found, metrics, fin, confidence

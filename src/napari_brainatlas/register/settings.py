@@ -352,6 +352,26 @@ class MidlineSettings:
     ends: tuple = (0.1, 0.9)
     #: spacing of the atlas voxels where each label lies is read (um)
     geometry_step_um: float = 100.0
+    #: hemisections with labels: other straight edges scoring at least this fraction of
+    #: the best are kept as alternatives (``register_section`` registers with each and
+    #: keeps the best plane score; 1: none) ...
+    alternative_ratio: float = 0.6
+    #: ... at most this many; one replaces the estimate when its plane score (minus mean
+    #: um distances) is better by more than ``alternative_gain_um``
+    alternatives: int = 1
+    alternative_gain_um: float = 0.5
+    #: full coronal sections with labels: the best symmetry axis at least
+    #: ``distinct_deg`` from the winner is an alternative when it scores at least this
+    #: fraction of the winner's (1: none)
+    symmetry_alternative_ratio: float = 0.88
+
+    def __post_init__(self):
+        ratios = (self.alternative_ratio, self.symmetry_alternative_ratio)
+        if not all(0.0 < r <= 1.0 for r in ratios) or self.alternatives < 0:
+            raise BrainAtlasInputError(
+                "MidlineSettings: alternative_ratio and symmetry_alternative_ratio must be "
+                "in (0, 1], alternatives >= 0"
+            )
 
 
 #: option names of ``register_section`` that set a nested field
