@@ -54,7 +54,13 @@ def register_section(
         "auto": estimated from the cells and their region labels
         (:func:`.midline_estimate.estimate_midline`: the mirror-symmetry axis of a full
         coronal section, the cut edge of a hemisection, the labels' dorsoventral axis
-        of a sagittal one; ``metrics['midline_confidence']``).
+        of a sagittal one; ``metrics['midline_confidence']``). Where the estimate has
+        close runners-up (``MidlineEstimate.alternatives``: another straight edge of a
+        hemisection, a near-tie of symmetry axes; with labels only) the section is
+        registered with each and the best plane score is kept
+        (``metrics['midline_hypotheses']``, ``['midline_hypothesis_kept']`` (0: the
+        estimate), ``['midline_hypothesis_gain']`` um, and a note); this costs one more
+        registration for those sections.
     landmarks : extra user pairs, (k, 4) ``x_s, y_s, x_atlas, y_atlas`` rows or
         ``{"section": (k,2), "atlas": (k,2), "weights": (k,)}``.
     settings : :class:`~.settings.RegistrationSettings` (default: its defaults), the
