@@ -49,7 +49,9 @@ else the division's subdivision) at their mapped CCF position, position error,
 reported confidence, time. Run from the repository root (the two halves can run at
 once in two processes; the first builds the embedding cache the second reads):
 
-    ARGS="--res 50 --cache /tmp/frcache --out benchmarks/registration/RESULTS_from_reference.md"
+    ARGS="--res 25 --n-query 40 --n-reference 8 --reference-cells 1500"
+    ARGS="$ARGS --query-cells 10000 20000 --epochs 2 --map-epochs 2 --latent 16 --hidden 64"
+    ARGS="$ARGS --cache /tmp/frcache --out benchmarks/registration/RESULTS_from_reference.md"
     PYTHONPATH=src python benchmarks/registration/from_reference.py $ARGS --part dev
     PYTHONPATH=src python benchmarks/registration/from_reference.py $ARGS --part test
     PYTHONPATH=src python benchmarks/registration/from_reference.py $ARGS --combine
