@@ -108,31 +108,39 @@ def register_section(
         name=section_name, progress=progress, cancel=cancel,
     )  # fmt: skip
     notes = list(sec.notes)  # those of the preparation (the midline estimate)
-    best = _register(sec, given)
-    # an automatic midline with close runners-up (a torn edge as straight as the cut):
-    # each is registered too and the best plane score is kept
-    alternatives = getattr(sec.midline_estimate, "alternatives", None) or []
-    if alternatives and sec.labelled:
-        tried, kept = [best[2].get("plane_score", float("-inf"))], 0
-        for k, alt in enumerate(alternatives, start=1):
-            other = dataclasses.replace(
-                sec, midline=validate_midline(alt, sec.xy), notes=list(notes), scan=None
-            )
-            res = _register(other, given)
-            tried.append(res[2].get("plane_score", float("-inf")))
-            if tried[-1] > max(tried[:-1]) + s.midline.alternative_gain_um:
-                best, kept = res, k
-        best[0].notes.append(
-            f"midline: {len(tried)} hypotheses registered (plane scores "
-            + ", ".join(f"{t:.1f}" for t in tried)
-            + "); kept "
-            + (f"the estimate's runner-up {kept}" if kept else "the estimate")
-        )
-        best[2]["midline_hypotheses"] = float(len(tried))
-        best[2]["midline_hypothesis_kept"] = float(kept)
-        best[2]["midline_hypothesis_gain"] = float(tried[kept] - tried[0])
+    best = _with_midline_hypotheses(sec, given, _register(sec, given), notes)
     sec, found, metrics, fin, confidence = best
     return make_result(sec, found, fin, metrics, confidence)
+
+
+def _with_midline_hypotheses(sec, given, first: tuple, notes: list) -> tuple:
+    """An automatic midline with close runners-up (a torn edge as straight as the cut,
+    a near-tie of symmetry axes): each is registered too and the stages' outputs of the
+    best plane score are returned (``first``: those of the estimate; ``notes``: the
+    preparation's)."""
+    alternatives = getattr(sec.midline_estimate, "alternatives", None) or []
+    if not (alternatives and sec.labelled):
+        return first
+    best, st = first, sec.settings.midline
+    tried, kept = [first[2].get("plane_score", float("-inf"))], 0
+    for k, alt in enumerate(alternatives, start=1):
+        other = dataclasses.replace(
+            sec, midline=validate_midline(alt, sec.xy), notes=list(notes), scan=None
+        )
+        res = _register(other, given)
+        tried.append(res[2].get("plane_score", float("-inf")))
+        if tried[-1] > max(tried[:-1]) + st.alternative_gain_um:
+            best, kept = res, k
+    best[0].notes.append(
+        f"midline: {len(tried)} hypotheses registered (plane scores "
+        + ", ".join(f"{t:.1f}" for t in tried)
+        + "); kept "
+        + (f"the estimate's runner-up {kept}" if kept else "the estimate")
+    )
+    best[2]["midline_hypotheses"] = float(len(tried))
+    best[2]["midline_hypothesis_kept"] = float(kept)
+    best[2]["midline_hypothesis_gain"] = float(tried[kept] - tried[0])
+    return best
 
 
 def _register(sec, given) -> tuple:
