@@ -72,7 +72,8 @@ def test_transfer_show_and_impute(qtbot, annotate_dock, error_notifications):
     ad = q.metadata["adata"]
     # the status says when the labels were read through FuseMap's panel views
     assert w.mapped.sections[0].uns["label_transfer"]["celltype"].get("views") == "panels"
-    assert "read through the panel views" in w.status.text()
+    # region labels (tissue context) read the embedding alone: the status names celltype
+    assert "celltype read through the panel views" in w.status.text()
     for c in (
         "celltype_transfer",
         "celltype_transfer_uncertainty",

@@ -422,7 +422,7 @@ class AnnotateWidget(DockBase):
         views = [lab for lab, r in record.items() if (r or {}).get("views") == "panels"]
         self.set_status(
             f"transferred {', '.join(labels)} to {n:,} cells ({how} query mapping"
-            + (", read through the panel views" if views else "")
+            + (f"; {', '.join(views)} read through the panel views" if views else "")
             + ")"
             + (f"; {learnt}" if learnt else "")
         )
