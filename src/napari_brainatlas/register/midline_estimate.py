@@ -61,9 +61,11 @@ class MidlineEstimate:
     dorsal_from : "labels" or "shape" (how the dorsal end was chosen).
     details : scores of the search (plain floats).
     alternatives : runner-up midlines ((2, 2) section um each, best first) that scored
-        close to this one (hemisections with labels: other straight edges at least
-        ``MidlineSettings.alternative_ratio`` of the best score); ``register_section``
-        registers with each and keeps the best plane.
+        close to this one, with labels only (hemisections: other straight edges at
+        least ``MidlineSettings.alternative_ratio`` of the best score; full coronal
+        sections: the best symmetry axis ``distinct_deg`` away, at least
+        ``symmetry_alternative_ratio`` of the best); ``register_section`` registers
+        with each and keeps the best plane.
     """
 
     midline: np.ndarray

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .._errors import BrainAtlasInputError
 from .anchors import validate_midline
 from .finish import finish
 from .plane_search import given_plane, search_plane
@@ -119,18 +120,21 @@ def _with_midline_hypotheses(sec, given, first: tuple, notes: list) -> tuple:
     best plane score are returned (``first``: those of the estimate; ``notes``: the
     preparation's)."""
     alternatives = getattr(sec.midline_estimate, "alternatives", None) or []
-    if not (alternatives and sec.labelled):
-        return first
+    if not (alternatives and sec.labelled and "plane_score" in first[2]):
+        return first  # nothing to try, or no plane score to judge them by
     best, st = first, sec.settings.midline
-    tried, kept = [first[2].get("plane_score", float("-inf"))], 0
+    top = first_score = first[2].get("plane_score", float("-inf"))
+    tried, kept = [first_score], 0
     for k, alt in enumerate(alternatives, start=1):
-        other = dataclasses.replace(
-            sec, midline=validate_midline(alt, sec.xy), notes=list(notes), scan=None
-        )
+        try:
+            mid = validate_midline(alt, sec.xy)
+        except BrainAtlasInputError:  # a degenerate runner-up: not a hypothesis
+            continue
+        other = dataclasses.replace(sec, midline=mid, notes=list(notes), scan=None)
         res = _register(other, given)
         tried.append(res[2].get("plane_score", float("-inf")))
-        if tried[-1] > max(tried[:-1]) + st.alternative_gain_um:
-            best, kept = res, k
+        if tried[-1] > top + st.alternative_gain_um:
+            best, kept, top = res, k, tried[-1]
     best[0].notes.append(
         f"midline: {len(tried)} hypotheses registered (plane scores "
         + ", ".join(f"{t:.1f}" for t in tried)
@@ -139,7 +143,7 @@ def _with_midline_hypotheses(sec, given, first: tuple, notes: list) -> tuple:
     )
     best[2]["midline_hypotheses"] = float(len(tried))
     best[2]["midline_hypothesis_kept"] = float(kept)
-    best[2]["midline_hypothesis_gain"] = float(tried[kept] - tried[0])
+    best[2]["midline_hypothesis_gain"] = float(top - first_score)
     return best
 
 

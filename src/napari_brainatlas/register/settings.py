@@ -354,7 +354,7 @@ class MidlineSettings:
     geometry_step_um: float = 100.0
     #: hemisections with labels: other straight edges scoring at least this fraction of
     #: the best are kept as alternatives (``register_section`` registers with each and
-    #: keeps the best plane score; 1: none) ...
+    #: keeps the best plane score; 1: exact ties only) ...
     alternative_ratio: float = 0.6
     #: ... at most this many; one replaces the estimate when its plane score (minus mean
     #: um distances) is better by more than ``alternative_gain_um``
@@ -362,7 +362,7 @@ class MidlineSettings:
     alternative_gain_um: float = 0.5
     #: full coronal sections with labels: the best symmetry axis at least
     #: ``distinct_deg`` from the winner is an alternative when it scores at least this
-    #: fraction of the winner's (1: none)
+    #: fraction of the winner's (1: exact ties only; ``alternatives=0``: none at all)
     symmetry_alternative_ratio: float = 0.88
 
     def __post_init__(self):
