@@ -4,7 +4,7 @@ full coronal sections, the cut edge of hemisections, the DV axis of sagittal sec
 import numpy as np
 import pytest
 
-from napari_brainatlas import BrainAtlasInputError
+from napari_brainatlas import BrainAtlasInputError, Cancelled
 from napari_brainatlas.atlas import Atlas
 from napari_brainatlas.demo.ccf_sections import CCFExpressionModel, SectionSpec, make_ccf_section
 from napari_brainatlas.register.ccf_levels import ccf_level_labels
@@ -13,6 +13,9 @@ from napari_brainatlas.register.midline_estimate import estimate_midline, midlin
 from napari_brainatlas.register.settings import MidlineSettings, RegistrationSettings
 
 from ._data import CCF50, ONTO_CSV, shared
+
+#: what every test section shares (cells, frame distortion, warp, dropped cells)
+COMMON = {"n_cells": 2500, "scale": 1.2, "shear": 0.03, "warp_um": 40.0, "drop_fraction": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,6 @@ def ccf50():
 @pytest.fixture(scope="module")
 def sections(ccf50):
     model = CCFExpressionModel(ccf50, 0)
-    common = {"n_cells": 2500, "scale": 1.2, "shear": 0.03, "warp_um": 40.0, "drop_fraction": 0.05}
     specs = [
         SectionSpec(
             plane="coronal",
@@ -33,7 +35,7 @@ def sections(ccf50):
             tear_fraction=0.05,
             seed=1,
             name="full_a",
-            **common,
+            **COMMON,
         ),
         SectionSpec(
             plane="coronal",
@@ -41,7 +43,7 @@ def sections(ccf50):
             rotation_deg=-140.0,
             seed=2,
             name="full_b",
-            **common,
+            **COMMON,
         ),
         SectionSpec(
             plane="coronal",
@@ -52,7 +54,7 @@ def sections(ccf50):
             tear_fraction=0.08,
             seed=3,
             name="left",
-            **common,
+            **COMMON,
         ),
         SectionSpec(
             plane="coronal",
@@ -62,7 +64,7 @@ def sections(ccf50):
             angles_deg=(-2.0, 1.0),
             seed=4,
             name="right",
-            **common,
+            **COMMON,
         ),
         SectionSpec(
             plane="sagittal",
@@ -71,7 +73,7 @@ def sections(ccf50):
             mirror=True,
             seed=5,
             name="sag",
-            **common,
+            **COMMON,
         ),
     ]
     return {s.name: make_ccf_section(ccf50, s, model) for s in specs}
@@ -161,18 +163,9 @@ def torn_left(ccf50):
     """A left hemisection whose ventral part was torn off along a straight line: the
     torn edge is as straight as the cut, and longer."""
     spec = SectionSpec(
-        plane="coronal",
-        position_um=4200.0,
-        hemisphere="left",
-        rotation_deg=25.0,
-        seed=3,
-        name="torn",
-        n_cells=2500,
-        scale=1.2,
-        shear=0.03,
-        warp_um=40.0,
-        drop_fraction=0.05,
-    )
+        plane="coronal", position_um=4200.0, hemisphere="left", rotation_deg=25.0, seed=3,
+        name="torn", **COMMON,
+    )  # fmt: skip
     a = make_ccf_section(ccf50, spec, CCFExpressionModel(ccf50, 0))
     t = np.asarray(a.uns["demo_truth"]["midline"], float)
     depth = (a.obsm["spatial"] - t[0]) @ ((t[1] - t[0]) / np.linalg.norm(t[1] - t[0]))
@@ -240,10 +233,27 @@ def test_symmetry_runner_up_as_an_alternative(ccf50, sections):
     # the registration judges it: the true axis keeps the better plane score
     b = a.copy()
     b.obs["division"] = lab
-    res = register_section(
-        b, ccf50, "coronal", 8600.0, "both", "auto", region_key="division",
-        refine_position=True, settings=RegistrationSettings(midline=st),
-    )  # fmt: skip
+    polls = []
+
+    def count():
+        polls.append(1)
+        return False
+
+    kw = {"region_key": "division", "refine_position": True}
+    kw["settings"] = RegistrationSettings(midline=st)
+    res = register_section(b, ccf50, "coronal", 8600.0, "both", "auto", cancel=count, **kw)
     assert res.metrics["midline_hypotheses"] == 2.0
     assert res.metrics["midline_hypothesis_kept"] == 0.0
     assert midline_error(np.asarray(res.midline), tr["midline"])["angle_deg"] < 4.0
+    # a cancel at the last poll (inside the second hypothesis) stops the whole call
+    n, again = len(polls), []
+
+    def cancel_at_the_last_poll():
+        again.append(1)
+        return len(again) >= n
+
+    with pytest.raises(Cancelled):
+        register_section(
+            b, ccf50, "coronal", 8600.0, "both", "auto", cancel=cancel_at_the_last_poll, **kw
+        )
+    assert len(again) == n
